@@ -1,0 +1,1 @@
+"""Learned reward signals: completion, skip and listening-time models, and the composite reward."""

@@ -1,0 +1,1 @@
+"""The shell: Kafka, files, clocks, signals and the `encore` command line."""
