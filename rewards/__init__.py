@@ -1,1 +1,95 @@
-"""Learned reward signals: completion, skip and listening-time models, and the composite reward."""
+"""Learned reward signals: completion, skip and listening-time models, and the composite reward.
+
+``rewards`` knows outcomes and features, not Kafka, files or clocks. A reward model is a
+:class:`RewardModel` of pure, jitted functions over an explicit :class:`ModelState`.
+
+How a caller (the streaming daemon) uses it::
+
+    import numpy as np, jax
+    import rewards
+
+    model = rewards.survival_model(n_id_buckets=4096)         # or skip_model(), ...
+    reward = rewards.CompositeReward(kind="linear")            # from the config file
+    reward.check(model.spec)                                   # the model predicts what it needs
+    state = model.init(jax.random.key(0), n_features)
+
+    # 1. impression seen: build features, predict, keep the predictions with the join buffer.
+    x = rewards.interaction_features(user, track, position)    # (n, d) float32
+    inputs = rewards.Inputs(x, duration_ms, track_id, history) # track_id / history may be None
+    pred = model.predict(state, inputs)                        # Predictions(skip (n, 3), complete (n,))
+    r_provisional = reward.provisional(pred, duration_ms)      # (n,) for a provisional update
+
+    # 2. outcome joined: build the batch (numpy arrays, one row per play), pad to a fixed size.
+    batch = rewards.Outcomes(features=x, ms_played=ms_played, duration_ms=duration_ms,
+                             reason_end=reason_codes, saved=saved, position=position,
+                             censored=censored, mask=np.ones(n, bool),
+                             track_id=track_id, history=history)
+    bad = rewards.invalid_rows(batch)                          # {field: rows} -> dead letters
+    batch = rewards.pad(batch, 1024)                           # static shapes: no recompiles
+    r_final = reward.final(pred_padded, batch)                 # (size,) use the first n
+    state, metrics = model.update(state, batch)                # metrics.loss is prequential
+
+Codes of ``reason_end`` are indices into :data:`REASONS`. ``update`` drops invalid rows (and
+counts them in ``metrics.n_dropped``) and refuses a step whose gradient is not finite, so one bad
+batch never corrupts the state. Write :data:`REWARD_VERSION`, ``reward.to_spec()`` and
+``model.spec`` into every checkpoint.
+"""
+
+from rewards.classifier import completion_model, direct_model, skip_model
+from rewards.composite import KINDS, REWARD_VERSION, CompositeReward, expected_listen_fraction
+from rewards.features import interaction_features, n_interaction_features
+from rewards.labels import (
+    bin_edges_ms,
+    completion_label,
+    hazard_targets,
+    listen_bin,
+    listen_fraction,
+    skip_labels,
+    stream30_label,
+    valid_rows,
+)
+from rewards.model import RewardModel, pad, take
+from rewards.types import (
+    HEADS,
+    REASONS,
+    Inputs,
+    ModelSpec,
+    ModelState,
+    Outcomes,
+    Predictions,
+    UpdateMetrics,
+)
+from rewards.validate import check_outcomes, invalid_rows
+
+__all__ = [
+    "HEADS",
+    "KINDS",
+    "REASONS",
+    "REWARD_VERSION",
+    "CompositeReward",
+    "Inputs",
+    "ModelSpec",
+    "ModelState",
+    "Outcomes",
+    "Predictions",
+    "RewardModel",
+    "UpdateMetrics",
+    "bin_edges_ms",
+    "check_outcomes",
+    "completion_label",
+    "completion_model",
+    "direct_model",
+    "expected_listen_fraction",
+    "hazard_targets",
+    "interaction_features",
+    "invalid_rows",
+    "listen_bin",
+    "listen_fraction",
+    "n_interaction_features",
+    "pad",
+    "skip_labels",
+    "skip_model",
+    "stream30_label",
+    "take",
+    "valid_rows",
+]

@@ -1,0 +1,191 @@
+"""The reward-model protocol and the pieces every model shares.
+
+A reward model is a :class:`RewardModel` of pure, jitted functions over an explicit
+:class:`~rewards.types.ModelState` (parameters, optax optimiser state, step):
+
+- ``init(key, n_features) -> ModelState``
+- ``predict(state, inputs: Inputs) -> Predictions``
+- ``update(state, outcomes: Outcomes) -> (ModelState, UpdateMetrics)``: one optimiser step on a
+  mini-batch; the metrics' loss is measured *before* the step (progressive validation).
+- ``spec``: a :class:`~rewards.types.ModelSpec` for checkpoints.
+
+``update`` is safe against bad input: invalid rows (:func:`rewards.labels.valid_rows`) are dropped
+and counted, and a step whose loss or gradient is not finite is refused (the state comes back
+unchanged, ``metrics.accepted`` is False), so one bad batch cannot poison the parameters.
+
+Shapes are static under ``jit``: pad batches to a few fixed sizes with :func:`pad` to avoid a
+recompilation per batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from rewards.labels import valid_rows
+from rewards.types import Inputs, ModelSpec, ModelState, Outcomes, Predictions, UpdateMetrics
+
+Params = dict[str, Array]
+RowLoss = Callable[[Params, Outcomes], Float[Array, " n"]]
+
+
+class RewardModel(NamedTuple):
+    """A reward model: pure functions plus the spec of what built them."""
+
+    init: Callable[[PRNGKeyArray, int], ModelState]
+    predict: Callable[[ModelState, Inputs], Predictions]
+    update: Callable[[ModelState, Outcomes], tuple[ModelState, UpdateMetrics]]
+    spec: ModelSpec
+
+
+def clean(outcomes: Outcomes) -> tuple[Outcomes, Array]:
+    """Replace invalid rows by harmless values and mask them out.
+
+    Returns:
+        ``(outcomes, valid)`` where every array is finite and in range, ``mask == valid``, and
+        ``ms_played`` is clipped to ``[0, duration_ms]``.
+    """
+    o = outcomes
+    valid = valid_rows(o)
+    features = jnp.where(valid[:, None], jnp.asarray(o.features), 0.0).astype(jnp.float32)
+    duration = jnp.where(valid, jnp.asarray(o.duration_ms), 1).astype(jnp.int32)
+    ms = jnp.clip(jnp.asarray(o.ms_played), 0, None).astype(jnp.int32)
+    ms = jnp.where(valid, jnp.minimum(ms, duration), 0)
+    reason = jnp.where(valid, jnp.asarray(o.reason_end).astype(jnp.int32), 0)
+    history = None
+    if o.history is not None:
+        h = jnp.asarray(o.history)
+        history = jnp.where(valid[:, None, None], h, 0.0).astype(jnp.float32)
+    track_id = None
+    if o.track_id is not None:
+        track_id = jnp.where(valid, jnp.asarray(o.track_id), 0).astype(jnp.int32)
+    cleaned = Outcomes(
+        features=features,
+        ms_played=ms,
+        duration_ms=duration,
+        reason_end=reason,
+        saved=jnp.asarray(o.saved) & valid,
+        position=jnp.asarray(o.position).astype(jnp.int32),
+        censored=jnp.asarray(o.censored) & valid,
+        mask=valid,
+        track_id=track_id,
+        history=history,
+    )
+    return cleaned, valid
+
+
+def make_update(
+    row_loss: RowLoss, optimizer: optax.GradientTransformation
+) -> Callable[[ModelState, Outcomes], tuple[ModelState, UpdateMetrics]]:
+    """Build the guarded, jitted ``update`` from a per-row loss (mean over valid rows)."""
+
+    def update(state: ModelState, outcomes: Outcomes) -> tuple[ModelState, UpdateMetrics]:
+        o, valid = clean(outcomes)
+        w = valid.astype(jnp.float32)
+        n_used = jnp.sum(valid.astype(jnp.int32))
+        n_dropped = jnp.sum(jnp.asarray(outcomes.mask).astype(jnp.int32)) - n_used
+
+        def loss_fn(params: Params) -> Array:
+            return jnp.sum(w * row_loss(params, o)) / jnp.maximum(jnp.sum(w), 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        # optax mixes Python floats with int32 counters; keep it working under strict promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+        ok = finite & (n_used > 0)
+        new_params, new_opt = jax.tree.map(
+            lambda a, b: jnp.where(ok, a, b), (params, opt_state), (state.params, state.opt_state)
+        )
+        new_state = ModelState(new_params, new_opt, state.step + ok.astype(jnp.int32))
+        return new_state, UpdateMetrics(loss, n_used, n_dropped, ok)
+
+    return jax.jit(update)
+
+
+def _all_finite(tree: Any) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def make_optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
+    """The default optimiser: global-norm clipping then Adam."""
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+
+
+# ----------------------------------------------------------------------------- shared layers
+def init_head(
+    key: PRNGKeyArray, n_in: int, n_out: int, *, hidden: int, n_id_buckets: int
+) -> Params:
+    """Parameters of the shared wide-and-deep head (see :func:`head_logits`)."""
+    k1, _ = jax.random.split(key)
+    params: Params = {
+        "w": jnp.zeros((n_in + hidden, n_out), jnp.float32),
+        "b": jnp.zeros((n_out,), jnp.float32),
+    }
+    if hidden > 0:
+        params["w_hidden"] = jax.random.normal(k1, (n_in, hidden), jnp.float32) / np.sqrt(n_in)
+        params["b_hidden"] = jnp.zeros((hidden,), jnp.float32)
+    if n_id_buckets > 0:
+        params["id_table"] = jnp.zeros((n_id_buckets, n_out), jnp.float32)
+    return params
+
+
+def head_logits(
+    params: Params, x: Float[Array, "n d"], track_id: Int[Array, " n"] | None
+) -> Float[Array, "n m"]:
+    """Logits ``[x, gelu(x W_h + b_h)] W + b + id_table[track_id % buckets]``.
+
+    With ``hidden == 0`` this is a (multi-output) logistic regression on ``x``.
+    """
+    z = x
+    if "w_hidden" in params:
+        z = jnp.concatenate([x, jax.nn.gelu(x @ params["w_hidden"] + params["b_hidden"])], -1)
+    logits = z @ params["w"] + params["b"]
+    if "id_table" in params:
+        if track_id is None:
+            raise ValueError("this model was built with n_id_buckets > 0 and needs track_id")
+        table = params["id_table"]
+        idx = jnp.mod(jnp.asarray(track_id).astype(jnp.int32), table.shape[0])
+        logits = logits + table[idx]
+    return logits
+
+
+def initial_state(params: Params, optimizer: optax.GradientTransformation) -> ModelState:
+    """A fresh state around ``params``."""
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(params)
+    return ModelState(params, opt_state, jnp.zeros((), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- batching
+def pad(outcomes: Outcomes, size: int) -> Outcomes:
+    """Pad a numpy batch to ``size`` rows with ``mask=False`` (keeps jit shapes static).
+
+    Raises:
+        ValueError: if the batch already has more than ``size`` rows.
+    """
+    n = int(np.shape(outcomes.mask)[0])
+    if n > size:
+        raise ValueError(f"pad: batch has {n} rows, more than size={size}")
+
+    def grow(a: Any) -> Any:
+        if a is None:
+            return None
+        a = np.asarray(a)
+        width = [(0, size - n)] + [(0, 0)] * (a.ndim - 1)
+        return np.pad(a, width)
+
+    return Outcomes(*(grow(a) for a in outcomes))
+
+
+def take(outcomes: Outcomes, rows: Int[Any, " r"] | slice) -> Outcomes:
+    """Rows ``rows`` of a numpy batch (None fields stay None)."""
+    return Outcomes(*(None if a is None else np.asarray(a)[rows] for a in outcomes))
