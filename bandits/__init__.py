@@ -1,1 +1,60 @@
-"""Contextual bandit policies as pure JAX functions, slate re-ranking, and off-policy evaluation."""
+"""Contextual bandit policies as pure JAX functions, slate re-ranking, and off-policy evaluation.
+
+A policy is ``Policy(init, score, rank, update, spec)``: pure functions over an explicit state
+(a NamedTuple of arrays), built by a factory in :data:`bandits.registry.POLICIES`.
+
+How a caller (the daemon, the re-ranker, a replay) uses one::
+
+    import jax, numpy as np
+    from bandits import Candidates, Feedback, POLICIES, pad, save, load
+
+    policy = POLICIES["linucb"](alpha=1.0)            # hyperparameters as keyword arguments
+    state = policy.init(d_user, d_track)              # e.g. 16, 16
+
+    # Re-rank one request: pad the k candidates to a bucket so jit compiles once per bucket.
+    cands, mask = pad(track_features, track_ids)       # (k, d_track) float32, (k,) int
+    ranked = policy.rank(state, context, cands, mask,  # context: (d_user,) float32
+                         key=jax.random.key(seed), slate_size=s)
+    ranked.order       # (s,) int32 indices into the candidates, top first
+    ranked.propensity  # (s,) P(order[j] at position j | order[:j]): log it on the impression
+
+    # Many requests at once: jax.vmap(policy.rank, in_axes=(None, 0, 0, 0)) with keys split,
+    # or jax.jit(policy.rank, static_argnames="slate_size") for one request at a time.
+
+    # Learn: one row per shown item that has an outcome (pad rows with mask=False).
+    fb = Feedback(
+        context=ctx,           # (n, d_user) float32: the request's context
+        features=feats,        # (n, d_track) float32: the shown item's features
+        action=track_id,       # (n,) int32: the shown item's track id
+        position=position,     # (n,) int32: its slate position, 0 = top
+        reward=reward,         # (n,) float32: the composite reward
+        propensity=prop,       # (n,) float32 in (0, 1]: Ranked.propensity of that choice
+        mask=mask,             # (n,) bool: False for padding rows
+    )
+    state = policy.update(state, fb)
+
+    blob = save(policy, state)                        # bytes: JSON header + npz, no pickle
+    state = load(policy, blob, like=policy.init(d_user, d_track))
+
+Linear policies (linucb, lin_ts, squarecb, epsilon_greedy, softmax) also expose
+``bandits.linear.delta(state, feedback)`` and ``bandits.linear.merge(state, delta)`` so that
+several workers learn one policy by exchanging additive statistics.
+
+Inputs are checked: shapes and dtypes always (also under jit/vmap), values (NaN/inf, empty
+candidate sets, a slate longer than the valid candidates, propensities outside (0, 1]) when
+called on concrete arrays; :func:`bandits.checks.check_request` and
+:func:`bandits.checks.check_feedback` do the value checks for callers that jit themselves.
+"""
+
+from bandits import ope
+from bandits.checks import check_feedback, check_request
+from bandits.policy import Policy, PolicySpec
+from bandits.registry import POLICIES
+from bandits.slates import pad
+from bandits.state import StateFormatError, load, save
+from bandits.types import Candidates, Estimate, Feedback, Ranked
+
+__all__ = [
+    "POLICIES", "Candidates", "Estimate", "Feedback", "Policy", "PolicySpec", "Ranked",
+    "StateFormatError", "check_feedback", "check_request", "load", "ope", "pad", "save",
+]

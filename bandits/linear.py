@@ -1,0 +1,268 @@
+"""The shared-parameter linear model behind LinUCB, linear TS, SquareCB, epsilon-greedy, softmax.
+
+One ridge regression over joint user x track features ``phi(x, z) = vec([x, 1] [z, 1]^T)``
+(``D = (d_user + 1)(d_track + 1)``: the outer product, both main effects and an intercept), so a
+track never seen before is scored from its features, plus an optional per-track bias looked up
+by hashed id (``id % n_ids``), fitted by backfitting on the linear model's residuals with its
+own ridge: the track id carries information (quality, popularity) that features may not.
+
+Numerics: the state keeps the precision ``A`` (exact, additive) and its inverse ``cov``. Without
+forgetting, ``cov`` follows batched Woodbury updates and is symmetrised every update and
+re-computed from a Cholesky factor of ``A`` every ``refactor_every`` rows, so it cannot drift
+into a non-symmetric or indefinite matrix. With forgetting (``discount < 1``:
+``A <- discount A + X^T X + (1 - discount) ridge I``, which keeps the prior at ``ridge I``)
+``cov`` is re-computed from the Cholesky factor after every update.
+
+Position bias: a row observed at slate position ``p`` is modelled as
+``E[r] = kappa_p * (theta^T phi + bias_id)`` with examination weights ``kappa``
+(``position_bias``, 1 at the top), so the regression uses ``kappa_p phi`` as its feature and
+lower positions teach the model without dragging scores down.
+
+Scoring 2,000 candidates costs ``O(D (d_track + 1)^2 + k (d_track + 1)^2)``: the posterior
+covariance is projected onto the request's user once, never per candidate.
+
+References:
+    Li, Chu, Langford, Schapire. A contextual-bandit approach to personalized news article
+    recommendation. WWW 2010.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import cho_factor, cho_solve
+from jaxtyping import Array, Bool, Float, Int
+
+from bandits.types import Candidates, Feedback
+
+__all__ = ["LinearDelta", "LinearState", "delta", "init", "joint", "merge", "predict", "update"]
+
+
+class LinearState(NamedTuple):
+    """Ridge-regression statistics over joint features (``D = (d_user+1)(d_track+1)``)."""
+
+    precision: Float[Array, "D D"]  # A = ridge I + sum kappa^2 phi phi^T (discounted)
+    cov: Float[Array, "D D"]  # A^-1, Woodbury-updated, periodically re-factorised
+    b: Float[Array, " D"]  # sum kappa r phi (discounted)
+    theta: Float[Array, "du1 dt1"]  # A^-1 b as a (d_user+1, d_track+1) matrix
+    id_count: Float[Array, " n_ids"]  # sum kappa^2 per hashed id (discounted)
+    id_resid: Float[Array, " n_ids"]  # sum kappa (r - kappa theta^T phi) per hashed id
+    position_bias: Float[Array, " p"]  # examination weight per slate position
+    n: Int[Array, ""]  # rows learned from (masked rows excluded)
+    since_refactor: Int[Array, ""]  # rows since the last Cholesky re-factorisation
+
+
+class LinearDelta(NamedTuple):
+    """Additive statistics of a feedback batch, for workers that share one policy."""
+
+    precision: Float[Array, "D D"]
+    b: Float[Array, " D"]
+    id_count: Float[Array, " n_ids"]
+    id_resid: Float[Array, " n_ids"]
+    n: Int[Array, ""]
+
+
+def init(
+    d_user: int, d_track: int, *, ridge: float, n_ids: int, position_bias: tuple[float, ...]
+) -> LinearState:
+    """The prior: ``A = ridge I``, no data."""
+    d = (d_user + 1) * (d_track + 1)
+    eye = jnp.eye(d, dtype=jnp.float32)
+    return LinearState(
+        precision=ridge * eye,
+        cov=eye / ridge,
+        b=jnp.zeros((d,), jnp.float32),
+        theta=jnp.zeros((d_user + 1, d_track + 1), jnp.float32),
+        id_count=jnp.zeros((n_ids,), jnp.float32),
+        id_resid=jnp.zeros((n_ids,), jnp.float32),
+        position_bias=jnp.asarray(position_bias, jnp.float32),
+        n=jnp.zeros((), jnp.int32),
+        since_refactor=jnp.zeros((), jnp.int32),
+    )
+
+
+def dims(state: LinearState) -> tuple[int, int]:
+    """``(d_user, d_track)`` from the state's shapes."""
+    return state.theta.shape[0] - 1, state.theta.shape[1] - 1
+
+
+def _aug(x: Array) -> Array:
+    return jnp.concatenate([x, jnp.ones((*x.shape[:-1], 1), x.dtype)], axis=-1)
+
+
+def joint(context: Float[Array, "n du"], features: Float[Array, "n dt"]) -> Float[Array, "n D"]:
+    """``vec([x, 1] [z, 1]^T)`` per row."""
+    xa, za = _aug(context), _aug(features)
+    return (xa[:, :, None] * za[:, None, :]).reshape(xa.shape[0], -1)
+
+
+def _kappa(state: LinearState, position: Array) -> Array:
+    p = state.position_bias.shape[0]
+    return state.position_bias[jnp.clip(position, 0, p - 1)]
+
+
+def _hash(state: LinearState, ids: Array) -> Array:
+    return jnp.mod(ids, max(state.id_count.shape[0], 1))
+
+
+def id_bias(state: LinearState, ids: Int[Array, " k"], id_ridge: float) -> tuple[Array, Array]:
+    """Per-candidate bias and its variance (both zero when ids are disabled)."""
+    if state.id_count.shape[0] == 0:
+        z = jnp.zeros(ids.shape, jnp.float32)
+        return z, z
+    h = _hash(state, ids)
+    denom = id_ridge + state.id_count[h]
+    return state.id_resid[h] / denom, 1.0 / denom
+
+
+def predict(
+    state: LinearState, context: Float[Array, " du"], candidates: Candidates, id_ridge: float
+) -> tuple[Float[Array, " k"], Float[Array, " k"], Float[Array, " dt1"], Float[Array, "dt1 dt1"]]:
+    """Posterior mean and variance (in units of the noise variance) of each candidate's score.
+
+    Returns:
+        ``(mean, var, w, m)``: ``mean = Z w + bias``; ``var = diag(Z m Z^T) + var_bias``, with
+        ``Z = [features, 1]``, ``w = theta^T [x, 1]`` and ``m`` the covariance of ``w``.
+    """
+    du1, dt1 = state.theta.shape
+    xa = _aug(context)
+    za = _aug(candidates.features)
+    w = xa @ state.theta
+    cov4 = state.cov.reshape(du1, dt1, du1, dt1)
+    m = jnp.einsum("i,iajb,j->ab", xa, cov4, xa)
+    m = 0.5 * (m + m.T)
+    bias, bias_var = id_bias(state, candidates.ids, id_ridge)
+    mean = za @ w + bias
+    var = jnp.maximum(jnp.einsum("ka,ab,kb->k", za, m, za), 0.0) + bias_var
+    return mean, var, w, m
+
+
+def _refactor(precision: Array, b: Array) -> tuple[Array, Array]:
+    c = cho_factor(precision, lower=True)
+    cov = cho_solve(c, jnp.eye(precision.shape[0], dtype=precision.dtype))
+    return 0.5 * (cov + cov.T), cho_solve(c, b)
+
+
+def _woodbury(cov: Array, x: Array) -> Array:
+    """``(A + X^T X)^-1`` from ``cov = A^-1`` (batched Sherman-Morrison-Woodbury), symmetrised."""
+    cx = cov @ x.T  # (D, n)
+    inner = jnp.eye(x.shape[0], dtype=cov.dtype) + x @ cx
+    sol = cho_solve(cho_factor(inner, lower=True), cx.T)  # (n, D)
+    new = cov - cx @ sol
+    return 0.5 * (new + new.T)
+
+
+def _stats(state: LinearState, fb: Feedback) -> tuple[Array, LinearDelta]:
+    phi = joint(fb.context, fb.features)
+    kappa = _kappa(state, fb.position) * fb.mask.astype(jnp.float32)
+    x = phi * kappa[:, None]
+    r = jnp.where(fb.mask, fb.reward, 0.0)
+    pred = phi @ state.theta.reshape(-1)
+    count = kappa * kappa
+    resid = kappa * (r - kappa * pred)
+    n_ids = state.id_count.shape[0]
+    if n_ids:
+        h = _hash(state, fb.action)
+        id_count = jnp.zeros((n_ids,), jnp.float32).at[h].add(count)
+        id_resid = jnp.zeros((n_ids,), jnp.float32).at[h].add(resid)
+    else:
+        id_count = id_resid = jnp.zeros((0,), jnp.float32)
+    d = LinearDelta(x.T @ x, x.T @ r, id_count, id_resid, fb.mask.sum().astype(jnp.int32))
+    return x, d
+
+
+def delta(state: LinearState, feedback: Feedback) -> LinearDelta:
+    """The additive statistics ``feedback`` contributes (ridge and forgetting excluded)."""
+    return _stats(state, feedback)[1]
+
+
+def add_deltas(a: LinearDelta, b: LinearDelta) -> LinearDelta:
+    """Sum two deltas (associative and commutative)."""
+    return LinearDelta(*(x + y for x, y in zip(a, b, strict=True)))
+
+
+def merge(state: LinearState, d: LinearDelta) -> LinearState:
+    """Fold another worker's delta into ``state`` and re-factorise (forgetting not applied)."""
+    precision = state.precision + d.precision
+    b = state.b + d.b
+    cov, theta = _refactor(precision, b)
+    return state._replace(
+        precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
+        id_count=state.id_count + d.id_count, id_resid=state.id_resid + d.id_resid,
+        n=state.n + d.n, since_refactor=jnp.zeros((), jnp.int32),
+    )
+
+
+def update(
+    state: LinearState, fb: Feedback, *, ridge: float, discount: float, refactor_every: int
+) -> LinearState:
+    """Learn from a feedback batch (pure; jit it, or use the policy's ``update``)."""
+    x, d = _stats(state, fb)
+    n = state.n + d.n
+    if discount < 1.0:
+        eye = jnp.eye(state.b.shape[0], dtype=jnp.float32)
+        precision = discount * state.precision + d.precision + (1.0 - discount) * ridge * eye
+        b = discount * state.b + d.b
+        cov, theta = _refactor(precision, b)
+        return state._replace(
+            precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
+            id_count=discount * state.id_count + d.id_count,
+            id_resid=discount * state.id_resid + d.id_resid, n=n,
+            since_refactor=jnp.zeros((), jnp.int32),
+        )
+    precision = state.precision + d.precision
+    b = state.b + d.b
+    since = state.since_refactor + d.n
+
+    def refactored() -> tuple[Array, Array, Array]:
+        cov, theta = _refactor(precision, b)
+        return cov, theta, jnp.zeros((), jnp.int32)
+
+    def woodbury() -> tuple[Array, Array, Array]:
+        cov = _woodbury(state.cov, x)
+        return cov, cov @ b, since
+
+    cov, theta, since = jax.lax.cond(since >= refactor_every, refactored, woodbury)
+    return state._replace(
+        precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
+        id_count=state.id_count + d.id_count, id_resid=state.id_resid + d.id_resid, n=n,
+        since_refactor=since,
+    )
+
+
+
+def check_params(
+    *, ridge: float, discount: float, refactor_every: int, n_ids: int, id_ridge: float,
+    position_bias: tuple[float, ...],
+) -> None:
+    """Validate the shared linear hyperparameters (raises ``ValueError`` naming the field)."""
+    if not ridge > 0:
+        raise ValueError(f"ridge must be > 0, got {ridge}")
+    if not 0.0 < discount <= 1.0:
+        raise ValueError(f"discount must be in (0, 1], got {discount}")
+    if refactor_every < 1:
+        raise ValueError(f"refactor_every must be >= 1, got {refactor_every}")
+    if n_ids < 0:
+        raise ValueError(f"n_ids must be >= 0, got {n_ids}")
+    if not id_ridge > 0:
+        raise ValueError(f"id_ridge must be > 0, got {id_ridge}")
+    if not position_bias or not all(0.0 < k <= 1.0 for k in position_bias):
+        raise ValueError(f"position_bias must be non-empty with values in (0, 1], got {position_bias}")
+
+
+def linear_params(
+    *, ridge: float, discount: float, refactor_every: int, n_ids: int, id_ridge: float,
+    position_bias: tuple[float, ...],
+) -> dict[str, object]:
+    """The shared hyperparameters as a spec ``params`` fragment (checked)."""
+    check_params(
+        ridge=ridge, discount=discount, refactor_every=refactor_every, n_ids=n_ids,
+        id_ridge=id_ridge, position_bias=position_bias,
+    )
+    return {
+        "ridge": float(ridge), "discount": float(discount), "refactor_every": int(refactor_every),
+        "n_ids": int(n_ids), "id_ridge": float(id_ridge),
+        "position_bias": [float(k) for k in position_bias],
+    }
