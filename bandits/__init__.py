@@ -44,9 +44,11 @@ Inputs are checked: shapes and dtypes always (also under jit/vmap), values (NaN/
 candidate sets, a slate longer than the valid candidates, propensities outside (0, 1]) when
 called on concrete arrays; :func:`bandits.checks.check_request` and
 :func:`bandits.checks.check_feedback` do the value checks for callers that jit themselves.
+
+Off-policy estimators live in the subpackage ``bandits.ope`` (``import bandits.ope``); it is not
+imported here, so the policies do not depend on it.
 """
 
-from bandits import ope
 from bandits.checks import check_feedback, check_request
 from bandits.policy import Policy, PolicySpec
 from bandits.registry import POLICIES
@@ -56,5 +58,5 @@ from bandits.types import Candidates, Estimate, Feedback, Ranked
 
 __all__ = [
     "POLICIES", "Candidates", "Estimate", "Feedback", "Policy", "PolicySpec", "Ranked",
-    "StateFormatError", "check_feedback", "check_request", "load", "ope", "pad", "save",
+    "StateFormatError", "check_feedback", "check_request", "load", "pad", "save",
 ]
