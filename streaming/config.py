@@ -1,0 +1,396 @@
+"""THE config object: defaults, then a TOML file, then ``ENCORE_<SECTION>__<KEY>`` variables, then flags.
+
+Unknown sections and keys are errors, every duration is an integer with ``_ms`` in its name, and
+relations between fields are checked when a section is built. ``rewards`` and ``bandits`` never read
+config: ``streaming`` maps these sections to keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self
+
+SECRET_KEYS = ("password", "secret", "token", "sasl_oauth")
+
+
+class ConfigError(ValueError):
+    """A config value, file, variable or flag is invalid; the message names it."""
+
+
+# The consumer settings kafka-python accepts that a user may pass through ``client_options``.
+# encore owns group_id, enable_auto_commit, deserializers and offsets; they are not passable.
+CONSUMER_PASSTHROUGH = frozenset(
+    {
+        "client_rack",
+        "fetch_max_wait_ms",
+        "fetch_min_bytes",
+        "fetch_max_bytes",
+        "max_partition_fetch_bytes",
+        "request_timeout_ms",
+        "retry_backoff_ms",
+        "reconnect_backoff_ms",
+        "reconnect_backoff_max_ms",
+        "max_in_flight_requests_per_connection",
+        "check_crcs",
+        "isolation_level",
+        "metadata_max_age_ms",
+        "max_poll_interval_ms",
+        "heartbeat_interval_ms",
+        "receive_buffer_bytes",
+        "send_buffer_bytes",
+        "connections_max_idle_ms",
+        "ssl_check_hostname",
+        "ssl_crlfile",
+        "ssl_ciphers",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "api_version",
+    }
+)
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where the cluster is and how to talk to it.
+
+    ``bootstrap_servers`` empty means: the local broker that ``encore broker start`` runs.
+    """
+
+    bootstrap_servers: str = ""
+    client_id: str = "encore"
+    group_id: str = "encore-daemon"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_plain_username: str = ""
+    sasl_plain_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_password: str = ""
+    poll_timeout_ms: int = 200
+    max_poll_records: int = 5000
+    session_timeout_ms: int = 10_000
+    client_options: Mapping[str, Any] = field(default_factory=dict[str, Any])
+
+    def __post_init__(self) -> None:
+        _positive(self, "poll_timeout_ms", "max_poll_records", "session_timeout_ms")
+        if self.poll_timeout_ms >= self.session_timeout_ms:
+            raise ConfigError(
+                f"kafka.poll_timeout_ms ({self.poll_timeout_ms}) must be below "
+                f"kafka.session_timeout_ms ({self.session_timeout_ms})"
+            )
+        unknown = sorted(set(self.client_options) - CONSUMER_PASSTHROUGH)
+        if unknown:
+            raise ConfigError(
+                f"kafka.client_options has keys the consumer does not accept or encore owns: "
+                f"{unknown}; allowed: {sorted(CONSUMER_PASSTHROUGH)}"
+            )
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ConfigError("kafka.sasl_mechanism is required when security_protocol is SASL_*")
+
+    def security(self) -> dict[str, Any]:
+        """Client settings for security, passed to every consumer, producer and admin client."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        for name in (
+            "sasl_mechanism",
+            "sasl_plain_username",
+            "sasl_plain_password",
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "ssl_password",
+        ):
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names and the partition count ``encore topics create`` uses."""
+
+    impressions: str = "encore.impressions"
+    outcomes: str = "encore.outcomes"
+    dlq: str = "encore.dlq"
+    late: str = "encore.late"
+    snapshots: str = "encore.policy-snapshots"
+    deltas: str = "encore.policy-deltas"
+    partitions: int = 4
+    replication_factor: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self, "partitions", "replication_factor")
+        names = [self.impressions, self.outcomes, self.dlq, self.late, self.snapshots, self.deltas]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"topic names must be distinct, got {names}")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """Limits the decoder enforces."""
+
+    max_message_bytes: int = 1_000_000
+    max_candidates: int = 4096
+    max_features: int = 512
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_message_bytes", "max_candidates", "max_features")
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    """The reward window: how long after an impression its outcomes count (event time)."""
+
+    window_ms: int = 600_000
+    allowed_lateness_ms: int = 30_000
+    max_open: int = 1_000_000
+    aggregate: Literal["first", "max", "sum"] = "max"
+    default_reward: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "window_ms", "max_open")
+        if self.allowed_lateness_ms < 0:
+            raise ConfigError("join.allowed_lateness_ms must be >= 0")
+        if self.aggregate not in ("first", "max", "sum"):
+            raise ConfigError(f"join.aggregate must be first, max or sum, got {self.aggregate!r}")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """Which composite reward the policy learns from, by name, with its parameters."""
+
+    name: str = "stream30"
+    params: Mapping[str, Any] = field(default_factory=dict[str, Any])
+
+
+@dataclass(frozen=True)
+class PolicySpecConfig:
+    """Which policy to run, by its name in ``bandits.registry.POLICIES``, with its parameters."""
+
+    name: str = "linucb"
+    params: Mapping[str, Any] = field(default_factory=dict[str, Any])
+    slate_size: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self, "slate_size")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """How often the worker's whole state is written, and where."""
+
+    dir: str = ".encore/checkpoints"
+    every_events: int = 50_000
+    every_ms: int = 10_000
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        _positive(self, "every_events", "every_ms", "keep")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """The re-ranking endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    snapshot_every_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        _positive(self, "snapshot_every_ms")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"rerank.port must be in [0, 65535], got {self.port}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of an encore process."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: Topics = field(default_factory=Topics)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    join: JoinConfig = field(default_factory=JoinConfig)
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    policy: PolicySpecConfig = field(default_factory=PolicySpecConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Sequence[str] = (),
+    ) -> Self:
+        """Build a config from defaults, a TOML file, environment variables and ``KEY=VALUE`` flags.
+
+        Args:
+            path: a TOML file with ``[section]`` tables, or None.
+            env: environment (``os.environ`` by default); ``ENCORE_<SECTION>__<KEY>`` is read.
+            overrides: ``section.key=value`` strings (from ``--set``), applied last.
+
+        Raises:
+            ConfigError: an unknown section or key, a value of the wrong type, or a broken relation.
+        """
+        env = os.environ if env is None else env
+        layers: dict[str, dict[str, Any]] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+            for section, values in data.items():
+                if not isinstance(values, dict):
+                    raise ConfigError(f"{path}: [{section}] must be a table")
+                layers.setdefault(section, {}).update(typing.cast(dict[str, Any], values))
+        for name, raw in env.items():
+            if name.startswith("ENCORE_") and "__" in name:
+                section, _, key = name[len("ENCORE_") :].lower().partition("__")
+                layers.setdefault(section, {})[key] = _EnvString(raw, name)
+        for item in overrides:
+            lhs, sep, raw = item.partition("=")
+            section, dot, key = lhs.strip().partition(".")
+            if not sep or not dot:
+                raise ConfigError(f"--set takes section.key=value, got {item!r}")
+            layers.setdefault(section, {})[key] = _EnvString(raw, f"--set {lhs}")
+        return cls._build(layers)
+
+    @classmethod
+    def _build(cls, layers: Mapping[str, Mapping[str, Any]]) -> Self:
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(layers) - set(sections))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(sections)}")
+        built: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for name in sections:
+            section_cls = hints[name]
+            built[name] = _build_section(name, section_cls, layers.get(name, {}))
+        return cls(**built)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config as plain data with secrets replaced, for logs and checkpoints."""
+
+        def walk(obj: Any, key: str = "") -> Any:
+            if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+                return {f.name: walk(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)}
+            if isinstance(obj, Mapping):
+                m = typing.cast(Mapping[str, Any], obj)
+                return {k: walk(v, k) for k, v in m.items()}
+            if isinstance(obj, str) and obj and any(s in key for s in SECRET_KEYS):
+                return "***"
+            return obj
+
+        return typing.cast(dict[str, Any], walk(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.redacted(), sort_keys=True)
+
+
+class _EnvString(str):
+    """A value that came from an environment variable or flag, parsed by the field's type."""
+
+    origin: str
+
+    def __new__(cls, value: str, origin: str) -> _EnvString:
+        obj = super().__new__(cls, value)
+        obj.origin = origin
+        return obj
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable that sets ``section.key``."""
+    return f"ENCORE_{section.upper()}__{key.upper()}"
+
+
+def _build_section(section: str, section_cls: type[Any], values: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in [{section}]; known: {sorted(fields)} "
+            f"(environment: {env_name(section, '<key>')})"
+        )
+    hints = typing.get_type_hints(section_cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+    try:
+        return section_cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"[{section}]: {exc}") from exc
+
+
+def _coerce(where: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if isinstance(value, _EnvString):
+        where = f"{where} (from {value.origin})"
+        if hint is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{where} must be a boolean, got {value!r}")
+        if hint is int:
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be an integer, got {value!r}") from None
+        if hint is float:
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        if origin is Mapping or hint is Mapping:
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be a JSON object, got {value!r}") from None
+            return _coerce(where, hint, parsed)
+        value = str(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be a boolean, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is Mapping or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return dict(typing.cast(Mapping[str, Any], value))
+    if isinstance(hint, types.UnionType):
+        return value
+    raise ConfigError(f"{where}: unsupported config type {hint!r}")
+
+
+def _positive(obj: object, *names: str) -> None:
+    section = type(obj).__name__
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name} must be positive, got {value}")

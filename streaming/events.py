@@ -1,0 +1,473 @@
+"""The event contract (JSON, versioned by ``schema``) and its decoder to columnar batches.
+
+Two event types travel on two topics, both keyed by ``user_id``:
+
+``impression`` (schema ``"impression/1"``)
+    ``request_id``, ``user_id``, ``surface``, ``ts`` (event time, ms), ``context`` (the user and
+    request features, ``d_user`` floats), ``candidates`` (track ids, up to ``max_candidates``),
+    ``candidate_features`` (one ``d_track`` list per candidate), ``shown`` (indices into
+    ``candidates``, in the order shown), ``propensities`` (the logging policy's probability of each
+    shown choice given the ones above it), ``policy`` and ``policy_version``.
+
+``outcome`` (schema ``"outcome/1"``)
+    ``request_id``, ``user_id``, ``track_id``, ``position`` (0 = top of the slate), ``ts``,
+    ``ms_played``, ``track_duration_ms``, ``reason_end`` (one of ``REASONS_END``), and optionally
+    ``saved``, ``liked``, ``added_to_playlist`` (default false).
+
+Field names follow the public music-streaming skip-prediction data where one exists.
+
+Decoding goes from raw bytes straight to typed msgspec structs and then to numpy columns; no
+per-event dicts reach the math. Every malformed message raises (or, in batch decoding, becomes a
+``Reject`` carrying) a ``DecodeError`` whose ``code`` is one of ``ERROR_CODES``:
+
+=====================  ============================================================
+code                   meaning
+=====================  ============================================================
+``too_large``          the message is over ``max_message_bytes``
+``invalid_utf8``       the bytes are not UTF-8
+``invalid_json``       not one JSON object (malformed, trailing data)
+``unknown_schema``     ``schema`` is missing or not a version this decoder knows
+``missing_field``      a required field is absent
+``unknown_field``      a field the schema does not define
+``wrong_type``         a field has the wrong JSON type (or a number is out of range)
+``non_finite``         a NaN or infinite number
+``bad_value``          an impossible value: negative time or duration, an empty id,
+                       ``ms_played`` over 10x the duration, a position < 0
+``empty_candidates``   an impression with no candidates, or nothing shown
+``bad_shape``          lengths disagree (features per candidate, context size,
+                       propensities per shown item) or too many candidates
+``bad_shown``          a shown index out of range or repeated
+``bad_propensity``     a propensity outside (0, 1]
+``unknown_reason_end`` ``reason_end`` not in ``REASONS_END``
+=====================  ============================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+IMPRESSION_SCHEMA = "impression/1"
+OUTCOME_SCHEMA = "outcome/1"
+
+REASONS_END: tuple[str, ...] = (
+    "trackdone",
+    "fwdbtn",
+    "backbtn",
+    "endplay",
+    "logout",
+    "clickrow",
+    "clickside",
+    "playbtn",
+    "remote",
+    "trackerror",
+    "appload",
+    "popup",
+    "uriopen",
+)
+"""Known ``reason_end`` values, by code (index); the first five match the simulator's REASONS."""
+_REASON_CODE = {r: i for i, r in enumerate(REASONS_END)}
+CENSORING_REASONS = frozenset({"logout", "endplay", "trackerror", "appload", "remote"})
+"""Plays that ended for a reason other than the listener's choice: not skips (censored)."""
+
+ERROR_CODES = (
+    "too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "unknown_schema",
+    "missing_field",
+    "unknown_field",
+    "wrong_type",
+    "non_finite",
+    "bad_value",
+    "empty_candidates",
+    "bad_shape",
+    "bad_shown",
+    "bad_propensity",
+    "unknown_reason_end",
+)
+ErrorCode = Literal[
+    "too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "unknown_schema",
+    "missing_field",
+    "unknown_field",
+    "wrong_type",
+    "non_finite",
+    "bad_value",
+    "empty_candidates",
+    "bad_shape",
+    "bad_shown",
+    "bad_propensity",
+    "unknown_reason_end",
+]
+
+MAX_PLAY_RATIO = 10.0
+MAX_INT = 2**53
+"""Integers (times, durations, positions) above this are rejected as ``bad_value``."""
+
+
+class DecodeError(ValueError):
+    """A malformed event: ``code`` (see ``ERROR_CODES``), a human ``reason`` and the ``raw`` bytes."""
+
+    def __init__(self, code: ErrorCode, reason: str, raw: bytes) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code: ErrorCode = code
+        self.reason = reason
+        self.raw = raw
+
+
+class Impression(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    schema: str
+    request_id: str
+    user_id: str
+    surface: str
+    ts: int
+    context: list[float]
+    candidates: list[str]
+    candidate_features: list[list[float]]
+    shown: list[int]
+    propensities: list[float]
+    policy: str
+    policy_version: str
+
+
+class Outcome(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    schema: str
+    request_id: str
+    user_id: str
+    track_id: str
+    position: int
+    ts: int
+    ms_played: int
+    track_duration_ms: int
+    reason_end: str
+    saved: bool = False
+    liked: bool = False
+    added_to_playlist: bool = False
+
+
+class _SchemaOnly(msgspec.Struct):
+    schema: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the decoder accepts: sizes of messages, candidate lists and feature vectors."""
+
+    d_user: int = 16
+    d_track: int = 16
+    max_candidates: int = 4096
+    max_message_bytes: int = 1_000_000
+
+
+class Reject(NamedTuple):
+    """A message that failed to decode, ready for the dead-letter topic."""
+
+    code: ErrorCode
+    reason: str
+    raw: bytes
+    index: int  # position in the input sequence
+
+
+def key64(values: Sequence[str]) -> npt.NDArray[np.uint64]:
+    """A stable 64-bit key per id (blake2b), for joins and hashed features."""
+    out = np.empty(len(values), dtype=np.uint64)
+    for i, v in enumerate(values):
+        out[i] = int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
+    return out
+
+
+class ImpressionBatch(NamedTuple):
+    """``n`` decoded impressions as columns; candidate lists padded to the batch's ``k``."""
+
+    request_id: npt.NDArray[np.str_]  # (n,)
+    request_key: npt.NDArray[np.uint64]  # (n,)
+    user_id: npt.NDArray[np.str_]  # (n,)
+    surface: npt.NDArray[np.str_]  # (n,)
+    ts_ms: npt.NDArray[np.int64]  # (n,)
+    context: npt.NDArray[np.float32]  # (n, d_user)
+    candidate_key: npt.NDArray[np.uint64]  # (n, k) 0 where padded
+    candidate_features: npt.NDArray[np.float32]  # (n, k, d_track)
+    candidate_mask: npt.NDArray[np.bool_]  # (n, k)
+    shown: npt.NDArray[np.int32]  # (n, s) indices into candidates, -1 where padded
+    propensity: npt.NDArray[np.float32]  # (n, s) 1.0 where padded
+    shown_mask: npt.NDArray[np.bool_]  # (n, s)
+    policy: npt.NDArray[np.str_]  # (n,)
+    policy_version: npt.NDArray[np.str_]  # (n,)
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.ts_ms.shape[0])
+
+
+class OutcomeBatch(NamedTuple):
+    """``n`` decoded outcomes as columns."""
+
+    request_key: npt.NDArray[np.uint64]  # (n,)
+    user_id: npt.NDArray[np.str_]  # (n,)
+    track_key: npt.NDArray[np.uint64]  # (n,)
+    position: npt.NDArray[np.int32]  # (n,)
+    ts_ms: npt.NDArray[np.int64]  # (n,)
+    ms_played: npt.NDArray[np.int64]  # (n,)
+    duration_ms: npt.NDArray[np.int64]  # (n,)
+    reason_end: npt.NDArray[np.int8]  # (n,) index into REASONS_END
+    saved: npt.NDArray[np.bool_]  # (n,)
+    liked: npt.NDArray[np.bool_]  # (n,)
+    added_to_playlist: npt.NDArray[np.bool_]  # (n,)
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.ts_ms.shape[0])
+
+    @property
+    def censored(self) -> npt.NDArray[np.bool_]:
+        codes = np.array([_REASON_CODE[r] for r in CENSORING_REASONS], dtype=np.int8)
+        return np.isin(self.reason_end, codes)
+
+
+_IMPRESSION_DECODER = msgspec.json.Decoder(Impression)
+_OUTCOME_DECODER = msgspec.json.Decoder(Outcome)
+_SCHEMA_DECODER = msgspec.json.Decoder(_SchemaOnly)
+_ENCODER = msgspec.json.Encoder()
+
+
+def _classify(exc: Exception, raw: bytes, expected_schema: str) -> DecodeError:
+    """Turn a msgspec failure into the documented error, most specific first."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as u:
+        return DecodeError("invalid_utf8", f"not UTF-8 at byte {u.start}", raw)
+    msg = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        try:
+            schema = _SCHEMA_DECODER.decode(raw).schema
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            schema = None
+        if schema is None:
+            return DecodeError(
+                "unknown_schema", f"no string `schema` field (expected {expected_schema!r})", raw
+            )
+        if schema != expected_schema:
+            return DecodeError(
+                "unknown_schema", f"schema {schema!r} is not {expected_schema!r}", raw
+            )
+        if "missing required field" in msg:
+            return DecodeError("missing_field", msg, raw)
+        if "unknown field" in msg:
+            return DecodeError("unknown_field", msg, raw)
+        if "out of range" in msg:
+            return DecodeError("non_finite", f"{msg} (a number too large for a float)", raw)
+        return DecodeError("wrong_type", msg, raw)
+    return DecodeError("invalid_json", msg, raw)
+
+
+def _finite(values: Sequence[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def decode_impression(raw: bytes, limits: Limits = Limits()) -> Impression:
+    """Decode and validate one impression.
+
+    Raises:
+        DecodeError: with one of ``ERROR_CODES``.
+    """
+    if len(raw) > limits.max_message_bytes:
+        raise DecodeError(
+            "too_large", f"{len(raw)} bytes > max_message_bytes {limits.max_message_bytes}", raw
+        )
+    try:
+        ev = _IMPRESSION_DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _classify(exc, raw, IMPRESSION_SCHEMA) from None
+    if ev.schema != IMPRESSION_SCHEMA:
+        raise DecodeError(
+            "unknown_schema", f"schema {ev.schema!r} is not {IMPRESSION_SCHEMA!r}", raw
+        )
+    if not ev.request_id or not ev.user_id:
+        raise DecodeError("bad_value", "request_id and user_id must be non-empty", raw)
+    if not 0 <= ev.ts <= MAX_INT:
+        raise DecodeError("bad_value", f"ts {ev.ts} is negative or too large", raw)
+    k = len(ev.candidates)
+    if k == 0 or not ev.shown:
+        raise DecodeError("empty_candidates", f"{k} candidates, {len(ev.shown)} shown", raw)
+    if k > limits.max_candidates:
+        raise DecodeError(
+            "bad_shape", f"{k} candidates > max_candidates {limits.max_candidates}", raw
+        )
+    if len(ev.context) != limits.d_user:
+        raise DecodeError(
+            "bad_shape", f"context has {len(ev.context)} features, expected {limits.d_user}", raw
+        )
+    if len(ev.candidate_features) != k:
+        raise DecodeError(
+            "bad_shape", f"{len(ev.candidate_features)} feature rows for {k} candidates", raw
+        )
+    for i, row in enumerate(ev.candidate_features):
+        if len(row) != limits.d_track:
+            raise DecodeError(
+                "bad_shape",
+                f"candidate {i} has {len(row)} features, expected {limits.d_track}",
+                raw,
+            )
+        if not _finite(row):
+            raise DecodeError("non_finite", f"candidate {i} has a NaN or infinite feature", raw)
+    if not _finite(ev.context):
+        raise DecodeError("non_finite", "context has a NaN or infinite feature", raw)
+    if len(ev.propensities) != len(ev.shown):
+        raise DecodeError(
+            "bad_shape", f"{len(ev.propensities)} propensities for {len(ev.shown)} shown", raw
+        )
+    if len(set(ev.shown)) != len(ev.shown) or any(not 0 <= s < k for s in ev.shown):
+        raise DecodeError(
+            "bad_shown", f"shown {ev.shown[:20]} must be distinct indices in [0, {k})", raw
+        )
+    for p in ev.propensities:
+        if not math.isfinite(p):
+            raise DecodeError("non_finite", "a propensity is NaN or infinite", raw)
+        if not 0.0 < p <= 1.0:
+            raise DecodeError("bad_propensity", f"propensity {p} is outside (0, 1]", raw)
+    return ev
+
+
+def decode_outcome(raw: bytes, limits: Limits = Limits()) -> Outcome:
+    """Decode and validate one outcome.
+
+    Raises:
+        DecodeError: with one of ``ERROR_CODES``.
+    """
+    if len(raw) > limits.max_message_bytes:
+        raise DecodeError(
+            "too_large", f"{len(raw)} bytes > max_message_bytes {limits.max_message_bytes}", raw
+        )
+    try:
+        ev = _OUTCOME_DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _classify(exc, raw, OUTCOME_SCHEMA) from None
+    if ev.schema != OUTCOME_SCHEMA:
+        raise DecodeError("unknown_schema", f"schema {ev.schema!r} is not {OUTCOME_SCHEMA!r}", raw)
+    if not ev.request_id or not ev.user_id or not ev.track_id:
+        raise DecodeError("bad_value", "request_id, user_id and track_id must be non-empty", raw)
+    if not (0 <= ev.ts <= MAX_INT and 0 <= ev.position <= MAX_INT):
+        raise DecodeError(
+            "bad_value", f"ts {ev.ts} and position {ev.position} must be in [0, 2**53]", raw
+        )
+    if ev.track_duration_ms > MAX_INT:
+        raise DecodeError(
+            "bad_value", f"track_duration_ms {ev.track_duration_ms} is too large", raw
+        )
+    if ev.ms_played < 0 or ev.track_duration_ms <= 0:
+        raise DecodeError(
+            "bad_value",
+            f"ms_played {ev.ms_played} must be >= 0 and track_duration_ms {ev.track_duration_ms} > 0",
+            raw,
+        )
+    if ev.ms_played > MAX_PLAY_RATIO * ev.track_duration_ms:
+        raise DecodeError(
+            "bad_value",
+            f"ms_played {ev.ms_played} is over {MAX_PLAY_RATIO:g}x track_duration_ms {ev.track_duration_ms}",
+            raw,
+        )
+    if ev.reason_end not in _REASON_CODE:
+        raise DecodeError(
+            "unknown_reason_end",
+            f"reason_end {ev.reason_end!r} is not one of {list(REASONS_END)}",
+            raw,
+        )
+    return ev
+
+
+def impressions_to_batch(
+    events: Sequence[Impression], limits: Limits = Limits()
+) -> ImpressionBatch:
+    """Columns for validated impressions; candidate lists are padded to the longest one."""
+    n = len(events)
+    k = max((len(e.candidates) for e in events), default=1)
+    s = max((len(e.shown) for e in events), default=1)
+    cand_key = np.zeros((n, k), dtype=np.uint64)
+    feats = np.zeros((n, k, limits.d_track), dtype=np.float32)
+    cmask = np.zeros((n, k), dtype=bool)
+    shown = np.full((n, s), -1, dtype=np.int32)
+    prop = np.ones((n, s), dtype=np.float32)
+    smask = np.zeros((n, s), dtype=bool)
+    for i, e in enumerate(events):
+        kk, ss = len(e.candidates), len(e.shown)
+        cand_key[i, :kk] = key64(e.candidates)
+        feats[i, :kk] = e.candidate_features
+        cmask[i, :kk] = True
+        shown[i, :ss] = e.shown
+        prop[i, :ss] = e.propensities
+        smask[i, :ss] = True
+    request_id = np.array([e.request_id for e in events], dtype=np.str_)
+    return ImpressionBatch(
+        request_id=request_id,
+        request_key=key64([e.request_id for e in events]),
+        user_id=np.array([e.user_id for e in events], dtype=np.str_),
+        surface=np.array([e.surface for e in events], dtype=np.str_),
+        ts_ms=np.array([e.ts for e in events], dtype=np.int64),
+        context=np.array([e.context for e in events], dtype=np.float32).reshape(n, limits.d_user),
+        candidate_key=cand_key,
+        candidate_features=feats,
+        candidate_mask=cmask,
+        shown=shown,
+        propensity=prop,
+        shown_mask=smask,
+        policy=np.array([e.policy for e in events], dtype=np.str_),
+        policy_version=np.array([e.policy_version for e in events], dtype=np.str_),
+    )
+
+
+def outcomes_to_batch(events: Sequence[Outcome]) -> OutcomeBatch:
+    """Columns for validated outcomes."""
+    return OutcomeBatch(
+        request_key=key64([e.request_id for e in events]),
+        user_id=np.array([e.user_id for e in events], dtype=np.str_),
+        track_key=key64([e.track_id for e in events]),
+        position=np.array([e.position for e in events], dtype=np.int32),
+        ts_ms=np.array([e.ts for e in events], dtype=np.int64),
+        ms_played=np.array([e.ms_played for e in events], dtype=np.int64),
+        duration_ms=np.array([e.track_duration_ms for e in events], dtype=np.int64),
+        reason_end=np.array([_REASON_CODE[e.reason_end] for e in events], dtype=np.int8),
+        saved=np.array([e.saved for e in events], dtype=bool),
+        liked=np.array([e.liked for e in events], dtype=bool),
+        added_to_playlist=np.array([e.added_to_playlist for e in events], dtype=bool),
+    )
+
+
+def decode_impressions(
+    raws: Sequence[bytes], limits: Limits = Limits()
+) -> tuple[ImpressionBatch, list[Reject]]:
+    """Decode many impressions: the good ones as one batch, the bad ones as rejects (in order)."""
+    good: list[Impression] = []
+    rejects: list[Reject] = []
+    for i, raw in enumerate(raws):
+        try:
+            good.append(decode_impression(raw, limits))
+        except DecodeError as err:
+            rejects.append(Reject(err.code, err.reason, raw, i))
+    return impressions_to_batch(good, limits), rejects
+
+
+def decode_outcomes(
+    raws: Sequence[bytes], limits: Limits = Limits()
+) -> tuple[OutcomeBatch, list[Reject]]:
+    """Decode many outcomes: the good ones as one batch, the bad ones as rejects (in order)."""
+    good: list[Outcome] = []
+    rejects: list[Reject] = []
+    for i, raw in enumerate(raws):
+        try:
+            good.append(decode_outcome(raw, limits))
+        except DecodeError as err:
+            rejects.append(Reject(err.code, err.reason, raw, i))
+    return outcomes_to_batch(good), rejects
+
+
+def encode(event: Impression | Outcome) -> bytes:
+    """JSON bytes of an event (what producers send)."""
+    return _ENCODER.encode(event)

@@ -1,0 +1,170 @@
+"""The only module that imports ``kafka``: clients, topics, and where the cluster is.
+
+Every client gets the security settings of ``KafkaConfig``; consumers run with
+``enable_auto_commit=False`` because encore's checkpoint, not the broker, is the source of truth
+for offsets (offsets are still committed after each checkpoint so lag shows in the usual tools).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from streaming.broker import LocalBroker, default_state_dir
+from streaming.config import Config, KafkaConfig, Topics
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "KafkaError",
+    "NoBrokersAvailable",
+    "OffsetAndMetadata",
+    "TopicPartition",
+    "bootstrap_servers",
+    "ensure_topics",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+    "topic_specs",
+]
+
+
+class NoClusterError(RuntimeError):
+    """No bootstrap servers were configured and no local broker is running."""
+
+
+def bootstrap_servers(kafka: KafkaConfig, state_dir: Path | None = None) -> str:
+    """The configured servers, or the address of the local broker ``encore broker start`` runs."""
+    if kafka.bootstrap_servers:
+        return kafka.bootstrap_servers
+    info = LocalBroker(state_dir=state_dir or default_state_dir()).info()
+    if info is None:
+        raise NoClusterError(
+            "no Kafka cluster: run `encore broker start` for a local one, or pass "
+            "--bootstrap-servers HOST:PORT (or set ENCORE_KAFKA__BOOTSTRAP_SERVERS)"
+        )
+    return info.bootstrap_servers
+
+
+def make_admin(kafka: KafkaConfig, servers: str) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        bootstrap_servers=servers, client_id=f"{kafka.client_id}-admin", **kafka.security()
+    )
+
+
+def make_producer(kafka: KafkaConfig, servers: str, **overrides: Any) -> KafkaProducer:
+    """A producer for keyed bytes: acks=all, idempotent, small linger for throughput."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": servers,
+        "client_id": f"{kafka.client_id}-producer",
+        "acks": "all",
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "max_request_size": 4 * 1024 * 1024,
+        **kafka.security(),
+        **overrides,
+    }
+    return KafkaProducer(**settings)
+
+
+def make_consumer(
+    kafka: KafkaConfig,
+    servers: str,
+    *,
+    group_id: str | None,
+    topics: Sequence[str] = (),
+    listener: Any = None,
+    **overrides: Any,
+) -> KafkaConsumer:
+    """A consumer with auto-commit off; subscribed to ``topics`` (with ``listener``) if given."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": servers,
+        "client_id": f"{kafka.client_id}-consumer",
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": kafka.max_poll_records,
+        "session_timeout_ms": kafka.session_timeout_ms,
+        **kafka.security(),
+        **dict(kafka.client_options),
+        **overrides,
+    }
+    consumer = KafkaConsumer(**settings)
+    if topics:
+        if listener is not None:
+            consumer.subscribe(list(topics), listener=listener)
+        else:
+            consumer.subscribe(list(topics))
+    return consumer
+
+
+def topic_specs(topics: Topics) -> dict[str, dict[str, Any]]:
+    """What ``encore topics create`` makes: name -> partitions, replication and configs."""
+    day_ms = 24 * 3600 * 1000
+    common = {"num_partitions": topics.partitions, "replication_factor": topics.replication_factor}
+    return {
+        topics.impressions: {**common, "configs": {"retention.ms": str(7 * day_ms)}},
+        topics.outcomes: {**common, "configs": {"retention.ms": str(7 * day_ms)}},
+        topics.dlq: {**common, "configs": {"retention.ms": str(30 * day_ms)}},
+        topics.late: {**common, "configs": {"retention.ms": str(30 * day_ms)}},
+        topics.deltas: {**common, "configs": {"retention.ms": str(day_ms)}},
+        topics.snapshots: {
+            "num_partitions": 1,
+            "replication_factor": topics.replication_factor,
+            "configs": {
+                "cleanup.policy": "compact",
+                "segment.ms": "60000",
+                "min.cleanable.dirty.ratio": "0.1",
+                "max.message.bytes": str(16 * 1024 * 1024),
+            },
+        },
+    }
+
+
+def ensure_topics(
+    config: Config,
+    servers: str,
+    *,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, str]:
+    """Create the topics that are missing (idempotent); returns name -> "created" | "exists"."""
+    specs = {**topic_specs(config.topics), **(extra or {})}
+    admin = make_admin(config.kafka, servers)
+    try:
+        existing = set(admin.list_topics())
+        missing = {name: dict(spec) for name, spec in specs.items() if name not in existing}
+        if missing:
+            try:
+                admin.create_topics(missing, raise_errors=False, wait_for_metadata=True)
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = set(admin.list_topics())
+            if set(specs) <= now:
+                break
+            if time.monotonic() > deadline:
+                raise KafkaError(
+                    f"topics {sorted(set(specs) - now)} did not appear in {timeout_s} s"
+                )
+            time.sleep(0.1)
+        return {name: ("created" if name in missing else "exists") for name in specs}
+    finally:
+        admin.close()
+
+
+def partitions_of(consumer: KafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of ``topics`` as the consumer's metadata knows them."""
+    out: list[TopicPartition] = []
+    for topic in topics:
+        parts = consumer.partitions_for_topic(topic) or set()
+        out.extend(TopicPartition(topic, p) for p in sorted(parts))
+    return out

@@ -1,0 +1,100 @@
+"""Simulated listeners on the wire: the simulator's requests, slates and plays as encore events.
+
+This is what the demo, the tests and the benchmarks produce into Kafka. The simulator knows the
+truth (``Plays.p_stream30``); the events carry only what a real client would log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from streaming.events import IMPRESSION_SCHEMA, OUTCOME_SCHEMA, Impression, Outcome, encode
+from streaming.simulator import REASONS, Plays, Requests
+
+
+class Wire(NamedTuple):
+    """One message to produce: topic role ("impressions" or "outcomes"), key, value, event time."""
+
+    role: str
+    key: bytes
+    value: bytes
+    ts_ms: int
+
+
+def user_id(uid: int) -> str:
+    return f"u{uid}"
+
+
+def track_id(tid: int) -> str:
+    return f"t{tid}"
+
+
+def impressions(
+    req: Requests,
+    shown: npt.NDArray[np.int64],
+    propensity: npt.NDArray[np.float64],
+    *,
+    policy: npt.NDArray[np.str_] | str,
+    policy_version: str = "1",
+    surface: str = "home",
+    run_id: str = "sim",
+) -> list[Impression]:
+    """One impression event per request; request ids are ``{run_id}-{request_id}``."""
+    n = req.candidates.shape[0]
+    policies = np.broadcast_to(np.asarray(policy), (n,))
+    ctx = req.context.tolist()
+    feats = req.candidate_features.tolist()
+    cands = req.candidates.tolist()
+    out: list[Impression] = []
+    for i in range(n):
+        out.append(
+            Impression(
+                schema=IMPRESSION_SCHEMA,
+                request_id=f"{run_id}-{int(req.request_id[i])}",
+                user_id=user_id(int(req.user_id[i])),
+                surface=surface,
+                ts=int(req.t_ms[i]),
+                context=ctx[i],
+                candidates=[track_id(t) for t in cands[i]],
+                candidate_features=feats[i],
+                shown=[int(j) for j in shown[i]],
+                propensities=[float(p) for p in propensity[i]],
+                policy=str(policies[i]),
+                policy_version=policy_version,
+            )
+        )
+    return out
+
+
+def outcomes(req: Requests, plays: Plays, *, run_id: str = "sim") -> list[Outcome]:
+    """One outcome event per heard track, in event-time order within each request."""
+    out: list[Outcome] = []
+    rows, cols = np.nonzero(plays.heard)
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        out.append(
+            Outcome(
+                schema=OUTCOME_SCHEMA,
+                request_id=f"{run_id}-{int(req.request_id[i])}",
+                user_id=user_id(int(req.user_id[i])),
+                track_id=track_id(int(plays.track_id[i, j])),
+                position=int(j),
+                ts=int(plays.t_ms[i, j]),
+                ms_played=int(plays.ms_played[i, j]),
+                track_duration_ms=int(plays.duration_ms[i, j]),
+                reason_end=REASONS[int(plays.reason_end[i, j])],
+                saved=bool(plays.saved[i, j]),
+            )
+        )
+    return out
+
+
+def wire(impr: list[Impression], outs: list[Outcome]) -> Iterator[Wire]:
+    """Encode events as keyed messages (key = user_id, so a user's events share a partition)."""
+    for e in impr:
+        yield Wire("impressions", e.user_id.encode(), encode(e), e.ts)
+    for o in outs:
+        yield Wire("outcomes", o.user_id.encode(), encode(o), o.ts)

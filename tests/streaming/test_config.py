@@ -1,0 +1,75 @@
+"""Config: layers apply in order, unknown keys and broken relations are clear errors, secrets redacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streaming.config import Config, ConfigError, env_name
+
+
+def test_defaults_are_valid() -> None:
+    cfg = Config.load(env={})
+    assert cfg.join.window_ms > 0 and cfg.kafka.poll_timeout_ms < cfg.kafka.session_timeout_ms
+
+
+def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
+    f = tmp_path / "encore.toml"
+    f.write_text(
+        '[join]\nwindow_ms = 1000\naggregate = "sum"\n[policy]\nname = "uniform"\n'
+        "[policy.params]\nalpha = 2.0\n"
+    )
+    cfg = Config.load(
+        f,
+        env={"ENCORE_JOIN__WINDOW_MS": "2000", "ENCORE_KAFKA__BOOTSTRAP_SERVERS": "h:1"},
+        overrides=["join.allowed_lateness_ms=7"],
+    )
+    assert (
+        cfg.join.window_ms == 2000
+        and cfg.join.aggregate == "sum"
+        and cfg.join.allowed_lateness_ms == 7
+    )
+    assert cfg.policy.name == "uniform" and cfg.policy.params == {"alpha": 2.0}
+    assert cfg.kafka.bootstrap_servers == "h:1"
+    assert env_name("join", "window_ms") == "ENCORE_JOIN__WINDOW_MS"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "overrides", "message"),
+    [
+        ("[nope]\na = 1\n", {}, [], "unknown config section"),
+        ("[join]\nwindow = 1\n", {}, [], "unknown key(s) ['window'] in [join]"),
+        ("[join]\nwindow_ms = '10'\n", {}, [], "join.window_ms must be an integer"),
+        ("", {"ENCORE_JOIN__WINDOW_MS": "ten"}, [], "ENCORE_JOIN__WINDOW_MS"),
+        ("", {}, ["join.window_ms=0"], "window_ms must be positive"),
+        ("", {}, ["join.aggregate=mean"], "must be one of"),
+        ("", {}, ["kafka.poll_timeout_ms=20000"], "must be below kafka.session_timeout_ms"),
+        ("", {}, ['kafka.client_options={"group_id": "x"}'], "client_options has keys"),
+        ("", {}, ["kafka.security_protocol=SASL_SSL"], "sasl_mechanism is required"),
+        ("", {}, ["windowms=1"], "--set takes section.key=value"),
+        ("[join\n", {}, [], "cannot read config file"),
+    ],
+)
+def test_invalid_config_is_a_clear_error(
+    tmp_path: Path, text: str, env: dict[str, str], overrides: list[str], message: str
+) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Config.load(f, env=env, overrides=overrides)
+    assert message in str(info.value)
+
+
+def test_secrets_are_redacted() -> None:
+    cfg = Config.load(
+        env={},
+        overrides=[
+            "kafka.security_protocol=SASL_SSL",
+            "kafka.sasl_mechanism=PLAIN",
+            "kafka.sasl_plain_password=hunter2",
+        ],
+    )
+    assert "hunter2" not in cfg.to_json()
+    assert cfg.redacted()["kafka"]["sasl_plain_password"] == "***"
+    assert cfg.kafka.security()["sasl_plain_password"] == "hunter2"
