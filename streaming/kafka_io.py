@@ -7,6 +7,7 @@ for offsets (offsets are still committed after each checkpoint so lag shows in t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -142,10 +143,8 @@ def ensure_topics(
         existing = set(admin.list_topics())
         missing = {name: dict(spec) for name, spec in specs.items() if name not in existing}
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing, raise_errors=False, wait_for_metadata=True)
-            except TopicAlreadyExistsError:
-                pass
         deadline = time.monotonic() + timeout_s
         while True:
             now = set(admin.list_topics())
