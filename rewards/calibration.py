@@ -1,0 +1,196 @@
+"""Calibration and discrimination of predicted probabilities, scored prequentially.
+
+Prequential (progressive) validation, as in river's ``progressive_val_score``: each prediction
+is made when the impression is seen, with the state as it was then, and scored only when the
+outcome arrives; only then does the outcome enter ``update``. :func:`prequential` runs exactly
+that over a stream of batches; :func:`score_heads` scores stored predictions against outcomes.
+
+Everything here is numpy on the host (reports, not training).
+
+References:
+    Dawid (1984), "Present position and potential developments: the prequential approach";
+    Naeini, Cooper & Hauskrecht (2015), "Obtaining well calibrated probabilities using Bayesian
+    binning" (ECE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import numpy as np
+from jaxtyping import Bool, Float
+from numpy.typing import NDArray
+
+from rewards.labels import skip_labels
+from rewards.model import RewardModel
+from rewards.types import HEADS, ModelState, Outcomes, Predictions
+
+EPS = 1e-7
+
+
+class ReliabilityTable(NamedTuple):
+    """Equal-width bins of predicted probability (empty bins have count 0 and NaN means)."""
+
+    lower: NDArray[np.float64]  # (b,)
+    upper: NDArray[np.float64]  # (b,)
+    mean_predicted: NDArray[np.float64]  # (b,)
+    fraction_positive: NDArray[np.float64]  # (b,)
+    count: NDArray[np.int64]  # (b,)
+
+
+class Scores(NamedTuple):
+    """Scores of one set of probabilities against binary labels."""
+
+    log_loss: float
+    auc: float
+    ece: float
+    brier: float
+    n: int
+    base_rate: float
+
+
+def _clean(p: NDArray[np.floating], y: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    p = np.asarray(p, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"probabilities {p.shape} and labels {y.shape} differ in shape")
+    if p.size and not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("probabilities must be finite and in [0, 1]")
+    return p, y
+
+
+def log_loss(p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"]) -> float:
+    """Mean binary cross-entropy in nats (probabilities clipped to ``[1e-7, 1 - 1e-7]``).
+
+    >>> round(log_loss(np.array([0.5, 0.5]), np.array([True, False])), 4)
+    0.6931
+    """
+    p, y = _clean(p, y)
+    p = np.clip(p, EPS, 1 - EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))) if p.size else float("nan")
+
+
+def auc(p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"]) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN if one class is absent.
+
+    >>> auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
+    0.75
+    """
+    p, y = _clean(p, y)
+    n_pos = y.sum()
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    avg_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct value
+    ranks = avg_rank[inverse]
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def reliability_table(
+    p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"], n_bins: int = 15
+) -> ReliabilityTable:
+    """Mean prediction and observed frequency in ``n_bins`` equal-width bins of ``[0, 1]``."""
+    if n_bins <= 0:
+        raise ValueError(f"n_bins must be positive, got {n_bins}")
+    p, y = _clean(p, y)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.where(count > 0, sum_p / np.maximum(count, 1), np.nan)
+        frac = np.where(count > 0, sum_y / np.maximum(count, 1), np.nan)
+    return ReliabilityTable(edges[:-1], edges[1:], mean_p, frac, count.astype(np.int64))
+
+
+def ece(
+    p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"], n_bins: int = 15
+) -> float:
+    """Expected calibration error: count-weighted mean ``|mean predicted - observed|`` over bins.
+
+    >>> ece(np.array([0.2, 0.2, 0.2, 0.2, 0.2]), np.array([True, False, False, False, False]))
+    0.0
+    """
+    t = reliability_table(p, y, n_bins)
+    used = t.count > 0
+    if not used.any():
+        return float("nan")
+    gap = np.abs(t.mean_predicted[used] - t.fraction_positive[used])
+    return float(np.sum(gap * t.count[used]) / t.count[used].sum())
+
+
+def score(
+    p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"], n_bins: int = 15
+) -> Scores:
+    """Log loss, AUC, ECE, Brier score, count and base rate of one head."""
+    p64, y64 = _clean(p, y)
+    if p64.size == 0:
+        nan = float("nan")
+        return Scores(nan, nan, nan, nan, 0, nan)
+    return Scores(
+        log_loss=log_loss(p64, y64 > 0.5),
+        auc=auc(p64, y64 > 0.5),
+        ece=ece(p64, y64 > 0.5, n_bins),
+        brier=float(np.mean((p64 - y64) ** 2)),
+        n=int(p64.size),
+        base_rate=float(y64.mean()),
+    )
+
+
+def head_labels(outcomes: Outcomes) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Labels and known-flags of every head of :data:`HEADS`, each ``(n, 4)``; masked rows unknown."""
+    o = outcomes
+    y, k = skip_labels(o.ms_played, np.where(np.asarray(o.duration_ms) > 0, o.duration_ms, 1),
+                       o.reason_end, o.censored)
+    y, k = np.asarray(y), np.asarray(k)
+    y4 = np.concatenate([y, ~y[:, 2:3]], axis=1)
+    k4 = np.concatenate([k, k[:, 2:3]], axis=1) & np.asarray(o.mask, dtype=bool)[:, None]
+    return y4, k4
+
+
+def prediction_columns(predictions: Predictions) -> NDArray[np.float64]:
+    """``(n, 4)`` probabilities in the order of :data:`HEADS`."""
+    skip = np.asarray(predictions.skip, dtype=np.float64)
+    return np.concatenate([skip, np.asarray(predictions.complete, np.float64)[:, None]], axis=1)
+
+
+def score_heads(
+    probs: Float[NDArray[np.floating], "n 4"], outcomes: Outcomes, n_bins: int = 15
+) -> dict[str, Scores]:
+    """Scores per head of :data:`HEADS` (heads that are all NaN, i.e. not modelled, are left out).
+
+    Args:
+        probs: ``(n, 4)`` stored predictions (:func:`prediction_columns`), made at impression time.
+        outcomes: the outcomes of the same rows; only rows with a known label are scored.
+    """
+    y, k = head_labels(outcomes)
+    probs = np.asarray(probs, dtype=np.float64)
+    out: dict[str, Scores] = {}
+    for j, head in enumerate(HEADS):
+        if np.all(np.isnan(probs[:, j])):
+            continue
+        use = k[:, j] & np.isfinite(probs[:, j])
+        out[head] = score(probs[use, j], y[use, j], n_bins)
+    return out
+
+
+def prequential(
+    model: RewardModel, state: ModelState, stream: Iterable[Outcomes]
+) -> tuple[ModelState, NDArray[np.float64], list[Outcomes]]:
+    """Predict each batch with the state before it, then ``update`` on it (zero-delay prequential).
+
+    Returns:
+        ``(final state, (rows, 4) predictions of every batch's rows in order, the batches)``.
+    """
+    preds: list[NDArray[np.float64]] = []
+    seen: list[Outcomes] = []
+    for batch in stream:
+        preds.append(prediction_columns(model.predict(state, batch.inputs)))
+        seen.append(batch)
+        state, _ = model.update(state, batch)
+    cols = np.concatenate(preds) if preds else np.zeros((0, len(HEADS)))
+    return state, cols, seen
