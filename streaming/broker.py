@@ -142,7 +142,6 @@ BASE_SETTINGS: dict[str, str] = {
 }
 TEST_SETTINGS: dict[str, str] = {
     "offsets.topic.num.partitions": "4",
-    "group.consumer.heartbeat.interval.ms": "1000",
     "log.segment.bytes": "16777216",
 }
 
@@ -174,6 +173,7 @@ class LocalBroker:
     version: str = KAFKA_VERSION
     settings: Mapping[str, str] = field(default_factory=dict[str, str])
     heap_mb: int = 512
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def info_path(self) -> Path:
@@ -271,6 +271,7 @@ class LocalBroker:
             start_new_session=True,
         )
         out.close()
+        self._proc = proc
         info = BrokerInfo(
             pid=proc.pid,
             bootstrap_servers=f"127.0.0.1:{port}",
@@ -289,7 +290,7 @@ class LocalBroker:
             if _serves_metadata(info.bootstrap_servers):
                 break
             if time.monotonic() > deadline:
-                _terminate(proc.pid, timeout_s=10)
+                _terminate(proc.pid, timeout_s=10, proc=proc)
                 raise BrokerError(
                     f"the broker did not answer within {timeout_s:.0f} s; "
                     f"see {self.log_file}:\n{_tail(self.log_file)}"
@@ -303,7 +304,9 @@ class LocalBroker:
         info = self.info()
         if info is None:
             return False
-        _terminate(info.pid, timeout_s=timeout_s)
+        proc = self._proc if self._proc is not None and self._proc.pid == info.pid else None
+        _terminate(info.pid, timeout_s=timeout_s, proc=proc)
+        self._proc = None
         self.info_path.unlink(missing_ok=True)
         return True
 
@@ -370,15 +373,23 @@ def _is_our_jvm(pid: int) -> bool:
     return b"kafka.Kafka" in cmdline
 
 
-def _terminate(pid: int, *, timeout_s: float) -> None:
+def _terminate(pid: int, *, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """SIGTERM the process group, wait, then SIGKILL; returns once the process is gone."""
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
+            if proc is not None:
+                proc.wait(timeout=5)
             return
         except PermissionError:
             os.kill(pid, sig)
+        if proc is not None:
+            try:
+                proc.wait(timeout=wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             try:

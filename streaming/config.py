@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from streaming.join import JoinConfig
+
 SECRET_KEYS = ("password", "secret", "token", "sasl_oauth")
 
 
@@ -140,28 +142,11 @@ class EventsConfig:
 
     max_message_bytes: int = 1_000_000
     max_candidates: int = 4096
-    max_features: int = 512
+    d_user: int = 16
+    d_track: int = 16
 
     def __post_init__(self) -> None:
-        _positive(self, "max_message_bytes", "max_candidates", "max_features")
-
-
-@dataclass(frozen=True)
-class JoinConfig:
-    """The reward window: how long after an impression its outcomes count (event time)."""
-
-    window_ms: int = 600_000
-    allowed_lateness_ms: int = 30_000
-    max_open: int = 1_000_000
-    aggregate: Literal["first", "max", "sum"] = "max"
-    default_reward: float = 0.0
-
-    def __post_init__(self) -> None:
-        _positive(self, "window_ms", "max_open")
-        if self.allowed_lateness_ms < 0:
-            raise ConfigError("join.allowed_lateness_ms must be >= 0")
-        if self.aggregate not in ("first", "max", "sum"):
-            raise ConfigError(f"join.aggregate must be first, max or sum, got {self.aggregate!r}")
+        _positive(self, "max_message_bytes", "max_candidates", "d_user", "d_track")
 
 
 @dataclass(frozen=True)
@@ -326,7 +311,9 @@ def _build_section(section: str, section_cls: type[Any], values: Mapping[str, An
         kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
     try:
         return section_cls(**kwargs)
-    except TypeError as exc:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"[{section}]: {exc}") from exc
 
 

@@ -14,8 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from streaming.broker import LocalBroker, default_state_dir
@@ -24,8 +30,8 @@ from streaming.config import Config, KafkaConfig, Topics
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ConsumerRebalanceListener",
     "KafkaError",
-    "NoBrokersAvailable",
     "OffsetAndMetadata",
     "TopicPartition",
     "bootstrap_servers",

@@ -98,3 +98,35 @@ def wire(impr: list[Impression], outs: list[Outcome]) -> Iterator[Wire]:
         yield Wire("impressions", e.user_id.encode(), encode(e), e.ts)
     for o in outs:
         yield Wire("outcomes", o.user_id.encode(), encode(o), o.ts)
+
+
+class EventTimeRelease:
+    """Holds outcome messages until simulated time reaches their event time.
+
+    The simulator knows a whole slate's plays at request time; a real client sends each outcome
+    when the play ends. Releasing by event time keeps the outcome stream in (near) event-time
+    order, as it is in production.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Wire]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def hold(self, messages: Iterator[Wire] | list[Wire]) -> None:
+        import heapq
+
+        for w in messages:
+            heapq.heappush(self._heap, (w.ts_ms, self._seq, w))
+            self._seq += 1
+
+    def release(self, now_ms: int | None = None) -> list[Wire]:
+        """Messages with ``ts_ms <= now_ms`` in event-time order (all of them when None)."""
+        import heapq
+
+        out: list[Wire] = []
+        while self._heap and (now_ms is None or self._heap[0][0] <= now_ms):
+            out.append(heapq.heappop(self._heap)[2])
+        return out

@@ -42,7 +42,7 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
         ("[join]\nwindow = 1\n", {}, [], "unknown key(s) ['window'] in [join]"),
         ("[join]\nwindow_ms = '10'\n", {}, [], "join.window_ms must be an integer"),
         ("", {"ENCORE_JOIN__WINDOW_MS": "ten"}, [], "ENCORE_JOIN__WINDOW_MS"),
-        ("", {}, ["join.window_ms=0"], "window_ms must be positive"),
+        ("", {}, ["join.window_ms=0"], "JoinConfig.window_ms must be in"),
         ("", {}, ["join.aggregate=mean"], "must be one of"),
         ("", {}, ["kafka.poll_timeout_ms=20000"], "must be below kafka.session_timeout_ms"),
         ("", {}, ['kafka.client_options={"group_id": "x"}'], "client_options has keys"),

@@ -1,0 +1,295 @@
+"""``encore``: one console script for the broker, topics, simulator, daemon, demo and tools.
+
+Each subcommand imports what it needs when it runs, so ``encore --help`` answers at once.
+Configuration comes from ``--config FILE``, ``ENCORE_<SECTION>__<KEY>`` variables and
+``--set section.key=value`` flags, in that order (see ``streaming.config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+EPILOG = (
+    "Configuration: --config FILE (TOML), then ENCORE_<SECTION>__<KEY> environment variables "
+    "(e.g. ENCORE_KAFKA__BOOTSTRAP_SERVERS), then --set section.key=value."
+)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from streaming.config import Config
+
+    overrides = list(getattr(args, "set", None) or [])
+    if getattr(args, "bootstrap_servers", None):
+        overrides.append(f"kafka.bootstrap_servers={args.bootstrap_servers}")
+    return Config.load(getattr(args, "config", None), overrides=overrides)
+
+
+def _servers(args: argparse.Namespace, config: Any) -> str:
+    from streaming.kafka_io import bootstrap_servers
+
+    return bootstrap_servers(config.kafka, Path(args.state_dir) if args.state_dir else None)
+
+
+def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable)",
+    )
+    if kafka:
+        p.add_argument(
+            "--bootstrap-servers",
+            metavar="HOST:PORT[,...]",
+            help="an existing Kafka cluster (env ENCORE_KAFKA__BOOTSTRAP_SERVERS); "
+            "default: the local broker from `encore broker start`",
+        )
+        p.add_argument(
+            "--state-dir", help="local broker state folder (env ENCORE_STATE_DIR; default .encore)"
+        )
+
+
+# ------------------------------------------------------------------------------ broker
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streaming.broker import LocalBroker, default_state_dir
+
+    broker = LocalBroker(state_dir=Path(args.state_dir) if args.state_dir else default_state_dir())
+    if args.action == "start":
+        info = broker.start()
+        print(
+            f"broker running: bootstrap {info.bootstrap_servers} (pid {info.pid}, Kafka {info.version}); "
+            f"log {info.log_file}"
+        )
+    elif args.action == "stop":
+        print("broker stopped" if broker.stop() else "no broker running")
+    else:
+        info = broker.info()
+        if info is None:
+            print("no broker running")
+            return 3
+        print(
+            f"broker running: bootstrap {info.bootstrap_servers} (pid {info.pid}, Kafka {info.version})"
+        )
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streaming.kafka_io import ensure_topics, topic_specs
+
+    config = _config(args)
+    servers = _servers(args, config)
+    result = ensure_topics(config, servers)
+    specs = topic_specs(config.topics)
+    for name, what in result.items():
+        spec = specs[name]
+        extra = ", compacted" if spec["configs"].get("cleanup.policy") == "compact" else ""
+        print(f"{what:8s} {name} ({spec['num_partitions']} partitions{extra})")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streaming.simulator import SimConfig, Simulator, describe
+
+    sim = Simulator(SimConfig(seed=args.seed, drift=args.drift))
+    if args.describe:
+        from rich.console import Console
+        from rich.table import Table
+
+        d = describe(sim, n_requests=args.requests, slate_size=args.slate_size)
+        table = Table(
+            title=f"Simulated listening (seed {args.seed}, {args.requests:,} requests, "
+            f"slates of {args.slate_size}, logging policy)"
+        )
+        table.add_column("marginal")
+        table.add_column("value", justify="right")
+        table.add_column("published reference")
+        refs = {
+            "skip_rate_5s": "~0.24 (Lamere 2014)",
+            "skip_before_end_rate": "~0.49 (Lamere 2014)",
+            "skip_rate_30s": "~0.35-0.5 (Lamere 2014; MSSD, Brost et al. 2019)",
+            "reward_random_top1": "0.304 (issue 3 reference simulator)",
+            "reward_oracle_top1": "0.725 (issue 3 reference simulator)",
+        }
+        for k, v in d.items():
+            table.add_row(k, f"{v:,.0f}" if k == "plays" else f"{v:.3f}", refs.get(k, ""))
+        Console().print(table)
+        return 0
+    from streaming.demo import produce_simulated
+
+    config = _config(args)
+    n = produce_simulated(
+        config,
+        _servers(args, config),
+        n_requests=args.requests,
+        slate_size=args.slate_size,
+        seed=args.seed,
+    )
+    print(f"produced {n:,} events")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from streaming.daemon import Daemon, summary_line
+
+    config = _config(args)
+    servers = _servers(args, config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon = Daemon(config, servers=servers)
+    print(
+        f"encore run: group {config.kafka.group_id}, policy {config.policy.name}, "
+        f"checkpoints in {config.checkpoint.dir}, bootstrap {servers}"
+    )
+    stats = daemon.run(stop, on_tick=lambda d: print(summary_line(d), flush=True))
+    print("stopped: " + summary_line(daemon))
+    return 0 if stats is not None else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streaming.demo import DemoOptions, run_demo
+
+    config = _config(args)
+    return run_demo(
+        config,
+        DemoOptions(
+            duration_s=args.duration_s,
+            rate=args.rate,
+            slate_size=args.slate_size,
+            seed=args.seed,
+            bootstrap_servers=config.kafka.bootstrap_servers or None,
+            out=Path(args.out),
+        ),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="encore",
+        description="Reward signals and contextual bandits for music personalization, "
+        "learned live from Kafka.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job end to end: local broker, simulated listeners, "
+        "the daemon learning live, a report",
+        epilog=EPILOG,
+    )
+    _add_common(p)
+    p.add_argument(
+        "--duration-s", type=float, default=60.0, help="how long listeners produce (default 60)"
+    )
+    p.add_argument(
+        "--rate", type=int, default=800, help="requests per second produced (default 800)"
+    )
+    p.add_argument("--slate-size", type=int, default=5, help="tracks shown per request (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="demo-out", help="report folder (default demo-out)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "broker", help="start, stop or inspect the local Apache Kafka (KRaft) broker"
+    )
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument(
+        "--state-dir", help="broker state folder (env ENCORE_STATE_DIR; default .encore)"
+    )
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="create encore's topics (idempotent)", epilog=EPILOG)
+    p.add_argument("action", choices=["create"])
+    _add_common(p)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser(
+        "simulate", help="simulated listeners: describe the marginals, or produce events"
+    )
+    _add_common(p)
+    p.add_argument(
+        "--describe", action="store_true", help="print skip/completion marginals and exit"
+    )
+    p.add_argument("--requests", type=int, default=20_000)
+    p.add_argument("--slate-size", type=int, default=5)
+    p.add_argument("--drift", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "run",
+        help="the streaming daemon: join, learn, checkpoint, publish snapshots",
+        epilog=EPILOG,
+    )
+    _add_common(p)
+    p.set_defaults(func=cmd_run)
+
+    _optional(
+        sub, "streaming.evaluate", "evaluate", "off-policy evaluation of a policy on logged records"
+    )
+    _optional(
+        sub,
+        "streaming.rewards_report",
+        "rewards",
+        "reward models: prequential report (log loss, AUC, calibration)",
+    )
+    return parser
+
+
+def _optional(sub: Any, module: str, name: str, help_text: str) -> None:
+    """A subcommand whose implementation lives in its own module, imported only when it runs.
+
+    The module offers ``main(argv) -> int``, or ``add_parser(subparsers)`` that sets ``func``.
+    """
+    p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        mod = importlib.import_module(module)
+        if hasattr(mod, "main"):
+            return int(mod.main(list(args.rest)) or 0)
+        inner = argparse.ArgumentParser(prog="encore")
+        inner_sub = inner.add_subparsers(dest="command", required=True)
+        mod.add_parser(inner_sub)
+        inner_args = inner.parse_args([name, *args.rest])
+        return int(inner_args.func(inner_args) or 0)
+
+    p.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from streaming.broker import BrokerError
+    from streaming.config import ConfigError
+
+    try:
+        return int(args.func(args))
+    except (BrokerError, ConfigError) as exc:
+        print(f"encore: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

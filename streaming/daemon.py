@@ -1,0 +1,387 @@
+"""The imperative shell around ``step``: poll, decode, step, emit, checkpoint, publish.
+
+``Daemon.run`` loops until ``stop`` is set: poll (never longer than ``poll_timeout_ms``) ->
+decode to columns (malformed messages to the dead-letter topic, with the reason, the original
+bytes and where they came from) -> ``step`` -> late rows to the late topic -> checkpoint when due
+(state and offsets together, atomically; then the offsets are committed to Kafka so lag shows in
+the usual tools) -> snapshot when due. On start it loads the newest good checkpoint and seeks every
+assigned partition to the offset stored with it, so a kill at any instant replays exactly the
+events the state has not yet seen. Signal handlers only set ``stop``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bandits import POLICIES, save
+from streaming import checkpoint, join
+from streaming.config import Config
+from streaming.events import (
+    Limits,
+    Reject,
+    decode_impressions,
+    decode_outcomes,
+    key64,
+)
+from streaming.kafka_io import (
+    ConsumerRebalanceListener,
+    OffsetAndMetadata,
+    TopicPartition,
+    make_consumer,
+    make_producer,
+)
+from streaming.step import Engine, WorkerState, from_arrays, init, step, to_arrays
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+FORMAT = "encore.worker/1"
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def make_engine(config: Config) -> Engine:
+    """The policy named in the config, with the join settings and feature sizes."""
+    try:
+        factory = POLICIES[config.policy.name]
+    except KeyError:
+        raise ValueError(
+            f"policy.name {config.policy.name!r} is not one of {sorted(POLICIES)}"
+        ) from None
+    policy = factory(**dict(config.policy.params))
+    return Engine(
+        policy=policy,
+        join_config=config.join,
+        d_user=config.events.d_user,
+        d_track=config.events.d_track,
+    )
+
+
+def limits(config: Config) -> Limits:
+    e = config.events
+    return Limits(
+        d_user=e.d_user,
+        d_track=e.d_track,
+        max_candidates=e.max_candidates,
+        max_message_bytes=e.max_message_bytes,
+    )
+
+
+@dataclass
+class Stats:
+    """Live counts for the console, the status table and the metrics endpoint."""
+
+    started_ms: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    late: int = 0
+    checkpoints: int = 0
+    snapshots: int = 0
+    last_checkpoint_ms: int = 0
+    counters: dict[str, int] = field(default_factory=dict[str, int])
+    reward_by_policy: dict[str, tuple[float, int]] = field(
+        default_factory=dict[str, tuple[float, int]]
+    )
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Seeks newly assigned partitions to the checkpointed offsets (returns promptly)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.daemon.revoked.update((tp.topic, tp.partition) for tp in revoked)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        offsets = self.daemon.state.offsets
+        for tp in assigned:
+            stored = offsets.get((tp.topic, tp.partition))
+            if stored is not None:
+                self.daemon.consumer.seek(tp, stored)
+        self.daemon.revoked.difference_update((tp.topic, tp.partition) for tp in assigned)
+
+
+class Daemon:
+    """One worker of the consumer group. Build it, then call ``run(stop)``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        servers: str,
+        clock: Clock = wall_clock_ms,
+        policy_names: Iterable[str] = (),
+    ) -> None:
+        self.config = config
+        self.servers = servers
+        self.clock = clock
+        self.engine = make_engine(config)
+        self.limits = limits(config)
+        self.ckpt_dir = Path(config.checkpoint.dir)
+        self.state: WorkerState = self._load_or_init()
+        self.revoked: set[tuple[str, int]] = set()
+        self.stats = Stats(started_ms=clock())
+        self._names = {
+            int(k): n for k, n in zip(key64(list(policy_names)), policy_names, strict=True)
+        }
+        self.consumer: Any = None
+        self.producer: Any = None
+
+    # ------------------------------------------------------------------ state
+    def _load_or_init(self) -> WorkerState:
+        found = checkpoint.load_latest(self.ckpt_dir)
+        if found is None:
+            return init(self.engine)
+        arrays, header = found
+        if header.get("format") != FORMAT:
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt_dir}: checkpoint format {header.get('format')!r} is not {FORMAT!r}"
+            )
+        spec = header.get("policy_spec", {})
+        if spec.get("name") != self.engine.policy.spec.name:
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt_dir} holds state of policy {spec.get('name')!r}, but the config "
+                f"runs {self.engine.policy.spec.name!r}: use another checkpoint.dir"
+            )
+        state = from_arrays(self.engine, arrays, header["worker"])
+        log.info(
+            "resumed from checkpoint: %d offsets, counters %s", len(state.offsets), state.counters
+        )
+        return state
+
+    def write_checkpoint(self) -> Path:
+        arrays, worker = to_arrays(self.engine, self.state)
+        header = {
+            "format": FORMAT,
+            "created_ms": self.clock(),
+            "config": self.config.redacted(),
+            "policy_spec": {
+                "name": self.engine.policy.spec.name,
+                "version": self.engine.policy.spec.version,
+                "params": dict(self.engine.policy.spec.params),
+            },
+            "reward": {"name": "stream30", "version": 1},
+            "worker": worker,
+        }
+        path = checkpoint.write(self.ckpt_dir, arrays, header, keep=self.config.checkpoint.keep)
+        self.stats.checkpoints += 1
+        self.stats.last_checkpoint_ms = self.clock()
+        if self.consumer is not None and self.state.offsets:
+            owned = self.consumer.assignment()
+            commit = {
+                TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                for (t, p), o in self.state.offsets.items()
+                if TopicPartition(t, p) in owned
+            }
+            if commit:
+                try:
+                    self.consumer.commit(commit)
+                except Exception as exc:  # lag reporting only; the checkpoint is the truth
+                    log.warning("offset commit after checkpoint failed: %s", exc)
+        return path
+
+    def snapshot_bytes(self) -> bytes:
+        return save(self.engine.policy, self.state.policy)
+
+    # ------------------------------------------------------------------ loop
+    def open(self) -> None:
+        topics = self.config.topics
+        self.consumer = make_consumer(
+            self.config.kafka,
+            self.servers,
+            group_id=self.config.kafka.group_id,
+            topics=[topics.impressions, topics.outcomes],
+            listener=_Listener(self),
+        )
+        self.producer = make_producer(self.config.kafka, self.servers)
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(timeout=10)
+            self.producer.close(timeout=10)
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+        self.consumer = self.producer = None
+
+    def poll_once(self) -> int:
+        """One poll -> decode -> step -> emit round; returns the number of records consumed."""
+        cfg = self.config
+        polled = self.consumer.poll(
+            timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
+        )
+        imp_raw: list[bytes] = []
+        imp_where: list[tuple[str, int, int]] = []
+        out_raw: list[bytes] = []
+        out_where: list[tuple[str, int, int]] = []
+        offsets: dict[tuple[str, int], int] = {}
+        n = 0
+        for tp, records in polled.items():
+            if (tp.topic, tp.partition) in self.revoked:
+                continue
+            for rec in records:
+                value = rec.value if rec.value is not None else b""
+                if tp.topic == cfg.topics.impressions:
+                    imp_raw.append(value)
+                    imp_where.append((tp.topic, tp.partition, rec.offset))
+                else:
+                    out_raw.append(value)
+                    out_where.append((tp.topic, tp.partition, rec.offset))
+                n += 1
+            if records:
+                offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+        if n == 0:
+            return 0
+        imps, imp_rej = decode_impressions(imp_raw, self.limits)
+        outs, out_rej = decode_outcomes(out_raw, self.limits)
+        self._dead_letters(imp_rej, imp_raw, imp_where)
+        self._dead_letters(out_rej, out_raw, out_where)
+        self.state, effects = step(self.engine, self.state, imps, outs, offsets=offsets)
+        self._late(effects.rejected_impressions, effects.rejected_outcomes)
+        self.stats.events += n
+        return n
+
+    def _dead_letters(
+        self, rejects: list[Reject], raws: list[bytes], where: list[tuple[str, int, int]]
+    ) -> None:
+        for r in rejects:
+            topic, partition, offset = where[r.index]
+            value = json.dumps(
+                {
+                    "code": r.code,
+                    "reason": r.reason,
+                    "topic": topic,
+                    "partition": partition,
+                    "offset": offset,
+                    "raw_b64": base64.b64encode(raws[r.index]).decode(),
+                }
+            ).encode()
+            self.producer.send(
+                self.config.topics.dlq,
+                value=value,
+                headers=[
+                    ("encore.code", r.code.encode()),
+                    ("encore.source", f"{topic}/{partition}/{offset}".encode()),
+                ],
+            )
+        self.stats.dead_letters += len(rejects)
+
+    def _late(self, imps: join.RejectedImpressions, outs: join.RejectedOutcomes) -> None:
+        reasons_i = {
+            join.IMPRESSION_LATE: "impression_late",
+            join.IMPRESSION_DUPLICATE: "impression_duplicate",
+        }
+        reasons_o = {
+            join.OUTCOME_LATE: "outcome_late",
+            join.OUTCOME_CLOSED: "outcome_after_window",
+            join.OUTCOME_ORPHAN: "outcome_orphan",
+            join.OUTCOME_OVERFLOW: "outcome_overflow",
+        }
+        for key, ts, reason in zip(
+            imps.request_key.tolist(), imps.ts_ms.tolist(), imps.reason.tolist(), strict=True
+        ):
+            self.producer.send(
+                self.config.topics.late,
+                value=json.dumps(
+                    {"kind": reasons_i.get(reason, str(reason)), "request_key": key, "ts": ts}
+                ).encode(),
+            )
+        for key, ts, pos, reason in zip(
+            outs.request_key.tolist(),
+            outs.ts_ms.tolist(),
+            outs.position.tolist(),
+            outs.reason.tolist(),
+            strict=True,
+        ):
+            self.producer.send(
+                self.config.topics.late,
+                value=json.dumps(
+                    {
+                        "kind": reasons_o.get(reason, str(reason)),
+                        "request_key": key,
+                        "ts": ts,
+                        "position": pos,
+                    }
+                ).encode(),
+            )
+        self.stats.late += int(imps.request_key.size + outs.request_key.size)
+
+    def publish_snapshot(self) -> None:
+        self.producer.send(
+            self.config.topics.snapshots,
+            key=self.engine.policy.spec.name.encode(),
+            value=self.snapshot_bytes(),
+        )
+        self.stats.snapshots += 1
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        on_tick: Callable[[Daemon], None] | None = None,
+        tick_ms: int = 2000,
+    ) -> Stats:
+        """Loop until ``stop`` is set; then finish the batch, checkpoint and close."""
+        cc = self.config.checkpoint
+        self.open()
+        try:
+            last_ckpt = last_snap = last_tick = self.clock()
+            events_at_ckpt = self.stats.events
+            while not stop.is_set():
+                self.poll_once()
+                now = self.clock()
+                if (
+                    self.stats.events - events_at_ckpt >= cc.every_events
+                    or now - last_ckpt >= cc.every_ms
+                ):
+                    if self.stats.events > events_at_ckpt:
+                        self.write_checkpoint()
+                    events_at_ckpt, last_ckpt = self.stats.events, now
+                if now - last_snap >= self.config.rerank.snapshot_every_ms:
+                    self.publish_snapshot()
+                    last_snap = now
+                if on_tick is not None and now - last_tick >= tick_ms:
+                    self._refresh_stats()
+                    on_tick(self)
+                    last_tick = now
+            self.write_checkpoint()
+            self.publish_snapshot()
+            self._refresh_stats()
+            return self.stats
+        finally:
+            self.close()
+
+    def _refresh_stats(self) -> None:
+        self.stats.counters = {**self.state.counters, **join.counters(self.state.join)}
+        self.stats.reward_by_policy = {
+            self._names.get(k, str(k)): v for k, v in self.state.reward_by_policy.items()
+        }
+
+
+def summary_line(d: Daemon) -> str:
+    s = d.stats
+    c = s.counters
+    elapsed = max(d.clock() - s.started_ms, 1) / 1000.0
+    rewards = "  ".join(
+        f"{name}={tot / max(cnt, 1):.3f} (n={cnt})"
+        for name, (tot, cnt) in sorted(s.reward_by_policy.items())
+    )
+    return (
+        f"{s.events:,} events ({s.events / elapsed:,.0f}/s)  joined {c.get('joined', 0):,}  "
+        f"closed {c.get('closed', 0):,}  dlq {s.dead_letters}  late {s.late}  "
+        f"ckpt {s.checkpoints}  top-reward {rewards}"
+    )
+
+
+def reward_table(stats: Stats) -> Mapping[str, float]:
+    return {name: tot / max(cnt, 1) for name, (tot, cnt) in stats.reward_by_policy.items()}

@@ -1,0 +1,368 @@
+"""``encore demo``: the main job end to end on embedded defaults.
+
+It starts a local broker (unless ``--bootstrap-servers`` names a cluster), creates this run's
+topics, and runs two things side by side for a bounded time:
+
+- simulated listeners (``streaming.simulator``) that send requests to two arms at random: the
+  *logging* policy (the simulator's popularity-and-taste softmax) and the *learner* (the
+  configured bandit policy, re-ranking with the newest snapshot the daemon published). Every
+  request's impression (with exact propensities) and the plays that follow go to Kafka, with a
+  few malformed messages mixed in;
+- the daemon (``streaming.daemon``), consuming both topics as a consumer group, joining outcomes
+  to impressions, learning, checkpointing and publishing snapshots.
+
+The report compares the arms by the simulator's *true* expected reward of what each showed at
+the top of the slate (P(stream >= 30 s)), over time, next to what the daemon measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from streaming import listeners
+from streaming.broker import LocalBroker
+from streaming.config import Config
+from streaming.daemon import Daemon, make_engine, summary_line
+from streaming.kafka_io import ensure_topics, make_producer
+from streaming.rerank import Reranker, SnapshotFollower
+from streaming.simulator import SimConfig, Simulator
+
+LOGGING = "logging"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration_s: float = 60.0
+    rate: int = 800
+    slate_size: int = 5
+    seed: int = 0
+    bootstrap_servers: str | None = None
+    out: Path = Path("demo-out")
+    malformed_per_10k: int = 20
+    learner_share: float = 0.5
+
+
+def demo_config(config: Config, run_id: str, servers: str, opts: DemoOptions) -> Config:
+    """This run's topics, group, checkpoints and a join window suited to simulated time."""
+    t = config.topics
+    topics = dataclasses.replace(
+        t,
+        impressions=f"{t.impressions}.{run_id}",
+        outcomes=f"{t.outcomes}.{run_id}",
+        dlq=f"{t.dlq}.{run_id}",
+        late=f"{t.late}.{run_id}",
+        snapshots=f"{t.snapshots}.{run_id}",
+        deltas=f"{t.deltas}.{run_id}",
+    )
+    return dataclasses.replace(
+        config,
+        topics=topics,
+        kafka=dataclasses.replace(
+            config.kafka, bootstrap_servers=servers, group_id=f"encore-{run_id}"
+        ),
+        join=dataclasses.replace(
+            config.join,
+            window_ms=1_800_000,
+            allowed_lateness_ms=900_000,
+            slate_size=opts.slate_size,
+        ),
+        checkpoint=dataclasses.replace(
+            config.checkpoint, dir=str(opts.out / "checkpoints" / run_id), every_ms=5_000
+        ),
+        rerank=dataclasses.replace(config.rerank, snapshot_every_ms=1_000),
+    )
+
+
+def produce_simulated(
+    config: Config,
+    servers: str,
+    *,
+    n_requests: int,
+    slate_size: int,
+    seed: int,
+    run_id: str = "sim",
+    batch: int = 1000,
+) -> int:
+    """Produce ``n_requests`` requests served by the logging policy, with their plays."""
+    sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+    producer = make_producer(config.kafka, servers)
+    topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
+    release = listeners.EventTimeRelease()
+    sent = 0
+    try:
+        for lo in range(0, n_requests, batch):
+            req = sim.requests(min(batch, n_requests - lo))
+            sl = sim.log_slates(req, slate_size)
+            plays = sim.play(req, sl.shown)
+            imps = listeners.impressions(
+                req, sl.shown, sl.propensity, policy=LOGGING, run_id=run_id
+            )
+            release.hold(list(listeners.wire([], listeners.outcomes(req, plays, run_id=run_id))))
+            last = lo + len(req.t_ms) >= n_requests
+            now = None if last else int(req.t_ms[-1])
+            for w in [*listeners.wire(imps, []), *release.release(now)]:
+                producer.send(topics[w.role], key=w.key, value=w.value)
+                sent += 1
+        producer.flush(timeout=60)
+    finally:
+        producer.close(timeout=10)
+    return sent
+
+
+class Listeners:
+    """Simulated listeners served by two arms, producing into Kafka, recording the truth."""
+
+    def __init__(self, config: Config, servers: str, opts: DemoOptions, run_id: str) -> None:
+        self.config, self.opts, self.run_id = config, opts, run_id
+        self.sim = Simulator(SimConfig(seed=opts.seed, request_gap_ms=1000))
+        self.rng = np.random.default_rng(opts.seed + 1)
+        self.engine = make_engine(config)
+        self.reranker = Reranker(
+            self.engine.policy, self.engine.policy.init(config.events.d_user, config.events.d_track)
+        )
+        self.follower = SnapshotFollower(
+            config,
+            servers,
+            self.engine.policy,
+            d_user=config.events.d_user,
+            d_track=config.events.d_track,
+        )
+        self.producer = make_producer(config.kafka, servers)
+        self.key = jax.random.key(opts.seed)
+        self.release = listeners.EventTimeRelease()
+        self.topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
+        self.sent = 0
+        self.malformed = 0
+        self.snapshots_used = 0
+        self.truth: list[
+            tuple[float, str, float, float]
+        ] = []  # (t_s, arm, top p30, slate mean p30)
+
+    def tick(self, n: int, t_s: float) -> None:
+        req = self.sim.requests(n)
+        s = self.opts.slate_size
+        learner = self.rng.random(n) < self.opts.learner_share
+        sl = self.sim.log_slates(req, s)
+        shown, prop = sl.shown.copy(), sl.propensity.copy()
+        if learner.any():
+            self.key, sub = jax.random.split(self.key)
+            ids = (req.candidates[learner] % (2**31 - 1)).astype(np.int32)
+            o, p = self.reranker.rank_many(
+                req.context[learner], req.candidate_features[learner], ids, slate_size=s, key=sub
+            )
+            shown[learner], prop[learner] = o, p
+        plays = self.sim.play(req, shown)
+        er = self.sim.expected_reward(req)
+        top = np.take_along_axis(er, shown[:, :1], axis=1)[:, 0]
+        for arm, sel in ((LOGGING, ~learner), (self.engine.policy.spec.name, learner)):
+            if sel.any():
+                self.truth.append(
+                    (t_s, arm, float(top[sel].mean()) * int(sel.sum()), float(sel.sum()))
+                )
+        names = np.where(learner, self.engine.policy.spec.name, LOGGING)
+        imps = listeners.impressions(req, shown, prop, policy=names, run_id=self.run_id)
+        self.release.hold(
+            list(listeners.wire([], listeners.outcomes(req, plays, run_id=self.run_id)))
+        )
+        self._send([*listeners.wire(imps, []), *self.release.release(int(req.t_ms[-1]))])
+
+    def _send(self, messages: list[listeners.Wire]) -> None:
+        for w in messages:
+            value = w.value
+            if self.rng.random() * 10_000 < self.opts.malformed_per_10k:
+                value = value[: len(value) // 2]  # a truncated message: must reach the DLQ
+                self.malformed += 1
+            self.producer.send(self.topics[w.role], key=w.key, value=value)
+            self.sent += 1
+
+    def refresh(self) -> None:
+        state = self.follower.poll()
+        if state is not None:
+            self.reranker.state = state
+            self.snapshots_used += 1
+
+    def close(self) -> None:
+        self._send(self.release.release())
+        self.producer.flush(timeout=30)
+        self.producer.close(timeout=10)
+        self.follower.close()
+
+
+def _curve(
+    truth: list[tuple[float, str, float, float]], duration_s: float, buckets: int = 6
+) -> dict[str, list[float]]:
+    edges = np.linspace(0.0, duration_s, buckets + 1)
+    out: dict[str, list[float]] = {}
+    for arm in sorted({a for _, a, _, _ in truth}):
+        rows = np.array([(t, s, c) for t, a, s, c in truth if a == arm])
+        vals = []
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            sel = (rows[:, 0] >= lo) & (rows[:, 0] < hi)
+            vals.append(float(rows[sel, 1].sum() / max(rows[sel, 2].sum(), 1.0)))
+        out[arm] = vals
+    return out
+
+
+def run_demo(config: Config, opts: DemoOptions) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    run_id = f"demo{int(time.time())}"
+    opts.out.mkdir(parents=True, exist_ok=True)
+    broker: LocalBroker | None = None
+    servers = opts.bootstrap_servers
+    t0 = time.perf_counter()
+    if not servers:
+        broker = LocalBroker(state_dir=Path(".encore") / "demo-broker")
+        broker.wipe()
+        console.print(
+            "[bold]encore demo[/bold]: starting a local Apache Kafka broker "
+            "(the first run fetches it from Maven Central)..."
+        )
+        servers = broker.start().bootstrap_servers
+        console.print(f"broker up at {servers} in {time.perf_counter() - t0:.1f} s")
+    try:
+        cfg = demo_config(config, run_id, servers, opts)
+        ensure_topics(cfg, servers)
+        learner_name = cfg.policy.name
+        daemon = Daemon(cfg, servers=servers, policy_names=[LOGGING, learner_name])
+        stop = threading.Event()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["stats"] = daemon.run(
+                    stop, on_tick=lambda d: console.print("  daemon: " + summary_line(d))
+                )
+            except BaseException as exc:
+                result["error"] = exc
+                raise
+
+        thread = threading.Thread(target=work, name="encore-daemon", daemon=True)
+        thread.start()
+        lst = Listeners(cfg, servers, opts, run_id)
+        console.print(
+            f"listeners: {opts.rate} requests/s for {opts.duration_s:.0f} s, slates of "
+            f"{opts.slate_size} from 20 candidates; arms: {LOGGING} vs {learner_name}"
+        )
+        start = time.perf_counter()
+        tick_s = 0.1
+        next_refresh = start
+        while (now := time.perf_counter()) - start < opts.duration_s:
+            if "error" in result:
+                raise RuntimeError("the daemon failed") from result["error"]
+            lst.tick(max(1, int(opts.rate * tick_s)), now - start)
+            if now >= next_refresh:
+                lst.refresh()
+                next_refresh = now + 1.0
+            lag = start + (int((now - start) / tick_s) + 1) * tick_s - time.perf_counter()
+            if lag > 0:
+                time.sleep(lag)
+        produce_s = time.perf_counter() - start
+        lst.close()
+        # Let the daemon drain what was produced, then stop it (it checkpoints on the way out).
+        deadline = time.perf_counter() + 60
+        while (
+            daemon.stats.events < lst.sent
+            and time.perf_counter() < deadline
+            and "error" not in result
+        ):
+            time.sleep(0.2)
+        stop.set()
+        thread.join(timeout=60)
+        if "error" in result:
+            raise RuntimeError("the daemon failed") from result["error"]
+        stats = daemon.stats
+        curve = _curve(lst.truth, produce_s)
+        report = {
+            "run_id": run_id,
+            "bootstrap_servers": servers,
+            "policy": learner_name,
+            "events_produced": lst.sent,
+            "events_consumed": stats.events,
+            "produce_events_per_s": lst.sent / produce_s,
+            "daemon_events_per_s": stats.events
+            / max((daemon.clock() - stats.started_ms) / 1000.0, 1e-9),
+            "malformed_injected": lst.malformed,
+            "dead_letters": stats.dead_letters,
+            "late_or_orphan": stats.late,
+            "checkpoints": stats.checkpoints,
+            "snapshots_published": stats.snapshots,
+            "snapshots_used_by_listeners": lst.snapshots_used,
+            "counters": stats.counters,
+            "true_top_reward_by_period": curve,
+            "daemon_top_reward": {
+                k: v[0] / max(v[1], 1) for k, v in stats.reward_by_policy.items()
+            },
+        }
+        (opts.out / "report.json").write_text(json.dumps(report, indent=2))
+        _plot(curve, produce_s, opts.out / "learning.png")
+        table = Table(title=f"encore demo report ({run_id})")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for k in (
+            "events_produced",
+            "events_consumed",
+            "produce_events_per_s",
+            "daemon_events_per_s",
+            "malformed_injected",
+            "dead_letters",
+            "late_or_orphan",
+            "checkpoints",
+            "snapshots_published",
+            "snapshots_used_by_listeners",
+        ):
+            v = report[k]
+            table.add_row(k, f"{v:,.0f}" if isinstance(v, float) else f"{v:,}")
+        table.add_row("feedback rows learned", f"{stats.counters.get('feedback_rows', 0):,}")
+        console.print(table)
+        arms = Table(title="True P(stream >= 30 s) of the top track, by sixth of the run")
+        arms.add_column("arm")
+        for i in range(len(next(iter(curve.values())))):
+            arms.add_column(f"{i + 1}/6", justify="right")
+        arms.add_column("daemon saw", justify="right")
+        for arm, vals in curve.items():
+            arms.add_row(
+                arm,
+                *(f"{v:.3f}" for v in vals),
+                f"{report['daemon_top_reward'].get(arm, float('nan')):.3f}",
+            )
+        console.print(arms)
+        lift = curve[learner_name][-1] - curve[LOGGING][-1]
+        console.print(
+            f"learner vs logging in the last sixth: {lift:+.3f} "
+            f"({'ahead' if lift > 0 else 'behind'}); report in {opts.out}/report.json, plot {opts.out}/learning.png"
+        )
+        return 0
+    finally:
+        if broker is not None:
+            broker.wipe()
+
+
+def _plot(curve: dict[str, list[float]], duration_s: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, vals in curve.items():
+        xs = (np.arange(len(vals)) + 0.5) * duration_s / len(vals)
+        ax.plot(xs, vals, marker="o", label=arm)
+    ax.set_xlabel("seconds into the demo")
+    ax.set_ylabel("true P(stream >= 30 s), top track")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,90 @@
+"""The daemon's functional core: join + learning without a broker or a clock."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bandits import POLICIES
+from streaming import join, listeners
+from streaming.events import Limits, decode_impressions, decode_outcomes, encode
+from streaming.simulator import SimConfig, Simulator
+from streaming.step import Engine, from_arrays, init, step, to_arrays
+
+LIM = Limits(d_user=16, d_track=16)
+
+
+def engine(policy: str = "linucb") -> Engine:
+    cfg = join.JoinConfig(window_ms=1_800_000, allowed_lateness_ms=600_000, slate_size=3)
+    return Engine(policy=POLICIES[policy](), join_config=cfg, d_user=16, d_track=16)
+
+
+def traffic(n: int, seed: int = 0) -> tuple[list[bytes], list[bytes]]:
+    sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+    req = sim.requests(n)
+    sl = sim.log_slates(req, 3)
+    plays = sim.play(req, sl.shown)
+    imps = [
+        encode(e) for e in listeners.impressions(req, sl.shown, sl.propensity, policy="logging")
+    ]
+    release = listeners.EventTimeRelease()
+    release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
+    outs = [w.value for w in release.release()]
+    return imps, outs
+
+
+def run(
+    eng: Engine, imps: list[bytes], outs: list[bytes], cuts: int
+) -> tuple[object, dict[str, int]]:
+    state = init(eng)
+    bi = np.array_split(np.arange(len(imps)), cuts)
+    bo = np.array_split(np.arange(len(outs)), cuts)
+    for ii, oo in zip(bi, bo, strict=True):
+        ib, _ = decode_impressions([imps[i] for i in ii], LIM)
+        ob, _ = decode_outcomes([outs[i] for i in oo], LIM)
+        state, _ = step(eng, state, ib, ob)
+    state, _ = step(eng, state, None, None, watermark_ms=join.MAX_TIME_MS)
+    return state, {**state.counters, **join.counters(state.join)}
+
+
+def test_every_impression_closes_once_and_feeds_the_policy() -> None:
+    eng = engine()
+    imps, outs = traffic(600)
+    state, c = run(eng, imps, outs, cuts=1)
+    assert c["impressions"] == 600 and c["closed"] == 600
+    assert c["joined"] == len(outs)
+    assert c["feedback_rows"] == 600 * 3
+    assert state.side.payload.size == 0  # nothing left behind once everything closed
+
+
+@pytest.mark.parametrize("cuts", [2, 7, 31])
+def test_learned_state_does_not_depend_on_batch_cuts(cuts: int) -> None:
+    eng = engine()
+    imps, outs = traffic(500, seed=1)
+    whole, c1 = run(eng, imps, outs, cuts=1)
+    cut, c2 = run(eng, imps, outs, cuts=cuts)
+    assert c1 == c2
+    from bandits import save
+
+    a = np.frombuffer(save(eng.policy, whole.policy), np.uint8)
+    b = np.frombuffer(save(eng.policy, cut.policy), np.uint8)
+    assert a.size == b.size
+    for x, y in zip(whole.policy, cut.policy, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
+
+
+def test_state_round_trips_through_arrays() -> None:
+    eng = engine()
+    imps, outs = traffic(200, seed=2)
+    state = init(eng)
+    ib, _ = decode_impressions(imps, LIM)
+    ob, _ = decode_outcomes(outs[: len(outs) // 2], LIM)
+    state, _ = step(eng, state, ib, ob, offsets={("encore.impressions", 0): 200})
+    arrays, header = to_arrays(eng, state)
+    back = from_arrays(eng, arrays, header)
+    assert back.offsets == {("encore.impressions", 0): 200}
+    assert back.counters == state.counters and back.next_payload == state.next_payload
+    for x, y in zip(back.side, state.side, strict=True):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(back.policy, state.policy, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
