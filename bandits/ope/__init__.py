@@ -15,6 +15,7 @@ from bandits.ope.base import (
     AbstractEstimator,
     AbstractSingleActionEstimator,
     AbstractSlateEstimator,
+    estimate_all,
 )
 from bandits.ope.clipped_ips import ClippedIPS
 from bandits.ope.dm import DirectMethod
@@ -85,6 +86,7 @@ __all__ = [
     "confidence_sequence",
     "cross_fit_q_hat",
     "cross_fit_slate_q_hat",
+    "estimate_all",
     "moments_init",
     "moments_merge",
     "moments_of",

@@ -8,6 +8,7 @@ tests (``tests/bandits/ope/test_estimator_contract.py``).
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from typing import ClassVar, Generic, Literal, TypeVar, final
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 from bandits.ope import intervals
 from bandits.ope.diagnostics import weight_diagnostics
 from bandits.ope.types import (
+    Diagnostics,
     Estimate,
     FloatN,
     LoggedFeedback,
@@ -87,6 +89,8 @@ class AbstractEstimator(abc.ABC, Generic[LogT, TargetT]):
     """
 
     name: ClassVar[str]
+    caveat: ClassVar[str] = ""
+    """Set by estimators whose interval is known not to cover the truth; always warned about."""
 
     @abc.abstractmethod
     def round_values(self, log: LogT, target: TargetT) -> RoundValues:
@@ -129,14 +133,32 @@ class AbstractEstimator(abc.ABC, Generic[LogT, TargetT]):
             TypeError: the bootstrap was asked for without a key, or a needed input is missing.
             ValueError: an unknown interval or an alpha outside (0, 1).
         """
-        if interval not in INTERVALS:
-            raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        if interval == "bootstrap" and key is None:
-            raise TypeError("interval='bootstrap' needs key=jax.random.key(...)")
+        _check_options(interval, alpha, key)
         log.check()
         target.check(log)  # type: ignore[arg-type]
+        return self._estimate_checked(
+            log,
+            target,
+            interval=interval,
+            alpha=alpha,
+            key=key,
+            n_bootstrap=n_bootstrap,
+            t_star=t_star,
+        )
+
+    @final
+    def _estimate_checked(
+        self,
+        log: LogT,
+        target: TargetT,
+        *,
+        interval: Interval,
+        alpha: float,
+        key: jax.Array | None,
+        n_bootstrap: int,
+        t_star: float | None,
+        diagnostics: Diagnostics | None = None,
+    ) -> Estimate:
         rv = self.round_values(log, target)
         m = intervals.moments_of(rv)
         value = intervals.point_value(m)
@@ -151,14 +173,62 @@ class AbstractEstimator(abc.ABC, Generic[LogT, TargetT]):
             lower, upper = intervals.bootstrap_interval(
                 rv, alpha, _rng_from_key(key), n_bootstrap=n_bootstrap
             )
-        weight, target_logged = self.importance_weights(log, target)
-        return Estimate(
-            value=value,
-            lower=lower,
-            upper=upper,
-            n=log.n,
-            diagnostics=weight_diagnostics(weight, target_logged),
+        if diagnostics is None:
+            diagnostics = weight_diagnostics(*self.importance_weights(log, target))
+        if self.caveat:
+            reason = "; ".join(r for r in (diagnostics.reason, self.caveat) if r)
+            diagnostics = diagnostics._replace(warning=True, reason=reason)
+        return Estimate(value=value, lower=lower, upper=upper, n=log.n, diagnostics=diagnostics)
+
+
+def _check_options(interval: str, alpha: float, key: jax.Array | None) -> None:
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if interval == "bootstrap" and key is None:
+        raise TypeError("interval='bootstrap' needs key=jax.random.key(...)")
+
+
+def estimate_all(
+    estimators: Mapping[str, AbstractEstimator[LogT, TargetT]],
+    log: LogT,
+    target: TargetT,
+    *,
+    interval: Interval = "bootstrap",
+    alpha: float = 0.05,
+    key: jax.Array | None = None,
+    n_bootstrap: int = 500,
+    t_star: float | None = None,
+) -> dict[str, Estimate]:
+    """Run several estimators on one log, validating it and computing diagnostics once.
+
+    Same arguments and errors as ``AbstractEstimator.estimate``; each estimator gets its own
+    key (folded from ``key`` by position), so results match calling them one by one with those
+    keys.
+
+    Returns:
+        ``{name: Estimate}`` in the order given.
+    """
+    _check_options(interval, alpha, key)
+    log.check()
+    target.check(log)  # type: ignore[arg-type]
+    out: dict[str, Estimate] = {}
+    diagnostics: Diagnostics | None = None
+    for i, (name, est) in enumerate(estimators.items()):
+        if diagnostics is None:
+            diagnostics = weight_diagnostics(*est.importance_weights(log, target))
+        out[name] = est._estimate_checked(  # pyright: ignore[reportPrivateUsage]
+            log,
+            target,
+            interval=interval,
+            alpha=alpha,
+            key=None if key is None else jax.random.fold_in(key, i),
+            n_bootstrap=n_bootstrap,
+            t_star=t_star,
+            diagnostics=diagnostics,
         )
+    return out
 
 
 class AbstractSingleActionEstimator(AbstractEstimator[LoggedFeedback, TargetProbs]):

@@ -32,6 +32,10 @@ class DirectMethod(AbstractSingleActionEstimator):
     """
 
     name: ClassVar[str] = "dm"
+    caveat: ClassVar[str] = (
+        "direct method: the interval reflects only the spread of contexts, not the reward "
+        "model's error"
+    )
 
     def round_values(self, log: LoggedFeedback, target: TargetProbs) -> RoundValues:
         q = expected_q(require_q_hat(log), target.target_prob)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from bandits.ope.base import AbstractSingleActionEstimator, AbstractSlateEstimator
@@ -21,7 +21,7 @@ from bandits.ope.sndr import SelfNormalizedDR
 from bandits.ope.snips import SelfNormalizedIPS
 from bandits.ope.switch_dr import SwitchDR
 
-ESTIMATORS: Mapping[str, Callable[[], AbstractSingleActionEstimator]] = MappingProxyType(
+ESTIMATORS: Mapping[str, type[AbstractSingleActionEstimator]] = MappingProxyType(
     {
         "dm": DirectMethod,
         "ips": InverseProbabilityWeighting,
@@ -39,7 +39,7 @@ ESTIMATORS: Mapping[str, Callable[[], AbstractSingleActionEstimator]] = MappingP
 NEEDS_Q_HAT: frozenset[str] = frozenset({"dm", "dr", "sndr", "switch_dr", "dr_os"})
 """Single-action estimators that need ``LoggedFeedback.q_hat``."""
 
-SLATE_ESTIMATORS: Mapping[str, Callable[[], AbstractSlateEstimator]] = MappingProxyType(
+SLATE_ESTIMATORS: Mapping[str, type[AbstractSlateEstimator]] = MappingProxyType(
     {
         "sips": SlateStandardIPS,
         "iips": SlateIndependentIPS,

@@ -92,12 +92,17 @@ def cross_fit_q_hat(
                 xtx[j] += phi[m].T @ phi[m]
                 xty[j] += phi[m].T @ r[m]
         else:
-            for j in range(folds):
-                for act in range(k):
-                    m = (f == j) & (a == act)
-                    xm = x[m]
-                    xtx[j, act] += xm.T @ xm
-                    xty[j, act] += xm.T @ r[m]
+            # One sort by (fold, action) instead of a mask per group: groups become slices.
+            group = f.astype(np.int64) * k + a
+            order = np.argsort(group, kind="stable")
+            xs, rs = x[order], r[order]
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=folds * k))])
+            for g in range(folds * k):
+                lo_g, hi_g = bounds[g], bounds[g + 1]
+                if hi_g > lo_g:
+                    xm = xs[lo_g:hi_g]
+                    xtx[g // k, g % k] += xm.T @ xm
+                    xty[g // k, g % k] += xm.T @ rs[lo_g:hi_g]
     r_lo, r_hi = float(log.reward.min()), float(log.reward.max())
     eye = ridge * np.eye(p)
     params = [
@@ -111,15 +116,14 @@ def cross_fit_q_hat(
         f = fold[lo:hi]
         out = np.empty((hi - lo, k))
         for j in range(folds):
-            m = f == j
             if bilinear:
                 assert log.action_features is not None
-                w = params[j].reshape(dx, dz)
-                z = log.action_features[lo:hi][m].astype(np.float64)
-                xw = x[m] @ w  # (m, dz)
-                out[m] = np.einsum("me,mke->mk", xw[:, :-1], z) + xw[:, -1:]
+                xw = x @ params[j].reshape(dx, dz)  # (m, dz)
+                z = log.action_features[lo:hi]
+                pred = np.einsum("me,mke->mk", xw[:, :-1].astype(z.dtype), z) + xw[:, -1:]
             else:
-                out[m] = x[m] @ params[j].T  # (m, k)
+                pred = x @ params[j].T  # (m, k)
+            np.copyto(out, pred, where=(f == j)[:, None])
         q_hat[lo:hi] = np.clip(out + r_mean, r_lo, r_hi)
     return q_hat
 

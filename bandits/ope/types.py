@@ -63,7 +63,8 @@ def _require(owner: str, column: str, value: object) -> np.ndarray:
 
 
 def _check_shape(owner: str, column: str, a: np.ndarray, shape: tuple[int | None, ...]) -> None:
-    want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+    dims = ["?" if s is None else str(s) for s in shape]
+    want = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
     ok = a.ndim == len(shape) and all(
         s is None or s == d for s, d in zip(shape, a.shape, strict=True)
     )
