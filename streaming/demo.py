@@ -18,6 +18,7 @@ the top of the slate (P(stream >= 30 s)), over time, next to what the daemon mea
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import threading
 import time
@@ -205,7 +206,7 @@ def _curve(
     for arm in sorted({a for _, a, _, _ in truth}):
         rows = np.array([(t, s, c) for t, a, s, c in truth if a == arm])
         vals = []
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        for lo, hi in itertools.pairwise(edges):
             sel = (rows[:, 0] >= lo) & (rows[:, 0] < hi)
             vals.append(float(rows[sel, 1].sum() / max(rows[sel, 2].sum(), 1.0)))
         out[arm] = vals

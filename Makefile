@@ -1,0 +1,43 @@
+# encore: the two commands a new machine needs are `make demo` and `make test`.
+# Each creates .venv and installs encore into it first (Python >= 3.11, Java 17+, Maven needed).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test,dev]"
+	touch $(STAMP)
+
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[test,dev,bench]"
+	touch $(VENV)/.bench
+
+## demo: the main job end to end (local broker, simulated listeners, live daemon, report)
+demo: $(STAMP)
+	$(BIN)/encore demo
+
+## test: lint, import contracts, then every test; the suite starts and stops its own broker
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/pyright
+
+## bench: every benchmark suite at full size; bench-quick: the CI smoke run
+bench: $(VENV)/.bench
+	$(BIN)/python -m benchmarks all --out bench-out
+
+bench-quick: $(VENV)/.bench
+	$(BIN)/python -m benchmarks all --quick --out bench-out
+
+clean:
+	rm -rf $(VENV) .encore bench-out demo-out
