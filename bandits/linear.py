@@ -28,6 +28,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -35,9 +37,13 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 from jaxtyping import Array, Bool, Float, Int
 
-from bandits.types import Candidates, Feedback
+from bandits.policy import Policy, PolicySpec, make_policy
+from bandits.types import Candidates, Feedback, Ranked
 
-__all__ = ["LinearDelta", "LinearState", "delta", "init", "joint", "merge", "predict", "update"]
+__all__ = [
+    "LinearDelta", "LinearState", "add_deltas", "delta", "init", "joint", "make", "merge", "predict",
+    "update",
+]
 
 
 class LinearState(NamedTuple):
@@ -126,17 +132,26 @@ def predict(
         ``(mean, var, w, m)``: ``mean = Z w + bias``; ``var = diag(Z m Z^T) + var_bias``, with
         ``Z = [features, 1]``, ``w = theta^T [x, 1]`` and ``m`` the covariance of ``w``.
     """
-    du1, dt1 = state.theta.shape
+    mean, var, w, m = project(state.theta, state.cov, context, candidates.features)
+    bias, bias_var = id_bias(state, candidates.ids, id_ridge)
+    return mean + bias, var + bias_var, w, m
+
+
+def project(
+    theta: Float[Array, "du1 dt1"], cov: Float[Array, "D D"], context: Float[Array, " du"],
+    features: Float[Array, "k dt"],
+) -> tuple[Float[Array, " k"], Float[Array, " k"], Float[Array, " dt1"], Float[Array, "dt1 dt1"]]:
+    """Mean and variance of ``theta^T phi(x, z)`` for one user and ``k`` items, projecting the
+    ``D x D`` covariance onto the user once: ``w = theta^T [x, 1]``, ``m = K^T cov K``."""
+    du1, dt1 = theta.shape
     xa = _aug(context)
-    za = _aug(candidates.features)
-    w = xa @ state.theta
-    cov4 = state.cov.reshape(du1, dt1, du1, dt1)
+    za = _aug(features)
+    w = xa @ theta
+    cov4 = cov.reshape(du1, dt1, du1, dt1)
     m = jnp.einsum("i,iajb,j->ab", xa, cov4, xa)
     m = 0.5 * (m + m.T)
-    bias, bias_var = id_bias(state, candidates.ids, id_ridge)
-    mean = za @ w + bias
-    var = jnp.maximum(jnp.einsum("ka,ab,kb->k", za, m, za), 0.0) + bias_var
-    return mean, var, w, m
+    var = jnp.maximum(jnp.einsum("ka,ab,kb->k", za, m, za), 0.0)
+    return za @ w, var, w, m
 
 
 def _refactor(precision: Array, b: Array) -> tuple[Array, Array]:
@@ -266,3 +281,28 @@ def linear_params(
         "n_ids": int(n_ids), "id_ridge": float(id_ridge),
         "position_bias": [float(k) for k in position_bias],
     }
+
+
+def make(
+    name: str,
+    version: int,
+    extra: dict[str, object],
+    score: Callable[[LinearState, Array, Candidates, Array], Array],
+    rank: Callable[[LinearState, Array, Candidates, Array, Array, int], Ranked],
+    *,
+    ridge: float, discount: float, refactor_every: int, n_ids: int, id_ridge: float,
+    position_bias: tuple[float, ...],
+) -> Policy:
+    """Build a ``Policy`` on the shared linear model from its ``score`` and ``rank`` cores."""
+    params = linear_params(
+        ridge=ridge, discount=discount, refactor_every=refactor_every, n_ids=n_ids,
+        id_ridge=id_ridge, position_bias=position_bias,
+    )
+    return make_policy(
+        PolicySpec(name, version, {**extra, **params}),
+        init=partial(init, ridge=ridge, n_ids=n_ids, position_bias=position_bias),
+        score=score,
+        rank=rank,
+        update=partial(update, ridge=ridge, discount=discount, refactor_every=refactor_every),
+        dims=dims,
+    )

@@ -11,14 +11,12 @@ References:
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from bandits import linear, slates
 from bandits.linear import LinearDelta, LinearState, add_deltas, delta, merge
-from bandits.policy import Policy, PolicySpec, make_policy
+from bandits.policy import Policy
 from bandits.types import Candidates, Ranked
 
 __all__ = ["LinearDelta", "LinearState", "add_deltas", "delta", "linucb", "merge"]
@@ -56,13 +54,8 @@ def linucb(
         >>> p.rank(s, jnp.ones(2), c, jnp.ones(4, bool), key=jax.random.key(0), slate_size=2).order.shape
         (2,)
     """
-    params = linear.linear_params(
-        ridge=ridge, discount=discount, refactor_every=refactor_every, n_ids=n_ids,
-        id_ridge=id_ridge, position_bias=position_bias,
-    )
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    spec = PolicySpec("linucb", VERSION, {"alpha": float(alpha), **params})
 
     def score(state: LinearState, context: Array, candidates: Candidates, mask: Array) -> Array:
         mean, var, _, _ = linear.predict(state, context, candidates, id_ridge)
@@ -75,11 +68,7 @@ def linucb(
         del key  # deterministic
         return slates.greedy(score(state, context, candidates, mask), mask, slate_size)
 
-    return make_policy(
-        spec,
-        init=partial(linear.init, ridge=ridge, n_ids=n_ids, position_bias=position_bias),
-        score=score,
-        rank=rank,
-        update=partial(linear.update, ridge=ridge, discount=discount, refactor_every=refactor_every),
-        dims=linear.dims,
+    return linear.make(
+        "linucb", VERSION, {"alpha": float(alpha)}, score, rank, ridge=ridge, discount=discount,
+        refactor_every=refactor_every, n_ids=n_ids, id_ridge=id_ridge, position_bias=position_bias,
     )
