@@ -98,29 +98,39 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from streaming.simulator import SimConfig, Simulator, describe
 
-    sim = Simulator(SimConfig(seed=args.seed, drift=args.drift))
     if args.describe:
         from rich.console import Console
         from rich.table import Table
 
-        d = describe(sim, n_requests=args.requests, slate_size=args.slate_size)
+        prod = describe(
+            Simulator(SimConfig(seed=args.seed, drift=args.drift, candidate_source="recall")),
+            n_requests=args.requests,
+            slate_size=args.slate_size,
+        )
+        unif = describe(
+            Simulator(SimConfig(seed=args.seed, drift=args.drift)),
+            n_requests=args.requests,
+            slate_size=args.slate_size,
+        )
         table = Table(
             title=f"Simulated listening (seed {args.seed}, {args.requests:,} requests, "
-            f"slates of {args.slate_size}, logging policy)"
+            f"slates of {args.slate_size} from 20 candidates, logging policy)"
         )
         table.add_column("marginal")
-        table.add_column("value", justify="right")
+        table.add_column("recall candidates\n(production-like)", justify="right")
+        table.add_column("uniform candidates\n(bandit benchmark)", justify="right")
         table.add_column("published reference")
         refs = {
-            "skip_rate_5s": "~0.24 (Lamere 2014)",
-            "skip_before_end_rate": "~0.49 (Lamere 2014)",
-            "skip_rate_30s": "~0.35-0.5 (Lamere 2014; MSSD, Brost et al. 2019)",
-            "reward_random_top1": "0.304 (issue 3 reference simulator)",
-            "reward_oracle_top1": "0.725 (issue 3 reference simulator)",
+            "skip_rate_5s": "0.24 skipped within 5 s (Lamere 2014, 1B plays)",
+            "skip_before_end_rate": "0.49 skipped before the end (Lamere 2014)",
+            "skip_rate_30s": "about 0.35-0.5 skipped (Lamere 2014; MSSD, Brost et al. 2019)",
+            "reward_random_top1": "uniform: 0.304 (issue 3 reference simulator)",
+            "reward_oracle_top1": "uniform: 0.725 (issue 3 reference simulator)",
         }
-        for k, v in d.items():
-            table.add_row(k, f"{v:,.0f}" if k == "plays" else f"{v:.3f}", refs.get(k, ""))
-        Console().print(table)
+        for k, v in prod.items():
+            fmt = (lambda x: f"{x:,.0f}") if k == "plays" else (lambda x: f"{x:.3f}")
+            table.add_row(k, fmt(v), fmt(unif[k]), refs.get(k, ""))
+        Console(width=140).print(table)
         return 0
     from streaming.demo import produce_simulated
 

@@ -89,6 +89,9 @@ class SimConfig:
     logout_prob: float = 0.01
     request_gap_ms: int = 50
     logging_temperature: float = 0.5
+    candidate_source: str = "uniform"
+    recall_pool: int = 200
+    recall_noise: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -104,6 +107,14 @@ class SimConfig:
                 raise ValueError(f"SimConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.logging_temperature <= 0:
             raise ValueError("SimConfig.logging_temperature must be positive")
+        if self.candidate_source not in ("uniform", "recall"):
+            raise ValueError(
+                f"SimConfig.candidate_source must be 'uniform' or 'recall', got {self.candidate_source!r}"
+            )
+        if self.candidate_source == "recall" and not (
+            self.n_candidates <= self.recall_pool <= self.n_tracks
+        ):
+            raise ValueError("SimConfig.recall_pool must be in [n_candidates, n_tracks]")
 
 
 class World(NamedTuple):
@@ -226,10 +237,24 @@ class Simulator:
         candidates = np.empty((n, cfg.n_candidates), dtype=np.int64)
         chunk = max(1, 4_000_000 // cfg.n_tracks)
         for lo in range(0, n, chunk):
-            keys = rng.random((min(chunk, n - lo), cfg.n_tracks))
-            candidates[lo : lo + chunk] = np.argpartition(keys, cfg.n_candidates - 1, axis=1)[
-                :, : cfg.n_candidates
-            ]
+            m = min(chunk, n - lo)
+            keys = rng.random((m, cfg.n_tracks))
+            if cfg.candidate_source == "recall":
+                # A recall stage: the best `recall_pool` tracks by a noisy taste score, of which
+                # n_candidates are offered at random (production candidates are already relevant).
+                u = self.world.user_features[user_id[lo : lo + m]].astype(np.float64)
+                noisy = (u @ self.world.m0) @ self.world.track_features.T.astype(np.float64)
+                noisy = cfg.affinity_scale * noisy + cfg.pop_weight * self._pop_z
+                noisy = noisy + rng.normal(scale=cfg.recall_noise, size=noisy.shape)
+                pool = np.argpartition(-noisy, cfg.recall_pool - 1, axis=1)[:, : cfg.recall_pool]
+                pick = np.argpartition(rng.random(pool.shape), cfg.n_candidates - 1, axis=1)
+                candidates[lo : lo + m] = np.take_along_axis(
+                    pool, pick[:, : cfg.n_candidates], axis=1
+                )
+            else:
+                candidates[lo : lo + m] = np.argpartition(keys, cfg.n_candidates - 1, axis=1)[
+                    :, : cfg.n_candidates
+                ]
         request_id = self._next_id + np.arange(n, dtype=np.int64)
         self._next_id += n
         # Mood decays towards 0 with a half-life of 10 simulated minutes since it was last set.

@@ -51,6 +51,10 @@ def test_marginals_are_in_the_documented_ranges() -> None:
     assert d["reward_random_top1"] < d["reward_logging_top1"] < d["reward_oracle_top1"]
     assert 0.0 < d["censored_rate"] < 0.03 and 0.0 < d["save_rate"] < 0.1
     assert d["skip_rate_5s"] < d["skip_rate_30s"] < d["skip_before_end_rate"]
+    # Production-like candidates (a recall stage) land near the published skip figures.
+    r = describe(Simulator(SimConfig(seed=0, candidate_source="recall")), n_requests=5000)
+    assert 0.18 < r["skip_rate_5s"] < 0.30 and 0.40 < r["skip_before_end_rate"] < 0.55
+    assert r["reward_logging_top1"] < r["reward_oracle_top1"]
 
 
 def test_skips_come_in_runs() -> None:
