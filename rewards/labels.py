@@ -122,7 +122,7 @@ def skip_labels(
     """
     b = listen_bin(ms_played, duration_ms, reason_end)[..., None]
     cens = jnp.asarray(censored)[..., None]
-    last = jnp.asarray(HORIZON_LAST_BIN, dtype=jnp.int32)
+    last = jnp.asarray(HORIZON_LAST_BIN, dtype=jnp.int32).reshape((1,) * (b.ndim - 1) + (3,))
     within = b <= last
     return within & ~cens, ~cens | ~within
 

@@ -99,13 +99,14 @@ def make_update(
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
         ok = finite & (n_used > 0)
         new_params, new_opt = jax.tree.map(
             lambda a, b: jnp.where(ok, a, b), (params, opt_state), (state.params, state.opt_state)
         )
         new_state = ModelState(new_params, new_opt, state.step + ok.astype(jnp.int32))
-        return new_state, UpdateMetrics(loss, n_used, n_dropped, ok)
+        return new_state, UpdateMetrics(loss, n_used, n_dropped, ok, grad_norm)
 
     return jax.jit(update)
 
@@ -147,8 +148,8 @@ def head_logits(
     """
     z = x
     if "w_hidden" in params:
-        z = jnp.concatenate([x, jax.nn.gelu(x @ params["w_hidden"] + params["b_hidden"])], -1)
-    logits = z @ params["w"] + params["b"]
+        z = jnp.concatenate([x, jax.nn.gelu(x @ params["w_hidden"] + params["b_hidden"][None, :])], -1)
+    logits = z @ params["w"] + params["b"][None, :]
     if "id_table" in params:
         if track_id is None:
             raise ValueError("this model was built with n_id_buckets > 0 and needs track_id")

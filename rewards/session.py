@@ -124,7 +124,7 @@ def gru_encode(params: Params, history: Float[Array, "n h e"]) -> Float[Array, "
     xs = jnp.swapaxes(history, 0, 1)  # (h, n, e)
 
     def cell(g: Array, x: Array) -> tuple[Array, None]:
-        gx = x @ params["gru_wx"] + params["gru_b"]
+        gx = x @ params["gru_wx"] + params["gru_b"][None, :]
         gh = g @ params["gru_wh"]
         z = jax.nn.sigmoid(gx[:, :hdim] + gh[:, :hdim])
         r = jax.nn.sigmoid(gx[:, hdim : 2 * hdim] + gh[:, hdim : 2 * hdim])

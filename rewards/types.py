@@ -122,14 +122,16 @@ class UpdateMetrics(NamedTuple):
         n_used: ``()`` rows that entered the loss.
         n_dropped: ``()`` rows with ``mask`` True that were dropped as invalid (non-finite
             features, bad durations, unknown ``reason_end``; see :mod:`rewards.validate`).
-        accepted: ``()`` False when the step was refused because a gradient or the loss was
-            not finite; the state is then returned unchanged.
+        accepted: ``()`` False when no step was taken: no valid row, or the loss, the gradient
+            norm or the new parameters were not finite; the state is then returned unchanged.
+        grad_norm: ``()`` global norm of the gradient (before clipping).
     """
 
     loss: Float[Array, ""]
     n_used: Int[Array, ""]
     n_dropped: Int[Array, ""]
     accepted: Bool[Array, ""]
+    grad_norm: Float[Array, ""]
 
 
 class ModelSpec(NamedTuple):
