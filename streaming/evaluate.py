@@ -1,0 +1,510 @@
+"""``encore evaluate``: off-policy evaluation of a target policy on logged records.
+
+The math lives in ``bandits.ope``; this module reads files, maps columns, builds the target
+policy's probabilities, shows progress and writes the report. Usage::
+
+    encore evaluate LOG.parquet --column-map action=item_id,reward=click,propensity=pscore \\
+        --target-prob-columns 'target_prob_*' --estimators ips,snips,dr --out report/
+
+The target policy is one of
+
+- ``--target-prob-columns``: per-row probabilities of each action (``k`` columns, a glob or a
+  comma list, in action order);
+- ``--target-action-column``: the action a deterministic target would take in each row;
+- ``--policy NAME [--policy-param key=value ...]``: a ``bandits.registry`` policy fitted offline
+  on the first ``--train-fraction`` of the log (contexts from ``--context-columns``, each action
+  a fixed candidate with one-hot features); the rest of the log is evaluated, with the policy's
+  action probabilities estimated by Monte Carlo over ``--policy-samples`` draws of ``rank``.
+
+Live mode (``--topic``) is fed by the shell through ``live_consume``: it takes an iterable of
+``(LoggedFeedback, TargetProbs)`` batches and keeps an anytime-valid confidence sequence per
+estimator, so an evaluation can be watched on the stream and stopped whenever it is conclusive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+from bandits.ope import (
+    ESTIMATORS,
+    NEEDS_Q_HAT,
+    AbstractSingleActionEstimator,
+    Estimate,
+    InvalidLogError,
+    LoggedFeedback,
+    OnlineEvaluation,
+    TargetProbs,
+    estimate_all,
+    online_init,
+    online_intervals,
+    online_update,
+    with_q_hat,
+)
+
+__all__ = ["LiveResult", "build_parser", "live_consume", "main"]
+
+
+class UsageError(ValueError):
+    """A command-line or input-mapping mistake; printed without a traceback."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def parse_column_map(text: str | None) -> dict[str, str]:
+    """``"action=item_id,reward=click"`` -> ``{"action": "item_id", "reward": "click"}``."""
+    if not text:
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, column = part.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            raise UsageError(f"--column-map entry {part!r} is not field=column")
+        out[name.strip()] = column.strip()
+    return out
+
+
+def select_columns(frame: pd.DataFrame, spec: str, what: str) -> list[str]:
+    """Columns named by a comma list or a glob (``'target_prob_*'``), in natural order."""
+    names: list[str] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if any(c in part for c in "*?["):
+            hits = [str(c) for c in frame.columns if fnmatch.fnmatch(str(c), part)]
+            hits.sort(key=lambda c: (len(c), c))  # tp_2 before tp_10
+            names += hits
+        elif part:
+            names.append(part)
+    missing = [c for c in names if c not in frame.columns]
+    if missing or not names:
+        raise UsageError(
+            f"{what} {spec!r}: missing column(s) {missing or '(no match)'}; "
+            f"available: {sorted(map(str, frame.columns))}"
+        )
+    return names
+
+
+def read_log(path: Path) -> pd.DataFrame:
+    """A Parquet or CSV file as a frame."""
+    if not path.exists():
+        raise UsageError(f"log file {str(path)!r} does not exist")
+    if path.suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if path.suffix in (".csv", ".gz", ".txt"):
+        return pd.read_csv(path)
+    raise UsageError(f"log file {str(path)!r}: expected .parquet or .csv")
+
+
+@dataclass
+class Inputs:
+    """What the estimators run on, plus what the report should say about it."""
+
+    log: LoggedFeedback
+    target: TargetProbs
+    n_actions: int
+    target_desc: str
+    notes: list[str] = field(default_factory=list)
+
+
+def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) -> Inputs:
+    """Map the frame's columns to a ``LoggedFeedback`` and build the target's ``TargetProbs``."""
+    column_map = parse_column_map(args.column_map)
+    columns = {str(c): frame[c].to_numpy() for c in frame.columns}
+    log = LoggedFeedback.from_columns(columns, column_map)
+    action = log.action
+    if not np.issubdtype(action.dtype, np.integer):
+        raise UsageError(
+            f"the action column must hold integer action indices 0..k-1, got dtype {action.dtype}"
+        )
+    log = log._replace(
+        action=action.astype(np.int64),
+        reward=log.reward.astype(np.float64),
+        propensity=log.propensity.astype(np.float64),
+    )
+    if args.context_columns:
+        ctx_cols = select_columns(frame, args.context_columns, "--context-columns")
+        log = log._replace(context=frame[ctx_cols].to_numpy(dtype=np.float32))
+    given = [bool(args.target_prob_columns), bool(args.target_action_column), bool(args.policy)]
+    if sum(given) != 1:
+        raise UsageError(
+            "give exactly one target: --target-prob-columns, --target-action-column or --policy"
+        )
+    notes: list[str] = []
+    if args.target_prob_columns:
+        cols = select_columns(frame, args.target_prob_columns, "--target-prob-columns")
+        prob = frame[cols].to_numpy(dtype=np.float64)
+        n_actions = args.n_actions or prob.shape[1]
+        desc = f"per-row probabilities from {len(cols)} columns ({cols[0]} .. {cols[-1]})"
+    elif args.target_action_column:
+        col = select_columns(frame, args.target_action_column, "--target-action-column")[0]
+        chosen = frame[col].to_numpy()
+        n_actions = args.n_actions or int(max(chosen.max(), log.action.max())) + 1
+        if chosen.min() < 0 or chosen.max() >= n_actions:
+            raise UsageError(f"--target-action-column {col!r} has values outside [0, {n_actions})")
+        prob = np.zeros((log.n, n_actions))
+        prob[np.arange(log.n), chosen.astype(np.int64)] = 1.0
+        desc = f"deterministic: the action in column {col!r}"
+    else:
+        n_actions = args.n_actions or int(log.action.max()) + 1
+        log, prob, desc, notes = _fit_policy_target(log, n_actions, args, key)
+    return Inputs(log, TargetProbs(prob), n_actions, desc, notes)
+
+
+def _fit_policy_target(
+    log: LoggedFeedback, n_actions: int, args: argparse.Namespace, key: jax.Array
+) -> tuple[LoggedFeedback, np.ndarray, str, list[str]]:
+    """Fit a registry policy on the first part of the log; Monte Carlo its action probabilities."""
+    try:
+        from bandits.registry import POLICIES
+        from bandits.types import Candidates, Feedback
+    except ImportError as exc:  # pragma: no cover - depends on the policies package
+        raise UsageError(f"--policy needs bandits.registry: {exc}") from exc
+    if args.policy not in POLICIES:
+        raise UsageError(f"unknown --policy {args.policy!r}; known: {sorted(POLICIES)}")
+    params: dict[str, Any] = {}
+    for item in args.policy_param or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--policy-param {item!r} is not key=value")
+        params[name] = json.loads(value) if value[:1] in "[{0123456789-.tfn" else value
+    policy = POLICIES[args.policy](**params)
+    n_train = int(log.n * args.train_fraction)
+    if not 0 < n_train < log.n:
+        raise UsageError(f"--train-fraction {args.train_fraction} leaves no train or no test rows")
+    context = (
+        np.ones((log.n, 1), np.float32) if log.context is None else log.context.astype(np.float32)
+    )
+    k = n_actions
+    eye = np.eye(k, dtype=np.float32)
+    cand = Candidates(
+        features=jax.numpy.asarray(eye), ids=jax.numpy.arange(k, dtype=jax.numpy.int32)
+    )
+    state = policy.init(context.shape[1], k)
+    batch = 4096
+    update = jax.jit(policy.update)
+    jnp = jax.numpy
+
+    def padded(a: np.ndarray, pad: int, fill: float = 0.0) -> jax.Array:
+        if pad:
+            a = np.concatenate([a, np.full((pad, *a.shape[1:]), fill, a.dtype)])
+        return jnp.asarray(a)
+
+    for lo in range(0, n_train, batch):
+        hi = min(lo + batch, n_train)
+        pad = batch - (hi - lo)
+        sl = slice(lo, hi)
+        fb = Feedback(
+            context=padded(context[sl], pad),
+            features=padded(eye[log.action[sl]], pad),
+            action=padded(log.action[sl].astype(np.int32), pad),
+            position=jnp.zeros(batch, jnp.int32),
+            reward=padded(log.reward[sl].astype(np.float32), pad),
+            propensity=padded(log.propensity[sl].astype(np.float32), pad, 1.0),
+            mask=padded(np.ones(hi - lo, bool), pad, False),
+        )
+        state = update(state, fb)
+    mask = jax.numpy.ones(k, bool)
+    samples = args.policy_samples
+
+    def probs(ctx: jax.Array, keys: jax.Array) -> jax.Array:
+        def one(kk: jax.Array) -> jax.Array:
+            return policy.rank(state, ctx, cand, mask, key=kk, slate_size=1).order[0]
+
+        chosen = jax.vmap(one)(keys)
+        return jax.numpy.zeros(k).at[chosen].add(1.0 / samples)
+
+    probs_batch = jax.jit(jax.vmap(probs))
+    test = slice(n_train, log.n)
+    n_test = log.n - n_train
+    prob = np.empty((n_test, k))
+    for lo in range(0, n_test, 2048):
+        hi = min(lo + 2048, n_test)
+        keys = jax.random.split(jax.random.fold_in(key, lo), (hi - lo) * samples)
+        keys = keys.reshape(hi - lo, samples)
+        prob[lo:hi] = np.asarray(probs_batch(jax.numpy.asarray(context[test][lo:hi]), keys))
+    log_test = LoggedFeedback(
+        action=log.action[test],
+        reward=log.reward[test],
+        propensity=log.propensity[test],
+        context=None if log.context is None else log.context[test],
+    )
+    desc = f"{args.policy} {params or ''} fitted on the first {n_train:,} rows".replace("  ", " ")
+    notes = [
+        f"target: {policy.spec.name} v{policy.spec.version} {dict(policy.spec.params)}; "
+        f"evaluated on the last {n_test:,} rows; action probabilities by Monte Carlo over "
+        f"{samples} draws of rank (exact for deterministic policies)"
+    ]
+    return log_test, prob, desc, notes
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def estimator_set(spec: str) -> dict[str, AbstractSingleActionEstimator]:
+    names = list(ESTIMATORS) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in ESTIMATORS]
+    if unknown:
+        raise UsageError(f"unknown estimator(s) {unknown}; known: {sorted(ESTIMATORS)} or 'all'")
+    return {n: ESTIMATORS[n]() for n in names}
+
+
+def results_table(results: Mapping[str, Estimate], alpha: float, interval: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"off-policy estimates ({1 - alpha:.0%} {interval} interval)")
+    for col, justify in (
+        ("estimator", "left"),
+        ("value", "right"),
+        ("lower", "right"),
+        ("upper", "right"),
+        ("ESS", "right"),
+        ("max w", "right"),
+        ("warning", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, e in results.items():
+        d = e.diagnostics
+        table.add_row(
+            name,
+            f"{e.value:.4f}",
+            f"{e.lower:.4f}",
+            f"{e.upper:.4f}",
+            f"{d.ess:,.0f}",
+            f"{d.max_weight:.3g}",
+            d.reason if d.warning else "",
+        )
+    return table
+
+
+def markdown_report(
+    results: Mapping[str, Estimate],
+    *,
+    inputs: Inputs,
+    source: str,
+    alpha: float,
+    interval: str,
+    elapsed_s: float,
+) -> str:
+    d = next(iter(results.values())).diagnostics
+    lines = [
+        "# encore evaluate",
+        "",
+        f"- log: `{source}` ({inputs.log.n:,} rounds, {inputs.n_actions} actions)",
+        f"- target: {inputs.target_desc}",
+        f"- interval: {1 - alpha:.0%} {interval}",
+        f"- importance weights: ESS {d.ess:,.0f}, max {d.max_weight:.3g}, mean "
+        f"{d.mean_weight:.3f}, target never plays {d.unsupported_share:.1%} of logged actions",
+        f"- elapsed: {elapsed_s:.1f} s",
+        *[f"- {note}" for note in inputs.notes],
+        "",
+        "| estimator | value | lower | upper | warning |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, e in results.items():
+        warn = e.diagnostics.reason if e.diagnostics.warning else ""
+        lines.append(f"| {name} | {e.value:.4f} | {e.lower:.4f} | {e.upper:.4f} | {warn} |")
+    lines += ["", "![estimates](estimates.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_estimates(results: Mapping[str, Estimate], path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    values = np.array([results[n].value for n in names])
+    err = np.array(
+        [[results[n].value - results[n].lower, results[n].upper - results[n].value] for n in names]
+    ).T
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.5))
+    y = np.arange(len(names))
+    colors = ["tab:red" if results[n].diagnostics.warning else "tab:blue" for n in names]
+    for i, color in enumerate(colors):
+        ax.errorbar(values[i], y[i], xerr=err[:, i : i + 1], fmt="none", ecolor=color, capsize=3)
+    ax.scatter(values, y, c=colors, zorder=3)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("estimated policy value (red: warning)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- live mode
+
+
+@dataclass
+class LiveResult:
+    """What ``live_consume`` leaves behind: the state and every rejected batch with its reason."""
+
+    state: OnlineEvaluation
+    rejects: list[str]
+    batches: int
+
+
+def live_consume(
+    batches: Iterable[tuple[LoggedFeedback, TargetProbs]],
+    estimators: Sequence[AbstractSingleActionEstimator],
+    *,
+    alpha: float = 0.05,
+    t_star: float = 100_000.0,
+    on_update: Callable[[list[Estimate]], None] | None = None,
+    state: OnlineEvaluation | None = None,
+) -> LiveResult:
+    """Fold a stream of array batches into the anytime-valid evaluation.
+
+    Args:
+        batches: ``(log, target)`` pairs as the shell decodes them (for example from Kafka);
+            estimators needing ``q_hat`` need it in each batch.
+        estimators: the estimators to run, in a fixed order.
+        alpha: the confidence sequence covers the value at every time with prob. ``1 - alpha``.
+        t_star: rows at which the sequence is tuned to be tightest.
+        on_update: called with the current estimates after every accepted batch (a live table).
+        state: a state to resume from (a checkpoint), else a fresh one.
+
+    Returns:
+        The final state, the reasons of rejected batches (malformed ones are skipped, not fatal),
+        and the number of batches seen.
+    """
+    current = state if state is not None else online_init(len(estimators))
+    rejects: list[str] = []
+    seen = 0
+    for log, target in batches:
+        seen += 1
+        try:
+            current = online_update(current, estimators, log, target)
+        except (InvalidLogError, TypeError) as exc:
+            rejects.append(f"batch {seen}: {exc}")
+            continue
+        if on_update is not None:
+            on_update(online_intervals(current, estimators, alpha=alpha, t_star=t_star))
+    return LiveResult(current, rejects, seen)
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="encore evaluate",
+        description="Off-policy evaluation of a target policy on logged records.",
+    )
+    p.add_argument("log", type=Path, help="Parquet or CSV of logged, joined rounds")
+    p.add_argument(
+        "--column-map",
+        default=None,
+        help="field=column pairs for action, reward, propensity (default: same names)",
+    )
+    p.add_argument("--n-actions", type=int, default=None, help="k (default: inferred)")
+    p.add_argument(
+        "--target-prob-columns", default=None, help="k target-probability columns (glob or list)"
+    )
+    p.add_argument("--target-action-column", default=None, help="action of a deterministic target")
+    p.add_argument("--policy", default=None, help="bandits.registry policy to fit offline")
+    p.add_argument("--policy-param", action="append", help="key=value hyperparameter (repeat)")
+    p.add_argument(
+        "--train-fraction", type=float, default=0.5, help="share of rows to fit --policy on"
+    )
+    p.add_argument("--policy-samples", type=int, default=64, help="Monte Carlo draws per row")
+    p.add_argument("--context-columns", default=None, help="context feature columns (glob or list)")
+    p.add_argument(
+        "--estimators", default="all", help=f"comma list of {', '.join(ESTIMATORS)} or 'all'"
+    )
+    p.add_argument(
+        "--interval", default="bootstrap", choices=["bootstrap", "normal", "bernstein", "cs"]
+    )
+    p.add_argument("--alpha", type=float, default=0.05, help="one minus the coverage")
+    p.add_argument("--n-bootstrap", type=int, default=500)
+    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds of the reward model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="folder for report.md and estimates.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``encore evaluate``; returns the exit status (2 for input errors)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    args = build_parser().parse_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    started = time.perf_counter()
+    key = jax.random.key(args.seed)
+    try:
+        estimators = estimator_set(args.estimators)
+        with Progress(console=err, disable=args.no_progress, transient=True) as progress:
+            task = progress.add_task("reading log", total=len(estimators) + 3)
+            frame = read_log(args.log)
+            progress.update(task, advance=1, description="building target")
+            inputs = build_inputs(frame, args, jax.random.fold_in(key, 1))
+            del frame
+            inputs.log.check()
+            inputs.target.check(inputs.log)
+            log = inputs.log
+            progress.update(task, advance=1, description="fitting reward model")
+            if NEEDS_Q_HAT & set(estimators) and log.q_hat is None:
+                log = with_q_hat(
+                    log,
+                    n_actions=inputs.n_actions,
+                    key=jax.random.fold_in(key, 2),
+                    folds=args.folds,
+                )
+            progress.update(task, advance=1)
+            results: dict[str, Estimate] = {}
+            for i, (name, est) in enumerate(estimators.items()):
+                progress.update(task, description=f"estimating {name}")
+                results.update(
+                    estimate_all(
+                        {name: est},
+                        log,
+                        inputs.target,
+                        interval=args.interval,
+                        alpha=args.alpha,
+                        key=jax.random.fold_in(key, 100 + i),
+                        n_bootstrap=args.n_bootstrap,
+                    )
+                )
+                progress.update(task, advance=1)
+    except (InvalidLogError, UsageError) as exc:
+        print(f"encore evaluate: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - started
+    console.print(results_table(results, args.alpha, args.interval))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = markdown_report(
+            results,
+            inputs=inputs,
+            source=str(args.log),
+            alpha=args.alpha,
+            interval=args.interval,
+            elapsed_s=elapsed,
+        )
+        (args.out / "report.md").write_text(report)
+        plot_estimates(results, args.out / "estimates.png", title=inputs.target_desc[:80])
+        console.print(f"wrote {args.out / 'report.md'} and {args.out / 'estimates.png'}")
+    if any(math.isnan(e.value) for e in results.values()):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
