@@ -88,6 +88,7 @@ __all__ = [
     "counters",
     "from_arrays",
     "init",
+    "live_payloads",
     "to_arrays",
 ]
 
@@ -372,6 +373,15 @@ def counters(state: JoinState) -> dict[str, int]:
     return out
 
 
+def live_payloads(state: JoinState) -> tuple[_Array, _Array]:
+    """Payloads the buffer still refers to: ``(impressions (m,), outcomes (j + p,))``.
+
+    Side-table rows outside these can be dropped by the caller; every other payload has come
+    back in some effects.
+    """
+    return state.open_payload, np.concatenate([state.joined_payload, state.pending_payload])
+
+
 def to_arrays(state: JoinState) -> dict[str, _Array]:
     """The state as named arrays (for ``streaming.checkpoint.write``); no copies.
 
@@ -424,7 +434,8 @@ def _column(batch: str, name: str, value: object, dtype: type[np.generic]) -> _A
     )
     if not same_family or (want.kind == "u" and arr.dtype.kind != "u"):
         raise ValueError(f"{batch}.{name} must be {want}, got {arr.dtype}")
-    return arr.astype(want)
+    with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf: reported later
+        return arr.astype(want)
 
 
 def _check_ts(batch: str, ts: _Array) -> None:
@@ -490,13 +501,13 @@ def _minus(t: _Array, lateness: int) -> _Array:
     return np.maximum(t, NO_TIME_MS + lateness) - lateness
 
 
-def _late_in_stream(ts: _Array, prior_max: int, lateness: int) -> tuple[np.ndarray, int]:
+def _late_in_stream(ts: _Array, prior_max: int, lateness: int) -> tuple[_Array, int]:
     """Rows behind the newest event time of the rows before them, and the new maximum."""
     running = np.maximum.accumulate(np.concatenate([np.array([prior_max], np.int64), ts]))
     return ts < _minus(running[:-1], lateness), int(running[-1])
 
 
-def _expand(left: _Array, right: _Array) -> tuple[np.ndarray, _Array]:
+def _expand(left: _Array, right: _Array) -> tuple[_Array, _Array]:
     """All pairs (query i, entry j) with ``left[i] <= j < right[i]``."""
     count = right - left
     query = np.repeat(np.arange(left.size), count)
@@ -504,7 +515,7 @@ def _expand(left: _Array, right: _Array) -> tuple[np.ndarray, _Array]:
     return query, left[query] + np.arange(query.size) - start
 
 
-def _lookup(state: JoinState, key: _Array) -> tuple[np.ndarray, _Array]:
+def _lookup(state: JoinState, key: _Array) -> tuple[_Array, _Array]:
     """For each key: whether it is open, and its open row (0 where not)."""
     m = state.index_key.size
     if m == 0 or key.size == 0:
@@ -524,7 +535,7 @@ def _group(state: JoinState, names: tuple[str, ...]) -> JoinOutcomes:
     return JoinOutcomes(*(getattr(state, name) for name in names))
 
 
-def _set(state: JoinState, names: tuple[str, ...], rows: tuple[np.ndarray, ...]) -> JoinState:
+def _set(state: JoinState, names: tuple[str, ...], rows: tuple[_Array, ...]) -> JoinState:
     return state._replace(**dict(zip(names, rows, strict=True)))
 
 
@@ -581,7 +592,7 @@ def _sortable(value: _Array) -> _Array:
 
 def _reduce(
     config: JoinConfig, flat: _Array, ts: _Array, value: _Array, size: int
-) -> tuple[np.ndarray, _Array]:
+) -> tuple[_Array, _Array]:
     """Per-slot reward and count from outcomes grouped by slot, values ascending in a slot."""
     reward = np.full(size, config.default_reward, np.float64)
     count = np.bincount(flat, minlength=size).astype(np.int32)

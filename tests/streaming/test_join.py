@@ -263,6 +263,18 @@ def test_calls_do_not_modify_their_input_state() -> None:
         np.testing.assert_array_equal(arr, before[name], err_msg=name)
 
 
+def test_live_payloads_are_what_has_not_come_back_yet() -> None:
+    state, _ = join.add_impressions(join.init(CFG), imps([1, 2], [1000, 1010], [50, 51]), CFG)
+    state, _ = join.add_outcomes(state, outs([1, 9], [1030, 1040], payload=[70, 71]), CFG)
+    live_imps, live_outs = join.live_payloads(state)
+    assert live_imps.tolist() == [50, 51] and sorted(live_outs.tolist()) == [70, 71]
+    state, fx = flush(state)
+    assert [a.size for a in join.live_payloads(state)] == [0, 0]
+    assert sorted(fx.closed.payload.tolist()) == [50, 51]
+    assert fx.joined.payload.tolist() == [70] and fx.rejected_outcomes.payload.tolist() == [71]
+    assert fx.closed.request_key[fx.joined.row].tolist() == [1]
+
+
 def test_state_round_trips_through_arrays() -> None:
     state, _ = join.add_impressions(join.init(CFG), imps([1, 2], [1000, 1010]), CFG)
     state, _ = join.add_outcomes(state, outs([1, 9], [1030, 1040], [1, 2], [1.0, 2.0]), CFG)
@@ -313,6 +325,16 @@ def test_state_and_config_slate_sizes_must_agree() -> None:
         (outs([1], [0], position=[3]), r"position must be in \[0, 3\).*rows \[0\] hold \[3\]"),
         (outs([1, 1], [0, 0], position=[0, -1]), r"rows \[1\] hold \[-1\]"),
         (outs([1], [0], value=[float("nan")]), r"value must be finite; rows \[0\]"),
+        (
+            JoinOutcomes(
+                np.array([1, 1], np.uint64),
+                np.array([0, 0]),
+                np.array([0, 0]),
+                np.array([1.0, 1e300]),
+                np.array([0, 1]),
+            ),
+            r"value must be finite; rows \[1\]",
+        ),
         (outs([1], [2**62]), r"ts_ms out of range"),
         (
             JoinOutcomes(
