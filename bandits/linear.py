@@ -3,12 +3,13 @@
 One ridge regression over joint user x track features ``phi(x, z) = vec([x, 1] [z, 1]^T)``
 (``D = (d_user + 1)(d_track + 1)``: the outer product, both main effects and an intercept), so a
 track never seen before is scored from its features, plus an optional per-track bias looked up
-by hashed id (``id % n_ids``), fitted by backfitting on the linear model's residuals with its
-own ridge: the track id carries information (quality, popularity) that features may not.
+by hashed id (``id % n_ids``), fitted by backfitting on the residuals of the just-updated linear
+model, with its own ridge: the track id carries information (quality, popularity) that features may not.
 
 Numerics: the state keeps the precision ``A`` (exact, additive) and its inverse ``cov``. Without
 forgetting, ``cov`` follows batched Woodbury updates and is symmetrised every update and
-re-computed from a Cholesky factor of ``A`` every ``refactor_every`` rows, so it cannot drift
+re-computed from a Cholesky factor of ``A`` every ``refactor_every`` rows (and on every update
+whose batch has at least ``D`` rows, where that is cheaper than Woodbury), so it cannot drift
 into a non-symmetric or indefinite matrix. With forgetting (``discount < 1``:
 ``A <- discount A + X^T X + (1 - discount) ridge I``, which keeps the prior at ``ridge I``)
 ``cov`` is re-computed from the Cholesky factor after every update.
@@ -170,27 +171,39 @@ def _woodbury(cov: Array, x: Array) -> Array:
 
 
 def _stats(state: LinearState, fb: Feedback) -> tuple[Array, LinearDelta]:
+    """Feature rows and the linear part of the delta (id statistics left empty)."""
     phi = joint(fb.context, fb.features)
     kappa = _kappa(state, fb.position) * fb.mask.astype(jnp.float32)
     x = phi * kappa[:, None]
     r = jnp.where(fb.mask, fb.reward, 0.0)
-    pred = phi @ state.theta.reshape(-1)
-    count = kappa * kappa
-    resid = kappa * (r - kappa * pred)
+    empty = jnp.zeros(state.id_count.shape, jnp.float32)
+    return x, LinearDelta(x.T @ x, x.T @ r, empty, empty, fb.mask.sum().astype(jnp.int32))
+
+
+def _id_stats(state: LinearState, fb: Feedback, theta: Array) -> tuple[Array, Array]:
+    """Per-id ``sum kappa^2`` and ``sum kappa (r - kappa theta^T phi)`` (backfitting)."""
     n_ids = state.id_count.shape[0]
-    if n_ids:
-        h = _hash(state, fb.action)
-        id_count = jnp.zeros((n_ids,), jnp.float32).at[h].add(count)
-        id_resid = jnp.zeros((n_ids,), jnp.float32).at[h].add(resid)
-    else:
-        id_count = id_resid = jnp.zeros((0,), jnp.float32)
-    d = LinearDelta(x.T @ x, x.T @ r, id_count, id_resid, fb.mask.sum().astype(jnp.int32))
-    return x, d
+    if not n_ids:
+        return state.id_count, state.id_resid
+    kappa = _kappa(state, fb.position) * fb.mask.astype(jnp.float32)
+    pred = joint(fb.context, fb.features) @ theta.reshape(-1)
+    r = jnp.where(fb.mask, fb.reward, 0.0)
+    h = _hash(state, fb.action)
+    count = jnp.zeros((n_ids,), jnp.float32).at[h].add(kappa * kappa)
+    resid = jnp.zeros((n_ids,), jnp.float32).at[h].add(kappa * (r - kappa * pred))
+    return count, resid
 
 
 def delta(state: LinearState, feedback: Feedback) -> LinearDelta:
-    """The additive statistics ``feedback`` contributes (ridge and forgetting excluded)."""
-    return _stats(state, feedback)[1]
+    """The additive statistics ``feedback`` contributes (ridge and forgetting excluded).
+
+    The linear statistics are exact sums. The per-id residuals are taken against
+    ``state.theta`` (the worker's current weights), so merged per-id biases approximate what a
+    single worker would learn, closer the more often workers merge.
+    """
+    x, d = _stats(state, feedback)
+    count, resid = _id_stats(state, feedback, state.theta)
+    return d._replace(id_count=count, id_resid=resid)
 
 
 def add_deltas(a: LinearDelta, b: LinearDelta) -> LinearDelta:
@@ -221,10 +234,11 @@ def update(
         precision = discount * state.precision + d.precision + (1.0 - discount) * ridge * eye
         b = discount * state.b + d.b
         cov, theta = _refactor(precision, b)
+        count, resid = _id_stats(state, fb, theta)
         return state._replace(
             precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
-            id_count=discount * state.id_count + d.id_count,
-            id_resid=discount * state.id_resid + d.id_resid, n=n,
+            id_count=discount * state.id_count + count,
+            id_resid=discount * state.id_resid + resid, n=n,
             since_refactor=jnp.zeros((), jnp.int32),
         )
     precision = state.precision + d.precision
@@ -239,10 +253,14 @@ def update(
         cov = _woodbury(state.cov, x)
         return cov, cov @ b, since
 
-    cov, theta, since = jax.lax.cond(since >= refactor_every, refactored, woodbury)
+    if x.shape[0] >= x.shape[1]:  # a batch of at least D rows: Cholesky is the cheaper path
+        cov, theta, since = refactored()
+    else:
+        cov, theta, since = jax.lax.cond(since >= refactor_every, refactored, woodbury)
+    count, resid = _id_stats(state, fb, theta)
     return state._replace(
         precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
-        id_count=state.id_count + d.id_count, id_resid=state.id_resid + d.id_resid, n=n,
+        id_count=state.id_count + count, id_resid=state.id_resid + resid, n=n,
         since_refactor=since,
     )
 
