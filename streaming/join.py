@@ -527,6 +527,18 @@ def _lookup(state: JoinState, key: _Array) -> tuple[_Array, _Array]:
     return found, np.where(found, state.index_row[at], 0)
 
 
+def _first_occurrence(key: _Array) -> _Array:
+    """True at the first row of each distinct key (``np.unique`` without its stable sort)."""
+    order = np.argsort(key)
+    same = key[order][1:] == key[order][:-1]
+    first = np.ones(key.size, bool)
+    if same.any():
+        start = np.flatnonzero(np.concatenate([[True], ~same]))
+        first[:] = False
+        first[np.minimum.reduceat(order, start)] = True
+    return first
+
+
 def _take(batch: JoinOutcomes, index: _Array) -> JoinOutcomes:
     return JoinOutcomes(*(column[index] for column in batch))
 
@@ -620,7 +632,9 @@ def _close(
     by_key = np.argsort(key)
     sorted_key = key[by_key]
     log = _take(_group(state, _JOINED), mine)
-    out_row = by_key[np.searchsorted(sorted_key, log.request_key)]
+    out_row = np.empty(log.ts_ms.size, np.int64)
+    by_log_key = np.argsort(log.request_key)  # sorted queries: cache-friendly binary searches
+    out_row[by_log_key] = by_key[np.searchsorted(sorted_key, log.request_key[by_log_key])]
     flat = out_row * s + log.position
     if rows.size * s < 2**31:  # one fast sort on (slot, value)
         order = np.argsort(
@@ -725,10 +739,8 @@ def add_impressions(
         batch.ts_ms, int(state.impression_max_ts_ms), config.allowed_lateness_ms
     )
     candidate = np.flatnonzero(~late)
-    _, first = np.unique(batch.request_key[candidate], return_index=True)
     duplicate = np.zeros(batch.ts_ms.size, bool)
-    duplicate[candidate] = True
-    duplicate[candidate[first]] = False
+    duplicate[candidate] = ~_first_occurrence(batch.request_key[candidate])
     duplicate |= ~late & _lookup(state, batch.request_key)[0]
     accept = ~late & ~duplicate
     n_new = int(np.count_nonzero(accept))
