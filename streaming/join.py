@@ -26,7 +26,9 @@ The rules, chosen so that results never depend on how the streams are cut into b
   ``OUTCOME_ORPHAN``.
 - **Duplicates.** Keys are assumed unique per request. An impression whose key is already open
   (or appeared earlier in the same batch) is rejected as ``IMPRESSION_DUPLICATE``; a redelivered
-  copy of an impression that has already closed is always late, so it is rejected too.
+  copy of an impression that has already closed is always late, so it is rejected too. (A key
+  reused by a *different* impression after the first closed opens a new window; whether it
+  collides with the first depends on timing, so reused keys are outside the guarantee.)
 - **Bounded memory.** More than ``max_open`` open impressions evicts the oldest (smallest
   ``ts_ms``, then earliest arrival): they are returned as closed rows with ``evicted=True`` and
   counted. More than ``max_pending`` pending outcomes rejects the oldest as ``OUTCOME_OVERFLOW``.
@@ -37,7 +39,15 @@ The rules, chosen so that results never depend on how the streams are cut into b
   float for any arrival order); each outcome row joins at most one impression.
 
 If one stream goes idle the join watermark stops; pass ``watermark_ms`` to ``advance`` (for example
-``now_ms - idle_timeout_ms``, or ``MAX_TIME_MS`` to flush everything) to force progress.
+``now_ms - idle_timeout_ms``, or ``MAX_TIME_MS`` to flush everything) to force progress. A forced
+watermark is a promise that nothing at or before it is still to come: forcing it early makes
+later rows late that event time alone would have joined.
+
+Payloads are opaque row numbers into the caller's side tables (features, slates, raw outcome
+fields). The buffer hands each one back exactly once: an impression's in ``closed`` or
+``rejected_impressions``, an outcome's in ``joined`` (with ``row`` pointing at its impression in
+``closed``) or ``rejected_outcomes``. ``live_payloads`` lists the ones still held, so the caller
+can compact its side tables.
 
 Example:
     >>> import numpy as np

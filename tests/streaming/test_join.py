@@ -645,3 +645,52 @@ def test_outcome_at_the_watermark_still_waits_for_its_impression() -> None:
     state, fx = join.add_impressions(state, imps([5], [990]), CFG)
     assert fx.rejected_impressions.ts_ms.size == 0
     assert join.counters(state)["joined"] == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=streams(),
+    data=st.data(),
+    max_open=st.integers(1, 4),
+    max_pending=st.integers(0, 3),
+    max_closed_keys=st.integers(0, 3),
+)
+def test_every_payload_comes_back_exactly_once_even_at_capacity(
+    events: list[Event], data: st.DataObject, max_open: int, max_pending: int, max_closed_keys: int
+) -> None:
+    cfg = JoinConfig(
+        **{
+            **PROP_CFG,
+            "max_open": max_open,
+            "max_pending": max_pending,
+            "max_closed_keys": max_closed_keys,
+        }
+    )  # type: ignore[arg-type]
+    cuts = data.draw(st.lists(st.integers(0, len(events)), max_size=len(events)))
+    state, effects = run_cuts(events, cuts, cfg)
+    imp_back = sorted(
+        p
+        for fx in effects
+        for p in [*fx.closed.payload.tolist(), *fx.rejected_impressions.payload.tolist()]
+    )
+    out_back = sorted(
+        p
+        for fx in effects
+        for p in [*fx.joined.payload.tolist(), *fx.rejected_outcomes.payload.tolist()]
+    )
+    assert imp_back == [i for i, e in enumerate(events) if e.is_impression]
+    assert out_back == [i for i, e in enumerate(events) if not e.is_impression]
+    c = without_sizes(state)
+    closed = [fx.closed for fx in effects]
+    assert c["opened"] == c["closed"] + c["evicted"] == sum(x.ts_ms.size for x in closed)
+    assert c["evicted"] == sum(int(x.evicted.sum()) for x in closed)
+    assert c["joined"] == sum(fx.joined.ts_ms.size for fx in effects)
+    assert c["joined"] == sum(int(x.n_outcomes.sum()) for x in closed)
+    reasons = np.concatenate([fx.rejected_outcomes.reason for fx in effects])
+    assert c["late_outcomes"] == np.isin(reasons, [OUTCOME_LATE, OUTCOME_CLOSED]).sum()
+    assert c["orphan_outcomes"] == (reasons == OUTCOME_ORPHAN).sum()
+    assert c["evicted_outcomes"] == (reasons == OUTCOME_OVERFLOW).sum()
+    for fx in effects:  # every joined outcome lies in its impression's window
+        start = fx.closed.ts_ms[fx.joined.row]
+        assert np.all((fx.joined.ts_ms >= start) & (fx.joined.ts_ms < start + cfg.window_ms))
+        assert np.all(fx.closed.request_key[fx.joined.row] == fx.joined.request_key)
