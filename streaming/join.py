@@ -67,7 +67,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 import numpy as np
@@ -95,6 +95,7 @@ __all__ = [
     "add_impressions",
     "add_outcomes",
     "advance",
+    "concat_effects",
     "counters",
     "from_arrays",
     "init",
@@ -721,6 +722,28 @@ def _effects(
         impressions = RejectedImpressions(u64, i64, i64, np.zeros(0, np.int8))
     if outcomes is None:
         outcomes = RejectedOutcomes(u64, i64, i32, f32, i64, np.zeros(0, np.int8))
+    return JoinEffects(closed, joined, impressions, outcomes)
+
+
+def _stack(parts: Sequence[tuple[_Array, ...]]) -> list[_Array]:
+    return [np.concatenate(columns) for columns in zip(*parts, strict=True)]
+
+
+def concat_effects(parts: Sequence[JoinEffects], slate_size: int) -> JoinEffects:
+    """Concatenate the effects of several calls, keeping ``joined.row`` pointing at ``closed``.
+
+    Args:
+        parts: effects in call order (may be empty).
+        slate_size: ``s``, for the shape of an empty result.
+    """
+    if not parts:
+        return _effects(slate_size)
+    offsets = np.cumsum([0, *(fx.closed.ts_ms.size for fx in parts)])[:-1]
+    rows = [fx.joined.row + off for fx, off in zip(parts, offsets, strict=True)]
+    closed = Closed(*_stack([fx.closed for fx in parts]))
+    joined = JoinedOutcomes(np.concatenate(rows), *_stack([fx.joined[1:] for fx in parts]))
+    impressions = RejectedImpressions(*_stack([fx.rejected_impressions for fx in parts]))
+    outcomes = RejectedOutcomes(*_stack([fx.rejected_outcomes for fx in parts]))
     return JoinEffects(closed, joined, impressions, outcomes)
 
 

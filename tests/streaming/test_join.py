@@ -682,6 +682,14 @@ def test_every_payload_comes_back_exactly_once_even_at_capacity(
     assert out_back == [i for i, e in enumerate(events) if not e.is_impression]
     c = without_sizes(state)
     closed = [fx.closed for fx in effects]
+    merged = join.concat_effects(effects, cfg.slate_size)
+    assert sorted(
+        merged.closed.payload.tolist() + merged.rejected_impressions.payload.tolist()
+    ) == (imp_back)
+    np.testing.assert_array_equal(
+        merged.closed.request_key[merged.joined.row], merged.joined.request_key
+    )
+    assert join.concat_effects([], 2).closed.reward.shape == (0, 2)
     assert c["opened"] == c["closed"] + c["evicted"] == sum(x.ts_ms.size for x in closed)
     assert c["evicted"] == sum(int(x.evicted.sum()) for x in closed)
     assert c["joined"] == sum(fx.joined.ts_ms.size for fx in effects)
