@@ -423,7 +423,7 @@ def from_arrays(arrays: Mapping[str, _Array]) -> JoinState:
                 f"{shape}, got {arr.dtype} with shape {arr.shape}"
             )
     key = np.asarray(arrays["open_key"])
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key)
     if np.any(key[order][1:] == key[order][:-1]):
         raise ValueError("join state array 'open_key' holds a key twice")
     return JoinState(
