@@ -107,21 +107,23 @@ class Reranker:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """Rank ``n`` requests of ``k`` candidates each; returns ``(shown (n, s), propensity (n, s))``."""
         n, k, _ = features.shape
-        kb = bucket(k)
-        mask = np.zeros((n, kb), bool)
+        kb, nb = bucket(k), bucket(n)  # pad both axes: one compilation per bucket, not per size
+        mask = np.zeros((nb, kb), bool)
         mask[:, :k] = True
-        feats = np.zeros((n, kb, features.shape[2]), np.float32)
-        feats[:, :k] = features
-        idp = np.zeros((n, kb), np.int32)
-        idp[:, :k] = ids
-        keys = jax.random.split(key, n)
+        feats = np.zeros((nb, kb, features.shape[2]), np.float32)
+        feats[:n, :k] = features
+        ctx = np.zeros((nb, context.shape[1]), np.float32)
+        ctx[:n] = context
+        idp = np.zeros((nb, kb), np.int32)
+        idp[:n, :k] = ids
+        keys = jax.random.split(key, nb)
         order, prop = self._rank_many(
             self.state,
-            jnp.asarray(context, jnp.float32),
+            jnp.asarray(ctx),
             jnp.asarray(feats),
             jnp.asarray(idp),
             jnp.asarray(mask),
             keys,
             slate_size=slate_size,
         )
-        return np.asarray(order, np.int64), np.asarray(prop, np.float64)
+        return np.asarray(order, np.int64)[:n], np.asarray(prop, np.float64)[:n]

@@ -257,9 +257,10 @@ class Simulator:
                 ]
         request_id = self._next_id + np.arange(n, dtype=np.int64)
         self._next_id += n
-        # Mood decays towards 0 with a half-life of 10 simulated minutes since it was last set.
+        # Mood decays towards 0 with a half-life of one simulated minute since it was last set,
+        # so it carries within a session and fades between them.
         elapsed = np.maximum(t_ms - self._mood_t_ms[user_id], 0)
-        mood = self._mood[user_id] * np.power(0.5, elapsed / 600_000.0)
+        mood = self._mood[user_id] * np.power(0.5, elapsed / 60_000.0)
         return Requests(
             request_id=request_id,
             t_ms=t_ms,
@@ -403,9 +404,9 @@ class Simulator:
             out["stream30"][:, j] = alive & stream30
             out["prev_skipped"][:, j] = alive & prev_skipped
             out["p_stream30"][:, j] = np.where(alive, p30, 0.0)
-            # Skips come in runs: a skip lowers the mood; a completion lifts it a little.
-            mood = np.where(alive & skipped, mood - 0.5, mood)
-            mood = np.where(alive & completed, mood + 0.15, mood)
+            # Skips come in runs: a skip lowers the mood; a stream lifts it a little.
+            mood = np.where(alive & skipped, mood - 0.4, mood)
+            mood = np.where(alive & stream30, mood + 0.2, mood)
             mood = np.clip(mood, -2.0, 1.0)
             prev_skipped = skipped
             ended = logout | (rng.random(n) < cfg.session_end_prob)

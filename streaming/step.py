@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
@@ -147,48 +146,40 @@ def _bump(counters: Mapping[str, int], **more: int) -> dict[str, int]:
 
 def _feedback(
     engine: Engine, side: Side, rows: npt.NDArray[np.int64], reward: npt.NDArray[np.float32]
-) -> Feedback | None:
-    """One feedback row per shown position of the closed impressions at ``rows`` of ``side``."""
-    shown = side.shown[rows]
-    i, j = np.nonzero(shown)
+) -> list[np.ndarray] | None:
+    """Columns of one feedback row per shown position of the closed impressions at ``rows``."""
+    i, j = np.nonzero(side.shown[rows])
     if i.size == 0:
         return None
     r = rows[i]
-    return Feedback(
-        context=jnp.asarray(side.context[r]),
-        features=jnp.asarray(side.features[r, j]),
-        action=jnp.asarray(side.action[r, j]),
-        position=jnp.asarray(j.astype(np.int32)),
-        reward=jnp.asarray(reward[i, j].astype(np.float32)),
-        propensity=jnp.asarray(side.propensity[r, j]),
-        mask=jnp.ones(i.size, dtype=bool),
-    )
+    return [
+        side.context[r],
+        side.features[r, j],
+        side.action[r, j],
+        j.astype(np.int32),
+        reward[i, j].astype(np.float32),
+        side.propensity[r, j],
+        np.ones(i.size, dtype=bool),
+    ]
 
 
-def _pad(fb: Feedback, size: int) -> Feedback:
-    n = fb.mask.shape[0]
-
-    def pad(x: jax.Array, fill: float | int | bool) -> jax.Array:
-        widths = [(0, size - n)] + [(0, 0)] * (x.ndim - 1)
-        return jnp.pad(x, widths, constant_values=fill)
-
-    return Feedback(
-        context=pad(fb.context, 0.0),
-        features=pad(fb.features, 0.0),
-        action=pad(fb.action, 0),
-        position=pad(fb.position, 0),
-        reward=pad(fb.reward, 0.0),
-        propensity=pad(fb.propensity, 1.0),
-        mask=pad(fb.mask, False),
-    )
+_FILL = (0.0, 0.0, 0, 0, 0.0, 1.0, False)  # per Feedback field: padding rows are masked out
 
 
-def update_policy(engine: Engine, policy_state: Any, fb: Feedback) -> Any:
-    """Apply ``fb`` in fixed-size chunks (the last one padded), so the update compiles once."""
-    n = int(fb.mask.shape[0])
+def update_policy(engine: Engine, policy_state: Any, columns: list[np.ndarray]) -> Any:
+    """Apply feedback in chunks of ``UPDATE_CHUNK`` rows, padded in numpy so jit compiles once."""
+    n = int(columns[-1].shape[0])
     for lo in range(0, n, UPDATE_CHUNK):
-        chunk = Feedback(*(x[lo : lo + UPDATE_CHUNK] for x in fb))
-        policy_state = engine.policy.update(policy_state, _pad(chunk, UPDATE_CHUNK))
+        chunk = []
+        for col, fill in zip(columns, _FILL, strict=True):
+            part = col[lo : lo + UPDATE_CHUNK]
+            if part.shape[0] < UPDATE_CHUNK:
+                pad = np.full(
+                    (UPDATE_CHUNK - part.shape[0], *part.shape[1:]), fill, dtype=part.dtype
+                )
+                part = np.concatenate([part, pad])
+            chunk.append(jnp.asarray(part))
+        policy_state = engine.policy.update(policy_state, Feedback(*chunk))
     return policy_state
 
 
@@ -263,7 +254,7 @@ def step(
         fb = _feedback(engine, side, rows, closed.reward)
         if fb is not None:
             policy_state = update_policy(engine, policy_state, fb)
-            n_rows += int(fb.mask.shape[0])
+            n_rows += int(fb[-1].shape[0])
         n_closed += int(closed.payload.size)
         top = closed.reward[:, 0].astype(np.float64)
         keys = side.policy_key[rows]
