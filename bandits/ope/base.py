@@ -96,6 +96,11 @@ class AbstractEstimator(abc.ABC, Generic[LogT, TargetT]):
     def round_values(self, log: LogT, target: TargetT) -> RoundValues:
         """Per-round values; the estimate is ``mean(direct) + sum(weighted) / sum(normaliser)``."""
 
+    def caveats(self, log: LogT, target: TargetT) -> str:
+        """Why this estimator's interval should not be trusted on this log ("" if no reason)."""
+        del log, target
+        return self.caveat
+
     @abc.abstractmethod
     def importance_weights(self, log: LogT, target: TargetT) -> tuple[FloatN, FloatN]:
         """``(weight, target_prob_logged)``, both ``(n,)``, for the diagnostics."""
@@ -175,8 +180,9 @@ class AbstractEstimator(abc.ABC, Generic[LogT, TargetT]):
             )
         if diagnostics is None:
             diagnostics = weight_diagnostics(*self.importance_weights(log, target))
-        if self.caveat:
-            reason = "; ".join(r for r in (diagnostics.reason, self.caveat) if r)
+        caveat = self.caveats(log, target)
+        if caveat:
+            reason = "; ".join(r for r in (diagnostics.reason, caveat) if r)
             diagnostics = diagnostics._replace(warning=True, reason=reason)
         return Estimate(value=value, lower=lower, upper=upper, n=log.n, diagnostics=diagnostics)
 

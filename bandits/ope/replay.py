@@ -27,6 +27,13 @@ class Replay(AbstractSingleActionEstimator):
 
     name: ClassVar[str] = "replay"
 
+    def caveats(self, log: LoggedFeedback, target: TargetProbs) -> str:
+        """Replay is biased unless every logged propensity is the same (uniform logging)."""
+        del target
+        if float(log.propensity.min()) != float(log.propensity.max()):
+            return "replay: propensities vary, so logging was not uniform and replay is biased"
+        return ""
+
     def round_values(self, log: LoggedFeedback, target: TargetProbs) -> RoundValues:
         t = logged_target_prob(log, target)
         return RoundValues(direct=zeros(log.n), weighted=t * log.reward, normaliser=t)

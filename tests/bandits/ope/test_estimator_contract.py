@@ -430,3 +430,15 @@ def test_invalid_options(interval: str, alpha: float, message: str) -> None:
             _log(), TargetProbs(T), interval=interval, alpha=alpha
         )  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+def test_replay_warns_when_logging_is_not_uniform() -> None:
+    uniform = single_action_log(2_000, 8, logging="uniform", target="close")
+    est = ESTIMATORS["replay"]().estimate(uniform.log, uniform.target, interval="normal")
+    assert not est.diagnostics.warning
+    skewed = single_action_log(2_000, 8, logging="softmax", target="close")
+    est = ESTIMATORS["replay"]().estimate(skewed.log, skewed.target, interval="normal")
+    assert est.diagnostics.warning
+    assert est.diagnostics.reason == (
+        "replay: propensities vary, so logging was not uniform and replay is biased"
+    )
