@@ -1,0 +1,217 @@
+"""The joined-records log: round trip, rolling by rows and by age, atomic naming, reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaming.parquet_log import (
+    COLUMNS,
+    JoinedRecords,
+    ParquetLog,
+    example_records,
+    log_files,
+    read_log,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_ms = 1_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def committed(d: Path) -> list[str]:
+    return [p.name for p in log_files(d)]
+
+
+def temporaries(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_round_trip_every_column(tmp_path: Path) -> None:
+    rec = example_records(40, d_user=4, k=6, s=3, d_track=2, seed=1)
+    # Ragged slates: row 0 shows one item only.
+    shown = rec.shown.copy()
+    shown[0, 1:] = -1
+    rec = rec._replace(shown=shown, reward=rec.reward * np.float32(0.5))
+    with ParquetLog(tmp_path, clock=FakeClock()) as log:
+        log.append(rec)
+    frame = read_log(tmp_path)
+    assert list(frame.columns) == list(COLUMNS)
+    assert len(frame) == 40
+    assert frame["request_id"].tolist() == rec.request_id.tolist()
+    assert frame["user_id"].tolist() == rec.user_id.tolist()
+    np.testing.assert_array_equal(frame["ts_ms"].to_numpy(), rec.ts_ms)
+    assert frame["surface"].tolist() == ["home"] * 40
+    assert frame["policy"].tolist() == ["logging"] * 40
+    assert frame["policy_version"].tolist() == ["1"] * 40
+    assert frame["reward_name"].tolist() == ["stream30"] * 40
+    assert frame["reward_version"].tolist() == [1] * 40
+    for i in range(40):
+        m = rec.candidate_mask[i]
+        sm = rec.shown[i] >= 0
+        np.testing.assert_array_equal(frame["context"][i], rec.context[i])
+        np.testing.assert_array_equal(frame["candidate_key"][i], rec.candidate_key[i][m])
+        assert frame["candidate_key"][i].dtype == np.uint64
+        feats = np.stack(frame["candidate_features"][i])
+        np.testing.assert_array_equal(feats, rec.candidate_features[i][m])  # type: ignore[index]
+        np.testing.assert_array_equal(frame["shown"][i], rec.shown[i][sm])
+        np.testing.assert_array_equal(frame["propensity"][i], rec.propensity[i][sm])
+        np.testing.assert_array_equal(frame["reward"][i], rec.reward[i][sm])
+        np.testing.assert_array_equal(frame["n_outcomes"][i], rec.n_outcomes[i][sm])
+        np.testing.assert_array_equal(frame["defaulted"][i], rec.defaulted[i][sm])
+    assert len(frame["shown"][0]) == 1
+    assert frame["reward"][0].dtype == np.float32
+
+
+def test_features_can_be_omitted(tmp_path: Path) -> None:
+    with ParquetLog(tmp_path, clock=FakeClock()) as log:
+        log.append(example_records(5, features=False))
+    frame = read_log(tmp_path)
+    assert "candidate_features" not in frame.columns
+    assert len(frame) == 5
+
+
+def test_rolls_by_rows_and_names_sort_by_time(tmp_path: Path) -> None:
+    log = ParquetLog(tmp_path, rows_per_file=10, clock=FakeClock())
+    log.append(example_records(25, ts0_ms=5_000))
+    assert committed(tmp_path) == [
+        "part-0000000005000-w0-000001.parquet",
+        "part-0000000005010-w0-000002.parquet",
+    ]
+    assert len(temporaries(tmp_path)) == 1  # the last 5 rows, not yet visible
+    assert len(read_log(tmp_path)) == 20
+    log.append(example_records(5, ts0_ms=90_000))  # 5 + 5: rolls exactly at 10
+    assert len(committed(tmp_path)) == 3
+    assert temporaries(tmp_path) == []
+    log.close()
+    frame = read_log(tmp_path)
+    assert len(frame) == 30
+    assert frame["ts_ms"].is_monotonic_increasing
+    assert log.rows_written == 30
+
+
+def test_rolls_by_age_on_append_and_on_tick(tmp_path: Path) -> None:
+    clock = FakeClock()
+    log = ParquetLog(tmp_path, max_file_age_ms=1_000, clock=clock)
+    log.append(example_records(3, ts0_ms=0))
+    clock.now_ms += 999
+    assert log.roll_if_due() is None
+    log.append(example_records(3, ts0_ms=100))
+    assert committed(tmp_path) == []
+    clock.now_ms += 1
+    log.append(example_records(3, ts0_ms=200))  # the old file rolls first, then a new one opens
+    assert committed(tmp_path) == ["part-0000000000000-w0-000001.parquet"]
+    assert len(read_log(tmp_path)) == 6
+    clock.now_ms += 1_000
+    rolled = log.roll_if_due()  # an idle daemon's tick
+    assert rolled is not None and rolled.name == "part-0000000000200-w0-000002.parquet"
+    assert len(read_log(tmp_path)) == 9
+    assert log.roll_if_due() is None
+    log.close()
+    assert len(committed(tmp_path)) == 2
+
+
+def test_reader_never_sees_an_open_file(tmp_path: Path) -> None:
+    log = ParquetLog(tmp_path, clock=FakeClock())
+    log.append(example_records(7))
+    assert committed(tmp_path) == []
+    (tmp,) = temporaries(tmp_path)
+    assert tmp.startswith(".part-")
+    assert len(read_log(tmp_path)) == 0
+    path = log.flush()
+    assert path is not None and path.exists()
+    assert temporaries(tmp_path) == []
+    assert len(read_log(tmp_path)) == 7
+    assert log.flush() is None
+    log.close()
+    log.close()  # idempotent
+    assert len(committed(tmp_path)) == 1
+
+
+def test_restart_drops_stale_temporary_and_continues_numbering(tmp_path: Path) -> None:
+    first = ParquetLog(tmp_path, clock=FakeClock())
+    first.append(example_records(4, ts0_ms=0))
+    first.flush()
+    first.append(example_records(4, ts0_ms=10))  # killed here: never committed
+    assert len(temporaries(tmp_path)) == 1
+    other = ParquetLog(tmp_path, clock=FakeClock(), writer="w1")  # another worker's tmp is kept
+    assert len(temporaries(tmp_path)) == 1
+    second = ParquetLog(tmp_path, clock=FakeClock())
+    assert temporaries(tmp_path) == []
+    second.append(example_records(4, ts0_ms=10))  # the replay writes the rows again
+    second.append(example_records(4, ts0_ms=0))  # and some committed ones a second time
+    second.close()
+    other.close()
+    assert committed(tmp_path) == [
+        "part-0000000000000-w0-000001.parquet",
+        "part-0000000000010-w0-000002.parquet",
+    ]
+    frame = read_log(tmp_path)
+    assert sorted(frame["ts_ms"].tolist()) == list(range(4)) + list(range(10, 14))
+    assert len(read_log(tmp_path, dedupe=False)) == 12
+
+
+def test_reads_several_files_from_several_writers(tmp_path: Path) -> None:
+    a = ParquetLog(tmp_path, rows_per_file=4, clock=FakeClock(), writer="a")
+    b = ParquetLog(tmp_path, rows_per_file=4, clock=FakeClock(), writer="b")
+    a.append(example_records(10, ts0_ms=0))
+    b.append(example_records(6, ts0_ms=100))
+    a.close()
+    b.close()
+    assert len(committed(tmp_path)) == 5
+    frame = read_log(tmp_path)
+    assert len(frame) == 16
+    assert frame["ts_ms"].tolist() == [*range(10), *range(100, 106)]
+
+
+def test_empty_and_missing_directory(tmp_path: Path) -> None:
+    frame = read_log(tmp_path)
+    assert len(frame) == 0
+    assert list(frame.columns) == list(COLUMNS)
+    ParquetLog(tmp_path, clock=FakeClock()).close()  # nothing appended: no file
+    assert committed(tmp_path) == []
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_log(tmp_path / "nope")
+
+
+def test_empty_append_writes_nothing(tmp_path: Path) -> None:
+    with ParquetLog(tmp_path, clock=FakeClock()) as log:
+        log.append(example_records(0))
+    assert committed(tmp_path) == []
+
+
+def test_bad_shapes_name_the_column(tmp_path: Path) -> None:
+    rec = example_records(4)
+    log = ParquetLog(tmp_path, clock=FakeClock())
+    with pytest.raises(ValueError, match=r"JoinedRecords.reward has shape \(4, 1\)"):
+        log.append(rec._replace(reward=rec.reward[:, :1]))
+    with pytest.raises(ValueError, match=r"JoinedRecords.user_id has shape \(3,\)"):
+        log.append(rec._replace(user_id=rec.user_id[:3]))
+    bad = rec.shown.copy()
+    bad[2, 0] = 99
+    with pytest.raises(ValueError, match=r"shown has indices >= k=5 in rows \[2\]"):
+        log.append(rec._replace(shown=bad))
+    log.append(rec)
+    with pytest.raises(ValueError, match="differs from the open file"):
+        log.append(example_records(2, features=False))
+    log.close()
+    with pytest.raises(ValueError, match="rows_per_file must be positive"):
+        ParquetLog(tmp_path, rows_per_file=0)
+    with pytest.raises(ValueError, match="writer 'a-b'"):
+        ParquetLog(tmp_path, writer="a-b")
+
+
+def test_large_batch_appends_in_one_call(tmp_path: Path) -> None:
+    rec: JoinedRecords = example_records(20_000, d_user=16, k=20, s=5, d_track=8)
+    with ParquetLog(tmp_path, rows_per_file=8_000, clock=FakeClock()) as log:
+        log.append(rec)
+    assert len(committed(tmp_path)) == 3
+    frame = read_log(tmp_path)
+    assert len(frame) == 20_000
+    np.testing.assert_array_equal(np.stack(frame["context"].to_numpy()), rec.context)
