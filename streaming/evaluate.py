@@ -197,7 +197,7 @@ def _fit_policy_target(
     update = jax.jit(policy.update)
     jnp = jax.numpy
 
-    def padded(a: np.ndarray, pad: int, fill: float = 0.0) -> jax.Array:
+    def padded(a: np.ndarray, pad: int, fill: float | bool = 0.0) -> jax.Array:
         if pad:
             a = np.concatenate([a, np.full((pad, *a.shape[1:]), fill, a.dtype)])
         return jnp.asarray(a)
@@ -363,7 +363,7 @@ def live_consume(
     estimators: Sequence[AbstractSingleActionEstimator],
     *,
     alpha: float = 0.05,
-    t_star: float = 100_000.0,
+    t_star: float | int = 100_000,
     on_update: Callable[[list[Estimate]], None] | None = None,
     state: OnlineEvaluation | None = None,
 ) -> LiveResult:

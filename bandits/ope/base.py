@@ -115,7 +115,7 @@ class AbstractEstimator(abc.ABC, Generic[LogT, TargetT]):
         alpha: float = 0.05,
         key: jax.Array | None = None,
         n_bootstrap: int = 500,
-        t_star: float | None = None,
+        t_star: float | int | None = None,
     ) -> Estimate:
         """Validate the inputs, estimate the target policy's value and its interval.
 
@@ -161,7 +161,7 @@ class AbstractEstimator(abc.ABC, Generic[LogT, TargetT]):
         alpha: float,
         key: jax.Array | None,
         n_bootstrap: int,
-        t_star: float | None,
+        t_star: float | int | None,
         diagnostics: Diagnostics | None = None,
     ) -> Estimate:
         rv = self.round_values(log, target)
@@ -205,7 +205,7 @@ def estimate_all(
     alpha: float = 0.05,
     key: jax.Array | None = None,
     n_bootstrap: int = 500,
-    t_star: float | None = None,
+    t_star: float | int | None = None,
 ) -> dict[str, Estimate]:
     """Run several estimators on one log, validating it and computing diagnostics once.
 

@@ -160,13 +160,13 @@ def bootstrap_interval(
     return float(lower), float(upper)
 
 
-def cs_rho(alpha: float, t_star: float) -> float:
+def cs_rho(alpha: float, t_star: float | int) -> float:
     """The tuning ``rho`` that makes the confidence sequence tightest at ``t_star`` rows."""
     la = -2.0 * math.log(alpha)
     return math.sqrt((la + math.log(la + 1.0)) / t_star)
 
 
-def confidence_sequence(m: Moments, alpha: float, *, t_star: float) -> tuple[float, float]:
+def confidence_sequence(m: Moments, alpha: float, *, t_star: float | int) -> tuple[float, float]:
     """Anytime-valid (asymptotic) confidence sequence at the current state.
 
     Notes:

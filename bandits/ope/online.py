@@ -121,7 +121,7 @@ def online_intervals(
     estimators: Sequence[AbstractSingleActionEstimator],
     *,
     alpha: float,
-    t_star: float,
+    t_star: float | int,
 ) -> list[Estimate]:
     """Each estimator's current value inside its anytime-valid confidence sequence.
 
