@@ -104,7 +104,7 @@ def disjoint_linucb(
         x = x * w[:, None]
         arm = jnp.clip(fb.action, 0, n_arms - 1)
         r = jnp.where(fb.mask, fb.reward, 0.0)
-        precision = discount * state.precision + (1 - discount) * ridge * eye
+        precision = discount * state.precision + ((1 - discount) * ridge * eye)[None]
         precision = precision.at[arm].add(x[:, :, None] * x[:, None, :])
         b = (discount * state.b).at[arm].add(x * r[:, None])
         chol = jnp.linalg.cholesky(precision)

@@ -54,7 +54,7 @@ def _inputs(context: Array, features: Array) -> Array:
 
 def _embed(params: Any, inputs: Array) -> Array:
     (w1, b1), (w2, b2), _ = params
-    return jnp.tanh(jnp.tanh(inputs @ w1 + b1) @ w2 + b2)
+    return jnp.tanh(jnp.tanh(inputs @ w1 + b1[None]) @ w2 + b2[None])
 
 
 def neural_linear(
@@ -173,7 +173,10 @@ def neural_linear(
             p = filled.astype(jnp.float32)
             idx = jax.random.choice(k, m, (batch_size,), p=p / jnp.maximum(p.sum(), 1.0))
             g = jax.grad(loss)(params, bc[idx], bf[idx], br[idx], bw[idx])
-            upd, opt_state = opt.update(g, opt_state, params)
+            # optax's bias correction mixes a Python float with an int32 step count, which
+            # strict dtype promotion (as in the tests) refuses; standard promotion is exact here.
+            with jax.numpy_dtype_promotion("standard"):
+                upd, opt_state = opt.update(g, opt_state, params)
             return (optax.apply_updates(params, upd), opt_state), None
 
         (params, opt_state), _ = jax.lax.scan(

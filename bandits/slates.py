@@ -84,7 +84,7 @@ def epsilon_probs(epsilon: float | Array) -> ProbsFn:
     """Epsilon-greedy: ``1 - epsilon`` on the best remaining candidate, the rest uniform."""
 
     def probs(scores: Array, rem: Array) -> Array:
-        n = jnp.maximum(rem.sum(), 1)
+        n = jnp.maximum(rem.sum(), 1).astype(jnp.float32)
         best = jnp.argmax(masked(scores, rem))
         uniform = rem.astype(jnp.float32) * (epsilon / n)
         return uniform + (1.0 - epsilon) * jax.nn.one_hot(best, scores.shape[0])
