@@ -39,7 +39,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+ArrowArray = Any  # pyarrow ships no complete type information: its objects are Any to pyright
+ArrowTable = Any
+ArrowSchema = Any
 
 COLUMNS: tuple[str, ...] = (
     "request_id",
@@ -172,13 +175,13 @@ def _check(rec: JoinedRecords) -> None:
         raise ValueError(f"JoinedRecords.shown has indices >= k={k} in rows {bad[:10].tolist()}")
 
 
-def _lists(values: npt.NDArray[np.generic], mask: npt.NDArray[np.bool_]) -> pa.ListArray:
+def _lists(values: npt.NDArray[np.generic], mask: npt.NDArray[np.bool_]) -> ArrowArray:
     """A list column holding, per row, the entries of ``values`` where ``mask`` (row-major)."""
     counts = mask.sum(axis=1, dtype=np.int64)
     offsets = np.zeros(mask.shape[0] + 1, np.int32)
     np.cumsum(counts, out=offsets[1:])
     flat = values[mask]
-    inner: pa.Array
+    inner: ArrowArray
     if flat.ndim == 2:  # rows of a fixed width (features): a fixed-size list inside
         inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
     else:
@@ -186,7 +189,7 @@ def _lists(values: npt.NDArray[np.generic], mask: npt.NDArray[np.bool_]) -> pa.L
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner)
 
 
-def to_table(rec: JoinedRecords) -> pa.Table:
+def to_table(rec: JoinedRecords) -> ArrowTable:
     """The records as an Arrow table (vectorised: no per-row Python).
 
     Raises:
@@ -196,7 +199,7 @@ def to_table(rec: JoinedRecords) -> pa.Table:
     n = rec.n_rows
     shown_mask = rec.shown >= 0
     ctx = np.ascontiguousarray(rec.context, np.float32)
-    cols: dict[str, pa.Array] = {
+    cols: dict[str, ArrowArray] = {
         "request_id": pa.array(rec.request_id, pa.string()),
         "user_id": pa.array(rec.user_id, pa.string()),
         "ts_ms": pa.array(np.asarray(rec.ts_ms, np.int64)),
@@ -274,7 +277,7 @@ class ParquetLog:
         self._first_ts = 0
         self._opened_ms = 0
         self._rows = 0
-        self._schema: pa.Schema | None = None
+        self._schema: ArrowSchema | None = None
         self.committed: list[Path] = []
         self.rows_written = 0
 
@@ -326,7 +329,7 @@ class ParquetLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _open(self, first_ts: int, schema: pa.Schema) -> None:
+    def _open(self, first_ts: int, schema: ArrowSchema) -> None:
         self.seq += 1
         self._first_ts = max(0, first_ts)
         self._tmp = self.directory / f".part-{self._first_ts:013d}-{self.seq:06d}-{self.writer}.tmp"
@@ -334,7 +337,8 @@ class ParquetLog:
             self._tmp,
             schema,
             compression=self.compression,
-            use_dictionary=[c for c in _STRINGS if c in schema.names],  # not for float lists
+            # Dictionary-encode the string columns only (not the float lists).
+            use_dictionary=[c for c in _STRINGS if c in schema.names],  # pyright: ignore[reportArgumentType]
         )
         self._schema = schema
         self._opened_ms = self.clock()
