@@ -149,12 +149,28 @@ class EventsConfig:
         _positive(self, "max_message_bytes", "max_candidates", "d_user", "d_track")
 
 
+REWARD_MODELS = ("survival", "skip", "completion", "direct")
+
+
 @dataclass(frozen=True)
 class RewardSpec:
-    """Which composite reward the policy learns from, by name, with its parameters."""
+    """The composite reward the policy learns from, and the reward model the daemon trains.
 
-    name: str = "stream30"
+    ``kind`` and ``params`` build ``rewards.CompositeReward(kind=kind, **params)`` (kinds:
+    stream30, linear, listen_fraction, denoised); ``model`` and ``model_params`` build the
+    reward model (``rewards.<model>_model(**model_params)``).
+    """
+
+    kind: str = "stream30"
     params: Mapping[str, Any] = field(default_factory=dict[str, Any])
+    model: str = "survival"
+    model_params: Mapping[str, Any] = field(default_factory=dict[str, Any])
+
+    def __post_init__(self) -> None:
+        if self.model not in REWARD_MODELS:
+            raise ConfigError(
+                f"reward.model must be one of {list(REWARD_MODELS)}, got {self.model!r}"
+            )
 
 
 @dataclass(frozen=True)

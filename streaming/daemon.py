@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import rewards
 from bandits import POLICIES, save
+from rewards.survival import survival_model
 from streaming import checkpoint, join
 from streaming.config import Config
 from streaming.events import (
@@ -59,11 +61,22 @@ def make_engine(config: Config) -> Engine:
             f"policy.name {config.policy.name!r} is not one of {sorted(POLICIES)}"
         ) from None
     policy = factory(**dict(config.policy.params))
+    models = {
+        "survival": survival_model,
+        "skip": rewards.skip_model,
+        "completion": rewards.completion_model,
+        "direct": rewards.direct_model,
+    }
+    composite = rewards.CompositeReward(kind=config.reward.kind, **dict(config.reward.params))
+    model = models[config.reward.model](**dict(config.reward.model_params))
+    composite.check(model.spec)
     return Engine(
         policy=policy,
         join_config=config.join,
         d_user=config.events.d_user,
         d_track=config.events.d_track,
+        reward_model=model,
+        composite=composite,
     )
 
 
@@ -171,7 +184,11 @@ class Daemon:
                 "version": self.engine.policy.spec.version,
                 "params": dict(self.engine.policy.spec.params),
             },
-            "reward": {"name": "stream30", "version": 1},
+            "reward": self.engine.composite.to_spec(),
+            "reward_model": {
+                "name": self.engine.reward_model.spec.name,
+                "version": self.engine.reward_model.spec.version,
+            },
             "worker": worker,
         }
         path = checkpoint.write(self.ckpt_dir, arrays, header, keep=self.config.checkpoint.keep)

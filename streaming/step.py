@@ -1,69 +1,153 @@
 """The functional core of the daemon: ``step(engine, state, batches) -> (state, Effects)``, no I/O.
 
-One step takes decoded impression and outcome batches (with the offsets they end at), feeds them
-to the reward-window join, turns every closed impression into one feedback row per shown
-position, and updates the policy. Everything the shell must do afterwards (dead letters, late
-rows, metrics) comes back as values in ``Effects``. Given the same events, the learned state does
-not depend on how they were cut into batches (the join guarantees it for the closed records; the
-linear policies' statistics are sums, so only floating-point order can differ).
+One step takes decoded impression and outcome batches (with the offsets they end at) and:
+
+1. keeps what the learners need of each new impression (context, the shown tracks' features,
+   ids and logged propensities) in a side table, and asks the reward model for its prequential
+   prediction of every shown track (the *provisional* reward, made before any outcome is seen);
+2. gives each outcome its raw composite reward (``CompositeReward.raw``) and feeds both streams
+   to the reward-window join;
+3. for every impression whose window closed: updates the reward model on the joined plays
+   (scored against the predictions made at impression time), computes the *final* composite
+   reward per shown position (the raw reward aggregated by the join; the provisional one where
+   a play was censored; a mix of both for the ``denoised`` kind; the default reward where no
+   play came), and updates the policy with one feedback row per shown position.
+
+Everything the shell must do afterwards (dead letters, late rows, metrics) comes back as values.
+Given the same events, the learned state does not depend on how they were cut into batches: the
+join guarantees it for the closed records, the reward model sees its updates in closing order,
+and the linear policies' statistics are sums (only floating-point order can differ).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
+import rewards
 from bandits import Feedback, Policy
+from rewards.survival import survival_model
 from streaming import join
-from streaming.events import ImpressionBatch, OutcomeBatch, key64
+from streaming.events import REASONS_END, ImpressionBatch, OutcomeBatch, key64
 
 UPDATE_CHUNK = 2048
 """Feedback rows per policy update call; the last chunk is padded, so jit compiles once."""
+MODEL_CHUNK = 4096
+"""Rows per reward-model predict call (padded likewise)."""
+MODEL_BATCH = 1024
+"""Rows per reward-model update. Joined plays queue up in closing order (which does not depend on
+how the stream was cut into batches) and every full mini-batch is one update, so the model's state
+is reproducible too: a restarted worker makes exactly the updates an uninterrupted one made."""
+NOMINAL_DURATION_MS = 210_000
+"""Impressions carry no durations: predictions at impression time assume the catalogue median."""
 
 TopicPartitionKey = tuple[str, int]
+T = TypeVar("T", bound=tuple[Any, ...])
+F32 = npt.NDArray[np.float32]
+
+# reason_end of the event contract -> the reward models' five codes, and whether it censors.
+# Listener-initiated switches count as forward skips; system ends (remote, errors, app load)
+# and logouts cut the play off: censored, not a skip.
+_R = rewards.REASONS
+_REASON_MAP = {
+    "trackdone": (_R.index("trackdone"), False),
+    "fwdbtn": (_R.index("fwdbtn"), False),
+    "backbtn": (_R.index("backbtn"), False),
+    "endplay": (_R.index("endplay"), True),
+    "logout": (_R.index("logout"), True),
+    "clickrow": (_R.index("fwdbtn"), False),
+    "clickside": (_R.index("fwdbtn"), False),
+    "playbtn": (_R.index("fwdbtn"), False),
+    "uriopen": (_R.index("fwdbtn"), False),
+    "popup": (_R.index("fwdbtn"), False),
+    "remote": (_R.index("endplay"), True),
+    "trackerror": (_R.index("endplay"), True),
+    "appload": (_R.index("endplay"), True),
+}
+REASON_CODE = np.array([_REASON_MAP[r][0] for r in REASONS_END], np.int8)
+REASON_CENSORS = np.array([_REASON_MAP[r][1] for r in REASONS_END], bool)
 
 
 @dataclass(frozen=True)
 class Engine:
-    """The static half of a worker: the policy's functions and the shapes and settings."""
+    """The static half of a worker: the learners' functions, shapes and settings."""
 
     policy: Policy
     join_config: join.JoinConfig
     d_user: int
     d_track: int
+    reward_model: rewards.RewardModel = field(default_factory=survival_model)
+    composite: rewards.CompositeReward = field(
+        default_factory=lambda: rewards.CompositeReward(kind="stream30")
+    )
+    seed: int = 0
     id_space: int = 2**31 - 1
 
     @property
     def slate_size(self) -> int:
         return self.join_config.slate_size
 
+    @property
+    def n_model_features(self) -> int:
+        return rewards.n_interaction_features(self.d_user, self.d_track)
+
 
 class Side(NamedTuple):
     """What the daemon keeps of each open impression, by payload id (sorted, unique)."""
 
     payload: npt.NDArray[np.int64]  # (m,)
-    context: npt.NDArray[np.float32]  # (m, d_user)
-    features: npt.NDArray[np.float32]  # (m, s, d_track) of the shown items
+    context: F32  # (m, d_user)
+    features: F32  # (m, s, d_track) of the shown items
     action: npt.NDArray[np.int32]  # (m, s) shown track ids (hashed into id_space)
-    propensity: npt.NDArray[np.float32]  # (m, s)
+    propensity: F32  # (m, s)
     shown: npt.NDArray[np.bool_]  # (m, s)
+    provisional: F32  # (m, s) the composite reward the model expected at impression time
     policy_key: npt.NDArray[np.uint64]  # (m,) key64 of the logging policy's name
+
+
+class Plays(NamedTuple):
+    """What the daemon keeps of each outcome until its impression closes, by payload id."""
+
+    payload: npt.NDArray[np.int64]  # (j,)
+    ms_played: npt.NDArray[np.int64]
+    duration_ms: npt.NDArray[np.int64]
+    reason_end: npt.NDArray[np.int8]  # rewards.REASONS codes
+    saved: npt.NDArray[np.bool_]
+    censored: npt.NDArray[np.bool_]
+
+
+class ModelRows(NamedTuple):
+    """Joined plays waiting to fill the reward model's next fixed-size mini-batch."""
+
+    features: F32  # (r, f)
+    ms_played: npt.NDArray[np.int64]
+    duration_ms: npt.NDArray[np.int64]
+    reason_end: npt.NDArray[np.int8]
+    saved: npt.NDArray[np.bool_]
+    position: npt.NDArray[np.int32]
+    censored: npt.NDArray[np.bool_]
+    track_id: npt.NDArray[np.int32]
 
 
 class WorkerState(NamedTuple):
     """Everything a worker checkpoints together, atomically."""
 
     policy: Any
+    model: rewards.ModelState
     join: join.JoinState
     side: Side
+    plays: Plays
+    model_rows: ModelRows
     next_payload: int
     offsets: Mapping[TopicPartitionKey, int]  # next offset to read, per owned partition
     counters: Mapping[str, int]
+    sums: Mapping[str, float]  # model log loss sums, reward sums
     reward_by_policy: Mapping[int, tuple[float, int]]  # policy_key -> (sum top reward, count)
 
 
@@ -76,37 +160,88 @@ class Effects(NamedTuple):
     feedback_rows: int
 
 
-def empty_side(engine: Engine) -> Side:
+def _empty(engine: Engine) -> tuple[Side, Plays]:
     s, du, dt = engine.slate_size, engine.d_user, engine.d_track
-    return Side(
+    side = Side(
         payload=np.zeros(0, np.int64),
         context=np.zeros((0, du), np.float32),
         features=np.zeros((0, s, dt), np.float32),
         action=np.zeros((0, s), np.int32),
         propensity=np.ones((0, s), np.float32),
         shown=np.zeros((0, s), bool),
+        provisional=np.zeros((0, s), np.float32),
         policy_key=np.zeros(0, np.uint64),
+    )
+    plays = Plays(
+        payload=np.zeros(0, np.int64),
+        ms_played=np.zeros(0, np.int64),
+        duration_ms=np.zeros(0, np.int64),
+        reason_end=np.zeros(0, np.int8),
+        saved=np.zeros(0, bool),
+        censored=np.zeros(0, bool),
+    )
+    return side, plays
+
+
+def _empty_rows(engine: Engine) -> ModelRows:
+    return ModelRows(
+        features=np.zeros((0, engine.n_model_features), np.float32),
+        ms_played=np.zeros(0, np.int64),
+        duration_ms=np.zeros(0, np.int64),
+        reason_end=np.zeros(0, np.int8),
+        saved=np.zeros(0, bool),
+        position=np.zeros(0, np.int32),
+        censored=np.zeros(0, bool),
+        track_id=np.zeros(0, np.int32),
     )
 
 
 def init(engine: Engine) -> WorkerState:
+    side, plays = _empty(engine)
     return WorkerState(
         policy=engine.policy.init(engine.d_user, engine.d_track),
+        model=engine.reward_model.init(jax.random.key(engine.seed), engine.n_model_features),
         join=join.init(engine.join_config),
-        side=empty_side(engine),
+        side=side,
+        plays=plays,
+        model_rows=_empty_rows(engine),
         next_payload=0,
         offsets={},
         counters={},
+        sums={},
         reward_by_policy={},
     )
 
 
-def stream30(outcomes: OutcomeBatch) -> npt.NDArray[np.float32]:
-    """The first reward: 1.0 when the track streamed for at least 30 seconds, else 0.0."""
-    return (outcomes.ms_played >= 30_000).astype(np.float32)
+def _bucket(n: int, chunk: int) -> int:
+    return min(chunk, max(256, 1 << max(n - 1, 1).bit_length()))
 
 
-def _side_rows(engine: Engine, imps: ImpressionBatch, payload: npt.NDArray[np.int64]) -> Side:
+def _predict(
+    engine: Engine, state: Any, x: F32, track_id: npt.NDArray[np.int32]
+) -> rewards.Predictions:
+    """The model's predictions for ``x``, in padded chunks (few compilations)."""
+    n = x.shape[0]
+    skip = np.zeros((n, 3), np.float32)
+    complete = np.zeros(n, np.float32)
+    for lo in range(0, n, MODEL_CHUNK):
+        part = x[lo : lo + MODEL_CHUNK]
+        m = part.shape[0]
+        size = _bucket(m, MODEL_CHUNK)
+        xp = np.zeros((size, x.shape[1]), np.float32)
+        xp[:m] = part
+        ids = np.zeros(size, np.int32)
+        ids[:m] = track_id[lo : lo + m]
+        dur = np.full(size, NOMINAL_DURATION_MS, np.int64)
+        pred = engine.reward_model.predict(state, rewards.Inputs(xp, dur, ids))
+        skip[lo : lo + m] = np.asarray(pred.skip)[:m]
+        complete[lo : lo + m] = np.asarray(pred.complete)[:m]
+    return rewards.Predictions(skip=skip, complete=complete)  # type: ignore[arg-type]
+
+
+def _side_rows(
+    engine: Engine, model: Any, imps: ImpressionBatch, payload: npt.NDArray[np.int64]
+) -> Side:
     n, s = len(imps), engine.slate_size
     width = min(s, imps.shown.shape[1])
     shown_idx = np.zeros((n, s), np.int64)
@@ -116,51 +251,70 @@ def _side_rows(engine: Engine, imps: ImpressionBatch, payload: npt.NDArray[np.in
     prop = np.ones((n, s), np.float32)
     prop[:, :width] = imps.propensity[:, :width]
     rows = np.arange(n)[:, None]
-    feats = imps.candidate_features[rows, shown_idx]
+    feats = imps.candidate_features[rows, shown_idx].astype(np.float32)
     ids = (imps.candidate_key[rows, shown_idx] % np.uint64(engine.id_space)).astype(np.int32)
+    # Prequential: predict every shown track now, before any of its outcomes exist.
+    x = rewards.interaction_features(
+        np.repeat(imps.context, s, axis=0),
+        feats.reshape(n * s, -1),
+        np.tile(np.arange(s, dtype=np.int32), n),
+    )
+    pred = _predict(engine, model, x, ids.reshape(-1))
+    prov = np.asarray(
+        engine.composite.provisional(pred, np.full(n * s, NOMINAL_DURATION_MS, np.int64)),
+        np.float32,
+    ).reshape(n, s)
     return Side(
         payload=payload,
         context=imps.context,
-        features=feats.astype(np.float32),
+        features=feats,
         action=ids,
         propensity=prop,
         shown=shown,
+        provisional=np.nan_to_num(prov),
         policy_key=key64([str(p) for p in imps.policy]),
     )
 
 
-def _concat(a: Side, b: Side) -> Side:
-    return Side(*(np.concatenate([x, y]) for x, y in zip(a, b, strict=True)))
+def _plays(outs: OutcomeBatch, payload: npt.NDArray[np.int64]) -> Plays:
+    return Plays(
+        payload=payload,
+        ms_played=outs.ms_played,
+        duration_ms=outs.duration_ms,
+        reason_end=REASON_CODE[outs.reason_end],
+        saved=outs.saved | outs.liked | outs.added_to_playlist,
+        censored=REASON_CENSORS[outs.reason_end],
+    )
 
 
-def _take(side: Side, keep: npt.NDArray[np.bool_]) -> Side:
-    return Side(*(x[keep] for x in side))
+def raw_rewards(engine: Engine, plays: Plays) -> F32:
+    """Each play's composite reward from the outcome alone (what the join aggregates)."""
+    o = rewards.Outcomes(
+        features=np.zeros((plays.payload.size, 1), np.float32),
+        ms_played=plays.ms_played,
+        duration_ms=plays.duration_ms,
+        reason_end=plays.reason_end,
+        saved=plays.saved,
+        position=np.zeros(plays.payload.size, np.int32),
+        censored=plays.censored,
+        mask=np.ones(plays.payload.size, bool),
+    )
+    return np.asarray(engine.composite.raw(o), np.float32)
 
 
-def _bump(counters: Mapping[str, int], **more: int) -> dict[str, int]:
+def _concat(a: T, b: T) -> T:
+    return type(a)(*(np.concatenate([x, y]) for x, y in zip(a, b, strict=True)))
+
+
+def _take(t: T, keep: npt.NDArray[np.bool_]) -> T:
+    return type(t)(*(x[keep] for x in t))
+
+
+def _bump(counters: Mapping[str, Any], **more: float) -> dict[str, Any]:
     out = dict(counters)
     for k, v in more.items():
-        out[k] = out.get(k, 0) + int(v)
+        out[k] = out.get(k, 0) + v
     return out
-
-
-def _feedback(
-    engine: Engine, side: Side, rows: npt.NDArray[np.int64], reward: npt.NDArray[np.float32]
-) -> list[np.ndarray] | None:
-    """Columns of one feedback row per shown position of the closed impressions at ``rows``."""
-    i, j = np.nonzero(side.shown[rows])
-    if i.size == 0:
-        return None
-    r = rows[i]
-    return [
-        side.context[r],
-        side.features[r, j],
-        side.action[r, j],
-        j.astype(np.int32),
-        reward[i, j].astype(np.float32),
-        side.propensity[r, j],
-        np.ones(i.size, dtype=bool),
-    ]
 
 
 _FILL = (0.0, 0.0, 0, 0, 0.0, 1.0, False)  # per Feedback field: padding rows are masked out
@@ -183,6 +337,81 @@ def update_policy(engine: Engine, policy_state: Any, columns: list[np.ndarray]) 
     return policy_state
 
 
+def _joined_rows(
+    side: Side, side_rows: npt.NDArray[np.int64], joined: join.JoinedOutcomes, plays: Plays
+) -> ModelRows:
+    """The reward model's training rows for the joined plays of one closed batch."""
+    r = side_rows[joined.row]
+    pos = joined.position.astype(np.int64)
+    p = np.searchsorted(plays.payload, joined.payload)
+    x = rewards.interaction_features(side.context[r], side.features[r, pos], pos.astype(np.int32))
+    return ModelRows(
+        features=x,
+        ms_played=plays.ms_played[p],
+        duration_ms=plays.duration_ms[p],
+        reason_end=plays.reason_end[p],
+        saved=plays.saved[p],
+        position=pos.astype(np.int32),
+        censored=plays.censored[p],
+        track_id=side.action[r, pos],
+    )
+
+
+def _update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, ModelRows, float, int]:
+    """One update per full ``MODEL_BATCH`` of queued rows; returns the rest still queued."""
+    n = rows.ms_played.shape[0]
+    full = n - n % MODEL_BATCH
+    loss_sum, used = 0.0, 0
+    for lo in range(0, full, MODEL_BATCH):
+        sl = slice(lo, lo + MODEL_BATCH)
+        batch = rewards.Outcomes(
+            features=rows.features[sl],
+            ms_played=rows.ms_played[sl],
+            duration_ms=rows.duration_ms[sl],
+            reason_end=rows.reason_end[sl],
+            saved=rows.saved[sl],
+            position=rows.position[sl],
+            censored=rows.censored[sl],
+            mask=np.ones(MODEL_BATCH, bool),
+            track_id=rows.track_id[sl],
+        )
+        model, metrics = engine.reward_model.update(model, batch)
+        k = int(metrics.n_used)
+        loss_sum += float(metrics.loss) * k
+        used += k
+    rest = ModelRows(*(x[full:] for x in rows))
+    return model, rest, loss_sum, used
+
+
+def _final_rewards(
+    engine: Engine,
+    side: Side,
+    side_rows: npt.NDArray[np.int64],
+    closed: join.Closed,
+    joined: join.JoinedOutcomes,
+    plays: Plays,
+) -> tuple[F32, npt.NDArray[np.bool_]]:
+    """The composite reward per (closed impression, position), and which positions to learn from.
+
+    A position whose play was censored (logout, session end, error) is left out: the listener
+    did not choose how it ended, so it says nothing of their taste (and leaving it out, rather
+    than substituting a model guess, keeps the policy's statistics exactly reproducible).
+    """
+    reward = closed.reward.astype(np.float32).copy()
+    has = ~closed.defaulted
+    censored = np.zeros(reward.shape, bool)
+    if joined.payload.size:
+        p = np.searchsorted(plays.payload, joined.payload)
+        np.logical_or.at(
+            censored, (joined.row, joined.position.astype(np.int64)), plays.censored[p]
+        )
+    if engine.composite.kind == "denoised":
+        prov = side.provisional[side_rows]
+        mixed = engine.composite.shrink * reward + (1.0 - engine.composite.shrink) * prov
+        reward = np.where(has, mixed, reward)
+    return reward, side.shown[side_rows] & ~censored
+
+
 def step(
     engine: Engine,
     state: WorkerState,
@@ -192,7 +421,7 @@ def step(
     offsets: Mapping[TopicPartitionKey, int] | None = None,
     watermark_ms: int | None = None,
 ) -> tuple[WorkerState, Effects]:
-    """Feed one batch of each stream through join and learning.
+    """Feed one batch of each stream through the join and the learners.
 
     Args:
         engine: the worker's static parts.
@@ -206,103 +435,115 @@ def step(
         The new state and the effects for the shell.
     """
     cfg = engine.join_config
-    js, side, next_payload = state.join, state.side, state.next_payload
-    counters = dict(state.counters)
-    rej_imp: list[join.RejectedImpressions] = []
-    rej_out: list[join.RejectedOutcomes] = []
-    closed_parts: list[join.Closed] = []
+    js, side, plays, next_payload = state.join, state.side, state.plays, state.next_payload
+    counters: dict[str, Any] = dict(state.counters)
+    effects: list[join.JoinEffects] = []
     if impressions is not None and len(impressions):
         n = len(impressions)
         payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
         next_payload += n
-        side = _concat(side, _side_rows(engine, impressions, payload))
+        side = _concat(side, _side_rows(engine, state.model, impressions, payload))
         js, eff = join.add_impressions(
             js, join.JoinImpressions(impressions.request_key, impressions.ts_ms, payload), cfg
         )
-        rej_imp.append(eff.rejected_impressions)
-        closed_parts.append(eff.closed)
+        effects.append(eff)
         counters = _bump(counters, impressions=n)
     if outcomes is not None and len(outcomes):
         n = len(outcomes)
         keep = outcomes.position < engine.slate_size
-        pos = np.where(keep, outcomes.position, 0).astype(np.int32)
+        payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
+        next_payload += n
+        new = _plays(outcomes, payload)
+        plays = _concat(plays, _take(new, keep))
         js, eff = join.add_outcomes(
             js,
             join.JoinOutcomes(
                 outcomes.request_key[keep],
                 outcomes.ts_ms[keep],
-                pos[keep],
-                stream30(outcomes)[keep],
-                np.flatnonzero(keep).astype(np.int64),
+                outcomes.position[keep].astype(np.int32),
+                raw_rewards(engine, _take(new, keep)),
+                payload[keep],
             ),
             cfg,
         )
-        rej_out.append(eff.rejected_outcomes)
-        closed_parts.append(eff.closed)
+        effects.append(eff)
         counters = _bump(counters, outcomes=n, outcomes_beyond_slate=int((~keep).sum()))
     js, eff = join.advance(js, cfg, watermark_ms=watermark_ms)
-    rej_out.append(eff.rejected_outcomes)
-    closed_parts.append(eff.closed)
+    effects.append(eff)
 
-    policy_state = state.policy
+    policy_state, model, model_rows = state.policy, state.model, state.model_rows
+    sums: dict[str, float] = dict(state.sums)
     reward_by_policy = dict(state.reward_by_policy)
     n_closed = n_rows = 0
-    for closed in closed_parts:
+    for e in effects:
+        closed = e.closed
         if closed.payload.size == 0:
             continue
         rows = np.searchsorted(side.payload, closed.payload)
-        fb = _feedback(engine, side, rows, closed.reward)
-        if fb is not None:
-            policy_state = update_policy(engine, policy_state, fb)
-            n_rows += int(fb[-1].shape[0])
+        if e.joined.payload.size:
+            model_rows = _concat(model_rows, _joined_rows(side, rows, e.joined, plays))
+        reward, learn = _final_rewards(engine, side, rows, closed, e.joined, plays)
+        i, j = np.nonzero(learn)
+        if i.size:
+            r = rows[i]
+            policy_state = update_policy(
+                engine,
+                policy_state,
+                [
+                    side.context[r],
+                    side.features[r, j],
+                    side.action[r, j],
+                    j.astype(np.int32),
+                    reward[i, j],
+                    side.propensity[r, j],
+                    np.ones(i.size, bool),
+                ],
+            )
+            n_rows += int(i.size)
+            sums = _bump(sums, reward_sum=float(reward[i, j].sum()))
         n_closed += int(closed.payload.size)
-        top = closed.reward[:, 0].astype(np.float64)
+        top = reward[:, 0].astype(np.float64)
         keys = side.policy_key[rows]
         for k in np.unique(keys).tolist():
             sel = keys == k
             total, count = reward_by_policy.get(int(k), (0.0, 0))
             reward_by_policy[int(k)] = (total + float(top[sel].sum()), count + int(sel.sum()))
-        gone = np.zeros(side.payload.size, bool)
-        gone[rows] = True
-        side = _take(side, ~gone)
-    # Impressions the join refused never open: drop their side rows too.
-    for rej in rej_imp:
-        if rej.payload.size:
-            side = _take(side, ~np.isin(side.payload, rej.payload))
+    model, model_rows, loss_sum, used = _update_model(engine, model, model_rows)
+    sums = _bump(sums, model_loss_sum=loss_sum, model_rows=used)
+    # Drop side rows the join no longer refers to (closed, refused, or joined and closed).
+    live_imp, live_out = join.live_payloads(js)
+    side = _take(side, np.isin(side.payload, live_imp))
+    plays = _take(plays, np.isin(plays.payload, live_out))
     counters = _bump(counters, closed=n_closed, feedback_rows=n_rows)
     new_offsets = dict(state.offsets)
     if offsets:
         new_offsets.update(offsets)
     new_state = WorkerState(
         policy=policy_state,
+        model=model,
         join=js,
         side=side,
+        plays=plays,
+        model_rows=model_rows,
         next_payload=next_payload,
         offsets=new_offsets,
         counters=counters,
+        sums=sums,
         reward_by_policy=reward_by_policy,
     )
     return new_state, Effects(
-        rejected_impressions=_cat_rej_imp(rej_imp),
-        rejected_outcomes=_cat_rej_out(rej_out),
+        rejected_impressions=join.RejectedImpressions(
+            *(
+                np.concatenate(c)
+                for c in zip(*(e.rejected_impressions for e in effects), strict=True)
+            )
+        ),
+        rejected_outcomes=join.RejectedOutcomes(
+            *(np.concatenate(c) for c in zip(*(e.rejected_outcomes for e in effects), strict=True))
+        ),
         closed=n_closed,
         feedback_rows=n_rows,
     )
-
-
-def _cat_rej_imp(parts: list[join.RejectedImpressions]) -> join.RejectedImpressions:
-    if not parts:
-        return join.RejectedImpressions(
-            np.zeros(0, np.uint64),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int8),
-        )
-    return join.RejectedImpressions(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
-
-
-def _cat_rej_out(parts: list[join.RejectedOutcomes]) -> join.RejectedOutcomes:
-    return join.RejectedOutcomes(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
 
 
 # ---------------------------------------------------------------------------------- persistence
@@ -314,12 +555,24 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
         "policy_blob": np.frombuffer(save(engine.policy, state.policy), dtype=np.uint8),
         "next_payload": np.array(state.next_payload, np.int64),
     }
-    arrays.update({f"join.{k}": v for k, v in join.to_arrays(state.join).items()})
-    arrays.update({f"side.{k}": v for k, v in state.side._asdict().items()})
+    leaves = jax.tree.leaves(state.model)
+    arrays.update({f"model/{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
+    arrays.update({f"join/{k}": v for k, v in join.to_arrays(state.join).items()})
+    arrays.update({f"side/{k}": v for k, v in state.side._asdict().items()})
+    arrays.update({f"plays/{k}": v for k, v in state.plays._asdict().items()})
+    arrays.update({f"model_rows/{k}": v for k, v in state.model_rows._asdict().items()})
     header = {
         "offsets": [[t, p, o] for (t, p), o in sorted(state.offsets.items())],
         "counters": dict(state.counters),
+        "sums": dict(state.sums),
         "reward_by_policy": [[str(k), s, c] for k, (s, c) in state.reward_by_policy.items()],
+        "reward_model": {
+            "name": engine.reward_model.spec.name,
+            "version": engine.reward_model.spec.version,
+            "params": dict(engine.reward_model.spec.params),
+            "n_leaves": len(leaves),
+        },
+        "composite_reward": engine.composite.to_spec(),
     }
     return arrays, header
 
@@ -327,24 +580,43 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
 def from_arrays(
     engine: Engine, arrays: Mapping[str, np.ndarray], header: Mapping[str, Any]
 ) -> WorkerState:
-    """Rebuild a state written by ``to_arrays`` (a policy of another kind is a clear error)."""
+    """Rebuild a state written by ``to_arrays``; another policy, model or reward is a clear error."""
     from bandits import load
 
+    spec = header["reward_model"]
+    mine = engine.reward_model.spec
+    if (spec["name"], spec["version"]) != (mine.name, mine.version):
+        raise ValueError(
+            f"checkpoint holds reward model {spec['name']} v{spec['version']}, "
+            f"the config runs {mine.name} v{mine.version}"
+        )
+    if header["composite_reward"] != engine.composite.to_spec():
+        raise ValueError(
+            f"checkpoint was learned with reward {header['composite_reward']}, "
+            f"the config declares {engine.composite.to_spec()}"
+        )
+    like = engine.reward_model.init(jax.random.key(engine.seed), engine.n_model_features)
+    leaves, treedef = jax.tree.flatten(like)
+    if spec["n_leaves"] != len(leaves):
+        raise ValueError("checkpoint's reward-model state does not match the configured model")
+    model = jax.tree.unflatten(
+        treedef, [jnp.asarray(arrays[f"model/{i:04d}"]) for i in range(len(leaves))]
+    )
     policy_state = load(
         engine.policy,
         arrays["policy_blob"].tobytes(),
         like=engine.policy.init(engine.d_user, engine.d_track),
     )
-    js = join.from_arrays(
-        {k[len("join.") :]: v for k, v in arrays.items() if k.startswith("join.")}
-    )
-    side = Side(**{f: arrays[f"side.{f}"] for f in Side._fields})
     return WorkerState(
         policy=policy_state,
-        join=js,
-        side=side,
+        model=model,
+        join=join.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("join/")}),
+        side=Side(**{f: arrays[f"side/{f}"] for f in Side._fields}),
+        plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
+        model_rows=ModelRows(**{f: arrays[f"model_rows/{f}"] for f in ModelRows._fields}),
         next_payload=int(arrays["next_payload"]),
         offsets={(str(t), int(p)): int(o) for t, p, o in header["offsets"]},
-        counters={str(k): int(v) for k, v in header["counters"].items()},
+        counters={str(k): v for k, v in header["counters"].items()},
+        sums={str(k): float(v) for k, v in header["sums"].items()},
         reward_by_policy={int(k): (float(s), int(c)) for k, s, c in header["reward_by_policy"]},
     )

@@ -9,7 +9,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streaming import listeners
@@ -158,9 +157,16 @@ def test_topics_create_is_idempotent_and_snapshots_are_compacted(kafka_broker: s
 
 def test_cli_broker_start_status_stop_leaves_no_java(tmp_path: Path) -> None:
     state = str(tmp_path / "b")
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "streaming", *a], capture_output=True, text=True, timeout=180
-    )  # noqa: E731
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streaming", *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+
     started = run("broker", "start", "--state-dir", state)
     assert started.returncode == 0, started.stderr
     assert "bootstrap 127.0.0.1:" in started.stdout
@@ -173,4 +179,3 @@ def test_cli_broker_start_status_stop_leaves_no_java(tmp_path: Path) -> None:
         or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
     )
     assert run("broker", "status", "--state-dir", state).returncode == 3
-    _ = np  # numpy is used by helpers above
