@@ -27,6 +27,7 @@ import argparse
 import fnmatch
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -98,14 +99,80 @@ def select_columns(frame: pd.DataFrame, spec: str, what: str) -> list[str]:
 
 
 def read_log(path: Path) -> pd.DataFrame:
-    """A Parquet or CSV file as a frame."""
+    """A Parquet or CSV file, or a folder of the daemon's joined-records log, as a frame."""
     if not path.exists():
         raise UsageError(f"log file {str(path)!r} does not exist")
+    if path.is_dir():
+        from streaming.parquet_log import read_log as read_joined
+
+        return read_joined(path)
     if path.suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
     if path.suffix in (".csv", ".gz", ".txt"):
         return pd.read_csv(path)
-    raise UsageError(f"log file {str(path)!r}: expected .parquet or .csv")
+    raise UsageError(f"log file {str(path)!r}: expected .parquet, .csv or a log folder")
+
+
+_ELEMENT = re.compile(r"^(?P<name>.+)\[(?P<index>\d+)\]$")
+
+
+def column_values(frame: pd.DataFrame, ref: str, what: str = "") -> np.ndarray:
+    """A column by name, or one element of a list column with ``name[j]`` (``shown[0]``).
+
+    Raises:
+        UsageError: no such column, or rows whose list is shorter than ``j + 1``.
+    """
+    m = _ELEMENT.match(ref)
+    name, index = (m["name"], int(m["index"])) if m else (ref, None)
+    if name not in frame.columns:
+        raise UsageError(
+            f"missing column {name!r}{' for ' + what if what else ''}; "
+            f"available columns: {sorted(map(str, frame.columns))}"
+        )
+    values = frame[name].to_numpy()
+    if index is None:
+        return values
+    lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
+    short = np.flatnonzero(lengths <= index)
+    if short.size:
+        raise UsageError(
+            f"column {name!r} has no element [{index}] at rows {short[:10].tolist()} "
+            f"({short.size} of {len(values)})"
+        )
+    return np.array([v[index] for v in values])
+
+
+def matrix(frame: pd.DataFrame, spec: str, what: str) -> np.ndarray:
+    """``(n, m)`` float array from several scalar columns or one list column."""
+    cols = select_columns(frame, spec, what)
+    first = frame[cols[0]].to_numpy()
+    if len(cols) == 1 and first.dtype == object:
+        lengths = {len(v) for v in first}
+        if len(lengths) != 1:
+            raise UsageError(
+                f"{what} {spec!r}: list column rows differ in length {sorted(lengths)}"
+            )
+        return np.stack([np.asarray(v, dtype=np.float64) for v in first])
+    return frame[cols].to_numpy(dtype=np.float64)
+
+
+def candidate_features(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row candidate features, padded to the largest ``k``: ``(n, k, d)`` float32 and the
+    ``(n, k)`` mask of real candidates (padding has zero features and target probability 0)."""
+    rows = column_values(frame, column)
+    dims = {len(c) for r in rows for c in r}
+    if len(dims) != 1:
+        raise UsageError(
+            f"--candidate-features-column {column!r}: feature lengths differ {sorted(dims)}"
+        )
+    k = max(len(r) for r in rows)
+    out = np.zeros((len(rows), k, dims.pop()), np.float32)
+    mask = np.zeros((len(rows), k), bool)
+    for i, r in enumerate(rows):
+        if len(r):
+            out[i, : len(r)] = np.stack([np.asarray(c, np.float32) for c in r])
+            mask[i, : len(r)] = True
+    return out, mask
 
 
 @dataclass
@@ -122,8 +189,14 @@ class Inputs:
 def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) -> Inputs:
     """Map the frame's columns to a ``LoggedFeedback`` and build the target's ``TargetProbs``."""
     column_map = parse_column_map(args.column_map)
-    columns = {str(c): frame[c].to_numpy() for c in frame.columns}
-    log = LoggedFeedback.from_columns(columns, column_map)
+    fields = ("action", "reward", "propensity")
+    unknown = sorted(set(column_map) - set(fields))
+    if unknown:
+        raise UsageError(
+            f"column map names unknown field(s) {unknown}; fields are action, reward, propensity"
+        )
+    columns = {f: column_values(frame, column_map.get(f, f), f"LoggedFeedback.{f}") for f in fields}
+    log = LoggedFeedback.from_columns(columns)
     action = log.action
     if not np.issubdtype(action.dtype, np.integer):
         raise UsageError(
@@ -135,8 +208,21 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
         propensity=log.propensity.astype(np.float64),
     )
     if args.context_columns:
-        ctx_cols = select_columns(frame, args.context_columns, "--context-columns")
-        log = log._replace(context=frame[ctx_cols].to_numpy(dtype=np.float32))
+        log = log._replace(
+            context=matrix(frame, args.context_columns, "--context-columns").astype(np.float32)
+        )
+    cand_mask: np.ndarray | None = None
+    if args.candidate_features_column:
+        feats, cand_mask = candidate_features(frame, args.candidate_features_column)
+        log = log._replace(action_features=feats)
+        beyond = log.action >= feats.shape[1]
+        beyond[~beyond] = ~cand_mask[np.flatnonzero(~beyond), log.action[~beyond]]
+        if beyond.any():
+            bad = np.flatnonzero(beyond)
+            raise UsageError(
+                f"logged action beyond the row's candidates at rows {bad[:10].tolist()} "
+                f"({bad.size} of {log.n})"
+            )
     given = [bool(args.target_prob_columns), bool(args.target_action_column), bool(args.policy)]
     if sum(given) != 1:
         raise UsageError(
@@ -144,10 +230,9 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
         )
     notes: list[str] = []
     if args.target_prob_columns:
-        cols = select_columns(frame, args.target_prob_columns, "--target-prob-columns")
-        prob = frame[cols].to_numpy(dtype=np.float64)
+        prob = matrix(frame, args.target_prob_columns, "--target-prob-columns")
         n_actions = args.n_actions or prob.shape[1]
-        desc = f"per-row probabilities from {len(cols)} columns ({cols[0]} .. {cols[-1]})"
+        desc = f"per-row probabilities from {args.target_prob_columns!r} ({prob.shape[1]} actions)"
     elif args.target_action_column:
         col = select_columns(frame, args.target_action_column, "--target-action-column")[0]
         chosen = frame[col].to_numpy()
@@ -158,13 +243,20 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
         prob[np.arange(log.n), chosen.astype(np.int64)] = 1.0
         desc = f"deterministic: the action in column {col!r}"
     else:
-        n_actions = args.n_actions or int(log.action.max()) + 1
-        log, prob, desc, notes = _fit_policy_target(log, n_actions, args, key)
+        if log.action_features is not None:
+            n_actions = log.action_features.shape[1]
+        else:
+            n_actions = args.n_actions or int(log.action.max()) + 1
+        log, prob, desc, notes = _fit_policy_target(log, n_actions, cand_mask, args, key)
     return Inputs(log, TargetProbs(prob), n_actions, desc, notes)
 
 
 def _fit_policy_target(
-    log: LoggedFeedback, n_actions: int, args: argparse.Namespace, key: jax.Array
+    log: LoggedFeedback,
+    n_actions: int,
+    cand_mask: np.ndarray | None,
+    args: argparse.Namespace,
+    key: jax.Array,
 ) -> tuple[LoggedFeedback, np.ndarray, str, list[str]]:
     """Fit a registry policy on the first part of the log; Monte Carlo its action probabilities."""
     try:
@@ -188,11 +280,12 @@ def _fit_policy_target(
         np.ones((log.n, 1), np.float32) if log.context is None else log.context.astype(np.float32)
     )
     k = n_actions
-    eye = np.eye(k, dtype=np.float32)
-    cand = Candidates(
-        features=jax.numpy.asarray(eye), ids=jax.numpy.arange(k, dtype=jax.numpy.int32)
-    )
-    state = policy.init(context.shape[1], k)
+    if log.action_features is None:  # a fixed action set: each action its own one-hot item
+        feats = np.broadcast_to(np.eye(k, dtype=np.float32), (log.n, k, k))
+    else:
+        feats = log.action_features.astype(np.float32)
+    ids = np.arange(k, dtype=np.int32)
+    state = policy.init(context.shape[1], feats.shape[2])
     batch = 4096
     update = jax.jit(policy.update)
     jnp = jax.numpy
@@ -208,7 +301,7 @@ def _fit_policy_target(
         sl = slice(lo, hi)
         fb = Feedback(
             context=padded(context[sl], pad),
-            features=padded(eye[log.action[sl]], pad),
+            features=padded(feats[np.arange(lo, hi), log.action[sl]], pad),
             action=padded(log.action[sl].astype(np.int32), pad),
             position=jnp.zeros(batch, jnp.int32),
             reward=padded(log.reward[sl].astype(np.float32), pad),
@@ -216,10 +309,12 @@ def _fit_policy_target(
             mask=padded(np.ones(hi - lo, bool), pad, False),
         )
         state = update(state, fb)
-    mask = jax.numpy.ones(k, bool)
+    masks = np.ones((log.n, k), bool) if cand_mask is None else cand_mask
     samples = args.policy_samples
 
-    def probs(ctx: jax.Array, keys: jax.Array) -> jax.Array:
+    def probs(ctx: jax.Array, features: jax.Array, mask: jax.Array, keys: jax.Array) -> jax.Array:
+        cand = Candidates(features=features, ids=jax.numpy.asarray(ids))
+
         def one(kk: jax.Array) -> jax.Array:
             return policy.rank(state, ctx, cand, mask, key=kk, slate_size=1).order[0]
 
@@ -234,12 +329,21 @@ def _fit_policy_target(
         hi = min(lo + 2048, n_test)
         keys = jax.random.split(jax.random.fold_in(key, lo), (hi - lo) * samples)
         keys = keys.reshape(hi - lo, samples)
-        prob[lo:hi] = np.asarray(probs_batch(jax.numpy.asarray(context[test][lo:hi]), keys))
+        rows = slice(n_train + lo, n_train + hi)
+        prob[lo:hi] = np.asarray(
+            probs_batch(
+                jax.numpy.asarray(context[rows]),
+                jax.numpy.asarray(feats[rows]),
+                jax.numpy.asarray(masks[rows]),
+                keys,
+            )
+        )
     log_test = LoggedFeedback(
         action=log.action[test],
         reward=log.reward[test],
         propensity=log.propensity[test],
         context=None if log.context is None else log.context[test],
+        action_features=None if log.action_features is None else log.action_features[test],
     )
     desc = f"{args.policy} {params or ''} fitted on the first {n_train:,} rows".replace("  ", " ")
     notes = [
@@ -422,7 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-fraction", type=float, default=0.5, help="share of rows to fit --policy on"
     )
     p.add_argument("--policy-samples", type=int, default=64, help="Monte Carlo draws per row")
-    p.add_argument("--context-columns", default=None, help="context feature columns (glob or list)")
+    p.add_argument(
+        "--context-columns",
+        default=None,
+        help="context feature columns (glob, list or one list column)",
+    )
+    p.add_argument(
+        "--candidate-features-column",
+        default=None,
+        help="per-row candidate features (list of lists), e.g. candidate_features of the daemon log",
+    )
     p.add_argument(
         "--estimators", default="all", help=f"comma list of {', '.join(ESTIMATORS)} or 'all'"
     )

@@ -173,3 +173,52 @@ def test_live_consume_skips_bad_batches_and_reports() -> None:
     ]
     assert len(seen) == 4 and seen[-1] < seen[0]
     assert result.state.n.tolist() == [2_000.0, 2_000.0]
+
+
+def test_evaluate_reads_the_daemon_log_folder(tmp_path: Path, capsys) -> None:
+    """The daemon's joined-records log: list columns picked by element, candidate features per row."""
+    from streaming.parquet_log import ParquetLog, example_records
+
+    folder = tmp_path / "joined"
+    writer = ParquetLog(folder, clock=lambda: 0)
+    writer.append(example_records(400, d_user=3, k=5, s=2, d_track=4))
+    writer.close()
+    code = main(
+        [
+            str(folder),
+            "--column-map",
+            "action=shown[0],reward=reward[0],propensity=propensity[0]",
+            "--context-columns",
+            "context",
+            "--candidate-features-column",
+            "candidate_features",
+            "--policy",
+            "linucb",
+            "--policy-samples",
+            "4",
+            "--estimators",
+            "ips,dr",
+            "--interval",
+            "normal",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "200 rounds, 5 actions" in report
+    assert (
+        main(
+            [
+                str(folder),
+                "--column-map",
+                "action=shown[2]",
+                "--target-action-column",
+                "n_outcomes[0]",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "column 'shown' has no element [2] at rows [0, 1, 2" in capsys.readouterr().err
