@@ -34,7 +34,7 @@ def direct_model(
     heads: tuple[str, ...] = ("skip_1", "skip_2", "skip_3"),
     hidden: int = 0,
     n_id_buckets: int = 0,
-    learning_rate: float = 0.01,
+    learning_rate: float = 0.03,
     clip_norm: float = 10.0,
     name: str = "direct",
 ) -> RewardModel:
@@ -112,7 +112,7 @@ def direct_model(
 
 
 def skip_model(
-    *, hidden: int = 0, n_id_buckets: int = 0, learning_rate: float = 0.01, clip_norm: float = 10.0
+    *, hidden: int = 0, n_id_buckets: int = 0, learning_rate: float = 0.03, clip_norm: float = 10.0
 ) -> RewardModel:
     """The multi-head skip classifier: skip_1, skip_2 and skip_3 (complete = 1 - skip_3)."""
     return direct_model(
@@ -126,7 +126,7 @@ def skip_model(
 
 
 def completion_model(
-    *, hidden: int = 0, n_id_buckets: int = 0, learning_rate: float = 0.01, clip_norm: float = 10.0
+    *, hidden: int = 0, n_id_buckets: int = 0, learning_rate: float = 0.03, clip_norm: float = 10.0
 ) -> RewardModel:
     """The binary completion classifier: P(complete) only (skip_1 and skip_2 come out NaN)."""
     return direct_model(

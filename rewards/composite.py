@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from rewards.labels import SKIP_2_MS, bin_edges_ms, completion_label, listen_fraction, skip_labels
+from rewards.labels import SKIP_2_MS, array_module, bin_edges_ms, completion_label, listen_fraction, skip_labels
 from rewards.types import ModelSpec, Outcomes, Predictions
 
 REWARD_VERSION = 1
@@ -148,17 +148,18 @@ class CompositeReward:
         """The reward computed from the outcome alone (no model), for every kind but denoised,
         where it is the linear reward."""
         o = outcomes
+        xp = array_module(o.ms_played, o.duration_ms, o.reason_end, o.censored, o.saved)
         if self.kind == "stream30":
-            return (jnp.asarray(o.ms_played) >= SKIP_2_MS).astype(jnp.float32)
+            return (xp.asarray(o.ms_played) >= SKIP_2_MS).astype(xp.float32)
         if self.kind == "listen_fraction":
             return listen_fraction(o.ms_played, o.duration_ms)
-        done = completion_label(o.ms_played, o.duration_ms, o.reason_end).astype(jnp.float32)
+        done = completion_label(o.ms_played, o.duration_ms, o.reason_end).astype(xp.float32)
         skipped, _ = skip_labels(o.ms_played, o.duration_ms, o.reason_end, o.censored)
-        saved = jnp.asarray(o.saved).astype(jnp.float32)
+        saved = xp.asarray(o.saved).astype(xp.float32)
         return (
-            self.w_complete * done
-            + self.w_skip_30s * skipped[:, 1].astype(jnp.float32)
-            + self.w_saved * saved
+            xp.float32(self.w_complete) * done
+            + xp.float32(self.w_skip_30s) * skipped[:, 1].astype(xp.float32)
+            + xp.float32(self.w_saved) * saved
         )
 
     def final(self, predictions: Predictions | None, outcomes: Outcomes) -> Float[Array, " n"]:

@@ -1,7 +1,8 @@
 """Labels: pure functions from raw outcome arrays to what the models learn.
 
-Everything here is ``jax.numpy`` over arrays of any leading shape, so it runs inside ``jit`` and
-on numpy inputs alike. The definitions follow the simulator and the public skip-prediction data:
+Everything here works on arrays of any leading shape: with jax arrays (or inside ``jit``) it
+runs ``jax.numpy``; with numpy inputs it runs numpy and returns numpy, so host-side callers
+(reports, the daemon's decoding) never trigger a compilation per batch shape. The definitions follow the simulator and the public skip-prediction data:
 
 Listening bins (upper edges, per track, from :func:`bin_edges_ms`):
 ``[0, 5 s)``, ``[5 s, 30 s)``, ``[30 s, 50 %)``, ``[50 %, 90 %)``, ``[90 %, 100 %)``; a play that
@@ -21,7 +22,12 @@ clipped to ``duration_ms`` and counts as complete.
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from rewards.types import REASONS, TRACKDONE, Outcomes
@@ -41,6 +47,11 @@ HORIZON_LAST_BIN = (0, 1, N_BINS - 1)
 """For skip_1, skip_2, skip_3: the last bin that counts as a skip at that horizon."""
 
 
+def array_module(*arrays: Any) -> ModuleType:
+    """``jax.numpy`` if any input is a jax array (or tracer), else ``numpy``."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
 def bin_edges_ms(duration_ms: Int[ArrayLike, "*b"]) -> Float[Array, "*b 5"]:
     """Upper edge of every listening bin in ms; the last edge is the duration.
 
@@ -53,18 +64,20 @@ def bin_edges_ms(duration_ms: Int[ArrayLike, "*b"]) -> Float[Array, "*b 5"]:
     >>> bin_edges_ms(jnp.array([200_000])).tolist()
     [[5000.0, 30000.0, 100000.0, 180000.0, 200000.0]]
     """
-    d = jnp.asarray(duration_ms).astype(jnp.float32)
-    e0 = jnp.minimum(jnp.float32(SKIP_1_MS), d)
-    e1 = jnp.minimum(jnp.float32(SKIP_2_MS), d)
-    e2 = jnp.maximum(d * BIN_FRACTIONS[0], e1)
-    e3 = jnp.maximum(d * BIN_FRACTIONS[1], e2)
-    return jnp.stack([e0, e1, e2, e3, d], axis=-1)
+    xp = array_module(duration_ms)
+    d = xp.asarray(duration_ms).astype(xp.float32)
+    e0 = xp.minimum(xp.float32(SKIP_1_MS), d)
+    e1 = xp.minimum(xp.float32(SKIP_2_MS), d)
+    e2 = xp.maximum(d * xp.float32(BIN_FRACTIONS[0]), e1)
+    e3 = xp.maximum(d * xp.float32(BIN_FRACTIONS[1]), e2)
+    return xp.stack([e0, e1, e2, e3, d], axis=-1)
 
 
 def bin_widths_ms(duration_ms: Int[ArrayLike, "*b"]) -> Float[Array, "*b 5"]:
     """Width of every listening bin in ms (zero for bins a short track cannot have)."""
+    xp = array_module(duration_ms)
     edges = bin_edges_ms(duration_ms)
-    lower = jnp.concatenate([jnp.zeros_like(edges[..., :1]), edges[..., :-1]], axis=-1)
+    lower = xp.concatenate([xp.zeros_like(edges[..., :1]), edges[..., :-1]], axis=-1)
     return edges - lower
 
 
@@ -79,8 +92,9 @@ def completion_label(
     ...                  jnp.array([0, 1])).tolist()
     [True, False]
     """
-    ms = jnp.asarray(ms_played)
-    return (jnp.asarray(reason_end) == TRACKDONE) | (ms >= jnp.asarray(duration_ms))
+    xp = array_module(ms_played, duration_ms, reason_end)
+    ms = xp.asarray(ms_played)
+    return (xp.asarray(reason_end) == TRACKDONE) | (ms >= xp.asarray(duration_ms))
 
 
 def listen_bin(
@@ -94,11 +108,12 @@ def listen_bin(
     ...            jnp.full(6, 200_000), jnp.array([1, 1, 1, 1, 1, 0])).tolist()
     [0, 1, 2, 3, 4, 5]
     """
-    ms = jnp.asarray(ms_played).astype(jnp.float32)
-    edges = bin_edges_ms(duration_ms)
-    passed = jnp.sum((ms[..., None] >= edges).astype(jnp.int32), axis=-1)
-    done = completion_label(ms_played, duration_ms, reason_end)
-    return jnp.where(done, jnp.int32(COMPLETE), passed.astype(jnp.int32))
+    xp = array_module(ms_played, duration_ms, reason_end)
+    ms = xp.asarray(ms_played).astype(xp.float32)
+    edges = bin_edges_ms(xp.asarray(duration_ms))
+    passed = xp.sum((ms[..., None] >= edges).astype(xp.int32), axis=-1)
+    done = completion_label(xp.asarray(ms_played), xp.asarray(duration_ms), xp.asarray(reason_end))
+    return xp.where(done, xp.int32(COMPLETE), passed.astype(xp.int32))
 
 
 def skip_labels(
@@ -120,25 +135,27 @@ def skip_labels(
     >>> y.tolist(), k.tolist()
     ([[True, True, True], [False, False, False]], [[True, True, True], [True, True, False]])
     """
-    b = listen_bin(ms_played, duration_ms, reason_end)[..., None]
-    cens = jnp.asarray(censored)[..., None]
-    last = jnp.asarray(HORIZON_LAST_BIN, dtype=jnp.int32).reshape((1,) * (b.ndim - 1) + (3,))
+    xp = array_module(ms_played, duration_ms, reason_end, censored)
+    b = listen_bin(*(xp.asarray(a) for a in (ms_played, duration_ms, reason_end)))[..., None]
+    cens = xp.asarray(censored)[..., None]
+    last = xp.asarray(HORIZON_LAST_BIN, dtype=xp.int32).reshape((1,) * (b.ndim - 1) + (3,))
     within = b <= last
     return within & ~cens, ~cens | ~within
 
 
 def stream30_label(ms_played: Int[ArrayLike, "*b"]) -> Bool[Array, "*b"]:
     """True where at least 30 s were played (the crude reward encore improves on)."""
-    return jnp.asarray(ms_played) >= SKIP_2_MS
+    return array_module(ms_played).asarray(ms_played) >= SKIP_2_MS
 
 
 def listen_fraction(
     ms_played: Int[ArrayLike, "*b"], duration_ms: Int[ArrayLike, "*b"]
 ) -> Float[Array, "*b"]:
     """Fraction of the track played, clipped to ``[0, 1]`` (0 where the duration is not positive)."""
-    ms = jnp.asarray(ms_played).astype(jnp.float32)
-    d = jnp.asarray(duration_ms).astype(jnp.float32)
-    return jnp.where(d > 0, jnp.clip(ms / jnp.maximum(d, 1.0), 0.0, 1.0), 0.0)
+    xp = array_module(ms_played, duration_ms)
+    ms = xp.asarray(ms_played).astype(xp.float32)
+    d = xp.asarray(duration_ms).astype(xp.float32)
+    return xp.where(d > 0, xp.clip(ms / xp.maximum(d, xp.float32(1.0)), 0.0, 1.0), xp.float32(0.0))
 
 
 def hazard_targets(
@@ -156,9 +173,11 @@ def hazard_targets(
     Returns:
         ``(at_risk, event)``, bool ``(n, 5)``; ``event`` implies ``at_risk``.
     """
+    xp = array_module(ms_played, duration_ms, reason_end, censored)
+    ms_played, duration_ms, reason_end = (xp.asarray(a) for a in (ms_played, duration_ms, reason_end))
     b = listen_bin(ms_played, duration_ms, reason_end)[:, None]
-    cens = jnp.asarray(censored)[:, None]
-    j = jnp.arange(N_BINS, dtype=jnp.int32)[None, :]
+    cens = xp.asarray(censored)[:, None]
+    j = xp.arange(N_BINS, dtype=xp.int32)[None, :]
     nonempty = bin_widths_ms(duration_ms) > 0
     at_risk = ((j < b) | ((j == b) & ~cens)) & nonempty
     event = (j == b) & ~cens & nonempty

@@ -121,19 +121,21 @@ def gru_encode(params: Params, history: Float[Array, "n h e"]) -> Float[Array, "
     """Final GRU state over the history; padding entries (``present == 0``) are skipped."""
     hdim = params["gru_wh"].shape[0]
     n = history.shape[0]
-    xs = jnp.swapaxes(history, 0, 1)  # (h, n, e)
+    # Input projections of every step in one matmul; the scan only carries the recurrence.
+    proj = jnp.einsum("nhe,eg->hng", history, params["gru_wx"]) + params["gru_b"][None, None, :]
+    present_steps = jnp.swapaxes(history[:, :, -1:], 0, 1) > 0.5  # (h, n, 1)
 
-    def cell(g: Array, x: Array) -> tuple[Array, None]:
-        gx = x @ params["gru_wx"] + params["gru_b"][None, :]
+    def cell(g: Array, step: tuple[Array, Array]) -> tuple[Array, None]:
+        gx, present = step
         gh = g @ params["gru_wh"]
         z = jax.nn.sigmoid(gx[:, :hdim] + gh[:, :hdim])
         r = jax.nn.sigmoid(gx[:, hdim : 2 * hdim] + gh[:, hdim : 2 * hdim])
         cand = jnp.tanh(gx[:, 2 * hdim :] + r * gh[:, 2 * hdim :])
         new = (1.0 - z) * g + z * cand
-        present = x[:, -1:] > 0.5
         return jnp.where(present, new, g), None
 
-    g, _ = jax.lax.scan(cell, jnp.zeros((n, hdim), jnp.float32), xs)
+    g, _ = jax.lax.scan(cell, jnp.zeros((n, hdim), jnp.float32), (proj, present_steps),
+                        unroll=True)
     return g
 
 
@@ -144,7 +146,7 @@ def session_model(
     proportional: bool = True,
     hidden: int = 0,
     n_id_buckets: int = 0,
-    learning_rate: float = 0.01,
+    learning_rate: float = 0.03,
     clip_norm: float = 10.0,
 ) -> RewardModel:
     """The session-aware survival model (needs ``history`` in its inputs and outcomes).

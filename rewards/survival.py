@@ -102,7 +102,7 @@ def survival_model(
     proportional: bool = True,
     hidden: int = 0,
     n_id_buckets: int = 0,
-    learning_rate: float = 0.01,
+    learning_rate: float = 0.03,
     clip_norm: float = 10.0,
 ) -> RewardModel:
     """The discrete-time survival model of listening time.
