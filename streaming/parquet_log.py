@@ -47,11 +47,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streaming.events import ImpressionBatch
+
 __all__ = [
     "COLUMNS",
     "JoinedRecords",
     "ParquetLog",
     "example_records",
+    "from_impressions",
+    "log_files",
     "read_log",
     "to_table",
 ]
@@ -137,6 +141,60 @@ class JoinedRecords(NamedTuple):
     def n_rows(self) -> int:
         """The number of records (``len()`` stays the tuple's field count, so ``_replace`` works)."""
         return int(self.ts_ms.shape[0])
+
+
+def from_impressions(
+    impressions: ImpressionBatch,
+    *,
+    reward: npt.NDArray[np.float32],
+    n_outcomes: npt.NDArray[np.int32],
+    defaulted: npt.NDArray[np.bool_],
+    reward_name: str,
+    reward_version: int,
+    features: bool = True,
+) -> JoinedRecords:
+    """Joined records from the decoded impressions of ``n`` closed windows and their join results.
+
+    Args:
+        impressions: the ``n`` impressions, one row per closed window (``ImpressionBatch`` rows,
+            e.g. the daemon's side table taken at the closed payloads), shown ``(n, s_i)``.
+        reward: ``(n, s_r)`` float32 aggregated reward per position (``join.Closed.reward``).
+        n_outcomes: ``(n, s_r)`` int32 outcomes joined per position.
+        defaulted: ``(n, s_r)`` bool, True where the default reward was used.
+        reward_name: the composite reward's name, on every row.
+        reward_version: its version, on every row.
+        features: False to leave the candidate features out of the log.
+
+    Returns:
+        The records; slates are cut to ``min(s_i, s_r)`` positions (outcomes beyond the join's
+        slate size are not joined, so those positions have no reward).
+    """
+    n = len(impressions)
+    s = min(impressions.shown.shape[1], reward.shape[1])
+    for name, col in (("reward", reward), ("n_outcomes", n_outcomes), ("defaulted", defaulted)):
+        if col.ndim != 2 or col.shape[0] != n or col.shape[1] < s:
+            raise ValueError(f"{name} has shape {col.shape}, expected ({n}, >= {s})")
+    return JoinedRecords(
+        request_id=impressions.request_id,
+        user_id=impressions.user_id,
+        ts_ms=impressions.ts_ms,
+        surface=impressions.surface,
+        policy=impressions.policy,
+        policy_version=impressions.policy_version,
+        context=impressions.context,
+        candidate_key=impressions.candidate_key,
+        candidate_mask=impressions.candidate_mask,
+        candidate_features=impressions.candidate_features if features else None,
+        shown=np.where(impressions.shown_mask[:, :s], impressions.shown[:, :s], -1).astype(
+            np.int32
+        ),
+        propensity=impressions.propensity[:, :s].astype(np.float32),
+        reward=reward[:, :s].astype(np.float32),
+        n_outcomes=n_outcomes[:, :s].astype(np.int32),
+        defaulted=defaulted[:, :s].astype(bool),
+        reward_name=np.full(n, reward_name),
+        reward_version=np.full(n, reward_version, np.int32),
+    )
 
 
 def _check(rec: JoinedRecords) -> None:

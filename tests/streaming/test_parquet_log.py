@@ -12,6 +12,7 @@ from streaming.parquet_log import (
     JoinedRecords,
     ParquetLog,
     example_records,
+    from_impressions,
     log_files,
     read_log,
 )
@@ -215,3 +216,45 @@ def test_large_batch_appends_in_one_call(tmp_path: Path) -> None:
     frame = read_log(tmp_path)
     assert len(frame) == 20_000
     np.testing.assert_array_equal(np.stack(frame["context"].to_numpy()), rec.context)
+
+
+def test_from_decoded_impressions(tmp_path: Path) -> None:
+    from streaming.events import Limits, decode_impressions, encode
+    from streaming.listeners import impressions
+    from streaming.simulator import SimConfig, Simulator
+
+    sim = Simulator(SimConfig(seed=0, n_users=50, n_tracks=200))
+    req = sim.requests(6)
+    sl = sim.log_slates(req, 4)
+    raws = [encode(e) for e in impressions(req, sl.shown, sl.propensity, policy="logging")]
+    batch, rejects = decode_impressions(raws, Limits())
+    assert rejects == []
+    reward = np.arange(6 * 3, dtype=np.float32).reshape(6, 3)  # the join's slate: 3 positions
+    rec = from_impressions(
+        batch,
+        reward=reward,
+        n_outcomes=np.ones((6, 3), np.int32),
+        defaulted=np.zeros((6, 3), bool),
+        reward_name="stream30",
+        reward_version=2,
+    )
+    with ParquetLog(tmp_path, clock=FakeClock()) as log:
+        log.append(rec)
+    frame = read_log(tmp_path)
+    assert frame["request_id"].tolist() == batch.request_id.tolist()
+    assert [len(x) for x in frame["candidate_key"]] == [20] * 6
+    np.testing.assert_array_equal(np.stack(frame["shown"].to_numpy()), sl.shown[:, :3])
+    np.testing.assert_allclose(
+        np.stack(frame["propensity"].to_numpy()), sl.propensity[:, :3], rtol=1e-6
+    )
+    np.testing.assert_array_equal(np.stack(frame["reward"].to_numpy()), reward)
+    assert frame["reward_version"].tolist() == [2] * 6
+    with pytest.raises(ValueError, match=r"reward has shape \(5, 3\)"):
+        from_impressions(
+            batch,
+            reward=reward[:5],
+            n_outcomes=np.ones((6, 3), np.int32),
+            defaulted=np.zeros((6, 3), bool),
+            reward_name="stream30",
+            reward_version=2,
+        )
