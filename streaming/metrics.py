@@ -48,11 +48,13 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from rich.table import Table
 
+from streaming.config import Config
+
 __all__ = [
     "KNOWN_KEYS",
     "Metrics",
     "MetricsServer",
+    "main",
     "read_status",
+    "status_path",
     "status_table",
     "write_status",
 ]
@@ -344,3 +350,39 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         else:
             table.add_row(key, _fmt(value))
     return table
+
+
+def status_path(config: Config) -> Path:
+    """Where a daemon with this config writes its status file: ``<checkpoint.dir>/status.json``."""
+    return Path(config.checkpoint.dir) / "status.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``encore status``: print the status a running daemon last wrote, as a table (or JSON).
+
+    Returns:
+        0, or 3 when there is no status file yet.
+    """
+    parser = argparse.ArgumentParser(
+        prog="encore status", description="What the daemon last reported (no Kafka needed)."
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[])
+    parser.add_argument(
+        "--status-file", type=Path, help="default: <checkpoint.dir>/status.json of the config"
+    )
+    parser.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
+    args = parser.parse_args(argv)
+    path = args.status_file or status_path(Config.load(args.config, overrides=args.set))
+    try:
+        snapshot = read_status(path)
+    except FileNotFoundError as exc:
+        print(f"encore status: {exc}")
+        return 3
+    if args.json:
+        print(json.dumps(snapshot, indent=1, sort_keys=True))
+        return 0
+    from rich.console import Console
+
+    Console().print(status_table(snapshot, now_ms=time.time_ns() // 1_000_000))
+    return 0

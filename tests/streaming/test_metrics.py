@@ -15,7 +15,16 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from streaming.metrics import KNOWN_KEYS, Metrics, read_status, status_table, write_status
+from streaming.config import Config
+from streaming.metrics import (
+    KNOWN_KEYS,
+    Metrics,
+    main,
+    read_status,
+    status_path,
+    status_table,
+    write_status,
+)
 
 SNAPSHOT: dict[str, Any] = {
     "now_ms": 70_000,
@@ -192,3 +201,18 @@ def test_status_table_shows_every_metric() -> None:
     ):
         assert needle in text, needle
     assert set(SNAPSHOT) <= KNOWN_KEYS
+
+
+def test_encore_status_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_file = tmp_path / "encore.toml"
+    cfg_file.write_text(f'[checkpoint]\ndir = "{tmp_path / "ckpt"}"\n')
+    assert main(["--config", str(cfg_file)]) == 3
+    assert "no status file" in capsys.readouterr().out
+    write_status(tmp_path / "ckpt" / "status.json", SNAPSHOT)
+    assert status_path(Config.load(cfg_file, env={})) == tmp_path / "ckpt" / "status.json"
+    assert main(["--config", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    assert "encore status" in out
+    assert "snapshots_total" in out
+    assert main(["--status-file", str(tmp_path / "ckpt" / "status.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == SNAPSHOT
