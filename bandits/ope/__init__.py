@@ -36,7 +36,7 @@ from bandits.ope.reward_model import cross_fit_q_hat, cross_fit_slate_q_hat, wit
 from bandits.ope.slate_cascade_dr import SlateCascadeDR
 from bandits.ope.slate_iips import SlateIndependentIPS
 from bandits.ope.slate_pi import SlatePseudoInverse
-from bandits.ope.slate_rips import SlateRewardInteractionIPS
+from bandits.ope.slate_rips import SlateRewardInteractionIPS, SlateRewardInteractionSNIPS
 from bandits.ope.slate_sips import SlateStandardIPS
 from bandits.ope.sndr import SelfNormalizedDR
 from bandits.ope.snips import SelfNormalizedIPS
@@ -79,6 +79,7 @@ __all__ = [
     "SlateIndependentIPS",
     "SlatePseudoInverse",
     "SlateRewardInteractionIPS",
+    "SlateRewardInteractionSNIPS",
     "SlateStandardIPS",
     "SlateTargetProbs",
     "SwitchDR",

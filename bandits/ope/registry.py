@@ -15,7 +15,7 @@ from bandits.ope.replay import Replay
 from bandits.ope.slate_cascade_dr import SlateCascadeDR
 from bandits.ope.slate_iips import SlateIndependentIPS
 from bandits.ope.slate_pi import SlatePseudoInverse
-from bandits.ope.slate_rips import SlateRewardInteractionIPS
+from bandits.ope.slate_rips import SlateRewardInteractionIPS, SlateRewardInteractionSNIPS
 from bandits.ope.slate_sips import SlateStandardIPS
 from bandits.ope.sndr import SelfNormalizedDR
 from bandits.ope.snips import SelfNormalizedIPS
@@ -44,6 +44,7 @@ SLATE_ESTIMATORS: Mapping[str, type[AbstractSlateEstimator]] = MappingProxyType(
         "sips": SlateStandardIPS,
         "iips": SlateIndependentIPS,
         "rips": SlateRewardInteractionIPS,
+        "rips_sn": SlateRewardInteractionSNIPS,
         "pi": SlatePseudoInverse,
         "cascade_dr": SlateCascadeDR,
     }

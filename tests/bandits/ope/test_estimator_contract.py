@@ -181,9 +181,9 @@ def test_diagnostics() -> None:
 
 SLATE_CONSISTENT = {
     # reward at a position depends on the items above it: the cascade estimators are unbiased
-    True: ["sips", "rips", "cascade_dr"],
+    True: ["sips", "rips", "rips_sn", "cascade_dr"],
     # independent positions: every slate estimator is unbiased
-    False: ["sips", "iips", "rips", "pi", "cascade_dr"],
+    False: ["sips", "iips", "rips", "rips_sn", "pi", "cascade_dr"],
 }
 
 
