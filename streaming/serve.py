@@ -39,6 +39,7 @@ Example (Python API)::
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
@@ -47,8 +48,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -68,7 +70,7 @@ from streaming.events import (
 from streaming.kafka_io import make_producer
 from streaming.rerank import Reranker, SnapshotFollower
 
-__all__ = ["RankError", "RankRequest", "RerankService"]
+__all__ = ["RankError", "RankRequest", "RerankService", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -449,3 +451,53 @@ def _handler(service: RerankService) -> type[BaseHTTPRequestHandler]:
             self._reply(200, answer)
 
     return Handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``encore rerank``: serve ``POST /rank`` until SIGINT or SIGTERM, then close cleanly."""
+    import signal
+
+    from streaming.kafka_io import bootstrap_servers
+
+    parser = argparse.ArgumentParser(
+        prog="encore rerank",
+        description="Re-rank candidates with the newest policy snapshot over HTTP, logging "
+        "every served impression to the impressions topic.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[])
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="an existing Kafka cluster; default: the local broker of `encore broker start`",
+    )
+    parser.add_argument("--state-dir", help="local broker state folder (default .encore)")
+    parser.add_argument("--host", help="default: rerank.host (127.0.0.1)")
+    parser.add_argument("--port", type=int, help="default: rerank.port; 0 for any free port")
+    parser.add_argument("--refresh-ms", type=int, default=1_000, help="snapshot check interval")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.bootstrap_servers:
+        overrides.append(f"kafka.bootstrap_servers={args.bootstrap_servers}")
+    config = Config.load(args.config, overrides=overrides)
+    servers = bootstrap_servers(config.kafka, Path(args.state_dir) if args.state_dir else None)
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()  # a handler only sets the event; the main thread closes
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    with RerankService(config, servers, refresh_ms=args.refresh_ms) as service:
+        port = service.start_http(args.host, args.port)
+        host = args.host or config.rerank.host
+        print(
+            f"encore rerank: listening on http://{host}:{port} (POST /rank, GET /healthz, "
+            f"GET /metrics-lite); policy {service.policy_name}, snapshots from "
+            f"{config.topics.snapshots}, impressions to {config.topics.impressions}",
+            flush=True,
+        )
+        stop.wait()
+        counts = service.counts()
+    print(f"encore rerank: stopped after {counts['ranked']} ranked requests", flush=True)
+    return 0

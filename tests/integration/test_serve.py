@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import re
+import select
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -276,3 +281,43 @@ def test_malformed_bodies_and_routes(served: tuple[Config, str, RerankService, i
     status, answer = get(port, "/nope")
     assert status == 404
     assert "GET /nope" in answer["reason"]
+
+
+def test_encore_rerank_process_serves_and_stops_on_sigterm(
+    served: tuple[Config, str, RerankService, int],
+) -> None:
+    cfg, servers, _, _ = served
+    t = cfg.topics
+    sets = [
+        f"topics.{name}={getattr(t, name)}"
+        for name in ("impressions", "outcomes", "dlq", "late", "snapshots", "deltas")
+    ]
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from streaming.serve import main; sys.exit(main(sys.argv[1:]))",
+        "--bootstrap-servers",
+        servers,
+        "--port",
+        "0",
+        *[x for s in sets for x in ("--set", s)],
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "encore rerank printed nothing in 60 s"
+        line = proc.stdout.readline()
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        status, answer = post(int(match.group(1)), json.dumps(body()).encode())
+        assert status == 200, answer
+        assert len(set(answer["shown"])) == 3
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "stopped after 1 ranked requests" in out
