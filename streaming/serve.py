@@ -162,18 +162,17 @@ class RerankService:
     def _refresh_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.refresh(timeout_ms=min(self.refresh_ms, 200))
+                self._refresh(timeout_ms=min(self.refresh_ms, 200))
             except Exception:  # keep serving the last good state; the next round retries
                 log.exception("reading the snapshots topic failed")
                 with self._lock:
                     self._counts["snapshot_errors"] += 1
             self._stop.wait(self.refresh_ms / 1000)
 
-    def refresh(self, timeout_ms: int = 0) -> bool:
+    def _refresh(self, timeout_ms: int = 0) -> bool:
         """Load the newest snapshot published since the last call; True if there was one.
 
-        The background thread calls this every ``refresh_ms``; call it directly only when no
-        background thread runs (the follower's consumer is not thread-safe).
+        Only the background thread calls this (the follower's consumer is not thread-safe).
         """
         state = self.follower.poll(timeout_ms=timeout_ms)
         if state is None:
