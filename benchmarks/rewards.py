@@ -26,7 +26,7 @@ expected reward.
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -36,73 +36,8 @@ from rewards.calibration import head_labels, prediction_columns, reliability_tab
 from rewards.model import RewardModel
 from rewards.session import session_model
 from rewards.survival import survival_model
-
-from rewards.features import interaction_features
-from rewards.session import HISTORY_DIM, history_entries, push_history, slate_history
-from rewards.types import Outcomes
+from streaming.rewards_report import SimStream, concat_outcomes
 from streaming.simulator import SimConfig, Simulator
-
-
-class SimBatch(NamedTuple):
-    """Heard plays of a chunk of requests, flattened in (request, position) order."""
-
-    outcomes: Outcomes  # with track_id and history
-    user_id: np.ndarray  # (m,)
-    p_stream30: np.ndarray  # (m,) true P(stream >= 30 s) of each play
-    prev_skipped: np.ndarray  # (m,)
-
-
-class SimStream:
-    """Simulated plays under the logging policy, with per-listener play histories.
-
-    Each call to :meth:`next` draws requests, logs slates, plays them and returns the heard plays
-    with features (:func:`rewards.features.interaction_features`), track ids and the history of
-    each listener's previous ``history_len`` plays (earlier requests, then earlier slate
-    positions), as the daemon would keep it.
-    """
-
-    def __init__(self, config: SimConfig, *, slate_size: int = 5, history_len: int = 8) -> None:
-        self.sim = Simulator(config)
-        self.slate_size = slate_size
-        self.buffer = np.zeros((config.n_users, history_len, HISTORY_DIM), np.float32)
-
-    def next(self, n_requests: int) -> SimBatch:
-        sim = self.sim
-        req = sim.requests(n_requests)
-        slates = sim.log_slates(req, self.slate_size)
-        plays = sim.play(req, slates.shown)
-        n, s = plays.heard.shape
-        entries = history_entries(plays.ms_played, np.maximum(plays.duration_ms, 1),
-                                  plays.reason_end, plays.censored, plays.saved, plays.heard)
-        hist = slate_history(self.buffer[req.user_id], entries)  # (n, s, h, e)
-        heard = plays.heard.reshape(-1)
-        order_users = np.repeat(req.user_id, s)[heard]
-        self.buffer = push_history(self.buffer, order_users, entries.reshape(n * s, -1)[heard])
-
-        def flat(a: np.ndarray) -> np.ndarray:
-            return a.reshape(n * s, *a.shape[2:])[heard]
-
-        track = flat(plays.track_id)
-        user = np.repeat(req.context, s, axis=0)[heard]
-        position = flat(plays.position)
-        x = interaction_features(user, sim.world.track_features[track], position)
-        m = int(heard.sum())
-        outcomes = Outcomes(
-            features=x,
-            ms_played=flat(plays.ms_played),
-            duration_ms=flat(plays.duration_ms),
-            reason_end=flat(plays.reason_end),
-            saved=flat(plays.saved),
-            position=position.astype(np.int32),
-            censored=flat(plays.censored),
-            mask=np.ones(m, bool),
-            track_id=track,
-            history=flat(hist),
-        )
-        return SimBatch(outcomes, order_users, flat(plays.p_stream30), flat(plays.prev_skipped))
-
-
-
 
 BATCH = 1024
 REQUESTS_PER_CHUNK = 200  # about 920 heard plays: fits a padded batch of 1,024
@@ -130,7 +65,7 @@ def _river_dicts(x: np.ndarray, track: np.ndarray, names: list[str]) -> list[dic
     return rows
 
 
-def _concat(batches: list[R.Outcomes]) -> R.Outcomes:
+def concat_outcomes(batches: list[R.Outcomes]) -> R.Outcomes:
     return R.Outcomes(*(None if batches[0][i] is None else np.concatenate([b[i] for b in batches])
                         for i in range(len(batches[0]))))
 
@@ -186,7 +121,9 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     river_batched_s = dict.fromkeys(TARGETS, 0.0)
     river_preq: dict[str, list[float]] = {h: [] for h in TARGETS}
     river_rows = dict.fromkeys(TARGETS, 0)
-    seen_train: list[R.Outcomes] = []
+    recent: list[R.Outcomes] = []  # the last <= sk_max training plays, for sklearn
+    labels_train: list[tuple[np.ndarray, np.ndarray]] = []
+    n_train_rows = 0
     test: list[R.Outcomes] = []
     n_seen = 0
     while n_seen < n_plays:
@@ -195,7 +132,10 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if n_seen > n_train:
             test.append(o)
             continue
-        seen_train.append(o)
+        recent.append(o)
+        n_train_rows += int(o.mask.size)
+        while sum(int(r.mask.size) for r in recent[1:]) >= sk_max:
+            recent.pop(0)
         padded = R.pad(o, BATCH)
         for i, (_, m, _) in enumerate(models):
             preq[i].append(prediction_columns(m.predict(states[i], padded.inputs))[: o.mask.size])
@@ -204,6 +144,7 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             jax.block_until_ready(states[i])
             update_s[i] += time.perf_counter() - t0
         y, k = head_labels(o)
+        labels_train.append((y, k))
         dicts = _river_dicts(np.asarray(o.features), np.asarray(o.track_id), names)
         frame = pd.DataFrame(np.asarray(o.features), columns=names)
         for h, col in TARGETS.items():
@@ -218,11 +159,10 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             t0 = time.perf_counter()
             river_batched[h].learn_many(frame.iloc[rows], pd.Series(y[rows, col]))
             river_batched_s[h] += time.perf_counter() - t0
-    train = _concat(seen_train)
-    held = _concat(test)
+    held = concat_outcomes(test)
     y_test, k_test = head_labels(held)
-    y_train, k_train = head_labels(train)
-    n_train_rows = int(train.mask.size)
+    y_train = np.concatenate([y for y, _ in labels_train])
+    k_train = np.concatenate([k for _, k in labels_train])
 
     rows: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}
@@ -268,9 +208,10 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         })
         curves[f"river learn_one {h}"] = reliability_table(p, y_test[use, col])
     # scikit-learn, offline on the most recent training rows
-    recent = R.take(train, slice(max(0, n_train_rows - sk_max), n_train_rows))
-    y_r, k_r = head_labels(recent)
-    design = _sparse_design(recent)
+    recent_all = concat_outcomes(recent)
+    recent_all = R.take(recent_all, slice(max(0, int(recent_all.mask.size) - sk_max), None))
+    y_r, k_r = head_labels(recent_all)
+    design = _sparse_design(recent_all)
     design_test = _sparse_design(held)
     for h, col in TARGETS.items():
         use_r = np.flatnonzero(k_r[:, col])
