@@ -25,7 +25,7 @@ def epsilon_greedy(
     ridge: float = 1.0,
     discount: float = 1.0,
     refactor_every: int = 1000,
-    n_ids: int = 65536,
+    n_ids: int = 4096,
     id_ridge: float = 10.0,
     position_bias: tuple[float, ...] = (1.0,),
 ) -> Policy:

@@ -180,18 +180,18 @@ def _stats(state: LinearState, fb: Feedback) -> tuple[Array, LinearDelta]:
     return x, LinearDelta(x.T @ x, x.T @ r, empty, empty, fb.mask.sum().astype(jnp.int32))
 
 
-def _id_stats(state: LinearState, fb: Feedback, theta: Array) -> tuple[Array, Array]:
-    """Per-id ``sum kappa^2`` and ``sum kappa (r - kappa theta^T phi)`` (backfitting)."""
-    n_ids = state.id_count.shape[0]
-    if not n_ids:
-        return state.id_count, state.id_resid
+def _id_stats(
+    state: LinearState, fb: Feedback, theta: Array, count: Array, resid: Array
+) -> tuple[Array, Array]:
+    """Add per-id ``sum kappa^2`` and ``sum kappa (r - kappa theta^T phi)`` (backfitting) to
+    ``count`` and ``resid`` (scattered in place: the table can be large)."""
+    if not state.id_count.shape[0]:
+        return count, resid
     kappa = _kappa(state, fb.position) * fb.mask.astype(jnp.float32)
     pred = joint(fb.context, fb.features) @ theta.reshape(-1)
     r = jnp.where(fb.mask, fb.reward, 0.0)
     h = _hash(state, fb.action)
-    count = jnp.zeros((n_ids,), jnp.float32).at[h].add(kappa * kappa)
-    resid = jnp.zeros((n_ids,), jnp.float32).at[h].add(kappa * (r - kappa * pred))
-    return count, resid
+    return count.at[h].add(kappa * kappa), resid.at[h].add(kappa * (r - kappa * pred))
 
 
 def delta(state: LinearState, feedback: Feedback) -> LinearDelta:
@@ -201,8 +201,8 @@ def delta(state: LinearState, feedback: Feedback) -> LinearDelta:
     ``state.theta`` (the worker's current weights), so merged per-id biases approximate what a
     single worker would learn, closer the more often workers merge.
     """
-    x, d = _stats(state, feedback)
-    count, resid = _id_stats(state, feedback, state.theta)
+    _, d = _stats(state, feedback)
+    count, resid = _id_stats(state, feedback, state.theta, d.id_count, d.id_resid)
     return d._replace(id_count=count, id_resid=resid)
 
 
@@ -234,11 +234,12 @@ def update(
         precision = discount * state.precision + d.precision + (1.0 - discount) * ridge * eye
         b = discount * state.b + d.b
         cov, theta = _refactor(precision, b)
-        count, resid = _id_stats(state, fb, theta)
+        count, resid = _id_stats(
+            state, fb, theta, discount * state.id_count, discount * state.id_resid
+        )
         return state._replace(
             precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
-            id_count=discount * state.id_count + count,
-            id_resid=discount * state.id_resid + resid, n=n,
+            id_count=count, id_resid=resid, n=n,
             since_refactor=jnp.zeros((), jnp.int32),
         )
     precision = state.precision + d.precision
@@ -257,10 +258,10 @@ def update(
         cov, theta, since = refactored()
     else:
         cov, theta, since = jax.lax.cond(since >= refactor_every, refactored, woodbury)
-    count, resid = _id_stats(state, fb, theta)
+    count, resid = _id_stats(state, fb, theta, state.id_count, state.id_resid)
     return state._replace(
         precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
-        id_count=state.id_count + count, id_resid=state.id_resid + resid, n=n,
+        id_count=count, id_resid=resid, n=n,
         since_refactor=since,
     )
 

@@ -30,7 +30,7 @@ def linucb(
     ridge: float = 1.0,
     discount: float = 1.0,
     refactor_every: int = 1000,
-    n_ids: int = 65536,
+    n_ids: int = 4096,
     id_ridge: float = 10.0,
     position_bias: tuple[float, ...] = (1.0,),
 ) -> Policy:
@@ -41,7 +41,8 @@ def linucb(
         ridge: prior precision of the linear weights.
         discount: forgetting factor per update row batch; 1.0 keeps everything.
         refactor_every: rows between Cholesky re-factorisations of the inverse.
-        n_ids: size of the hashed per-track bias table; 0 disables it.
+        n_ids: size of the hashed per-track bias table (``id % n_ids``; distinct ids that
+            collide share a bias, so size it to the catalogue); 0 disables it.
         id_ridge: prior precision of each per-track bias.
         position_bias: examination weight of slate positions 0, 1, ... (the last repeats).
 

@@ -53,7 +53,7 @@ def logistic_ts(
     newton_steps: int = 3,
     ridge: float = 1.0,
     discount: float = 1.0,
-    n_ids: int = 65536,
+    n_ids: int = 4096,
     id_ridge: float = 4.0,
     position_bias: tuple[float, ...] = (1.0,),
 ) -> Policy:
