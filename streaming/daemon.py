@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import rewards
 from bandits import POLICIES, save
 from rewards.survival import survival_model
@@ -40,7 +42,15 @@ from streaming.kafka_io import (
     make_consumer,
     make_producer,
 )
-from streaming.step import Engine, WorkerState, from_arrays, init, step, to_arrays
+from streaming.step import (
+    Engine,
+    WorkerState,
+    from_arrays,
+    init,
+    join_counters,
+    step,
+    to_arrays,
+)
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +273,15 @@ class Daemon:
         outs, out_rej = decode_outcomes(out_raw, self.limits)
         self._dead_letters(imp_rej, imp_raw, imp_where)
         self._dead_letters(out_rej, out_raw, out_where)
-        self.state, effects = step(self.engine, self.state, imps, outs, offsets=offsets)
+        self.state, effects = step(
+            self.engine,
+            self.state,
+            imps,
+            outs,
+            offsets=offsets,
+            impression_partition=_good_partitions(imp_where, imp_rej),
+            outcome_partition=_good_partitions(out_where, out_rej),
+        )
         self._late(effects.rejected_impressions, effects.rejected_outcomes)
         self.stats.events += n
         return n
@@ -333,6 +351,14 @@ class Daemon:
             )
         self.stats.late += int(imps.request_key.size + outs.request_key.size)
 
+    def caught_up(self) -> bool:
+        """True when the consumer owns partitions and has read every one of them to its end."""
+        owned = self.consumer.assignment()
+        if not owned:
+            return False
+        ends = self.consumer.end_offsets(list(owned))
+        return all(self.consumer.position(tp) >= end for tp, end in ends.items())
+
     def publish_snapshot(self) -> None:
         self.producer.send(
             self.config.topics.snapshots,
@@ -347,16 +373,31 @@ class Daemon:
         *,
         on_tick: Callable[[Daemon], None] | None = None,
         tick_ms: int = 2000,
+        exit_when_idle_ms: int | None = None,
     ) -> Stats:
-        """Loop until ``stop`` is set; then finish the batch, checkpoint and close."""
+        """Loop until ``stop`` is set; then finish the batch, checkpoint and close.
+
+        Args:
+            stop: set it (from a signal handler, say) to stop after the current batch.
+            on_tick: called every ``tick_ms`` with the daemon (live counts).
+            tick_ms: how often ``on_tick`` is called.
+            exit_when_idle_ms: also stop once nothing arrived for this long and every assigned
+                partition is read to its end (batch jobs and tests); None runs until ``stop``.
+        """
         cc = self.config.checkpoint
         self.open()
         try:
-            last_ckpt = last_snap = last_tick = self.clock()
+            last_ckpt = last_snap = last_tick = last_data = self.clock()
             events_at_ckpt = self.stats.events
             while not stop.is_set():
-                self.poll_once()
+                got = self.poll_once()
                 now = self.clock()
+                if got:
+                    last_data = now
+                elif exit_when_idle_ms is not None and now - last_data >= exit_when_idle_ms:
+                    if self.caught_up():
+                        break
+                    last_data = now
                 if (
                     self.stats.events - events_at_ckpt >= cc.every_events
                     or now - last_ckpt >= cc.every_ms
@@ -379,10 +420,18 @@ class Daemon:
             self.close()
 
     def _refresh_stats(self) -> None:
-        self.stats.counters = {**self.state.counters, **join.counters(self.state.join)}
+        self.stats.counters = {**self.state.counters, **join_counters(self.state)}
         self.stats.reward_by_policy = {
             self._names.get(k, str(k)): v for k, v in self.state.reward_by_policy.items()
         }
+
+
+def _good_partitions(where: list[tuple[str, int, int]], rejects: list[Reject]) -> np.ndarray:
+    """The partition of every message that decoded, in order (rejects removed)."""
+    part = np.fromiter((p for _, p, _ in where), dtype=np.int32, count=len(where))
+    if rejects:
+        part = np.delete(part, [r.index for r in rejects])
+    return part
 
 
 def summary_line(d: Daemon) -> str:

@@ -33,6 +33,7 @@ from streaming import listeners
 from streaming.broker import LocalBroker
 from streaming.config import Config
 from streaming.daemon import Daemon, make_engine, summary_line
+from streaming.events import key64
 from streaming.kafka_io import ensure_topics, make_producer
 from streaming.rerank import Reranker, SnapshotFollower
 from streaming.simulator import SimConfig, Simulator
@@ -156,7 +157,10 @@ class Listeners:
         shown, prop = sl.shown.copy(), sl.propensity.copy()
         if learner.any():
             self.key, sub = jax.random.split(self.key)
-            ids = (req.candidates[learner] % (2**31 - 1)).astype(np.int32)
+            # The same ids the daemon learns from: key64 of the track id string, hashed.
+            names = [listeners.track_id(t) for t in req.candidates[learner].ravel().tolist()]
+            ids = (key64(names) % np.uint64(self.engine.id_space)).astype(np.int32)
+            ids = ids.reshape(req.candidates[learner].shape)
             o, p = self.reranker.rank_many(
                 req.context[learner], req.candidate_features[learner], ids, slate_size=s, key=sub
             )

@@ -44,8 +44,6 @@ code                   meaning
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -178,12 +176,38 @@ class Reject(NamedTuple):
     index: int  # position in the input sequence
 
 
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
 def key64(values: Sequence[str]) -> npt.NDArray[np.uint64]:
-    """A stable 64-bit key per id (blake2b), for joins and hashed features."""
-    out = np.empty(len(values), dtype=np.uint64)
-    for i, v in enumerate(values):
-        out[i] = int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
-    return out
+    """A stable 64-bit key per id (FNV-1a over its UTF-8 bytes, then a 64-bit finaliser).
+
+    Vectorised over the ids: one pass over a byte matrix per character position, so hashing the
+    candidate lists of a batch costs microseconds per event, not a Python call per id.
+
+    >>> key64(["t1", "t1", "t2"]).tolist()[0] == key64(["t1"]).tolist()[0]
+    True
+    """
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, np.uint64)
+    encoded = [v.encode() for v in values]
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=n)
+    width = max(int(lengths.max()), 1)
+    matrix = np.frombuffer(b"".join(b.ljust(width, b"\0") for b in encoded), np.uint8)
+    matrix = matrix.reshape(n, width).astype(np.uint64)
+    h = np.full(n, _FNV_OFFSET, np.uint64)
+    for j in range(width):
+        live = lengths > j
+        h = np.where(live, (h ^ matrix[:, j]) * _FNV_PRIME, h)
+    # splitmix64 finaliser: spreads short ids over all 64 bits (they are used modulo a table size)
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h
 
 
 class ImpressionBatch(NamedTuple):
@@ -268,10 +292,6 @@ def _classify(exc: Exception, raw: bytes, expected_schema: str) -> DecodeError:
     return DecodeError("invalid_json", msg, raw)
 
 
-def _finite(values: Sequence[float]) -> bool:
-    return all(math.isfinite(v) for v in values)
-
-
 def decode_impression(raw: bytes, limits: Limits = Limits()) -> Impression:
     """Decode and validate one impression.
 
@@ -309,17 +329,16 @@ def decode_impression(raw: bytes, limits: Limits = Limits()) -> Impression:
         raise DecodeError(
             "bad_shape", f"{len(ev.candidate_features)} feature rows for {k} candidates", raw
         )
-    for i, row in enumerate(ev.candidate_features):
-        if len(row) != limits.d_track:
-            raise DecodeError(
-                "bad_shape",
-                f"candidate {i} has {len(row)} features, expected {limits.d_track}",
-                raw,
-            )
-        if not _finite(row):
-            raise DecodeError("non_finite", f"candidate {i} has a NaN or infinite feature", raw)
-    if not _finite(ev.context):
-        raise DecodeError("non_finite", "context has a NaN or infinite feature", raw)
+    # Non-finite numbers cannot get this far: JSON has no NaN or Infinity and msgspec refuses
+    # numbers that overflow a float (``non_finite`` above), so only the shapes need checking.
+    d = limits.d_track
+    if any(len(row) != d for row in ev.candidate_features):
+        i = next(i for i, row in enumerate(ev.candidate_features) if len(row) != d)
+        raise DecodeError(
+            "bad_shape",
+            f"candidate {i} has {len(ev.candidate_features[i])} features, expected {d}",
+            raw,
+        )
     if len(ev.propensities) != len(ev.shown):
         raise DecodeError(
             "bad_shape", f"{len(ev.propensities)} propensities for {len(ev.shown)} shown", raw
@@ -329,8 +348,6 @@ def decode_impression(raw: bytes, limits: Limits = Limits()) -> Impression:
             "bad_shown", f"shown {ev.shown[:20]} must be distinct indices in [0, {k})", raw
         )
     for p in ev.propensities:
-        if not math.isfinite(p):
-            raise DecodeError("non_finite", "a propensity is NaN or infinite", raw)
         if not 0.0 < p <= 1.0:
             raise DecodeError("bad_propensity", f"propensity {p} is outside (0, 1]", raw)
     return ev
@@ -390,17 +407,21 @@ def impressions_to_batch(
     n = len(events)
     k = max((len(e.candidates) for e in events), default=1)
     s = max((len(e.shown) for e in events), default=1)
+    lens = np.fromiter((len(e.candidates) for e in events), dtype=np.int64, count=n)
+    cmask = np.arange(k)[None, :] < lens[:, None]
     cand_key = np.zeros((n, k), dtype=np.uint64)
+    cand_key[cmask] = key64([c for e in events for c in e.candidates])
     feats = np.zeros((n, k, limits.d_track), dtype=np.float32)
-    cmask = np.zeros((n, k), dtype=bool)
+    if n and (lens == k).all():  # the common case: every list has the same length
+        feats[:] = np.array([e.candidate_features for e in events], dtype=np.float32)
+    else:
+        for i, e in enumerate(events):
+            feats[i, : lens[i]] = e.candidate_features
     shown = np.full((n, s), -1, dtype=np.int32)
     prop = np.ones((n, s), dtype=np.float32)
     smask = np.zeros((n, s), dtype=bool)
     for i, e in enumerate(events):
-        kk, ss = len(e.candidates), len(e.shown)
-        cand_key[i, :kk] = key64(e.candidates)
-        feats[i, :kk] = e.candidate_features
-        cmask[i, :kk] = True
+        ss = len(e.shown)
         shown[i, :ss] = e.shown
         prop[i, :ss] = e.propensities
         smask[i, :ss] = True

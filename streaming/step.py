@@ -140,7 +140,7 @@ class WorkerState(NamedTuple):
 
     policy: Any
     model: rewards.ModelState
-    join: join.JoinState
+    join: Mapping[int, join.JoinState]  # one per co-partitioned partition number
     side: Side
     plays: Plays
     model_rows: ModelRows
@@ -201,7 +201,7 @@ def init(engine: Engine) -> WorkerState:
     return WorkerState(
         policy=engine.policy.init(engine.d_user, engine.d_track),
         model=engine.reward_model.init(jax.random.key(engine.seed), engine.n_model_features),
-        join=join.init(engine.join_config),
+        join={},
         side=side,
         plays=plays,
         model_rows=_empty_rows(engine),
@@ -300,6 +300,19 @@ def raw_rewards(engine: Engine, plays: Plays) -> F32:
         mask=np.ones(plays.payload.size, bool),
     )
     return np.asarray(engine.composite.raw(o), np.float32)
+
+
+def join_counters(state: WorkerState) -> dict[str, int]:
+    """The join's counters summed over every partition's join state."""
+    total: dict[str, int] = {}
+    for js in state.join.values():
+        for k, v in join.counters(js).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def _partitions(part: npt.NDArray[np.int32] | None, n: int) -> npt.NDArray[np.int32]:
+    return np.zeros(n, np.int32) if part is None else np.asarray(part, np.int32)
 
 
 def _concat(a: T, b: T) -> T:
@@ -420,8 +433,15 @@ def step(
     *,
     offsets: Mapping[TopicPartitionKey, int] | None = None,
     watermark_ms: int | None = None,
+    impression_partition: npt.NDArray[np.int32] | None = None,
+    outcome_partition: npt.NDArray[np.int32] | None = None,
 ) -> tuple[WorkerState, Effects]:
-    """Feed one batch of each stream through the join and the learners.
+    """Feed one batch of each stream through the joins and the learners.
+
+    Both topics are keyed by ``user_id`` and have the same partition count, so impressions and
+    outcomes of one request share a partition number: each partition number has a join state of
+    its own, with its own event-time watermarks. A backlog read unevenly across partitions (after
+    a restart, say) then never makes one partition's events look late to another's.
 
     Args:
         engine: the worker's static parts.
@@ -430,12 +450,15 @@ def step(
         outcomes: decoded outcomes in stream order, or None.
         offsets: the next offset per partition once this batch is applied (stored in the state).
         watermark_ms: force the join watermark at least this far (idle streams, final flush).
+        impression_partition: ``(n,)`` partition of each impression (None: all partition 0).
+        outcome_partition: ``(n,)`` partition of each outcome (None: all partition 0).
 
     Returns:
         The new state and the effects for the shell.
     """
     cfg = engine.join_config
-    js, side, plays, next_payload = state.join, state.side, state.plays, state.next_payload
+    joins = dict(state.join)
+    side, plays, next_payload = state.side, state.plays, state.next_payload
     counters: dict[str, Any] = dict(state.counters)
     effects: list[join.JoinEffects] = []
     if impressions is not None and len(impressions):
@@ -443,10 +466,18 @@ def step(
         payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
         next_payload += n
         side = _concat(side, _side_rows(engine, state.model, impressions, payload))
-        js, eff = join.add_impressions(
-            js, join.JoinImpressions(impressions.request_key, impressions.ts_ms, payload), cfg
-        )
-        effects.append(eff)
+        part = _partitions(impression_partition, n)
+        for p in np.unique(part).tolist():
+            sel = part == p
+            js, eff = join.add_impressions(
+                joins.get(p) or join.init(cfg),
+                join.JoinImpressions(
+                    impressions.request_key[sel], impressions.ts_ms[sel], payload[sel]
+                ),
+                cfg,
+            )
+            joins[p] = js
+            effects.append(eff)
         counters = _bump(counters, impressions=n)
     if outcomes is not None and len(outcomes):
         n = len(outcomes)
@@ -455,21 +486,28 @@ def step(
         next_payload += n
         new = _plays(outcomes, payload)
         plays = _concat(plays, _take(new, keep))
-        js, eff = join.add_outcomes(
-            js,
-            join.JoinOutcomes(
-                outcomes.request_key[keep],
-                outcomes.ts_ms[keep],
-                outcomes.position[keep].astype(np.int32),
-                raw_rewards(engine, _take(new, keep)),
-                payload[keep],
-            ),
-            cfg,
-        )
-        effects.append(eff)
+        value = np.zeros(n, np.float32)
+        value[keep] = raw_rewards(engine, _take(new, keep))
+        part = _partitions(outcome_partition, n)
+        for p in np.unique(part[keep]).tolist():
+            sel = keep & (part == p)
+            js, eff = join.add_outcomes(
+                joins.get(p) or join.init(cfg),
+                join.JoinOutcomes(
+                    outcomes.request_key[sel],
+                    outcomes.ts_ms[sel],
+                    outcomes.position[sel].astype(np.int32),
+                    value[sel],
+                    payload[sel],
+                ),
+                cfg,
+            )
+            joins[p] = js
+            effects.append(eff)
         counters = _bump(counters, outcomes=n, outcomes_beyond_slate=int((~keep).sum()))
-    js, eff = join.advance(js, cfg, watermark_ms=watermark_ms)
-    effects.append(eff)
+    for p in sorted(joins):
+        joins[p], eff = join.advance(joins[p], cfg, watermark_ms=watermark_ms)
+        effects.append(eff)
 
     policy_state, model, model_rows = state.policy, state.model, state.model_rows
     sums: dict[str, float] = dict(state.sums)
@@ -510,8 +548,10 @@ def step(
             reward_by_policy[int(k)] = (total + float(top[sel].sum()), count + int(sel.sum()))
     model, model_rows, loss_sum, used = _update_model(engine, model, model_rows)
     sums = _bump(sums, model_loss_sum=loss_sum, model_rows=used)
-    # Drop side rows the join no longer refers to (closed, refused, or joined and closed).
-    live_imp, live_out = join.live_payloads(js)
+    # Drop side rows the joins no longer refer to (closed, refused, or joined and closed).
+    live = [join.live_payloads(js) for js in joins.values()]
+    live_imp = np.concatenate([np.zeros(0, np.int64), *(a for a, _ in live)])
+    live_out = np.concatenate([np.zeros(0, np.int64), *(b for _, b in live)])
     side = _take(side, np.isin(side.payload, live_imp))
     plays = _take(plays, np.isin(plays.payload, live_out))
     counters = _bump(counters, closed=n_closed, feedback_rows=n_rows)
@@ -521,7 +561,7 @@ def step(
     new_state = WorkerState(
         policy=policy_state,
         model=model,
-        join=js,
+        join=joins,
         side=side,
         plays=plays,
         model_rows=model_rows,
@@ -557,7 +597,8 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
     }
     leaves = jax.tree.leaves(state.model)
     arrays.update({f"model/{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
-    arrays.update({f"join/{k}": v for k, v in join.to_arrays(state.join).items()})
+    for p, js in state.join.items():
+        arrays.update({f"join/{p}/{k}": v for k, v in join.to_arrays(js).items()})
     arrays.update({f"side/{k}": v for k, v in state.side._asdict().items()})
     arrays.update({f"plays/{k}": v for k, v in state.plays._asdict().items()})
     arrays.update({f"model_rows/{k}": v for k, v in state.model_rows._asdict().items()})
@@ -575,6 +616,15 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
         "composite_reward": engine.composite.to_spec(),
     }
     return arrays, header
+
+
+def _joins_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[int, join.JoinState]:
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    for name, value in arrays.items():
+        if name.startswith("join/"):
+            _, p, key = name.split("/", 2)
+            parts.setdefault(int(p), {})[key] = value
+    return {p: join.from_arrays(a) for p, a in sorted(parts.items())}
 
 
 def from_arrays(
@@ -610,7 +660,7 @@ def from_arrays(
     return WorkerState(
         policy=policy_state,
         model=model,
-        join=join.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("join/")}),
+        join=_joins_from_arrays(arrays),
         side=Side(**{f: arrays[f"side/{f}"] for f in Side._fields}),
         plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
         model_rows=ModelRows(**{f: arrays[f"model_rows/{f}"] for f in ModelRows._fields}),

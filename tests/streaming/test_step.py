@@ -9,7 +9,7 @@ from bandits import POLICIES
 from streaming import join, listeners
 from streaming.events import Limits, decode_impressions, decode_outcomes, encode
 from streaming.simulator import SimConfig, Simulator
-from streaming.step import Engine, from_arrays, init, step, to_arrays
+from streaming.step import Engine, from_arrays, init, join_counters, step, to_arrays
 
 LIM = Limits(d_user=16, d_track=16)
 
@@ -44,7 +44,7 @@ def run(
         ob, _ = decode_outcomes([outs[i] for i in oo], LIM)
         state, _ = step(eng, state, ib, ob)
     state, _ = step(eng, state, None, None, watermark_ms=join.MAX_TIME_MS)
-    return state, {**state.counters, **join.counters(state.join)}
+    return state, {**state.counters, **join_counters(state)}
 
 
 def test_every_impression_closes_once_and_feeds_the_policy() -> None:
