@@ -79,6 +79,8 @@ def moments_of(rv: RoundValues) -> Moments:
 
 def point_value(m: Moments) -> float:
     """``mean(direct) + mean(weighted) / mean(normaliser)``."""
+    if float(m.mean[2]) == 0.0:  # no weight at all (the target never plays a logged action)
+        return math.nan
     return float(m.mean[0] + m.mean[1] / m.mean[2])
 
 
@@ -88,6 +90,8 @@ def influence_sd(m: Moments) -> float:
     if nn < 2:
         return math.inf
     _, v, u = m.mean
+    if float(u) == 0.0:
+        return math.nan
     grad = np.array([1.0, 1.0 / u, -v / (u * u)])
     cov = m.comoment / (nn - 1.0)
     return float(math.sqrt(max(float(grad @ cov @ grad), 0.0)))
@@ -112,6 +116,8 @@ def bernstein_interval(rv: RoundValues, m: Moments, alpha: float) -> tuple[float
     """
     n = float(m.n)
     _, v, u = m.mean
+    if float(u) == 0.0:
+        return math.nan, math.nan
     lo_inf, hi_inf = math.inf, -math.inf
     for i in range(0, rv.direct.shape[0], _CHUNK):
         sl = slice(i, i + _CHUNK)
@@ -155,6 +161,8 @@ def bootstrap_interval(
     tot = counts @ sums.T  # (n_bootstrap, 4)
     ok = (tot[:, 0] > 0) & (tot[:, 3] != 0)
     tot = tot[ok]
+    if tot.shape[0] == 0:
+        return math.nan, math.nan
     reps = tot[:, 1] / tot[:, 0] + tot[:, 2] / tot[:, 3]
     lower, upper = np.quantile(reps, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(lower), float(upper)

@@ -450,3 +450,20 @@ def test_replay_warns_when_logging_is_not_uniform() -> None:
     assert est.diagnostics.reason == (
         "replay: propensities vary, so logging was not uniform and replay is biased"
     )
+
+
+def test_no_support_gives_nan_and_a_warning_not_a_crash() -> None:
+    """A target that never plays a logged action: ratio estimators are undefined (NaN), IPS is 0."""
+    log = LoggedFeedback(np.array([0, 1]), np.array([1.0, 0.0]), np.array([0.5, 0.5]))
+    target = TargetProbs(np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]))
+    res = estimate_all(
+        {"snips": SelfNormalizedIPS(), "ips": InverseProbabilityWeighting()},
+        log,
+        target,
+        interval="normal",
+    )
+    assert np.isnan(res["snips"].value) and np.isnan(res["snips"].lower)
+    assert res["ips"].value == 0.0
+    d = res["ips"].diagnostics
+    assert d.warning and d.ess == 0.0 and d.unsupported_share == 1.0
+    assert d.reason.startswith("effective sample size 0.0 of 2 rounds is too small")
