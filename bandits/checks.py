@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.core as jax_core
 import numpy as np
 
 from bandits.types import Candidates, Feedback
@@ -22,10 +23,10 @@ __all__ = ["check_feedback", "check_request", "is_concrete"]
 
 def is_concrete(*arrays: Any) -> bool:
     """True when none of ``arrays`` (pytrees allowed) is being traced by jit / vmap / grad."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(arrays))
+    return not any(isinstance(leaf, jax_core.Tracer) for leaf in jax.tree_util.tree_leaves(arrays))
 
 
-def _rows(bad: np.ndarray, limit: int = 5) -> str:
+def _rows(bad: Any, limit: int = 5) -> str:
     idx = np.flatnonzero(bad)
     more = f" (and {idx.size - limit} more)" if idx.size > limit else ""
     return f"rows {idx[:limit].tolist()}{more}"
@@ -47,7 +48,7 @@ def check_request_shapes(
     slate_size: int | None,
 ) -> None:
     """Static checks of one ``rank``/``score`` request (work under jit and vmap)."""
-    if not isinstance(candidates, Candidates):
+    if not isinstance(candidates, Candidates):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"candidates must be bandits.types.Candidates, got {type(candidates)}")
     if context.shape != (d_user,):
         raise ValueError(f"context must have shape ({d_user},), got {tuple(context.shape)}")
@@ -102,7 +103,7 @@ def check_request(
 
 def check_feedback_shapes(fb: Feedback, d_user: int, d_track: int) -> None:
     """Static checks of a ``Feedback`` batch (work under jit)."""
-    if not isinstance(fb, Feedback):
+    if not isinstance(fb, Feedback):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"feedback must be bandits.types.Feedback, got {type(fb)}")
     n = fb.reward.shape[0] if fb.reward.ndim == 1 else -1
     expect = {

@@ -108,7 +108,10 @@ def disjoint_linucb(
         precision = precision.at[arm].add(x[:, :, None] * x[:, None, :])
         b = (discount * state.b).at[arm].add(x * r[:, None])
         chol = jnp.linalg.cholesky(precision)
-        cov = jax.vmap(lambda c: jax.scipy.linalg.cho_solve((c, True), eye))(chol)
+        def inverse(c: Array) -> Array:
+            return jax.scipy.linalg.cho_solve((c, True), eye)
+
+        cov = jax.vmap(inverse)(chol)
         cov = 0.5 * (cov + jnp.swapaxes(cov, 1, 2))
         theta = jnp.einsum("aij,aj->ai", cov, b)
         return state._replace(precision=precision, cov=cov, b=b, theta=theta,

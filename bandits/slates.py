@@ -13,6 +13,7 @@ per bucket instead of once per candidate count.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -173,4 +174,4 @@ def pad(
     i[:k] = ids
     m = np.zeros((size,), np.bool_)
     m[:k] = True
-    return Candidates(f, i), m
+    return Candidates(cast(Any, f), cast(Any, i)), m

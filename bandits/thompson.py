@@ -77,7 +77,7 @@ def lin_ts(
         state: LinearState, context: Array, candidates: Candidates, mask: Array, key: Array,
         slate_size: int,
     ) -> Ranked:
-        mean, var, w, m = linear.predict(state, context, candidates, id_ridge)
+        mean, _, w, m = linear.predict(state, context, candidates, id_ridge)
         za = jnp.concatenate(
             [candidates.features, jnp.ones((mask.shape[0], 1), candidates.features.dtype)], 1
         )

@@ -259,9 +259,10 @@ def latency_rows(policies: dict[str, Policy], k: int, d_track: int, reps: int, b
                       rng.random(n).astype(np.float32), np.ones(n, np.float32), np.ones(n, bool))
         state = jax.jit(policy.update)(state, fb)
         single = jax.jit(policy.rank, static_argnames="slate_size")
-        many = jax.jit(jax.vmap(lambda s, xx, cc, mm, kk: policy.rank(s, xx, cc, mm, key=kk,
-                                                                       slate_size=slate),
-                                in_axes=(None, 0, 0, 0, 0)))
+        many = jax.jit(jax.vmap(
+            lambda s, xx, cc, mm, kk, policy=policy: policy.rank(s, xx, cc, mm, key=kk,
+                                                                 slate_size=slate),
+            in_axes=(None, 0, 0, 0, 0)))
         c1 = Candidates(jnp.asarray(feats[0]), jnp.asarray(ids[0]))
         cb = Candidates(jnp.asarray(feats), jnp.asarray(ids))
         x1, m1, xb, mb = jnp.asarray(x[0]), jnp.asarray(mask[0]), jnp.asarray(x), jnp.asarray(mask)
@@ -306,7 +307,7 @@ def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
                           rounds.cand_ids[:m][rows_[:m], a[:m]].astype(np.int32),
                           np.zeros(m, np.int32), y[:m], np.full(m, 1.0 / K, np.float32),
                           np.ones(m, bool))
-            batches = [jax.tree_util.tree_map(lambda v, lo=lo: jnp.asarray(v[lo:lo + b]), fb)
+            batches = [jax.tree_util.tree_map(lambda v, lo=lo, b=b: jnp.asarray(v[lo:lo + b]), fb)
                        for lo in range(0, m, b)]
             state = policy.init(D_USER, D_TRACK)
             jax.block_until_ready(update(state, batches[0]))

@@ -153,7 +153,6 @@ def test_vmap_over_requests_matches_one_at_a_time(name: str, key: jax.Array) -> 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_propensities_match_empirical_frequencies(name: str) -> None:
-    policy = _policy(name)
     state = _state(name)
     x, c, m = _request(2)
     n = 4000

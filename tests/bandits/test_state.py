@@ -31,7 +31,7 @@ def test_another_policy_is_refused() -> None:
 
 def test_other_hyperparameters_are_refused() -> None:
     other = POLICIES["linucb"](n_ids=8, alpha=2.0)
-    with pytest.raises(StateFormatError, match="alpha: saved 1.0 != 2.0"):
+    with pytest.raises(StateFormatError, match=r"alpha: saved 1\.0 != 2\.0"):
         load(other, BLOB, like=STATE)
 
 
