@@ -1,7 +1,20 @@
 """Contextual bandit policies as pure JAX functions, slate re-ranking, and off-policy evaluation.
 
 A policy is ``Policy(init, score, rank, update, spec)``: pure functions over an explicit state
-(a NamedTuple of arrays), built by a factory in :data:`bandits.registry.POLICIES`.
+(a NamedTuple of arrays), built by a factory in :data:`bandits.registry.POLICIES`:
+
+- ``linucb``, ``lin_ts``, ``squarecb``, ``epsilon_greedy``, ``softmax``: one shared ridge model
+  over joint user x track features plus a hashed per-track bias (``bandits.linear``), so unseen
+  tracks are scored from their features; forgetting via ``discount``; position-aware learning
+  via ``position_bias``.
+- ``logistic_ts``: logistic model for binary rewards, Laplace posterior.
+- ``neural_linear``: optax-trained MLP embedding with a Bayesian linear head.
+- ``disjoint_linucb``: one model per arm, for small fixed action sets.
+- ``uniform``: the logging baseline.
+
+Propensities are exact for all but the Thompson-sampling family (``lin_ts``, ``logistic_ts``,
+``neural_linear``), where they are Monte Carlo estimates with standard error about
+``sqrt(p (1 - p) / mc_samples)``; greedy policies (``linucb``, ``disjoint_linucb``) log 1.0.
 
 How a caller (the daemon, the re-ranker, a replay) uses one::
 
