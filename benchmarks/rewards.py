@@ -65,11 +65,6 @@ def _river_dicts(x: np.ndarray, track: np.ndarray, names: list[str]) -> list[dic
     return rows
 
 
-def concat_outcomes(batches: list[R.Outcomes]) -> R.Outcomes:
-    return R.Outcomes(*(None if batches[0][i] is None else np.concatenate([b[i] for b in batches])
-                        for i in range(len(batches[0]))))
-
-
 def _predict_all(model: RewardModel, state: R.ModelState, o: R.Outcomes) -> np.ndarray:
     """``(n, 4)`` predictions in padded chunks of ``BATCH`` (one compiled shape)."""
     n = int(o.mask.size)
@@ -376,7 +371,7 @@ def run(ctx: Any) -> list[dict[str, Any]]:
         for label, t in curves.items():
             if not label.endswith("complete") and "skip_2" not in label:
                 continue
-            used = t.count > 0
+            used = t.counts > 0
             ax.plot(t.mean_predicted[used], t.fraction_positive[used], marker="o", ms=3,
                     lw=1, label=label)
         ax.set_xlabel("mean predicted probability")

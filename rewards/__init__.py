@@ -8,7 +8,7 @@ How a caller (the streaming daemon) uses it::
     import numpy as np, jax
     import rewards
 
-    model = rewards.survival_model(n_id_buckets=4096)         # or skip_model(), ...
+    model = rewards.survival_model(n_id_buckets=4096)         # or skip_model(), session_model()
     reward = rewards.CompositeReward(kind="linear")            # from the config file
     reward.check(model.spec)                                   # the model predicts what it needs
     state = model.init(jax.random.key(0), n_features)
@@ -29,15 +29,34 @@ How a caller (the streaming daemon) uses it::
     r_final = reward.final(pred_padded, batch)                 # (size,) use the first n
     state, metrics = model.update(state, batch)                # metrics.loss is prequential
 
+Session model: keep each listener's last ``h`` plays with :func:`history_entries` and
+:func:`push_history` (only outcomes already joined), and pass them as ``history``.
+
+Offline: ``rewards.fit(model, state, frame_or_parquet_path, key=...)`` loops the same ``update``
+with early stopping; ``on_epoch`` / ``on_batch`` callbacks report progress (no I/O here).
+Reports: :func:`prequential` and :func:`score_heads` give log loss, AUC and ECE per head.
+
 Codes of ``reason_end`` are indices into :data:`REASONS`. ``update`` drops invalid rows (and
 counts them in ``metrics.n_dropped``) and refuses a step whose gradient is not finite, so one bad
 batch never corrupts the state. Write :data:`REWARD_VERSION`, ``reward.to_spec()`` and
 ``model.spec`` into every checkpoint.
 """
 
+from rewards.calibration import (
+    Scores,
+    auc,
+    ece,
+    log_loss,
+    prediction_columns,
+    prequential,
+    reliability_table,
+    score,
+    score_heads,
+)
 from rewards.classifier import completion_model, direct_model, skip_model
 from rewards.composite import KINDS, REWARD_VERSION, CompositeReward, expected_listen_fraction
 from rewards.features import interaction_features, n_interaction_features
+from rewards.fit import EpochReport, FitResult, fit, outcomes_from_frame
 from rewards.labels import (
     bin_edges_ms,
     completion_label,
@@ -49,6 +68,8 @@ from rewards.labels import (
     valid_rows,
 )
 from rewards.model import RewardModel, pad, take
+from rewards.session import history_entries, push_history, session_model, slate_history
+from rewards.survival import survival_model
 from rewards.types import (
     HEADS,
     REASONS,
@@ -67,29 +88,47 @@ __all__ = [
     "REASONS",
     "REWARD_VERSION",
     "CompositeReward",
+    "EpochReport",
+    "FitResult",
     "Inputs",
     "ModelSpec",
     "ModelState",
     "Outcomes",
     "Predictions",
     "RewardModel",
+    "Scores",
     "UpdateMetrics",
+    "auc",
     "bin_edges_ms",
     "check_outcomes",
     "completion_label",
     "completion_model",
     "direct_model",
+    "ece",
     "expected_listen_fraction",
+    "fit",
     "hazard_targets",
+    "history_entries",
     "interaction_features",
     "invalid_rows",
     "listen_bin",
     "listen_fraction",
+    "log_loss",
     "n_interaction_features",
+    "outcomes_from_frame",
     "pad",
+    "prediction_columns",
+    "prequential",
+    "push_history",
+    "reliability_table",
+    "score",
+    "score_heads",
+    "session_model",
     "skip_labels",
     "skip_model",
+    "slate_history",
     "stream30_label",
+    "survival_model",
     "take",
     "valid_rows",
 ]

@@ -16,7 +16,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from jaxtyping import Bool, Float
@@ -36,7 +36,7 @@ class ReliabilityTable(NamedTuple):
     upper: NDArray[np.float64]  # (b,)
     mean_predicted: NDArray[np.float64]  # (b,)
     fraction_positive: NDArray[np.float64]  # (b,)
-    count: NDArray[np.int64]  # (b,)
+    counts: NDArray[np.int64]  # (b,)
 
 
 class Scores(NamedTuple):
@@ -50,9 +50,11 @@ class Scores(NamedTuple):
     base_rate: float
 
 
-def _clean(p: NDArray[np.floating], y: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    p = np.asarray(p, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
+def _clean(
+    probs: NDArray[Any], labels: NDArray[Any]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
     if p.shape != y.shape:
         raise ValueError(f"probabilities {p.shape} and labels {y.shape} differ in shape")
     if p.size and not np.all((p >= 0) & (p <= 1)):
@@ -60,7 +62,7 @@ def _clean(p: NDArray[np.floating], y: NDArray[np.bool_]) -> tuple[NDArray[np.fl
     return p, y
 
 
-def log_loss(p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"]) -> float:
+def log_loss(p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"]) -> float:
     """Mean binary cross-entropy in nats (probabilities clipped to ``[1e-7, 1 - 1e-7]``).
 
     >>> round(log_loss(np.array([0.5, 0.5]), np.array([True, False])), 4)
@@ -71,7 +73,7 @@ def log_loss(p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " 
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))) if p.size else float("nan")
 
 
-def auc(p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"]) -> float:
+def auc(p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"]) -> float:
     """Area under the ROC curve (Mann-Whitney, ties counted half); NaN if one class is absent.
 
     >>> auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
@@ -90,7 +92,7 @@ def auc(p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"]) 
 
 
 def reliability_table(
-    p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"], n_bins: int = 15
+    p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15
 ) -> ReliabilityTable:
     """Mean prediction and observed frequency in ``n_bins`` equal-width bins of ``[0, 1]``."""
     if n_bins <= 0:
@@ -108,7 +110,7 @@ def reliability_table(
 
 
 def ece(
-    p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"], n_bins: int = 15
+    p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15
 ) -> float:
     """Expected calibration error: count-weighted mean ``|mean predicted - observed|`` over bins.
 
@@ -116,15 +118,15 @@ def ece(
     0.0
     """
     t = reliability_table(p, y, n_bins)
-    used = t.count > 0
+    used = t.counts > 0
     if not used.any():
         return float("nan")
     gap = np.abs(t.mean_predicted[used] - t.fraction_positive[used])
-    return float(np.sum(gap * t.count[used]) / t.count[used].sum())
+    return float(np.sum(gap * t.counts[used]) / t.counts[used].sum())
 
 
 def score(
-    p: Float[NDArray[np.floating], " n"], y: Bool[NDArray[np.bool_], " n"], n_bins: int = 15
+    p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15
 ) -> Scores:
     """Log loss, AUC, ECE, Brier score, count and base rate of one head."""
     p64, y64 = _clean(p, y)

@@ -30,7 +30,14 @@ from dataclasses import asdict, dataclass, fields
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from rewards.labels import SKIP_2_MS, array_module, bin_edges_ms, completion_label, listen_fraction, skip_labels
+from rewards.labels import (
+    SKIP_2_MS,
+    array_module,
+    bin_edges_ms,
+    completion_label,
+    listen_fraction,
+    skip_labels,
+)
 from rewards.types import ModelSpec, Outcomes, Predictions
 
 REWARD_VERSION = 1

@@ -21,7 +21,7 @@ import pandas as pd
 from jaxtyping import PRNGKeyArray
 
 from rewards.model import RewardModel, pad, take
-from rewards.types import REASONS, LOGOUT, ModelState, Outcomes
+from rewards.types import LOGOUT, REASONS, ModelState, Outcomes
 
 DURATION_COLUMNS = ("duration_ms", "track_duration_ms")
 
@@ -91,7 +91,9 @@ def outcomes_from_frame(
         unknown = sorted(set(reason_raw.astype(str)) - set(codes))
         if unknown:
             raise ValueError(f"reason_end has unknown values {unknown[:10]}; known {REASONS}")
-        reason = reason_raw.astype(str).map(codes).to_numpy(dtype=np.int8)
+        reason = np.asarray(
+            pd.Categorical(reason_raw.astype(str), categories=list(REASONS)).codes, np.int8
+        )
     else:
         reason = reason_raw.to_numpy(dtype=np.int64).astype(np.int8)
     censored = (
@@ -116,7 +118,7 @@ def _as_outcomes(
     data: Outcomes | pd.DataFrame | str | os.PathLike[str], feature_columns: Sequence[str] | None
 ) -> Outcomes:
     if isinstance(data, Outcomes):
-        return Outcomes(*(None if a is None else np.asarray(a) for a in data))
+        return Outcomes._make(None if a is None else np.asarray(a) for a in data)
     if isinstance(data, pd.DataFrame):
         return outcomes_from_frame(data, feature_columns)
     return outcomes_from_frame(pd.read_parquet(data), feature_columns)
@@ -185,9 +187,9 @@ def fit(
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     outcomes = _as_outcomes(data, feature_columns)
-    n = int(outcomes.mask.shape[0])
+    n = int(np.shape(outcomes.mask)[0])
     split_key, shuffle_key = jax.random.split(key)
-    n_val = int(round(n * validation_fraction))
+    n_val = round(n * validation_fraction)
     if validation_fraction > 0:
         perm = np.asarray(jax.random.permutation(split_key, n))
         train_rows, val_rows = np.sort(perm[n_val:]), np.sort(perm[:n_val])

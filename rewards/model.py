@@ -102,8 +102,11 @@ def make_update(
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
         ok = finite & (n_used > 0)
+        def keep_if_ok(new: Array, old: Array) -> Array:
+            return jnp.where(ok, new, old)
+
         new_params, new_opt = jax.tree.map(
-            lambda a, b: jnp.where(ok, a, b), (params, opt_state), (state.params, state.opt_state)
+            keep_if_ok, (params, opt_state), (state.params, state.opt_state)
         )
         new_state = ModelState(new_params, new_opt, state.step + ok.astype(jnp.int32))
         return new_state, UpdateMetrics(loss, n_used, n_dropped, ok, grad_norm)
@@ -184,9 +187,9 @@ def pad(outcomes: Outcomes, size: int) -> Outcomes:
         width = [(0, size - n)] + [(0, 0)] * (a.ndim - 1)
         return np.pad(a, width)
 
-    return Outcomes(*(grow(a) for a in outcomes))
+    return Outcomes._make(grow(a) for a in outcomes)
 
 
 def take(outcomes: Outcomes, rows: Int[Any, " r"] | slice) -> Outcomes:
     """Rows ``rows`` of a numpy batch (None fields stay None)."""
-    return Outcomes(*(None if a is None else np.asarray(a)[rows] for a in outcomes))
+    return Outcomes._make(None if a is None else np.asarray(a)[rows] for a in outcomes)

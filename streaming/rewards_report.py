@@ -23,10 +23,10 @@ import jax
 import numpy as np
 
 import rewards as R
-from rewards.calibration import head_labels, prediction_columns, prequential, reliability_table
+from rewards.calibration import head_labels, prequential, reliability_table
 from rewards.calibration import score as score_one
 from rewards.fit import outcomes_from_frame
-from rewards.session import HISTORY_DIM, history_entries, push_history, slate_history, session_model
+from rewards.session import HISTORY_DIM, history_entries, push_history, session_model, slate_history
 from rewards.survival import survival_model
 from rewards.types import HEADS
 from streaming.simulator import SimConfig, Simulator
@@ -94,8 +94,11 @@ class SimStream:
 
 
 def concat_outcomes(batches: list[R.Outcomes]) -> R.Outcomes:
-    return R.Outcomes(*(None if batches[0][i] is None else np.concatenate([b[i] for b in batches])
-                        for i in range(len(batches[0]))))
+    """Rows of several numpy batches as one (None fields stay None)."""
+    return R.Outcomes._make(
+        None if batches[0][i] is None else np.concatenate([np.asarray(b[i]) for b in batches])
+        for i in range(len(batches[0]))
+    )
 
 
 def simulated_predictions(
@@ -112,7 +115,7 @@ def simulated_predictions(
     while n < n_plays:
         o = stream.next(REQUESTS_PER_CHUNK).outcomes
         chunks.append(o)
-        n += int(o.mask.size)
+        n += int(np.size(o.mask))
     ids = 2048
     models = {
         "skip (direct)": R.skip_model(n_id_buckets=ids),
@@ -125,7 +128,7 @@ def simulated_predictions(
         state = model.init(jax.random.key(seed), d)
         padded = (R.pad(c, BATCH) for c in chunks)
         _, cols, _ = prequential(model, state, padded)
-        sizes = [int(c.mask.size) for c in chunks]
+        sizes = [int(np.size(c.mask)) for c in chunks]
         parts = np.split(cols, np.arange(1, len(chunks)) * BATCH)
         preds[name] = np.concatenate([p[:k] for p, k in zip(parts, sizes, strict=True)])
     return preds, concat_outcomes(chunks)
@@ -242,7 +245,7 @@ def _plot(tables: dict[tuple[str, str], Any], out: Path) -> None:
         for (model, h), t in tables.items():
             if h != head:
                 continue
-            used = t.count > 0
+            used = t.counts > 0
             ax.plot(t.mean_predicted[used], t.fraction_positive[used], marker="o", ms=3, lw=1,
                     label=model)
         ax.set_title(head)

@@ -54,7 +54,7 @@ def test_ece_is_zero_when_calibrated_and_large_when_not() -> None:
 def test_reliability_table_counts_every_row() -> None:
     p = np.array([0.0, 0.05, 0.5, 0.99, 1.0])
     t = reliability_table(p, np.array([0, 0, 1, 1, 1], bool), n_bins=10)
-    assert t.count.sum() == 5 and t.count[0] == 2 and t.count[9] == 2
+    assert t.counts.sum() == 5 and t.counts[0] == 2 and t.counts[9] == 2
     assert np.isnan(t.mean_predicted[3])
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         score(np.array([1.5]), np.array([True]))

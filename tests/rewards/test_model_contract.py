@@ -26,6 +26,7 @@ from rewards import (
 from rewards.fit import fit
 from rewards.session import session_model
 from rewards.survival import survival_model
+
 N_FEATURES = 6  # conftest.synthetic_outcomes' default width
 
 # Built once per test session, so jit caches are shared by the tests of one model.
@@ -237,9 +238,10 @@ def test_survival_predictions_are_consistent(seed: int, scale: float, duration: 
     P(complete) = 1 - P(skip_3) <= 1 - P(skip_2)."""
     for model in (SURVIVAL_FREE, SESSION_SMALL):
         state = model.init(jax.random.key(seed), 4)
-        params = jax.tree.map(
-            lambda p, k=jax.random.key(seed + 1): scale * jax.random.normal(k, p.shape, p.dtype),
-            state.params,
+        leaves, treedef = jax.tree.flatten(state.params)
+        noise = jax.random.key(seed + 1)
+        params = jax.tree.unflatten(
+            treedef, [scale * jax.random.normal(noise, p.shape, p.dtype) for p in leaves]
         )
         rng = np.random.default_rng(seed)
         history = np.zeros((16, 2, 9), np.float32)
