@@ -64,7 +64,7 @@ def consume(servers: str, topic: str, n: int, *, decode: bool) -> tuple[float, i
         pass
     got = sum(len(r) for r in first.values())
     if decode:
-        rows += sum(len(decode_outcomes([r.value for r in recs])[0]) for recs in first.values())
+        rows += sum(decode_outcomes([r.value for r in recs])[0].n for recs in first.values())
     started = time.perf_counter()
     deadline = started + 300
     while got < n and time.perf_counter() < deadline:
@@ -72,7 +72,7 @@ def consume(servers: str, topic: str, n: int, *, decode: bool) -> tuple[float, i
             got += len(recs)
             if decode:
                 batch, _ = decode_outcomes([r.value for r in recs])
-                rows += len(batch)
+                rows += batch.n
     elapsed = time.perf_counter() - started
     consumer.close(autocommit=False)
     return elapsed, rows if decode else got

@@ -162,8 +162,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"encore run: group {config.kafka.group_id}, policy {config.policy.name}, "
         f"checkpoints in {config.checkpoint.dir}, bootstrap {servers}"
     )
-    stats = daemon.run(stop, on_tick=lambda d: print(summary_line(d), flush=True),
-                       exit_when_idle_ms=args.exit_when_idle_ms)
+    stats = daemon.run(
+        stop,
+        on_tick=lambda d: print(summary_line(d), flush=True),
+        exit_when_idle_ms=args.exit_when_idle_ms,
+    )
     print("stopped: " + summary_line(daemon))
     return 0 if stats is not None else 1
 
@@ -246,10 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     _add_common(p)
-    p.add_argument("--exit-when-idle-ms", type=int, default=None,
-                   help="stop once every partition is read to its end and nothing came for this long")
+    p.add_argument(
+        "--exit-when-idle-ms",
+        type=int,
+        default=None,
+        help="stop once every partition is read to its end and nothing came for this long",
+    )
     p.set_defaults(func=cmd_run)
 
+    _optional(
+        sub,
+        "streaming.metrics",
+        "status",
+        "the daemon's live numbers as a table (from its status file)",
+    )
+    _optional(
+        sub,
+        "streaming.serve",
+        "rerank",
+        "the re-ranking service: follows the newest snapshot, ranks over HTTP, logs impressions",
+    )
     _optional(
         sub, "streaming.evaluate", "evaluate", "off-policy evaluation of a policy on logged records"
     )

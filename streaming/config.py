@@ -213,6 +213,35 @@ class RerankConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """The rolling Parquet log of joined records (what off-policy evaluation reads)."""
+
+    dir: str = ".encore/log"  # empty: no log
+    rows_per_file: int = 100_000
+    max_file_age_ms: int = 60_000
+    max_candidates: int = 64  # candidates kept per impression in the log
+    candidate_features: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "rows_per_file", "max_file_age_ms", "max_candidates")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint and the status file ``encore status`` reads."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464  # 0: any free port
+    refresh_ms: int = 2_000
+
+    def __post_init__(self) -> None:
+        _positive(self, "refresh_ms")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"metrics.port must be in [0, 65535], got {self.port}")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an encore process."""
 
@@ -224,6 +253,8 @@ class Config:
     policy: PolicySpecConfig = field(default_factory=PolicySpecConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @classmethod
     def load(

@@ -42,6 +42,8 @@ from streaming.kafka_io import (
     make_consumer,
     make_producer,
 )
+from streaming.metrics import Metrics, MetricsServer, status_path, write_status
+from streaming.parquet_log import ParquetLog
 from streaming.step import (
     Engine,
     WorkerState,
@@ -87,6 +89,8 @@ def make_engine(config: Config) -> Engine:
         d_track=config.events.d_track,
         reward_model=model,
         composite=composite,
+        log_candidates=config.log.max_candidates if config.log.dir else 0,
+        log_features=config.log.candidate_features,
     )
 
 
@@ -112,6 +116,10 @@ class Stats:
     snapshots: int = 0
     last_checkpoint_ms: int = 0
     counters: dict[str, int] = field(default_factory=dict[str, int])
+    events_by_topic: dict[str, int] = field(default_factory=dict[str, int])
+    dead_by_code: dict[str, int] = field(default_factory=dict[str, int])
+    late_by_kind: dict[str, int] = field(default_factory=dict[str, int])
+    lag: dict[str, int] = field(default_factory=dict[str, int])
     reward_by_policy: dict[str, tuple[float, int]] = field(
         default_factory=dict[str, tuple[float, int]]
     )
@@ -160,6 +168,18 @@ class Daemon:
         }
         self.consumer: Any = None
         self.producer: Any = None
+        self.log: ParquetLog | None = None
+        if config.log.dir:
+            self.log = ParquetLog(
+                config.log.dir,
+                rows_per_file=config.log.rows_per_file,
+                max_file_age_ms=config.log.max_file_age_ms,
+                clock=clock,
+                writer=config.kafka.client_id,
+            )
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_port: int | None = None
 
     # ------------------------------------------------------------------ state
     def _load_or_init(self) -> WorkerState:
@@ -184,6 +204,8 @@ class Daemon:
         return state
 
     def write_checkpoint(self) -> Path:
+        if self.log is not None:
+            self.log.flush()  # every record of a closed impression is durable before the state
         arrays, worker = to_arrays(self.engine, self.state)
         header = {
             "format": FORMAT,
@@ -232,8 +254,20 @@ class Daemon:
             listener=_Listener(self),
         )
         self.producer = make_producer(self.config.kafka, self.servers)
+        m = self.config.metrics
+        if m.enabled:
+            try:
+                self.metrics_server, self.metrics_port = self.metrics.serve(m.host, m.port)
+                log.info("metrics on http://%s:%d/metrics", m.host, self.metrics_port)
+            except OSError as exc:  # a busy port must not stop the learning
+                log.warning("no metrics endpoint on %s:%d: %s", m.host, m.port, exc)
 
     def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if self.log is not None:
+            self.log.close()
         if self.producer is not None:
             self.producer.flush(timeout=10)
             self.producer.close(timeout=10)
@@ -284,6 +318,14 @@ class Daemon:
         )
         self._late(effects.rejected_impressions, effects.rejected_outcomes)
         self.stats.events += n
+        for topic, count in (
+            (self.config.topics.impressions, len(imp_raw)),
+            (self.config.topics.outcomes, len(out_raw)),
+        ):
+            self.stats.events_by_topic[topic] = self.stats.events_by_topic.get(topic, 0) + count
+        if self.log is not None:
+            for records in effects.records:
+                self.log.append(records)
         return n
 
     def _dead_letters(
@@ -310,6 +352,8 @@ class Daemon:
                 ],
             )
         self.stats.dead_letters += len(rejects)
+        for r in rejects:
+            self.stats.dead_by_code[r.code] = self.stats.dead_by_code.get(r.code, 0) + 1
 
     def _late(self, imps: join.RejectedImpressions, outs: join.RejectedOutcomes) -> None:
         reasons_i = {
@@ -350,6 +394,12 @@ class Daemon:
                 ).encode(),
             )
         self.stats.late += int(imps.request_key.size + outs.request_key.size)
+        for reason in imps.reason.tolist():
+            kind = reasons_i.get(reason, str(reason))
+            self.stats.late_by_kind[kind] = self.stats.late_by_kind.get(kind, 0) + 1
+        for reason in outs.reason.tolist():
+            kind = reasons_o.get(reason, str(reason))
+            self.stats.late_by_kind[kind] = self.stats.late_by_kind.get(kind, 0) + 1
 
     def caught_up(self) -> bool:
         """True when the consumer owns partitions and has read every one of them to its end."""
@@ -408,16 +458,58 @@ class Daemon:
                 if now - last_snap >= self.config.rerank.snapshot_every_ms:
                     self.publish_snapshot()
                     last_snap = now
-                if on_tick is not None and now - last_tick >= tick_ms:
+                if now - last_tick >= min(tick_ms, self.config.metrics.refresh_ms):
                     self._refresh_stats()
-                    on_tick(self)
+                    self.publish_metrics()
+                    if self.log is not None:
+                        self.log.roll_if_due()
+                    if on_tick is not None:
+                        on_tick(self)
                     last_tick = now
             self.write_checkpoint()
             self.publish_snapshot()
             self._refresh_stats()
+            self.publish_metrics()
             return self.stats
         finally:
             self.close()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The daemon's numbers in the form ``streaming.metrics`` and ``encore status`` take."""
+        s, c = self.stats, self.stats.counters
+        sums = self.state.sums
+        loss = sums.get("model_loss_sum", 0.0) / max(sums.get("model_rows", 0.0), 1.0)
+        return {
+            "now_ms": self.clock(),
+            "started_ms": s.started_ms,
+            "events_total": dict(s.events_by_topic),
+            "outcomes_total": int(c.get("outcomes", 0)),
+            "joined_total": int(c.get("joined", 0)),
+            "closed_total": int(c.get("closed", 0)),
+            "late_total": dict(s.late_by_kind),
+            "dead_letters_total": dict(s.dead_by_code),
+            "reward_mean": {k: tot / max(cnt, 1) for k, (tot, cnt) in s.reward_by_policy.items()},
+            "model_log_loss": {self.engine.reward_model.spec.name: loss},
+            "consumer_lag": dict(s.lag),
+            "checkpoints_total": s.checkpoints,
+            "snapshots_total": s.snapshots,
+            "last_checkpoint_ms": s.last_checkpoint_ms,
+        }
+
+    def publish_metrics(self) -> None:
+        """Refresh the Prometheus numbers and the status file ``encore status`` reads."""
+        if self.consumer is not None:
+            try:
+                owned = list(self.consumer.assignment())
+                ends = self.consumer.end_offsets(owned) if owned else {}
+                self.stats.lag = {
+                    f"{tp.topic}/{tp.partition}": max(int(end) - int(self.consumer.position(tp)), 0)
+                    for tp, end in ends.items()
+                }
+            except Exception as exc:  # lag is best effort: never stop learning for it
+                log.debug("consumer lag unavailable: %s", exc)
+        self.metrics.update_from(self.metrics_snapshot())
+        write_status(status_path(self.config), self.metrics.snapshot())
 
     def _refresh_stats(self) -> None:
         self.stats.counters = {**self.state.counters, **join_counters(self.state)}

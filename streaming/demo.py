@@ -39,6 +39,8 @@ from streaming.rerank import Reranker, SnapshotFollower
 from streaming.simulator import SimConfig, Simulator
 
 LOGGING = "logging"
+DEMO_GAP_MS = 5_000
+"""Simulated time between two requests of the whole population in the demo."""
 
 
 @dataclass(frozen=True)
@@ -71,16 +73,18 @@ def demo_config(config: Config, run_id: str, servers: str, opts: DemoOptions) ->
         kafka=dataclasses.replace(
             config.kafka, bootstrap_servers=servers, group_id=f"encore-{run_id}"
         ),
+        # Simulated time runs DEMO_GAP_MS per request: a 20-minute window (a slate of five
+        # tracks) closes a few hundred requests later, so learning starts within seconds. Each
+        # partition has its own join, so a minute of lateness is plenty.
         join=dataclasses.replace(
-            config.join,
-            window_ms=1_800_000,
-            allowed_lateness_ms=900_000,
-            slate_size=opts.slate_size,
+            config.join, window_ms=1_200_000, allowed_lateness_ms=60_000, slate_size=opts.slate_size
         ),
         checkpoint=dataclasses.replace(
             config.checkpoint, dir=str(opts.out / "checkpoints" / run_id), every_ms=5_000
         ),
         rerank=dataclasses.replace(config.rerank, snapshot_every_ms=1_000),
+        log=dataclasses.replace(config.log, dir=str(opts.out / "log" / run_id)),
+        metrics=dataclasses.replace(config.metrics, port=0),
     )
 
 
@@ -125,7 +129,7 @@ class Listeners:
 
     def __init__(self, config: Config, servers: str, opts: DemoOptions, run_id: str) -> None:
         self.config, self.opts, self.run_id = config, opts, run_id
-        self.sim = Simulator(SimConfig(seed=opts.seed, request_gap_ms=1000))
+        self.sim = Simulator(SimConfig(seed=opts.seed, request_gap_ms=DEMO_GAP_MS))
         self.rng = np.random.default_rng(opts.seed + 1)
         self.engine = make_engine(config)
         self.reranker = Reranker(

@@ -228,7 +228,9 @@ class ImpressionBatch(NamedTuple):
     policy: npt.NDArray[np.str_]  # (n,)
     policy_version: npt.NDArray[np.str_]  # (n,)
 
-    def __len__(self) -> int:  # type: ignore[override]
+    @property
+    def n(self) -> int:
+        """Rows in the batch (``len`` is the tuple's field count, as for any NamedTuple)."""
         return int(self.ts_ms.shape[0])
 
 
@@ -247,7 +249,9 @@ class OutcomeBatch(NamedTuple):
     liked: npt.NDArray[np.bool_]  # (n,)
     added_to_playlist: npt.NDArray[np.bool_]  # (n,)
 
-    def __len__(self) -> int:  # type: ignore[override]
+    @property
+    def n(self) -> int:
+        """Rows in the batch (``len`` is the tuple's field count, as for any NamedTuple)."""
         return int(self.ts_ms.shape[0])
 
     @property

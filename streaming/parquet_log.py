@@ -169,7 +169,7 @@ def from_impressions(
         The records; slates are cut to ``min(s_i, s_r)`` positions (outcomes beyond the join's
         slate size are not joined, so those positions have no reward).
     """
-    n = len(impressions)
+    n = impressions.n
     s = min(impressions.shown.shape[1], reward.shape[1])
     for name, col in (("reward", reward), ("n_outcomes", n_outcomes), ("defaulted", defaulted)):
         if col.ndim != 2 or col.shape[0] != n or col.shape[1] < s:

@@ -88,6 +88,8 @@ class Engine:
     )
     seed: int = 0
     id_space: int = 2**31 - 1
+    log_candidates: int = 0  # candidates kept per impression for the Parquet log; 0 = no log
+    log_features: bool = True  # keep the candidates' features in the log too
 
     @property
     def slate_size(self) -> int:
@@ -109,6 +111,7 @@ class Side(NamedTuple):
     shown: npt.NDArray[np.bool_]  # (m, s)
     provisional: F32  # (m, s) the composite reward the model expected at impression time
     policy_key: npt.NDArray[np.uint64]  # (m,) key64 of the logging policy's name
+    log: ImpressionBatch  # (m, ...) the impression as decoded, candidates cut to log_candidates
 
 
 class Plays(NamedTuple):
@@ -158,6 +161,7 @@ class Effects(NamedTuple):
     rejected_outcomes: join.RejectedOutcomes
     closed: int
     feedback_rows: int
+    records: list[Any]  # parquet_log.JoinedRecords of the closed impressions, when logging
 
 
 def _empty(engine: Engine) -> tuple[Side, Plays]:
@@ -171,6 +175,7 @@ def _empty(engine: Engine) -> tuple[Side, Plays]:
         shown=np.zeros((0, s), bool),
         provisional=np.zeros((0, s), np.float32),
         policy_key=np.zeros(0, np.uint64),
+        log=_log_rows(engine, None),
     )
     plays = Plays(
         payload=np.zeros(0, np.int64),
@@ -242,7 +247,7 @@ def _predict(
 def _side_rows(
     engine: Engine, model: Any, imps: ImpressionBatch, payload: npt.NDArray[np.int64]
 ) -> Side:
-    n, s = len(imps), engine.slate_size
+    n, s = imps.n, engine.slate_size
     width = min(s, imps.shown.shape[1])
     shown_idx = np.zeros((n, s), np.int64)
     shown_idx[:, :width] = np.maximum(imps.shown[:, :width], 0)
@@ -273,6 +278,60 @@ def _side_rows(
         shown=shown,
         provisional=np.nan_to_num(prov),
         policy_key=key64([str(p) for p in imps.policy]),
+        log=_log_rows(engine, imps),
+    )
+
+
+def _log_rows(engine: Engine, imps: ImpressionBatch | None) -> ImpressionBatch:
+    """The impression columns the Parquet log needs, candidates cut or padded to a fixed width."""
+    k = engine.log_candidates
+    dt = engine.d_track if engine.log_features else 0
+    s = engine.slate_size
+    if imps is None or k == 0:
+        n = 0 if imps is None else imps.n
+        du = engine.d_user
+        if k == 0:  # no log: keep zero-width columns only
+            k, dt, s, du = 0, 0, 0, 0
+        u = np.zeros(n, "<U1")
+        return ImpressionBatch(
+            request_id=u,
+            request_key=np.zeros(n, np.uint64),
+            user_id=u,
+            surface=u,
+            ts_ms=np.zeros(n, np.int64),
+            context=np.zeros((n, du), np.float32),
+            candidate_key=np.zeros((n, k), np.uint64),
+            candidate_features=np.zeros((n, k, dt), np.float32),
+            candidate_mask=np.zeros((n, k), bool),
+            shown=np.full((n, s), -1, np.int32),
+            propensity=np.ones((n, s), np.float32),
+            shown_mask=np.zeros((n, s), bool),
+            policy=u,
+            policy_version=u,
+        )
+    n, kk = imps.n, min(k, imps.candidate_key.shape[1])
+    ck = np.zeros((n, k), np.uint64)
+    ck[:, :kk] = imps.candidate_key[:, :kk]
+    cm = np.zeros((n, k), bool)
+    cm[:, :kk] = imps.candidate_mask[:, :kk]
+    cf = np.zeros((n, k, dt), np.float32)
+    if dt:
+        cf[:, :kk] = imps.candidate_features[:, :kk]
+    ss = min(s, imps.shown.shape[1])
+    shown = np.full((n, s), -1, np.int32)
+    shown[:, :ss] = np.where(imps.shown[:, :ss] < k, imps.shown[:, :ss], -1)
+    prop = np.ones((n, s), np.float32)
+    prop[:, :ss] = imps.propensity[:, :ss]
+    smask = np.zeros((n, s), bool)
+    smask[:, :ss] = imps.shown_mask[:, :ss] & (shown[:, :ss] >= 0)
+    return imps._replace(
+        candidate_key=ck,
+        candidate_features=cf,
+        candidate_mask=cm,
+        shown=shown,
+        propensity=prop,
+        shown_mask=smask,
+        context=imps.context,
     )
 
 
@@ -316,11 +375,16 @@ def _partitions(part: npt.NDArray[np.int32] | None, n: int) -> npt.NDArray[np.in
 
 
 def _concat(a: T, b: T) -> T:
-    return type(a)(*(np.concatenate([x, y]) for x, y in zip(a, b, strict=True)))
+    return type(a)(
+        *(
+            _concat(x, y) if isinstance(x, tuple) else np.concatenate([x, y])
+            for x, y in zip(a, b, strict=True)
+        )
+    )
 
 
-def _take(t: T, keep: npt.NDArray[np.bool_]) -> T:
-    return type(t)(*(x[keep] for x in t))
+def _take(t: T, keep: npt.NDArray[Any]) -> T:
+    return type(t)(*(_take(x, keep) if isinstance(x, tuple) else x[keep] for x in t))
 
 
 def _bump(counters: Mapping[str, Any], **more: float) -> dict[str, Any]:
@@ -461,8 +525,8 @@ def step(
     side, plays, next_payload = state.side, state.plays, state.next_payload
     counters: dict[str, Any] = dict(state.counters)
     effects: list[join.JoinEffects] = []
-    if impressions is not None and len(impressions):
-        n = len(impressions)
+    if impressions is not None and impressions.n:
+        n = impressions.n
         payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
         next_payload += n
         side = _concat(side, _side_rows(engine, state.model, impressions, payload))
@@ -479,8 +543,8 @@ def step(
             joins[p] = js
             effects.append(eff)
         counters = _bump(counters, impressions=n)
-    if outcomes is not None and len(outcomes):
-        n = len(outcomes)
+    if outcomes is not None and outcomes.n:
+        n = outcomes.n
         keep = outcomes.position < engine.slate_size
         payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
         next_payload += n
@@ -513,6 +577,7 @@ def step(
     sums: dict[str, float] = dict(state.sums)
     reward_by_policy = dict(state.reward_by_policy)
     n_closed = n_rows = 0
+    records: list[Any] = []
     for e in effects:
         closed = e.closed
         if closed.payload.size == 0:
@@ -540,6 +605,20 @@ def step(
             n_rows += int(i.size)
             sums = _bump(sums, reward_sum=float(reward[i, j].sum()))
         n_closed += int(closed.payload.size)
+        if engine.log_candidates:
+            from streaming.parquet_log import from_impressions
+
+            records.append(
+                from_impressions(
+                    _take(side.log, rows),
+                    reward=reward,
+                    n_outcomes=closed.n_outcomes,
+                    defaulted=closed.defaulted,
+                    reward_name=engine.composite.kind,
+                    reward_version=rewards.REWARD_VERSION,
+                    features=engine.log_features,
+                )
+            )
         top = reward[:, 0].astype(np.float64)
         keys = side.policy_key[rows]
         for k in np.unique(keys).tolist():
@@ -583,6 +662,7 @@ def step(
         ),
         closed=n_closed,
         feedback_rows=n_rows,
+        records=records,
     )
 
 
@@ -599,7 +679,8 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
     arrays.update({f"model/{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
     for p, js in state.join.items():
         arrays.update({f"join/{p}/{k}": v for k, v in join.to_arrays(js).items()})
-    arrays.update({f"side/{k}": v for k, v in state.side._asdict().items()})
+    arrays.update({f"side/{k}": v for k, v in state.side._asdict().items() if k != "log"})
+    arrays.update({f"side/log/{k}": v for k, v in state.side.log._asdict().items()})
     arrays.update({f"plays/{k}": v for k, v in state.plays._asdict().items()})
     arrays.update({f"model_rows/{k}": v for k, v in state.model_rows._asdict().items()})
     header = {
@@ -661,7 +742,10 @@ def from_arrays(
         policy=policy_state,
         model=model,
         join=_joins_from_arrays(arrays),
-        side=Side(**{f: arrays[f"side/{f}"] for f in Side._fields}),
+        side=Side(
+            **{f: arrays[f"side/{f}"] for f in Side._fields if f != "log"},
+            log=ImpressionBatch(**{f: arrays[f"side/log/{f}"] for f in ImpressionBatch._fields}),
+        ),
         plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
         model_rows=ModelRows(**{f: arrays[f"model_rows/{f}"] for f in ModelRows._fields}),
         next_payload=int(arrays["next_payload"]),

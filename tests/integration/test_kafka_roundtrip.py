@@ -104,7 +104,7 @@ def test_ten_thousand_events_round_trip_across_partitions(kafka_broker: str) -> 
     assert len({p for p, _, _ in imps}) == cfg.topics.partitions  # spread over every partition
     ib, irej = decode_impressions([v for _, _, v in imps], Limits())
     ob, orej = decode_outcomes([v for _, _, v in outs], Limits())
-    assert not irej and not orej and len(ib) == len(sent_i) and len(ob) == len(sent_o)
+    assert not irej and not orej and ib.n == len(sent_i) and ob.n == len(sent_o)
     # keyed by user: one user's events never span partitions
     by_user: dict[str, set[int]] = {}
     for (p, _, _), u in zip(imps, ib.user_id.tolist(), strict=True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -91,7 +93,32 @@ def test_state_round_trips_through_arrays() -> None:
     back = from_arrays(eng, arrays, header)
     assert back.offsets == {("encore.impressions", 0): 200}
     assert back.counters == state.counters and back.next_payload == state.next_payload
-    for x, y in zip(back.side, state.side, strict=True):
-        np.testing.assert_array_equal(x, y)
+    a2, _ = to_arrays(eng, back)
+    assert a2.keys() == arrays.keys()
+    for name in arrays:
+        np.testing.assert_array_equal(a2[name], arrays[name], err_msg=name)
     for x, y in zip(back.policy, state.policy, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_closed_impressions_become_parquet_log_records(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from streaming.parquet_log import ParquetLog, read_log
+
+    eng = dataclasses.replace(engine(), log_candidates=20)
+    imps, outs = traffic(300, seed=4)
+    state = init(eng)
+    ib, _ = decode_impressions(imps, LIM)
+    ob, _ = decode_outcomes(outs, LIM)
+    state, eff = step(eng, state, ib, ob, watermark_ms=join.MAX_TIME_MS)
+    assert sum(r.n_rows for r in eff.records) == 300
+    out = Path(str(tmp_path))
+    with ParquetLog(out / "log") as log:
+        for r in eff.records:
+            log.append(r)
+    frame = read_log(out / "log")
+    assert len(frame) == 300 and frame["request_id"].is_unique
+    assert set(frame["policy"]) == {"logging"}
+    assert all(len(c) == 20 for c in frame["candidate_key"])
+    assert all(len(s) == 3 for s in frame["shown"])
