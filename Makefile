@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/encore demo
 
 ## test: lint, import contracts, then every test; the suite starts and stops its own broker
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

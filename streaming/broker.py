@@ -10,7 +10,6 @@ JVM) cleanly, with SIGKILL as the last resort, so no Java process is left behind
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,17 +313,6 @@ class LocalBroker:
         """Stop the broker and delete its data and logs."""
         self.stop()
         shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def running_broker(state_dir: Path, **kwargs: object) -> Iterator[BrokerInfo]:
-    """Start a broker for the duration of a ``with`` block, then stop it."""
-    broker = LocalBroker(state_dir=state_dir, **kwargs)  # type: ignore[arg-type]
-    info = broker.start()
-    try:
-        yield info
-    finally:
-        broker.stop()
 
 
 def _cluster_id() -> str:

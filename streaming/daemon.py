@@ -332,7 +332,7 @@ class Daemon:
         self, rejects: list[Reject], raws: list[bytes], where: list[tuple[str, int, int]]
     ) -> None:
         for r in rejects:
-            topic, partition, offset = where[r.index]
+            topic, partition, offset = where[r.row]
             value = json.dumps(
                 {
                     "code": r.code,
@@ -340,7 +340,7 @@ class Daemon:
                     "topic": topic,
                     "partition": partition,
                     "offset": offset,
-                    "raw_b64": base64.b64encode(raws[r.index]).decode(),
+                    "raw_b64": base64.b64encode(raws[r.row]).decode(),
                 }
             ).encode()
             self.producer.send(
@@ -522,7 +522,7 @@ def _good_partitions(where: list[tuple[str, int, int]], rejects: list[Reject]) -
     """The partition of every message that decoded, in order (rejects removed)."""
     part = np.fromiter((p for _, p, _ in where), dtype=np.int32, count=len(where))
     if rejects:
-        part = np.delete(part, [r.index for r in rejects])
+        part = np.delete(part, [r.row for r in rejects])
     return part
 
 

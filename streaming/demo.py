@@ -314,6 +314,9 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
                 k: v[0] / max(v[1], 1) for k, v in stats.reward_by_policy.items()
             },
         }
+        daemon_top: dict[str, float] = {
+            k: v[0] / max(v[1], 1) for k, v in stats.reward_by_policy.items()
+        }
         (opts.out / "report.json").write_text(json.dumps(report, indent=2))
         _plot(curve, produce_s, opts.out / "learning.png")
         table = Table(title=f"encore demo report ({run_id})")
@@ -344,7 +347,7 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
             arms.add_row(
                 arm,
                 *(f"{v:.3f}" for v in vals),
-                f"{report['daemon_top_reward'].get(arm, float('nan')):.3f}",
+                f"{daemon_top.get(arm, float('nan')):.3f}",
             )
         console.print(arms)
         lift = curve[learner_name][-1] - curve[LOGGING][-1]

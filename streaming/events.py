@@ -173,7 +173,7 @@ class Reject(NamedTuple):
     code: ErrorCode
     reason: str
     raw: bytes
-    index: int  # position in the input sequence
+    row: int  # position in the input sequence
 
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

@@ -12,17 +12,11 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from kafka import (
-    ConsumerRebalanceListener,
-    KafkaAdminClient,
-    KafkaConsumer,
-    KafkaProducer,
-    TopicPartition,
-)
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, TopicAlreadyExistsError
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.broker import LocalBroker, default_state_dir
 from streaming.config import Config, KafkaConfig, Topics
@@ -150,7 +144,8 @@ def ensure_topics(
         missing = {name: dict(spec) for name, spec in specs.items() if name not in existing}
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(missing, raise_errors=False, wait_for_metadata=True)
+                # kafka-python 3 takes a dict of specs; its inline annotations are the old ones.
+                cast(Any, admin).create_topics(missing, raise_errors=False, wait_for_metadata=True)
         deadline = time.monotonic() + timeout_s
         while True:
             now = set(admin.list_topics())
@@ -166,9 +161,9 @@ def ensure_topics(
         admin.close()
 
 
-def partitions_of(consumer: KafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+def partitions_of(consumer: KafkaConsumer, topics: Iterable[str]) -> list[Any]:
     """Every partition of ``topics`` as the consumer's metadata knows them."""
-    out: list[TopicPartition] = []
+    out: list[Any] = []
     for topic in topics:
         parts = consumer.partitions_for_topic(topic) or set()
         out.extend(TopicPartition(topic, p) for p in sorted(parts))

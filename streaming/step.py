@@ -456,7 +456,7 @@ def _update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, Mod
         k = int(metrics.n_used)
         loss_sum += float(metrics.loss) * k
         used += k
-    rest = ModelRows(*(x[full:] for x in rows))
+    rest = ModelRows._make(x[full:] for x in rows)
     return model, rest, loss_sum, used
 
 

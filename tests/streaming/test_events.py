@@ -157,7 +157,7 @@ def test_batch_decoding_keeps_good_rows_and_reports_bad_ones_in_order() -> None:
     assert batch.shown.tolist() == [[2, 0], [1, -1]]
     assert batch.shown_mask.tolist() == [[True, True], [True, False]]
     assert batch.propensity.tolist() == [[0.5, 0.25], [1.0, 1.0]]
-    assert [(r.index, r.code, r.raw) for r in rejects] == [(1, "invalid_json", b"{")]
+    assert [(r.row, r.code, r.raw) for r in rejects] == [(1, "invalid_json", b"{")]
     assert batch.request_key[0] == ev.key64(["a"])[0]
 
 
