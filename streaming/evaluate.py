@@ -223,10 +223,12 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
                 f"logged action beyond the row's candidates at rows {bad[:10].tolist()} "
                 f"({bad.size} of {log.n})"
             )
-    given = [bool(args.target_prob_columns), bool(args.target_action_column), bool(args.policy)]
+    given = [bool(args.target_prob_columns), bool(args.target_action_column), bool(args.policy),
+             bool(args.policy_checkpoint)]
     if sum(given) != 1:
         raise UsageError(
-            "give exactly one target: --target-prob-columns, --target-action-column or --policy"
+            "give exactly one target: --target-prob-columns, --target-action-column, --policy "
+            "or --policy-checkpoint"
         )
     notes: list[str] = []
     if args.target_prob_columns:
@@ -242,6 +244,9 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
         prob = np.zeros((log.n, n_actions))
         prob[np.arange(log.n), chosen.astype(np.int64)] = 1.0
         desc = f"deterministic: the action in column {col!r}"
+    elif args.policy_checkpoint:
+        n_actions = log.action_features.shape[1] if log.action_features is not None else 0
+        prob, desc, notes = _checkpoint_policy_target(frame, log, n_actions, cand_mask, args, key)
     else:
         if log.action_features is not None:
             n_actions = log.action_features.shape[1]
@@ -261,7 +266,7 @@ def _fit_policy_target(
     """Fit a registry policy on the first part of the log; Monte Carlo its action probabilities."""
     try:
         from bandits.registry import POLICIES
-        from bandits.types import Candidates, Feedback
+        from bandits.types import Feedback
     except ImportError as exc:  # pragma: no cover - depends on the policies package
         raise UsageError(f"--policy needs bandits.registry: {exc}") from exc
     if args.policy not in POLICIES:
@@ -311,33 +316,11 @@ def _fit_policy_target(
         state = update(state, fb)
     masks = np.ones((log.n, k), bool) if cand_mask is None else cand_mask
     samples = args.policy_samples
-
-    def probs(ctx: jax.Array, features: jax.Array, mask: jax.Array, keys: jax.Array) -> jax.Array:
-        cand = Candidates(features=features, ids=jax.numpy.asarray(ids))
-
-        def one(kk: jax.Array) -> jax.Array:
-            return policy.rank(state, ctx, cand, mask, key=kk, slate_size=1).order[0]
-
-        chosen = jax.vmap(one)(keys)
-        return jax.numpy.zeros(k).at[chosen].add(1.0 / samples)
-
-    probs_batch = jax.jit(jax.vmap(probs))
     test = slice(n_train, log.n)
     n_test = log.n - n_train
-    prob = np.empty((n_test, k))
-    for lo in range(0, n_test, 2048):
-        hi = min(lo + 2048, n_test)
-        keys = jax.random.split(jax.random.fold_in(key, lo), (hi - lo) * samples)
-        keys = keys.reshape(hi - lo, samples)
-        rows = slice(n_train + lo, n_train + hi)
-        prob[lo:hi] = np.asarray(
-            probs_batch(
-                jax.numpy.asarray(context[rows]),
-                jax.numpy.asarray(feats[rows]),
-                jax.numpy.asarray(masks[rows]),
-                keys,
-            )
-        )
+    row_ids = np.broadcast_to(ids, (log.n, k))
+    prob = mc_probs(policy, state, context[test], feats[test], masks[test], row_ids[test],
+                    samples=samples, key=key)
     log_test = LoggedFeedback(
         action=log.action[test],
         reward=log.reward[test],
@@ -352,6 +335,82 @@ def _fit_policy_target(
         f"{samples} draws of rank (exact for deterministic policies)"
     ]
     return log_test, prob, desc, notes
+
+
+def mc_probs(policy: Any, state: Any, context: np.ndarray, feats: np.ndarray, masks: np.ndarray,
+             ids: np.ndarray, *, samples: int, key: jax.Array) -> np.ndarray:
+    """``(n, k)`` probability that ``policy`` puts each candidate first, by Monte Carlo over
+    ``samples`` draws of ``rank`` per row (exact for deterministic policies)."""
+    from bandits.types import Candidates
+
+    n, k = masks.shape
+
+    def probs(ctx: jax.Array, features: jax.Array, mask: jax.Array, row_ids: jax.Array,
+              keys: jax.Array) -> jax.Array:
+        cand = Candidates(features=features, ids=row_ids)
+
+        def one(kk: jax.Array) -> jax.Array:
+            return policy.rank(state, ctx, cand, mask, key=kk, slate_size=1).order[0]
+
+        chosen = jax.vmap(one)(keys)
+        return jax.numpy.zeros(k).at[chosen].add(1.0 / samples)
+
+    probs_batch = jax.jit(jax.vmap(probs))
+    out = np.empty((n, k))
+    for lo in range(0, n, 2048):
+        hi = min(lo + 2048, n)
+        keys = jax.random.split(jax.random.fold_in(key, lo), (hi - lo) * samples)
+        keys = keys.reshape(hi - lo, samples)
+        out[lo:hi] = np.asarray(probs_batch(
+            jax.numpy.asarray(context[lo:hi], jax.numpy.float32),
+            jax.numpy.asarray(feats[lo:hi], jax.numpy.float32),
+            jax.numpy.asarray(masks[lo:hi]),
+            jax.numpy.asarray(ids[lo:hi], jax.numpy.int32),
+            keys,
+        ))
+    return out
+
+
+def _checkpoint_policy_target(
+    frame: pd.DataFrame, log: LoggedFeedback, n_actions: int, cand_mask: np.ndarray | None,
+    args: argparse.Namespace, key: jax.Array,
+) -> tuple[np.ndarray, str, list[str]]:
+    """The policy a daemon learned (its newest good checkpoint) as the target, on every row."""
+    from bandits import load
+    from bandits.registry import POLICIES
+    from streaming import checkpoint
+
+    found = checkpoint.load_latest(args.policy_checkpoint)
+    if found is None:
+        raise UsageError(f"--policy-checkpoint {args.policy_checkpoint}: no checkpoint there")
+    arrays, header = found
+    spec = header.get("policy_spec") or {}
+    if spec.get("name") not in POLICIES or "policy_blob" not in arrays:
+        raise UsageError(f"--policy-checkpoint {args.policy_checkpoint}: not a daemon checkpoint")
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("params", {}).items()}
+    policy = POLICIES[spec["name"]](**params)
+    if log.context is None or log.action_features is None:
+        raise UsageError("--policy-checkpoint needs --context-columns and --candidate-features-column")
+    context = log.context.astype(np.float32)
+    feats = log.action_features.astype(np.float32)
+    like = policy.init(context.shape[1], feats.shape[2])
+    state = load(policy, arrays["policy_blob"].tobytes(), like=like)
+    k = n_actions
+    if "candidate_key" in frame.columns:  # the daemon's log: ids hashed as the daemon hashes them
+        keys = np.zeros((log.n, k), np.uint64)
+        for i, row in enumerate(frame["candidate_key"]):
+            row = np.asarray(row, np.uint64)[:k]
+            keys[i, : row.size] = row
+        ids = (keys % np.uint64(2**31 - 1)).astype(np.int32)
+    else:
+        ids = np.broadcast_to(np.arange(k, dtype=np.int32), (log.n, k))
+    masks = np.ones((log.n, k), bool) if cand_mask is None else cand_mask
+    prob = mc_probs(policy, state, context, feats, masks, ids, samples=args.policy_samples, key=key)
+    desc = f"{spec['name']} learned by the daemon (checkpoint {header.get('sequence')})"
+    notes = [f"target: {spec['name']} v{spec.get('version')} {spec.get('params')} from "
+             f"{args.policy_checkpoint}; action probabilities by Monte Carlo over "
+             f"{args.policy_samples} draws of rank"]
+    return prob, desc, notes
 
 
 # ----------------------------------------------------------------------------- output
@@ -521,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target-action-column", default=None, help="action of a deterministic target")
     p.add_argument("--policy", default=None, help="bandits.registry policy to fit offline")
+    p.add_argument("--policy-checkpoint", type=Path, default=None,
+                   help="a daemon's checkpoint folder: evaluate the policy it learned")
     p.add_argument("--policy-param", action="append", help="key=value hyperparameter (repeat)")
     p.add_argument(
         "--train-fraction", type=float, default=0.5, help="share of rows to fit --policy on"

@@ -122,3 +122,35 @@ def test_closed_impressions_become_parquet_log_records(tmp_path: object) -> None
     assert set(frame["policy"]) == {"logging"}
     assert all(len(c) == 20 for c in frame["candidate_key"])
     assert all(len(s) == 3 for s in frame["shown"])
+
+
+def test_evaluate_the_policy_a_checkpoint_holds_on_the_daemon_log(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from streaming import checkpoint, evaluate
+    from streaming.parquet_log import ParquetLog
+
+    eng = dataclasses.replace(engine(), log_candidates=20)
+    imps, outs = traffic(400, seed=5)
+    ib, _ = decode_impressions(imps, LIM)
+    ob, _ = decode_outcomes(outs, LIM)
+    state, eff = step(eng, init(eng), ib, ob, watermark_ms=join.MAX_TIME_MS)
+    out = Path(str(tmp_path))
+    with ParquetLog(out / "log") as log:
+        for r in eff.records:
+            log.append(r)
+    arrays, worker = to_arrays(eng, state)
+    spec = eng.policy.spec
+    checkpoint.write(out / "ckpt", arrays, {
+        "policy_spec": {"name": spec.name, "version": spec.version, "params": dict(spec.params)},
+        "worker": worker,
+    })
+    rc = evaluate.main([
+        str(out / "log"), "--column-map", "action=shown[0],reward=reward[0],propensity=propensity[0]",
+        "--context-columns", "context", "--candidate-features-column", "candidate_features",
+        "--policy-checkpoint", str(out / "ckpt"), "--estimators", "ips,snips,dr",
+        "--policy-samples", "8", "--n-bootstrap", "50", "--no-progress", "--out", str(out / "eval"),
+    ])
+    assert rc == 0
+    report = (out / "eval" / "report.md").read_text()
+    assert "linucb learned by the daemon" in report and "| snips" in report.lower()
