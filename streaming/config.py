@@ -242,6 +242,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Several workers in one group learning one global (linear) policy through deltas."""
+
+    share_deltas: bool = False
+    worker_id: str = ""  # empty: kafka.client_id; must differ between the workers of a group
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an encore process."""
 
@@ -255,6 +263,7 @@ class Config:
     rerank: RerankConfig = field(default_factory=RerankConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     @classmethod
     def load(

@@ -26,7 +26,7 @@ import numpy as np
 import rewards
 from bandits import POLICIES, save
 from rewards.survival import survival_model
-from streaming import checkpoint, join
+from streaming import checkpoint, deltas, join
 from streaming.config import Config
 from streaming.events import (
     Limits,
@@ -50,8 +50,10 @@ from streaming.step import (
     from_arrays,
     init,
     join_counters,
+    merge_delta,
     step,
     to_arrays,
+    zero_delta,
 )
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,21 @@ def make_engine(config: Config) -> Engine:
         composite=composite,
         log_candidates=config.log.max_candidates if config.log.dir else 0,
         log_features=config.log.candidate_features,
+        share_deltas=_shares(config, policy),
     )
+
+
+def _shares(config: Config, policy: Any) -> bool:
+    if not config.scale.share_deltas:
+        return False
+    from bandits.linear import LinearState
+
+    if not isinstance(policy.init(config.events.d_user, config.events.d_track), LinearState):
+        raise ValueError(
+            f"scale.share_deltas needs a linear policy (additive statistics); "
+            f"{config.policy.name!r} is not one"
+        )
+    return True
 
 
 def limits(config: Config) -> Limits:
@@ -120,6 +136,8 @@ class Stats:
     dead_by_code: dict[str, int] = field(default_factory=dict[str, int])
     late_by_kind: dict[str, int] = field(default_factory=dict[str, int])
     lag: dict[str, int] = field(default_factory=dict[str, int])
+    deltas_published: int = 0
+    deltas_merged: int = 0
     reward_by_policy: dict[str, tuple[float, int]] = field(
         default_factory=dict[str, tuple[float, int]]
     )
@@ -168,6 +186,7 @@ class Daemon:
         }
         self.consumer: Any = None
         self.producer: Any = None
+        self.delta_consumer: Any = None
         self.log: ParquetLog | None = None
         if config.log.dir:
             self.log = ParquetLog(
@@ -206,6 +225,12 @@ class Daemon:
     def write_checkpoint(self) -> Path:
         if self.log is not None:
             self.log.flush()  # every record of a closed impression is durable before the state
+        st = self.state
+        if st.pending is not None and st.outbox is None and int(st.pending.n) > 0:
+            # Seal what was learned since the last delta; it is published once it is durable.
+            self.state = st._replace(
+                outbox=st.pending, pending=zero_delta(st.policy), delta_seq=st.delta_seq + 1
+            )
         arrays, worker = to_arrays(self.engine, self.state)
         header = {
             "format": FORMAT,
@@ -238,7 +263,54 @@ class Daemon:
                     self.consumer.commit(commit)
                 except Exception as exc:  # lag reporting only; the checkpoint is the truth
                     log.warning("offset commit after checkpoint failed: %s", exc)
+        self.publish_outbox()
         return path
+
+    # ------------------------------------------------------------------ scale-out
+    @property
+    def worker_id(self) -> str:
+        return self.config.scale.worker_id or self.config.kafka.client_id
+
+    def publish_outbox(self) -> None:
+        """Send the sealed delta (if any) and forget it once the broker has it."""
+        st = self.state
+        if st.outbox is None or self.producer is None:
+            return
+        spec = self.engine.policy.spec
+        value = deltas.encode(self.worker_id, st.delta_seq, spec.name, spec.version, st.outbox)
+        self.producer.send(self.config.topics.deltas, key=self.worker_id.encode(), value=value)
+        self.producer.flush(timeout=30)
+        self.state = self.state._replace(outbox=None)
+        self.stats.deltas_published += 1
+
+    def absorb_deltas(self, values: Iterable[bytes]) -> int:
+        """Fold in other workers' deltas not folded in before; returns how many were."""
+        folded = 0
+        spec = self.engine.policy.spec
+        for value in values:
+            try:
+                d = deltas.decode(value)
+            except ValueError as exc:
+                log.warning("skipping a malformed delta: %s", exc)
+                continue
+            if d.worker == self.worker_id or d.seq <= self.state.seen.get(d.worker, 0):
+                continue
+            if (d.policy, d.version) != (spec.name, spec.version):
+                log.warning("skipping a delta of policy %s v%d", d.policy, d.version)
+                continue
+            self.state = self.state._replace(
+                policy=merge_delta(self.state.policy, d.stats),
+                seen={**self.state.seen, d.worker: d.seq},
+            )
+            folded += 1
+        self.stats.deltas_merged += folded
+        return folded
+
+    def poll_deltas(self) -> int:
+        if self.delta_consumer is None:
+            return 0
+        polled = self.delta_consumer.poll(timeout_ms=0, max_records=1000)
+        return self.absorb_deltas(r.value for recs in polled.values() for r in recs if r.value)
 
     def snapshot_bytes(self) -> bytes:
         return save(self.engine.policy, self.state.policy)
@@ -254,6 +326,13 @@ class Daemon:
             listener=_Listener(self),
         )
         self.producer = make_producer(self.config.kafka, self.servers)
+        if self.engine.share_deltas:
+            self.delta_consumer = make_consumer(self.config.kafka, self.servers, group_id=None)
+            parts = self.delta_consumer.partitions_for_topic(topics.deltas) or {0}
+            tps = [TopicPartition(topics.deltas, p) for p in sorted(parts)]
+            self.delta_consumer.assign(tps)
+            self.delta_consumer.seek_to_beginning(*tps)
+            self.publish_outbox()  # a delta sealed before a crash and maybe never sent
         m = self.config.metrics
         if m.enabled:
             try:
@@ -273,6 +352,9 @@ class Daemon:
             self.producer.close(timeout=10)
         if self.consumer is not None:
             self.consumer.close(autocommit=False)
+        if self.delta_consumer is not None:
+            self.delta_consumer.close(autocommit=False)
+            self.delta_consumer = None
         self.consumer = self.producer = None
 
     def poll_once(self) -> int:
@@ -441,6 +523,7 @@ class Daemon:
             events_at_ckpt = self.stats.events
             while not stop.is_set():
                 got = self.poll_once()
+                self.poll_deltas()
                 now = self.clock()
                 if got:
                     last_data = now

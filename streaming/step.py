@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 import rewards
-from bandits import Feedback, Policy
+from bandits import Feedback, Policy, linear
 from rewards.survival import survival_model
 from streaming import join
 from streaming.events import REASONS_END, ImpressionBatch, OutcomeBatch, key64
@@ -90,6 +90,7 @@ class Engine:
     id_space: int = 2**31 - 1
     log_candidates: int = 0  # candidates kept per impression for the Parquet log; 0 = no log
     log_features: bool = True  # keep the candidates' features in the log too
+    share_deltas: bool = False  # accumulate linear statistics for the other workers (scale-out)
 
     @property
     def slate_size(self) -> int:
@@ -152,6 +153,10 @@ class WorkerState(NamedTuple):
     counters: Mapping[str, int]
     sums: Mapping[str, float]  # model log loss sums, reward sums
     reward_by_policy: Mapping[int, tuple[float, int]]  # policy_key -> (sum top reward, count)
+    pending: Any = None  # LinearDelta learned here since the last sealed delta (scale-out)
+    outbox: Any = None  # the sealed LinearDelta of sequence ``delta_seq``, until published
+    delta_seq: int = 0  # sequence number of this worker's newest sealed delta
+    seen: Mapping[str, int] = {}  # other worker id -> newest delta sequence folded in
 
 
 class Effects(NamedTuple):
@@ -215,6 +220,9 @@ def init(engine: Engine) -> WorkerState:
         counters={},
         sums={},
         reward_by_policy={},
+        pending=None
+        if not engine.share_deltas
+        else zero_delta(engine.policy.init(engine.d_user, engine.d_track)),
     )
 
 
@@ -397,8 +405,30 @@ def _bump(counters: Mapping[str, Any], **more: float) -> dict[str, Any]:
 _FILL = (0.0, 0.0, 0, 0, 0.0, 1.0, False)  # per Feedback field: padding rows are masked out
 
 
-def update_policy(engine: Engine, policy_state: Any, columns: list[np.ndarray]) -> Any:
-    """Apply feedback in chunks of ``UPDATE_CHUNK`` rows, padded in numpy so jit compiles once."""
+_delta = jax.jit(linear.delta)
+_add = jax.jit(linear.add_deltas)
+merge_delta = jax.jit(linear.merge)
+
+
+def zero_delta(policy_state: Any) -> Any:
+    """An empty delta shaped like ``policy_state``'s statistics (linear policies only)."""
+    return linear.LinearDelta(
+        precision=jnp.zeros_like(policy_state.precision),
+        b=jnp.zeros_like(policy_state.b),
+        id_count=jnp.zeros_like(policy_state.id_count),
+        id_resid=jnp.zeros_like(policy_state.id_resid),
+        n=jnp.zeros((), jnp.int32),
+    )
+
+
+def update_policy(
+    engine: Engine, policy_state: Any, columns: list[np.ndarray], pending: Any = None
+) -> tuple[Any, Any]:
+    """Apply feedback in chunks of ``UPDATE_CHUNK`` rows, padded in numpy so jit compiles once.
+
+    With ``pending`` (a ``LinearDelta``), each chunk's additive statistics are added to it too,
+    for the other workers of a scaled-out group; returns ``(policy_state, pending)``.
+    """
     n = int(columns[-1].shape[0])
     for lo in range(0, n, UPDATE_CHUNK):
         chunk = []
@@ -410,8 +440,11 @@ def update_policy(engine: Engine, policy_state: Any, columns: list[np.ndarray]) 
                 )
                 part = np.concatenate([part, pad])
             chunk.append(jnp.asarray(part))
-        policy_state = engine.policy.update(policy_state, Feedback(*chunk))
-    return policy_state
+        fb = Feedback(*chunk)
+        if pending is not None:
+            pending = _add(pending, _delta(policy_state, fb))
+        policy_state = engine.policy.update(policy_state, fb)
+    return policy_state, pending
 
 
 def _joined_rows(
@@ -574,6 +607,7 @@ def step(
         effects.append(eff)
 
     policy_state, model, model_rows = state.policy, state.model, state.model_rows
+    pending = state.pending
     sums: dict[str, float] = dict(state.sums)
     reward_by_policy = dict(state.reward_by_policy)
     n_closed = n_rows = 0
@@ -589,7 +623,7 @@ def step(
         i, j = np.nonzero(learn)
         if i.size:
             r = rows[i]
-            policy_state = update_policy(
+            policy_state, pending = update_policy(
                 engine,
                 policy_state,
                 [
@@ -601,6 +635,7 @@ def step(
                     side.propensity[r, j],
                     np.ones(i.size, bool),
                 ],
+                pending,
             )
             n_rows += int(i.size)
             sums = _bump(sums, reward_sum=float(reward[i, j].sum()))
@@ -638,6 +673,10 @@ def step(
     if offsets:
         new_offsets.update(offsets)
     new_state = WorkerState(
+        pending=pending,
+        outbox=state.outbox,
+        delta_seq=state.delta_seq,
+        seen=state.seen,
         policy=policy_state,
         model=model,
         join=joins,
@@ -683,6 +722,9 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
     arrays.update({f"side/log/{k}": v for k, v in state.side.log._asdict().items()})
     arrays.update({f"plays/{k}": v for k, v in state.plays._asdict().items()})
     arrays.update({f"model_rows/{k}": v for k, v in state.model_rows._asdict().items()})
+    for name, delta in (("pending", state.pending), ("outbox", state.outbox)):
+        if delta is not None:
+            arrays.update({f"{name}/{k}": np.asarray(v) for k, v in delta._asdict().items()})
     header = {
         "offsets": [[t, p, o] for (t, p), o in sorted(state.offsets.items())],
         "counters": dict(state.counters),
@@ -695,8 +737,18 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
             "n_leaves": len(leaves),
         },
         "composite_reward": engine.composite.to_spec(),
+        "delta_seq": state.delta_seq,
+        "seen": dict(state.seen),
     }
     return arrays, header
+
+
+def _delta_from_arrays(arrays: Mapping[str, np.ndarray], name: str) -> Any:
+    if f"{name}/precision" not in arrays:
+        return None
+    return linear.LinearDelta(
+        **{f: jnp.asarray(arrays[f"{name}/{f}"]) for f in linear.LinearDelta._fields}
+    )
 
 
 def _joins_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[int, join.JoinState]:
@@ -753,4 +805,8 @@ def from_arrays(
         counters={str(k): v for k, v in header["counters"].items()},
         sums={str(k): float(v) for k, v in header["sums"].items()},
         reward_by_policy={int(k): (float(s), int(c)) for k, s, c in header["reward_by_policy"]},
+        pending=_delta_from_arrays(arrays, "pending"),
+        outbox=_delta_from_arrays(arrays, "outbox"),
+        delta_seq=int(header.get("delta_seq", 0)),
+        seen={str(k): int(v) for k, v in header.get("seen", {}).items()},
     )

@@ -1,0 +1,116 @@
+"""Scale-out against the real broker: two workers of one group learn one global policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaming.config import Config
+from streaming.daemon import Daemon
+from streaming.demo import produce_simulated
+from streaming.kafka_io import TopicPartition, ensure_topics, make_consumer
+
+pytestmark = pytest.mark.integration
+
+
+def config(servers: str, run: str, tmp: Path, name: str, *, share: bool, group: str) -> Config:
+    cfg = Config.load(
+        env={},
+        overrides=[
+            f"kafka.bootstrap_servers={servers}",
+            f"kafka.group_id={group}",
+            f"kafka.client_id={name}",
+            f"checkpoint.dir={tmp / name}",
+            "checkpoint.every_ms=1000",
+            "log.dir=",
+            "metrics.enabled=false",
+            "join.window_ms=1200000",
+            "join.allowed_lateness_ms=60000",
+            "join.slate_size=5",
+            f"scale.share_deltas={'true' if share else 'false'}",
+            f"scale.worker_id={name}",
+        ],
+    )
+    t = cfg.topics
+    return dataclasses.replace(
+        cfg,
+        topics=dataclasses.replace(
+            t,
+            impressions=f"i-{run}",
+            outcomes=f"o-{run}",
+            dlq=f"d-{run}",
+            late=f"l-{run}",
+            snapshots=f"s-{run}",
+            deltas=f"x-{run}",
+        ),
+    )
+
+
+def all_deltas(cfg: Config, servers: str) -> list[bytes]:
+    consumer = make_consumer(cfg.kafka, servers, group_id=None)
+    tps = [
+        TopicPartition(cfg.topics.deltas, p)
+        for p in sorted(consumer.partitions_for_topic(cfg.topics.deltas) or {0})
+    ]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    out: list[bytes] = []
+    while any(consumer.position(tp) < ends[tp] for tp in tps):
+        for recs in consumer.poll(timeout_ms=500).values():
+            out.extend(r.value for r in recs)
+    consumer.close(autocommit=False)
+    return out
+
+
+def test_two_workers_end_with_the_statistics_of_one(kafka_broker: str, tmp_path: Path) -> None:
+    run = uuid.uuid4().hex[:8]
+    one = config(kafka_broker, run, tmp_path, "solo", share=False, group=f"solo-{run}")
+    ensure_topics(one, kafka_broker)
+    produce_simulated(one, kafka_broker, n_requests=3000, slate_size=5, seed=7)
+
+    solo = Daemon(one, servers=kafka_broker)
+    solo.run(threading.Event(), exit_when_idle_ms=3000)
+
+    group = f"pair-{run}"
+    workers = [
+        Daemon(
+            config(kafka_broker, run, tmp_path, n, share=True, group=group), servers=kafka_broker
+        )
+        for n in ("a", "b")
+    ]
+    threads = [
+        threading.Thread(
+            target=w.run, args=(threading.Event(),), kwargs={"exit_when_idle_ms": 6000}
+        )
+        for w in workers
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    # Each split the partitions: together they saw every event exactly once.
+    counts = [w.state.counters for w in workers]
+    assert all(c.get("impressions", 0) > 0 for c in counts)  # both owned partitions
+    for key in ("impressions", "outcomes", "closed", "feedback_rows"):
+        assert sum(c.get(key, 0) for c in counts) == solo.state.counters[key], key
+    # Fold in whatever deltas arrived after a worker stopped polling, as a running worker would.
+    published = all_deltas(workers[0].config, kafka_broker)
+    assert len(published) >= 2
+    for w in workers:
+        w.absorb_deltas(published)
+        w.absorb_deltas(published)  # a redelivered delta is folded in once
+        for name in ("precision", "b"):
+            np.testing.assert_allclose(
+                np.asarray(getattr(w.state.policy, name)),
+                np.asarray(getattr(solo.state.policy, name)),
+                rtol=1e-4,
+                atol=1e-3,
+                err_msg=f"{w.worker_id}.{name}",
+            )
+        assert int(w.state.policy.n) == int(solo.state.policy.n)
