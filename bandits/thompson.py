@@ -48,7 +48,7 @@ def posterior_sampler(
 
 def lin_ts(
     *,
-    scale: float = 0.5,
+    scale: float = 0.2,
     mc_samples: int = 256,
     ridge: float = 1.0,
     discount: float = 1.0,

@@ -15,6 +15,11 @@ variant, a re-rank latency table, and update-only throughput against VW's comman
 from __future__ import annotations
 
 import os
+
+# OpenBLAS (behind numpy, and behind JAX's LAPACK calls on CPU) spins a thread per core; on a
+# small shared machine that oversubscription makes a 289 x 289 Cholesky 20x slower. One thread
+# for every system in this suite (VW does not use it; MABWiser and encore both do).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import subprocess
 import sys
 import tempfile
@@ -416,12 +421,14 @@ def _suite(ctx: Context, rounds: Rounds, drift: bool, per_arm_n: int) -> tuple[l
         per_arm = f"mabwiser linucb per-arm (2,000 arms) first {per_arm_n:,} rounds"
         add(per_arm, "user features; one model per track id (track features unused)", res,
             f"{BATCH} rounds (partial_fit)")
-        ref = curves.get("encore linucb")
-        if ref is not None:
+    # Systems that ran fewer rounds: compare with encore linucb over the same first rounds.
+    ref = curves.get("encore linucb")
+    for system, curve in curves.items():
+        m = curve.shape[0]
+        if ref is not None and m < n:
             ctx.notes.append(
-                f"MABWiser per-arm LinUCB ran only {per_arm_n:,} rounds (it scores all 2,000 "
-                f"arms per round); over those first rounds its regret was "
-                f"{curves[per_arm][-1]:.1f}, encore linucb's {ref[per_arm_n - 1]:.1f}."
+                f"{system}{label} ran the first {m:,} rounds only: regret {curve[-1]:.1f} there, "
+                f"encore linucb {ref[m - 1]:.1f} over the same rounds."
             )
     return rows, curves
 
@@ -476,6 +483,8 @@ def run(ctx: Context) -> list[Row]:
                      "through its Python API; MABWiser predicts per round and partial_fits per "
                      "100 rounds. rounds_per_s excludes jit compilation (the first batch is run "
                      "once untimed) and includes host-side slicing and transfers.")
+    ctx.notes.append(f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} for the whole "
+                     "suite (numpy / LAPACK; affects encore and MABWiser, not VW).")
     ctx.notes.append(f"peak_rss_mb is the process's peak resident set while the system ran "
                      f"(reset per system); the process held {base_rss:.0f} MB before the first "
                      "system (Python, JAX, VW, the round data).")
