@@ -16,6 +16,7 @@ reliability plot (one panel per head, one line per model) to ``out_png``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -259,3 +260,31 @@ def _plot(tables: dict[tuple[str, str], Any], out: Path) -> None:
 
 
 __all__ = ["SimBatch", "SimStream", "concat_outcomes", "report", "simulated_predictions"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``encore rewards report [LOG] [--simulate-plays N] [--out PNG]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="encore rewards", description="reward-model tools")
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("report", help="prequential log loss, AUC and ECE per model and horizon, "
+                       "and a reliability plot")
+    p.add_argument("log", nargs="?", default=None,
+                   help="Parquet/CSV of joined plays with stored predictions (p_skip_1, p_skip_2, "
+                        "p_skip_3, p_complete); omit it with --simulate-plays")
+    p.add_argument("--simulate-plays", type=int, default=0,
+                   help="run the models prequentially on this many simulated plays instead")
+    p.add_argument("--out", default="reliability.png", help="reliability plot (PNG)")
+    p.add_argument("--bins", type=int, default=15, help="reliability bins")
+    p.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.log is None and args.simulate_plays <= 0:
+        parser.error("give a LOG file or --simulate-plays N")
+    try:
+        report(args.log, out_png=args.out, simulate_plays=args.simulate_plays, n_bins=args.bins,
+               seed=args.seed)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"encore rewards report: {exc}")
+        return 2
+    return 0
