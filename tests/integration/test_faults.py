@@ -1,0 +1,496 @@
+"""Fault tests of the daemon against the real broker (issue 5): kill -9, broker restart, bad input.
+
+Every test runs ``python -m streaming run --config <toml> --exit-when-idle-ms ...`` as a
+subprocess on topics of its own, then reads the daemon's newest checkpoint and compares the
+learned state with what an uninterrupted run (fresh checkpoint folder, another consumer group)
+learned from the same events.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import streaming.broker
+from streaming import checkpoint, listeners
+from streaming.broker import TEST_SETTINGS, LocalBroker
+from streaming.config import Config
+from streaming.daemon import make_engine
+from streaming.demo import LOGGING, produce_simulated
+from streaming.kafka_io import ensure_topics, make_consumer, make_producer
+from streaming.simulator import SimConfig, Simulator
+from streaming.step import WorkerState, from_arrays, join_counters
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SLATE = 5
+IDLE_MS = 4000
+RUN_TIMEOUT_S = 240.0
+DAEMON = [sys.executable, "-m", "streaming", "run"]
+
+
+# ------------------------------------------------------------------------------------ helpers
+@dataclass(frozen=True)
+class Topics:
+    impressions: str
+    outcomes: str
+    dlq: str
+    late: str
+    snapshots: str
+    deltas: str
+
+
+def fresh_topics() -> Topics:
+    run = uuid.uuid4().hex[:8]
+    return Topics(*(f"{p}-{run}" for p in ("fi", "fo", "fd", "fl", "fs", "fx")))
+
+
+def write_config(path: Path, servers: str, topics: Topics, *, group: str, ckpt_dir: Path) -> Config:
+    """Write the daemon's TOML (join window suited to simulated time) and return it parsed."""
+    text = f"""
+[kafka]
+bootstrap_servers = {json.dumps(servers)}
+group_id = {json.dumps(group)}
+session_timeout_ms = 6000
+
+[topics]
+impressions = {json.dumps(topics.impressions)}
+outcomes = {json.dumps(topics.outcomes)}
+dlq = {json.dumps(topics.dlq)}
+late = {json.dumps(topics.late)}
+snapshots = {json.dumps(topics.snapshots)}
+deltas = {json.dumps(topics.deltas)}
+
+[join]
+window_ms = 1200000
+allowed_lateness_ms = 1200000
+slate_size = {SLATE}
+
+[checkpoint]
+dir = {json.dumps(str(ckpt_dir))}
+every_events = 20000
+every_ms = 2000
+keep = 3
+
+[rerank]
+snapshot_every_ms = 5000
+
+[log]
+dir = {json.dumps(str(ckpt_dir.parent / (ckpt_dir.name + "-log")))}
+
+[metrics]
+port = 0
+"""
+    path.write_text(text)
+    return Config.load(path, env={})
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENCORE_")}
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_daemon(toml: Path, log: Path, *, idle_ms: int = IDLE_MS) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    try:
+        return subprocess.Popen(
+            [*DAEMON, "--config", str(toml), "--exit-when-idle-ms", str(idle_ms)],
+            cwd=ROOT,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        out.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a daemon subprocess this test started if it still runs (finally blocks)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def wait_done(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = RUN_TIMEOUT_S) -> None:
+    """Wait for a daemon to stop by itself (idle); it must exit 0."""
+    try:
+        rc = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        pytest.fail(f"the daemon did not finish in {timeout_s:.0f} s:\n{tail(log)}")
+    assert rc == 0, f"the daemon exited with {rc}:\n{tail(log)}"
+
+
+def tail(log: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def newest_sequence(ckpt_dir: Path) -> int:
+    found = checkpoint.list_checkpoints(ckpt_dir)
+    return int(found[-1].name.split("-")[1].split(".")[0]) if found else 0
+
+
+def final_state(config: Config) -> WorkerState:
+    found = checkpoint.load_latest(config.checkpoint.dir)
+    assert found is not None, f"no checkpoint in {config.checkpoint.dir}"
+    arrays, header = found
+    return from_arrays(make_engine(config), arrays, header["worker"])
+
+
+def events_counted(state: WorkerState) -> int:
+    return int(state.counters.get("impressions", 0)) + int(state.counters.get("outcomes", 0))
+
+
+LEARNED = ("impressions", "outcomes", "outcomes_beyond_slate", "closed", "feedback_rows")
+
+
+def assert_same_learning(got: WorkerState, want: WorkerState) -> None:
+    """Same events counted, same offsets, same join results, same policy statistics."""
+    for name in LEARNED:
+        assert got.counters.get(name, 0) == want.counters.get(name, 0), name
+    assert join_counters(got) == join_counters(want)
+    assert got.offsets == want.offsets
+    assert got.sums["model_rows"] == want.sums["model_rows"]
+    assert got.sums["reward_sum"] == pytest.approx(want.sums["reward_sum"], rel=1e-9)
+    a, b = got.policy._asdict(), want.policy._asdict()
+    assert a.keys() == b.keys()
+    for name in a:
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4, err_msg=f"policy.{name}")
+
+
+def produce_halves(config: Config, servers: str, n_requests: int, *, seed: int) -> Iterator[int]:
+    """Yield the number of events sent after each half (same stream as one produce call)."""
+    sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+    release = listeners.EventTimeRelease()
+    topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
+    half = n_requests // 2
+    sent = 0
+    for lo, hi in ((0, half), (half, n_requests)):
+        producer = make_producer(config.kafka, servers)
+        try:
+            req = sim.requests(hi - lo)
+            sl = sim.log_slates(req, SLATE)
+            plays = sim.play(req, sl.shown)
+            imps = listeners.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
+            release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
+            now = None if hi == n_requests else int(req.t_ms[-1])
+            for w in [*listeners.wire(imps, []), *release.release(now)]:
+                producer.send(topics[w.role], key=w.key, value=w.value)
+                sent += 1
+            producer.flush(timeout=60)
+        finally:
+            producer.close(timeout=10)
+        yield sent
+
+
+# ------------------------------------------------------------------- joining the group
+JOINS = 50
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_consumer_that_joins_the_group_at_once_gets_its_partitions(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """A restarted daemon must own partitions, or it consumes nothing and never goes idle.
+
+    ``make_consumer`` subscribes before the client holds the topics' metadata; when the group
+    join completes first (the group is empty, as after a clean stop or once a killed member's
+    session expired), the range assignor sees "No partition metadata", hands out nothing, and
+    kafka-python 3.0.12 sometimes never rejoins: the consumer stays without partitions. Seen
+    as a daemon stuck at "0 events" after a restart (2 joins in 30, 2 in 40, 0 in 30 on this
+    machine). Fetching the topics' metadata before subscribing avoided it (0 in 40).
+    """
+    topics = fresh_topics()
+    cfg = write_config(
+        tmp_path / "j.toml", kafka_broker, topics, group="j", ckpt_dir=tmp_path / "ck"
+    )
+    ensure_topics(cfg, kafka_broker)
+    group = f"join-{uuid.uuid4().hex[:6]}"
+    stalled = []
+    for i in range(JOINS):
+        consumer = make_consumer(
+            cfg.kafka, kafka_broker, group_id=group, topics=[topics.impressions, topics.outcomes]
+        )
+        try:
+            deadline = time.monotonic() + 8
+            while not consumer.assignment() and time.monotonic() < deadline:
+                consumer.poll(timeout_ms=200, max_records=1)
+            if not consumer.assignment():
+                stalled.append(i)
+        finally:
+            consumer.close(autocommit=False)
+    assert not stalled, f"joins {stalled} of {JOINS} got no partitions within 8 s"
+
+
+# --------------------------------------------------------------------------------- kill -9
+KILL_REQUESTS = 10_000
+KILLS = 10
+
+
+def test_kill_minus_nine_ten_times_learns_what_an_uninterrupted_run_learns(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """SIGKILL at 10 seeded random points of the stream, restart each time; same final state.
+
+    Size: 10,000 simulated requests with slates of 5, about 56,000 impressions and outcomes,
+    not the issue's 200,000: the daemon learns at about 1,500 events/s on this shared 2-core
+    machine and each restart costs about 15 s (imports, jit, group join), so 200,000 events
+    would take about 6 minutes. Each kill lands after the restarted daemon wrote a new
+    checkpoint (so it is consuming) plus a seeded random delay of up to 2.5 s, so it hits the
+    daemon mid-batch, mid-step or mid-checkpoint. The uninterrupted run (another group, a
+    fresh checkpoint folder) runs meanwhile; both end once idle and caught up.
+    """
+    topics = fresh_topics()
+    killed = write_config(
+        tmp_path / "killed.toml",
+        kafka_broker,
+        topics,
+        group=f"k-{uuid.uuid4().hex[:6]}",
+        ckpt_dir=tmp_path / "ck-killed",
+    )
+    plain = write_config(
+        tmp_path / "plain.toml",
+        kafka_broker,
+        topics,
+        group=f"p-{uuid.uuid4().hex[:6]}",
+        ckpt_dir=tmp_path / "ck-plain",
+    )
+    ensure_topics(killed, kafka_broker)
+    sent = produce_simulated(
+        killed, kafka_broker, n_requests=KILL_REQUESTS, slate_size=SLATE, seed=11
+    )
+    delays = np.random.default_rng(5).uniform(0.0, 2.5, size=KILLS)
+    log, ckpt_dir = tmp_path / "killed.log", tmp_path / "ck-killed"
+    uninterrupted = start_daemon(tmp_path / "plain.toml", tmp_path / "plain.log")
+    try:
+        for i, delay in enumerate(delays.tolist()):
+            before = newest_sequence(ckpt_dir)
+            proc = start_daemon(tmp_path / "killed.toml", log)
+            try:
+                deadline = time.monotonic() + 90
+                while newest_sequence(ckpt_dir) == before:
+                    assert proc.poll() is None, (
+                        f"restart {i} ended before kill {i + 1}:\n{tail(log)}"
+                    )
+                    assert time.monotonic() < deadline, (
+                        f"restart {i} wrote no checkpoint in 90 s (stuck?):\n{tail(log)}"
+                    )
+                    time.sleep(0.05)
+                time.sleep(delay)
+                assert proc.poll() is None, f"restart {i} ended before kill {i + 1}:\n{tail(log)}"
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+            finally:
+                stop(proc)
+        proc = start_daemon(tmp_path / "killed.toml", log)
+        try:
+            wait_done(proc, log)
+        finally:
+            stop(proc)
+        wait_done(uninterrupted, tmp_path / "plain.log")
+    finally:
+        stop(uninterrupted)
+    got, want = final_state(killed), final_state(plain)
+    assert events_counted(want) == sent
+    assert want.counters["feedback_rows"] > 0
+    assert_same_learning(got, want)
+
+
+# ------------------------------------------------------------------------ broker restart
+BROKER_REQUESTS = 6_000
+
+
+# kafka-python leaves sockets of connection attempts made while the broker is down unclosed
+QUIET = (
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+)
+
+
+def _port_free_reusing_time_wait(port: int) -> bool:
+    """``streaming.broker._port_free`` as the JVM binds: SO_REUSEADDR, so TIME_WAIT is no bar."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@QUIET[0]
+@QUIET[1]
+def test_a_restarted_local_broker_keeps_its_address_after_serving_clients(
+    tmp_path: Path,
+) -> None:
+    """``LocalBroker.start`` on the same state dir must come back on the same ports, or every
+    client configured with the old address is lost. The broker closes its clients' connections
+    when it stops, which leaves TIME_WAIT sockets on its port; ``_port_free`` binds without
+    SO_REUSEADDR (the JVM binds with it), sees the port as taken, and picks new ports."""
+    broker = LocalBroker(state_dir=tmp_path / "broker", settings=TEST_SETTINGS)
+    servers = broker.start().bootstrap_servers
+    try:
+        cfg = write_config(
+            tmp_path / "r.toml", servers, fresh_topics(), group="r", ckpt_dir=tmp_path / "ck"
+        )
+        ensure_topics(cfg, servers)
+        consumer = make_consumer(cfg.kafka, servers, group_id=None, topics=[cfg.topics.impressions])
+        consumer.poll(timeout_ms=500)
+        broker.stop()
+        consumer.close(autocommit=False)
+        assert broker.start().bootstrap_servers == servers
+    finally:
+        broker.stop()
+
+
+@QUIET[0]
+@QUIET[1]
+def test_broker_stop_and_restart_mid_stream_loses_and_doubles_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker stops while the daemon runs and comes back on the same ports: every event
+    is counted once, and the learned state equals an uninterrupted run's.
+
+    Until ``_port_free`` binds with SO_REUSEADDR (see the test above) the restart would move
+    the broker to new ports; the fix is patched in here so that this test checks the daemon.
+    """
+    monkeypatch.setattr(streaming.broker, "_port_free", _port_free_reusing_time_wait)
+    broker = LocalBroker(state_dir=tmp_path / "broker", settings=TEST_SETTINGS)
+    servers = broker.start().bootstrap_servers
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        topics = fresh_topics()
+        cfg = write_config(
+            tmp_path / "a.toml", servers, topics, group="a", ckpt_dir=tmp_path / "ck-a"
+        )
+        ensure_topics(cfg, servers)
+        halves = produce_halves(cfg, servers, BROKER_REQUESTS, seed=4)
+        next(halves)
+        log = tmp_path / "a.log"
+        procs.append(proc := start_daemon(tmp_path / "a.toml", log))
+        deadline = time.monotonic() + 120
+        while newest_sequence(tmp_path / "ck-a") == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, tail(log)
+            time.sleep(0.05)
+        broker.stop()
+        time.sleep(5)
+        assert proc.poll() is None, f"the daemon died with the broker:\n{tail(log)}"
+        assert broker.start().bootstrap_servers == servers
+        sent = next(halves)
+        wait_done(proc, log)
+        got = final_state(cfg)
+        assert events_counted(got) == sent
+        plain = write_config(
+            tmp_path / "b.toml", servers, topics, group="b", ckpt_dir=tmp_path / "ck-b"
+        )
+        procs.append(proc := start_daemon(tmp_path / "b.toml", tmp_path / "b.log"))
+        wait_done(proc, tmp_path / "b.log")
+        assert_same_learning(got, final_state(plain))
+    finally:
+        for p in procs:
+            stop(p)
+        broker.stop()
+
+
+# ------------------------------------------------------------------------------ malformed
+MALFORMED_REQUESTS = 3_000
+
+
+DAMAGE = ("invalid_json", "invalid_utf8", "wrong_type", "invalid_json")
+"""The dead-letter code each kind of damage in ``corrupt`` must get."""
+
+
+def corrupt(value: bytes, kind: int) -> bytes:
+    """Damage of four kinds: truncated, not UTF-8, a string where an int belongs, not JSON."""
+    if kind == 0:
+        return value[: len(value) // 2]
+    if kind == 1:
+        return b"\xff\xfe" + value[2:]
+    if kind == 2:
+        return value.replace(b'"ts":', b'"ts":"soon","was":', 1)
+    return b"not json"
+
+
+def test_one_percent_malformed_all_reach_the_dead_letter_topic_and_the_rest_is_learned(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    topics = fresh_topics()
+    cfg = write_config(
+        tmp_path / "m.toml", kafka_broker, topics, group="m", ckpt_dir=tmp_path / "ck-m"
+    )
+    ensure_topics(cfg, kafka_broker)
+    sim = Simulator(SimConfig(seed=8, request_gap_ms=1000))
+    req = sim.requests(MALFORMED_REQUESTS)
+    sl = sim.log_slates(req, SLATE)
+    plays = sim.play(req, sl.shown)
+    imps = listeners.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
+    release = listeners.EventTimeRelease()
+    release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
+    messages = [*listeners.wire(imps, []), *release.release()]
+    role_topic = {"impressions": topics.impressions, "outcomes": topics.outcomes}
+    producer = make_producer(cfg.kafka, kafka_broker)
+    bad: dict[tuple[str, int, int], tuple[bytes, str]] = {}
+    futures = []
+    try:
+        for i, w in enumerate(messages):
+            kind = (i // 100) % 4 if i % 100 == 99 else -1  # every 100th message is damaged
+            value = corrupt(w.value, kind) if kind >= 0 else w.value
+            futures.append((producer.send(role_topic[w.role], key=w.key, value=value), value, kind))
+        producer.flush(timeout=60)
+    finally:
+        producer.close(timeout=10)
+    for fut, value, kind in futures:
+        meta = fut.get(timeout=10)
+        if kind >= 0:
+            bad[(meta.topic, meta.partition, meta.offset)] = (value, DAMAGE[kind])
+    good = len(messages) - len(bad)
+    assert len(bad) == len(messages) // 100
+    log = tmp_path / "m.log"
+    proc = start_daemon(tmp_path / "m.toml", log)
+    try:
+        wait_done(proc, log)
+    finally:
+        stop(proc)
+    state = final_state(cfg)
+    assert events_counted(state) == good
+    assert state.counters["feedback_rows"] > 0
+    consumer = make_consumer(cfg.kafka, kafka_broker, group_id=None, topics=[topics.dlq])
+    dead: dict[tuple[str, int, int], dict[str, Any]] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while len(dead) < len(bad) and time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=500).values():
+                for r in recs:
+                    d = json.loads(r.value)
+                    dead[(d["topic"], d["partition"], d["offset"])] = d
+    finally:
+        consumer.close(autocommit=False)
+    assert dead.keys() == bad.keys()  # every damaged message, once, with where it came from
+    for where, d in dead.items():
+        raw, code = bad[where]
+        assert base64.b64decode(d["raw_b64"]) == raw
+        assert d["code"] == code and d["reason"], d
+    assert {d["code"] for d in dead.values()} == set(DAMAGE)
