@@ -126,12 +126,21 @@ class Topics:
     late: str = "encore.late"
     snapshots: str = "encore.policy-snapshots"
     deltas: str = "encore.policy-deltas"
+    joined: str = "encore.joined"
     partitions: int = 4
     replication_factor: int = 1
 
     def __post_init__(self) -> None:
         _positive(self, "partitions", "replication_factor")
-        names = [self.impressions, self.outcomes, self.dlq, self.late, self.snapshots, self.deltas]
+        names = [
+            self.impressions,
+            self.outcomes,
+            self.dlq,
+            self.late,
+            self.snapshots,
+            self.deltas,
+            self.joined,
+        ]
         if len(set(names)) != len(names):
             raise ConfigError(f"topic names must be distinct, got {names}")
 
@@ -221,6 +230,7 @@ class LogConfig:
     max_file_age_ms: int = 60_000
     max_candidates: int = 64  # candidates kept per impression in the log
     candidate_features: bool = True
+    publish_joined: bool = False  # also send each joined record to topics.joined (live OPE)
 
     def __post_init__(self) -> None:
         _positive(self, "rows_per_file", "max_file_age_ms", "max_candidates")

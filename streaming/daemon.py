@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 import rewards
@@ -43,7 +44,7 @@ from streaming.kafka_io import (
     make_producer,
 )
 from streaming.metrics import Metrics, MetricsServer, status_path, write_status
-from streaming.parquet_log import ParquetLog
+from streaming.parquet_log import JoinedRecords, ParquetLog, to_table
 from streaming.step import (
     Engine,
     WorkerState,
@@ -408,6 +409,8 @@ class Daemon:
         if self.log is not None:
             for records in effects.records:
                 self.log.append(records)
+                if self.config.log.publish_joined:
+                    self._publish_joined(records)
         return n
 
     def _dead_letters(
@@ -482,6 +485,15 @@ class Daemon:
         for reason in outs.reason.tolist():
             kind = reasons_o.get(reason, str(reason))
             self.stats.late_by_kind[kind] = self.stats.late_by_kind.get(kind, 0) + 1
+
+    def _publish_joined(self, records: JoinedRecords) -> None:
+        """Each joined record as one JSON message (the Parquet log's columns), for live OPE."""
+        for row in to_table(records).to_pylist():
+            self.producer.send(
+                self.config.topics.joined,
+                key=str(row["user_id"]).encode(),
+                value=msgspec.json.encode(row),
+            )
 
     def caught_up(self) -> bool:
         """True when the consumer owns partitions and has read every one of them to its end."""

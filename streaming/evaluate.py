@@ -223,8 +223,12 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
                 f"logged action beyond the row's candidates at rows {bad[:10].tolist()} "
                 f"({bad.size} of {log.n})"
             )
-    given = [bool(args.target_prob_columns), bool(args.target_action_column), bool(args.policy),
-             bool(args.policy_checkpoint)]
+    given = [
+        bool(args.target_prob_columns),
+        bool(args.target_action_column),
+        bool(args.policy),
+        bool(args.policy_checkpoint),
+    ]
     if sum(given) != 1:
         raise UsageError(
             "give exactly one target: --target-prob-columns, --target-action-column, --policy "
@@ -319,8 +323,16 @@ def _fit_policy_target(
     test = slice(n_train, log.n)
     n_test = log.n - n_train
     row_ids = np.broadcast_to(ids, (log.n, k))
-    prob = mc_probs(policy, state, context[test], feats[test], masks[test], row_ids[test],
-                    samples=samples, key=key)
+    prob = mc_probs(
+        policy,
+        state,
+        context[test],
+        feats[test],
+        masks[test],
+        row_ids[test],
+        samples=samples,
+        key=key,
+    )
     log_test = LoggedFeedback(
         action=log.action[test],
         reward=log.reward[test],
@@ -337,16 +349,26 @@ def _fit_policy_target(
     return log_test, prob, desc, notes
 
 
-def mc_probs(policy: Any, state: Any, context: np.ndarray, feats: np.ndarray, masks: np.ndarray,
-             ids: np.ndarray, *, samples: int, key: jax.Array) -> np.ndarray:
+def mc_probs(
+    policy: Any,
+    state: Any,
+    context: np.ndarray,
+    feats: np.ndarray,
+    masks: np.ndarray,
+    ids: np.ndarray,
+    *,
+    samples: int,
+    key: jax.Array,
+) -> np.ndarray:
     """``(n, k)`` probability that ``policy`` puts each candidate first, by Monte Carlo over
     ``samples`` draws of ``rank`` per row (exact for deterministic policies)."""
     from bandits.types import Candidates
 
     n, k = masks.shape
 
-    def probs(ctx: jax.Array, features: jax.Array, mask: jax.Array, row_ids: jax.Array,
-              keys: jax.Array) -> jax.Array:
+    def probs(
+        ctx: jax.Array, features: jax.Array, mask: jax.Array, row_ids: jax.Array, keys: jax.Array
+    ) -> jax.Array:
         cand = Candidates(features=features, ids=row_ids)
 
         def one(kk: jax.Array) -> jax.Array:
@@ -361,19 +383,25 @@ def mc_probs(policy: Any, state: Any, context: np.ndarray, feats: np.ndarray, ma
         hi = min(lo + 2048, n)
         keys = jax.random.split(jax.random.fold_in(key, lo), (hi - lo) * samples)
         keys = keys.reshape(hi - lo, samples)
-        out[lo:hi] = np.asarray(probs_batch(
-            jax.numpy.asarray(context[lo:hi], jax.numpy.float32),
-            jax.numpy.asarray(feats[lo:hi], jax.numpy.float32),
-            jax.numpy.asarray(masks[lo:hi]),
-            jax.numpy.asarray(ids[lo:hi], jax.numpy.int32),
-            keys,
-        ))
+        out[lo:hi] = np.asarray(
+            probs_batch(
+                jax.numpy.asarray(context[lo:hi], jax.numpy.float32),
+                jax.numpy.asarray(feats[lo:hi], jax.numpy.float32),
+                jax.numpy.asarray(masks[lo:hi]),
+                jax.numpy.asarray(ids[lo:hi], jax.numpy.int32),
+                keys,
+            )
+        )
     return out
 
 
 def _checkpoint_policy_target(
-    frame: pd.DataFrame, log: LoggedFeedback, n_actions: int, cand_mask: np.ndarray | None,
-    args: argparse.Namespace, key: jax.Array,
+    frame: pd.DataFrame,
+    log: LoggedFeedback,
+    n_actions: int,
+    cand_mask: np.ndarray | None,
+    args: argparse.Namespace,
+    key: jax.Array,
 ) -> tuple[np.ndarray, str, list[str]]:
     """The policy a daemon learned (its newest good checkpoint) as the target, on every row."""
     from bandits import load
@@ -390,7 +418,9 @@ def _checkpoint_policy_target(
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("params", {}).items()}
     policy = POLICIES[spec["name"]](**params)
     if log.context is None or log.action_features is None:
-        raise UsageError("--policy-checkpoint needs --context-columns and --candidate-features-column")
+        raise UsageError(
+            "--policy-checkpoint needs --context-columns and --candidate-features-column"
+        )
     context = log.context.astype(np.float32)
     feats = log.action_features.astype(np.float32)
     like = policy.init(context.shape[1], feats.shape[2])
@@ -407,9 +437,11 @@ def _checkpoint_policy_target(
     masks = np.ones((log.n, k), bool) if cand_mask is None else cand_mask
     prob = mc_probs(policy, state, context, feats, masks, ids, samples=args.policy_samples, key=key)
     desc = f"{spec['name']} learned by the daemon (checkpoint {header.get('sequence')})"
-    notes = [f"target: {spec['name']} v{spec.get('version')} {spec.get('params')} from "
-             f"{args.policy_checkpoint}; action probabilities by Monte Carlo over "
-             f"{args.policy_samples} draws of rank"]
+    notes = [
+        f"target: {spec['name']} v{spec.get('version')} {spec.get('params')} from "
+        f"{args.policy_checkpoint}; action probabilities by Monte Carlo over "
+        f"{args.policy_samples} draws of rank"
+    ]
     return prob, desc, notes
 
 
@@ -560,6 +592,98 @@ def live_consume(
     return LiveResult(current, rejects, seen)
 
 
+def topic_frames(args: argparse.Namespace) -> Iterable[pd.DataFrame]:
+    """Frames of ``--batch-rows`` joined records from ``--topic`` (JSON rows of the log's columns)."""
+    import msgspec
+
+    from streaming.config import Config
+    from streaming.kafka_io import TopicPartition, bootstrap_servers, make_consumer
+
+    config = Config.load(
+        env={},
+        overrides=(
+            [f"kafka.bootstrap_servers={args.bootstrap_servers}"] if args.bootstrap_servers else []
+        ),
+    )
+    servers = bootstrap_servers(config.kafka)
+    consumer = make_consumer(config.kafka, servers, group_id=None)
+    parts = consumer.partitions_for_topic(args.topic)
+    if not parts:
+        consumer.close(autocommit=False)
+        raise UsageError(f"--topic {args.topic!r} does not exist on {servers}")
+    tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    rows: list[dict[str, Any]] = []
+    total = 0
+    last = time.monotonic()
+    try:
+        while args.max_rows is None or total < args.max_rows:
+            polled = consumer.poll(timeout_ms=200, max_records=args.batch_rows)
+            for recs in polled.values():
+                rows.extend(msgspec.json.decode(r.value) for r in recs if r.value)
+            if polled:
+                last = time.monotonic()
+            idle = (
+                args.idle_exit_ms is not None
+                and (time.monotonic() - last) * 1000 >= args.idle_exit_ms
+            )
+            while len(rows) >= args.batch_rows or (rows and idle):
+                chunk, rows = rows[: args.batch_rows], rows[args.batch_rows :]
+                total += len(chunk)
+                yield pd.DataFrame(chunk)
+            if idle:
+                return
+    finally:
+        consumer.close(autocommit=False)
+
+
+def run_live(args: argparse.Namespace, console: Any) -> int:
+    """``encore evaluate --topic``: fold joined records into the confidence sequence as they come."""
+    if args.policy:
+        raise UsageError(
+            "--topic needs a fixed target (--policy-checkpoint, --target-prob-columns "
+            "or --target-action-column); --policy fits on a split of a finished log"
+        )
+    estimators = estimator_set(args.estimators)
+    names = list(estimators)
+    key = jax.random.key(args.seed)
+    rows = 0
+
+    def batches() -> Iterable[tuple[LoggedFeedback, TargetProbs]]:
+        nonlocal rows
+        for i, frame in enumerate(topic_frames(args)):
+            inputs = build_inputs(frame, args, jax.random.fold_in(key, i))
+            log = inputs.log
+            if NEEDS_Q_HAT & set(estimators) and log.q_hat is None:
+                log = with_q_hat(
+                    log,
+                    n_actions=inputs.n_actions,
+                    key=jax.random.fold_in(key, 10_000 + i),
+                    folds=args.folds,
+                )
+            rows += log.n
+            yield log, inputs.target
+
+    def show(estimates: list[Estimate]) -> None:
+        parts = [
+            f"{n} {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}]"
+            for n, e in zip(names, estimates, strict=True)
+        ]
+        console.print(f"{rows:>9,} rows  " + "  ".join(parts))
+
+    result = live_consume(batches(), list(estimators.values()), alpha=args.alpha, on_update=show)
+    for reason in result.rejects:
+        console.print(f"skipped {reason}")
+    if result.batches == 0:
+        raise UsageError(f"no joined records arrived on {args.topic!r}")
+    final = online_intervals(
+        result.state, list(estimators.values()), alpha=args.alpha, t_star=100_000
+    )
+    console.print(results_table(dict(zip(names, final, strict=True)), args.alpha, "cs"))
+    return 0
+
+
 # ----------------------------------------------------------------------------- command
 
 
@@ -568,7 +692,33 @@ def build_parser() -> argparse.ArgumentParser:
         prog="encore evaluate",
         description="Off-policy evaluation of a target policy on logged records.",
     )
-    p.add_argument("log", type=Path, help="Parquet or CSV of logged, joined rounds")
+    p.add_argument(
+        "log",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="Parquet or CSV of logged, joined rounds (or a daemon's log folder)",
+    )
+    p.add_argument(
+        "--topic",
+        default=None,
+        help="evaluate live from this topic of joined records (the daemon publishes "
+        "them with log.publish_joined): the anytime-valid confidence sequence "
+        "is updated as events arrive",
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="Kafka for --topic (default: the local broker of `encore broker start`)",
+    )
+    p.add_argument("--batch-rows", type=int, default=2000, help="rows per live update")
+    p.add_argument("--max-rows", type=int, default=None, help="stop --topic after this many rows")
+    p.add_argument(
+        "--idle-exit-ms",
+        type=int,
+        default=None,
+        help="stop --topic once nothing arrived for this long",
+    )
     p.add_argument(
         "--column-map",
         default=None,
@@ -580,8 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target-action-column", default=None, help="action of a deterministic target")
     p.add_argument("--policy", default=None, help="bandits.registry policy to fit offline")
-    p.add_argument("--policy-checkpoint", type=Path, default=None,
-                   help="a daemon's checkpoint folder: evaluate the policy it learned")
+    p.add_argument(
+        "--policy-checkpoint",
+        type=Path,
+        default=None,
+        help="a daemon's checkpoint folder: evaluate the policy it learned",
+    )
     p.add_argument("--policy-param", action="append", help="key=value hyperparameter (repeat)")
     p.add_argument(
         "--train-fraction", type=float, default=0.5, help="share of rows to fit --policy on"
@@ -620,6 +774,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     err = Console(stderr=True)
+    if args.topic is not None:
+        try:
+            return run_live(args, console)
+        except (InvalidLogError, UsageError) as exc:
+            print(f"encore evaluate: {exc}", file=sys.stderr)
+            return 2
+    if args.log is None:
+        print("encore evaluate: give a LOG file or folder, or --topic", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     key = jax.random.key(args.seed)
     try:

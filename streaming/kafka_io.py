@@ -116,6 +116,7 @@ def topic_specs(topics: Topics) -> dict[str, dict[str, Any]]:
         topics.dlq: {**common, "configs": {"retention.ms": str(30 * day_ms)}},
         topics.late: {**common, "configs": {"retention.ms": str(30 * day_ms)}},
         topics.deltas: {**common, "configs": {"retention.ms": str(day_ms)}},
+        topics.joined: {**common, "configs": {"retention.ms": str(7 * day_ms)}},
         topics.snapshots: {
             "num_partitions": 1,
             "replication_factor": topics.replication_factor,
