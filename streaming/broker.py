@@ -323,6 +323,7 @@ def _cluster_id() -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM binds it
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

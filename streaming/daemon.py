@@ -195,7 +195,7 @@ class Daemon:
                 rows_per_file=config.log.rows_per_file,
                 max_file_age_ms=config.log.max_file_age_ms,
                 clock=clock,
-                writer=config.kafka.client_id,
+                writer=config.scale.worker_id or config.kafka.client_id,
             )
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None

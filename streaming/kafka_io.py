@@ -99,6 +99,10 @@ def make_consumer(
     }
     consumer = KafkaConsumer(**settings)
     if topics:
+        # Fetch the topics' metadata before joining: a join that completes first gets no
+        # partitions from the assignor, and kafka-python 3.0.12 does not always rejoin.
+        for topic in topics:
+            consumer.partitions_for_topic(topic)
         if listener is not None:
             consumer.subscribe(list(topics), listener=listener)
         else:

@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import streaming.broker
 from streaming import checkpoint, listeners
 from streaming.broker import TEST_SETTINGS, LocalBroker
 from streaming.config import Config
@@ -330,17 +328,6 @@ QUIET = (
 )
 
 
-def _port_free_reusing_time_wait(port: int) -> bool:
-    """``streaming.broker._port_free`` as the JVM binds: SO_REUSEADDR, so TIME_WAIT is no bar."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @QUIET[0]
 @QUIET[1]
 def test_a_restarted_local_broker_keeps_its_address_after_serving_clients(
@@ -349,7 +336,8 @@ def test_a_restarted_local_broker_keeps_its_address_after_serving_clients(
     """``LocalBroker.start`` on the same state dir must come back on the same ports, or every
     client configured with the old address is lost. The broker closes its clients' connections
     when it stops, which leaves TIME_WAIT sockets on its port; ``_port_free`` binds without
-    SO_REUSEADDR (the JVM binds with it), sees the port as taken, and picks new ports."""
+    SO_REUSEADDR (the JVM binds with it), sees the port as taken, and picks new ports. Fixed:
+    it binds with SO_REUSEADDR now."""
     broker = LocalBroker(state_dir=tmp_path / "broker", settings=TEST_SETTINGS)
     servers = broker.start().bootstrap_servers
     try:
@@ -369,15 +357,10 @@ def test_a_restarted_local_broker_keeps_its_address_after_serving_clients(
 @QUIET[0]
 @QUIET[1]
 def test_broker_stop_and_restart_mid_stream_loses_and_doubles_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """The broker stops while the daemon runs and comes back on the same ports: every event
-    is counted once, and the learned state equals an uninterrupted run's.
-
-    Until ``_port_free`` binds with SO_REUSEADDR (see the test above) the restart would move
-    the broker to new ports; the fix is patched in here so that this test checks the daemon.
-    """
-    monkeypatch.setattr(streaming.broker, "_port_free", _port_free_reusing_time_wait)
+    is counted once, and the learned state equals an uninterrupted run's."""
     broker = LocalBroker(state_dir=tmp_path / "broker", settings=TEST_SETTINGS)
     servers = broker.start().bootstrap_servers
     procs: list[subprocess.Popen[bytes]] = []
