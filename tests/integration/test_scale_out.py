@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -72,10 +73,6 @@ def test_two_workers_end_with_the_statistics_of_one(kafka_broker: str, tmp_path:
     run = uuid.uuid4().hex[:8]
     one = config(kafka_broker, run, tmp_path, "solo", share=False, group=f"solo-{run}")
     ensure_topics(one, kafka_broker)
-    produce_simulated(one, kafka_broker, n_requests=3000, slate_size=5, seed=7)
-
-    solo = Daemon(one, servers=kafka_broker)
-    solo.run(threading.Event(), exit_when_idle_ms=3000)
 
     group = f"pair-{run}"
     workers = [
@@ -84,16 +81,32 @@ def test_two_workers_end_with_the_statistics_of_one(kafka_broker: str, tmp_path:
         )
         for n in ("a", "b")
     ]
+    stops = [threading.Event() for _ in workers]
     threads = [
-        threading.Thread(
-            target=w.run, args=(threading.Event(),), kwargs={"exit_when_idle_ms": 6000}
-        )
-        for w in workers
+        threading.Thread(target=w.run, args=(s,)) for w, s in zip(workers, stops, strict=True)
     ]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(timeout=300)
+    try:
+        # Both workers own their partitions before the stream flows: no rebalance mid-stream
+        # (moving a partition's open join windows between workers is not supported yet).
+        deadline = time.monotonic() + 120
+        while not all(w.consumer is not None and w.consumer.assignment() for w in workers):
+            assert time.monotonic() < deadline, "the two workers never both owned partitions"
+            time.sleep(0.2)
+        n = produce_simulated(one, kafka_broker, n_requests=3000, slate_size=5, seed=7)
+        deadline = time.monotonic() + 300
+        while sum(w.stats.events for w in workers) < n:
+            assert time.monotonic() < deadline, "the workers did not consume the stream"
+            time.sleep(0.2)
+    finally:
+        for s in stops:
+            s.set()
+        for t in threads:
+            t.join(timeout=120)
+    solo = Daemon(one, servers=kafka_broker)
+    solo.run(threading.Event(), exit_when_idle_ms=3000)
+    assert solo.stats.events == n
     # Each split the partitions: together they saw every event exactly once.
     counts = [w.state.counters for w in workers]
     assert all(c.get("impressions", 0) > 0 for c in counts)  # both owned partitions
