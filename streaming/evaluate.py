@@ -227,12 +227,12 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
         bool(args.target_prob_columns),
         bool(args.target_action_column),
         bool(args.policy),
-        bool(args.policy_checkpoint),
+        bool(args.policy_checkpoint) or bool(args.policy_snapshot),
     ]
-    if sum(given) != 1:
+    if sum(given) != 1 or (args.policy_checkpoint and args.policy_snapshot):
         raise UsageError(
-            "give exactly one target: --target-prob-columns, --target-action-column, --policy "
-            "or --policy-checkpoint"
+            "give exactly one target: --target-prob-columns, --target-action-column, --policy, "
+            "--policy-checkpoint or --policy-snapshot"
         )
     notes: list[str] = []
     if args.target_prob_columns:
@@ -248,7 +248,7 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
         prob = np.zeros((log.n, n_actions))
         prob[np.arange(log.n), chosen.astype(np.int64)] = 1.0
         desc = f"deterministic: the action in column {col!r}"
-    elif args.policy_checkpoint:
+    elif args.policy_checkpoint or args.policy_snapshot:
         n_actions = log.action_features.shape[1] if log.action_features is not None else 0
         prob, desc, notes = _checkpoint_policy_target(frame, log, n_actions, cand_mask, args, key)
     else:
@@ -395,6 +395,45 @@ def mc_probs(
     return out
 
 
+def newest_snapshot(args: argparse.Namespace) -> bytes:
+    """The newest snapshot of policy ``--policy-snapshot`` on the compacted snapshots topic."""
+    from streaming.config import Config
+    from streaming.kafka_io import TopicPartition, bootstrap_servers, make_consumer
+
+    config = Config.load(
+        env={},
+        overrides=(
+            [f"kafka.bootstrap_servers={args.bootstrap_servers}"] if args.bootstrap_servers else []
+        ),
+    )
+    servers = bootstrap_servers(config.kafka)
+    consumer = make_consumer(config.kafka, servers, group_id=None)
+    try:
+        parts = consumer.partitions_for_topic(args.snapshots_topic)
+        if not parts:
+            raise UsageError(
+                f"--snapshots-topic {args.snapshots_topic!r} does not exist on {servers}"
+            )
+        tps = [TopicPartition(args.snapshots_topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends: dict[Any, int] = {tp: int(o or 0) for tp, o in consumer.end_offsets(tps).items()}
+        newest: bytes | None = None
+        name = args.policy_snapshot.encode()
+        while any(int(consumer.position(tp) or 0) < ends[tp] for tp in tps):
+            for recs in consumer.poll(timeout_ms=500).values():
+                for r in recs:
+                    if r.key == name and r.value:
+                        newest = r.value
+    finally:
+        consumer.close(autocommit=False)
+    if newest is None:
+        raise UsageError(
+            f"no snapshot of policy {args.policy_snapshot!r} on {args.snapshots_topic!r}"
+        )
+    return newest
+
+
 def _checkpoint_policy_target(
     frame: pd.DataFrame,
     log: LoggedFeedback,
@@ -408,13 +447,26 @@ def _checkpoint_policy_target(
     from bandits.registry import POLICIES
     from streaming import checkpoint
 
-    found = checkpoint.load_latest(args.policy_checkpoint)
-    if found is None:
-        raise UsageError(f"--policy-checkpoint {args.policy_checkpoint}: no checkpoint there")
-    arrays, header = found
-    spec = header.get("policy_spec") or {}
-    if spec.get("name") not in POLICIES or "policy_blob" not in arrays:
-        raise UsageError(f"--policy-checkpoint {args.policy_checkpoint}: not a daemon checkpoint")
+    if args.policy_snapshot:
+        from bandits.state import read_header
+
+        blob = newest_snapshot(args)
+        spec = read_header(blob).get("spec") or {}
+        source = f"snapshot {args.policy_snapshot!r} on {args.snapshots_topic}"
+        if spec.get("name") not in POLICIES:
+            raise UsageError(f"{source} holds unknown policy {spec.get('name')!r}")
+    else:
+        found = checkpoint.load_latest(args.policy_checkpoint)
+        if found is None:
+            raise UsageError(f"--policy-checkpoint {args.policy_checkpoint}: no checkpoint there")
+        arrays, header = found
+        spec = header.get("policy_spec") or {}
+        if spec.get("name") not in POLICIES or "policy_blob" not in arrays:
+            raise UsageError(
+                f"--policy-checkpoint {args.policy_checkpoint}: not a daemon checkpoint"
+            )
+        blob = arrays["policy_blob"].tobytes()
+        source = f"checkpoint {header.get('sequence')} in {args.policy_checkpoint}"
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("params", {}).items()}
     policy = POLICIES[spec["name"]](**params)
     if log.context is None or log.action_features is None:
@@ -424,7 +476,7 @@ def _checkpoint_policy_target(
     context = log.context.astype(np.float32)
     feats = log.action_features.astype(np.float32)
     like = policy.init(context.shape[1], feats.shape[2])
-    state = load(policy, arrays["policy_blob"].tobytes(), like=like)
+    state = load(policy, blob, like=like)
     k = n_actions
     if "candidate_key" in frame.columns:  # the daemon's log: ids hashed as the daemon hashes them
         keys = np.zeros((log.n, k), np.uint64)
@@ -436,11 +488,10 @@ def _checkpoint_policy_target(
         ids = np.broadcast_to(np.arange(k, dtype=np.int32), (log.n, k))
     masks = np.ones((log.n, k), bool) if cand_mask is None else cand_mask
     prob = mc_probs(policy, state, context, feats, masks, ids, samples=args.policy_samples, key=key)
-    desc = f"{spec['name']} learned by the daemon (checkpoint {header.get('sequence')})"
+    desc = f"{spec['name']} learned by the daemon ({source})"
     notes = [
         f"target: {spec['name']} v{spec.get('version')} {spec.get('params')} from "
-        f"{args.policy_checkpoint}; action probabilities by Monte Carlo over "
-        f"{args.policy_samples} draws of rank"
+        f"{source}; action probabilities by Monte Carlo over {args.policy_samples} draws of rank"
     ]
     return prob, desc, notes
 
@@ -736,6 +787,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a daemon's checkpoint folder: evaluate the policy it learned",
     )
+    p.add_argument(
+        "--policy-snapshot",
+        default=None,
+        metavar="POLICY",
+        help="evaluate the newest snapshot of this policy (e.g. linucb) published on "
+        "--snapshots-topic",
+    )
+    p.add_argument("--snapshots-topic", default="encore.policy-snapshots")
     p.add_argument("--policy-param", action="append", help="key=value hyperparameter (repeat)")
     p.add_argument(
         "--train-fraction", type=float, default=0.5, help="share of rows to fit --policy on"

@@ -87,3 +87,33 @@ def test_evaluate_a_live_topic_of_joined_records(
     updates = [ln for ln in out.splitlines() if " rows " in ln]
     assert len(updates) >= 2  # the sequence was updated as batches arrived
     assert f"{closed:,} rows" in updates[-1]  # every joined record was evaluated once
+
+    # The same policy, as the daemon published it to the snapshots topic, on its Parquet log.
+    rc = evaluate.main(
+        [
+            str(tmp_path / "log"),
+            "--column-map",
+            "action=shown[0],reward=reward[0],propensity=propensity[0]",
+            "--context-columns",
+            "context",
+            "--candidate-features-column",
+            "candidate_features",
+            "--policy-snapshot",
+            "linucb",
+            "--snapshots-topic",
+            f"s-{run}",
+            "--bootstrap-servers",
+            kafka_broker,
+            "--estimators",
+            "ips,snips",
+            "--policy-samples",
+            "8",
+            "--n-bootstrap",
+            "50",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
+    assert rc == 0
+    assert "snapshot 'linucb'" in (tmp_path / "eval" / "report.md").read_text()
