@@ -70,6 +70,17 @@ from bandits.state import StateFormatError, load, save
 from bandits.types import Candidates, Estimate, Feedback, Ranked
 
 __all__ = [
-    "POLICIES", "Candidates", "Estimate", "Feedback", "Policy", "PolicySpec", "Ranked",
-    "StateFormatError", "check_feedback", "check_request", "load", "pad", "save",
+    "POLICIES",
+    "Candidates",
+    "Estimate",
+    "Feedback",
+    "Policy",
+    "PolicySpec",
+    "Ranked",
+    "StateFormatError",
+    "check_feedback",
+    "check_request",
+    "load",
+    "pad",
+    "save",
 ]

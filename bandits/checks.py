@@ -44,7 +44,11 @@ def _kind(name: str, x: Any, kind: str) -> None:
 
 
 def check_request_shapes(
-    context: Any, candidates: Candidates, mask: Any, d_user: int, d_track: int,
+    context: Any,
+    candidates: Candidates,
+    mask: Any,
+    d_user: int,
+    d_track: int,
     slate_size: int | None,
 ) -> None:
     """Static checks of one ``rank``/``score`` request (work under jit and vmap)."""
@@ -73,7 +77,12 @@ def check_request_shapes(
 
 
 def check_request(
-    context: Any, candidates: Candidates, mask: Any, *, d_user: int, d_track: int,
+    context: Any,
+    candidates: Candidates,
+    mask: Any,
+    *,
+    d_user: int,
+    d_track: int,
     slate_size: int | None = None,
 ) -> None:
     """Check one request fully (shapes, dtypes and values) on the host.
@@ -86,11 +95,15 @@ def check_request(
     check_request_shapes(context, candidates, mask, d_user, d_track, slate_size)
     ctx = np.asarray(context)
     if not np.isfinite(ctx).all():
-        raise ValueError(f"context has NaN or infinite values at features {_rows(~np.isfinite(ctx))}")
+        raise ValueError(
+            f"context has NaN or infinite values at features {_rows(~np.isfinite(ctx))}"
+        )
     feats = np.asarray(candidates.features)
     bad = ~np.isfinite(feats).all(axis=1)
     if bad.any():
-        raise ValueError(f"candidates.features has NaN or infinite values in candidate {_rows(bad)}")
+        raise ValueError(
+            f"candidates.features has NaN or infinite values in candidate {_rows(bad)}"
+        )
     m = np.asarray(mask)
     n_valid = int(m.sum())
     if n_valid == 0:
@@ -107,16 +120,26 @@ def check_feedback_shapes(fb: Feedback, d_user: int, d_track: int) -> None:
         raise TypeError(f"feedback must be bandits.types.Feedback, got {type(fb)}")
     n = fb.reward.shape[0] if fb.reward.ndim == 1 else -1
     expect = {
-        "context": (n, d_user), "features": (n, d_track), "action": (n,), "position": (n,),
-        "reward": (n,), "propensity": (n,), "mask": (n,),
+        "context": (n, d_user),
+        "features": (n, d_track),
+        "action": (n,),
+        "position": (n,),
+        "reward": (n,),
+        "propensity": (n,),
+        "mask": (n,),
     }
     for name, shape in expect.items():
         got = tuple(getattr(fb, name).shape)
         if got != shape:
             raise ValueError(f"Feedback.{name} must have shape {shape}, got {got}")
     for name, kind in (
-        ("context", "float"), ("features", "float"), ("action", "int"), ("position", "int"),
-        ("reward", "float"), ("propensity", "float"), ("mask", "bool"),
+        ("context", "float"),
+        ("features", "float"),
+        ("action", "int"),
+        ("position", "int"),
+        ("reward", "float"),
+        ("propensity", "float"),
+        ("mask", "bool"),
     ):
         _kind(f"Feedback.{name}", getattr(fb, name), kind)
 
@@ -139,8 +162,9 @@ def check_feedback(fb: Feedback, *, d_user: int, d_track: int) -> None:
     p = np.asarray(fb.propensity)
     bad = m & ~((p > 0) & (p <= 1))
     if bad.any():
-        raise ValueError(f"Feedback.propensity must be in (0, 1]; {_rows(bad)} are not: "
-                         f"{p[bad][:5].tolist()}")
+        raise ValueError(
+            f"Feedback.propensity must be in (0, 1]; {_rows(bad)} are not: {p[bad][:5].tolist()}"
+        )
     pos = np.asarray(fb.position)
     bad = m & (pos < 0)
     if bad.any():

@@ -61,19 +61,30 @@ def disjoint_linucb(
     if n_arms < 1:
         raise ValueError(f"n_arms must be >= 1, got {n_arms}")
     if alpha < 0 or not ridge > 0 or not 0 < discount <= 1:
-        raise ValueError(f"need alpha >= 0, ridge > 0, discount in (0, 1]; got {alpha}, "
-                         f"{ridge}, {discount}")
+        raise ValueError(
+            f"need alpha >= 0, ridge > 0, discount in (0, 1]; got {alpha}, {ridge}, {discount}"
+        )
     if not position_bias or not all(0 < k <= 1 for k in position_bias):
         raise ValueError(f"position_bias values must be in (0, 1], got {position_bias}")
-    spec = PolicySpec("disjoint_linucb", VERSION, {
-        "n_arms": int(n_arms), "alpha": float(alpha), "ridge": float(ridge),
-        "discount": float(discount), "position_bias": [float(k) for k in position_bias],
-    })
+    spec = PolicySpec(
+        "disjoint_linucb",
+        VERSION,
+        {
+            "n_arms": int(n_arms),
+            "alpha": float(alpha),
+            "ridge": float(ridge),
+            "discount": float(discount),
+            "position_bias": [float(k) for k in position_bias],
+        },
+    )
 
     def init(d_user: int, d_track: int) -> DisjointState:
-        eye = jnp.broadcast_to(jnp.eye(d_user + 1, dtype=jnp.float32), (n_arms, d_user + 1, d_user + 1))
+        eye = jnp.broadcast_to(
+            jnp.eye(d_user + 1, dtype=jnp.float32), (n_arms, d_user + 1, d_user + 1)
+        )
         return DisjointState(
-            precision=ridge * eye, cov=eye / ridge,
+            precision=ridge * eye,
+            cov=eye / ridge,
             b=jnp.zeros((n_arms, d_user + 1), jnp.float32),
             theta=jnp.zeros((n_arms, d_user + 1), jnp.float32),
             track_dims=jnp.zeros((d_track, 0), jnp.float32),
@@ -89,7 +100,11 @@ def disjoint_linucb(
         return slates.masked(mean + alpha * jnp.sqrt(jnp.maximum(var, 0.0)), mask)
 
     def rank(
-        state: DisjointState, context: Array, candidates: Candidates, mask: Array, key: Array,
+        state: DisjointState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
         slate_size: int,
     ) -> Ranked:
         del key
@@ -108,17 +123,27 @@ def disjoint_linucb(
         precision = precision.at[arm].add(x[:, :, None] * x[:, None, :])
         b = (discount * state.b).at[arm].add(x * r[:, None])
         chol = jnp.linalg.cholesky(precision)
+
         def inverse(c: Array) -> Array:
             return jax.scipy.linalg.cho_solve((c, True), eye)
 
         cov = jax.vmap(inverse)(chol)
         cov = 0.5 * (cov + jnp.swapaxes(cov, 1, 2))
         theta = jnp.einsum("aij,aj->ai", cov, b)
-        return state._replace(precision=precision, cov=cov, b=b, theta=theta,
-                              n=state.n + fb.mask.sum().astype(jnp.int32))
+        return state._replace(
+            precision=precision,
+            cov=cov,
+            b=b,
+            theta=theta,
+            n=state.n + fb.mask.sum().astype(jnp.int32),
+        )
 
     base = make_policy(
-        spec, init=init, score=score, rank=rank, update=update,
+        spec,
+        init=init,
+        score=score,
+        rank=rank,
+        update=update,
         dims=lambda s: (s.b.shape[1] - 1, s.track_dims.shape[0]),
     )
 
@@ -126,15 +151,18 @@ def disjoint_linucb(
         if checks.is_concrete(ids, mask):
             bad = np.asarray(mask) & ((np.asarray(ids) < 0) | (np.asarray(ids) >= n_arms))
             if bad.any():
-                raise ValueError(f"{name} must be arm indices in [0, {n_arms}); rows "
-                                 f"{np.flatnonzero(bad)[:5].tolist()} are not")
+                raise ValueError(
+                    f"{name} must be arm indices in [0, {n_arms}); rows "
+                    f"{np.flatnonzero(bad)[:5].tolist()} are not"
+                )
 
     def score_fn(state: Any, context: Any, candidates: Any, mask: Any) -> Any:
         _check_ids("candidates.ids", candidates.ids, mask)
         return base.score(state, context, candidates, mask)
 
-    def rank_fn(state: Any, context: Any, candidates: Any, mask: Any, *, key: Array,
-                slate_size: int = 1) -> Ranked:
+    def rank_fn(
+        state: Any, context: Any, candidates: Any, mask: Any, *, key: Array, slate_size: int = 1
+    ) -> Ranked:
         _check_ids("candidates.ids", candidates.ids, mask)
         return base.rank(state, context, candidates, mask, key=key, slate_size=slate_size)
 

@@ -43,14 +43,26 @@ def epsilon_greedy(
         return slates.masked(mean, mask)
 
     def rank(
-        state: LinearState, context: Array, candidates: Candidates, mask: Array, key: Array,
+        state: LinearState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
         slate_size: int,
     ) -> Ranked:
         s = score(state, context, candidates, mask)
         return slates.sequential(slates.epsilon_probs(epsilon), s, mask, key, slate_size)
 
     return linear.make(
-        "epsilon_greedy", VERSION, {"epsilon": float(epsilon)}, score, rank, ridge=ridge,
-        discount=discount, refactor_every=refactor_every, n_ids=n_ids, id_ridge=id_ridge,
+        "epsilon_greedy",
+        VERSION,
+        {"epsilon": float(epsilon)},
+        score,
+        rank,
+        ridge=ridge,
+        discount=discount,
+        refactor_every=refactor_every,
+        n_ids=n_ids,
+        id_ridge=id_ridge,
         position_bias=position_bias,
     )

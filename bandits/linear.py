@@ -42,7 +42,15 @@ from bandits.policy import Policy, PolicySpec, make_policy
 from bandits.types import Candidates, Feedback, Ranked
 
 __all__ = [
-    "LinearDelta", "LinearState", "add_deltas", "delta", "init", "joint", "make", "merge", "predict",
+    "LinearDelta",
+    "LinearState",
+    "add_deltas",
+    "delta",
+    "init",
+    "joint",
+    "make",
+    "merge",
+    "predict",
     "update",
 ]
 
@@ -139,7 +147,9 @@ def predict(
 
 
 def project(
-    theta: Float[Array, "du1 dt1"], cov: Float[Array, "D D"], context: Float[Array, " du"],
+    theta: Float[Array, "du1 dt1"],
+    cov: Float[Array, "D D"],
+    context: Float[Array, " du"],
     features: Float[Array, "k dt"],
 ) -> tuple[Float[Array, " k"], Float[Array, " k"], Float[Array, " dt1"], Float[Array, "dt1 dt1"]]:
     """Mean and variance of ``theta^T phi(x, z)`` for one user and ``k`` items, projecting the
@@ -217,9 +227,14 @@ def merge(state: LinearState, d: LinearDelta) -> LinearState:
     b = state.b + d.b
     cov, theta = _refactor(precision, b)
     return state._replace(
-        precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
-        id_count=state.id_count + d.id_count, id_resid=state.id_resid + d.id_resid,
-        n=state.n + d.n, since_refactor=jnp.zeros((), jnp.int32),
+        precision=precision,
+        cov=cov,
+        b=b,
+        theta=theta.reshape(state.theta.shape),
+        id_count=state.id_count + d.id_count,
+        id_resid=state.id_resid + d.id_resid,
+        n=state.n + d.n,
+        since_refactor=jnp.zeros((), jnp.int32),
     )
 
 
@@ -238,8 +253,13 @@ def update(
             state, fb, theta, discount * state.id_count, discount * state.id_resid
         )
         return state._replace(
-            precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
-            id_count=count, id_resid=resid, n=n,
+            precision=precision,
+            cov=cov,
+            b=b,
+            theta=theta.reshape(state.theta.shape),
+            id_count=count,
+            id_resid=resid,
+            n=n,
             since_refactor=jnp.zeros((), jnp.int32),
         )
     precision = state.precision + d.precision
@@ -260,15 +280,24 @@ def update(
         cov, theta, since = jax.lax.cond(since >= refactor_every, refactored, woodbury)
     count, resid = _id_stats(state, fb, theta, state.id_count, state.id_resid)
     return state._replace(
-        precision=precision, cov=cov, b=b, theta=theta.reshape(state.theta.shape),
-        id_count=count, id_resid=resid, n=n,
+        precision=precision,
+        cov=cov,
+        b=b,
+        theta=theta.reshape(state.theta.shape),
+        id_count=count,
+        id_resid=resid,
+        n=n,
         since_refactor=since,
     )
 
 
-
 def check_params(
-    *, ridge: float, discount: float, refactor_every: int, n_ids: int, id_ridge: float,
+    *,
+    ridge: float,
+    discount: float,
+    refactor_every: int,
+    n_ids: int,
+    id_ridge: float,
     position_bias: tuple[float, ...],
 ) -> None:
     """Validate the shared linear hyperparameters (raises ``ValueError`` naming the field)."""
@@ -283,21 +312,35 @@ def check_params(
     if not id_ridge > 0:
         raise ValueError(f"id_ridge must be > 0, got {id_ridge}")
     if not position_bias or not all(0.0 < k <= 1.0 for k in position_bias):
-        raise ValueError(f"position_bias must be non-empty with values in (0, 1], got {position_bias}")
+        raise ValueError(
+            f"position_bias must be non-empty with values in (0, 1], got {position_bias}"
+        )
 
 
 def linear_params(
-    *, ridge: float, discount: float, refactor_every: int, n_ids: int, id_ridge: float,
+    *,
+    ridge: float,
+    discount: float,
+    refactor_every: int,
+    n_ids: int,
+    id_ridge: float,
     position_bias: tuple[float, ...],
 ) -> dict[str, object]:
     """The shared hyperparameters as a spec ``params`` fragment (checked)."""
     check_params(
-        ridge=ridge, discount=discount, refactor_every=refactor_every, n_ids=n_ids,
-        id_ridge=id_ridge, position_bias=position_bias,
+        ridge=ridge,
+        discount=discount,
+        refactor_every=refactor_every,
+        n_ids=n_ids,
+        id_ridge=id_ridge,
+        position_bias=position_bias,
     )
     return {
-        "ridge": float(ridge), "discount": float(discount), "refactor_every": int(refactor_every),
-        "n_ids": int(n_ids), "id_ridge": float(id_ridge),
+        "ridge": float(ridge),
+        "discount": float(discount),
+        "refactor_every": int(refactor_every),
+        "n_ids": int(n_ids),
+        "id_ridge": float(id_ridge),
         "position_bias": [float(k) for k in position_bias],
     }
 
@@ -309,13 +352,21 @@ def make(
     score: Callable[[LinearState, Array, Candidates, Array], Array],
     rank: Callable[[LinearState, Array, Candidates, Array, Array, int], Ranked],
     *,
-    ridge: float, discount: float, refactor_every: int, n_ids: int, id_ridge: float,
+    ridge: float,
+    discount: float,
+    refactor_every: int,
+    n_ids: int,
+    id_ridge: float,
     position_bias: tuple[float, ...],
 ) -> Policy:
     """Build a ``Policy`` on the shared linear model from its ``score`` and ``rank`` cores."""
     params = linear_params(
-        ridge=ridge, discount=discount, refactor_every=refactor_every, n_ids=n_ids,
-        id_ridge=id_ridge, position_bias=position_bias,
+        ridge=ridge,
+        discount=discount,
+        refactor_every=refactor_every,
+        n_ids=n_ids,
+        id_ridge=id_ridge,
+        position_bias=position_bias,
     )
     return make_policy(
         PolicySpec(name, version, {**extra, **params}),

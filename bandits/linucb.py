@@ -63,13 +63,26 @@ def linucb(
         return slates.masked(mean + alpha * jnp.sqrt(var), mask)
 
     def rank(
-        state: LinearState, context: Array, candidates: Candidates, mask: Array, key: Array,
+        state: LinearState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
         slate_size: int,
     ) -> Ranked:
         del key  # deterministic
         return slates.greedy(score(state, context, candidates, mask), mask, slate_size)
 
     return linear.make(
-        "linucb", VERSION, {"alpha": float(alpha)}, score, rank, ridge=ridge, discount=discount,
-        refactor_every=refactor_every, n_ids=n_ids, id_ridge=id_ridge, position_bias=position_bias,
+        "linucb",
+        VERSION,
+        {"alpha": float(alpha)},
+        score,
+        rank,
+        ridge=ridge,
+        discount=discount,
+        refactor_every=refactor_every,
+        n_ids=n_ids,
+        id_ridge=id_ridge,
+        position_bias=position_bias,
     )

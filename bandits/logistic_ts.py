@@ -70,7 +70,11 @@ def logistic_ts(
         position_bias: examination weight of slate positions 0, 1, ... (the last repeats).
     """
     params = linear.linear_params(
-        ridge=ridge, discount=discount, refactor_every=1, n_ids=n_ids, id_ridge=id_ridge,
+        ridge=ridge,
+        discount=discount,
+        refactor_every=1,
+        n_ids=n_ids,
+        id_ridge=id_ridge,
         position_bias=position_bias,
     )
     del params["refactor_every"]
@@ -79,16 +83,22 @@ def logistic_ts(
     if mc_samples < 1 or newton_steps < 1:
         raise ValueError("mc_samples and newton_steps must be >= 1")
     spec = PolicySpec(
-        "logistic_ts", VERSION,
-        {"scale": float(scale), "mc_samples": int(mc_samples), "newton_steps": int(newton_steps),
-         **params},
+        "logistic_ts",
+        VERSION,
+        {
+            "scale": float(scale),
+            "mc_samples": int(mc_samples),
+            "newton_steps": int(newton_steps),
+            **params,
+        },
     )
 
     def init(d_user: int, d_track: int) -> LogisticState:
         d = (d_user + 1) * (d_track + 1)
         eye = jnp.eye(d, dtype=jnp.float32)
         return LogisticState(
-            precision=ridge * eye, cov=eye / ridge,
+            precision=ridge * eye,
+            cov=eye / ridge,
             theta=jnp.zeros((d_user + 1, d_track + 1), jnp.float32),
             id_mean=jnp.zeros((n_ids,), jnp.float32),
             id_prec=jnp.full((n_ids,), id_ridge, jnp.float32),
@@ -111,7 +121,11 @@ def logistic_ts(
         return slates.masked(mean + _bias(state, candidates.ids)[0], mask)
 
     def rank(
-        state: LogisticState, context: Array, candidates: Candidates, mask: Array, key: Array,
+        state: LogisticState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
         slate_size: int,
     ) -> Ranked:
         mean, _, w, m = linear.project(state.theta, state.cov, context, candidates.features)
@@ -161,12 +175,20 @@ def logistic_ts(
             id_mean = b
             id_prec = id_prior + jnp.zeros_like(b).at[h].add(pb * (1 - pb) * mask)
         return LogisticState(
-            precision=precision, cov=0.5 * (cov + cov.T), theta=w.reshape(state.theta.shape),
-            id_mean=id_mean, id_prec=id_prec, position_bias=state.position_bias,
+            precision=precision,
+            cov=0.5 * (cov + cov.T),
+            theta=w.reshape(state.theta.shape),
+            id_mean=id_mean,
+            id_prec=id_prec,
+            position_bias=state.position_bias,
             n=state.n + fb.mask.sum().astype(jnp.int32),
         )
 
     return make_policy(
-        spec, init=init, score=score, rank=rank, update=update,
+        spec,
+        init=init,
+        score=score,
+        rank=rank,
+        update=update,
         dims=lambda s: (s.theta.shape[0] - 1, s.theta.shape[1] - 1),
     )

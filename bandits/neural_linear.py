@@ -86,21 +86,37 @@ def neural_linear(
         position_bias: examination weight of slate positions 0, 1, ... (the last repeats).
         seed: seeds the initial weights and the minibatch stream.
     """
-    for name, v in (("hidden", hidden), ("embed_dim", embed_dim), ("train_steps", train_steps),
-                    ("batch_size", batch_size), ("buffer_size", buffer_size),
-                    ("mc_samples", mc_samples)):
+    for name, v in (
+        ("hidden", hidden),
+        ("embed_dim", embed_dim),
+        ("train_steps", train_steps),
+        ("batch_size", batch_size),
+        ("buffer_size", buffer_size),
+        ("mc_samples", mc_samples),
+    ):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     if not learning_rate > 0 or not ridge > 0 or not scale > 0:
         raise ValueError("learning_rate, ridge and scale must be > 0")
     if not position_bias or not all(0 < k <= 1 for k in position_bias):
         raise ValueError(f"position_bias values must be in (0, 1], got {position_bias}")
-    spec = PolicySpec("neural_linear", VERSION, {
-        "hidden": hidden, "embed_dim": embed_dim, "learning_rate": float(learning_rate),
-        "train_steps": train_steps, "batch_size": batch_size, "buffer_size": buffer_size,
-        "ridge": float(ridge), "scale": float(scale), "mc_samples": mc_samples,
-        "position_bias": [float(k) for k in position_bias], "seed": seed,
-    })
+    spec = PolicySpec(
+        "neural_linear",
+        VERSION,
+        {
+            "hidden": hidden,
+            "embed_dim": embed_dim,
+            "learning_rate": float(learning_rate),
+            "train_steps": train_steps,
+            "batch_size": batch_size,
+            "buffer_size": buffer_size,
+            "ridge": float(ridge),
+            "scale": float(scale),
+            "mc_samples": mc_samples,
+            "position_bias": [float(k) for k in position_bias],
+            "seed": seed,
+        },
+    )
     opt = optax.adam(learning_rate)
     kappa_table = jnp.asarray(position_bias, jnp.float32)
 
@@ -108,22 +124,28 @@ def neural_linear(
         d_in = d_user + d_track + d_user * d_track
         k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
         params = (
-            (jax.random.normal(k1, (d_in, hidden), jnp.float32) / jnp.sqrt(d_in) * 4.0,
-             jnp.zeros((hidden,), jnp.float32)),
-            (jax.random.normal(k2, (hidden, embed_dim), jnp.float32) / jnp.sqrt(hidden),
-             jnp.zeros((embed_dim,), jnp.float32)),
+            (
+                jax.random.normal(k1, (d_in, hidden), jnp.float32) / jnp.sqrt(d_in) * 4.0,
+                jnp.zeros((hidden,), jnp.float32),
+            ),
+            (
+                jax.random.normal(k2, (hidden, embed_dim), jnp.float32) / jnp.sqrt(hidden),
+                jnp.zeros((embed_dim,), jnp.float32),
+            ),
             (jax.random.normal(k3, (embed_dim,), jnp.float32) * 0.01, jnp.zeros((), jnp.float32)),
         )
         h1 = embed_dim + 1
         return NeuralLinearState(
-            params=params, opt_state=opt.init(params),
+            params=params,
+            opt_state=opt.init(params),
             buf_context=jnp.zeros((buffer_size, d_user), jnp.float32),
             buf_features=jnp.zeros((buffer_size, d_track), jnp.float32),
             buf_reward=jnp.zeros((buffer_size,), jnp.float32),
             buf_weight=jnp.zeros((buffer_size,), jnp.float32),
             head_cov=jnp.eye(h1, dtype=jnp.float32) / ridge,
             head_theta=jnp.zeros((h1,), jnp.float32),
-            step=jnp.zeros((), jnp.int32), n=jnp.zeros((), jnp.int32),
+            step=jnp.zeros((), jnp.int32),
+            n=jnp.zeros((), jnp.int32),
         )
 
     def _head_features(state: NeuralLinearState, context: Array, features: Array) -> Array:
@@ -131,13 +153,20 @@ def neural_linear(
         h = _embed(state.params, _inputs(x, features))
         return jnp.concatenate([h, jnp.ones((h.shape[0], 1), h.dtype)], axis=1)
 
-    def score(state: NeuralLinearState, context: Array, candidates: Candidates,
-              mask: Array) -> Array:
+    def score(
+        state: NeuralLinearState, context: Array, candidates: Candidates, mask: Array
+    ) -> Array:
         h = _head_features(state, context, candidates.features)
         return slates.masked(h @ state.head_theta, mask)
 
-    def rank(state: NeuralLinearState, context: Array, candidates: Candidates, mask: Array,
-             key: Array, slate_size: int) -> Ranked:
+    def rank(
+        state: NeuralLinearState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
+        slate_size: int,
+    ) -> Ranked:
         h = _head_features(state, context, candidates.features)
         h1 = state.head_theta.shape[0]
         chol = jnp.linalg.cholesky(state.head_cov + 1e-6 * jnp.eye(h1, dtype=jnp.float32))
@@ -190,13 +219,23 @@ def neural_linear(
         cov = jax.scipy.linalg.cho_solve(c, jnp.eye(h1, dtype=jnp.float32))
         theta = jax.scipy.linalg.cho_solve(c, h.T @ br)
         return NeuralLinearState(
-            params=params, opt_state=opt_state, buf_context=bc, buf_features=bf, buf_reward=br,
-            buf_weight=bw, head_cov=0.5 * (cov + cov.T), head_theta=theta,
-            step=state.step + 1, n=state.n + fb.mask.sum().astype(jnp.int32),
+            params=params,
+            opt_state=opt_state,
+            buf_context=bc,
+            buf_features=bf,
+            buf_reward=br,
+            buf_weight=bw,
+            head_cov=0.5 * (cov + cov.T),
+            head_theta=theta,
+            step=state.step + 1,
+            n=state.n + fb.mask.sum().astype(jnp.int32),
         )
 
     return make_policy(
-        spec, init=init, score=score, rank=rank, update=update,
+        spec,
+        init=init,
+        score=score,
+        rank=rank,
+        update=update,
         dims=lambda s: (s.buf_context.shape[1], s.buf_features.shape[1]),
     )
-

@@ -45,15 +45,24 @@ class InitFn(Protocol):
 
 class ScoreFn(Protocol):
     def __call__(
-        self, state: Any, context: Float[Array, " d_user"], candidates: Candidates,
+        self,
+        state: Any,
+        context: Float[Array, " d_user"],
+        candidates: Candidates,
         mask: Bool[Array, " k"],
     ) -> Float[Array, " k"]: ...
 
 
 class RankFn(Protocol):
     def __call__(
-        self, state: Any, context: Float[Array, " d_user"], candidates: Candidates,
-        mask: Bool[Array, " k"], *, key: Array, slate_size: int,
+        self,
+        state: Any,
+        context: Float[Array, " d_user"],
+        candidates: Candidates,
+        mask: Bool[Array, " k"],
+        *,
+        key: Array,
+        slate_size: int,
     ) -> Ranked: ...
 
 
@@ -99,7 +108,9 @@ def make_policy(
             raise ValueError(f"d_user and d_track must be positive, got {d_user}, {d_track}")
         return init(d_user, d_track)
 
-    def _check(state: Any, context: Any, candidates: Any, mask: Any, slate_size: int | None) -> None:
+    def _check(
+        state: Any, context: Any, candidates: Any, mask: Any, slate_size: int | None
+    ) -> None:
         d_user, d_track = dims(state)
         checks.check_request_shapes(context, candidates, mask, d_user, d_track, slate_size)
         if checks.is_concrete(context, candidates, mask):

@@ -23,7 +23,13 @@ from jaxtyping import Array, Bool, Float
 from bandits.types import Candidates, Ranked
 
 __all__ = [
-    "BUCKETS", "epsilon_probs", "greedy", "igw_probs", "monte_carlo", "pad", "plackett_luce",
+    "BUCKETS",
+    "epsilon_probs",
+    "greedy",
+    "igw_probs",
+    "monte_carlo",
+    "pad",
+    "plackett_luce",
     "sequential",
 ]
 
@@ -66,7 +72,10 @@ def plackett_luce(
 
 
 def sequential(
-    probs: ProbsFn, scores: Float[Array, " k"], mask: Bool[Array, " k"], key: Array,
+    probs: ProbsFn,
+    scores: Float[Array, " k"],
+    mask: Bool[Array, " k"],
+    key: Array,
     slate_size: int,
 ) -> Ranked:
     """Fill positions one at a time from ``probs(scores, remaining)``, a distribution over the
@@ -113,8 +122,11 @@ def igw_probs(gamma: float | Array) -> ProbsFn:
 
 
 def monte_carlo(
-    sample_scores: Callable[[Array], Float[Array, " k"]], mask: Bool[Array, " k"], key: Array,
-    slate_size: int, n_samples: int,
+    sample_scores: Callable[[Array], Float[Array, " k"]],
+    mask: Bool[Array, " k"],
+    key: Array,
+    slate_size: int,
+    n_samples: int,
 ) -> Ranked:
     """Rank by one posterior draw and estimate each choice's propensity by Monte Carlo.
 

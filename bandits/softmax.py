@@ -42,14 +42,26 @@ def softmax(
         return slates.masked(mean, mask)
 
     def rank(
-        state: LinearState, context: Array, candidates: Candidates, mask: Array, key: Array,
+        state: LinearState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
         slate_size: int,
     ) -> Ranked:
         s = score(state, context, candidates, mask)
         return slates.plackett_luce(s / temperature, mask, key, slate_size)
 
     return linear.make(
-        "softmax", VERSION, {"temperature": float(temperature)}, score, rank, ridge=ridge,
-        discount=discount, refactor_every=refactor_every, n_ids=n_ids, id_ridge=id_ridge,
+        "softmax",
+        VERSION,
+        {"temperature": float(temperature)},
+        score,
+        rank,
+        ridge=ridge,
+        discount=discount,
+        refactor_every=refactor_every,
+        n_ids=n_ids,
+        id_ridge=id_ridge,
         position_bias=position_bias,
     )

@@ -52,7 +52,11 @@ def squarecb(
         return slates.masked(mean, mask)
 
     def rank(
-        state: LinearState, context: Array, candidates: Candidates, mask: Array, key: Array,
+        state: LinearState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
         slate_size: int,
     ) -> Ranked:
         gamma = gamma_scale * (state.n.astype(jnp.float32) + 1.0) ** gamma_exponent
@@ -60,8 +64,15 @@ def squarecb(
         return slates.sequential(slates.igw_probs(gamma), s, mask, key, slate_size)
 
     return linear.make(
-        "squarecb", VERSION,
-        {"gamma_scale": float(gamma_scale), "gamma_exponent": float(gamma_exponent)}, score, rank,
-        ridge=ridge, discount=discount, refactor_every=refactor_every, n_ids=n_ids,
-        id_ridge=id_ridge, position_bias=position_bias,
+        "squarecb",
+        VERSION,
+        {"gamma_scale": float(gamma_scale), "gamma_exponent": float(gamma_exponent)},
+        score,
+        rank,
+        ridge=ridge,
+        discount=discount,
+        refactor_every=refactor_every,
+        n_ids=n_ids,
+        id_ridge=id_ridge,
+        position_bias=position_bias,
     )

@@ -32,8 +32,9 @@ class StateFormatError(ValueError):
 
 
 def _spec_json(spec: PolicySpec) -> dict[str, Any]:
-    return json.loads(json.dumps({"name": spec.name, "version": spec.version,
-                                  "params": dict(spec.params)}))
+    return json.loads(
+        json.dumps({"name": spec.name, "version": spec.version, "params": dict(spec.params)})
+    )
 
 
 def _leaves(state: Any) -> tuple[list[tuple[str, Any]], Any]:
@@ -75,11 +76,11 @@ def read_header(data: bytes) -> dict[str, Any]:
     start = len(MAGIC) + 8
     if len(data) < start:
         raise StateFormatError("truncated policy state (no header length)")
-    (size,) = struct.unpack("<Q", data[len(MAGIC):start])
+    (size,) = struct.unpack("<Q", data[len(MAGIC) : start])
     if len(data) < start + size:
         raise StateFormatError("truncated policy state (header cut short)")
     try:
-        header: dict[str, Any] = json.loads(data[start:start + size].decode())
+        header: dict[str, Any] = json.loads(data[start : start + size].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise StateFormatError(f"corrupt policy state header: {e}") from e
     return header
@@ -116,15 +117,18 @@ def load(policy: Policy, data: bytes, *, like: S) -> S:
         )
     if got["params"] != want["params"]:
         keys = sorted(set(got["params"]) | set(want["params"]))
-        diff = [f"{k}: saved {got['params'].get(k)!r} != {want['params'].get(k)!r}"
-                for k in keys if got["params"].get(k) != want["params"].get(k)]
+        diff = [
+            f"{k}: saved {got['params'].get(k)!r} != {want['params'].get(k)!r}"
+            for k in keys
+            if got["params"].get(k) != want["params"].get(k)
+        ]
         raise StateFormatError(f"hyperparameters differ from the saved state: {'; '.join(diff)}")
     leaves, treedef = _leaves(like)
     if len(header["leaves"]) != len(leaves):
         raise StateFormatError(
             f"state has {len(header['leaves'])} arrays, the template has {len(leaves)}"
         )
-    start = len(MAGIC) + 8 + struct.unpack("<Q", data[len(MAGIC):len(MAGIC) + 8])[0]
+    start = len(MAGIC) + 8 + struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])[0]
     with np.load(io.BytesIO(data[start:]), allow_pickle=False) as npz:
         arrays = [npz[f"arr_{i}"] for i in range(len(leaves))]
     out = []

@@ -74,7 +74,11 @@ def lin_ts(
         return slates.masked(mean, mask)
 
     def rank(
-        state: LinearState, context: Array, candidates: Candidates, mask: Array, key: Array,
+        state: LinearState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
         slate_size: int,
     ) -> Ranked:
         mean, _, w, m = linear.predict(state, context, candidates, id_ridge)
@@ -86,7 +90,15 @@ def lin_ts(
         return slates.monte_carlo(sample, mask, key, slate_size, mc_samples)
 
     return linear.make(
-        "lin_ts", VERSION, {"scale": float(scale), "mc_samples": int(mc_samples)}, score, rank,
-        ridge=ridge, discount=discount, refactor_every=refactor_every, n_ids=n_ids,
-        id_ridge=id_ridge, position_bias=position_bias,
+        "lin_ts",
+        VERSION,
+        {"scale": float(scale), "mc_samples": int(mc_samples)},
+        score,
+        rank,
+        ridge=ridge,
+        discount=discount,
+        refactor_every=refactor_every,
+        n_ids=n_ids,
+        id_ridge=id_ridge,
+        position_bias=position_bias,
     )

@@ -34,7 +34,11 @@ def uniform() -> Policy:
         return slates.masked(jnp.zeros(mask.shape, jnp.float32), mask)
 
     def rank(
-        state: UniformState, context: Array, candidates: Candidates, mask: Array, key: Array,
+        state: UniformState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
         slate_size: int,
     ) -> Ranked:
         return slates.plackett_luce(jnp.zeros(mask.shape, jnp.float32), mask, key, slate_size)
@@ -43,6 +47,10 @@ def uniform() -> Policy:
         return state._replace(n=state.n + feedback.mask.sum().astype(jnp.int32))
 
     return make_policy(
-        spec, init=init, score=score, rank=rank, update=update,
+        spec,
+        init=init,
+        score=score,
+        rank=rank,
+        update=update,
         dims=lambda s: (s.shape.shape[0], s.shape.shape[1]),
     )

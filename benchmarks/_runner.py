@@ -32,8 +32,17 @@ SUITES: dict[str, str] = {
 }
 
 PEERS = (
-    "encore", "jax", "jaxlib", "optax", "numpy", "kafka-python", "vowpalwabbit", "mabwiser",
-    "river", "scikit-learn", "obp",
+    "encore",
+    "jax",
+    "jaxlib",
+    "optax",
+    "numpy",
+    "kafka-python",
+    "vowpalwabbit",
+    "mabwiser",
+    "river",
+    "scikit-learn",
+    "obp",
 )
 
 
@@ -147,6 +156,8 @@ def run_suite(name: str, *, quick: bool, out: Path) -> list[Row]:
     print("\n".join(md[:3]))
     for note in ctx.notes:
         print(f"- {note}")
-    print(f"({name}: {elapsed_s:.1f} s; machine {report['machine']['cpu']}, "
-          f"{report['machine']['cores']} cores; written to {out})\n")
+    print(
+        f"({name}: {elapsed_s:.1f} s; machine {report['machine']['cpu']}, "
+        f"{report['machine']['cores']} cores; written to {out})\n"
+    )
     return rows

@@ -55,8 +55,16 @@ class Rounds(NamedTuple):
 
 
 def make_rounds(t: int, drift: float, seed: int = 0) -> Rounds:
-    sim = Simulator(SimConfig(n_tracks=N_TRACKS, d_user=D_USER, d_track=D_TRACK, n_candidates=K,
-                              drift=drift, seed=seed))
+    sim = Simulator(
+        SimConfig(
+            n_tracks=N_TRACKS,
+            d_user=D_USER,
+            d_track=D_TRACK,
+            n_candidates=K,
+            drift=drift,
+            seed=seed,
+        )
+    )
     parts = [sim.requests(min(10_000, t - lo)) for lo in range(0, t, 10_000)]
     p = np.concatenate([sim.expected_reward(r) for r in parts])
     rng = np.random.default_rng(seed + 1)
@@ -65,8 +73,11 @@ def make_rounds(t: int, drift: float, seed: int = 0) -> Rounds:
         context=np.concatenate([r.context for r in parts]),
         cand_ids=np.concatenate([r.candidates for r in parts]),
         cand_features=np.concatenate([r.candidate_features for r in parts]),
-        p=p, u=rng.random(t), u_explore=rng.random(t),
-        user_features=sim.world.user_features, track_features=sim.world.track_features,
+        p=p,
+        u=rng.random(t),
+        u_explore=rng.random(t),
+        user_features=sim.world.user_features,
+        track_features=sim.world.track_features,
     )
 
 
@@ -94,13 +105,18 @@ class Result(NamedTuple):
     seconds: float
 
 
-def _metrics(system: str, given: str, rounds: Rounds, res: Result, batch: str) -> tuple[Row, np.ndarray]:
+def _metrics(
+    system: str, given: str, rounds: Rounds, res: Result, batch: str
+) -> tuple[Row, np.ndarray]:
     n = res.chosen.shape[0]
     got = rounds.p[np.arange(n), res.chosen]
     regret = np.cumsum(rounds.p[:n].max(axis=1) - got)
     last = min(20_000, n)
     row: Row = {
-        "system": system, "given": given, "rounds": n, "learn_every": batch,
+        "system": system,
+        "given": given,
+        "rounds": n,
+        "learn_every": batch,
         "cum_regret": float(regret[-1]),
         "avg_reward_last20k": float(got[-last:].mean()),
         "rounds_per_s": n / res.seconds if res.seconds > 0 else float("nan"),
@@ -114,8 +130,9 @@ def run_encore(policy: Policy, rounds: Rounds, n: int, batch: int = BATCH, seed:
     def choose(state: Any, x: Any, c: Candidates, key: Any) -> Any:
         keys = jax.random.split(key, x.shape[0])
         m = jnp.ones(c.ids.shape, jnp.bool_)
-        return jax.vmap(lambda xx, cc, mm, kk: policy.rank(state, xx, cc, mm, key=kk, slate_size=1))(
-            x, c, m, keys).order[:, 0]
+        return jax.vmap(
+            lambda xx, cc, mm, kk: policy.rank(state, xx, cc, mm, key=kk, slate_size=1)
+        )(x, c, m, keys).order[:, 0]
 
     choose_jit = jax.jit(choose)
     update = jax.jit(policy.update)
@@ -124,17 +141,25 @@ def run_encore(policy: Policy, rounds: Rounds, n: int, batch: int = BATCH, seed:
 
     def batch_at(lo: int) -> tuple[np.ndarray, Candidates]:
         hi = lo + batch
-        return rounds.context[lo:hi], Candidates(rounds.cand_features[lo:hi],
-                                                 rounds.cand_ids[lo:hi].astype(np.int32))
+        return rounds.context[lo:hi], Candidates(
+            rounds.cand_features[lo:hi], rounds.cand_ids[lo:hi].astype(np.int32)
+        )
 
     def step(state: Any, lo: int) -> tuple[Any, np.ndarray]:
         x, c = batch_at(lo)
         a = np.asarray(choose_jit(state, x, c, jax.random.fold_in(key, lo)))
         rows = np.arange(batch)
-        p = rounds.p[lo:lo + batch][rows, a]
-        y = (rounds.u[lo:lo + batch] < p).astype(np.float32)
-        fb = Feedback(x, c.features[rows, a], c.ids[rows, a], np.zeros(batch, np.int32), y,
-                      np.ones(batch, np.float32), np.ones(batch, bool))
+        p = rounds.p[lo : lo + batch][rows, a]
+        y = (rounds.u[lo : lo + batch] < p).astype(np.float32)
+        fb = Feedback(
+            x,
+            c.features[rows, a],
+            c.ids[rows, a],
+            np.zeros(batch, np.int32),
+            y,
+            np.ones(batch, np.float32),
+            np.ones(batch, bool),
+        )
         return update(state, fb), a
 
     step(state, 0)  # compile outside the timed loop (the result is discarded)
@@ -150,10 +175,14 @@ def run_encore(policy: Policy, rounds: Rounds, n: int, batch: int = BATCH, seed:
 
 # ---------------------------------------------------------------------------------------- VW
 def _vw_strings(rounds: Rounds) -> tuple[list[str], list[str]]:
-    users = ["shared |U " + " ".join(f"u{i}:{v:.5f}" for i, v in enumerate(row))
-             for row in rounds.user_features]
-    tracks = [f"|T {' '.join(f't{i}:{v:.5f}' for i, v in enumerate(row))} |I id{j}"
-              for j, row in enumerate(rounds.track_features)]
+    users = [
+        "shared |U " + " ".join(f"u{i}:{v:.5f}" for i, v in enumerate(row))
+        for row in rounds.user_features
+    ]
+    tracks = [
+        f"|T {' '.join(f't{i}:{v:.5f}' for i, v in enumerate(row))} |I id{j}"
+        for j, row in enumerate(rounds.track_features)
+    ]
     return users, tracks
 
 
@@ -206,7 +235,9 @@ def run_mabwiser_shared(kind: str, rounds: Rounds, n: int) -> Result:
         else:
             a = np.empty(hi - lo, np.int64)
             for t in range(lo, hi):
-                phi = _joint(np.broadcast_to(rounds.context[t], (K, D_USER)), rounds.cand_features[t])
+                phi = _joint(
+                    np.broadcast_to(rounds.context[t], (K, D_USER)), rounds.cand_features[t]
+                )
                 exp = mab.predict_expectations(phi)
                 a[t - lo] = int(np.argmax([e[0] for e in exp]))
         rows = np.arange(hi - lo)
@@ -246,8 +277,9 @@ def run_mabwiser_per_arm(rounds: Rounds, n: int) -> Result:
 
 
 # ---------------------------------------------------------------------------------------- latency
-def latency_rows(policies: dict[str, Policy], k: int, d_track: int, reps: int, batch: int,
-                 slate: int) -> list[Row]:
+def latency_rows(
+    policies: dict[str, Policy], k: int, d_track: int, reps: int, batch: int, slate: int
+) -> list[Row]:
     rng = np.random.default_rng(0)
     rows: list[Row] = []
     x = rng.normal(size=(batch, D_USER)).astype(np.float32) / 4
@@ -258,16 +290,25 @@ def latency_rows(policies: dict[str, Policy], k: int, d_track: int, reps: int, b
         state = policy.init(D_USER, d_track)
         # A state that has learned something (so scores are not all equal).
         n = 512
-        fb = Feedback(rng.normal(size=(n, D_USER)).astype(np.float32) / 4,
-                      rng.normal(size=(n, d_track)).astype(np.float32) / 8,
-                      rng.integers(0, 1 << 30, n).astype(np.int32), np.zeros(n, np.int32),
-                      rng.random(n).astype(np.float32), np.ones(n, np.float32), np.ones(n, bool))
+        fb = Feedback(
+            rng.normal(size=(n, D_USER)).astype(np.float32) / 4,
+            rng.normal(size=(n, d_track)).astype(np.float32) / 8,
+            rng.integers(0, 1 << 30, n).astype(np.int32),
+            np.zeros(n, np.int32),
+            rng.random(n).astype(np.float32),
+            np.ones(n, np.float32),
+            np.ones(n, bool),
+        )
         state = jax.jit(policy.update)(state, fb)
         single = jax.jit(policy.rank, static_argnames="slate_size")
-        many = jax.jit(jax.vmap(
-            lambda s, xx, cc, mm, kk, policy=policy: policy.rank(s, xx, cc, mm, key=kk,
-                                                                 slate_size=slate),
-            in_axes=(None, 0, 0, 0, 0)))
+        many = jax.jit(
+            jax.vmap(
+                lambda s, xx, cc, mm, kk, policy=policy: policy.rank(
+                    s, xx, cc, mm, key=kk, slate_size=slate
+                ),
+                in_axes=(None, 0, 0, 0, 0),
+            )
+        )
         c1 = Candidates(jnp.asarray(feats[0]), jnp.asarray(ids[0]))
         cb = Candidates(jnp.asarray(feats), jnp.asarray(ids))
         x1, m1, xb, mb = jnp.asarray(x[0]), jnp.asarray(mask[0]), jnp.asarray(x), jnp.asarray(mask)
@@ -286,13 +327,17 @@ def latency_rows(policies: dict[str, Policy], k: int, d_track: int, reps: int, b
             many(state, xb, cb, mb, bkeys).order.block_until_ready()
             t_batch.append(time.perf_counter() - t0)
         ts, tb = np.array(t_single) * 1e3, np.array(t_batch) * 1e3
-        rows.append({
-            "system": f"encore {name} rank latency", "given": f"{k} candidates x {d_track} track "
-            f"+ {D_USER} user features, slate {slate}, jitted, 1 thread pool",
-            "p50_ms": float(np.percentile(ts, 50)), "p99_ms": float(np.percentile(ts, 99)),
-            f"batched{batch}_p50_ms_per_request": float(np.percentile(tb, 50) / batch),
-            f"batched{batch}_p99_ms_per_call": float(np.percentile(tb, 99)),
-        })
+        rows.append(
+            {
+                "system": f"encore {name} rank latency",
+                "given": f"{k} candidates x {d_track} track "
+                f"+ {D_USER} user features, slate {slate}, jitted, 1 thread pool",
+                "p50_ms": float(np.percentile(ts, 50)),
+                "p99_ms": float(np.percentile(ts, 99)),
+                f"batched{batch}_p50_ms_per_request": float(np.percentile(tb, 50) / batch),
+                f"batched{batch}_p99_ms_per_call": float(np.percentile(tb, 99)),
+            }
+        )
     return rows
 
 
@@ -308,12 +353,19 @@ def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
         update = jax.jit(policy.update)
         for b in (100,) if ctx.quick else (100, 1000):
             m = n - n % b
-            fb = Feedback(rounds.context[:m], rounds.cand_features[:m][rows_[:m], a[:m]],
-                          rounds.cand_ids[:m][rows_[:m], a[:m]].astype(np.int32),
-                          np.zeros(m, np.int32), y[:m], np.full(m, 1.0 / K, np.float32),
-                          np.ones(m, bool))
-            batches = [jax.tree_util.tree_map(lambda v, lo=lo, b=b: jnp.asarray(v[lo:lo + b]), fb)
-                       for lo in range(0, m, b)]
+            fb = Feedback(
+                rounds.context[:m],
+                rounds.cand_features[:m][rows_[:m], a[:m]],
+                rounds.cand_ids[:m][rows_[:m], a[:m]].astype(np.int32),
+                np.zeros(m, np.int32),
+                y[:m],
+                np.full(m, 1.0 / K, np.float32),
+                np.ones(m, bool),
+            )
+            batches = [
+                jax.tree_util.tree_map(lambda v, lo=lo, b=b: jnp.asarray(v[lo : lo + b]), fb)
+                for lo in range(0, m, b)
+            ]
             state = policy.init(D_USER, D_TRACK)
             jax.block_until_ready(update(state, batches[0]))
             _reset_peak()
@@ -322,9 +374,15 @@ def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
                 state = update(state, batch)
             jax.block_until_ready(state)
             sec = time.perf_counter() - t0
-            out.append({"system": f"encore {name} update only", "given": f"Feedback arrays, "
-                        f"batches of {b} rows (already on device)", "rounds": m,
-                        "examples_per_s": m / sec, "peak_rss_mb": _peak_mb()})
+            out.append(
+                {
+                    "system": f"encore {name} update only",
+                    "given": f"Feedback arrays, batches of {b} rows (already on device)",
+                    "rounds": m,
+                    "examples_per_s": m / sec,
+                    "peak_rss_mb": _peak_mb(),
+                }
+            )
     users, tracks = _vw_strings(rounds)
     with tempfile.TemporaryDirectory(prefix="encore-vw-") as tmp:
         path = Path(tmp) / "logged.txt"
@@ -336,7 +394,9 @@ def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
             lines.append("\n".join(ex) + "\n\n")
         path.write_text("".join(lines))
         tiny.write_text(lines[0])
-        for args in ("--cb_explore_adf --squarecb -q UT",) + (() if ctx.quick else ("--cb_adf -q UT",)):
+        for args in ("--cb_explore_adf --squarecb -q UT",) + (
+            () if ctx.quick else ("--cb_adf -q UT",)
+        ):
             cmd = [sys.executable, "-m", "vowpalwabbit", *args.split(), "--quiet", "-d"]
             t0 = time.perf_counter()
             subprocess.run([*cmd, str(tiny)], check=True, capture_output=True)
@@ -344,14 +404,21 @@ def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
             t0 = time.perf_counter()
             subprocess.run([*cmd, str(path)], check=True, capture_output=True)
             sec = time.perf_counter() - t0
-            out.append({"system": f"vw CLI {args} -d FILE", "given": VW_GIVEN + "; text file "
-                        "(parsing included)", "rounds": n,
-                        "examples_per_s": n / max(sec - startup, 1e-9),
-                        "examples_per_s_incl_startup": n / sec})
-        ctx.notes.append(f"Update-only: {n:,} logged rounds (uniform logging, propensity 1/20). "
-                         "VW examples/s subtract the CLI's start-up time (a 1-example run); "
-                         "encore's input is Feedback arrays already in memory, VW's is its text "
-                         f"format ({path.stat().st_size / 1e6:.0f} MB), so VW also pays parsing.")
+            out.append(
+                {
+                    "system": f"vw CLI {args} -d FILE",
+                    "given": VW_GIVEN + "; text file (parsing included)",
+                    "rounds": n,
+                    "examples_per_s": n / max(sec - startup, 1e-9),
+                    "examples_per_s_incl_startup": n / sec,
+                }
+            )
+        ctx.notes.append(
+            f"Update-only: {n:,} logged rounds (uniform logging, propensity 1/20). "
+            "VW examples/s subtract the CLI's start-up time (a 1-example run); "
+            "encore's input is Feedback arrays already in memory, VW's is its text "
+            f"format ({path.stat().st_size / 1e6:.0f} MB), so VW also pays parsing."
+        )
     return out
 
 
@@ -361,23 +428,35 @@ def _encore_systems(quick: bool, drift: bool) -> dict[str, tuple[Callable[[], Po
     if quick:
         names = {"linucb": {}, "squarecb": {}}
     else:
-        names = {"linucb": {}, "lin_ts": {}, "squarecb": {}, "epsilon_greedy": {},
-                 "softmax": {}, "logistic_ts": {}, "neural_linear": {}}
+        names = {
+            "linucb": {},
+            "lin_ts": {},
+            "squarecb": {},
+            "epsilon_greedy": {},
+            "softmax": {},
+            "logistic_ts": {},
+            "neural_linear": {},
+        }
     out: dict[str, tuple[Callable[[], Policy], str]] = {}
     for name, kw in names.items():
         out[f"encore {name}"] = (lambda name=name, kw=kw: POLICIES[name](**kw), given)
     if not quick:
-        out["encore linucb (no track id)"] = (lambda: POLICIES["linucb"](n_ids=0),
-                                              "user + track features only")
+        out["encore linucb (no track id)"] = (
+            lambda: POLICIES["linucb"](n_ids=0),
+            "user + track features only",
+        )
     if drift:
         for name in ("linucb",) if quick else ("linucb", "squarecb"):
             out[f"encore {name} forgetting 0.99"] = (
-                lambda name=name: POLICIES[name](discount=0.99), given + "; discount 0.99 per "
-                "update of 100 rows")
+                lambda name=name: POLICIES[name](discount=0.99),
+                given + "; discount 0.99 per update of 100 rows",
+            )
     return out
 
 
-def _suite(ctx: Context, rounds: Rounds, drift: bool, per_arm_n: int) -> tuple[list[Row], dict[str, np.ndarray]]:
+def _suite(
+    ctx: Context, rounds: Rounds, drift: bool, per_arm_n: int
+) -> tuple[list[Row], dict[str, np.ndarray]]:
     n = rounds.p.shape[0]
     label = " [drift]" if drift else ""
     rows: list[Row] = []
@@ -387,22 +466,33 @@ def _suite(ctx: Context, rounds: Rounds, drift: bool, per_arm_n: int) -> tuple[l
         row, curve = _metrics(system + label, given, rounds, res, batch)
         rows.append(row)
         curves[system] = curve
-        print(f"  {row['system']}: regret {row['cum_regret']:.0f}, last20k "
-              f"{row['avg_reward_last20k']:.4f}, {row['rounds_per_s']:.0f} r/s", flush=True)
+        print(
+            f"  {row['system']}: regret {row['cum_regret']:.0f}, last20k "
+            f"{row['avg_reward_last20k']:.4f}, {row['rounds_per_s']:.0f} r/s",
+            flush=True,
+        )
 
     # Baselines: exact expectations, no sampling noise.
     best = rounds.p.max(axis=1)
     for system, got in (("uniform", rounds.p.mean(axis=1)), ("oracle", best)):
         regret = np.cumsum(best - got)
-        rows.append({"system": system + label, "given": "exact expectation" if system == "uniform"
-                     else "true probabilities", "rounds": n, "learn_every": "-",
-                     "cum_regret": float(regret[-1]),
-                     "avg_reward_last20k": float(got[-min(20_000, n):].mean())})
+        rows.append(
+            {
+                "system": system + label,
+                "given": "exact expectation" if system == "uniform" else "true probabilities",
+                "rounds": n,
+                "learn_every": "-",
+                "cum_regret": float(regret[-1]),
+                "avg_reward_last20k": float(got[-min(20_000, n) :].mean()),
+            }
+        )
         curves[system] = regret
     for system, (factory, given) in _encore_systems(ctx.quick, drift).items():
         add(system, given, run_encore(factory(), rounds, n), f"{BATCH} rounds (rank vmapped)")
-    for system, args in (("vw squarecb (quadratic U x T, track id)", "--cb_explore_adf --squarecb -q UT"),
-                         ("vw epsilon 0.05 (quadratic U x T, track id)", "--cb_explore_adf --epsilon 0.05 -q UT")):
+    for system, args in (
+        ("vw squarecb (quadratic U x T, track id)", "--cb_explore_adf --squarecb -q UT"),
+        ("vw epsilon 0.05 (quadratic U x T, track id)", "--cb_explore_adf --epsilon 0.05 -q UT"),
+    ):
         if (drift or ctx.quick) and "epsilon" in system:
             continue
         add(system, VW_GIVEN, run_vw(args, rounds, n), "1 round (Python API)")
@@ -413,14 +503,22 @@ def _suite(ctx: Context, rounds: Rounds, drift: bool, per_arm_n: int) -> tuple[l
         # it runs on the first rounds only, and the row says how many.
         m = min(n, 500 if ctx.quick else 10_000 if kind == "linucb" else 1_000)
         res = run_mabwiser_shared(kind, rounds, m)
-        add(f"mabwiser {kind} (one shared model){'' if m == n else f' first {m:,} rounds'}",
+        add(
+            f"mabwiser {kind} (one shared model){'' if m == n else f' first {m:,} rounds'}",
             "joint user x track features; no track id (a 2,000-wide one-hot makes its "
-            "289-dim ridge 2,289-dim)", res, f"{BATCH} rounds (partial_fit)")
+            "289-dim ridge 2,289-dim)",
+            res,
+            f"{BATCH} rounds (partial_fit)",
+        )
     if per_arm_n and not drift:
         res = run_mabwiser_per_arm(rounds, per_arm_n)
         per_arm = f"mabwiser linucb per-arm (2,000 arms) first {per_arm_n:,} rounds"
-        add(per_arm, "user features; one model per track id (track features unused)", res,
-            f"{BATCH} rounds (partial_fit)")
+        add(
+            per_arm,
+            "user features; one model per track id (track features unused)",
+            res,
+            f"{BATCH} rounds (partial_fit)",
+        )
     # Systems that ran fewer rounds: compare with encore linucb over the same first rounds.
     ref = curves.get("encore linucb")
     for system, curve in curves.items():
@@ -439,9 +537,13 @@ def _plot(ctx: Context, name: str, title: str, curves: dict[str, np.ndarray]) ->
             if system == "oracle":
                 continue
             step = max(1, curve.shape[0] // 500)
-            ax.plot(np.arange(curve.shape[0])[::step] + 1, curve[::step], label=system,
-                    lw=2.0 if system.startswith("encore") else 1.2,
-                    ls="-" if system.startswith("encore") else "--")
+            ax.plot(
+                np.arange(curve.shape[0])[::step] + 1,
+                curve[::step],
+                label=system,
+                lw=2.0 if system.startswith("encore") else 1.2,
+                ls="-" if system.startswith("encore") else "--",
+            )
         ax.set_xlabel("round")
         ax.set_ylabel("cumulative regret (true P(stream >= 30 s))")
         ax.set_title(title)
@@ -454,8 +556,10 @@ def run(ctx: Context) -> list[Row]:
     t_rounds = 2_000 if ctx.quick else 100_000
     rows: list[Row] = []
     jax.config.update("jax_numpy_dtype_promotion", "standard")
-    print(f"bandits: {t_rounds:,} rounds, {K} of {N_TRACKS:,} tracks, {D_USER}+{D_TRACK} dims",
-          flush=True)
+    print(
+        f"bandits: {t_rounds:,} rounds, {K} of {N_TRACKS:,} tracks, {D_USER}+{D_TRACK} dims",
+        flush=True,
+    )
     rounds = make_rounds(t_rounds, drift=0.0)
     base_rss = _peak_mb()
     stat_rows, curves = _suite(ctx, rounds, drift=False, per_arm_n=0 if ctx.quick else 300)
@@ -464,8 +568,12 @@ def run(ctx: Context) -> list[Row]:
     drifted = make_rounds(t_rounds, drift=1.0)
     drift_rows, drift_curves = _suite(ctx, drifted, drift=True, per_arm_n=0)
     rows += drift_rows
-    _plot(ctx, "bandits_regret_drift", f"Drifting tastes (1 rad / simulated hour), {t_rounds:,} rounds",
-          drift_curves)
+    _plot(
+        ctx,
+        "bandits_regret_drift",
+        f"Drifting tastes (1 rad / simulated hour), {t_rounds:,} rounds",
+        drift_curves,
+    )
     del rounds, drifted
     if not ctx.quick:
         # At 1 rad / hour forgetting barely matters over 100,000 rounds (1.4 simulated hours);
@@ -473,42 +581,62 @@ def run(ctx: Context) -> list[Row]:
         fast = make_rounds(t_rounds, drift=4.0)
         for discount in (1.0, 0.99):
             res = run_encore(POLICIES["linucb"](discount=discount), fast, t_rounds)
-            row, _ = _metrics(f"encore linucb discount {discount} [drift 4 rad/h]",
-                              "as encore linucb", fast, res, f"{BATCH} rounds (rank vmapped)")
+            row, _ = _metrics(
+                f"encore linucb discount {discount} [drift 4 rad/h]",
+                "as encore linucb",
+                fast,
+                res,
+                f"{BATCH} rounds (rank vmapped)",
+            )
             rows.append(row)
         del fast
 
     vw_regret = {r["system"]: r["cum_regret"] for r in rows}
     for label in ("", " [drift]"):
-        enc = {s: v for s, v in vw_regret.items() if s.startswith("encore") and s.endswith(label)
-               and (label or "[drift]" not in s)}
+        enc = {
+            s: v
+            for s, v in vw_regret.items()
+            if s.startswith("encore") and s.endswith(label) and (label or "[drift]" not in s)
+        }
         best = min(enc, key=enc.__getitem__)
         vw = vw_regret[f"vw squarecb (quadratic U x T, track id){label}"]
         mab = vw_regret.get(f"mabwiser linucb (one shared model){label}")
         mab_txt = f", MABWiser shared LinUCB {mab:.0f}" if mab is not None else ""
-        ctx.notes.append(f"Best encore policy{label or ' (stationary)'}: {best} with regret "
-                         f"{enc[best]:.0f} = {enc[best] / vw:.2f}x VW squarecb's {vw:.0f}{mab_txt}.")
-    ctx.notes.append("Encore rows choose with rank vmapped over 100 requests and learn once per "
-                     "100 rounds (one update of 100 rows); VW chooses and learns every round "
-                     "through its Python API; MABWiser predicts per round and partial_fits per "
-                     "100 rounds. rounds_per_s excludes jit compilation (the first batch is run "
-                     "once untimed) and includes host-side slicing and transfers.")
-    ctx.notes.append(f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} for the whole "
-                     "suite (numpy / LAPACK; affects encore and MABWiser, not VW).")
-    ctx.notes.append(f"peak_rss_mb is the process's peak resident set while the system ran "
-                     f"(reset per system); the process held {base_rss:.0f} MB before the first "
-                     "system (Python, JAX, VW, the round data).")
+        ctx.notes.append(
+            f"Best encore policy{label or ' (stationary)'}: {best} with regret "
+            f"{enc[best]:.0f} = {enc[best] / vw:.2f}x VW squarecb's {vw:.0f}{mab_txt}."
+        )
+    ctx.notes.append(
+        "Encore rows choose with rank vmapped over 100 requests and learn once per "
+        "100 rounds (one update of 100 rows); VW chooses and learns every round "
+        "through its Python API; MABWiser predicts per round and partial_fits per "
+        "100 rounds. rounds_per_s excludes jit compilation (the first batch is run "
+        "once untimed) and includes host-side slicing and transfers."
+    )
+    ctx.notes.append(
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} for the whole "
+        "suite (numpy / LAPACK; affects encore and MABWiser, not VW)."
+    )
+    ctx.notes.append(
+        f"peak_rss_mb is the process's peak resident set while the system ran "
+        f"(reset per system); the process held {base_rss:.0f} MB before the first "
+        "system (Python, JAX, VW, the round data)."
+    )
 
     print("latency ...", flush=True)
     reps = 20 if ctx.quick else 400
-    lat = {n: POLICIES[n]() for n in (["linucb"] if ctx.quick
-                                      else ["linucb", "squarecb", "softmax", "lin_ts"])}
+    lat = {
+        n: POLICIES[n]()
+        for n in (["linucb"] if ctx.quick else ["linucb", "squarecb", "softmax", "lin_ts"])
+    }
     rows += latency_rows(lat, 2000, D_TRACK, reps, 32, 10)
     lat = {n: POLICIES[n]() for n in (["squarecb"] if ctx.quick else ["linucb", "squarecb"])}
     rows += latency_rows(lat, 500, 64, reps, 32, 10)
-    ctx.notes.append("Latency: one request per call through jax.jit(policy.rank) (slate of 10 "
-                     "sampled with its propensities, result on host), and vmapped batches of 32. "
-                     f"XLA CPU uses the machine's {os.cpu_count()} cores.")
+    ctx.notes.append(
+        "Latency: one request per call through jax.jit(policy.rank) (slate of 10 "
+        "sampled with its propensities, result on host), and vmapped batches of 32. "
+        f"XLA CPU uses the machine's {os.cpu_count()} cores."
+    )
 
     print("update only ...", flush=True)
     n_logged = 2_000 if ctx.quick else 50_000
@@ -526,9 +654,15 @@ def _numerics_row() -> Row:
 
     def step(s: Any, k: Any) -> tuple[Any, None]:
         k1, k2, k3 = jax.random.split(k, 3)
-        fb = Feedback(3 * jax.random.normal(k1, (1, 2)), jax.random.normal(k2, (1, 2)),
-                      jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32), jax.random.normal(k3, (1,)),
-                      jnp.ones(1), jnp.ones(1, bool))
+        fb = Feedback(
+            3 * jax.random.normal(k1, (1, 2)),
+            jax.random.normal(k2, (1, 2)),
+            jnp.zeros(1, jnp.int32),
+            jnp.zeros(1, jnp.int32),
+            jax.random.normal(k3, (1,)),
+            jnp.ones(1),
+            jnp.ones(1, bool),
+        )
         return linear.update(s, fb, ridge=1.0, discount=1.0, refactor_every=10_000), None
 
     run_ = jax.jit(lambda s, ks: jax.lax.scan(step, s, ks)[0])
@@ -538,8 +672,12 @@ def _numerics_row() -> Row:
     jax.block_until_ready(st)
     sec = time.perf_counter() - t0
     cov, a = np.asarray(st.cov, np.float64), np.asarray(st.precision, np.float64)
-    return {"system": "numerics: 10M rank-one Woodbury updates (D = 9, refactor every 10k)",
-            "given": "float32", "rounds": int(st.n), "examples_per_s": int(st.n) / sec,
-            "max_asymmetry": float(np.abs(cov - cov.T).max()),
-            "min_eigenvalue_cov": float(np.linalg.eigvalsh(cov).min()),
-            "max_abs_cov_A_minus_I": float(np.abs(cov @ a - np.eye(9)).max())}
+    return {
+        "system": "numerics: 10M rank-one Woodbury updates (D = 9, refactor every 10k)",
+        "given": "float32",
+        "rounds": int(st.n),
+        "examples_per_s": int(st.n) / sec,
+        "max_asymmetry": float(np.abs(cov - cov.T).max()),
+        "min_eigenvalue_cov": float(np.linalg.eigvalsh(cov).min()),
+        "max_abs_cov_A_minus_I": float(np.abs(cov @ a - np.eye(9)).max()),
+    }

@@ -36,8 +36,13 @@ def _consume(servers: str, topics: list[str], n: int, *, decode: bool) -> float:
 
     from streaming.events import decode_impressions, decode_outcomes
 
-    consumer: Any = KafkaConsumer(*topics, bootstrap_servers=servers, group_id=None,
-                                  auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer: Any = KafkaConsumer(
+        *topics,
+        bootstrap_servers=servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     got = 0
     started = 0.0
     deadline = time.perf_counter() + 600
@@ -68,17 +73,34 @@ def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     with broker_for_bench() as servers, tempfile.TemporaryDirectory(prefix="encore-daemon-") as tmp:
         run_id = uuid.uuid4().hex[:8]
-        cfg = Config.load(env={}, overrides=[
-            f"kafka.bootstrap_servers={servers}", f"kafka.group_id=bench-{run_id}",
-            f"checkpoint.dir={tmp}/ckpt", "checkpoint.every_events=100000", "checkpoint.every_ms=10000",
-            f"log.dir={tmp}/log", "join.window_ms=1200000", "join.allowed_lateness_ms=60000",
-            "join.slate_size=5", "metrics.port=0",
-        ])
+        cfg = Config.load(
+            env={},
+            overrides=[
+                f"kafka.bootstrap_servers={servers}",
+                f"kafka.group_id=bench-{run_id}",
+                f"checkpoint.dir={tmp}/ckpt",
+                "checkpoint.every_events=100000",
+                "checkpoint.every_ms=10000",
+                f"log.dir={tmp}/log",
+                "join.window_ms=1200000",
+                "join.allowed_lateness_ms=60000",
+                "join.slate_size=5",
+                "metrics.port=0",
+            ],
+        )
         t = cfg.topics
-        cfg = dataclasses.replace(cfg, topics=dataclasses.replace(
-            t, impressions=f"{t.impressions}.{run_id}", outcomes=f"{t.outcomes}.{run_id}",
-            dlq=f"{t.dlq}.{run_id}", late=f"{t.late}.{run_id}", snapshots=f"{t.snapshots}.{run_id}",
-            deltas=f"{t.deltas}.{run_id}"))
+        cfg = dataclasses.replace(
+            cfg,
+            topics=dataclasses.replace(
+                t,
+                impressions=f"{t.impressions}.{run_id}",
+                outcomes=f"{t.outcomes}.{run_id}",
+                dlq=f"{t.dlq}.{run_id}",
+                late=f"{t.late}.{run_id}",
+                snapshots=f"{t.snapshots}.{run_id}",
+                deltas=f"{t.deltas}.{run_id}",
+            ),
+        )
         ensure_topics(cfg, servers)
         started = time.perf_counter()
         n = produce_simulated(cfg, servers, n_requests=n_requests, slate_size=5, seed=0)
@@ -86,10 +108,22 @@ def run(ctx: Context) -> list[Row]:
         topics = [cfg.topics.impressions, cfg.topics.outcomes]
         count_rate = _consume(servers, topics, n, decode=False)
         decode_rate = _consume(servers, topics, n, decode=True)
-        rows.append({"system": "kafka-python consume, count only", "events": n,
-                     "events_per_s": count_rate, "vs_consume_decode": count_rate / decode_rate})
-        rows.append({"system": "kafka-python consume + encore decode to columns", "events": n,
-                     "events_per_s": decode_rate, "vs_consume_decode": 1.0})
+        rows.append(
+            {
+                "system": "kafka-python consume, count only",
+                "events": n,
+                "events_per_s": count_rate,
+                "vs_consume_decode": count_rate / decode_rate,
+            }
+        )
+        rows.append(
+            {
+                "system": "kafka-python consume + encore decode to columns",
+                "events": n,
+                "events_per_s": decode_rate,
+                "vs_consume_decode": 1.0,
+            }
+        )
         daemon = Daemon(cfg, servers=servers)
         samples: list[tuple[float, float]] = []
         done = threading.Event()
@@ -108,22 +142,40 @@ def run(ctx: Context) -> list[Row]:
         sampler.join()
         rate = stats.events / max(elapsed, 1e-9)
         third = max(len(samples) // 3, 1)
-        rows.append({
-            "system": "encore daemon (decode, join, reward model, LinUCB, log, checkpoints)",
-            "events": stats.events, "events_per_s": rate, "vs_consume_decode": rate / decode_rate,
-            "rss_first_third_mb": max(s for _, s in samples[:third]) if samples else float("nan"),
-            "rss_last_third_mb": max(s for _, s in samples[-third:]) if samples else float("nan"),
-            "peak_rss_mb": peak_rss_mb(), "closed": stats.counters.get("closed", 0),
-            "dead_letters": stats.dead_letters,
-        })
+        rows.append(
+            {
+                "system": "encore daemon (decode, join, reward model, LinUCB, log, checkpoints)",
+                "events": stats.events,
+                "events_per_s": rate,
+                "vs_consume_decode": rate / decode_rate,
+                "rss_first_third_mb": max(s for _, s in samples[:third])
+                if samples
+                else float("nan"),
+                "rss_last_third_mb": max(s for _, s in samples[-third:])
+                if samples
+                else float("nan"),
+                "peak_rss_mb": peak_rss_mb(),
+                "closed": stats.counters.get("closed", 0),
+                "dead_letters": stats.dead_letters,
+            }
+        )
         if samples:
-            ctx.save_plot("daemon_rss", lambda ax: (
-                ax.plot([t for t, _ in samples], [m for _, m in samples]),
-                ax.set_xlabel("seconds into the daemon's run"), ax.set_ylabel("resident MiB"),
-                ax.set_title(f"encore daemon memory over {stats.events:,} events")))
-    ctx.notes.append(f"{n:,} events ({n_requests:,} requests of 5-track slates from 20 candidates) produced "
-                     f"in {produce_s:.0f} s into 4-partition topics of a local single-node broker.")
-    ctx.notes.append("Goal (issue 5): the daemon at >= 50 % of the consume+decode rate and >= 80,000 "
-                     "events/s; the table says where it stands. Issue 5 asks for a 10-million-event "
-                     "memory soak; this suite's soak is the run above, sized to fit the session.")
+            ctx.save_plot(
+                "daemon_rss",
+                lambda ax: (
+                    ax.plot([t for t, _ in samples], [m for _, m in samples]),
+                    ax.set_xlabel("seconds into the daemon's run"),
+                    ax.set_ylabel("resident MiB"),
+                    ax.set_title(f"encore daemon memory over {stats.events:,} events"),
+                ),
+            )
+    ctx.notes.append(
+        f"{n:,} events ({n_requests:,} requests of 5-track slates from 20 candidates) produced "
+        f"in {produce_s:.0f} s into 4-partition topics of a local single-node broker."
+    )
+    ctx.notes.append(
+        "Goal (issue 5): the daemon at >= 50 % of the consume+decode rate and >= 80,000 "
+        "events/s; the table says where it stands. Issue 5 asks for a 10-million-event "
+        "memory soak; this suite's soak is the run above, sized to fit the session."
+    )
     return rows

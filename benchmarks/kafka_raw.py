@@ -56,8 +56,13 @@ def consume(servers: str, topic: str, n: int, *, decode: bool) -> tuple[float, i
 
     from streaming.events import decode_outcomes
 
-    consumer: Any = KafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
-                                  auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer: Any = KafkaConsumer(
+        topic,
+        bootstrap_servers=servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     rows = 0
     # The clock starts at the first record: connecting and fetching metadata are not throughput.
     while not (first := consumer.poll(timeout_ms=500, max_records=1)):
@@ -93,25 +98,46 @@ def run(ctx: Context) -> list[Row]:
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         cfg = Config.load(env={}, overrides=[f"kafka.bootstrap_servers={servers}"])
         ensure_topics(cfg, servers, extra={topic: {"num_partitions": 4, "replication_factor": 1}})
-        producer: Any = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5,
-                                      batch_size=256 * 1024)
+        producer: Any = KafkaProducer(
+            bootstrap_servers=servers, acks="all", linger_ms=5, batch_size=256 * 1024
+        )
         started = time.perf_counter()
         for k, v in msgs:
             producer.send(topic, key=k, value=v)
         producer.flush()
         elapsed = time.perf_counter() - started
         producer.close()
-        rows.append({"system": "kafka-python producer (acks=all, linger 5 ms)", "events": n,
-                     "event_bytes": round(size), "events_per_s": n / elapsed,
-                     "mb_per_s": n * size / elapsed / 1e6, "peak_rss_mb": peak_rss_mb()})
-        for decode, label in ((False, "kafka-python consumer, count only"),
-                              (True, "kafka-python consumer + encore decode to columns")):
+        rows.append(
+            {
+                "system": "kafka-python producer (acks=all, linger 5 ms)",
+                "events": n,
+                "event_bytes": round(size),
+                "events_per_s": n / elapsed,
+                "mb_per_s": n * size / elapsed / 1e6,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+        for decode, label in (
+            (False, "kafka-python consumer, count only"),
+            (True, "kafka-python consumer + encore decode to columns"),
+        ):
             elapsed, got = consume(servers, topic, n, decode=decode)
-            rows.append({"system": label, "events": got, "event_bytes": round(size),
-                         "events_per_s": got / elapsed, "mb_per_s": got * size / elapsed / 1e6,
-                         "peak_rss_mb": peak_rss_mb()})
-    ctx.notes.append(f"{n:,} simulated outcome events of ~{size:.0f} bytes, one 4-partition topic, "
-                     f"local single-node broker; crc32c package installed: {crc}; default fetch settings.")
-    ctx.notes.append("Reference from issue 5 (same kind of machine): ~240,000/s count only, "
-                     "~210,000/s decoding into typed records.")
+            rows.append(
+                {
+                    "system": label,
+                    "events": got,
+                    "event_bytes": round(size),
+                    "events_per_s": got / elapsed,
+                    "mb_per_s": got * size / elapsed / 1e6,
+                    "peak_rss_mb": peak_rss_mb(),
+                }
+            )
+    ctx.notes.append(
+        f"{n:,} simulated outcome events of ~{size:.0f} bytes, one 4-partition topic, "
+        f"local single-node broker; crc32c package installed: {crc}; default fetch settings."
+    )
+    ctx.notes.append(
+        "Reference from issue 5 (same kind of machine): ~240,000/s count only, "
+        "~210,000/s decoding into typed records."
+    )
     return rows

@@ -51,8 +51,11 @@ def _encore_models() -> list[tuple[str, RewardModel, str]]:
         ("encore skip (direct multi-head)", R.skip_model(n_id_buckets=N_ID_BUCKETS), ids),
         ("encore completion (direct)", R.completion_model(n_id_buckets=N_ID_BUCKETS), ids),
         ("encore survival (hazard)", survival_model(n_id_buckets=N_ID_BUCKETS), ids),
-        ("encore session (GRU + hazard)", session_model(n_id_buckets=N_ID_BUCKETS),
-         ids + " + last 8 plays"),
+        (
+            "encore session (GRU + hazard)",
+            session_model(n_id_buckets=N_ID_BUCKETS),
+            ids + " + last 8 plays",
+        ),
     ]
 
 
@@ -69,7 +72,9 @@ def _predict_all(model: RewardModel, state: R.ModelState, o: R.Outcomes) -> np.n
     """``(n, 4)`` predictions in padded chunks of ``BATCH`` (one compiled shape)."""
     n = int(o.mask.size)
     out = [
-        prediction_columns(model.predict(state, R.pad(R.take(o, slice(i, i + BATCH)), BATCH).inputs))
+        prediction_columns(
+            model.predict(state, R.pad(R.take(o, slice(i, i + BATCH)), BATCH).inputs)
+        )
         for i in range(0, n, BATCH)
     ]
     return np.concatenate(out)[:n]
@@ -80,8 +85,10 @@ def _sparse_design(o: R.Outcomes) -> Any:
 
     x = sp.csr_matrix(np.asarray(o.features, np.float32))
     track = np.asarray(o.track_id)
-    onehot = sp.csr_matrix((np.ones(track.size, np.float32), (np.arange(track.size), track)),
-                           shape=(track.size, N_ID_BUCKETS))
+    onehot = sp.csr_matrix(
+        (np.ones(track.size, np.float32), (np.arange(track.size), track)),
+        shape=(track.size, N_ID_BUCKETS),
+    )
     return sp.hstack([x, onehot], format="csr")
 
 
@@ -171,12 +178,19 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             use = k_test[:, col]
             s = score(cols[use, col], y_test[use, col])
             pu = k_train[:, col]
-            rows.append({
-                "system": name, "given": given, "target": h, "log_loss": s.log_loss,
-                "auc": s.auc, "ece": s.ece, "prequential_log_loss":
-                score(pq[pu, col], y_train[pu, col]).log_loss, "test_plays": s.n,
-                "update_plays_per_s": n_train_rows / update_s[i],
-            })
+            rows.append(
+                {
+                    "system": name,
+                    "given": given,
+                    "target": h,
+                    "log_loss": s.log_loss,
+                    "auc": s.auc,
+                    "ece": s.ece,
+                    "prequential_log_loss": score(pq[pu, col], y_train[pu, col]).log_loss,
+                    "test_plays": s.n,
+                    "update_plays_per_s": n_train_rows / update_s[i],
+                }
+            )
             curves[f"{name} {h}"] = reliability_table(cols[use, col], y_test[use, col])
     # River, online, same stream
     x_test = np.asarray(held.features)
@@ -187,20 +201,33 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         p = np.array([river[h].predict_proba_one(test_dicts[r]).get(True, 0.5) for r in use])
         s = score(p, y_test[use, col])
         pu = k_train[:, col]
-        rows.append({
-            "system": "river logistic (learn_one)", "given": "features + track id (one-hot)",
-            "target": h, "log_loss": s.log_loss, "auc": s.auc, "ece": s.ece,
-            "prequential_log_loss": score(np.array(river_preq[h]), y_train[pu, col]).log_loss,
-            "test_plays": s.n, "update_plays_per_s": river_rows[h] / river_s[h],
-        })
+        rows.append(
+            {
+                "system": "river logistic (learn_one)",
+                "given": "features + track id (one-hot)",
+                "target": h,
+                "log_loss": s.log_loss,
+                "auc": s.auc,
+                "ece": s.ece,
+                "prequential_log_loss": score(np.array(river_preq[h]), y_train[pu, col]).log_loss,
+                "test_plays": s.n,
+                "update_plays_per_s": river_rows[h] / river_s[h],
+            }
+        )
         pb = river_batched[h].predict_proba_many(test_frame.iloc[use])[True].to_numpy()
         sb = score(np.clip(pb, 0, 1), y_test[use, col])
-        rows.append({
-            "system": "river logistic (learn_many, batches of ~920)",
-            "given": "features, no track id", "target": h, "log_loss": sb.log_loss,
-            "auc": sb.auc, "ece": sb.ece, "test_plays": sb.n,
-            "update_plays_per_s": river_rows[h] / river_batched_s[h],
-        })
+        rows.append(
+            {
+                "system": "river logistic (learn_many, batches of ~920)",
+                "given": "features, no track id",
+                "target": h,
+                "log_loss": sb.log_loss,
+                "auc": sb.auc,
+                "ece": sb.ece,
+                "test_plays": sb.n,
+                "update_plays_per_s": river_rows[h] / river_batched_s[h],
+            }
+        )
         curves[f"river learn_one {h}"] = reliability_table(p, y_test[use, col])
     # scikit-learn, offline on the most recent training rows
     recent_all = concat_outcomes(recent)
@@ -216,12 +243,18 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         use = np.flatnonzero(k_test[:, col])
         p = lr.predict_proba(design_test[use])[:, 1]
         s = score(p, y_test[use, col])
-        rows.append({
-            "system": f"sklearn LogisticRegression (offline, last {use_r.size:,} plays)",
-            "given": "features + track id (one-hot)", "target": h, "log_loss": s.log_loss,
-            "auc": s.auc, "ece": s.ece, "test_plays": s.n,
-            "fit_plays_per_s": use_r.size / fit_s,
-        })
+        rows.append(
+            {
+                "system": f"sklearn LogisticRegression (offline, last {use_r.size:,} plays)",
+                "given": "features + track id (one-hot)",
+                "target": h,
+                "log_loss": s.log_loss,
+                "auc": s.auc,
+                "ece": s.ece,
+                "test_plays": s.n,
+                "fit_plays_per_s": use_r.size / fit_s,
+            }
+        )
         curves[f"sklearn {h}"] = reliability_table(p, y_test[use, col])
     info = {"n_train": n_train_rows, "n_test": int(held.mask.size)}
     return rows, {"curves": curves, **info}
@@ -274,11 +307,16 @@ def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         base_state, _ = model.update(base_state, R.pad(o, BATCH))
     arms: list[tuple[str, R.CompositeReward | None]] = [
         ("LinUCB on raw stream30 reward", R.CompositeReward(kind="stream30")),
-        ("LinUCB on denoised reward (model only, shrink 0)",
-         R.CompositeReward(kind="denoised", w_complete=0.0, w_skip_30s=-1.0, w_saved=0.0)),
-        ("LinUCB on denoised reward (shrink 0.5)",
-         R.CompositeReward(kind="denoised", w_complete=0.0, w_skip_30s=-1.0, w_saved=0.0,
-                           shrink=0.5)),
+        (
+            "LinUCB on denoised reward (model only, shrink 0)",
+            R.CompositeReward(kind="denoised", w_complete=0.0, w_skip_30s=-1.0, w_saved=0.0),
+        ),
+        (
+            "LinUCB on denoised reward (shrink 0.5)",
+            R.CompositeReward(
+                kind="denoised", w_complete=0.0, w_skip_30s=-1.0, w_saved=0.0, shrink=0.5
+            ),
+        ),
         ("greedy on the reward model alone (no bandit)", None),
     ]
     rows: list[dict[str, Any]] = []
@@ -295,9 +333,11 @@ def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
             x = _candidate_features(sim, req)
             k = x.shape[1]
             if reward is None:
-                inputs = R.Inputs(x.reshape(per_batch * k, -1),
-                                  sim.world.duration_ms[req.candidates].reshape(-1),
-                                  req.candidates.reshape(-1))
+                inputs = R.Inputs(
+                    x.reshape(per_batch * k, -1),
+                    sim.world.duration_ms[req.candidates].reshape(-1),
+                    req.candidates.reshape(-1),
+                )
                 p = model.predict(state, inputs)
                 choice = np.argmax(np.asarray(1.0 - p.skip[:, 1]).reshape(per_batch, k), axis=1)
             else:
@@ -308,10 +348,15 @@ def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
             xs = x[rows_ix, choice]
             track = req.candidates[rows_ix, choice]
             o = R.Outcomes(
-                features=xs, ms_played=plays.ms_played[:, 0],
-                duration_ms=plays.duration_ms[:, 0], reason_end=plays.reason_end[:, 0],
-                saved=plays.saved[:, 0], position=np.zeros(per_batch, np.int32),
-                censored=plays.censored[:, 0], mask=np.ones(per_batch, bool), track_id=track,
+                features=xs,
+                ms_played=plays.ms_played[:, 0],
+                duration_ms=plays.duration_ms[:, 0],
+                reason_end=plays.reason_end[:, 0],
+                saved=plays.saved[:, 0],
+                position=np.zeros(per_batch, np.int32),
+                censored=plays.censored[:, 0],
+                mask=np.ones(per_batch, bool),
+                track_id=track,
             )
             padded = R.pad(o, 128)
             pred = model.predict(state, padded.inputs)  # made at impression time
@@ -324,12 +369,16 @@ def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
             regret[lo : lo + per_batch] = true_p.max(axis=1) - true_p[rows_ix, choice]
             got[lo : lo + per_batch] = true_p[rows_ix, choice]
         half = rounds // 2
-        rows.append({
-            "system": name, "given": "LinUCB: user, track, user x track (no track id)",
-            "target": "P(stream >= 30 s)", "rounds": rounds,
-            "cum_regret": float(regret.sum()),
-            "avg_true_reward_second_half": float(got[half:].mean()),
-        })
+        rows.append(
+            {
+                "system": name,
+                "given": "LinUCB: user, track, user x track (no track id)",
+                "target": "P(stream >= 30 s)",
+                "rounds": rounds,
+                "cum_regret": float(regret.sum()),
+                "avg_true_reward_second_half": float(got[half:].mean()),
+            }
+        )
         curves[name] = np.cumsum(regret)
     return rows, curves
 
@@ -372,8 +421,14 @@ def run(ctx: Any) -> list[dict[str, Any]]:
             if not label.endswith("complete") and "skip_2" not in label:
                 continue
             used = t.counts > 0
-            ax.plot(t.mean_predicted[used], t.fraction_positive[used], marker="o", ms=3,
-                    lw=1, label=label)
+            ax.plot(
+                t.mean_predicted[used],
+                t.fraction_positive[used],
+                marker="o",
+                ms=3,
+                lw=1,
+                label=label,
+            )
         ax.set_xlabel("mean predicted probability")
         ax.set_ylabel("observed frequency")
         ax.set_title("reliability on held-out plays (skip_2, complete)")
@@ -393,6 +448,8 @@ def run(ctx: Any) -> list[dict[str, Any]]:
     ctx.save_plot("rewards_denoised_regret", draw_regret)
     raw = regret_rows[0]["cum_regret"]
     for r in regret_rows[1:]:
-        ctx.notes.append(f"{r['system']}: cumulative regret {r['cum_regret']:.1f} vs "
-                         f"{raw:.1f} on the raw reward ({100 * (r['cum_regret'] / raw - 1):+.1f} %)")
+        ctx.notes.append(
+            f"{r['system']}: cumulative regret {r['cum_regret']:.1f} vs "
+            f"{raw:.1f} on the raw reward ({100 * (r['cum_regret'] / raw - 1):+.1f} %)"
+        )
     return rows

@@ -109,9 +109,7 @@ def reliability_table(
     return ReliabilityTable(edges[:-1], edges[1:], mean_p, frac, count.astype(np.int64))
 
 
-def ece(
-    p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15
-) -> float:
+def ece(p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15) -> float:
     """Expected calibration error: count-weighted mean ``|mean predicted - observed|`` over bins.
 
     >>> ece(np.array([0.2, 0.2, 0.2, 0.2, 0.2]), np.array([True, False, False, False, False]))
@@ -125,9 +123,7 @@ def ece(
     return float(np.sum(gap * t.counts[used]) / t.counts[used].sum())
 
 
-def score(
-    p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15
-) -> Scores:
+def score(p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15) -> Scores:
     """Log loss, AUC, ECE, Brier score, count and base rate of one head."""
     p64, y64 = _clean(p, y)
     if p64.size == 0:
@@ -146,8 +142,12 @@ def score(
 def head_labels(outcomes: Outcomes) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """Labels and known-flags of every head of :data:`HEADS`, each ``(n, 4)``; masked rows unknown."""
     o = outcomes
-    y, k = skip_labels(o.ms_played, np.where(np.asarray(o.duration_ms) > 0, o.duration_ms, 1),
-                       o.reason_end, o.censored)
+    y, k = skip_labels(
+        o.ms_played,
+        np.where(np.asarray(o.duration_ms) > 0, o.duration_ms, 1),
+        o.reason_end,
+        o.censored,
+    )
     y, k = np.asarray(y), np.asarray(k)
     y4 = np.concatenate([y, ~y[:, 2:3]], axis=1)
     k4 = np.concatenate([k, k[:, 2:3]], axis=1) & np.asarray(o.mask, dtype=bool)[:, None]

@@ -93,7 +93,9 @@ def direct_model(
         skip = jnp.stack([col.get(h, nan) for h in ("skip_1", "skip_2", "skip_3")], axis=-1)
         return Predictions(skip=skip, complete=col.get("complete", nan))
 
-    covered = set(heads) | ({"skip_3", "complete"} if {"skip_3", "complete"} & set(heads) else set())
+    covered = set(heads) | (
+        {"skip_3", "complete"} if {"skip_3", "complete"} & set(heads) else set()
+    )
     all_heads = tuple(h for h in known if h in covered)
     spec = ModelSpec(
         name=name,
@@ -107,8 +109,9 @@ def direct_model(
             "clip_norm": clip_norm,
         },
     )
-    return RewardModel(init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer),
-                       spec=spec)
+    return RewardModel(
+        init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer), spec=spec
+    )
 
 
 def skip_model(

@@ -55,7 +55,9 @@ def interaction_features(
             f"position {pos.shape[0]})"
         )
     if pos.size and pos.min() < 0:
-        raise ValueError(f"interaction_features: negative position in rows {np.flatnonzero(pos < 0)[:10]}")
+        raise ValueError(
+            f"interaction_features: negative position in rows {np.flatnonzero(pos < 0)[:10]}"
+        )
     n = u.shape[0]
     outer = (u[:, :, None] * t[:, None, :]).reshape(n, -1) * np.float32(np.sqrt(u.shape[1]))
     onehot = np.zeros((n, n_positions), np.float32)

@@ -71,8 +71,11 @@ def outcomes_from_frame(
     if duration_col is None:
         missing.append(" or ".join(DURATION_COLUMNS))
     if feature_columns is None:
-        numbered = [c for c in frame.columns if isinstance(c, str) and c.startswith("x_")
-                    and c[2:].isdigit()]
+        numbered = [
+            c
+            for c in frame.columns
+            if isinstance(c, str) and c.startswith("x_") and c[2:].isdigit()
+        ]
         feature_columns = sorted(numbered, key=lambda c: int(c[2:]))
     if not feature_columns and "features" not in cols:
         missing.append("features (x_0, x_1, ... or a 'features' column)")
@@ -83,8 +86,11 @@ def outcomes_from_frame(
     if feature_columns:
         features = frame[list(feature_columns)].to_numpy(dtype=np.float32)
     else:
-        features = np.stack([np.asarray(v, np.float32) for v in frame["features"]]) if n else (
-            np.zeros((0, 0), np.float32))
+        features = (
+            np.stack([np.asarray(v, np.float32) for v in frame["features"]])
+            if n
+            else (np.zeros((0, 0), np.float32))
+        )
     reason_raw = frame["reason_end"]
     if reason_raw.dtype == object or pd.api.types.is_string_dtype(reason_raw):
         codes = {name: i for i, name in enumerate(REASONS)}
@@ -96,17 +102,18 @@ def outcomes_from_frame(
         )
     else:
         reason = reason_raw.to_numpy(dtype=np.int64).astype(np.int8)
-    censored = (
-        frame["censored"].to_numpy(dtype=bool) if "censored" in cols else reason == LOGOUT
-    )
+    censored = frame["censored"].to_numpy(dtype=bool) if "censored" in cols else reason == LOGOUT
     return Outcomes(
         features=features,
         ms_played=frame["ms_played"].to_numpy(dtype=np.int64),
         duration_ms=frame[duration_col].to_numpy(dtype=np.int64),
         reason_end=reason,
         saved=frame["saved"].to_numpy(dtype=bool) if "saved" in cols else np.zeros(n, bool),
-        position=(frame["position"].to_numpy(dtype=np.int32) if "position" in cols
-                  else np.zeros(n, np.int32)),
+        position=(
+            frame["position"].to_numpy(dtype=np.int32)
+            if "position" in cols
+            else np.zeros(n, np.int32)
+        ),
         censored=censored,
         mask=np.ones(n, bool),
         track_id=frame["track_id"].to_numpy(dtype=np.int64) if "track_id" in cols else None,
@@ -202,8 +209,9 @@ def fit(
         order = train_rows
         if shuffle:
             order = train_rows[
-                np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch),
-                                                  train_rows.size))
+                np.asarray(
+                    jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), train_rows.size)
+                )
             ]
         losses, weights, rejected = [], [], 0
         train_batches = batches(outcomes, order, batch_size)

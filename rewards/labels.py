@@ -174,7 +174,9 @@ def hazard_targets(
         ``(at_risk, event)``, bool ``(n, 5)``; ``event`` implies ``at_risk``.
     """
     xp = array_module(ms_played, duration_ms, reason_end, censored)
-    ms_played, duration_ms, reason_end = (xp.asarray(a) for a in (ms_played, duration_ms, reason_end))
+    ms_played, duration_ms, reason_end = (
+        xp.asarray(a) for a in (ms_played, duration_ms, reason_end)
+    )
     b = listen_bin(ms_played, duration_ms, reason_end)[:, None]
     cens = xp.asarray(censored)[:, None]
     j = xp.arange(N_BINS, dtype=xp.int32)[None, :]

@@ -102,6 +102,7 @@ def make_update(
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
         ok = finite & (n_used > 0)
+
         def keep_if_ok(new: Array, old: Array) -> Array:
             return jnp.where(ok, new, old)
 
@@ -151,7 +152,9 @@ def head_logits(
     """
     z = x
     if "w_hidden" in params:
-        z = jnp.concatenate([x, jax.nn.gelu(x @ params["w_hidden"] + params["b_hidden"][None, :])], -1)
+        z = jnp.concatenate(
+            [x, jax.nn.gelu(x @ params["w_hidden"] + params["b_hidden"][None, :])], -1
+        )
     logits = z @ params["w"] + params["b"][None, :]
     if "id_table" in params:
         if track_id is None:

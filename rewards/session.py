@@ -134,8 +134,7 @@ def gru_encode(params: Params, history: Float[Array, "n h e"]) -> Float[Array, "
         new = (1.0 - z) * g + z * cand
         return jnp.where(present, new, g), None
 
-    g, _ = jax.lax.scan(cell, jnp.zeros((n, hdim), jnp.float32), (proj, present_steps),
-                        unroll=True)
+    g, _ = jax.lax.scan(cell, jnp.zeros((n, hdim), jnp.float32), (proj, present_steps), unroll=True)
     return g
 
 
@@ -164,7 +163,10 @@ def session_model(
     def init(key: PRNGKeyArray, n_features: int) -> ModelState:
         k1, k2 = jax.random.split(key)
         params = init_hazard_params(
-            k1, n_features + gru_units, proportional=proportional, hidden=hidden,
+            k1,
+            n_features + gru_units,
+            proportional=proportional,
+            hidden=hidden,
             n_id_buckets=n_id_buckets,
         )
         params.update(_gru_init(k2, history_dim, gru_units))
@@ -175,7 +177,9 @@ def session_model(
             raise ValueError("the session model needs history (see rewards.session)")
         hist = jnp.asarray(history)
         if hist.shape[-1] != history_dim:
-            raise ValueError(f"history has {hist.shape[-1]} floats per entry, expected {history_dim}")
+            raise ValueError(
+                f"history has {hist.shape[-1]} floats per entry, expected {history_dim}"
+            )
         x = jnp.concatenate([jnp.asarray(features), gru_encode(params, hist)], axis=-1)
         return hazard_logits(params, x, None if track_id is None else jnp.asarray(track_id))
 
@@ -200,5 +204,6 @@ def session_model(
             "clip_norm": clip_norm,
         },
     )
-    return RewardModel(init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer),
-                       spec=spec)
+    return RewardModel(
+        init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer), spec=spec
+    )

@@ -152,8 +152,9 @@ def survival_model(
             "clip_norm": clip_norm,
         },
     )
-    return RewardModel(init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer),
-                       spec=spec)
+    return RewardModel(
+        init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer), spec=spec
+    )
 
 
 def _ids(track_id: object) -> Array | None:

@@ -161,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     servers = _servers(args, config)
     stop = threading.Event()
+
     def on_signal(signum: int, frame: object) -> None:
         stop.set()  # the loop finishes its batch, checkpoints and closes
 
@@ -171,6 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"encore run: group {config.kafka.group_id}, policy {config.policy.name}, "
         f"checkpoints in {config.checkpoint.dir}, bootstrap {servers}"
     )
+
     def tick(d: Daemon) -> None:
         print(summary_line(d), flush=True)
 

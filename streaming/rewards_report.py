@@ -65,8 +65,14 @@ class SimStream:
         slates = sim.log_slates(req, self.slate_size)
         plays = sim.play(req, slates.shown)
         n, s = plays.heard.shape
-        entries = history_entries(plays.ms_played, np.maximum(plays.duration_ms, 1),
-                                  plays.reason_end, plays.censored, plays.saved, plays.heard)
+        entries = history_entries(
+            plays.ms_played,
+            np.maximum(plays.duration_ms, 1),
+            plays.reason_end,
+            plays.censored,
+            plays.saved,
+            plays.heard,
+        )
         hist = slate_history(self.buffer[req.user_id], entries)  # (n, s, h, e)
         heard = plays.heard.reshape(-1)
         users = np.repeat(req.user_id, s)[heard]
@@ -152,8 +158,13 @@ def file_predictions(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     outs: dict[str, R.Outcomes] = {}
     for name, part in groups:
         part = part.reset_index(drop=True)
-        cols = np.stack([part[c].to_numpy(np.float64) if c in part.columns
-                         else np.full(len(part), np.nan) for c in pcols], axis=1)
+        cols = np.stack(
+            [
+                part[c].to_numpy(np.float64) if c in part.columns else np.full(len(part), np.nan)
+                for c in pcols
+            ],
+            axis=1,
+        )
         with_features = part.assign(features=[np.zeros(0, np.float32)] * len(part))
         preds[str(name)] = cols
         outs[str(name)] = outcomes_from_frame(with_features, feature_columns=[])
@@ -172,8 +183,18 @@ def score_table(
                 continue
             use = k[:, j] & np.isfinite(cols[:, j])
             s = score_one(cols[use, j], y[use, j], n_bins)
-            rows.append({"model": name, "head": head, "plays": s.n, "base_rate": s.base_rate,
-                         "log_loss": s.log_loss, "auc": s.auc, "ece": s.ece, "brier": s.brier})
+            rows.append(
+                {
+                    "model": name,
+                    "head": head,
+                    "plays": s.n,
+                    "base_rate": s.base_rate,
+                    "log_loss": s.log_loss,
+                    "auc": s.auc,
+                    "ece": s.ece,
+                    "brier": s.brier,
+                }
+            )
             tables[(name, head)] = reliability_table(cols[use, j], y[use, j], n_bins)
     return rows, tables
 
@@ -223,9 +244,16 @@ def report(
     for col in ("model", "head", "plays", "base rate", "log loss", "AUC", "ECE", "Brier"):
         table.add_column(col, justify="left" if col in ("model", "head") else "right")
     for r in rows:
-        table.add_row(r["model"], r["head"], f"{r['plays']:,}", f"{r['base_rate']:.3f}",
-                      f"{r['log_loss']:.4f}", f"{r['auc']:.3f}", f"{r['ece']:.4f}",
-                      f"{r['brier']:.4f}")
+        table.add_row(
+            r["model"],
+            r["head"],
+            f"{r['plays']:,}",
+            f"{r['base_rate']:.3f}",
+            f"{r['log_loss']:.4f}",
+            f"{r['auc']:.3f}",
+            f"{r['ece']:.4f}",
+            f"{r['brier']:.4f}",
+        )
     console.print(table)
     _plot(tables, Path(out_png))
     console.print(f"reliability plot written to {out_png}")
@@ -239,16 +267,23 @@ def _plot(tables: dict[tuple[str, str], Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     heads = [h for h in HEADS if any(k[1] == h for k in tables)]
-    fig, axes = plt.subplots(1, max(len(heads), 1), figsize=(4 * max(len(heads), 1), 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(heads), 1), figsize=(4 * max(len(heads), 1), 4), squeeze=False
+    )
     for ax, head in zip(axes[0], heads, strict=False):
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         for (model, h), t in tables.items():
             if h != head:
                 continue
             used = t.counts > 0
-            ax.plot(t.mean_predicted[used], t.fraction_positive[used], marker="o", ms=3, lw=1,
-                    label=model)
+            ax.plot(
+                t.mean_predicted[used],
+                t.fraction_positive[used],
+                marker="o",
+                ms=3,
+                lw=1,
+                label=model,
+            )
         ax.set_title(head)
         ax.set_xlabel("mean predicted")
         ax.set_ylabel("observed frequency")
@@ -268,13 +303,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="encore rewards", description="reward-model tools")
     sub = parser.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("report", help="prequential log loss, AUC and ECE per model and horizon, "
-                       "and a reliability plot")
-    p.add_argument("log", nargs="?", default=None,
-                   help="Parquet/CSV of joined plays with stored predictions (p_skip_1, p_skip_2, "
-                        "p_skip_3, p_complete); omit it with --simulate-plays")
-    p.add_argument("--simulate-plays", type=int, default=0,
-                   help="run the models prequentially on this many simulated plays instead")
+    p = sub.add_parser(
+        "report",
+        help="prequential log loss, AUC and ECE per model and horizon, and a reliability plot",
+    )
+    p.add_argument(
+        "log",
+        nargs="?",
+        default=None,
+        help="Parquet/CSV of joined plays with stored predictions (p_skip_1, p_skip_2, "
+        "p_skip_3, p_complete); omit it with --simulate-plays",
+    )
+    p.add_argument(
+        "--simulate-plays",
+        type=int,
+        default=0,
+        help="run the models prequentially on this many simulated plays instead",
+    )
     p.add_argument("--out", default="reliability.png", help="reliability plot (PNG)")
     p.add_argument("--bins", type=int, default=15, help="reliability bins")
     p.add_argument("--seed", type=int, default=0)
@@ -282,8 +327,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log is None and args.simulate_plays <= 0:
         parser.error("give a LOG file or --simulate-plays N")
     try:
-        report(args.log, out_png=args.out, simulate_plays=args.simulate_plays, n_bins=args.bins,
-               seed=args.seed)
+        report(
+            args.log,
+            out_png=args.out,
+            simulate_plays=args.simulate_plays,
+            n_bins=args.bins,
+            seed=args.seed,
+        )
     except (ValueError, FileNotFoundError) as exc:
         print(f"encore rewards report: {exc}")
         return 2

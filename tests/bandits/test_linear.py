@@ -76,8 +76,10 @@ def _drift_run(n_updates: int, rows: int, refactor_every: int) -> linear.LinearS
         return linear.update(s, fb, ridge=1.0, discount=1.0, refactor_every=refactor_every), None
 
     run = jax.jit(lambda s, ks: jax.lax.scan(step, s, ks)[0])
-    return run(linear.init(2, 2, ridge=1.0, n_ids=0, position_bias=(1.0,)),
-               jax.random.split(jax.random.key(7), n_updates))
+    return run(
+        linear.init(2, 2, ridge=1.0, n_ids=0, position_bias=(1.0,)),
+        jax.random.split(jax.random.key(7), n_updates),
+    )
 
 
 def _assert_healthy(state: linear.LinearState) -> None:
@@ -131,8 +133,9 @@ def test_delta_and_merge_equal_one_update_on_all_rows(key: jax.Array) -> None:
     merged = linear.merge(state, linear.add_deltas(linear.delta(state, a), linear.delta(state, b)))
     # Per-id residuals are taken against each worker's weights (documented approximation).
     for name in ("precision", "b", "theta", "cov", "id_count"):
-        np.testing.assert_allclose(getattr(merged, name), getattr(together, name),
-                                   rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(merged, name), getattr(together, name), rtol=1e-4, atol=1e-5, err_msg=name
+        )
     assert int(merged.n) == 12
 
 
@@ -145,8 +148,15 @@ def test_lower_positions_teach_without_dragging_scores_down(key: jax.Array) -> N
     z = jax.random.normal(k1, (n, 2), jnp.float32)
     position = jnp.ones((n,), jnp.int32)
     reward = 0.5 * (z[:, 0] - z[:, 1]) + 0.01 * jax.random.normal(k2, (n,), jnp.float32)
-    fb = Feedback(jnp.zeros((n, 1), jnp.float32), z, jnp.zeros((n,), jnp.int32), position,
-                  reward, jnp.ones((n,), jnp.float32), jnp.ones((n,), jnp.bool_))
+    fb = Feedback(
+        jnp.zeros((n, 1), jnp.float32),
+        z,
+        jnp.zeros((n,), jnp.int32),
+        position,
+        reward,
+        jnp.ones((n,), jnp.float32),
+        jnp.ones((n,), jnp.bool_),
+    )
     state = policy.update(state, fb)
     cands = Candidates(jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.zeros((2,), jnp.int32))
     scores = policy.score(state, jnp.zeros((1,), jnp.float32), cands, jnp.ones((2,), jnp.bool_))
@@ -160,9 +170,15 @@ def test_track_id_bias_is_learned_from_residuals(key: jax.Array) -> None:
     n = 2000
     ids = jax.random.randint(key, (n,), 0, 4, jnp.int32)
     quality = jnp.array([0.0, 0.3, -0.3, 0.1], jnp.float32)
-    fb = Feedback(jnp.zeros((n, 1), jnp.float32), jnp.zeros((n, 1), jnp.float32), ids,
-                  jnp.zeros((n,), jnp.int32), quality[ids], jnp.ones((n,), jnp.float32),
-                  jnp.ones((n,), jnp.bool_))
+    fb = Feedback(
+        jnp.zeros((n, 1), jnp.float32),
+        jnp.zeros((n, 1), jnp.float32),
+        ids,
+        jnp.zeros((n,), jnp.int32),
+        quality[ids],
+        jnp.ones((n,), jnp.float32),
+        jnp.ones((n,), jnp.bool_),
+    )
     state = policy.update(state, fb)
     cands = Candidates(jnp.zeros((4, 1), jnp.float32), jnp.arange(4, dtype=jnp.int32))
     scores = policy.score(state, jnp.zeros((1,), jnp.float32), cands, jnp.ones((4,), jnp.bool_))

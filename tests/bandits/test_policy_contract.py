@@ -27,8 +27,14 @@ CASES: dict[str, dict[str, Any]] = {
     "squarecb": {"n_ids": 128},
     "epsilon_greedy": {"n_ids": 128, "epsilon": 0.1},
     "softmax": {"n_ids": 128, "temperature": 0.05},
-    "neural_linear": {"hidden": 16, "embed_dim": 8, "buffer_size": 512, "batch_size": 64,
-                      "mc_samples": 64, "train_steps": 4},
+    "neural_linear": {
+        "hidden": 16,
+        "embed_dim": 8,
+        "buffer_size": 512,
+        "batch_size": 64,
+        "mc_samples": 64,
+        "train_steps": 4,
+    },
     "disjoint_linucb": {"n_arms": 60, "alpha": 0.5},
     "uniform": {},
 }
@@ -50,19 +56,25 @@ def _policy(name: str) -> Policy:
 def _batched(name: str) -> tuple[Any, Any, Any]:
     """Jitted ``rank`` over requests, ``rank`` over keys (both slate S) and ``update``."""
     policy = _policy(name)
-    over_requests = jax.jit(jax.vmap(
-        lambda s, x, c, m, k: policy.rank(s, x, c, m, key=k, slate_size=S),
-        in_axes=(None, 0, 0, 0, 0),
-    ))
-    over_keys = jax.jit(jax.vmap(
-        lambda s, x, c, m, k: policy.rank(s, x, c, m, key=k, slate_size=S),
-        in_axes=(None, None, None, None, 0),
-    ))
+    over_requests = jax.jit(
+        jax.vmap(
+            lambda s, x, c, m, k: policy.rank(s, x, c, m, key=k, slate_size=S),
+            in_axes=(None, 0, 0, 0, 0),
+        )
+    )
+    over_keys = jax.jit(
+        jax.vmap(
+            lambda s, x, c, m, k: policy.rank(s, x, c, m, key=k, slate_size=S),
+            in_axes=(None, None, None, None, 0),
+        )
+    )
     return over_requests, over_keys, jax.jit(policy.update)
 
 
 def _cands(req: Any, i: int) -> Candidates:
-    return Candidates(jnp.asarray(req.candidate_features[i]), jnp.asarray(req.candidates[i], jnp.int32))
+    return Candidates(
+        jnp.asarray(req.candidate_features[i]), jnp.asarray(req.candidates[i], jnp.int32)
+    )
 
 
 def _feedback(req: Any, chosen: np.ndarray, reward: np.ndarray, prop: np.ndarray) -> Feedback:
@@ -91,8 +103,13 @@ def _run(name: str, rounds: int, batch: int, seed: int) -> tuple[Any, float]:
         req = sim.requests(batch)
         key, sub = jax.random.split(key)
         c = Candidates(jnp.asarray(req.candidate_features), jnp.asarray(req.candidates, jnp.int32))
-        ranked = rank(state, jnp.asarray(req.context), c, jnp.ones((batch, K), jnp.bool_),
-                      jax.random.split(sub, batch))
+        ranked = rank(
+            state,
+            jnp.asarray(req.context),
+            c,
+            jnp.ones((batch, K), jnp.bool_),
+            jax.random.split(sub, batch),
+        )
         chosen = np.asarray(ranked.order[:, 0])
         p = sim.expected_reward(req)[np.arange(batch), chosen]
         total += float(p.sum())
@@ -123,13 +140,22 @@ def test_functions_pass_jit(name: str, key: jax.Array) -> None:
     eager = policy.init(DU, DT)
     assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(eager)
     x, c, m = _request()
-    ranked = jax.jit(policy.rank, static_argnames="slate_size")(state, x, c, m, key=key, slate_size=S)
+    ranked = jax.jit(policy.rank, static_argnames="slate_size")(
+        state, x, c, m, key=key, slate_size=S
+    )
     assert ranked.order.shape == (S,) and ranked.propensity.shape == (S,)
     assert ranked.order.dtype == jnp.int32 and ranked.propensity.dtype == jnp.float32
     scores = jax.jit(policy.score)(state, x, c, m)
     assert scores.shape == (K,)
-    fb = Feedback(x[None], c.features[:1], c.ids[:1], jnp.zeros((1,), jnp.int32),
-                  jnp.ones((1,), jnp.float32), jnp.ones((1,), jnp.float32), jnp.ones((1,), jnp.bool_))
+    fb = Feedback(
+        x[None],
+        c.features[:1],
+        c.ids[:1],
+        jnp.zeros((1,), jnp.int32),
+        jnp.ones((1,), jnp.float32),
+        jnp.ones((1,), jnp.float32),
+        jnp.ones((1,), jnp.bool_),
+    )
     new = _batched(name)[2](state, fb)
     assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(state)
 
@@ -145,8 +171,9 @@ def test_vmap_over_requests_matches_one_at_a_time(name: str, key: jax.Array) -> 
     batched = _batched(name)[0](state, jnp.asarray(req.context), c, masks, keys)
     assert batched.order.shape == (5, S)
     for i in range(5):
-        one = policy.rank(state, jnp.asarray(req.context[i]), _cands(req, i), masks[i],
-                          key=keys[i], slate_size=S)
+        one = policy.rank(
+            state, jnp.asarray(req.context[i]), _cands(req, i), masks[i], key=keys[i], slate_size=S
+        )
         np.testing.assert_array_equal(batched.order[i], one.order)
         np.testing.assert_allclose(batched.propensity[i], one.propensity, rtol=1e-5)
 
@@ -212,7 +239,9 @@ def test_masked_candidates_are_never_chosen(name: str) -> None:
     scores = np.asarray(policy.score(state, x, c, jnp.ones((K,), jnp.bool_)))
     mask = np.ones(K, bool)
     mask[np.argsort(-scores, kind="stable")[: K // 2]] = False
-    ranked = _batched(name)[1](state, x, c, jnp.asarray(mask), jax.random.split(jax.random.key(5), 500))
+    ranked = _batched(name)[1](
+        state, x, c, jnp.asarray(mask), jax.random.split(jax.random.key(5), 500)
+    )
     assert mask[np.asarray(ranked.order)].all()
     assert np.isneginf(np.asarray(policy.score(state, x, c, jnp.asarray(mask)))[~mask]).all()
 

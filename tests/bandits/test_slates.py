@@ -47,8 +47,11 @@ def test_sequential_propensities_match_frequencies() -> None:
     first = np.asarray(ranked.order[:, 0])
     for a in range(4):
         freq = (first == a).mean()
-        np.testing.assert_allclose(freq, np.asarray(ranked.propensity[first == a, 0]).mean(),
-                                   atol=4 * np.sqrt(freq * (1 - freq) / 20_000) + 1e-3)
+        np.testing.assert_allclose(
+            freq,
+            np.asarray(ranked.propensity[first == a, 0]).mean(),
+            atol=4 * np.sqrt(freq * (1 - freq) / 20_000) + 1e-3,
+        )
 
 
 def test_monte_carlo_propensity_is_within_its_stated_error() -> None:

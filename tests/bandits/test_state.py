@@ -25,7 +25,9 @@ def test_header_records_spec_and_format() -> None:
 
 def test_another_policy_is_refused() -> None:
     other = POLICIES["squarecb"](n_ids=8)
-    with pytest.raises(StateFormatError, match="written by policy 'linucb', cannot load it into 'squarecb'"):
+    with pytest.raises(
+        StateFormatError, match="written by policy 'linucb', cannot load it into 'squarecb'"
+    ):
         load(other, BLOB, like=other.init(3, 2))
 
 
@@ -43,13 +45,13 @@ def test_other_dimensions_are_refused() -> None:
 def _rewrite(mutate: str, value: object) -> bytes:
     header = read_header(BLOB)
     start = len(MAGIC) + 8
-    (size,) = struct.unpack("<Q", BLOB[len(MAGIC):start])
+    (size,) = struct.unpack("<Q", BLOB[len(MAGIC) : start])
     if mutate == "version":
         header["spec"]["version"] = value
     else:
         header["format_version"] = value
     head = json.dumps(header).encode()
-    return MAGIC + struct.pack("<Q", len(head)) + head + BLOB[start + size:]
+    return MAGIC + struct.pack("<Q", len(head)) + head + BLOB[start + size :]
 
 
 def test_another_policy_version_is_refused() -> None:
@@ -62,12 +64,15 @@ def test_another_format_version_is_refused() -> None:
         load(POLICY, _rewrite("format", 7), like=STATE)
 
 
-@pytest.mark.parametrize(("blob", "message"), [
-    (b"PK\x03\x04rest", "bad magic"),
-    (MAGIC + b"\x01", "truncated"),
-    (MAGIC + struct.pack("<Q", 100) + b"{}", "truncated"),
-    (MAGIC + struct.pack("<Q", 3) + b"{x}", "corrupt policy state header"),
-])
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"PK\x03\x04rest", "bad magic"),
+        (MAGIC + b"\x01", "truncated"),
+        (MAGIC + struct.pack("<Q", 100) + b"{}", "truncated"),
+        (MAGIC + struct.pack("<Q", 3) + b"{x}", "corrupt policy state header"),
+    ],
+)
 def test_garbage_is_refused(blob: bytes, message: str) -> None:
     with pytest.raises(StateFormatError, match=message):
         load(POLICY, blob, like=STATE)

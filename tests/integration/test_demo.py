@@ -15,8 +15,9 @@ pytestmark = pytest.mark.integration
 
 def test_demo_learns_to_beat_the_logging_policy(kafka_broker: str, tmp_path: Path) -> None:
     config = Config.load(env={})
-    opts = DemoOptions(duration_s=30, rate=500, slate_size=5, seed=3,
-                       bootstrap_servers=kafka_broker, out=tmp_path)
+    opts = DemoOptions(
+        duration_s=30, rate=500, slate_size=5, seed=3, bootstrap_servers=kafka_broker, out=tmp_path
+    )
     assert run_demo(config, opts) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["events_consumed"] == report["events_produced"] > 20_000

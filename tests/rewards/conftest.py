@@ -18,8 +18,9 @@ N_FEATURES = 6
 HISTORY_LEN = 3
 
 
-def synthetic_outcomes(n: int, *, seed: int, d: int = N_FEATURES, censor_prob: float = 0.05,
-                       n_tracks: int = 50) -> Outcomes:
+def synthetic_outcomes(
+    n: int, *, seed: int, d: int = N_FEATURES, censor_prob: float = 0.05, n_tracks: int = 50
+) -> Outcomes:
     """Plays from a 5-bin hazard model whose index is linear in the features and a track effect.
 
     Durations are log-normal (some shorter than 30 s); a share of plays is cut off (censored);
@@ -31,7 +32,9 @@ def synthetic_outcomes(n: int, *, seed: int, d: int = N_FEATURES, censor_prob: f
     track = rng.integers(0, n_tracks, size=n)
     quality = np.sin(np.arange(n_tracks))  # deterministic per-track effect
     eta = x @ w + quality[track]
-    duration = np.exp(rng.normal(np.log(150_000), 0.8, size=n)).clip(8_000, 900_000).astype(np.int64)
+    duration = (
+        np.exp(rng.normal(np.log(150_000), 0.8, size=n)).clip(8_000, 900_000).astype(np.int64)
+    )
     edges = np.asarray(bin_edges_ms(duration))
     lower = np.concatenate([np.zeros((n, 1)), edges[:, :-1]], axis=1)
     hz = 1 / (1 + np.exp(-(np.array([-1.0, -1.2, -2.0, -2.5, -3.0]) - eta[:, None])))

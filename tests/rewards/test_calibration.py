@@ -81,6 +81,7 @@ def test_prequential_predicts_with_the_state_before_each_batch(
     state = start
     for i, chunk in enumerate(chunks):
         np.testing.assert_allclose(
-            cols[i * 64 : (i + 1) * 64], prediction_columns(model.predict(state, chunk.inputs)))
+            cols[i * 64 : (i + 1) * 64], prediction_columns(model.predict(state, chunk.inputs))
+        )
         state, _ = model.update(state, chunk)
     assert int(final.step) == 4 and len(seen) == 4

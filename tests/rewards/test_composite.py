@@ -44,8 +44,9 @@ def test_raw_rewards_of_each_kind() -> None:
     o = outcomes()
     np.testing.assert_allclose(CompositeReward(kind="stream30").raw(o), [1, 0, 1, 0])
     np.testing.assert_allclose(CompositeReward(kind="linear").raw(o), [3.0, -0.5, 0.0, 0.0])
-    np.testing.assert_allclose(CompositeReward(kind="listen_fraction").raw(o),
-                               [1.0, 0.015, 0.3, 0.05], rtol=1e-6)
+    np.testing.assert_allclose(
+        CompositeReward(kind="listen_fraction").raw(o), [1.0, 0.015, 0.3, 0.05], rtol=1e-6
+    )
 
 
 def test_censored_rows_keep_the_provisional_reward() -> None:
@@ -60,12 +61,14 @@ def test_censored_rows_keep_the_provisional_reward() -> None:
 
 
 def test_provisional_is_the_expected_linear_reward() -> None:
-    r = CompositeReward(kind="linear", w_complete=1.0, w_skip_30s=-0.5, w_saved=2.0,
-                        p_save_given_complete=0.1)
+    r = CompositeReward(
+        kind="linear", w_complete=1.0, w_skip_30s=-0.5, w_saved=2.0, p_save_given_complete=0.1
+    )
     prov = np.asarray(r.provisional(predictions(), np.full(4, D)))
     np.testing.assert_allclose(prov, 0.4 - 0.5 * 0.2 + 2.0 * 0.1 * 0.4, rtol=1e-6)
     assert float(CompositeReward(kind="stream30").provisional(predictions(), np.full(4, D))[0]) == (
-        pytest.approx(0.8))
+        pytest.approx(0.8)
+    )
 
 
 def test_denoised_mixes_model_and_outcome_by_shrink() -> None:

@@ -31,8 +31,15 @@ def to_frame(o: Outcomes) -> pd.DataFrame:
 
 def test_frame_round_trip(batch: Outcomes) -> None:
     back = outcomes_from_frame(to_frame(batch))
-    for name in ("features", "ms_played", "duration_ms", "reason_end", "saved", "position",
-                 "track_id"):
+    for name in (
+        "features",
+        "ms_played",
+        "duration_ms",
+        "reason_end",
+        "saved",
+        "position",
+        "track_id",
+    ):
         np.testing.assert_array_equal(getattr(back, name), getattr(batch, name), err_msg=name)
     # Without a censored column, a logout is the censoring.
     np.testing.assert_array_equal(back.censored, batch.censored)
@@ -50,8 +57,13 @@ def test_frame_errors_name_the_columns(batch: Outcomes) -> None:
     with pytest.raises(ValueError, match="unknown values \\['teleported'\\]"):
         outcomes_from_frame(bad)
     with pytest.raises(ValueError, match="validation_fraction"):
-        fit(MODEL, MODEL.init(jax.random.key(0), 6), frame, key=jax.random.key(0),
-            validation_fraction=1.0)
+        fit(
+            MODEL,
+            MODEL.init(jax.random.key(0), 6),
+            frame,
+            key=jax.random.key(0),
+            validation_fraction=1.0,
+        )
 
 
 def test_fit_on_parquet_equals_fit_on_the_frame(batch: Outcomes, tmp_path: Path) -> None:
@@ -72,8 +84,16 @@ def test_fit_is_deterministic_and_reports_every_epoch(synth: Callable[..., Outco
     reports: list[EpochReport] = []
     batches: list[tuple[int, int]] = []
     key = jax.random.key(1)
-    r1 = fit(MODEL, MODEL.init(key, 6), data, key=key, batch_size=128, epochs=3,
-             on_epoch=reports.append, on_batch=lambda i, n: batches.append((i, n)))
+    r1 = fit(
+        MODEL,
+        MODEL.init(key, 6),
+        data,
+        key=key,
+        batch_size=128,
+        epochs=3,
+        on_epoch=reports.append,
+        on_batch=lambda i, n: batches.append((i, n)),
+    )
     r2 = fit(MODEL, MODEL.init(key, 6), data, key=key, batch_size=128, epochs=3)
     assert r1.history == r2.history == reports
     assert [r.epoch for r in reports] == [0, 1, 2]
@@ -89,14 +109,30 @@ def test_early_stopping_keeps_the_best_state(synth: Callable[..., Outcomes]) -> 
     model = skip_model(n_id_buckets=512, learning_rate=0.3)
     data = synth(600, seed=6, n_tracks=400)
     key = jax.random.key(0)
-    result = fit(model, model.init(key, 6), data, key=key, batch_size=64, epochs=30,
-                 validation_fraction=0.3, patience=2)
+    result = fit(
+        model,
+        model.init(key, 6),
+        data,
+        key=key,
+        batch_size=64,
+        epochs=30,
+        validation_fraction=0.3,
+        patience=2,
+    )
     h = result.history
     best = min(h, key=lambda r: r.val_loss)
     assert len(h) < 30 and h[-1].epoch - best.epoch == 2
-    assert all(r.best_epoch == best.epoch for r in h[best.epoch:])
-    again = fit(model, model.init(key, 6), data, key=key, batch_size=64, epochs=best.epoch + 1,
-                validation_fraction=0.3, patience=100)
+    assert all(r.best_epoch == best.epoch for r in h[best.epoch :])
+    again = fit(
+        model,
+        model.init(key, 6),
+        data,
+        key=key,
+        batch_size=64,
+        epochs=best.epoch + 1,
+        validation_fraction=0.3,
+        patience=100,
+    )
     for x, y in zip(jax.tree.leaves(result.state), jax.tree.leaves(again.state), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -83,8 +83,9 @@ def test_hazard_targets_event_and_censoring() -> None:
 
 
 def test_empty_bins_never_at_risk() -> None:
-    at_risk, event = hazard_targets(np.array([20_000]), np.array([20_000]),
-                                    np.array([TRACKDONE], np.int8), np.array([False]))
+    at_risk, event = hazard_targets(
+        np.array([20_000]), np.array([20_000]), np.array([TRACKDONE], np.int8), np.array([False])
+    )
     assert np.asarray(at_risk).tolist() == [[True, True, False, False, False]]
     assert not np.asarray(event).any()
 
@@ -138,6 +139,10 @@ def test_valid_rows_names_each_rule() -> None:
     )
     assert np.asarray(valid_rows(o)).tolist() == [True] + [False] * 6
     # Slight over-play (seek back, replay) is clipped, not invalid.
-    over = o._replace(ms_played=np.full(n, 1200), features=np.zeros((n, 2), np.float32),
-                      duration_ms=np.full(n, 1000), reason_end=np.zeros(n, np.int8))
+    over = o._replace(
+        ms_played=np.full(n, 1200),
+        features=np.zeros((n, 2), np.float32),
+        duration_ms=np.full(n, 1000),
+        reason_end=np.zeros(n, np.int8),
+    )
     assert np.asarray(valid_rows(over)).all()

@@ -49,8 +49,9 @@ def _leaves(state: ModelState) -> list[np.ndarray]:
 
 
 def _modelled(model: RewardModel) -> list[int]:
-    return [i for i, h in enumerate(("skip_1", "skip_2", "skip_3", "complete"))
-            if h in model.spec.heads]
+    return [
+        i for i, h in enumerate(("skip_1", "skip_2", "skip_3", "complete")) if h in model.spec.heads
+    ]
 
 
 def _columns(model: RewardModel, state: ModelState, inputs: Inputs) -> np.ndarray:
@@ -59,8 +60,9 @@ def _columns(model: RewardModel, state: ModelState, inputs: Inputs) -> np.ndarra
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
-def test_update_lowers_loss_on_a_fixed_batch(factory: Callable[[], RewardModel], batch: Outcomes,
-                                             key: jax.Array) -> None:
+def test_update_lowers_loss_on_a_fixed_batch(
+    factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
+) -> None:
     model = factory()
     state = model.init(key, N_FEATURES)
     state, first = model.update(state, batch)
@@ -73,8 +75,9 @@ def test_update_lowers_loss_on_a_fixed_batch(factory: Callable[[], RewardModel],
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
-def test_predictions_are_probabilities(factory: Callable[[], RewardModel], batch: Outcomes,
-                                       key: jax.Array) -> None:
+def test_predictions_are_probabilities(
+    factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
+) -> None:
     model = factory()
     state = model.init(key, N_FEATURES)
     for _ in range(5):
@@ -89,12 +92,21 @@ def test_predictions_are_probabilities(factory: Callable[[], RewardModel], batch
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
-def test_fit_equals_repeated_update(factory: Callable[[], RewardModel], batch: Outcomes,
-                                    key: jax.Array) -> None:
+def test_fit_equals_repeated_update(
+    factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
+) -> None:
     model = factory()
     start = model.init(key, N_FEATURES)
-    result = fit(model, start, batch, key=key, batch_size=64, epochs=1, validation_fraction=0.0,
-                 shuffle=False)
+    result = fit(
+        model,
+        start,
+        batch,
+        key=key,
+        batch_size=64,
+        epochs=1,
+        validation_fraction=0.0,
+        shuffle=False,
+    )
     state = start
     for lo in range(0, 256, 64):
         state, _ = model.update(state, pad(take(batch, slice(lo, lo + 64)), 64))
@@ -103,8 +115,9 @@ def test_fit_equals_repeated_update(factory: Callable[[], RewardModel], batch: O
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
-def test_padding_does_not_change_the_update(factory: Callable[[], RewardModel], batch: Outcomes,
-                                            key: jax.Array) -> None:
+def test_padding_does_not_change_the_update(
+    factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
+) -> None:
     model = factory()
     state = model.init(key, N_FEATURES)
     a, ma = model.update(state, batch)
@@ -115,8 +128,9 @@ def test_padding_does_not_change_the_update(factory: Callable[[], RewardModel], 
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
-def test_state_survives_a_checkpoint_round_trip(factory: Callable[[], RewardModel],
-                                                batch: Outcomes, key: jax.Array) -> None:
+def test_state_survives_a_checkpoint_round_trip(
+    factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
+) -> None:
     model = factory()
     state, _ = model.update(model.init(key, N_FEATURES), batch)
     leaves, treedef = jax.tree.flatten(state)
@@ -124,10 +138,12 @@ def test_state_survives_a_checkpoint_round_trip(factory: Callable[[], RewardMode
     np.savez(buf, *[np.asarray(x) for x in leaves])
     buf.seek(0)
     with np.load(buf, allow_pickle=False) as z:
-        loaded = jax.tree.unflatten(treedef, [jnp.asarray(z[f"arr_{i}"]) for i in
-                                              range(len(leaves))])
-    np.testing.assert_array_equal(_columns(model, state, batch.inputs),
-                                  _columns(model, loaded, batch.inputs))
+        loaded = jax.tree.unflatten(
+            treedef, [jnp.asarray(z[f"arr_{i}"]) for i in range(len(leaves))]
+        )
+    np.testing.assert_array_equal(
+        _columns(model, state, batch.inputs), _columns(model, loaded, batch.inputs)
+    )
     s1, _ = model.update(state, batch)
     s2, _ = model.update(loaded, batch)
     for x, y in zip(_leaves(s1), _leaves(s2), strict=True):
@@ -162,14 +178,21 @@ def _corrupt(batch: Outcomes, kind: str) -> Outcomes:
     return o
 
 
-BAD = ["nan_features", "inf_features", "negative_duration", "ms_far_beyond_duration",
-       "unknown_reason", "nan_history"]
+BAD = [
+    "nan_features",
+    "inf_features",
+    "negative_duration",
+    "ms_far_beyond_duration",
+    "unknown_reason",
+    "nan_history",
+]
 
 
 @pytest.mark.parametrize("kind", BAD)
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
-def test_bad_rows_are_dropped_not_learned(factory: Callable[[], RewardModel], kind: str,
-                                          batch: Outcomes, key: jax.Array) -> None:
+def test_bad_rows_are_dropped_not_learned(
+    factory: Callable[[], RewardModel], kind: str, batch: Outcomes, key: jax.Array
+) -> None:
     model = factory()
     state = model.init(key, N_FEATURES)
     bad = _corrupt(batch, kind)
@@ -186,8 +209,9 @@ def test_bad_rows_are_dropped_not_learned(factory: Callable[[], RewardModel], ki
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
-def test_a_poisoned_batch_leaves_the_state_unchanged(factory: Callable[[], RewardModel],
-                                                     batch: Outcomes, key: jax.Array) -> None:
+def test_a_poisoned_batch_leaves_the_state_unchanged(
+    factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
+) -> None:
     model = factory()
     state, _ = model.update(model.init(key, N_FEATURES), batch)
     # Finite but absurd features overflow the gradient: the step is refused.
@@ -217,22 +241,33 @@ def test_models_needing_inputs_say_so(batch: Outcomes, key: jax.Array) -> None:
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
-def test_learns_the_synthetic_process(factory: Callable[[], RewardModel], key: jax.Array,
-                                      synth: Callable[..., Outcomes]) -> None:
+def test_learns_the_synthetic_process(
+    factory: Callable[[], RewardModel], key: jax.Array, synth: Callable[..., Outcomes]
+) -> None:
     """Trained on plays from a known hazard process, the model ranks held-out plays well."""
     from rewards.calibration import score_heads
 
     model = factory()
     train, test = synth(4096, seed=2), synth(256, seed=3)
-    state = fit(model, model.init(key, N_FEATURES), train, key=key, batch_size=256, epochs=4,
-                validation_fraction=0.0).state
+    state = fit(
+        model,
+        model.init(key, N_FEATURES),
+        train,
+        key=key,
+        batch_size=256,
+        epochs=4,
+        validation_fraction=0.0,
+    ).state
     scores = score_heads(_columns(model, state, test.inputs), test)
     assert scores["complete"].auc > 0.75
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.01, 30.0),
-       duration=st.integers(1_000, 900_000))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.floats(0.01, 30.0),
+    duration=st.integers(1_000, 900_000),
+)
 def test_survival_predictions_are_consistent(seed: int, scale: float, duration: int) -> None:
     """For any parameters and inputs: P(skip_1) <= P(skip_2) <= P(skip_3) and
     P(complete) = 1 - P(skip_3) <= 1 - P(skip_2)."""
@@ -246,8 +281,9 @@ def test_survival_predictions_are_consistent(seed: int, scale: float, duration: 
         rng = np.random.default_rng(seed)
         history = np.zeros((16, 2, 9), np.float32)
         history[..., 8] = 1.0
-        inputs = Inputs(rng.normal(size=(16, 4)).astype(np.float32), np.full(16, duration),
-                        None, history)
+        inputs = Inputs(
+            rng.normal(size=(16, 4)).astype(np.float32), np.full(16, duration), None, history
+        )
         p = model.predict(state._replace(params=params), inputs)
         skip, complete = np.asarray(p.skip, np.float64), np.asarray(p.complete, np.float64)
         assert np.all(np.diff(skip, axis=1) >= -1e-6)

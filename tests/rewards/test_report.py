@@ -46,13 +46,15 @@ def test_report_on_a_file_of_stored_predictions(tmp_path: Path) -> None:
     n = 400
     p_complete = rng.uniform(0.05, 0.6, n)
     complete = rng.random(n) < p_complete
-    frame = pd.DataFrame({
-        "model": np.where(np.arange(n) % 2 == 0, "a", "b"),
-        "ms_played": np.where(complete, 200_000, 10_000),
-        "track_duration_ms": 200_000,
-        "reason_end": [REASONS[0] if c else REASONS[1] for c in complete],
-        "p_complete": p_complete,
-    })
+    frame = pd.DataFrame(
+        {
+            "model": np.where(np.arange(n) % 2 == 0, "a", "b"),
+            "ms_played": np.where(complete, 200_000, 10_000),
+            "track_duration_ms": 200_000,
+            "reason_end": [REASONS[0] if c else REASONS[1] for c in complete],
+            "p_complete": p_complete,
+        }
+    )
     path = tmp_path / "joined.csv"
     frame.to_csv(path, index=False)
     rows = report(path, out_png=tmp_path / "r.png", console=Console(file=io.StringIO()))

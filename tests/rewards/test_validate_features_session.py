@@ -43,10 +43,14 @@ def test_interaction_features_layout() -> None:
 
 
 def test_history_entries_encode_the_end_bin() -> None:
-    e = history_entries(np.array([1_000, 200_000, 50_000]), np.full(3, 200_000),
-                        np.array([FWDBTN, TRACKDONE, LOGOUT], np.int8),
-                        np.array([False, False, True]), np.array([False, True, False]),
-                        np.array([True, True, False]))
+    e = history_entries(
+        np.array([1_000, 200_000, 50_000]),
+        np.full(3, 200_000),
+        np.array([FWDBTN, TRACKDONE, LOGOUT], np.int8),
+        np.array([False, False, True]),
+        np.array([False, True, False]),
+        np.array([True, True, False]),
+    )
     assert e.shape == (3, HISTORY_DIM)
     assert e[0].tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 1]
     assert e[1].tolist() == [0, 0, 0, 0, 0, 1, 0, 1, 1]

@@ -10,12 +10,23 @@ import pytest
 
 from streaming.cli import main
 
-COMMANDS = ("demo", "broker", "topics", "simulate", "run", "status", "rerank", "evaluate", "rewards")
+COMMANDS = (
+    "demo",
+    "broker",
+    "topics",
+    "simulate",
+    "run",
+    "status",
+    "rerank",
+    "evaluate",
+    "rewards",
+)
 
 
 def test_help_lists_every_command_with_a_description() -> None:
-    out = subprocess.run([sys.executable, "-m", "streaming", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "streaming", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for name in COMMANDS:
         line = next((ln for ln in out.splitlines() if ln.strip().startswith(name + " ")), "")
         assert line.strip() != name and len(line.split()) > 2, f"{name} has no description"

@@ -141,16 +141,40 @@ def test_evaluate_the_policy_a_checkpoint_holds_on_the_daemon_log(tmp_path: obje
             log.append(r)
     arrays, worker = to_arrays(eng, state)
     spec = eng.policy.spec
-    checkpoint.write(out / "ckpt", arrays, {
-        "policy_spec": {"name": spec.name, "version": spec.version, "params": dict(spec.params)},
-        "worker": worker,
-    })
-    rc = evaluate.main([
-        str(out / "log"), "--column-map", "action=shown[0],reward=reward[0],propensity=propensity[0]",
-        "--context-columns", "context", "--candidate-features-column", "candidate_features",
-        "--policy-checkpoint", str(out / "ckpt"), "--estimators", "ips,snips,dr",
-        "--policy-samples", "8", "--n-bootstrap", "50", "--no-progress", "--out", str(out / "eval"),
-    ])
+    checkpoint.write(
+        out / "ckpt",
+        arrays,
+        {
+            "policy_spec": {
+                "name": spec.name,
+                "version": spec.version,
+                "params": dict(spec.params),
+            },
+            "worker": worker,
+        },
+    )
+    rc = evaluate.main(
+        [
+            str(out / "log"),
+            "--column-map",
+            "action=shown[0],reward=reward[0],propensity=propensity[0]",
+            "--context-columns",
+            "context",
+            "--candidate-features-column",
+            "candidate_features",
+            "--policy-checkpoint",
+            str(out / "ckpt"),
+            "--estimators",
+            "ips,snips,dr",
+            "--policy-samples",
+            "8",
+            "--n-bootstrap",
+            "50",
+            "--no-progress",
+            "--out",
+            str(out / "eval"),
+        ]
+    )
     assert rc == 0
     report = (out / "eval" / "report.md").read_text()
     assert "linucb learned by the daemon" in report and "| snips" in report.lower()
