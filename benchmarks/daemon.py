@@ -99,6 +99,7 @@ def run(ctx: Context) -> list[Row]:
                 late=f"{t.late}.{run_id}",
                 snapshots=f"{t.snapshots}.{run_id}",
                 deltas=f"{t.deltas}.{run_id}",
+                joined=f"{t.joined}.{run_id}",
             ),
         )
         ensure_topics(cfg, servers)

@@ -66,6 +66,7 @@ def demo_config(config: Config, run_id: str, servers: str, opts: DemoOptions) ->
         late=f"{t.late}.{run_id}",
         snapshots=f"{t.snapshots}.{run_id}",
         deltas=f"{t.deltas}.{run_id}",
+        joined=f"{t.joined}.{run_id}",
     )
     return dataclasses.replace(
         config,

@@ -55,7 +55,7 @@ class Topics:
 
 def fresh_topics() -> Topics:
     run = uuid.uuid4().hex[:8]
-    return Topics(*(f"{p}-{run}" for p in ("fi", "fo", "fd", "fl", "fs", "fx")))
+    return Topics(*(f"{p}-{run}" for p in ("fi", "fo", "fd", "fl", "fs", "fx", "fj")))
 
 
 def write_config(path: Path, servers: str, topics: Topics, *, group: str, ckpt_dir: Path) -> Config:
@@ -73,6 +73,7 @@ dlq = {json.dumps(topics.dlq)}
 late = {json.dumps(topics.late)}
 snapshots = {json.dumps(topics.snapshots)}
 deltas = {json.dumps(topics.deltas)}
+joined = {json.dumps(topics.joined)}
 
 [join]
 window_ms = 1200000

@@ -34,6 +34,7 @@ def fresh_config(servers: str) -> Config:
         late=f"l-{run}",
         snapshots=f"s-{run}",
         deltas=f"x-{run}",
+        joined=f"j-{run}",
     )
     return dataclasses.replace(cfg, topics=topics)
 

@@ -48,6 +48,7 @@ def config(servers: str, run: str, tmp: Path, name: str, *, share: bool, group: 
             late=f"l-{run}",
             snapshots=f"s-{run}",
             deltas=f"x-{run}",
+            joined=f"j-{run}",
         ),
     )
 

@@ -46,6 +46,7 @@ def fresh_config(servers: str) -> Config:
         late=f"l-{run}",
         snapshots=f"s-{run}",
         deltas=f"x-{run}",
+        joined=f"j-{run}",
         partitions=2,
     )
     return dataclasses.replace(cfg, topics=topics)
