@@ -51,6 +51,7 @@ class Topics:
     late: str
     snapshots: str
     deltas: str
+    joined: str
 
 
 def fresh_topics() -> Topics:
