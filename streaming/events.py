@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -108,6 +108,7 @@ ErrorCode = Literal[
     "unknown_reason_end",
 ]
 
+T = TypeVar("T")
 MAX_PLAY_RATIO = 10.0
 MAX_INT = 2**53
 """Integers (times, durations, positions) above this are rejected as ``bad_value``."""
@@ -296,24 +297,29 @@ def _classify(exc: Exception, raw: bytes, expected_schema: str) -> DecodeError:
     return DecodeError("invalid_json", msg, raw)
 
 
+def _parse(raw: bytes, limits: Limits, decoder: msgspec.json.Decoder[T], schema: str) -> T:
+    """What both event types check first: size, JSON and field types, then the schema version."""
+    if len(raw) > limits.max_message_bytes:
+        raise DecodeError(
+            "too_large", f"{len(raw)} bytes > max_message_bytes {limits.max_message_bytes}", raw
+        )
+    try:
+        ev = decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _classify(exc, raw, schema) from None
+    found = getattr(ev, "schema", None)
+    if found != schema:
+        raise DecodeError("unknown_schema", f"schema {found!r} is not {schema!r}", raw)
+    return ev
+
+
 def decode_impression(raw: bytes, limits: Limits = Limits()) -> Impression:
     """Decode and validate one impression.
 
     Raises:
         DecodeError: with one of ``ERROR_CODES``.
     """
-    if len(raw) > limits.max_message_bytes:
-        raise DecodeError(
-            "too_large", f"{len(raw)} bytes > max_message_bytes {limits.max_message_bytes}", raw
-        )
-    try:
-        ev = _IMPRESSION_DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise _classify(exc, raw, IMPRESSION_SCHEMA) from None
-    if ev.schema != IMPRESSION_SCHEMA:
-        raise DecodeError(
-            "unknown_schema", f"schema {ev.schema!r} is not {IMPRESSION_SCHEMA!r}", raw
-        )
+    ev = _parse(raw, limits, _IMPRESSION_DECODER, IMPRESSION_SCHEMA)
     if not ev.request_id or not ev.user_id:
         raise DecodeError("bad_value", "request_id and user_id must be non-empty", raw)
     if not 0 <= ev.ts <= MAX_INT:
@@ -363,16 +369,7 @@ def decode_outcome(raw: bytes, limits: Limits = Limits()) -> Outcome:
     Raises:
         DecodeError: with one of ``ERROR_CODES``.
     """
-    if len(raw) > limits.max_message_bytes:
-        raise DecodeError(
-            "too_large", f"{len(raw)} bytes > max_message_bytes {limits.max_message_bytes}", raw
-        )
-    try:
-        ev = _OUTCOME_DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise _classify(exc, raw, OUTCOME_SCHEMA) from None
-    if ev.schema != OUTCOME_SCHEMA:
-        raise DecodeError("unknown_schema", f"schema {ev.schema!r} is not {OUTCOME_SCHEMA!r}", raw)
+    ev = _parse(raw, limits, _OUTCOME_DECODER, OUTCOME_SCHEMA)
     if not ev.request_id or not ev.user_id or not ev.track_id:
         raise DecodeError("bad_value", "request_id, user_id and track_id must be non-empty", raw)
     if not (0 <= ev.ts <= MAX_INT and 0 <= ev.position <= MAX_INT):
