@@ -60,6 +60,8 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointVersionError",
+    "decode",
+    "encode",
     "list_checkpoints",
     "load",
     "load_latest",
@@ -267,6 +269,25 @@ def write(
     if old:
         _fsync_dir(path)
     return final
+
+
+def encode(
+    arrays: Mapping[str, npt.NDArray[Any]], header: Mapping[str, Any], *, created_at_ms: int
+) -> bytes:
+    """One checkpoint's bytes, in memory (for state sent over Kafka rather than to a file).
+
+    ``header`` gets ``format_version``, ``created_at_ms`` and ``sequence`` 0; see ``write``.
+    """
+    reserved = sorted(set(_RESERVED) & set(header))
+    if reserved:
+        raise ValueError(f"checkpoint header keys {reserved} are reserved; rename them")
+    full = {"format_version": FORMAT_VERSION, "created_at_ms": int(created_at_ms), "sequence": 0}
+    return _encode(arrays, {**header, **full}, FORMAT_VERSION)
+
+
+def decode(data: bytes, where: str) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+    """Verify and read bytes from ``encode`` (``where`` names them in errors); see ``load``."""
+    return _decode(data, where)
 
 
 def load(path: str | os.PathLike[str]) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:

@@ -1,0 +1,267 @@
+"""Moving one partition's open join windows from one worker to another, through Kafka.
+
+A partition number ``p`` of the co-partitioned impressions and outcomes topics owns, in a worker's
+state, a join buffer (open impressions, outcomes waiting for them, recently closed keys,
+watermarks, counters), the side-table rows its open impressions and outcomes refer to, and the
+next offset to read on both topics. When a rebalance moves ``p`` to another worker, all of that
+moves with it: the old owner publishes a *partition record* to the compacted handoff topic (keyed
+by group and partition number) before it gives ``p`` up, and the new owner installs the newest
+record it finds, so no window is stranded and no event is read twice.
+
+Which state of ``p`` is the newest is decided by its offsets alone: a later state of a partition
+has read at least as far on both topics. The committed group offsets are a floor: they are written
+only after a checkpoint, so a candidate that is behind them is older than some worker's learned
+state, and installing it would count events twice; the partition then starts fresh at the
+committed offsets instead (its open windows are lost and counted, the learned state is exact).
+That happens only when a worker is killed between a checkpoint and its handoff and never comes
+back; a worker that restarts republishes the partitions of its checkpoint before it joins.
+
+Everything here is pure and works on numpy arrays; the daemon does the Kafka I/O.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, NamedTuple
+
+import jax
+import numpy as np
+import numpy.typing as npt
+
+from streaming import checkpoint, join
+from streaming.events import ImpressionBatch
+from streaming.step import Plays, Side, WorkerState
+
+__all__ = [
+    "FORMAT",
+    "PartitionRecord",
+    "choose",
+    "decode",
+    "encode",
+    "extract",
+    "install",
+    "key",
+    "newer",
+    "without",
+]
+
+FORMAT: Final = "encore.partition/1"
+
+
+class PartitionRecord(NamedTuple):
+    """One partition's share of a worker's state, with the offsets it has read to."""
+
+    partition: int
+    impressions_offset: int | None  # next offset to read on the impressions topic
+    outcomes_offset: int | None  # ... and on the outcomes topic
+    join: join.JoinState | None  # None: nothing of this partition was ever buffered
+    side: Side  # rows of the open impressions, payload ids as in ``join``
+    plays: Plays  # rows of the outcomes ``join`` still holds
+    worker: str  # who published it (for logs)
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        return (self.impressions_offset or 0, self.outcomes_offset or 0)
+
+
+def key(group: str, partition: int) -> bytes:
+    """The handoff topic's message key: one live record per group and partition number."""
+    return f"{group}/{partition}".encode()
+
+
+def _tree_take(t: Any, keep: npt.NDArray[Any]) -> Any:
+    def take(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return x[keep]
+
+    return jax.tree.map(take, t)
+
+
+def _tree_concat(a: Any, b: Any) -> Any:
+    def cat(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return np.concatenate([x, y])
+
+    return jax.tree.map(cat, a, b)
+
+
+def _owned(state: WorkerState, p: int) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Masks of the side and plays rows partition ``p``'s join refers to."""
+    js = state.join.get(p)
+    if js is None:
+        return np.zeros(state.side.payload.size, bool), np.zeros(state.plays.payload.size, bool)
+    imp, out = join.live_payloads(js)
+    return np.isin(state.side.payload, imp), np.isin(state.plays.payload, out)
+
+
+def extract(state: WorkerState, p: int, topics: tuple[str, str], worker: str) -> PartitionRecord:
+    """Partition ``p``'s share of ``state`` (copied out; ``state`` is not changed).
+
+    Args:
+        state: the worker's state.
+        p: the partition number.
+        topics: the impressions and outcomes topic names (the offsets' keys).
+        worker: the publishing worker's id.
+    """
+    side_rows, play_rows = _owned(state, p)
+    return PartitionRecord(
+        partition=p,
+        impressions_offset=state.offsets.get((topics[0], p)),
+        outcomes_offset=state.offsets.get((topics[1], p)),
+        join=state.join.get(p),
+        side=_tree_take(state.side, side_rows),
+        plays=_tree_take(state.plays, play_rows),
+        worker=worker,
+    )
+
+
+def without(state: WorkerState, partitions: Iterable[int], topics: tuple[str, str]) -> WorkerState:
+    """``state`` with everything of ``partitions`` removed (join, side rows, offsets)."""
+    drop = set(partitions)
+    if not drop:
+        return state
+    side_keep = np.ones(state.side.payload.size, bool)
+    plays_keep = np.ones(state.plays.payload.size, bool)
+    for p in drop:
+        s, o = _owned(state, p)
+        side_keep &= ~s
+        plays_keep &= ~o
+    return state._replace(
+        join={p: js for p, js in state.join.items() if p not in drop},
+        side=_tree_take(state.side, side_keep),
+        plays=_tree_take(state.plays, plays_keep),
+        offsets={
+            tp: o for tp, o in state.offsets.items() if not (tp[0] in topics and tp[1] in drop)
+        },
+    )
+
+
+def install(state: WorkerState, record: PartitionRecord, topics: tuple[str, str]) -> WorkerState:
+    """``state`` with partition ``record.partition`` replaced by the record's.
+
+    Payload ids are worker-local: the record's are renumbered from ``state.next_payload`` on, in
+    their order, so the side tables stay sorted by payload.
+    """
+    p = record.partition
+    state = without(state, [p], topics)
+    offsets = dict(state.offsets)
+    for topic, offset in zip(
+        topics, (record.impressions_offset, record.outcomes_offset), strict=True
+    ):
+        if offset is not None:
+            offsets[(topic, p)] = offset
+    if record.join is None:
+        return state._replace(offsets=offsets)
+    js = record.join
+    old = np.unique(
+        np.concatenate(
+            [
+                js.open_payload,
+                js.joined_payload,
+                js.pending_payload,
+                record.side.payload,
+                record.plays.payload,
+            ]
+        )
+    )
+    base = state.next_payload
+
+    def renumber(payload: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return (base + np.searchsorted(old, payload)).astype(np.int64)
+
+    js = js._replace(
+        open_payload=renumber(js.open_payload),
+        joined_payload=renumber(js.joined_payload),
+        pending_payload=renumber(js.pending_payload),
+    )
+    side = record.side._replace(payload=renumber(record.side.payload))
+    plays = record.plays._replace(payload=renumber(record.plays.payload))
+    return state._replace(
+        join={**state.join, p: js},
+        side=_tree_concat(state.side, side),
+        plays=_tree_concat(state.plays, plays),
+        offsets=offsets,
+        next_payload=base + int(old.size),
+    )
+
+
+def newer(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """True when offsets ``a`` are ahead of ``b``: at least as far on both topics, and not equal."""
+    return a[0] >= b[0] and a[1] >= b[1] and a != b
+
+
+def choose(
+    local: PartitionRecord | None,
+    remote: PartitionRecord | None,
+    committed: tuple[int | None, int | None],
+) -> tuple[str, PartitionRecord | None]:
+    """Which state of a partition to run: ``("local" | "remote" | "fresh" | "none", record)``.
+
+    The newest of the local and the published state wins (the local one on a tie: it is the same
+    state, already installed). If the committed offsets are ahead of the winner, the winner is
+    older than a learned state somewhere and would count events twice: ``"fresh"`` (start at the
+    committed offsets with an empty window). ``"none"``: nobody holds anything, read from the
+    committed offsets or the beginning.
+    """
+    best: tuple[str, PartitionRecord | None] = ("none", None)
+    if local is not None:
+        best = ("local", local)
+    if remote is not None and (local is None or newer(remote.offsets, local.offsets)):
+        best = ("remote", remote)
+    floor = (committed[0] or 0, committed[1] or 0)
+    held = best[1].offsets if best[1] is not None else (0, 0)
+    if floor[0] > held[0] or floor[1] > held[1]:
+        return "fresh", best[1]
+    return best
+
+
+# ---------------------------------------------------------------------------------- bytes
+def encode(record: PartitionRecord, group: str, created_ms: int) -> bytes:
+    """The record as a checksummed, zlib-compressed checkpoint-format message (no pickle)."""
+    arrays: dict[str, np.ndarray] = {}
+    if record.join is not None:
+        arrays.update({f"join/{k}": v for k, v in join.to_arrays(record.join).items()})
+    arrays.update({f"side/{k}": v for k, v in record.side._asdict().items() if k != "log"})
+    arrays.update({f"side/log/{k}": v for k, v in record.side.log._asdict().items()})
+    arrays.update({f"plays/{k}": v for k, v in record.plays._asdict().items()})
+    header = {
+        "format": FORMAT,
+        "group": group,
+        "partition": record.partition,
+        "impressions_offset": record.impressions_offset,
+        "outcomes_offset": record.outcomes_offset,
+        "worker": record.worker,
+        "has_join": record.join is not None,
+    }
+    return zlib.compress(checkpoint.encode(arrays, header, created_at_ms=created_ms), 1)
+
+
+def decode(value: bytes, where: str) -> PartitionRecord:
+    """A record from ``encode``'s bytes.
+
+    Raises:
+        checkpoint.CheckpointError: damaged bytes or another format.
+    """
+    try:
+        raw = zlib.decompress(value)
+    except zlib.error as err:
+        raise checkpoint.CheckpointCorruptError(f"{where}: not zlib data ({err})") from err
+    arrays, header = checkpoint.decode(raw, where)
+    if header.get("format") != FORMAT:
+        raise checkpoint.CheckpointError(
+            f"{where}: format {header.get('format')!r} is not {FORMAT!r}"
+        )
+    joined: Mapping[str, np.ndarray] = {
+        k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("join/")
+    }
+    return PartitionRecord(
+        partition=int(header["partition"]),
+        impressions_offset=header["impressions_offset"],
+        outcomes_offset=header["outcomes_offset"],
+        join=join.from_arrays(joined) if header["has_join"] else None,
+        side=Side(
+            **{f: arrays[f"side/{f}"] for f in Side._fields if f != "log"},
+            log=ImpressionBatch(**{f: arrays[f"side/log/{f}"] for f in ImpressionBatch._fields}),
+        ),
+        plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
+        worker=str(header["worker"]),
+    )
