@@ -127,6 +127,7 @@ class Topics:
     snapshots: str = "encore.policy-snapshots"
     deltas: str = "encore.policy-deltas"
     joined: str = "encore.joined"
+    handoff: str = "encore.partition-state"  # compacted: open join windows moving between workers
     partitions: int = 4
     replication_factor: int = 1
 
@@ -140,6 +141,7 @@ class Topics:
             self.snapshots,
             self.deltas,
             self.joined,
+            self.handoff,
         ]
         if len(set(names)) != len(names):
             raise ConfigError(f"topic names must be distinct, got {names}")

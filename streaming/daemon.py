@@ -27,7 +27,7 @@ import numpy as np
 import rewards
 from bandits import POLICIES, save
 from rewards.survival import survival_model
-from streaming import checkpoint, deltas, join
+from streaming import checkpoint, deltas, handoff, join
 from streaming.config import Config
 from streaming.events import (
     Limits,
@@ -37,7 +37,8 @@ from streaming.events import (
     key64,
 )
 from streaming.kafka_io import (
-    ConsumerRebalanceListener,
+    HANDOFF_MAX_BYTES,
+    AsyncConsumerRebalanceListener,
     OffsetAndMetadata,
     TopicPartition,
     make_consumer,
@@ -139,27 +140,53 @@ class Stats:
     lag: dict[str, int] = field(default_factory=dict[str, int])
     deltas_published: int = 0
     deltas_merged: int = 0
+    handoffs_published: int = 0  # partition records sent (revoke, or a restart's republish)
+    handoffs_installed: int = 0  # partitions taken over with another worker's open windows
+    partitions_started_fresh: int = 0  # taken over behind the commit: open windows lost
     reward_by_policy: dict[str, tuple[float, int]] = field(
         default_factory=dict[str, tuple[float, int]]
     )
 
 
-class _Listener(ConsumerRebalanceListener):
-    """Seeks newly assigned partitions to the checkpointed offsets (returns promptly)."""
+class _Listener(AsyncConsumerRebalanceListener):  # pyright: ignore[reportUntypedBaseClass]
+    """Hands partitions off on revoke and takes them over on assign, off the client's loop.
+
+    kafka-python 3 runs rebalance listeners on its network thread, where blocking would stall
+    heartbeats. The work (a checkpoint, the handoff records, reading the handoff topic, seeks)
+    runs on a short-lived thread while this coroutine yields to the client's loop; the daemon's
+    own thread is inside ``poll`` (or ``close``) meanwhile, so the state has one writer.
+    """
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self.daemon.revoked.update((tp.topic, tp.partition) for tp in revoked)
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._off_loop(self.daemon.on_revoked, list(revoked))
 
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        offsets = self.daemon.state.offsets
-        for tp in assigned:
-            stored = offsets.get((tp.topic, tp.partition))
-            if stored is not None:
-                self.daemon.consumer.seek(tp, stored)
-        self.daemon.revoked.difference_update((tp.topic, tp.partition) for tp in assigned)
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._off_loop(self.daemon.on_assigned, list(assigned))
+
+    async def _off_loop(
+        self, work: Callable[[list[TopicPartition]], None], tps: list[TopicPartition]
+    ) -> None:
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work(tps)
+            except BaseException as exc:  # re-raised on the client's loop below
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, name=f"encore-{work.__name__}", daemon=True)
+        thread.start()
+        net = getattr(self.daemon.consumer, "_net", None)  # kafka-python 3's event loop
+        while thread.is_alive():
+            if net is None:
+                thread.join()
+            else:
+                await net.sleep(0.005)
+        if failed:
+            raise failed[0]
 
 
 class Daemon:
@@ -188,6 +215,9 @@ class Daemon:
         self.consumer: Any = None
         self.producer: Any = None
         self.delta_consumer: Any = None
+        self.handoff_producer: Any = None
+        self.handoff_consumer: Any = None
+        self._handoff_parts: list[int] = [0]
         self.log: ParquetLog | None = None
         if config.log.dir:
             self.log = ParquetLog(
@@ -313,12 +343,183 @@ class Daemon:
         polled = self.delta_consumer.poll(timeout_ms=0, max_records=1000)
         return self.absorb_deltas(r.value for recs in polled.values() for r in recs if r.value)
 
+    # ------------------------------------------------------------------ partition handoff
+    @property
+    def _pair(self) -> tuple[str, str]:
+        return (self.config.topics.impressions, self.config.topics.outcomes)
+
+    def _numbers(self, tps: Iterable[TopicPartition]) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic in self._pair}
+
+    def held_partitions(self) -> set[int]:
+        """Partition numbers this worker's state holds anything of (windows or offsets)."""
+        pair = self._pair
+        return set(self.state.join) | {p for t, p in self.state.offsets if t in pair}
+
+    def hand_off(self, partitions: Iterable[int]) -> int:
+        """Publish the state of ``partitions`` to the handoff topic; returns once it is durable."""
+        group = self.config.kafka.group_id
+        sent = 0
+        for p in sorted(partitions):
+            record = handoff.extract(self.state, p, self._pair, self.worker_id)
+            value = handoff.encode(record, group, self.clock())
+            if len(value) > HANDOFF_MAX_BYTES:
+                raise RuntimeError(
+                    f"partition {p}'s open windows take {len(value):,} bytes compressed, over the "
+                    f"handoff limit of {HANDOFF_MAX_BYTES:,}: lower join.max_open or "
+                    "log.max_candidates"
+                )
+            self.handoff_producer.send(
+                self.config.topics.handoff, key=handoff.key(group, p), value=value
+            )
+            sent += 1
+        self.handoff_producer.flush(timeout=60)
+        self.stats.handoffs_published += sent
+        return sent
+
+    def read_handoffs(
+        self, partitions: Iterable[int], timeout_s: float = 60.0
+    ) -> dict[int, handoff.PartitionRecord]:
+        """The newest published record of each of ``partitions`` (damaged ones are logged, skipped)."""
+        wanted = {handoff.key(self.config.kafka.group_id, p): p for p in partitions}
+        if not wanted:
+            return {}
+        c = self.handoff_consumer
+        tps = [TopicPartition(self.config.topics.handoff, q) for q in self._handoff_parts]
+        c.seek_to_beginning(*tps)
+        ends = c.end_offsets(tps)
+        newest: dict[int, bytes | None] = {}
+        deadline = time.monotonic() + timeout_s
+        while any(c.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {self.config.topics.handoff} to its end")
+            for recs in c.poll(timeout_ms=200, max_records=100).values():
+                for r in recs:
+                    if r.key in wanted:
+                        newest[wanted[r.key]] = r.value  # None: a tombstone
+        out: dict[int, handoff.PartitionRecord] = {}
+        for p, value in newest.items():
+            if value is None:
+                continue
+            try:
+                out[p] = handoff.decode(
+                    value, f"{self.config.topics.handoff} record of partition {p}"
+                )
+            except checkpoint.CheckpointError as exc:
+                log.error("ignoring a damaged handoff record: %s", exc)
+        return out
+
+    def on_revoked(self, tps: list[TopicPartition]) -> None:
+        """Checkpoint, then publish the revoked partitions' windows for their next owner."""
+        self.revoked.update((tp.topic, tp.partition) for tp in tps)
+        numbers = self._numbers(tps) & self.held_partitions()
+        if not numbers:
+            return
+        self.write_checkpoint()
+        self.hand_off(numbers)
+        log.info("handed off partitions %s", sorted(numbers))
+
+    def on_assigned(self, tps: list[TopicPartition]) -> None:
+        """Keep, take over or start each assigned partition, drop the others, seek, checkpoint."""
+        pair = self._pair
+        numbers = self._numbers(tps)
+        before = self.held_partitions()
+        state = handoff.without(self.state, before - numbers, pair)
+        published = self.read_handoffs(numbers)
+        committed = {tp: self.consumer.committed(tp) for tp in tps if tp.topic in pair}
+        fresh = 0
+        for p in sorted(numbers):
+            floor = tuple(committed.get(TopicPartition(t, p)) for t in pair)
+            local = handoff.extract(state, p, pair, self.worker_id) if p in before else None
+            how, record = handoff.choose(local, published.get(p), (floor[0], floor[1]))
+            if how == "remote" and record is not None:
+                state = handoff.install(state, record, pair)
+                self.stats.handoffs_installed += 1
+                log.info(
+                    "took over partition %d from %s at offsets %s", p, record.worker, record.offsets
+                )
+            elif how == "fresh":
+                log.warning(
+                    "partition %d: the newest handed-off state %s is behind the committed "
+                    "offsets %s (its owner stopped between a checkpoint and its handoff); "
+                    "starting fresh there: its open windows are lost",
+                    p,
+                    record.offsets if record is not None else None,
+                    floor,
+                )
+                state = handoff.without(state, [p], pair)
+                state = state._replace(
+                    offsets={
+                        **state.offsets,
+                        **{
+                            (t, p): int(o)
+                            for t, o in zip(pair, floor, strict=True)
+                            if o is not None
+                        },
+                    }
+                )
+                fresh += 1
+        self.stats.partitions_started_fresh += fresh
+        if fresh:
+            state = state._replace(
+                counters={
+                    **state.counters,
+                    "partitions_started_fresh": state.counters.get("partitions_started_fresh", 0)
+                    + fresh,
+                }
+            )
+        self.state = state
+        for tp in tps:
+            stored = self.state.offsets.get((tp.topic, tp.partition))
+            if stored is not None:
+                self.consumer.seek(tp, stored)
+        self.revoked.difference_update((tp.topic, tp.partition) for tp in tps)
+        if self.held_partitions() != before or self.stats.handoffs_installed:
+            self.write_checkpoint()
+
+    def republish_held(self) -> int:
+        """After a restart: publish the partitions of the loaded checkpoint that are newer than
+        what the handoff topic holds (a worker killed between a checkpoint and its handoff)."""
+        held = self.held_partitions()
+        published = self.read_handoffs(held)
+        newer = {
+            p
+            for p in held
+            if p not in published
+            or handoff.newer(
+                handoff.extract(self.state, p, self._pair, self.worker_id).offsets,
+                published[p].offsets,
+            )
+        }
+        return self.hand_off(newer) if newer else 0
+
     def snapshot_bytes(self) -> bytes:
         return save(self.engine.policy, self.state.policy)
 
     # ------------------------------------------------------------------ loop
     def open(self) -> None:
         topics = self.config.topics
+        self.producer = make_producer(self.config.kafka, self.servers)
+        self.handoff_producer = make_producer(
+            self.config.kafka,
+            self.servers,
+            client_id=f"{self.config.kafka.client_id}-handoff",
+            max_request_size=HANDOFF_MAX_BYTES + 1024 * 1024,
+            linger_ms=0,
+        )
+        self.handoff_consumer = make_consumer(
+            self.config.kafka,
+            self.servers,
+            group_id=None,
+            max_partition_fetch_bytes=HANDOFF_MAX_BYTES + 1024 * 1024,
+        )
+        self._handoff_parts = sorted(
+            self.handoff_consumer.partitions_for_topic(topics.handoff) or {0}
+        )
+        self.handoff_consumer.assign(
+            [TopicPartition(topics.handoff, q) for q in self._handoff_parts]
+        )
+        self.republish_held()
         self.consumer = make_consumer(
             self.config.kafka,
             self.servers,
@@ -326,7 +527,6 @@ class Daemon:
             topics=[topics.impressions, topics.outcomes],
             listener=_Listener(self),
         )
-        self.producer = make_producer(self.config.kafka, self.servers)
         if self.engine.share_deltas:
             self.delta_consumer = make_consumer(self.config.kafka, self.servers, group_id=None)
             parts = self.delta_consumer.partitions_for_topic(topics.deltas) or {0}
@@ -346,17 +546,19 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)  # revokes: checkpoint + handoff
         if self.log is not None:
             self.log.close()
-        if self.producer is not None:
-            self.producer.flush(timeout=10)
-            self.producer.close(timeout=10)
-        if self.consumer is not None:
-            self.consumer.close(autocommit=False)
-        if self.delta_consumer is not None:
-            self.delta_consumer.close(autocommit=False)
-            self.delta_consumer = None
-        self.consumer = self.producer = None
+        for producer in (self.producer, self.handoff_producer):
+            if producer is not None:
+                producer.flush(timeout=10)
+                producer.close(timeout=10)
+        for consumer in (self.delta_consumer, self.handoff_consumer):
+            if consumer is not None:
+                consumer.close(autocommit=False)
+        self.consumer = self.producer = self.handoff_producer = None
+        self.delta_consumer = self.handoff_consumer = None
 
     def poll_once(self) -> int:
         """One poll -> decode -> step -> emit round; returns the number of records consumed."""

@@ -89,6 +89,47 @@ def demo_config(config: Config, run_id: str, servers: str, opts: DemoOptions) ->
     )
 
 
+class SimulatedStream:
+    """Requests served by the logging policy, with their plays, produced in event-time order.
+
+    ``produce`` can be called several times: simulated time goes on, and plays whose event time
+    has not come yet are held back for the next call (so a pause leaves join windows open).
+    """
+
+    def __init__(
+        self, config: Config, servers: str, *, slate_size: int, seed: int, run_id: str = "sim"
+    ) -> None:
+        self.sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+        self.slate_size, self.run_id = slate_size, run_id
+        self.producer = make_producer(config.kafka, servers)
+        self.topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
+        self.release = listeners.EventTimeRelease()
+
+    def produce(self, n_requests: int, *, last: bool = True, batch: int = 1000) -> int:
+        """Send ``n_requests`` more requests; ``last`` also sends every play still held back."""
+        sent = 0
+        for lo in range(0, n_requests, batch):
+            req = self.sim.requests(min(batch, n_requests - lo))
+            sl = self.sim.log_slates(req, self.slate_size)
+            plays = self.sim.play(req, sl.shown)
+            imps = listeners.impressions(
+                req, sl.shown, sl.propensity, policy=LOGGING, run_id=self.run_id
+            )
+            self.release.hold(
+                list(listeners.wire([], listeners.outcomes(req, plays, run_id=self.run_id)))
+            )
+            final = last and lo + len(req.t_ms) >= n_requests
+            now = None if final else int(req.t_ms[-1])
+            for w in [*listeners.wire(imps, []), *self.release.release(now)]:
+                self.producer.send(self.topics[w.role], key=w.key, value=w.value)
+                sent += 1
+        self.producer.flush(timeout=60)
+        return sent
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)
+
+
 def produce_simulated(
     config: Config,
     servers: str,
@@ -100,29 +141,11 @@ def produce_simulated(
     batch: int = 1000,
 ) -> int:
     """Produce ``n_requests`` requests served by the logging policy, with their plays."""
-    sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
-    producer = make_producer(config.kafka, servers)
-    topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
-    release = listeners.EventTimeRelease()
-    sent = 0
+    stream = SimulatedStream(config, servers, slate_size=slate_size, seed=seed, run_id=run_id)
     try:
-        for lo in range(0, n_requests, batch):
-            req = sim.requests(min(batch, n_requests - lo))
-            sl = sim.log_slates(req, slate_size)
-            plays = sim.play(req, sl.shown)
-            imps = listeners.impressions(
-                req, sl.shown, sl.propensity, policy=LOGGING, run_id=run_id
-            )
-            release.hold(list(listeners.wire([], listeners.outcomes(req, plays, run_id=run_id))))
-            last = lo + len(req.t_ms) >= n_requests
-            now = None if last else int(req.t_ms[-1])
-            for w in [*listeners.wire(imps, []), *release.release(now)]:
-                producer.send(topics[w.role], key=w.key, value=w.value)
-                sent += 1
-        producer.flush(timeout=60)
+        return stream.produce(n_requests, batch=batch)
     finally:
-        producer.close(timeout=10)
-    return sent
+        stream.close()
 
 
 class Listeners:

@@ -8,6 +8,7 @@ for offsets (offsets are still committed after each checkpoint so lag shows in t
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +25,8 @@ from streaming.config import Config, KafkaConfig, Topics
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "HANDOFF_MAX_BYTES",
+    "AsyncConsumerRebalanceListener",
     "ConsumerRebalanceListener",
     "KafkaError",
     "OffsetAndMetadata",
@@ -35,6 +38,13 @@ __all__ = [
     "make_producer",
     "topic_specs",
 ]
+
+
+# kafka-python 3 has it; the typeshed stubs pyright falls back to describe kafka-python 2.
+AsyncConsumerRebalanceListener: Any = importlib.import_module(
+    "kafka"
+).AsyncConsumerRebalanceListener
+HANDOFF_MAX_BYTES = 64 * 1024 * 1024  # one partition's open windows, compressed
 
 
 class NoClusterError(RuntimeError):
@@ -129,6 +139,16 @@ def topic_specs(topics: Topics) -> dict[str, dict[str, Any]]:
                 "segment.ms": "60000",
                 "min.cleanable.dirty.ratio": "0.1",
                 "max.message.bytes": str(16 * 1024 * 1024),
+            },
+        },
+        topics.handoff: {
+            "num_partitions": 1,
+            "replication_factor": topics.replication_factor,
+            "configs": {
+                "cleanup.policy": "compact",
+                "segment.ms": "60000",
+                "min.cleanable.dirty.ratio": "0.1",
+                "max.message.bytes": str(HANDOFF_MAX_BYTES),
             },
         },
     }
