@@ -791,6 +791,11 @@ class Daemon:
             "checkpoints_total": s.checkpoints,
             "snapshots_total": s.snapshots,
             "last_checkpoint_ms": s.last_checkpoint_ms,
+            "handoffs_total": {
+                "published": s.handoffs_published,
+                "installed": s.handoffs_installed,
+                "started_fresh": s.partitions_started_fresh,
+            },
         }
 
     def publish_metrics(self) -> None:

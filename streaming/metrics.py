@@ -33,6 +33,9 @@ key                        type                        exposed as
 ``checkpoint_age_seconds`` float                       ``encore_checkpoint_age_seconds``
 ``checkpoints_total``      int                         ``encore_checkpoints_total``
 ``snapshots_total``        int                         ``encore_snapshots_total``
+``handoffs_total``         {kind: int}                 ``encore_handoffs_total{kind}``: partitions
+                                                       ``published``, ``installed``,
+                                                       ``started_fresh`` on rebalances
 =========================  ==========================  =============================================
 
 Example:
@@ -82,6 +85,7 @@ _LABELLED = {
     "dead_letters_total": "code",
     "reward_mean": "policy",
     "model_log_loss": "model",
+    "handoffs_total": "kind",
 }
 _SCALARS = (
     "now_ms",
@@ -114,6 +118,8 @@ _HELP = {
     "checkpoint_age_seconds": "Seconds since the last checkpoint was written.",
     "checkpoints_total": "Checkpoints written.",
     "snapshots_total": "Policy snapshots published.",
+    "handoffs_total": "Partitions handed between workers on a rebalance: published, installed "
+    "(taken over with their open windows), started_fresh (behind the commit; windows lost).",
     "uptime_seconds": "Seconds since the daemon started.",
 }
 
@@ -335,6 +341,7 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "checkpoint_age_seconds",
         "checkpoints_total",
         "snapshots_total",
+        "handoffs_total",
     ):
         if key not in snapshot:
             continue

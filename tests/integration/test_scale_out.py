@@ -89,8 +89,8 @@ def test_two_workers_end_with_the_statistics_of_one(kafka_broker: str, tmp_path:
     for t in threads:
         t.start()
     try:
-        # Both workers own their partitions before the stream flows: no rebalance mid-stream
-        # (moving a partition's open join windows between workers is not supported yet).
+        # Both workers own their partitions before the stream flows (a rebalance mid-stream is
+        # test_rebalance.py's).
         deadline = time.monotonic() + 120
         while not all(w.consumer is not None and w.consumer.assignment() for w in workers):
             assert time.monotonic() < deadline, "the two workers never both owned partitions"
