@@ -67,6 +67,7 @@ def demo_config(config: Config, run_id: str, servers: str, opts: DemoOptions) ->
         snapshots=f"{t.snapshots}.{run_id}",
         deltas=f"{t.deltas}.{run_id}",
         joined=f"{t.joined}.{run_id}",
+        handoff=f"{t.handoff}.{run_id}",
     )
     return dataclasses.replace(
         config,
