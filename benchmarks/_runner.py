@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "rewards": "benchmarks.rewards",
     "ope": "benchmarks.ope",
     "daemon": "benchmarks.daemon",
+    "soak": "benchmarks.soak",
 }
 
 PEERS = (
