@@ -1,0 +1,139 @@
+"""``Daemon.on_revoked`` / ``on_assigned`` without a broker: which state each partition runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from streaming import handoff, join
+from streaming.config import Config
+from streaming.daemon import Daemon
+from streaming.kafka_io import TopicPartition
+from streaming.step import step
+from tests.streaming.test_handoff import batches
+
+
+class FakeConsumer:
+    def __init__(self, committed: dict[TopicPartition, int]) -> None:
+        self.committed_offsets = committed
+        self.owned: set[TopicPartition] = set()
+        self.seeks: dict[TopicPartition, int] = {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        return self.committed_offsets.get(tp)
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.committed_offsets.update({tp: m.offset for tp, m in offsets.items()})
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp] = offset
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: dict[bytes, bytes] = {}
+
+    def send(self, topic: str, *, key: bytes, value: bytes) -> None:
+        self.sent[key] = value
+
+    def flush(self, timeout: float = 0) -> None:
+        pass
+
+
+def daemon(tmp: Path, name: str, committed: dict[TopicPartition, int]) -> Daemon:
+    cfg = Config.load(
+        env={},
+        overrides=[
+            "kafka.bootstrap_servers=127.0.0.1:1",
+            "kafka.group_id=g",
+            f"checkpoint.dir={tmp / name}",
+            "join.slate_size=3",
+            "join.window_ms=1800000",
+            "join.allowed_lateness_ms=600000",
+            "metrics.enabled=false",
+            f"scale.worker_id={name}",
+        ],
+    )
+    d = Daemon(cfg, servers="127.0.0.1:1")
+    d.consumer = FakeConsumer(committed)
+    d.handoff_producer = FakeProducer()
+    return d
+
+
+def tps(d: Daemon, *parts: int) -> list[TopicPartition]:
+    t = d.config.topics
+    return [TopicPartition(x, p) for p in parts for x in (t.impressions, t.outcomes)]
+
+
+def fed(d: Daemon, n_batches: int) -> None:
+    """Run a few batches of two partitions through ``d``'s state, with offsets."""
+    t = d.config.topics
+    for i, (ib, ob, ip, op) in enumerate(batches(300, cuts=6, seed=9)[:n_batches]):
+        offsets = {(x, p): 10 * (i + 1) for p in (0, 1) for x in (t.impressions, t.outcomes)}
+        d.state, _ = step(
+            d.engine,
+            d.state,
+            ib,
+            ob,
+            offsets=offsets,
+            impression_partition=ip,
+            outcome_partition=op,
+        )
+
+
+def test_revoke_publishes_each_held_partition_and_assign_takes_the_newest(tmp_path: Path) -> None:
+    a = daemon(tmp_path, "a", {})
+    fed(a, 3)
+    a.consumer.owned = set(tps(a, 0, 1))
+    open_1 = a.state.join[1].open_key.size
+    open_before = a.state.side.payload.size
+    assert open_1 > 0
+    a.on_revoked(tps(a, 0, 1))
+    assert set(a.handoff_producer.sent) == {b"g/0", b"g/1"}
+    assert a.stats.checkpoints == 1  # the state was durable before it was handed off
+
+    # b is assigned partition 1: it installs a's record, windows and all, and seeks there.
+    b = daemon(tmp_path, "b", dict(a.consumer.committed_offsets))
+    published = {p: handoff.decode(v, "test") for p, v in ((1, a.handoff_producer.sent[b"g/1"]),)}
+    b.read_handoffs = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
+        p: r for p, r in published.items() if p in set(partitions)
+    }
+    b.consumer.owned = set(tps(b, 1))
+    b.on_assigned(tps(b, 1))
+    assert b.stats.handoffs_installed == 1
+    assert b.state.join[1].open_key.size == open_1
+    assert set(b.consumer.seeks.values()) == {30}
+    # a keeps partition 0 (its own state, nothing newer published) and drops partition 1.
+    a.read_handoffs = lambda partitions, timeout_s=60.0: {}  # type: ignore[method-assign]
+    a.consumer.owned = set(tps(a, 0))
+    a.on_assigned(tps(a, 0))
+    assert set(a.state.join) == {0}
+    assert a.stats.handoffs_installed == 0 and a.stats.partitions_started_fresh == 0
+    assert join.counters(a.state.join[0])["opened"] > 0
+    # Between them they hold every open impression once.
+    assert a.state.side.payload.size + b.state.side.payload.size == open_before
+
+
+def test_a_state_behind_the_commit_is_never_installed(tmp_path: Path) -> None:
+    a = daemon(tmp_path, "a", {})
+    fed(a, 2)
+    stale = handoff.extract(
+        a.state, 1, (a.config.topics.impressions, a.config.topics.outcomes), "a"
+    )
+    # Someone learned partition 1 up to offset 50 and was killed before handing it off.
+    t = a.config.topics
+    committed = {TopicPartition(t.impressions, 1): 50, TopicPartition(t.outcomes, 1): 50}
+    c = daemon(tmp_path, "c", committed)
+    c.read_handoffs = lambda partitions, timeout_s=60.0: {1: stale}  # type: ignore[method-assign]
+    c.consumer.owned = set(tps(c, 1))
+    c.on_assigned(tps(c, 1))
+    assert c.stats.partitions_started_fresh == 1 and c.stats.handoffs_installed == 0
+    assert 1 not in c.state.join  # empty window: the stale one would count events twice
+    assert c.consumer.seeks == {
+        TopicPartition(t.impressions, 1): 50,
+        TopicPartition(t.outcomes, 1): 50,
+    }
+    assert c.state.counters["partitions_started_fresh"] == 1
