@@ -226,8 +226,13 @@ def init(engine: Engine) -> WorkerState:
     )
 
 
+PREDICT_SMALL = 1024
+"""Predict calls of at most this many rows are padded to it, larger ones to ``MODEL_CHUNK``: two
+compilations in all (each costs about as much as a few hundred padded predictions)."""
+
+
 def _bucket(n: int, chunk: int) -> int:
-    return min(chunk, max(256, 1 << max(n - 1, 1).bit_length()))
+    return PREDICT_SMALL if n <= PREDICT_SMALL else chunk
 
 
 def _predict(
@@ -673,7 +678,10 @@ def step(
         closed_reward.append(reward)
         closed_learn.append(learn)
         closed_parts.append(closed)
-    model_rows = _concat_all(new_rows)
+    # The reward model first: reading its metrics waits for it, and the policy update dispatched
+    # after it then runs on while the shell polls and decodes the next batch.
+    model, model_rows, loss_sum, used = _update_model(engine, model, _concat_all(new_rows))
+    sums = _bump(sums, model_loss_sum=loss_sum, model_rows=used)
     n_closed = n_rows = 0
     if closed_rows:
         rows = np.concatenate(closed_rows)
@@ -724,8 +732,6 @@ def step(
         ):
             total, count = reward_by_policy.get(int(k), (0.0, 0))
             reward_by_policy[int(k)] = (total + total_k, count + int(count_k))
-    model, model_rows, loss_sum, used = _update_model(engine, model, model_rows)
-    sums = _bump(sums, model_loss_sum=loss_sum, model_rows=used)
     # Drop side rows the joins no longer refer to (closed, refused, or joined and closed).
     live = [join.live_payloads(js) for js in joins.values()]
     live_imp = np.concatenate([np.zeros(0, np.int64), *(a for a, _ in live)])
