@@ -46,8 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import attrgetter
-from typing import Literal, NamedTuple, TypeVar, cast
+from typing import Literal, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -194,8 +193,11 @@ def key64(values: Sequence[str]) -> npt.NDArray[np.uint64]:
     n = len(values)
     if n == 0:
         return np.zeros(0, np.uint64)
-    matrix, lengths = _byte_matrix(values)
-    width = matrix.shape[1]
+    encoded = [v.encode() for v in values]
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=n)
+    width = max(int(lengths.max()), 1)
+    matrix = np.frombuffer(b"".join(b.ljust(width, b"\0") for b in encoded), np.uint8)
+    matrix = matrix.reshape(n, width).astype(np.uint64)
     h = np.full(n, _FNV_OFFSET, np.uint64)
     for j in range(width):
         live = lengths > j
@@ -207,30 +209,6 @@ def key64(values: Sequence[str]) -> npt.NDArray[np.uint64]:
     h *= np.uint64(0x94D049BB133111EB)
     h ^= h >> np.uint64(31)
     return h
-
-
-def _byte_matrix(values: Sequence[str]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
-    """The UTF-8 bytes of each id as rows of a zero-padded matrix, and each id's byte length."""
-    n = len(values)
-    # Fast path, all in numpy: ASCII ids without NUL characters (numpy drops trailing NULs, so
-    # their lengths would not add up and the general path below takes them).
-    text = np.asarray(values, dtype=np.str_)
-    if text.shape == (n,) and text.dtype.itemsize:
-        lengths = np.strings.str_len(text).astype(np.int64)
-        if int(lengths.sum()) == sum(map(len, values)):
-            try:
-                raw = text.astype(np.bytes_)
-            except UnicodeEncodeError:
-                pass
-            else:
-                width = raw.dtype.itemsize
-                matrix = raw.view(np.uint8).reshape(n, width).astype(np.uint64)
-                return matrix, lengths
-    encoded = [v.encode() for v in values]
-    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=n)
-    width = max(int(lengths.max()), 1)
-    matrix = np.frombuffer(b"".join(b.ljust(width, b"\0") for b in encoded), np.uint8)
-    return matrix.reshape(n, width).astype(np.uint64), lengths
 
 
 class ImpressionBatch(NamedTuple):
@@ -469,40 +447,20 @@ def impressions_to_batch(
     )
 
 
-_OUTCOME_COLUMNS = attrgetter(
-    "request_id",
-    "user_id",
-    "track_id",
-    "position",
-    "ts",
-    "ms_played",
-    "track_duration_ms",
-    "reason_end",
-    "saved",
-    "liked",
-    "added_to_playlist",
-)
-
-
 def outcomes_to_batch(events: Sequence[Outcome]) -> OutcomeBatch:
     """Columns for validated outcomes."""
-    if not events:
-        cols: list[tuple[object, ...]] = [()] * 11
-    else:  # one pass over the structs, transposed in C
-        cols = list(zip(*map(_OUTCOME_COLUMNS, events), strict=True))
-    rid, uid, tid, pos, ts, played, dur, reason, saved, liked, added = cols
     return OutcomeBatch(
-        request_key=key64(cast("list[str]", rid)),
-        user_id=np.array(uid, dtype=np.str_),
-        track_key=key64(cast("list[str]", tid)),
-        position=np.array(pos, dtype=np.int32),
-        ts_ms=np.array(ts, dtype=np.int64),
-        ms_played=np.array(played, dtype=np.int64),
-        duration_ms=np.array(dur, dtype=np.int64),
-        reason_end=np.array([_REASON_CODE[r] for r in cast("list[str]", reason)], dtype=np.int8),
-        saved=np.array(saved, dtype=bool),
-        liked=np.array(liked, dtype=bool),
-        added_to_playlist=np.array(added, dtype=bool),
+        request_key=key64([e.request_id for e in events]),
+        user_id=np.array([e.user_id for e in events], dtype=np.str_),
+        track_key=key64([e.track_id for e in events]),
+        position=np.array([e.position for e in events], dtype=np.int32),
+        ts_ms=np.array([e.ts for e in events], dtype=np.int64),
+        ms_played=np.array([e.ms_played for e in events], dtype=np.int64),
+        duration_ms=np.array([e.track_duration_ms for e in events], dtype=np.int64),
+        reason_end=np.array([_REASON_CODE[e.reason_end] for e in events], dtype=np.int8),
+        saved=np.array([e.saved for e in events], dtype=bool),
+        liked=np.array([e.liked for e in events], dtype=bool),
+        added_to_playlist=np.array([e.added_to_playlist for e in events], dtype=bool),
     )
 
 
