@@ -190,6 +190,8 @@ def run(ctx: Context) -> list[Row]:
         sampler.join()
         rate = stats.events / max(elapsed, 1e-9)
         steady = _steady_rate(progress, stats.events)
+        started = [t for t, e in progress if e > 0]
+        ended = [t for t, e in progress if e >= stats.events]
         third = max(len(samples) // 3, 1)
         rows.append(
             {
@@ -201,6 +203,9 @@ def run(ctx: Context) -> list[Row]:
                 "vs_consume_decode": rate / decode_rate,
                 "steady_events_per_s": steady,
                 "steady_vs_consume_decode": steady / decode_rate,
+                "first_event_s": started[0] if started else float("nan"),
+                "last_event_s": ended[0] if ended else float("nan"),
+                "run_s": elapsed + 3.0,
                 "rss_first_third_mb": max(s for _, s in samples[:third])
                 if samples
                 else float("nan"),
@@ -248,7 +253,10 @@ def run(ctx: Context) -> list[Row]:
         "compiling the policy update, the reward model's update and its two predict sizes: "
         "about a second each on this machine, most of a --quick run); steady_events_per_s is "
         "its rate between 20 % and 90 % of the stream (sampled each second), against the "
-        "same consume + decode rate."
+        "same consume + decode rate. first_event_s and last_event_s: seconds into run() when "
+        "the first event and the last were done (1 s resolution); run_s: run() from open to "
+        "close (the 3 s idle wait that ends it is subtracted for events_per_s, the final "
+        "checkpoint and closing are not)."
     )
     ctx.notes.append(
         "Goal (issue 5): the daemon at >= 50 % of the consume+decode rate and >= 80,000 "
