@@ -10,6 +10,13 @@ show whether it stays flat.
 
 from __future__ import annotations
 
+import os
+
+# As the `encore` CLI does before numpy loads (streaming/cli.py): OpenBLAS's thread pool on two
+# shared cores made the policy's 289 x 289 Cholesky re-factorisation ~20x slower. The daemon this
+# suite measures runs in this process, so it gets the setting `encore run` would give it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import dataclasses
 import resource
 import tempfile
@@ -30,8 +37,25 @@ def _rss_mb() -> float:
         return float("nan")
 
 
-def _consume(servers: str, topics: list[str], n: int, *, decode: bool) -> float:
-    """Events per second consuming ``n`` events of ``topics`` (clock starts at the first record)."""
+class _Consumed:
+    """What one consuming pass saw: events, payload bytes per topic, and the time it took."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}
+        self.bytes: dict[str, int] = {}
+        self.elapsed_s = 0.0
+
+    @property
+    def n(self) -> int:
+        return sum(self.events.values())
+
+    @property
+    def rate(self) -> float:
+        return self.n / max(self.elapsed_s, 1e-9)
+
+
+def _consume(servers: str, topics: list[str], n: int, *, decode: bool) -> _Consumed:
+    """Consume ``n`` events of ``topics`` (clock starts at the first record), default fetch settings."""
     from kafka import KafkaConsumer
 
     from streaming.events import decode_impressions, decode_outcomes
@@ -43,6 +67,7 @@ def _consume(servers: str, topics: list[str], n: int, *, decode: bool) -> float:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+    seen = _Consumed()
     got = 0
     started = 0.0
     deadline = time.perf_counter() + 600
@@ -52,15 +77,28 @@ def _consume(servers: str, topics: list[str], n: int, *, decode: bool) -> float:
             started = time.perf_counter()
         for tp, recs in polled.items():
             got += len(recs)
+            seen.events[tp.topic] = seen.events.get(tp.topic, 0) + len(recs)
+            values = [r.value for r in recs]
             if decode:
-                values = [r.value for r in recs]
                 if tp.topic == topics[0]:
                     decode_impressions(values)
                 else:
                     decode_outcomes(values)
-    elapsed = time.perf_counter() - started
+            else:
+                seen.bytes[tp.topic] = seen.bytes.get(tp.topic, 0) + sum(map(len, values))
+    seen.elapsed_s = time.perf_counter() - started
     consumer.close(autocommit=False)
-    return got / elapsed
+    return seen
+
+
+def _steady_rate(progress: list[tuple[float, int]], total: int) -> float:
+    """Events/s between the samples at 20 % and 90 % of the stream: after start-up (connecting,
+    joining the group, JAX compiling each jitted function once) and before the tail. NaN when
+    the run was too short for two such samples."""
+    mid = [(t, e) for t, e in progress if 0.2 * total <= e <= 0.9 * total]
+    if len(mid) < 2 or mid[-1][0] <= mid[0][0]:
+        return float("nan")
+    return (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0])
 
 
 def run(ctx: Context) -> list[Row]:
@@ -107,32 +145,41 @@ def run(ctx: Context) -> list[Row]:
         n = produce_simulated(cfg, servers, n_requests=n_requests, slate_size=5, seed=0)
         produce_s = time.perf_counter() - started
         topics = [cfg.topics.impressions, cfg.topics.outcomes]
-        count_rate = _consume(servers, topics, n, decode=False)
-        decode_rate = _consume(servers, topics, n, decode=True)
+        count = _consume(servers, topics, n, decode=False)
+        decoded = _consume(servers, topics, n, decode=True)
+        decode_rate = decoded.rate
+        total_bytes = sum(count.bytes.values())
+        mean_bytes = total_bytes / max(count.n, 1)
         rows.append(
             {
                 "system": "kafka-python consume, count only",
-                "events": n,
-                "events_per_s": count_rate,
-                "vs_consume_decode": count_rate / decode_rate,
+                "events": count.n,
+                "event_bytes": mean_bytes,
+                "events_per_s": count.rate,
+                "mb_per_s": count.rate * mean_bytes / 1e6,
+                "vs_consume_decode": count.rate / decode_rate,
             }
         )
         rows.append(
             {
                 "system": "kafka-python consume + encore decode to columns",
-                "events": n,
+                "events": decoded.n,
+                "event_bytes": mean_bytes,
                 "events_per_s": decode_rate,
+                "mb_per_s": decode_rate * mean_bytes / 1e6,
                 "vs_consume_decode": 1.0,
             }
         )
         daemon = Daemon(cfg, servers=servers)
         samples: list[tuple[float, float]] = []
+        progress: list[tuple[float, int]] = []
         done = threading.Event()
 
         def sample() -> None:
             t0 = time.perf_counter()
             while not done.wait(1.0):
                 samples.append((time.perf_counter() - t0, _rss_mb()))
+                progress.append((time.perf_counter() - t0, daemon.stats.events))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -142,13 +189,23 @@ def run(ctx: Context) -> list[Row]:
         done.set()
         sampler.join()
         rate = stats.events / max(elapsed, 1e-9)
+        steady = _steady_rate(progress, stats.events)
+        started = [t for t, e in progress if e > 0]
+        ended = [t for t, e in progress if e >= stats.events]
         third = max(len(samples) // 3, 1)
         rows.append(
             {
                 "system": "encore daemon (decode, join, reward model, LinUCB, log, checkpoints)",
                 "events": stats.events,
+                "event_bytes": mean_bytes,
                 "events_per_s": rate,
+                "mb_per_s": rate * mean_bytes / 1e6,
                 "vs_consume_decode": rate / decode_rate,
+                "steady_events_per_s": steady,
+                "steady_vs_consume_decode": steady / decode_rate,
+                "first_event_s": started[0] if started else float("nan"),
+                "last_event_s": ended[0] if ended else float("nan"),
+                "run_s": elapsed + 3.0,
                 "rss_first_third_mb": max(s for _, s in samples[:third])
                 if samples
                 else float("nan"),
@@ -161,18 +218,45 @@ def run(ctx: Context) -> list[Row]:
             }
         )
         if samples:
-            ctx.save_plot(
-                "daemon_rss",
-                lambda ax: (
-                    ax.plot([t for t, _ in samples], [m for _, m in samples]),
-                    ax.set_xlabel("seconds into the daemon's run"),
-                    ax.set_ylabel("resident MiB"),
-                    ax.set_title(f"encore daemon memory over {stats.events:,} events"),
-                ),
-            )
+
+            def draw(ax: Any) -> None:
+                ax.plot([t for t, _ in samples], [m for _, m in samples])
+                ax.set_xlabel("seconds into the daemon's run")
+                ax.set_ylabel("resident MiB")
+                ax.set_title(f"encore daemon memory over {stats.events:,} events")
+
+            ctx.save_plot("daemon_rss", draw)
     ctx.notes.append(
         f"{n:,} events ({n_requests:,} requests of 5-track slates from 20 candidates) produced "
         f"in {produce_s:.0f} s into 4-partition topics of a local single-node broker."
+    )
+    sizes = ", ".join(
+        f"{name.split('.')[1]} {count.events.get(topic, 0):,} of ~"
+        f"{count.bytes.get(topic, 0) / max(count.events.get(topic, 0), 1):,.0f} bytes"
+        for name, topic in (("x.impressions", topics[0]), ("x.outcomes", topics[1]))
+    )
+    ctx.notes.append(
+        f"Event sizes (JSON values): {sizes}. An impression carries 20 candidates x 16 float "
+        "features, so it is ~30x an outcome; these events average "
+        f"{mean_bytes:,.0f} bytes, ~6x the ~250-byte 'small events' of issue 5's reference "
+        "figures (benchmarks.kafka_raw measures those: outcome events only)."
+    )
+    ctx.notes.append(
+        "Same-run ratio: the daemon row's vs_consume_decode is its events/s over the consume + "
+        "decode row's, measured minutes apart on the same topics, broker and machine; all "
+        "consumers use kafka-python's default fetch settings (the daemon polls at most "
+        "kafka.max_poll_records per call). OPENBLAS_NUM_THREADS="
+        f"{os.environ.get('OPENBLAS_NUM_THREADS')} (as `encore run` sets it)."
+    )
+    ctx.notes.append(
+        "events_per_s of the daemon covers its whole run, start-up included (group join, and JAX "
+        "compiling the policy update, the reward model's update and its two predict sizes: "
+        "about a second each on this machine, most of a --quick run); steady_events_per_s is "
+        "its rate between 20 % and 90 % of the stream (sampled each second), against the "
+        "same consume + decode rate. first_event_s and last_event_s: seconds into run() when "
+        "the first event and the last were done (1 s resolution); run_s: run() from open to "
+        "close (the 3 s idle wait that ends it is subtracted for events_per_s, the final "
+        "checkpoint and closing are not)."
     )
     ctx.notes.append(
         "Goal (issue 5): the daemon at >= 50 % of the consume+decode rate and >= 80,000 "

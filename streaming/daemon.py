@@ -12,7 +12,6 @@ events the state has not yet seen. Signal handlers only set ``stop``.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 import rewards
 from bandits import POLICIES, save
@@ -566,47 +566,34 @@ class Daemon:
         polled = self.consumer.poll(
             timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
         )
-        imp_raw: list[bytes] = []
-        imp_where: list[tuple[str, int, int]] = []
-        out_raw: list[bytes] = []
-        out_where: list[tuple[str, int, int]] = []
+        imp = _Polled(cfg.topics.impressions)
+        out = _Polled(cfg.topics.outcomes)
         offsets: dict[tuple[str, int], int] = {}
-        n = 0
         for tp, records in polled.items():
-            if (tp.topic, tp.partition) in self.revoked:
+            if not records or (tp.topic, tp.partition) in self.revoked:
                 continue
-            for rec in records:
-                value = rec.value if rec.value is not None else b""
-                if tp.topic == cfg.topics.impressions:
-                    imp_raw.append(value)
-                    imp_where.append((tp.topic, tp.partition, rec.offset))
-                else:
-                    out_raw.append(value)
-                    out_where.append((tp.topic, tp.partition, rec.offset))
-                n += 1
-            if records:
-                offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+            (imp if tp.topic == cfg.topics.impressions else out).add(tp.partition, records)
+            offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+        n = imp.n + out.n
         if n == 0:
             return 0
+        imp_raw, out_raw = imp.values(), out.values()
         imps, imp_rej = decode_impressions(imp_raw, self.limits)
         outs, out_rej = decode_outcomes(out_raw, self.limits)
-        self._dead_letters(imp_rej, imp_raw, imp_where)
-        self._dead_letters(out_rej, out_raw, out_where)
+        self._dead_letters(imp_rej, imp)
+        self._dead_letters(out_rej, out)
         self.state, effects = step(
             self.engine,
             self.state,
             imps,
             outs,
             offsets=offsets,
-            impression_partition=_good_partitions(imp_where, imp_rej),
-            outcome_partition=_good_partitions(out_where, out_rej),
+            impression_partition=_good_partitions(imp, imp_rej),
+            outcome_partition=_good_partitions(out, out_rej),
         )
         self._late(effects.rejected_impressions, effects.rejected_outcomes)
         self.stats.events += n
-        for topic, count in (
-            (self.config.topics.impressions, len(imp_raw)),
-            (self.config.topics.outcomes, len(out_raw)),
-        ):
+        for topic, count in ((imp.topic, imp.n), (out.topic, out.n)):
             self.stats.events_by_topic[topic] = self.stats.events_by_topic.get(topic, 0) + count
         if self.log is not None:
             for records in effects.records:
@@ -615,21 +602,19 @@ class Daemon:
                     self._publish_joined(records)
         return n
 
-    def _dead_letters(
-        self, rejects: list[Reject], raws: list[bytes], where: list[tuple[str, int, int]]
-    ) -> None:
+    def _dead_letters(self, rejects: list[Reject], where: _Polled) -> None:
         for r in rejects:
-            topic, partition, offset = where[r.row]
-            value = json.dumps(
+            topic, partition, offset = where.source(r.row)
+            value = msgspec.json.encode(
                 {
                     "code": r.code,
                     "reason": r.reason,
                     "topic": topic,
                     "partition": partition,
                     "offset": offset,
-                    "raw_b64": base64.b64encode(raws[r.row]).decode(),
+                    "raw_b64": base64.b64encode(r.raw).decode(),
                 }
-            ).encode()
+            )
             self.producer.send(
                 self.config.topics.dlq,
                 value=value,
@@ -658,9 +643,9 @@ class Daemon:
         ):
             self.producer.send(
                 self.config.topics.late,
-                value=json.dumps(
+                value=msgspec.json.encode(
                     {"kind": reasons_i.get(reason, str(reason)), "request_key": key, "ts": ts}
-                ).encode(),
+                ),
             )
         for key, ts, pos, reason in zip(
             outs.request_key.tolist(),
@@ -671,14 +656,14 @@ class Daemon:
         ):
             self.producer.send(
                 self.config.topics.late,
-                value=json.dumps(
+                value=msgspec.json.encode(
                     {
                         "kind": reasons_o.get(reason, str(reason)),
                         "request_key": key,
                         "ts": ts,
                         "position": pos,
                     }
-                ).encode(),
+                ),
             )
         self.stats.late += int(imps.request_key.size + outs.request_key.size)
         for reason in imps.reason.tolist():
@@ -820,9 +805,40 @@ class Daemon:
         }
 
 
-def _good_partitions(where: list[tuple[str, int, int]], rejects: list[Reject]) -> np.ndarray:
+class _Polled:
+    """One topic's records of a poll, by partition, without a Python object per record."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.partitions: list[int] = []
+        self.records: list[list[Any]] = []
+        self.n = 0
+
+    def add(self, partition: int, records: list[Any]) -> None:
+        self.partitions.append(partition)
+        self.records.append(records)
+        self.n += len(records)
+
+    def values(self) -> list[bytes]:
+        """Every record's value in order (a null value as empty bytes: it is rejected as such)."""
+        return [r.value or b"" for records in self.records for r in records]
+
+    def partition_of_each(self) -> npt.NDArray[np.int32]:
+        counts = [len(records) for records in self.records]
+        return np.repeat(np.asarray(self.partitions, np.int32), counts)
+
+    def source(self, row: int) -> tuple[str, int, int]:
+        """``(topic, partition, offset)`` of the ``row``-th value."""
+        for partition, records in zip(self.partitions, self.records, strict=True):
+            if row < len(records):
+                return self.topic, partition, int(records[row].offset)
+            row -= len(records)
+        raise IndexError(f"row {row} is past the {self.n} records polled from {self.topic}")
+
+
+def _good_partitions(where: _Polled, rejects: list[Reject]) -> npt.NDArray[np.int32]:
     """The partition of every message that decoded, in order (rejects removed)."""
-    part = np.fromiter((p for _, p, _ in where), dtype=np.int32, count=len(where))
+    part = where.partition_of_each()
     if rejects:
         part = np.delete(part, [r.row for r in rejects])
     return part

@@ -342,7 +342,7 @@ def decode_impression(raw: bytes, limits: Limits = Limits()) -> Impression:
     # Non-finite numbers cannot get this far: JSON has no NaN or Infinity and msgspec refuses
     # numbers that overflow a float (``non_finite`` above), so only the shapes need checking.
     d = limits.d_track
-    if any(len(row) != d for row in ev.candidate_features):
+    if set(map(len, ev.candidate_features)) != {d}:
         i = next(i for i, row in enumerate(ev.candidate_features) if len(row) != d)
         raise DecodeError(
             "bad_shape",
@@ -353,13 +353,13 @@ def decode_impression(raw: bytes, limits: Limits = Limits()) -> Impression:
         raise DecodeError(
             "bad_shape", f"{len(ev.propensities)} propensities for {len(ev.shown)} shown", raw
         )
-    if len(set(ev.shown)) != len(ev.shown) or any(not 0 <= s < k for s in ev.shown):
+    if len(set(ev.shown)) != len(ev.shown) or min(ev.shown) < 0 or max(ev.shown) >= k:
         raise DecodeError(
             "bad_shown", f"shown {ev.shown[:20]} must be distinct indices in [0, {k})", raw
         )
-    for p in ev.propensities:
-        if not 0.0 < p <= 1.0:
-            raise DecodeError("bad_propensity", f"propensity {p} is outside (0, 1]", raw)
+    if not (min(ev.propensities) > 0.0 and max(ev.propensities) <= 1.0):
+        p = next(p for p in ev.propensities if not 0.0 < p <= 1.0)
+        raise DecodeError("bad_propensity", f"propensity {p} is outside (0, 1]", raw)
     return ev
 
 
@@ -418,18 +418,20 @@ def impressions_to_batch(
     else:
         for i, e in enumerate(events):
             feats[i, : lens[i]] = e.candidate_features
+    shown_lens = np.fromiter((len(e.shown) for e in events), dtype=np.int64, count=n)
+    smask = np.arange(s)[None, :] < shown_lens[:, None]
     shown = np.full((n, s), -1, dtype=np.int32)
     prop = np.ones((n, s), dtype=np.float32)
-    smask = np.zeros((n, s), dtype=bool)
-    for i, e in enumerate(events):
-        ss = len(e.shown)
-        shown[i, :ss] = e.shown
-        prop[i, :ss] = e.propensities
-        smask[i, :ss] = True
-    request_id = np.array([e.request_id for e in events], dtype=np.str_)
+    if n and (shown_lens == s).all():  # the common case again: slates of one length
+        shown[:] = np.array([e.shown for e in events], dtype=np.int32)
+        prop[:] = np.array([e.propensities for e in events], dtype=np.float32)
+    else:
+        shown[smask] = np.fromiter((j for e in events for j in e.shown), np.int32)
+        prop[smask] = np.fromiter((p for e in events for p in e.propensities), np.float32)
+    request_ids = [e.request_id for e in events]
     return ImpressionBatch(
-        request_id=request_id,
-        request_key=key64([e.request_id for e in events]),
+        request_id=np.array(request_ids, dtype=np.str_),
+        request_key=key64(request_ids),
         user_id=np.array([e.user_id for e in events], dtype=np.str_),
         surface=np.array([e.surface for e in events], dtype=np.str_),
         ts_ms=np.array([e.ts for e in events], dtype=np.int64),

@@ -226,8 +226,13 @@ def init(engine: Engine) -> WorkerState:
     )
 
 
+PREDICT_SMALL = 1024
+"""Predict calls of at most this many rows are padded to it, larger ones to ``MODEL_CHUNK``: two
+compilations in all (each costs about as much as a few hundred padded predictions)."""
+
+
 def _bucket(n: int, chunk: int) -> int:
-    return min(chunk, max(256, 1 << max(n - 1, 1).bit_length()))
+    return PREDICT_SMALL if n <= PREDICT_SMALL else chunk
 
 
 def _predict(
@@ -291,15 +296,16 @@ def _side_rows(
 
 
 def _log_rows(engine: Engine, imps: ImpressionBatch | None) -> ImpressionBatch:
-    """The impression columns the Parquet log needs, candidates cut or padded to a fixed width."""
+    """The impression columns the Parquet log needs, candidates cut to ``engine.log_candidates``."""
     k = engine.log_candidates
     dt = engine.d_track if engine.log_features else 0
     s = engine.slate_size
     if imps is None or k == 0:
         n = 0 if imps is None else imps.n
         du = engine.d_user
-        if k == 0:  # no log: keep zero-width columns only
-            k, dt, s, du = 0, 0, 0, 0
+        k = 0  # candidate columns grow to the widest batch seen (``_concat_side``)
+        if engine.log_candidates == 0:  # no log: keep zero-width columns only
+            dt, s, du = 0, 0, 0
         u = np.zeros(n, "<U1")
         return ImpressionBatch(
             request_id=u,
@@ -317,17 +323,19 @@ def _log_rows(engine: Engine, imps: ImpressionBatch | None) -> ImpressionBatch:
             policy=u,
             policy_version=u,
         )
+    # Candidates are kept as wide as the batch needs (at most ``k``), not padded to ``k``: the
+    # log writes only the real ones, and the side table is copied on every step.
     n, kk = imps.n, min(k, imps.candidate_key.shape[1])
-    ck = np.zeros((n, k), np.uint64)
-    ck[:, :kk] = imps.candidate_key[:, :kk]
-    cm = np.zeros((n, k), bool)
-    cm[:, :kk] = imps.candidate_mask[:, :kk]
-    cf = np.zeros((n, k, dt), np.float32)
-    if dt:
-        cf[:, :kk] = imps.candidate_features[:, :kk]
+    ck = np.ascontiguousarray(imps.candidate_key[:, :kk])
+    cm = np.ascontiguousarray(imps.candidate_mask[:, :kk])
+    cf = (
+        np.ascontiguousarray(imps.candidate_features[:, :kk], np.float32)
+        if dt
+        else np.zeros((n, kk, 0), np.float32)
+    )
     ss = min(s, imps.shown.shape[1])
     shown = np.full((n, s), -1, np.int32)
-    shown[:, :ss] = np.where(imps.shown[:, :ss] < k, imps.shown[:, :ss], -1)
+    shown[:, :ss] = np.where(imps.shown[:, :ss] < kk, imps.shown[:, :ss], -1)
     prop = np.ones((n, s), np.float32)
     prop[:, :ss] = imps.propensity[:, :ss]
     smask = np.zeros((n, s), bool)
@@ -391,8 +399,48 @@ def _concat(a: T, b: T) -> T:
     )
 
 
+def _widen(log: ImpressionBatch, k: int) -> ImpressionBatch:
+    """``log`` with its candidate columns padded to width ``k`` (no copy when already that wide)."""
+    n, have = log.candidate_key.shape
+    if have == k:
+        return log
+    ck = np.zeros((n, k), np.uint64)
+    ck[:, :have] = log.candidate_key
+    cm = np.zeros((n, k), bool)
+    cm[:, :have] = log.candidate_mask
+    cf = np.zeros((n, k, log.candidate_features.shape[2]), np.float32)
+    cf[:, :have] = log.candidate_features
+    return log._replace(candidate_key=ck, candidate_mask=cm, candidate_features=cf)
+
+
+def _concat_side(a: Side, b: Side) -> Side:
+    """Side rows ``a`` then ``b``; the log's candidate columns padded to the wider of the two."""
+    k = max(a.log.candidate_key.shape[1], b.log.candidate_key.shape[1])
+    return _concat(a._replace(log=_widen(a.log, k)), b._replace(log=_widen(b.log, k)))
+
+
+def _concat_all(parts: list[T]) -> T:
+    """``_concat`` over many tables at once (one copy, not one per table)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return type(first)(
+        *(
+            _concat_all(list(cols)) if isinstance(cols[0], tuple) else np.concatenate(cols)
+            for cols in zip(*parts, strict=True)
+        )
+    )
+
+
 def _take(t: T, keep: npt.NDArray[Any]) -> T:
     return type(t)(*(_take(x, keep) if isinstance(x, tuple) else x[keep] for x in t))
+
+
+def _prune(t: T, live: npt.NDArray[np.int64]) -> T:
+    """The rows of a payload-keyed table (``Side``, ``Plays``) whose payload is in ``live``."""
+    payload: npt.NDArray[np.int64] = t[0]
+    keep = np.isin(payload, live)
+    return t if keep.all() else _take(t, keep)
 
 
 def _bump(counters: Mapping[str, Any], **more: float) -> dict[str, Any]:
@@ -439,7 +487,7 @@ def update_policy(
                     (UPDATE_CHUNK - part.shape[0], *part.shape[1:]), fill, dtype=part.dtype
                 )
                 part = np.concatenate([part, pad])
-            chunk.append(jnp.asarray(part))
+            chunk.append(part)  # numpy: checked on the host as it is, moved once by jit
         fb = Feedback(*chunk)
         if pending is not None:
             pending = _add(pending, _delta(policy_state, fb))
@@ -562,7 +610,7 @@ def step(
         n = impressions.n
         payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
         next_payload += n
-        side = _concat(side, _side_rows(engine, state.model, impressions, payload))
+        side = _concat_side(side, _side_rows(engine, state.model, impressions, payload))
         part = _partitions(impression_partition, n)
         for p in np.unique(part).tolist():
             sel = part == p
@@ -610,16 +658,37 @@ def step(
     pending = state.pending
     sums: dict[str, float] = dict(state.sums)
     reward_by_policy = dict(state.reward_by_policy)
-    n_closed = n_rows = 0
     records: list[Any] = []
+    # Gather every closed impression of the step first (in the effects' order), then learn from
+    # all of them at once: one policy update and one log batch per step, not one per effect.
+    new_rows: list[ModelRows] = [model_rows]
+    closed_rows: list[npt.NDArray[np.int64]] = []
+    closed_reward: list[F32] = []
+    closed_learn: list[npt.NDArray[np.bool_]] = []
+    closed_parts: list[join.Closed] = []
     for e in effects:
         closed = e.closed
         if closed.payload.size == 0:
             continue
         rows = np.searchsorted(side.payload, closed.payload)
         if e.joined.payload.size:
-            model_rows = _concat(model_rows, _joined_rows(side, rows, e.joined, plays))
+            new_rows.append(_joined_rows(side, rows, e.joined, plays))
         reward, learn = _final_rewards(engine, side, rows, closed, e.joined, plays)
+        closed_rows.append(rows)
+        closed_reward.append(reward)
+        closed_learn.append(learn)
+        closed_parts.append(closed)
+    # The reward model first: reading its metrics waits for it, and the policy update dispatched
+    # after it then runs on while the shell polls and decodes the next batch.
+    model, model_rows, loss_sum, used = _update_model(engine, model, _concat_all(new_rows))
+    sums = _bump(sums, model_loss_sum=loss_sum, model_rows=used)
+    n_closed = n_rows = 0
+    if closed_rows:
+        rows = np.concatenate(closed_rows)
+        reward = np.concatenate(closed_reward)
+        learn = np.concatenate(closed_learn)
+        n_closed = int(rows.size)
+        # Row-major order: the feedback rows come in the same order as effect by effect.
         i, j = np.nonzero(learn)
         if i.size:
             r = rows[i]
@@ -637,9 +706,8 @@ def step(
                 ],
                 pending,
             )
-            n_rows += int(i.size)
+            n_rows = int(i.size)
             sums = _bump(sums, reward_sum=float(reward[i, j].sum()))
-        n_closed += int(closed.payload.size)
         if engine.log_candidates:
             from streaming.parquet_log import from_impressions
 
@@ -647,8 +715,8 @@ def step(
                 from_impressions(
                     _take(side.log, rows),
                     reward=reward,
-                    n_outcomes=closed.n_outcomes,
-                    defaulted=closed.defaulted,
+                    n_outcomes=np.concatenate([c.n_outcomes for c in closed_parts]),
+                    defaulted=np.concatenate([c.defaulted for c in closed_parts]),
                     reward_name=engine.composite.kind,
                     reward_version=rewards.REWARD_VERSION,
                     features=engine.log_features,
@@ -656,18 +724,20 @@ def step(
             )
         top = reward[:, 0].astype(np.float64)
         keys = side.policy_key[rows]
-        for k in np.unique(keys).tolist():
-            sel = keys == k
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        top_sum = np.bincount(inverse, weights=top, minlength=uniq.size)
+        top_n = np.bincount(inverse, minlength=uniq.size)
+        for k, total_k, count_k in zip(
+            uniq.tolist(), top_sum.tolist(), top_n.tolist(), strict=True
+        ):
             total, count = reward_by_policy.get(int(k), (0.0, 0))
-            reward_by_policy[int(k)] = (total + float(top[sel].sum()), count + int(sel.sum()))
-    model, model_rows, loss_sum, used = _update_model(engine, model, model_rows)
-    sums = _bump(sums, model_loss_sum=loss_sum, model_rows=used)
+            reward_by_policy[int(k)] = (total + total_k, count + int(count_k))
     # Drop side rows the joins no longer refer to (closed, refused, or joined and closed).
     live = [join.live_payloads(js) for js in joins.values()]
     live_imp = np.concatenate([np.zeros(0, np.int64), *(a for a, _ in live)])
     live_out = np.concatenate([np.zeros(0, np.int64), *(b for _, b in live)])
-    side = _take(side, np.isin(side.payload, live_imp))
-    plays = _take(plays, np.isin(plays.payload, live_out))
+    side = _prune(side, live_imp)
+    plays = _prune(plays, live_out)
     counters = _bump(counters, closed=n_closed, feedback_rows=n_rows)
     new_offsets = dict(state.offsets)
     if offsets:

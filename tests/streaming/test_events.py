@@ -231,3 +231,41 @@ def test_fuzz_outcome_decoder_returns_valid_or_documented_error(data: bytes) -> 
         return
     batch = ev.outcomes_to_batch([o])
     assert batch.ms_played[0] >= 0 and batch.duration_ms[0] > 0
+
+
+def _key64_reference(values: list[str]) -> list[int]:
+    """FNV-1a over each id's UTF-8 bytes, then the splitmix64 finaliser, one id at a time."""
+    mask = 2**64 - 1
+    out = []
+    for v in values:
+        h = 0xCBF29CE484222325
+        for byte in v.encode():
+            h = ((h ^ byte) * 0x100000001B3) & mask
+        h ^= h >> 30
+        h = (h * 0xBF58476D1CE4E5B9) & mask
+        h ^= h >> 27
+        h = (h * 0x94D049BB133111EB) & mask
+        h ^= h >> 31
+        out.append(h)
+    return out
+
+
+@pytest.mark.parametrize(
+    "values",
+    [["t1", "t1", "t22"], [""], ["a\x00"], ["a\x00b", "\x00"], ["é", "t1"], ["日本", ""]],
+)
+def test_key64_hashes_the_utf8_bytes_of_each_id(values: list[str]) -> None:
+    assert ev.key64(values).tolist() == _key64_reference(values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=20))
+def test_key64_equals_the_reference_on_any_text(values: list[str]) -> None:
+    assert ev.key64(values).tolist() == _key64_reference(values)
+
+
+def test_empty_batches_decode_to_empty_columns() -> None:
+    imps, _ = ev.decode_impressions([], LIM)
+    outs, _ = ev.decode_outcomes([], LIM)
+    assert imps.n == 0 and outs.n == 0
+    assert outs.request_key.dtype == np.uint64 and outs.reason_end.dtype == np.int8

@@ -124,6 +124,55 @@ def test_closed_impressions_become_parquet_log_records(tmp_path: object) -> None
     assert all(len(s) == 3 for s in frame["shown"])
 
 
+def test_log_keeps_each_impressions_candidates_when_batch_widths_differ(tmp_path: object) -> None:
+    """Side rows keep candidates as wide as their batch; later, wider batches pad the older rows."""
+    import json
+    from pathlib import Path
+
+    from streaming.parquet_log import ParquetLog, read_log
+
+    eng = dataclasses.replace(engine(), log_candidates=8)
+    imps, outs = traffic(40, seed=5)
+
+    def cut(value: bytes, k: int) -> bytes:  # keep k candidates (the shown ones are among them)
+        d = json.loads(value)
+        keep = sorted(set(d["shown"]) | set(range(k)))[:k]
+        if not set(d["shown"]) <= set(keep):
+            keep = sorted(d["shown"])
+        at = {old: new for new, old in enumerate(keep)}
+        d["candidates"] = [d["candidates"][i] for i in keep]
+        d["candidate_features"] = [d["candidate_features"][i] for i in keep]
+        d["shown"] = [at[i] for i in d["shown"]]
+        return json.dumps(d).encode()
+
+    narrow = [cut(v, 3) for v in imps[:20]]  # 3 candidates each
+    wide = list(imps[20:])  # 20 candidates each, cut to 8 by log_candidates
+    state = init(eng)
+    ib, _ = decode_impressions(narrow, LIM)
+    state, first = step(eng, state, ib, None)
+    assert state.side.log.candidate_key.shape[1] == 3
+    ib, _ = decode_impressions(wide, LIM)
+    state, second = step(eng, state, ib, None)
+    assert state.side.log.candidate_key.shape[1] == 8
+    arrays, header = to_arrays(eng, state)
+    state = from_arrays(eng, arrays, header)
+    ob, _ = decode_outcomes(outs, LIM)
+    state, last = step(eng, state, None, ob, watermark_ms=join.MAX_TIME_MS)
+    out = Path(str(tmp_path))
+    with ParquetLog(out / "log") as log:
+        for r in [*first.records, *second.records, *last.records]:
+            log.append(r)
+    frame = read_log(out / "log").set_index("request_id")
+    assert len(frame) == 40
+    for value in narrow:
+        d = json.loads(value)
+        assert len(frame.loc[d["request_id"], "candidate_key"]) == 3
+        assert list(frame.loc[d["request_id"], "shown"]) == d["shown"]
+    for value in wide:
+        d = json.loads(value)
+        assert len(frame.loc[d["request_id"], "candidate_key"]) == 8
+
+
 def test_evaluate_the_policy_a_checkpoint_holds_on_the_daemon_log(tmp_path: object) -> None:
     from pathlib import Path
 

@@ -1,0 +1,117 @@
+"""``Daemon.poll_once`` without a broker: a fake consumer's records through decode and step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from streaming import listeners
+from streaming.config import Config
+from streaming.daemon import Daemon
+from streaming.simulator import SimConfig, Simulator
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class Record(NamedTuple):
+    offset: int
+    value: bytes | None
+
+
+class FakeConsumer:
+    def __init__(self, polls: list[dict[TP, list[Record]]]) -> None:
+        self.polls = polls
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 0) -> dict[TP, list[Record]]:
+        return self.polls.pop(0) if self.polls else {}
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(self, topic: str, *, value: bytes, **_: Any) -> None:
+        self.sent.append((topic, json.loads(value)))
+
+
+def daemon(tmp: Path) -> Daemon:
+    cfg = Config.load(
+        env={},
+        overrides=[
+            "kafka.bootstrap_servers=127.0.0.1:1",
+            f"checkpoint.dir={tmp / 'ckpt'}",
+            "join.slate_size=3",
+            "metrics.enabled=false",
+        ],
+    )
+    return Daemon(cfg, servers="127.0.0.1:1")
+
+
+def test_poll_once_routes_each_record_and_names_where_rejects_came_from(tmp_path: Path) -> None:
+    d = daemon(tmp_path)
+    topics = d.config.topics
+    sim = Simulator(SimConfig(seed=3, request_gap_ms=1000))
+    req = sim.requests(6)
+    sl = sim.log_slates(req, 3)
+    wire = list(
+        listeners.wire(
+            listeners.impressions(req, sl.shown, sl.propensity, policy="logging"),
+            listeners.outcomes(req, sim.play(req, sl.shown)),
+        )
+    )
+    imps = [w.value for w in wire if w.role == "impressions"]
+    outs = [w.value for w in wire if w.role == "outcomes"]
+    polled = {
+        TP(topics.impressions, 2): [Record(10 + i, v) for i, v in enumerate(imps[:3])],
+        TP(topics.impressions, 0): [
+            Record(5, b"{"),
+            *(Record(6 + i, v) for i, v in enumerate(imps[3:])),
+        ],
+        TP(topics.outcomes, 1): [
+            Record(40, None),
+            *(Record(41 + i, v) for i, v in enumerate(outs)),
+        ],
+    }
+    d.consumer = FakeConsumer([polled])
+    d.producer = producer = FakeProducer()
+    n = d.poll_once()
+    assert n == len(imps) + len(outs) + 2
+    dead = sorted(
+        (m["topic"], m["partition"], m["offset"], m["code"])
+        for t, m in producer.sent
+        if t == topics.dlq
+    )
+    assert dead == [
+        (topics.impressions, 0, 5, "invalid_json"),
+        (topics.outcomes, 1, 40, "invalid_json"),
+    ]
+    assert d.state.offsets == {
+        (topics.impressions, 2): 13,
+        (topics.impressions, 0): 6 + len(imps) - 3,
+        (topics.outcomes, 1): 41 + len(outs),
+    }
+    assert d.state.counters["impressions"] == len(imps)
+    assert d.state.counters["outcomes"] == len(outs)
+    assert sorted(d.state.join) == [0, 1, 2]  # one join state per partition number seen
+    assert d.stats.events_by_topic == {
+        topics.impressions: len(imps) + 1,
+        topics.outcomes: len(outs) + 1,
+    }
+    assert d.poll_once() == 0
+
+
+def test_records_of_a_revoked_partition_are_skipped(tmp_path: Path) -> None:
+    d = daemon(tmp_path)
+    tp = TP(d.config.topics.outcomes, 3)
+    d.revoked.add((tp.topic, tp.partition))
+    d.consumer = FakeConsumer([{tp: [Record(0, b"{")]}])
+    d.producer = producer = FakeProducer()
+    assert d.poll_once() == 0
+    assert producer.sent == [] and d.state.offsets == {}
+    assert np.asarray(d.state.side.payload).size == 0
