@@ -61,6 +61,7 @@ from rewards.model import (
     Params,
     RewardModel,
     check_average,
+    head_logits,
     initial_state,
     make_optimizer,
     make_update,
@@ -259,8 +260,19 @@ def session_model(
             raise ValueError(
                 f"history has {hist.shape[-1]} floats per entry, expected {history_dim}"
             )
-        x = jnp.concatenate([jnp.asarray(features), gru_encode(params, hist)], axis=-1)
-        return hazard_logits(params, x, None if track_id is None else jnp.asarray(track_id))
+        x = jnp.asarray(features)
+        g = gru_encode(params, hist)
+        ids = None if track_id is None else jnp.asarray(track_id)
+        if hidden == 0:
+            # [x, g] @ w as two products: no (n, d + g) copy, and no gradient for the inputs.
+            d = x.shape[-1]
+            head = dict(params)
+            head["w"] = params["w"][:d]
+            z = head_logits(head, x, ids) + g @ params["w"][d:]
+            if "bin_intercept" in params:
+                return params["bin_intercept"][None, :] + params["bin_slope"][None, :] * z
+            return z
+        return hazard_logits(params, jnp.concatenate([x, g], axis=-1), ids)
 
     def row_loss(params: Params, o: Outcomes) -> Float[Array, " n"]:
         return survival_row_loss(logits(params, o.features, o.history, o.track_id), o)
