@@ -30,7 +30,12 @@ How a caller (the streaming daemon) uses it::
     state, metrics = model.update(state, batch)                # metrics.loss is prequential
 
 Session model: keep each listener's last ``h`` plays with :func:`history_entries` and
-:func:`push_history` (only outcomes already joined), and pass them as ``history``.
+:func:`push_history` (only outcomes already joined), and pass them as ``history``; the shapes and
+a runnable example are in :mod:`rewards.session`.
+
+Iterate averaging: ``survival_model(average=0.99)`` / ``session_model(average=0.99)`` serve an
+exponential moving average of the online iterates (lower log loss and ECE on a long stream; the
+default 0 serves the last iterate and keeps the state layout of earlier checkpoints).
 
 Offline: ``rewards.fit(model, state, frame_or_parquet_path, key=...)`` loops the same ``update``
 with early stopping; ``on_epoch`` / ``on_batch`` callbacks report progress (no I/O here).

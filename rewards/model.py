@@ -9,6 +9,12 @@ A reward model is a :class:`RewardModel` of pure, jitted functions over an expli
   mini-batch; the metrics' loss is measured *before* the step (progressive validation).
 - ``spec``: a :class:`~rewards.types.ModelSpec` for checkpoints.
 
+With ``average > 0`` (:func:`make_update`) the model serves the Polyak-Ruppert average of its
+iterates: ``state.params`` is an exponential moving average of the optimiser's own
+iterate, which lives in ``state.opt_state`` (:class:`AveragedState`). Online Adam at a constant
+step size keeps jittering around the optimum; the average removes most of that noise at no cost
+in adaptivity beyond a lag of about ``1 / (1 - average)`` updates.
+
 ``update`` is safe against bad input: invalid rows (:func:`rewards.labels.valid_rows`) are dropped
 and counted, and a step whose loss or gradient is not finite is refused (the state comes back
 unchanged, ``metrics.accepted`` is False), so one bad batch cannot poison the parameters.
@@ -42,6 +48,19 @@ class RewardModel(NamedTuple):
     predict: Callable[[ModelState, Inputs], Predictions]
     update: Callable[[ModelState, Outcomes], tuple[ModelState, UpdateMetrics]]
     spec: ModelSpec
+
+
+class AveragedState(NamedTuple):
+    """``ModelState.opt_state`` of a model built with iterate averaging (``average > 0``).
+
+    Args:
+        inner: the optax optimiser's state.
+        raw: the optimiser's own iterate (same tree as ``params``); gradients are taken here,
+            while ``ModelState.params`` holds the average that ``predict`` uses.
+    """
+
+    inner: Any
+    raw: Any
 
 
 def clean(outcomes: Outcomes) -> tuple[Outcomes, Array]:
@@ -81,26 +100,58 @@ def clean(outcomes: Outcomes) -> tuple[Outcomes, Array]:
 
 
 def make_update(
-    row_loss: RowLoss, optimizer: optax.GradientTransformation
+    row_loss: RowLoss, optimizer: optax.GradientTransformation, *, average: float = 0.0
 ) -> Callable[[ModelState, Outcomes], tuple[ModelState, UpdateMetrics]]:
-    """Build the guarded, jitted ``update`` from a per-row loss (mean over valid rows)."""
+    """Build the guarded, jitted ``update`` from a per-row loss (mean over valid rows).
+
+    Args:
+        row_loss: ``(params, cleaned outcomes) -> (n,)`` loss of each row.
+        optimizer: the optax optimiser.
+        average: decay of the iterate average in ``[0, 1)``; 0 serves the last iterate. With
+            ``average > 0`` the state must come from :func:`initial_state` with the same
+            ``average`` (its ``opt_state`` is an :class:`AveragedState`). The served parameters
+            move toward each new iterate by ``1 - decay`` with ``decay = min(average, (1 + t) /
+            (10 + t))`` after ``t`` accepted steps (the warm-up rule of TensorFlow's
+            ``ExponentialMovingAverage(num_updates=t)``): early on the average follows the
+            iterates closely, and it settles to an average of about the last
+            ``1 / (1 - average)`` iterates. The metrics' loss is that of the optimiser's iterate.
+
+    Raises:
+        ValueError: if ``average`` is outside ``[0, 1)``.
+    """
+    check_average(average)
 
     def update(state: ModelState, outcomes: Outcomes) -> tuple[ModelState, UpdateMetrics]:
         o, valid = clean(outcomes)
         w = valid.astype(jnp.float32)
         n_used = jnp.sum(valid.astype(jnp.int32))
         n_dropped = jnp.sum(jnp.asarray(outcomes.mask).astype(jnp.int32)) - n_used
+        if average > 0.0:
+            train_params, inner = state.opt_state.raw, state.opt_state.inner
+        else:
+            train_params, inner = state.params, state.opt_state
 
         def loss_fn(params: Params) -> Array:
             return jnp.sum(w * row_loss(params, o)) / jnp.maximum(jnp.sum(w), 1.0)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        loss, grads = jax.value_and_grad(loss_fn)(train_params)
         # optax mixes Python floats with int32 counters; keep it working under strict promotion.
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
+            updates, inner = optimizer.update(grads, inner, train_params)
+            raw = optax.apply_updates(train_params, updates)
+        if average > 0.0:
+            t = state.step.astype(jnp.float32)
+            rate = 1.0 - jnp.minimum(average, (1.0 + t) / (10.0 + t))
+
+            def toward(served: Array, iterate: Array) -> Array:
+                return served + rate * (iterate - served)
+
+            params = jax.tree.map(toward, state.params, raw)
+            opt_state: Any = AveragedState(inner, raw)
+        else:
+            params, opt_state = raw, inner
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((params, opt_state))
         ok = finite & (n_used > 0)
 
         def keep_if_ok(new: Array, old: Array) -> Array:
@@ -113,6 +164,12 @@ def make_update(
         return new_state, UpdateMetrics(loss, n_used, n_dropped, ok, grad_norm)
 
     return jax.jit(update)
+
+
+def check_average(average: float) -> None:
+    """Raise ``ValueError`` unless ``0 <= average < 1``."""
+    if not 0.0 <= average < 1.0:
+        raise ValueError(f"average must be in [0, 1), got {average}")
 
 
 def _all_finite(tree: Any) -> Array:
@@ -165,10 +222,14 @@ def head_logits(
     return logits
 
 
-def initial_state(params: Params, optimizer: optax.GradientTransformation) -> ModelState:
-    """A fresh state around ``params``."""
+def initial_state(
+    params: Params, optimizer: optax.GradientTransformation, *, average: float = 0.0
+) -> ModelState:
+    """A fresh state around ``params`` (with an :class:`AveragedState` when ``average > 0``)."""
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
+    if average > 0.0:
+        opt_state = AveragedState(opt_state, jax.tree.map(jnp.copy, params))
     return ModelState(params, opt_state, jnp.zeros((), jnp.int32))
 
 

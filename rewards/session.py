@@ -6,10 +6,41 @@ first, with a GRU and feeds the final state, next to the usual features, into th
 hazard head of :mod:`rewards.survival`; so its predictions keep the same consistency.
 
 History entries (:func:`history_entries`, ``HISTORY_DIM`` = 9 floats per play): one-hot of the
-listening bin the play ended in (0..4, or 5 = complete), censored, saved, and ``present`` (0 for
-padding when the listener has fewer than ``h`` plays). The caller keeps the last ``h`` entries
-per listener (:func:`push_history`) and, for slates, the entries of earlier positions
+listening bin the play ended in (0..4, or 5 = complete), censored, saved, optional ``extra``
+floats per play (e.g. the track's features; then ``history_dim = 9 + k``), and ``present`` last
+(0 for padding when the listener has fewer than ``h`` plays). The caller keeps the last ``h``
+entries per listener (:func:`push_history`) and, for slates, the entries of earlier positions
 (:func:`slate_history`). Only outcomes known when the impression is predicted may enter.
+
+The API a daemon uses (all pure; ``predict`` and ``update`` are ``jax.jit``-ed, one compilation
+per padded batch size ``n`` and history length ``h``):
+
+- ``model = session_model(gru_units=16, n_id_buckets=..., average=0.99)``;
+  ``state = model.init(key, d) -> ModelState``.
+- ``model.predict(state, Inputs(features, duration_ms, track_id, history)) -> Predictions``:
+  ``features`` ``(n, d)`` float32 (:func:`rewards.interaction_features`), ``duration_ms``
+  ``(n,)`` int, ``track_id`` ``(n,)`` int or None (required when ``n_id_buckets > 0``),
+  ``history`` ``(n, h, e)`` float32, oldest first, the listener's previous plays; a slot whose
+  last column (``present``) is 0 is skipped, so a row with ``L`` known plays has
+  ``present = arange(h) >= h - L`` (what :func:`push_history` keeps). Returns ``skip`` ``(n, 3)``
+  and ``complete`` ``(n,)`` float32.
+- ``model.update(state, Outcomes(..., history=history)) -> (ModelState, UpdateMetrics)``: one
+  optimiser step on the mini-batch, each row with the history it was predicted with; pad with
+  :func:`rewards.pad` (``mask`` False rows are ignored).
+
+>>> import numpy as np, jax, rewards
+>>> n, d, h, users = 4, 6, 8, 100
+>>> model = session_model(gru_units=8, average=0.99)
+>>> state = model.init(jax.random.key(0), d)
+>>> buffer = np.zeros((users, h, HISTORY_DIM), np.float32)  # each listener's last h plays
+>>> user, x, dur = np.array([3, 5, 7, 9]), np.ones((n, d), np.float32), np.full(n, 200_000)
+>>> pred = model.predict(state, rewards.Inputs(x, dur, None, buffer[user]))  # impression seen
+>>> ms, reason, no = np.array([3_000, 200_000, 40_000, 9_000]), np.array([1, 0, 1, 1]), np.zeros(n, bool)
+>>> plays = rewards.Outcomes(x, ms, dur, reason, no, np.zeros(n, np.int32), no, ~no, history=buffer[user])
+>>> state, metrics = model.update(state, rewards.pad(plays, 16))  # outcomes joined
+>>> buffer = push_history(buffer, user, history_entries(ms, dur, reason, no, no, ~no))
+>>> pred.skip.shape, bool(metrics.accepted), buffer[5, -1].tolist()
+((4, 3), True, [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0])
 
 References:
     Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (the GRU);
@@ -26,7 +57,15 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 from numpy.typing import NDArray
 
 from rewards.labels import listen_bin
-from rewards.model import Params, RewardModel, initial_state, make_optimizer, make_update
+from rewards.model import (
+    Params,
+    RewardModel,
+    check_average,
+    head_logits,
+    initial_state,
+    make_optimizer,
+    make_update,
+)
 from rewards.survival import (
     hazard_logits,
     hazards,
@@ -47,16 +86,48 @@ def history_entries(
     censored: Bool[ArrayLike, "*b"],
     saved: Bool[ArrayLike, "*b"],
     present: Bool[ArrayLike, "*b"],
-) -> Float[NDArray[np.float32], "*b 9"]:
-    """Encode plays as history entries (numpy float32; zero where not ``present``)."""
+    extra: Float[ArrayLike, "*b k"] | None = None,
+) -> Float[NDArray[np.float32], "*b e"]:
+    """Encode plays as history entries (numpy float32; all zero where not ``present``).
+
+    Args:
+        ms_played, duration_ms, reason_end, censored, saved: the plays' outcomes, any batch
+            shape ``*b`` (as in :class:`~rewards.types.Outcomes`).
+        present: ``*b`` bool, False for padding slots.
+        extra: optional ``(*b, k)`` floats about each play (e.g. its track's features) placed
+            between ``saved`` and ``present``; build the model with ``history_dim = 9 + k``.
+
+    Returns:
+        ``(*b, e)`` float32 with ``e = HISTORY_DIM + k``: columns 0-5 one-hot of the listening
+        bin the play ended in (5 = complete), 6 censored, 7 saved, then ``extra``, and
+        ``present`` last.
+
+    Raises:
+        ValueError: if ``extra``'s leading shape is not the plays' shape.
+
+    >>> one, no = np.ones(1, bool), np.zeros(1, bool)
+    >>> history_entries(np.array([1_000]), np.array([200_000]), np.array([1]), no, no, one).tolist()
+    [[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]]
+    """
     d = np.asarray(duration_ms)
     b = np.asarray(listen_bin(ms_played, np.where(d > 0, d, 1), reason_end))
     pres = np.asarray(present, dtype=bool)
-    out = np.zeros((*b.shape, HISTORY_DIM), np.float32)
+    k = 0
+    more = None
+    if extra is not None:
+        more = np.asarray(extra, np.float32)
+        if more.shape[:-1] != b.shape:
+            raise ValueError(
+                f"history_entries: extra has shape {more.shape}, expected {(*b.shape, 'k')}"
+            )
+        k = more.shape[-1]
+    out = np.zeros((*b.shape, HISTORY_DIM + k), np.float32)
     np.put_along_axis(out, b[..., None].astype(np.int64), 1.0, axis=-1)
     out[..., 6] = np.asarray(censored, dtype=np.float32)
     out[..., 7] = np.asarray(saved, dtype=np.float32)
-    out[..., 8] = 1.0
+    if more is not None:
+        out[..., 8 : 8 + k] = more
+    out[..., -1] = 1.0
     return out * pres[..., None]
 
 
@@ -118,24 +189,31 @@ def _gru_init(key: PRNGKeyArray, e: int, hdim: int) -> Params:
 
 
 def gru_encode(params: Params, history: Float[Array, "n h e"]) -> Float[Array, "n g"]:
-    """Final GRU state over the history; padding entries (``present == 0``) are skipped."""
+    """Final GRU state over the history; padding entries (``present == 0``) are skipped.
+
+    The recurrence is a ``lax.scan`` over the ``h`` steps in feature-major layout (state
+    ``(g, n)``), with the three gates' weights taken apart *before* the loop. That keeps every
+    step's gradient a few small matmuls: slicing gates out of one ``(n, 3g)`` projection inside the
+    loop made the backward pass pad and add full-size arrays at every step (5x slower on CPU).
+    """
     hdim = params["gru_wh"].shape[0]
-    n = history.shape[0]
-    # Input projections of every step in one matmul; the scan only carries the recurrence.
-    proj = jnp.einsum("nhe,eg->hng", history, params["gru_wx"]) + params["gru_b"][None, None, :]
-    present_steps = jnp.swapaxes(history[:, :, -1:], 0, 1) > 0.5  # (h, n, 1)
+    e = params["gru_wx"].shape[0]
+    wx = params["gru_wx"].T.reshape(3, hdim, e)  # (3, g, e): z, r, candidate
+    wh = params["gru_wh"].T.reshape(3, hdim, hdim)  # (3, g, g)
+    b = params["gru_b"].reshape(3, hdim, 1)
+    steps = jnp.transpose(history, (1, 2, 0))  # (h, e, n): inputs, not differentiated
+    present = steps[:, -1:, :] > 0.5  # (h, 1, n)
 
     def cell(g: Array, step: tuple[Array, Array]) -> tuple[Array, None]:
-        gx, present = step
-        gh = g @ params["gru_wh"]
-        z = jax.nn.sigmoid(gx[:, :hdim] + gh[:, :hdim])
-        r = jax.nn.sigmoid(gx[:, hdim : 2 * hdim] + gh[:, hdim : 2 * hdim])
-        cand = jnp.tanh(gx[:, 2 * hdim :] + r * gh[:, 2 * hdim :])
-        new = (1.0 - z) * g + z * cand
-        return jnp.where(present, new, g), None
+        x, here = step
+        z = jax.nn.sigmoid(wx[0] @ x + wh[0] @ g + b[0])
+        r = jax.nn.sigmoid(wx[1] @ x + wh[1] @ g + b[1])
+        cand = jnp.tanh(wx[2] @ x + r * (wh[2] @ g) + b[2])
+        return jnp.where(here, g + z * (cand - g), g), None
 
-    g, _ = jax.lax.scan(cell, jnp.zeros((n, hdim), jnp.float32), (proj, present_steps), unroll=True)
-    return g
+    g0 = jnp.zeros((hdim, history.shape[0]), jnp.float32)
+    g, _ = jax.lax.scan(cell, g0, (steps, present))
+    return g.T
 
 
 def session_model(
@@ -147,17 +225,19 @@ def session_model(
     n_id_buckets: int = 0,
     learning_rate: float = 0.03,
     clip_norm: float = 10.0,
+    average: float = 0.0,
 ) -> RewardModel:
     """The session-aware survival model (needs ``history`` in its inputs and outcomes).
 
     Args:
         gru_units: width of the GRU state.
         history_dim: ``e``, floats per history entry (the last one must be ``present``).
-        proportional, hidden, n_id_buckets, learning_rate, clip_norm: as
+        proportional, hidden, n_id_buckets, learning_rate, clip_norm, average: as
             :func:`rewards.survival.survival_model`.
     """
     if gru_units <= 0 or history_dim <= 0:
         raise ValueError("gru_units and history_dim must be positive")
+    check_average(average)
     optimizer = make_optimizer(learning_rate, clip_norm)
 
     def init(key: PRNGKeyArray, n_features: int) -> ModelState:
@@ -170,7 +250,7 @@ def session_model(
             n_id_buckets=n_id_buckets,
         )
         params.update(_gru_init(k2, history_dim, gru_units))
-        return initial_state(params, optimizer)
+        return initial_state(params, optimizer, average=average)
 
     def logits(params: Params, features: ArrayLike, history: object, track_id: object) -> Array:
         if history is None:
@@ -180,8 +260,19 @@ def session_model(
             raise ValueError(
                 f"history has {hist.shape[-1]} floats per entry, expected {history_dim}"
             )
-        x = jnp.concatenate([jnp.asarray(features), gru_encode(params, hist)], axis=-1)
-        return hazard_logits(params, x, None if track_id is None else jnp.asarray(track_id))
+        x = jnp.asarray(features)
+        g = gru_encode(params, hist)
+        ids = None if track_id is None else jnp.asarray(track_id)
+        if hidden == 0:
+            # [x, g] @ w as two products: no (n, d + g) copy, and no gradient for the inputs.
+            d = x.shape[-1]
+            head = dict(params)
+            head["w"] = params["w"][:d]
+            z = head_logits(head, x, ids) + g @ params["w"][d:]
+            if "bin_intercept" in params:
+                return params["bin_intercept"][None, :] + params["bin_slope"][None, :] * z
+            return z
+        return hazard_logits(params, jnp.concatenate([x, g], axis=-1), ids)
 
     def row_loss(params: Params, o: Outcomes) -> Float[Array, " n"]:
         return survival_row_loss(logits(params, o.features, o.history, o.track_id), o)
@@ -202,8 +293,12 @@ def session_model(
             "n_id_buckets": n_id_buckets,
             "learning_rate": learning_rate,
             "clip_norm": clip_norm,
+            "average": average,
         },
     )
     return RewardModel(
-        init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer), spec=spec
+        init=init,
+        predict=jax.jit(predict),
+        update=make_update(row_loss, optimizer, average=average),
+        spec=spec,
     )

@@ -35,6 +35,7 @@ from rewards.labels import N_BINS, bin_widths_ms, hazard_targets
 from rewards.model import (
     Params,
     RewardModel,
+    check_average,
     head_logits,
     init_head,
     initial_state,
@@ -104,6 +105,7 @@ def survival_model(
     n_id_buckets: int = 0,
     learning_rate: float = 0.03,
     clip_norm: float = 10.0,
+    average: float = 0.0,
 ) -> RewardModel:
     """The discrete-time survival model of listening time.
 
@@ -114,6 +116,9 @@ def survival_model(
         n_id_buckets: size of the per-track effect table (0 = none).
         learning_rate: Adam step size.
         clip_norm: global gradient-norm clip.
+        average: decay of the served iterate average (Polyak-Ruppert, bias-corrected EMA; 0 =
+            serve the last iterate). 0.99 averages about the last 100 updates; see
+            :func:`rewards.model.make_update`.
 
     >>> import numpy as np
     >>> m = survival_model()
@@ -124,13 +129,14 @@ def survival_model(
     """
     if hidden < 0 or n_id_buckets < 0:
         raise ValueError("hidden and n_id_buckets must be >= 0")
+    check_average(average)
     optimizer = make_optimizer(learning_rate, clip_norm)
 
     def init(key: PRNGKeyArray, n_features: int) -> ModelState:
         params = init_hazard_params(
             key, n_features, proportional=proportional, hidden=hidden, n_id_buckets=n_id_buckets
         )
-        return initial_state(params, optimizer)
+        return initial_state(params, optimizer, average=average)
 
     def row_loss(params: Params, o: Outcomes) -> Float[Array, " n"]:
         logits = hazard_logits(params, jnp.asarray(o.features), _ids(o.track_id))
@@ -150,10 +156,14 @@ def survival_model(
             "n_id_buckets": n_id_buckets,
             "learning_rate": learning_rate,
             "clip_norm": clip_norm,
+            "average": average,
         },
     )
     return RewardModel(
-        init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer), spec=spec
+        init=init,
+        predict=jax.jit(predict),
+        update=make_update(row_loss, optimizer, average=average),
+        spec=spec,
     )
 
 
