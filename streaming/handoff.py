@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from streaming import checkpoint, join
 from streaming.events import ImpressionBatch
-from streaming.step import Plays, Side, WorkerState
+from streaming.step import Plays, Side, WorkerState, concat_side
 
 __all__ = [
     "FORMAT",
@@ -177,7 +177,7 @@ def install(state: WorkerState, record: PartitionRecord, topics: tuple[str, str]
     plays = record.plays._replace(payload=renumber(record.plays.payload))
     return state._replace(
         join={**state.join, p: js},
-        side=_tree_concat(state.side, side),
+        side=concat_side(state.side, side),
         plays=_tree_concat(state.plays, plays),
         offsets=offsets,
         next_payload=base + int(old.size),

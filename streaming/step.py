@@ -303,7 +303,7 @@ def _log_rows(engine: Engine, imps: ImpressionBatch | None) -> ImpressionBatch:
     if imps is None or k == 0:
         n = 0 if imps is None else imps.n
         du = engine.d_user
-        k = 0  # candidate columns grow to the widest batch seen (``_concat_side``)
+        k = 0  # candidate columns grow to the widest batch seen (``concat_side``)
         if engine.log_candidates == 0:  # no log: keep zero-width columns only
             dt, s, du = 0, 0, 0
         u = np.zeros(n, "<U1")
@@ -413,7 +413,7 @@ def _widen(log: ImpressionBatch, k: int) -> ImpressionBatch:
     return log._replace(candidate_key=ck, candidate_mask=cm, candidate_features=cf)
 
 
-def _concat_side(a: Side, b: Side) -> Side:
+def concat_side(a: Side, b: Side) -> Side:
     """Side rows ``a`` then ``b``; the log's candidate columns padded to the wider of the two."""
     k = max(a.log.candidate_key.shape[1], b.log.candidate_key.shape[1])
     return _concat(a._replace(log=_widen(a.log, k)), b._replace(log=_widen(b.log, k)))
@@ -610,7 +610,7 @@ def step(
         n = impressions.n
         payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
         next_payload += n
-        side = _concat_side(side, _side_rows(engine, state.model, impressions, payload))
+        side = concat_side(side, _side_rows(engine, state.model, impressions, payload))
         part = _partitions(impression_partition, n)
         for p in np.unique(part).tolist():
             sel = part == p
