@@ -851,7 +851,12 @@ def from_arrays(
     like = engine.reward_model.init(jax.random.key(engine.seed), engine.n_model_features)
     leaves, treedef = jax.tree.flatten(like)
     if spec["n_leaves"] != len(leaves):
-        raise ValueError("checkpoint's reward-model state does not match the configured model")
+        raise ValueError(
+            f"checkpoint's reward-model state has {spec['n_leaves']} arrays, the configured "
+            f"{mine.name} model has {len(leaves)}: reward.model_params changed (the checkpoint "
+            f"was written with {spec.get('params')}, the config says {dict(mine.params)}); "
+            "use the same params or another checkpoint.dir"
+        )
     model = jax.tree.unflatten(
         treedef, [jnp.asarray(arrays[f"model/{i:04d}"]) for i in range(len(leaves))]
     )

@@ -227,3 +227,13 @@ def test_evaluate_the_policy_a_checkpoint_holds_on_the_daemon_log(tmp_path: obje
     assert rc == 0
     report = (out / "eval" / "report.md").read_text()
     assert "linucb learned by the daemon" in report and "| snips" in report.lower()
+
+
+def test_a_checkpoint_of_other_reward_model_params_is_refused_clearly() -> None:
+    from rewards.survival import survival_model
+
+    eng = engine()
+    arrays, header = to_arrays(eng, init(eng))
+    averaged = dataclasses.replace(eng, reward_model=survival_model(average=0.99))
+    with pytest.raises(ValueError, match="reward.model_params changed"):
+        from_arrays(averaged, arrays, header)
