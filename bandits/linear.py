@@ -158,8 +158,11 @@ def project(
     xa = _aug(context)
     za = _aug(features)
     w = xa @ theta
-    cov4 = cov.reshape(du1, dt1, du1, dt1)
-    m = jnp.einsum("i,iajb,j->ab", xa, cov4, xa)
+    # Two matrix-vector products over cov's memory layout (row-major (i a), (j b)): the first
+    # streams the D x D matrix once, contiguously; an einsum over both user axes at once made
+    # XLA transpose the whole matrix on every request.
+    left = (xa @ cov.reshape(du1, dt1 * du1 * dt1)).reshape(dt1, du1, dt1)
+    m = jnp.einsum("ajb,j->ab", left, xa)
     m = 0.5 * (m + m.T)
     var = jnp.maximum(jnp.einsum("ka,ab,kb->k", za, m, za), 0.0)
     return za @ w, var, w, m
