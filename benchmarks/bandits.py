@@ -355,12 +355,11 @@ def _latency_one_policy(
     """Seconds per call: jitted single requests, ``policy.rank`` itself, vmapped batches."""
     s, b = LATENCY_SLATE, LATENCY_BATCH
     single = jax.jit(policy.rank, static_argnames="slate_size")
-    many = jax.jit(
-        jax.vmap(
-            lambda st, xx, cc, mm, kk: policy.rank(st, xx, cc, mm, key=kk, slate_size=s),
-            in_axes=(None, 0, 0, 0, 0),
-        )
-    )
+
+    def rank_one(st: Any, xx: jax.Array, cc: Candidates, mm: jax.Array, kk: jax.Array) -> Any:
+        return policy.rank(st, xx, cc, mm, key=kk, slate_size=s)
+
+    many = jax.jit(jax.vmap(rank_one, in_axes=(None, 0, 0, 0, 0)))
     keys = list(jax.random.split(jax.random.key(1), reps + 10))
     bkeys = [jax.random.split(k_, b) for k_ in keys[: max(reps // 8, 10)]]
     pool = len(req.xs)
