@@ -79,12 +79,6 @@ def _placed_at(order: Int[Array, " s"], k: int) -> Int[Array, " k"]:
     return jnp.full((k,), s, jnp.int32).at[order].set(jnp.arange(s, dtype=jnp.int32))
 
 
-def _unroll(slate_size: int) -> int:
-    """Straight-line code for short slates (one fused kernel chain, no loop overhead per
-    position); a rolled loop with a few positions per iteration for long ones."""
-    return slate_size if slate_size <= 32 else 4
-
-
 def inverse_cdf(weights: Float[Array, " k"], u: Float[Array, ""]) -> Int[Array, ""]:
     """The index ``a`` with ``cumsum(weights)[a - 1] <= u * total < cumsum(weights)[a]``.
 
@@ -117,7 +111,7 @@ def sequential(
         a = inverse_cdf(p, uj)
         return rem.at[a].set(False), (a, p[a])
 
-    _, (order, prop) = jax.lax.scan(step, mask, u, unroll=_unroll(slate_size))
+    _, (order, prop) = jax.lax.scan(step, mask, u)
     return Ranked(order, jnp.clip(prop, jnp.finfo(jnp.float32).tiny, 1.0).astype(jnp.float32))
 
 
