@@ -12,7 +12,7 @@ from jaxtyping import Array
 from bandits import linear, slates
 from bandits.linear import LinearState
 from bandits.policy import Policy
-from bandits.types import Candidates, Ranked
+from bandits.types import Ranked
 
 __all__ = ["epsilon_greedy"]
 
@@ -38,31 +38,16 @@ def epsilon_greedy(
     if not 0.0 < epsilon <= 1.0:
         raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
 
-    def score(state: LinearState, context: Array, candidates: Candidates, mask: Array) -> Array:
-        mean, _, _, _ = linear.predict(state, context, candidates, id_ridge)
-        return slates.masked(mean, mask)
-
-    def rank(
-        state: LinearState,
-        context: Array,
-        candidates: Candidates,
-        mask: Array,
-        key: Array,
-        slate_size: int,
+    def explore(
+        state: LinearState, scores: Array, mask: Array, key: Array, slate_size: int
     ) -> Ranked:
-        s = score(state, context, candidates, mask)
-        return slates.sequential(slates.epsilon_probs(epsilon), s, mask, key, slate_size)
+        del state
+        return slates.sequential(slates.epsilon_probs(epsilon), scores, mask, key, slate_size)
 
-    return linear.make(
+    return linear.make_explorer(
         "epsilon_greedy",
         VERSION,
         {"epsilon": float(epsilon)},
-        score,
-        rank,
-        ridge=ridge,
-        discount=discount,
-        refactor_every=refactor_every,
-        n_ids=n_ids,
-        id_ridge=id_ridge,
-        position_bias=position_bias,
+        linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias),
+        explore,
     )

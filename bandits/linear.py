@@ -38,17 +38,21 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 from jaxtyping import Array, Float, Int
 
+from bandits import slates
 from bandits.policy import Policy, PolicySpec, make_policy
 from bandits.types import Candidates, Feedback, Ranked
 
 __all__ = [
     "LinearDelta",
+    "LinearParams",
     "LinearState",
     "add_deltas",
     "delta",
     "init",
     "joint",
     "make",
+    "make_explorer",
+    "mean_score",
     "merge",
     "predict",
     "update",
@@ -158,8 +162,11 @@ def project(
     xa = _aug(context)
     za = _aug(features)
     w = xa @ theta
-    cov4 = cov.reshape(du1, dt1, du1, dt1)
-    m = jnp.einsum("i,iajb,j->ab", xa, cov4, xa)
+    # Two matrix-vector products over cov's memory layout (row-major (i a), (j b)): the first
+    # streams the D x D matrix once, contiguously; an einsum over both user axes at once made
+    # XLA transpose the whole matrix on every request.
+    left = (xa @ cov.reshape(du1, dt1 * du1 * dt1)).reshape(dt1, du1, dt1)
+    m = jnp.einsum("ajb,j->ab", left, xa)
     m = 0.5 * (m + m.T)
     var = jnp.maximum(jnp.einsum("ka,ab,kb->k", za, m, za), 0.0)
     return za @ w, var, w, m
@@ -291,88 +298,114 @@ def update(
     )
 
 
-def check_params(
-    *,
-    ridge: float,
-    discount: float,
-    refactor_every: int,
-    n_ids: int,
-    id_ridge: float,
-    position_bias: tuple[float, ...],
-) -> None:
-    """Validate the shared linear hyperparameters (raises ``ValueError`` naming the field)."""
-    if not ridge > 0:
-        raise ValueError(f"ridge must be > 0, got {ridge}")
-    if not 0.0 < discount <= 1.0:
-        raise ValueError(f"discount must be in (0, 1], got {discount}")
-    if refactor_every < 1:
-        raise ValueError(f"refactor_every must be >= 1, got {refactor_every}")
-    if n_ids < 0:
-        raise ValueError(f"n_ids must be >= 0, got {n_ids}")
-    if not id_ridge > 0:
-        raise ValueError(f"id_ridge must be > 0, got {id_ridge}")
-    if not position_bias or not all(0.0 < k <= 1.0 for k in position_bias):
-        raise ValueError(
-            f"position_bias must be non-empty with values in (0, 1], got {position_bias}"
-        )
+class LinearParams(NamedTuple):
+    """The shared linear model's hyperparameters, as every linear policy factory takes them
+    (``bandits.linucb`` documents each one)."""
+
+    ridge: float
+    discount: float
+    refactor_every: int
+    n_ids: int
+    id_ridge: float
+    position_bias: tuple[float, ...]
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first field out of range."""
+        if not self.ridge > 0:
+            raise ValueError(f"ridge must be > 0, got {self.ridge}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        if self.refactor_every < 1:
+            raise ValueError(f"refactor_every must be >= 1, got {self.refactor_every}")
+        if self.n_ids < 0:
+            raise ValueError(f"n_ids must be >= 0, got {self.n_ids}")
+        if not self.id_ridge > 0:
+            raise ValueError(f"id_ridge must be > 0, got {self.id_ridge}")
+        if not self.position_bias or not all(0.0 < k <= 1.0 for k in self.position_bias):
+            raise ValueError(
+                f"position_bias must be non-empty with values in (0, 1], got {self.position_bias}"
+            )
+
+    def spec_params(self) -> dict[str, object]:
+        """The hyperparameters as a spec ``params`` fragment (checked first)."""
+        self.check()
+        return {
+            "ridge": float(self.ridge),
+            "discount": float(self.discount),
+            "refactor_every": int(self.refactor_every),
+            "n_ids": int(self.n_ids),
+            "id_ridge": float(self.id_ridge),
+            "position_bias": [float(k) for k in self.position_bias],
+        }
 
 
-def linear_params(
-    *,
-    ridge: float,
-    discount: float,
-    refactor_every: int,
-    n_ids: int,
-    id_ridge: float,
-    position_bias: tuple[float, ...],
-) -> dict[str, object]:
-    """The shared hyperparameters as a spec ``params`` fragment (checked)."""
-    check_params(
-        ridge=ridge,
-        discount=discount,
-        refactor_every=refactor_every,
-        n_ids=n_ids,
-        id_ridge=id_ridge,
-        position_bias=position_bias,
-    )
-    return {
-        "ridge": float(ridge),
-        "discount": float(discount),
-        "refactor_every": int(refactor_every),
-        "n_ids": int(n_ids),
-        "id_ridge": float(id_ridge),
-        "position_bias": [float(k) for k in position_bias],
-    }
+ScoreCore = Callable[[LinearState, Array, Candidates, Array], Array]
+RankCore = Callable[[LinearState, Array, Candidates, Array, Array, int], Ranked]
+ExploreCore = Callable[[LinearState, Array, Array, Array, int], Ranked]
+"""``explore(state, scores, mask, key, slate_size) -> Ranked``: a slate from masked scores."""
+
+
+def mean_score(params: LinearParams) -> ScoreCore:
+    """The score core that ranks by the ridge estimate (posterior mean, per-track bias added)."""
+
+    def score(state: LinearState, context: Array, candidates: Candidates, mask: Array) -> Array:
+        mean, _, _, _ = predict(state, context, candidates, params.id_ridge)
+        return slates.masked(mean, mask)
+
+    return score
 
 
 def make(
     name: str,
     version: int,
     extra: dict[str, object],
-    score: Callable[[LinearState, Array, Candidates, Array], Array],
-    rank: Callable[[LinearState, Array, Candidates, Array, Array, int], Ranked],
+    params: LinearParams,
     *,
-    ridge: float,
-    discount: float,
-    refactor_every: int,
-    n_ids: int,
-    id_ridge: float,
-    position_bias: tuple[float, ...],
+    score: ScoreCore,
+    rank: RankCore,
 ) -> Policy:
-    """Build a ``Policy`` on the shared linear model from its ``score`` and ``rank`` cores."""
-    params = linear_params(
-        ridge=ridge,
-        discount=discount,
-        refactor_every=refactor_every,
-        n_ids=n_ids,
-        id_ridge=id_ridge,
-        position_bias=position_bias,
-    )
+    """Build a ``Policy`` on the shared linear model from its ``score`` and ``rank`` cores.
+
+    Args:
+        name: registry name, recorded in the spec.
+        version: state format version.
+        extra: the algorithm's own hyperparameters (already checked), listed first in the spec.
+        params: the shared linear hyperparameters (checked here).
+        score: ``score(state, context, candidates, mask) -> (k,)`` with masked entries -inf.
+        rank: ``rank(state, context, candidates, mask, key, slate_size) -> Ranked``.
+    """
     return make_policy(
-        PolicySpec(name, version, {**extra, **params}),
-        init=partial(init, ridge=ridge, n_ids=n_ids, position_bias=position_bias),
+        PolicySpec(name, version, {**extra, **params.spec_params()}),
+        init=partial(
+            init, ridge=params.ridge, n_ids=params.n_ids, position_bias=params.position_bias
+        ),
         score=score,
         rank=rank,
-        update=partial(update, ridge=ridge, discount=discount, refactor_every=refactor_every),
+        update=partial(
+            update,
+            ridge=params.ridge,
+            discount=params.discount,
+            refactor_every=params.refactor_every,
+        ),
         dims=dims,
     )
+
+
+def make_explorer(
+    name: str, version: int, extra: dict[str, object], params: LinearParams, explore: ExploreCore
+) -> Policy:
+    """A ``Policy`` that scores by the ridge estimate and samples its slate with ``explore``
+    (SquareCB, epsilon-greedy, softmax: they differ only in how they explore)."""
+    score = mean_score(params)
+
+    def rank(
+        state: LinearState,
+        context: Array,
+        candidates: Candidates,
+        mask: Array,
+        key: Array,
+        slate_size: int,
+    ) -> Ranked:
+        return explore(state, score(state, context, candidates, mask), mask, key, slate_size)
+
+    return make(name, version, extra, params, score=score, rank=rank)

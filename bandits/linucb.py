@@ -58,6 +58,8 @@ def linucb(
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
 
+    params = linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias)
+
     def score(state: LinearState, context: Array, candidates: Candidates, mask: Array) -> Array:
         mean, var, _, _ = linear.predict(state, context, candidates, id_ridge)
         return slates.masked(mean + alpha * jnp.sqrt(var), mask)
@@ -73,16 +75,4 @@ def linucb(
         del key  # deterministic
         return slates.greedy(score(state, context, candidates, mask), mask, slate_size)
 
-    return linear.make(
-        "linucb",
-        VERSION,
-        {"alpha": float(alpha)},
-        score,
-        rank,
-        ridge=ridge,
-        discount=discount,
-        refactor_every=refactor_every,
-        n_ids=n_ids,
-        id_ridge=id_ridge,
-        position_bias=position_bias,
-    )
+    return linear.make("linucb", VERSION, {"alpha": float(alpha)}, params, score=score, rank=rank)

@@ -69,14 +69,7 @@ def logistic_ts(
         id_ridge: prior precision of each per-track bias (logit units).
         position_bias: examination weight of slate positions 0, 1, ... (the last repeats).
     """
-    params = linear.linear_params(
-        ridge=ridge,
-        discount=discount,
-        refactor_every=1,
-        n_ids=n_ids,
-        id_ridge=id_ridge,
-        position_bias=position_bias,
-    )
+    params = linear.LinearParams(ridge, discount, 1, n_ids, id_ridge, position_bias).spec_params()
     del params["refactor_every"]
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")

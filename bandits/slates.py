@@ -18,7 +18,7 @@ from typing import Any, cast
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from bandits.types import Candidates, Ranked
 
@@ -27,6 +27,7 @@ __all__ = [
     "epsilon_probs",
     "greedy",
     "igw_probs",
+    "inverse_cdf",
     "monte_carlo",
     "pad",
     "plackett_luce",
@@ -61,14 +62,33 @@ def plackett_luce(
     z = masked(logits.astype(jnp.float32), mask)
     g = jax.random.gumbel(key, z.shape, jnp.float32)
     _, order = jax.lax.top_k(jnp.where(mask, z + g, -jnp.inf), slate_size)
-
-    def step(rem: Array, o: Array) -> tuple[Array, Array]:
-        lse = jax.nn.logsumexp(jnp.where(rem, z, -jnp.inf))
-        p = jnp.exp(z[o] - lse)
-        return rem.at[o].set(False), p
-
-    _, prop = jax.lax.scan(step, mask, order)
+    # Position j draws from the candidates not placed above it: one (s, k) masked logsumexp.
+    rem = mask[None, :] & (_placed_at(order, mask.shape[0])[None, :] >= _positions(slate_size))
+    lse = jax.nn.logsumexp(jnp.where(rem, z[None, :], -jnp.inf), axis=1)
+    prop = jnp.exp(z[order] - lse)
     return Ranked(order.astype(jnp.int32), jnp.clip(prop, jnp.finfo(jnp.float32).tiny, 1.0))
+
+
+def _positions(slate_size: int) -> Int[Array, "s 1"]:
+    return jnp.arange(slate_size, dtype=jnp.int32)[:, None]
+
+
+def _placed_at(order: Int[Array, " s"], k: int) -> Int[Array, " k"]:
+    """The slate position of every candidate (``s`` for those not in the slate)."""
+    s = order.shape[0]
+    return jnp.full((k,), s, jnp.int32).at[order].set(jnp.arange(s, dtype=jnp.int32))
+
+
+def inverse_cdf(weights: Float[Array, " k"], u: Float[Array, ""]) -> Int[Array, ""]:
+    """The index ``a`` with ``cumsum(weights)[a - 1] <= u * total < cumsum(weights)[a]``.
+
+    Exactly a draw from ``weights / weights.sum()`` for ``u ~ U[0, 1)`` (up to float32
+    rounding of the cumulative sum); never an index of zero weight.
+    """
+    c = jnp.cumsum(weights)
+    total = c[-1]
+    x = jnp.minimum(u * total, jnp.nextafter(total, jnp.zeros_like(total)))
+    return jnp.minimum(jnp.sum(c <= x), weights.shape[0] - 1).astype(jnp.int32)
 
 
 def sequential(
@@ -79,14 +99,19 @@ def sequential(
     slate_size: int,
 ) -> Ranked:
     """Fill positions one at a time from ``probs(scores, remaining)``, a distribution over the
-    remaining candidates; each propensity is that distribution's mass on the choice."""
+    remaining candidates; each propensity is that distribution's mass on the choice.
 
-    def step(rem: Array, k: Array) -> tuple[Array, tuple[Array, Array]]:
+    One uniform per position picks the choice by inverse CDF (:func:`inverse_cdf`), so a
+    request draws ``s`` random numbers, not ``s x k``.
+    """
+    u = jax.random.uniform(key, (slate_size,), jnp.float32)
+
+    def step(rem: Array, uj: Array) -> tuple[Array, tuple[Array, Array]]:
         p = jnp.where(rem, probs(scores, rem), 0.0)
-        a = jax.random.categorical(k, jnp.log(p))
-        return rem.at[a].set(False), (a.astype(jnp.int32), p[a])
+        a = inverse_cdf(p, uj)
+        return rem.at[a].set(False), (a, p[a])
 
-    _, (order, prop) = jax.lax.scan(step, mask, jax.random.split(key, slate_size))
+    _, (order, prop) = jax.lax.scan(step, mask, u)
     return Ranked(order, jnp.clip(prop, jnp.finfo(jnp.float32).tiny, 1.0).astype(jnp.float32))
 
 
@@ -141,13 +166,15 @@ def monte_carlo(
     first = masked(sample_scores(keys[0]), mask)
     _, order = jax.lax.top_k(first, slate_size)
     draws = jax.vmap(sample_scores)(keys[1:])  # (m, k)
-
-    def step(rem: Array, o: Array) -> tuple[Array, Array]:
-        best = jnp.argmax(jnp.where(rem[None, :], draws, -jnp.inf), axis=1)
-        c = (best == o).sum()
-        return rem.at[o].set(False), (c + 1).astype(jnp.float32) / (n_samples + 1)
-
-    _, prop = jax.lax.scan(step, mask, order)
+    # A draw's best candidate outside order[:j] is order[j] exactly when order[j] beats every
+    # valid candidate outside the slate and every slate candidate below position j.
+    outside = mask & (_placed_at(order, mask.shape[0]) == slate_size)
+    rest = jnp.max(jnp.where(outside[None, :], draws, -jnp.inf), axis=1)  # (m,)
+    on_slate = draws[:, order]  # (m, s)
+    below = jax.lax.cummax(on_slate[:, ::-1], axis=1)[:, ::-1]  # max over positions >= j
+    below = jnp.concatenate([below[:, 1:], jnp.full_like(below[:, :1], -jnp.inf)], axis=1)
+    wins = (on_slate > jnp.maximum(below, rest[:, None])).sum(0)
+    prop = (wins + 1).astype(jnp.float32) / (n_samples + 1)
     return Ranked(order.astype(jnp.int32), prop)
 
 

@@ -11,7 +11,7 @@ from jaxtyping import Array
 from bandits import linear, slates
 from bandits.linear import LinearState
 from bandits.policy import Policy
-from bandits.types import Candidates, Ranked
+from bandits.types import Ranked
 
 __all__ = ["softmax"]
 
@@ -37,31 +37,16 @@ def softmax(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
-    def score(state: LinearState, context: Array, candidates: Candidates, mask: Array) -> Array:
-        mean, _, _, _ = linear.predict(state, context, candidates, id_ridge)
-        return slates.masked(mean, mask)
-
-    def rank(
-        state: LinearState,
-        context: Array,
-        candidates: Candidates,
-        mask: Array,
-        key: Array,
-        slate_size: int,
+    def explore(
+        state: LinearState, scores: Array, mask: Array, key: Array, slate_size: int
     ) -> Ranked:
-        s = score(state, context, candidates, mask)
-        return slates.plackett_luce(s / temperature, mask, key, slate_size)
+        del state
+        return slates.plackett_luce(scores / temperature, mask, key, slate_size)
 
-    return linear.make(
+    return linear.make_explorer(
         "softmax",
         VERSION,
         {"temperature": float(temperature)},
-        score,
-        rank,
-        ridge=ridge,
-        discount=discount,
-        refactor_every=refactor_every,
-        n_ids=n_ids,
-        id_ridge=id_ridge,
-        position_bias=position_bias,
+        linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias),
+        explore,
     )

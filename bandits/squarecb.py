@@ -17,7 +17,7 @@ from jaxtyping import Array
 from bandits import linear, slates
 from bandits.linear import LinearState
 from bandits.policy import Policy
-from bandits.types import Candidates, Ranked
+from bandits.types import Ranked
 
 __all__ = ["squarecb"]
 
@@ -47,32 +47,16 @@ def squarecb(
     if gamma_exponent < 0:
         raise ValueError(f"gamma_exponent must be >= 0, got {gamma_exponent}")
 
-    def score(state: LinearState, context: Array, candidates: Candidates, mask: Array) -> Array:
-        mean, _, _, _ = linear.predict(state, context, candidates, id_ridge)
-        return slates.masked(mean, mask)
-
-    def rank(
-        state: LinearState,
-        context: Array,
-        candidates: Candidates,
-        mask: Array,
-        key: Array,
-        slate_size: int,
+    def explore(
+        state: LinearState, scores: Array, mask: Array, key: Array, slate_size: int
     ) -> Ranked:
         gamma = gamma_scale * (state.n.astype(jnp.float32) + 1.0) ** gamma_exponent
-        s = score(state, context, candidates, mask)
-        return slates.sequential(slates.igw_probs(gamma), s, mask, key, slate_size)
+        return slates.sequential(slates.igw_probs(gamma), scores, mask, key, slate_size)
 
-    return linear.make(
+    return linear.make_explorer(
         "squarecb",
         VERSION,
         {"gamma_scale": float(gamma_scale), "gamma_exponent": float(gamma_exponent)},
-        score,
-        rank,
-        ridge=ridge,
-        discount=discount,
-        refactor_every=refactor_every,
-        n_ids=n_ids,
-        id_ridge=id_ridge,
-        position_bias=position_bias,
+        linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias),
+        explore,
     )

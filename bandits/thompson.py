@@ -69,9 +69,7 @@ def lin_ts(
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
 
-    def score(state: LinearState, context: Array, candidates: Candidates, mask: Array) -> Array:
-        mean, _, _, _ = linear.predict(state, context, candidates, id_ridge)
-        return slates.masked(mean, mask)
+    params = linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias)
 
     def rank(
         state: LinearState,
@@ -93,12 +91,7 @@ def lin_ts(
         "lin_ts",
         VERSION,
         {"scale": float(scale), "mc_samples": int(mc_samples)},
-        score,
-        rank,
-        ridge=ridge,
-        discount=discount,
-        refactor_every=refactor_every,
-        n_ids=n_ids,
-        id_ridge=id_ridge,
-        position_bias=position_bias,
+        params,
+        score=linear.mean_score(params),
+        rank=rank,
     )

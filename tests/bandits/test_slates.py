@@ -74,6 +74,60 @@ def test_monte_carlo_propensity_is_within_its_stated_error() -> None:
     assert abs(err.mean()) < 0.01  # and nearly unbiased
 
 
+def test_monte_carlo_counts_match_the_position_by_position_argmax(key: jax.Array) -> None:
+    # The vectorised count equals the definition: for each position j, the draws whose best
+    # candidate outside order[:j] is order[j].
+    mean = jnp.array([0.3, 0.0, 0.2, -0.1, 0.25, 0.1], jnp.float32)
+    mask = jnp.array([True, True, True, True, True, False])
+
+    def sample(k: jax.Array) -> jax.Array:
+        return mean + 0.3 * jax.random.normal(k, (6,), jnp.float32)
+
+    m, s = 200, 4
+    for i in range(5):
+        k = jax.random.fold_in(key, i)
+        ranked = slates.monte_carlo(sample, mask, k, s, m)
+        draws = np.array(jax.vmap(sample)(jax.random.split(k, m + 1)[1:]))
+        draws[:, ~np.asarray(mask)] = -np.inf
+        order = np.asarray(ranked.order)
+        expect = []
+        for j in range(s):
+            d = draws.copy()
+            d[:, order[:j]] = -np.inf
+            expect.append(((d.argmax(axis=1) == order[j]).sum() + 1) / (m + 1))
+        np.testing.assert_allclose(ranked.propensity, expect, rtol=1e-6)
+
+
+def test_inverse_cdf_never_picks_a_zero_weight() -> None:
+    w = jnp.array([0.0, 0.2, 0.0, 0.3, 0.5, 0.0], jnp.float32)
+    us = jnp.asarray(np.r_[np.linspace(0.0, 1.0, 1001), np.nextafter(1.0, 0.0)], jnp.float32)
+    picks = np.asarray(jax.vmap(lambda u: slates.inverse_cdf(w, u))(us))
+    assert set(picks.tolist()) == {1, 3, 4}
+    np.testing.assert_allclose([(picks == a).mean() for a in (1, 3, 4)], [0.2, 0.3, 0.5], atol=2e-3)
+
+
+def test_sequential_slate_probability_is_the_product_of_propensities() -> None:
+    # Joint frequencies of whole ordered slates of 3 match prod(propensity): each position's
+    # propensity is exact given the positions above it.
+    scores = jnp.array([0.9, 0.5, 0.7, 0.1, 0.8], jnp.float32)
+    mask = jnp.array([True, True, True, False, True])
+    n = 40_000
+    for probs in (slates.igw_probs(4.0), slates.epsilon_probs(0.4)):
+        draw = jax.jit(
+            jax.vmap(lambda k, probs=probs: slates.sequential(probs, scores, mask, k, 3))
+        )
+        ranked = draw(jax.random.split(jax.random.key(5), n))
+        order, prop = np.asarray(ranked.order), np.asarray(ranked.propensity, np.float64)
+        assert not (order == 3).any()
+        slate_p = prop.prod(axis=1)
+        slates_seen, idx = np.unique(order, axis=0, return_inverse=True)
+        for i in range(slates_seen.shape[0]):
+            rows = idx.reshape(-1) == i
+            freq = rows.mean()
+            np.testing.assert_allclose(slate_p[rows], slate_p[rows][0], rtol=1e-5)
+            assert abs(freq - slate_p[rows][0]) <= 4 * np.sqrt(freq * (1 - freq) / n) + 1e-3
+
+
 def test_pad_fills_the_smallest_bucket() -> None:
     c, m = pad(np.ones((20, 3), np.float32), np.arange(20))
     assert c.features.shape == (32, 3) and c.ids.dtype == np.int32 and m.sum() == 20
