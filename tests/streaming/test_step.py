@@ -235,5 +235,5 @@ def test_a_checkpoint_of_other_reward_model_params_is_refused_clearly() -> None:
     eng = engine()
     arrays, header = to_arrays(eng, init(eng))
     averaged = dataclasses.replace(eng, reward_model=survival_model(average=0.99))
-    with pytest.raises(ValueError, match="reward.model_params changed"):
+    with pytest.raises(ValueError, match=r"reward\.model_params changed"):
         from_arrays(averaged, arrays, header)
