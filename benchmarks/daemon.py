@@ -138,6 +138,7 @@ def run(ctx: Context) -> list[Row]:
                 snapshots=f"{t.snapshots}.{run_id}",
                 deltas=f"{t.deltas}.{run_id}",
                 joined=f"{t.joined}.{run_id}",
+                handoff=f"{t.handoff}.{run_id}",
             ),
         )
         ensure_topics(cfg, servers)

@@ -120,6 +120,20 @@ def make_consumer(
     return consumer
 
 
+def _compacted(topics: Topics, max_message_bytes: int) -> dict[str, Any]:
+    """One partition, compacted soon after a new value lands: the newest value per key."""
+    return {
+        "num_partitions": 1,
+        "replication_factor": topics.replication_factor,
+        "configs": {
+            "cleanup.policy": "compact",
+            "segment.ms": "60000",
+            "min.cleanable.dirty.ratio": "0.1",
+            "max.message.bytes": str(max_message_bytes),
+        },
+    }
+
+
 def topic_specs(topics: Topics) -> dict[str, dict[str, Any]]:
     """What ``encore topics create`` makes: name -> partitions, replication and configs."""
     day_ms = 24 * 3600 * 1000
@@ -131,26 +145,8 @@ def topic_specs(topics: Topics) -> dict[str, dict[str, Any]]:
         topics.late: {**common, "configs": {"retention.ms": str(30 * day_ms)}},
         topics.deltas: {**common, "configs": {"retention.ms": str(day_ms)}},
         topics.joined: {**common, "configs": {"retention.ms": str(7 * day_ms)}},
-        topics.snapshots: {
-            "num_partitions": 1,
-            "replication_factor": topics.replication_factor,
-            "configs": {
-                "cleanup.policy": "compact",
-                "segment.ms": "60000",
-                "min.cleanable.dirty.ratio": "0.1",
-                "max.message.bytes": str(16 * 1024 * 1024),
-            },
-        },
-        topics.handoff: {
-            "num_partitions": 1,
-            "replication_factor": topics.replication_factor,
-            "configs": {
-                "cleanup.policy": "compact",
-                "segment.ms": "60000",
-                "min.cleanable.dirty.ratio": "0.1",
-                "max.message.bytes": str(HANDOFF_MAX_BYTES),
-            },
-        },
+        topics.snapshots: _compacted(topics, 16 * 1024 * 1024),
+        topics.handoff: _compacted(topics, HANDOFF_MAX_BYTES),
     }
 
 

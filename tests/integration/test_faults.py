@@ -52,11 +52,12 @@ class Topics:
     snapshots: str
     deltas: str
     joined: str
+    handoff: str
 
 
 def fresh_topics() -> Topics:
     run = uuid.uuid4().hex[:8]
-    return Topics(*(f"{p}-{run}" for p in ("fi", "fo", "fd", "fl", "fs", "fx", "fj")))
+    return Topics(*(f"{p}-{run}" for p in ("fi", "fo", "fd", "fl", "fs", "fx", "fj", "fh")))
 
 
 def write_config(path: Path, servers: str, topics: Topics, *, group: str, ckpt_dir: Path) -> Config:
@@ -75,6 +76,7 @@ late = {json.dumps(topics.late)}
 snapshots = {json.dumps(topics.snapshots)}
 deltas = {json.dumps(topics.deltas)}
 joined = {json.dumps(topics.joined)}
+handoff = {json.dumps(topics.handoff)}
 
 [join]
 window_ms = 1200000

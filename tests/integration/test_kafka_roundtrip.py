@@ -35,6 +35,7 @@ def fresh_config(servers: str) -> Config:
         snapshots=f"s-{run}",
         deltas=f"x-{run}",
         joined=f"j-{run}",
+        handoff=f"h-{run}",
     )
     return dataclasses.replace(cfg, topics=topics)
 

@@ -50,6 +50,7 @@ def test_evaluate_a_live_topic_of_joined_records(
             snapshots=f"s-{run}",
             deltas=f"x-{run}",
             joined=f"j-{run}",
+            handoff=f"h-{run}",
         ),
     )
     ensure_topics(cfg, kafka_broker)

@@ -49,6 +49,7 @@ def config(servers: str, run: str, tmp: Path, name: str, *, share: bool, group: 
             snapshots=f"s-{run}",
             deltas=f"x-{run}",
             joined=f"j-{run}",
+            handoff=f"h-{run}",
         ),
     )
 
@@ -68,6 +69,19 @@ def all_deltas(cfg: Config, servers: str) -> list[bytes]:
             out.extend(r.value for r in recs)
     consumer.close(autocommit=False)
     return out
+
+
+def assert_same_statistics(worker: Daemon, solo: Daemon) -> None:
+    """The worker's global linear statistics equal the single worker's (float tolerance)."""
+    for name in ("precision", "b"):
+        np.testing.assert_allclose(
+            np.asarray(getattr(worker.state.policy, name)),
+            np.asarray(getattr(solo.state.policy, name)),
+            rtol=1e-4,
+            atol=1e-3,
+            err_msg=f"{worker.worker_id}.{name}",
+        )
+    assert int(worker.state.policy.n) == int(solo.state.policy.n)
 
 
 def test_two_workers_end_with_the_statistics_of_one(kafka_broker: str, tmp_path: Path) -> None:
@@ -119,12 +133,4 @@ def test_two_workers_end_with_the_statistics_of_one(kafka_broker: str, tmp_path:
     for w in workers:
         w.absorb_deltas(published)
         w.absorb_deltas(published)  # a redelivered delta is folded in once
-        for name in ("precision", "b"):
-            np.testing.assert_allclose(
-                np.asarray(getattr(w.state.policy, name)),
-                np.asarray(getattr(solo.state.policy, name)),
-                rtol=1e-4,
-                atol=1e-3,
-                err_msg=f"{w.worker_id}.{name}",
-            )
-        assert int(w.state.policy.n) == int(solo.state.policy.n)
+        assert_same_statistics(w, solo)

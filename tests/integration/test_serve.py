@@ -47,6 +47,7 @@ def fresh_config(servers: str) -> Config:
         snapshots=f"s-{run}",
         deltas=f"x-{run}",
         joined=f"j-{run}",
+        handoff=f"h-{run}",
         partitions=2,
     )
     return dataclasses.replace(cfg, topics=topics)
