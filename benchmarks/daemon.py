@@ -129,17 +129,7 @@ def run(ctx: Context) -> list[Row]:
         t = cfg.topics
         cfg = dataclasses.replace(
             cfg,
-            topics=dataclasses.replace(
-                t,
-                impressions=f"{t.impressions}.{run_id}",
-                outcomes=f"{t.outcomes}.{run_id}",
-                dlq=f"{t.dlq}.{run_id}",
-                late=f"{t.late}.{run_id}",
-                snapshots=f"{t.snapshots}.{run_id}",
-                deltas=f"{t.deltas}.{run_id}",
-                joined=f"{t.joined}.{run_id}",
-                handoff=f"{t.handoff}.{run_id}",
-            ),
+            topics=t.for_run(run_id),
         )
         ensure_topics(cfg, servers)
         started = time.perf_counter()

@@ -146,6 +146,14 @@ class Topics:
         if len(set(names)) != len(names):
             raise ConfigError(f"topic names must be distinct, got {names}")
 
+    def for_run(self, run_id: str) -> Topics:
+        """Every topic name with ``.{run_id}`` appended: a run of its own on a shared broker
+        (the demo, a test, a benchmark), whose topics no other run reads or creates."""
+        names = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(
+            self, **{k: f"{v}.{run_id}" for k, v in names.items() if isinstance(v, str)}
+        )
+
 
 @dataclass(frozen=True)
 class EventsConfig:

@@ -58,17 +58,7 @@ class DemoOptions:
 def demo_config(config: Config, run_id: str, servers: str, opts: DemoOptions) -> Config:
     """This run's topics, group, checkpoints and a join window suited to simulated time."""
     t = config.topics
-    topics = dataclasses.replace(
-        t,
-        impressions=f"{t.impressions}.{run_id}",
-        outcomes=f"{t.outcomes}.{run_id}",
-        dlq=f"{t.dlq}.{run_id}",
-        late=f"{t.late}.{run_id}",
-        snapshots=f"{t.snapshots}.{run_id}",
-        deltas=f"{t.deltas}.{run_id}",
-        joined=f"{t.joined}.{run_id}",
-        handoff=f"{t.handoff}.{run_id}",
-    )
+    topics = t.for_run(run_id)
     return dataclasses.replace(
         config,
         topics=topics,

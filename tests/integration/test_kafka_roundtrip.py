@@ -26,17 +26,7 @@ def fresh_config(servers: str) -> Config:
         env={}, overrides=[f"kafka.bootstrap_servers={servers}", f"kafka.group_id=g-{run}"]
     )
     t = cfg.topics
-    topics = dataclasses.replace(
-        t,
-        impressions=f"i-{run}",
-        outcomes=f"o-{run}",
-        dlq=f"d-{run}",
-        late=f"l-{run}",
-        snapshots=f"s-{run}",
-        deltas=f"x-{run}",
-        joined=f"j-{run}",
-        handoff=f"h-{run}",
-    )
+    topics = t.for_run(run)
     return dataclasses.replace(cfg, topics=topics)
 
 

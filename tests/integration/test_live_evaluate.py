@@ -41,17 +41,7 @@ def test_evaluate_a_live_topic_of_joined_records(
     t = cfg.topics
     cfg = dataclasses.replace(
         cfg,
-        topics=dataclasses.replace(
-            t,
-            impressions=f"i-{run}",
-            outcomes=f"o-{run}",
-            dlq=f"d-{run}",
-            late=f"l-{run}",
-            snapshots=f"s-{run}",
-            deltas=f"x-{run}",
-            joined=f"j-{run}",
-            handoff=f"h-{run}",
-        ),
+        topics=t.for_run(run),
     )
     ensure_topics(cfg, kafka_broker)
     produce_simulated(cfg, kafka_broker, n_requests=2500, slate_size=5, seed=11)
@@ -62,7 +52,7 @@ def test_evaluate_a_live_topic_of_joined_records(
     rc = evaluate.main(
         [
             "--topic",
-            f"j-{run}",
+            cfg.topics.joined,
             "--bootstrap-servers",
             kafka_broker,
             "--idle-exit-ms",
@@ -102,7 +92,7 @@ def test_evaluate_a_live_topic_of_joined_records(
             "--policy-snapshot",
             "linucb",
             "--snapshots-topic",
-            f"s-{run}",
+            cfg.topics.snapshots,
             "--bootstrap-servers",
             kafka_broker,
             "--estimators",

@@ -40,17 +40,7 @@ def config(servers: str, run: str, tmp: Path, name: str, *, share: bool, group: 
     t = cfg.topics
     return dataclasses.replace(
         cfg,
-        topics=dataclasses.replace(
-            t,
-            impressions=f"i-{run}",
-            outcomes=f"o-{run}",
-            dlq=f"d-{run}",
-            late=f"l-{run}",
-            snapshots=f"s-{run}",
-            deltas=f"x-{run}",
-            joined=f"j-{run}",
-            handoff=f"h-{run}",
-        ),
+        topics=t.for_run(run),
     )
 
 

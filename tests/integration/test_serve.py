@@ -38,18 +38,7 @@ FAVOURITE = 7
 def fresh_config(servers: str) -> Config:
     run = uuid.uuid4().hex[:8]
     cfg = Config.load(env={}, overrides=[f"kafka.bootstrap_servers={servers}"])
-    topics = dataclasses.replace(
-        cfg.topics,
-        impressions=f"i-{run}",
-        outcomes=f"o-{run}",
-        dlq=f"d-{run}",
-        late=f"l-{run}",
-        snapshots=f"s-{run}",
-        deltas=f"x-{run}",
-        joined=f"j-{run}",
-        handoff=f"h-{run}",
-        partitions=2,
-    )
+    topics = dataclasses.replace(cfg.topics.for_run(run), partitions=2)
     return dataclasses.replace(cfg, topics=topics)
 
 

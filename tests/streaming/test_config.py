@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,16 @@ def test_secrets_are_redacted() -> None:
     assert "hunter2" not in cfg.to_json()
     assert cfg.redacted()["kafka"]["sasl_plain_password"] == "***"
     assert cfg.kafka.security()["sasl_plain_password"] == "hunter2"
+
+
+def test_topics_for_a_run_rename_every_topic_and_keep_the_counts() -> None:
+    t = Config.load(env={}).topics
+    mine = t.for_run("r1")
+    assert mine.impressions == f"{t.impressions}.r1" and mine.handoff == f"{t.handoff}.r1"
+    assert mine.partitions == t.partitions
+    names = [
+        getattr(mine, f.name)
+        for f in dataclasses.fields(mine)
+        if isinstance(getattr(mine, f.name), str)
+    ]
+    assert all(n.endswith(".r1") for n in names) and len(set(names)) == len(names)
