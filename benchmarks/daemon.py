@@ -107,7 +107,7 @@ def run(ctx: Context) -> list[Row]:
     from streaming.demo import produce_simulated
     from streaming.kafka_io import ensure_topics
 
-    n_requests = 8_000 if ctx.quick else 180_000
+    n_requests = int(os.environ.get("ENCORE_DAEMON_REQUESTS", 8_000 if ctx.quick else 180_000))
     rows: list[Row] = []
     with broker_for_bench() as servers, tempfile.TemporaryDirectory(prefix="encore-daemon-") as tmp:
         run_id = uuid.uuid4().hex[:8]

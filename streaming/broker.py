@@ -316,9 +316,17 @@ class LocalBroker:
 
 
 def _cluster_id() -> str:
+    """A random KRaft cluster id: URL-safe base64 of a UUID, never starting with ``-``.
+
+    ``kafka-storage format -t -abc`` reads an id that starts with ``-`` as an option and fails
+    (1 start in 64); Kafka's own ``Uuid.randomUuid`` redraws such ids, and so does this.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _port_free(port: int) -> bool:
