@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -122,3 +123,30 @@ def candidate_features(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np
             out[i, : len(r)] = np.stack([np.asarray(c, np.float32) for c in r])
             mask[i, : len(r)] = True
     return out, mask
+
+
+def topic_from_start(servers_flag: str | None, topic: str, flag: str) -> tuple[Any, list[Any]]:
+    """A consumer (no group) assigned every partition of ``topic``, at the beginning.
+
+    ``servers_flag`` is ``--bootstrap-servers`` (None: the configured or running local broker).
+
+    Raises ``UsageError`` naming ``flag`` when the topic does not exist; the caller closes the
+    consumer (``close(autocommit=False)``).
+    """
+    from streaming.config import Config
+    from streaming.kafka_io import TopicPartition, bootstrap_servers, make_consumer
+
+    config = Config.load(
+        env={},
+        overrides=([f"kafka.bootstrap_servers={servers_flag}"] if servers_flag else []),
+    )
+    servers = bootstrap_servers(config.kafka)
+    consumer = make_consumer(config.kafka, servers, group_id=None)
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        consumer.close(autocommit=False)
+        raise UsageError(f"{flag} {topic!r} does not exist on {servers}")
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return consumer, tps

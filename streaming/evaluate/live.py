@@ -24,7 +24,7 @@ from bandits.ope import (
     online_update,
     with_q_hat,
 )
-from streaming.evaluate.frames import UsageError
+from streaming.evaluate.frames import UsageError, topic_from_start
 from streaming.evaluate.inputs import build_inputs
 from streaming.evaluate.report import estimator_set, results_table
 
@@ -81,24 +81,7 @@ def topic_frames(args: argparse.Namespace) -> Iterable[pd.DataFrame]:
     """Frames of ``--batch-rows`` joined records from ``--topic`` (JSON rows of the log's columns)."""
     import msgspec
 
-    from streaming.config import Config
-    from streaming.kafka_io import TopicPartition, bootstrap_servers, make_consumer
-
-    config = Config.load(
-        env={},
-        overrides=(
-            [f"kafka.bootstrap_servers={args.bootstrap_servers}"] if args.bootstrap_servers else []
-        ),
-    )
-    servers = bootstrap_servers(config.kafka)
-    consumer = make_consumer(config.kafka, servers, group_id=None)
-    parts = consumer.partitions_for_topic(args.topic)
-    if not parts:
-        consumer.close(autocommit=False)
-        raise UsageError(f"--topic {args.topic!r} does not exist on {servers}")
-    tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
+    consumer, _ = topic_from_start(args.bootstrap_servers, args.topic, "--topic")
     rows: list[dict[str, Any]] = []
     total = 0
     last = time.monotonic()

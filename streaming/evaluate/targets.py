@@ -13,7 +13,7 @@ import pandas as pd
 from bandits.ope import (
     LoggedFeedback,
 )
-from streaming.evaluate.frames import UsageError
+from streaming.evaluate.frames import UsageError, topic_from_start
 
 
 def fit_policy_target(
@@ -153,26 +153,10 @@ def mc_probs(
 
 def newest_snapshot(args: argparse.Namespace) -> bytes:
     """The newest snapshot of policy ``--policy-snapshot`` on the compacted snapshots topic."""
-    from streaming.config import Config
-    from streaming.kafka_io import TopicPartition, bootstrap_servers, make_consumer
-
-    config = Config.load(
-        env={},
-        overrides=(
-            [f"kafka.bootstrap_servers={args.bootstrap_servers}"] if args.bootstrap_servers else []
-        ),
+    consumer, tps = topic_from_start(
+        args.bootstrap_servers, args.snapshots_topic, "--snapshots-topic"
     )
-    servers = bootstrap_servers(config.kafka)
-    consumer = make_consumer(config.kafka, servers, group_id=None)
     try:
-        parts = consumer.partitions_for_topic(args.snapshots_topic)
-        if not parts:
-            raise UsageError(
-                f"--snapshots-topic {args.snapshots_topic!r} does not exist on {servers}"
-            )
-        tps = [TopicPartition(args.snapshots_topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
         ends: dict[Any, int] = {tp: int(o or 0) for tp, o in consumer.end_offsets(tps).items()}
         newest: bytes | None = None
         name = args.policy_snapshot.encode()
