@@ -421,9 +421,8 @@ def _check_impression(raw: bytes, limits: Limits) -> Impression:
         if len(ev.candidate_features) != 4 * k * d:
             raise DecodeError(
                 "bad_shape",
-                f"candidate_features has {len(ev.candidate_features)} bytes, expected {k} "
-                "candidates x "
-                f"d_track {d} x 4 (float32) = {4 * k * d}",
+                f"candidate_features has {len(ev.candidate_features)} bytes, expected "
+                f"{k} candidates x d_track {d} x 4 (float32) = {4 * k * d}",
                 raw,
             )
     else:
