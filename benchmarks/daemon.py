@@ -290,8 +290,9 @@ def run(ctx: Context) -> list[Row]:
         "decode row of the same stream, measured minutes apart on the same topics, broker and "
         "machine; all consumers use kafka-python's default fetch settings (the daemon polls at "
         "most kafka.max_poll_records per call). The JSON stream is measured first, then the "
-        "float32 stream, in one process; peak_rss_mb is the process's peak so far, so the "
-        "second daemon's includes the first's (rss_*_third_mb are per run). "
+        "float32 stream, in one process: peak_rss_mb is the process's peak so far and "
+        "rss_*_third_mb its resident memory during each run, so the second daemon's figures "
+        "start from what the first run left (JAX caches, allocator pools). "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} (as `encore run` sets it)."
     )
     ctx.notes.append(

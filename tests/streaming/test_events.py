@@ -526,3 +526,22 @@ def test_fuzz_binary_impressions_decode_or_fail_with_a_documented_code(data: byt
     batch = ev.impressions_to_batch([e], LIM)
     assert np.isfinite(batch.context).all() and np.isfinite(batch.candidate_features).all()
     assert_same_batch(batch, ev.decode_impressions([data], LIM)[0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(-3e38, 3e38, allow_nan=False, allow_infinity=False), min_size=8, max_size=8)
+)
+def test_writing_float32_rounds_any_double_as_the_decoder_rounds_json(values: list[float]) -> None:
+    """What the rerank service logs: a client's float64 features, written as float32, decode to
+    the batch their JSON numbers decode to (both round each double to the nearest float32)."""
+    obj = impression(
+        context=values[:2],
+        candidates=["a", "b", "c"],
+        candidate_features=[values[2:4], values[4:6], values[6:8]],
+    )
+    e = ev.decode_impression(raw(obj), LIM)
+    assert_same_batch(
+        ev.decode_impressions([raw(obj)], LIM)[0],
+        ev.decode_impressions([ev.encode(ev.with_features(e, "float32"))], LIM)[0],
+    )
