@@ -66,6 +66,7 @@ from streaming.events import (
     decode_impression,
     encode,
     key64,
+    with_features,
 )
 from streaming.kafka_io import make_producer
 from streaming.rerank import Reranker, SnapshotFollower
@@ -312,7 +313,7 @@ class RerankService:
         future = self.producer.send(
             self.config.topics.impressions,
             key=impression.user_id.encode(),
-            value=encode(impression),
+            value=encode(with_features(impression, self.config.events.feature_encoding)),
         )
         future.add_callback(self._logged)
         future.add_errback(self._log_failed, impression.request_id)
