@@ -40,7 +40,6 @@ Example (Python API)::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -177,11 +176,9 @@ class RerankService:
         state = self.follower.poll(timeout_ms=timeout_ms)
         if state is None:
             return False
+        fresh = self._current[0].with_state(state)  # prepared here, off the request path
         with self._lock:
-            reranker, version = self._current
-            fresh = copy.copy(reranker)
-            fresh.state = state
-            self._current = (fresh, version + 1)
+            self._current = (fresh, self._current[1] + 1)
             self._counts["snapshots_loaded"] += 1
             self._loaded.notify_all()
         return True
@@ -283,16 +280,16 @@ class RerankService:
         except RankError as err:
             self._count(f"bad_request.{err.code}")
             raise
-        ctx = np.asarray(req.context, np.float32)[None]
-        feats = np.asarray(req.candidate_features, np.float32)[None]
-        ids = (key64(req.candidates) % np.uint64(self.id_space)).astype(np.int32)[None]
-        with self._lock:  # one consistent (state, version, key) per request
+        ctx = np.asarray(req.context, np.float32)
+        feats = np.asarray(req.candidate_features, np.float32)
+        ids = (key64(req.candidates) % np.uint64(self.id_space)).astype(np.int32)
+        with self._lock:  # one consistent (state, version, request number) per request
             reranker, version = self._current
-            key = jax.random.fold_in(self._key, self._n)
+            n = self._n
             self._n += 1
-        order, prop = reranker.rank_many(ctx, feats, ids, slate_size=slate, key=key)
-        shown = [int(i) for i in order[0]]
-        propensities = [float(p) for p in prop[0]]
+        order, prop = reranker.rank(ctx, feats, ids, slate_size=slate, key=self._key, index=n)
+        shown = order.tolist()
+        propensities = prop.tolist()
         if any(not 0.0 < p <= 1.0 for p in propensities):
             raise RuntimeError(f"policy returned propensities {propensities} outside (0, 1]")
         served = msgspec.structs.replace(template, shown=shown, propensities=propensities)
