@@ -498,6 +498,124 @@ def latency_rows(names: list[str], k: int, d_track: int, reps: int) -> list[Row]
     return rows
 
 
+def _rank_bodies(k: int, d_track: int, n: int, rng: np.random.Generator) -> list[bytes]:
+    """``n`` distinct ``POST /rank`` bodies (features rounded to 4 decimals, as a client would
+    send float32 features without excess digits)."""
+    return [
+        json.dumps(
+            {
+                "user_id": f"user-{i}",
+                "surface": "home",
+                "context": np.round(rng.normal(size=D_USER) / 4, 4).tolist(),
+                "candidates": [f"track-{i}-{j}" for j in range(k)],
+                "candidate_features": np.round(rng.normal(size=(k, d_track)) / 8, 4).tolist(),
+                "slate_size": LATENCY_SLATE,
+            }
+        ).encode()
+        for i in range(n)
+    ]
+
+
+def http_latency_rows(policy: str, k: int, d_track: int, reps: int) -> list[Row]:
+    """``POST /rank`` round trips to an ``encore rerank`` process on 127.0.0.1.
+
+    The server is the real CLI (``streaming.serve.main``) in a child pinned to one core (the
+    latency core, same XLA flags), following and logging to run-specific topics of a local
+    broker; the client (``http.client``, one keep-alive connection, one request at a time) runs
+    in this process, pinned to another core where there is one. The server ranks with the
+    policy's initial state (no snapshot is published): the same arithmetic as a trained one.
+    """
+    import dataclasses
+    import http.client
+    import re
+    import select
+    import signal
+    import uuid
+
+    from benchmarks.kafka_raw import broker_for_bench
+    from streaming.config import Config
+    from streaming.kafka_io import ensure_topics
+
+    core = _latency_core()
+    others = (
+        sorted(set(os.sched_getaffinity(0)) - {core}) if hasattr(os, "sched_getaffinity") else []
+    )
+    bodies = _rank_bodies(k, d_track, 8, np.random.default_rng(4))
+    topics = Config.load(env={}).topics.for_run(uuid.uuid4().hex[:8])
+    sets = [
+        f"topics.{name}={getattr(topics, name)}"
+        for name in ("impressions", "outcomes", "dlq", "late", "snapshots", "deltas")
+    ]
+    sets += [f"policy.name={policy}", f"events.d_user={D_USER}", f"events.d_track={d_track}"]
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {LATENCY_XLA_FLAGS}"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    )
+    boot = (
+        "import os, sys; "
+        f"os.sched_setaffinity(0, {{{core}}}) if hasattr(os, 'sched_setaffinity') else None; "
+        "from streaming.serve import main; sys.exit(main(sys.argv[1:]))"
+    )
+    times: list[float] = []
+    with broker_for_bench() as servers:
+        base = Config.load(env={})
+        ensure_topics(dataclasses.replace(base, topics=topics), servers)
+        argv = [sys.executable, "-c", boot, "--bootstrap-servers", servers, "--port", "0"]
+        argv += [x for s in sets for x in ("--set", s)]
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        before = os.sched_getaffinity(0) if others else set[int]()
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 120)
+            line = proc.stdout.readline() if ready else ""
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if not match:
+                raise RuntimeError(f"encore rerank did not start: {line!r}")
+            if others:
+                os.sched_setaffinity(0, set(others))
+            conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=60)
+
+            def post(i: int) -> float:
+                t0 = time.perf_counter()
+                conn.request("POST", "/rank", bodies[i % len(bodies)])
+                resp = conn.getresponse()
+                answer = json.loads(resp.read())
+                elapsed = time.perf_counter() - t0
+                if resp.status != 200 or len(answer["shown"]) != LATENCY_SLATE:
+                    raise RuntimeError(f"POST /rank answered {resp.status}: {answer}")
+                return elapsed
+
+            for i in range(20):  # compile and warm up
+                post(i)
+            times = [post(i) for i in range(reps)]
+            conn.close()
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"encore rerank exited {proc.returncode}: {out[-2000:]}")
+        finally:
+            if others:
+                os.sched_setaffinity(0, before)
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    p50, p99 = _percentiles(times)
+    size = sum(len(b) for b in bodies) / len(bodies)
+    return [
+        {
+            "system": f"encore rerank HTTP POST /rank ({policy})",
+            "given": f"{k} candidates x {d_track} track + {D_USER} user features, slate "
+            f"{LATENCY_SLATE}, {size / 1e3:.0f} kB JSON body, server on one core, impression "
+            "logged to Kafka",
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "core": core,
+        }
+    ]
+
+
 # ---------------------------------------------------------------------------------------- update only
 def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
     """Learning from logged data: encore ``update`` on arrays vs ``python -m vowpalwabbit -d FILE``."""
@@ -799,6 +917,8 @@ def run(ctx: Context) -> list[Row]:
         reps,
     )
     rows += latency_rows(["linucb", "squarecb"], 500, 64, reps)
+    print("rerank over HTTP ...", flush=True)
+    rows += http_latency_rows("linucb", 500, 64, 100 if ctx.quick else 1000)
     ctx.notes.append(
         "Latency: one request per call = a context and the candidates' features and ids as "
         "numpy arrays on the host -> jax.jit(policy.rank) -> the slate of "
@@ -812,6 +932,13 @@ def run(ctx: Context) -> list[Row]:
         f"one core (sched_setaffinity) with XLA_FLAGS='{LATENCY_XLA_FLAGS}' and "
         "jax_cpu_enable_async_dispatch off (on one core the default hand-off to a worker "
         "thread stalls about 1% of calls by 1-8 ms)."
+    )
+    ctx.notes.append(
+        "encore rerank HTTP: POST /rank round trips (one keep-alive connection, one request at a "
+        "time, client on another core) to the `encore rerank` CLI process pinned to the latency "
+        "core: JSON parse, checks, Reranker.rank, the impression encoded and checked with the "
+        "daemon's decoder, then sent to a local broker, JSON answer. The JSON work on the "
+        "candidate features, not the ranking, is most of it (compare the Reranker.rank row)."
     )
 
     print("update only ...", flush=True)
