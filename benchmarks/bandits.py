@@ -516,15 +516,11 @@ def _rank_bodies(k: int, d_track: int, n: int, rng: np.random.Generator) -> list
     ]
 
 
-def http_latency_rows(policy: str, k: int, d_track: int, reps: int) -> list[Row]:
-    """``POST /rank`` round trips to an ``encore rerank`` process on 127.0.0.1.
-
-    The server is the real CLI (``streaming.serve.main``) in a child pinned to one core (the
-    latency core, same XLA flags), following and logging to run-specific topics of a local
-    broker; the client (``http.client``, one keep-alive connection, one request at a time) runs
-    in this process, pinned to another core where there is one. The server ranks with the
-    policy's initial state (no snapshot is published): the same arithmetic as a trained one.
-    """
+def _http_round_trips(
+    servers: str, policy: str, k: int, d_track: int, reps: int, core: int
+) -> tuple[list[float], int]:
+    """Start ``encore rerank`` pinned to ``core``, time ``reps`` ``POST /rank`` round trips from
+    this process (on another core where there is one), stop it; ``(seconds, body bytes)``."""
     import dataclasses
     import http.client
     import re
@@ -532,16 +528,16 @@ def http_latency_rows(policy: str, k: int, d_track: int, reps: int) -> list[Row]
     import signal
     import uuid
 
-    from benchmarks.kafka_raw import broker_for_bench
     from streaming.config import Config
     from streaming.kafka_io import ensure_topics
 
-    core = _latency_core()
     others = (
         sorted(set(os.sched_getaffinity(0)) - {core}) if hasattr(os, "sched_getaffinity") else []
     )
     bodies = _rank_bodies(k, d_track, 8, np.random.default_rng(4))
-    topics = Config.load(env={}).topics.for_run(uuid.uuid4().hex[:8])
+    base = Config.load(env={})
+    topics = base.topics.for_run(uuid.uuid4().hex[:8])
+    ensure_topics(dataclasses.replace(base, topics=topics), servers)
     sets = [
         f"topics.{name}={getattr(topics, name)}"
         for name in ("impressions", "outcomes", "dlq", "late", "snapshots", "deltas")
@@ -556,64 +552,80 @@ def http_latency_rows(policy: str, k: int, d_track: int, reps: int) -> list[Row]
         f"os.sched_setaffinity(0, {{{core}}}) if hasattr(os, 'sched_setaffinity') else None; "
         "from streaming.serve import main; sys.exit(main(sys.argv[1:]))"
     )
-    times: list[float] = []
+    argv = [sys.executable, "-c", boot, "--bootstrap-servers", servers, "--port", "0"]
+    argv += [x for s in sets for x in ("--set", s)]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    before = os.sched_getaffinity(0) if others else set[int]()
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        line = proc.stdout.readline() if ready else ""
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if not match:
+            raise RuntimeError(f"encore rerank did not start: {line!r}")
+        if others:
+            os.sched_setaffinity(0, set(others))
+        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=60)
+
+        def post(i: int) -> float:
+            t0 = time.perf_counter()
+            conn.request("POST", "/rank", bodies[i % len(bodies)])
+            resp = conn.getresponse()
+            answer = json.loads(resp.read())
+            elapsed = time.perf_counter() - t0
+            if resp.status != 200 or len(answer["shown"]) != LATENCY_SLATE:
+                raise RuntimeError(f"POST /rank answered {resp.status}: {answer}")
+            return elapsed
+
+        for i in range(20):  # compile and warm up
+            post(i)
+        times = [post(i) for i in range(reps)]
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"encore rerank exited {proc.returncode}: {out[-2000:]}")
+    finally:
+        if others:
+            os.sched_setaffinity(0, before)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return times, sum(len(b) for b in bodies) // len(bodies)
+
+
+def http_latency_rows(policy: str, shapes: list[tuple[int, int]], reps: int) -> list[Row]:
+    """``POST /rank`` round trips to an ``encore rerank`` process on 127.0.0.1, per request shape
+    ``(k candidates, d_track)``.
+
+    The server is the real CLI (``streaming.serve.main``) in a child pinned to one core (the
+    latency core, same XLA flags), following and logging to run-specific topics of a local
+    broker; the client (``http.client``, one keep-alive connection, one request at a time) runs
+    in this process, pinned to another core where there is one. The server ranks with the
+    policy's initial state (no snapshot is published): the same arithmetic as a trained one.
+    """
+    from benchmarks.kafka_raw import broker_for_bench
+
+    core = _latency_core()
+    rows: list[Row] = []
     with broker_for_bench() as servers:
-        base = Config.load(env={})
-        ensure_topics(dataclasses.replace(base, topics=topics), servers)
-        argv = [sys.executable, "-c", boot, "--bootstrap-servers", servers, "--port", "0"]
-        argv += [x for s in sets for x in ("--set", s)]
-        proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        before = os.sched_getaffinity(0) if others else set[int]()
-        try:
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], 120)
-            line = proc.stdout.readline() if ready else ""
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-            if not match:
-                raise RuntimeError(f"encore rerank did not start: {line!r}")
-            if others:
-                os.sched_setaffinity(0, set(others))
-            conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=60)
-
-            def post(i: int) -> float:
-                t0 = time.perf_counter()
-                conn.request("POST", "/rank", bodies[i % len(bodies)])
-                resp = conn.getresponse()
-                answer = json.loads(resp.read())
-                elapsed = time.perf_counter() - t0
-                if resp.status != 200 or len(answer["shown"]) != LATENCY_SLATE:
-                    raise RuntimeError(f"POST /rank answered {resp.status}: {answer}")
-                return elapsed
-
-            for i in range(20):  # compile and warm up
-                post(i)
-            times = [post(i) for i in range(reps)]
-            conn.close()
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=60)
-            if proc.returncode != 0:
-                raise RuntimeError(f"encore rerank exited {proc.returncode}: {out[-2000:]}")
-        finally:
-            if others:
-                os.sched_setaffinity(0, before)
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    p50, p99 = _percentiles(times)
-    size = sum(len(b) for b in bodies) / len(bodies)
-    return [
-        {
-            "system": f"encore rerank HTTP POST /rank ({policy})",
-            "given": f"{k} candidates x {d_track} track + {D_USER} user features, slate "
-            f"{LATENCY_SLATE}, {size / 1e3:.0f} kB JSON body, server on one core, impression "
-            "logged to Kafka",
-            "p50_ms": p50,
-            "p99_ms": p99,
-            "core": core,
-        }
-    ]
+        for k, d_track in shapes:
+            times, size = _http_round_trips(servers, policy, k, d_track, reps, core)
+            p50, p99 = _percentiles(times)
+            rows.append(
+                {
+                    "system": f"encore rerank HTTP POST /rank ({policy})",
+                    "given": f"{k} candidates x {d_track} track + {D_USER} user features, slate "
+                    f"{LATENCY_SLATE}, {size / 1e3:.0f} kB JSON body, server on one core, "
+                    "impression logged to Kafka",
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "core": core,
+                }
+            )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- update only
@@ -918,7 +930,7 @@ def run(ctx: Context) -> list[Row]:
     )
     rows += latency_rows(["linucb", "squarecb"], 500, 64, reps)
     print("rerank over HTTP ...", flush=True)
-    rows += http_latency_rows("linucb", 500, 64, 100 if ctx.quick else 1000)
+    rows += http_latency_rows("linucb", [(20, D_TRACK), (500, 64)], 100 if ctx.quick else 1000)
     ctx.notes.append(
         "Latency: one request per call = a context and the candidates' features and ids as "
         "numpy arrays on the host -> jax.jit(policy.rank) -> the slate of "
