@@ -64,6 +64,7 @@ __all__ = [
     "make_explorer",
     "mean_score",
     "merge",
+    "pack_cov",
     "predict",
     "prepare",
     "update",
@@ -221,15 +222,21 @@ def prepare(state: LinearState, *, id_ridge: float) -> LinearServing:
         >>> prepare(s, id_ridge=10.0).cov_packed.shape
         (6, 10)
     """
-    du1, dt1 = state.theta.shape
-    iu, ju, _, _ = _pairs(du1)
-    ia, ib, _, _ = _pairs(dt1)
-    t = state.cov.reshape(du1, dt1, du1, dt1)
-    t = t + t.transpose(2, 1, 0, 3)  # + T[j, a, i, b]
-    t = 0.25 * (t + t.transpose(0, 3, 2, 1))  # + the same with a and b swapped
-    packed = t.transpose(0, 2, 1, 3)[iu, ju][:, ia, ib]
+    packed = pack_cov(state.cov, state.theta)
     denom = id_ridge + state.id_count
     return LinearServing(state.theta, packed, state.id_resid / denom, 1.0 / denom, state.n)
+
+
+def pack_cov(cov: Float[Array, "D D"], theta: Float[Array, "du1 dt1"]) -> Float[Array, "P Q"]:
+    """``cov`` (over ``vec`` of a matrix shaped like ``theta``), symmetrised over the user and
+    the track index pairs and packed to their upper triangles (see :func:`prepare`)."""
+    du1, dt1 = theta.shape
+    iu, ju, _, _ = _pairs(du1)
+    ia, ib, _, _ = _pairs(dt1)
+    t = cov.reshape(du1, dt1, du1, dt1)
+    t = t + t.transpose(2, 1, 0, 3)  # + T[j, a, i, b]
+    t = 0.25 * (t + t.transpose(0, 3, 2, 1))  # + the same with a and b swapped
+    return t.transpose(0, 2, 1, 3)[iu, ju][:, ia, ib]
 
 
 def project_packed(
