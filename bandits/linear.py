@@ -43,12 +43,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 from jaxtyping import Array, Float, Int
 
-from bandits import slates
+from bandits import serving, slates
 from bandits.policy import Policy, PolicySpec, make_policy
+from bandits.serving import LinearServing
 from bandits.types import Candidates, Feedback, Ranked
 
 __all__ = [
@@ -64,7 +64,6 @@ __all__ = [
     "make_explorer",
     "mean_score",
     "merge",
-    "pack_cov",
     "predict",
     "prepare",
     "update",
@@ -83,17 +82,6 @@ class LinearState(NamedTuple):
     position_bias: Float[Array, " p"]  # examination weight per slate position
     n: Int[Array, ""]  # rows learned from (masked rows excluded)
     since_refactor: Int[Array, ""]  # rows since the last Cholesky re-factorisation
-
-
-class LinearServing(NamedTuple):
-    """What ``score``/``rank`` read, derived from a :class:`LinearState` by :func:`prepare`
-    (``P = du1 (du1 + 1) / 2`` user index pairs, ``Q = dt1 (dt1 + 1) / 2`` track index pairs)."""
-
-    theta: Float[Array, "du1 dt1"]  # as in the state
-    cov_packed: Float[Array, "P Q"]  # cov symmetrised over (i, j) and (a, b), upper triangles
-    id_mean: Float[Array, " n_ids"]  # id_resid / (id_ridge + id_count)
-    id_var: Float[Array, " n_ids"]  # 1 / (id_ridge + id_count)
-    n: Int[Array, ""]  # rows learned from, as in the state
 
 
 AnyLinear = LinearState | LinearServing
@@ -183,23 +171,13 @@ def predict(
         ``Z = [features, 1]``, ``w = theta^T [x, 1]`` and ``m`` the covariance of ``w``.
     """
     if isinstance(state, LinearServing):
-        mean, var, w, m = project_packed(
+        mean, var, w, m = serving.project_packed(
             state.theta, state.cov_packed, context, candidates.features
         )
     else:
         mean, var, w, m = project(state.theta, state.cov, context, candidates.features)
     bias, bias_var = id_bias(state, candidates.ids, id_ridge)
     return mean + bias, var + bias_var, w, m
-
-
-def _pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Upper-triangle index pairs of an ``n x n`` matrix, the weight of each pair in a
-    symmetric quadratic form (1 on the diagonal, 2 off it) and the ``(n, n)`` map back."""
-    i, j = np.triu_indices(n)
-    back = np.zeros((n, n), np.int32)
-    back[i, j] = np.arange(i.shape[0])
-    back[j, i] = np.arange(i.shape[0])
-    return i, j, np.where(i == j, 1.0, 2.0).astype(np.float32), back
 
 
 def prepare(state: LinearState, *, id_ridge: float) -> LinearServing:
@@ -222,39 +200,9 @@ def prepare(state: LinearState, *, id_ridge: float) -> LinearServing:
         >>> prepare(s, id_ridge=10.0).cov_packed.shape
         (6, 10)
     """
-    packed = pack_cov(state.cov, state.theta)
+    packed = serving.pack_cov(state.cov, state.theta)
     denom = id_ridge + state.id_count
     return LinearServing(state.theta, packed, state.id_resid / denom, 1.0 / denom, state.n)
-
-
-def pack_cov(cov: Float[Array, "D D"], theta: Float[Array, "du1 dt1"]) -> Float[Array, "P Q"]:
-    """``cov`` (over ``vec`` of a matrix shaped like ``theta``), symmetrised over the user and
-    the track index pairs and packed to their upper triangles (see :func:`prepare`)."""
-    du1, dt1 = theta.shape
-    iu, ju, _, _ = _pairs(du1)
-    ia, ib, _, _ = _pairs(dt1)
-    t = cov.reshape(du1, dt1, du1, dt1)
-    t = t + t.transpose(2, 1, 0, 3)  # + T[j, a, i, b]
-    t = 0.25 * (t + t.transpose(0, 3, 2, 1))  # + the same with a and b swapped
-    return t.transpose(0, 2, 1, 3)[iu, ju][:, ia, ib]
-
-
-def project_packed(
-    theta: Float[Array, "du1 dt1"],
-    cov_packed: Float[Array, "P Q"],
-    context: Float[Array, " du"],
-    features: Float[Array, "k dt"],
-) -> tuple[Float[Array, " k"], Float[Array, " k"], Float[Array, " dt1"], Float[Array, "dt1 dt1"]]:
-    """:func:`project` from the packed covariance of :func:`prepare` (same results)."""
-    du1, dt1 = theta.shape
-    iu, ju, weight, _ = _pairs(du1)
-    _, _, _, back = _pairs(dt1)
-    xa = _aug(context)
-    za = _aug(features)
-    w = xa @ theta
-    m = ((xa[iu] * xa[ju] * weight) @ cov_packed)[back]
-    var = jnp.maximum(jnp.einsum("ka,ab,kb->k", za, m, za), 0.0)
-    return za @ w, var, w, m
 
 
 def project(

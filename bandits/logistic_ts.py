@@ -24,9 +24,9 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 from jaxtyping import Array, Float, Int
 
-from bandits import linear, slates
-from bandits.linear import LinearServing
+from bandits import linear, serving, slates
 from bandits.policy import Policy, PolicySpec, make_policy
+from bandits.serving import LinearServing
 from bandits.thompson import posterior_sampler
 from bandits.types import Candidates, Feedback, Ranked
 
@@ -116,14 +116,14 @@ def logistic_ts(
         state: LogisticState | LinearServing, context: Array, candidates: Candidates
     ) -> tuple[Array, Array, Array, Array]:
         if isinstance(state, LinearServing):
-            return linear.project_packed(
+            return serving.project_packed(
                 state.theta, state.cov_packed, context, candidates.features
             )
         return linear.project(state.theta, state.cov, context, candidates.features)
 
     def prepare(state: LogisticState) -> LinearServing:
         """The serving form: the covariance packed as in ``bandits.linear.prepare``."""
-        packed = linear.pack_cov(state.cov, state.theta)
+        packed = serving.pack_cov(state.cov, state.theta)
         return LinearServing(state.theta, packed, state.id_mean, 1.0 / state.id_prec, state.n)
 
     def score(
