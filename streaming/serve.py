@@ -267,7 +267,7 @@ class RerankService:
             and feats.shape == (k, lim.d_track)
             and 1 <= k <= lim.max_candidates
         ):
-            _daemon_rules(template, self.limits)
+            _daemon_rules(template, self.limits, "json")  # the reason in the request's terms
             raise RankError("bad_shape", "context or candidate features have the wrong shape")
         if not 1 <= slate <= k:
             raise RankError("bad_value", f"slate_size {slate} must be in [1, {k}] ({k} candidates)")
