@@ -45,6 +45,7 @@ import argparse
 import gc
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -80,6 +81,10 @@ __all__ = ["RankError", "RankRequest", "RerankService", "main"]
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+
+
+class MissingTopicError(RuntimeError):
+    """A topic the service writes to does not exist on the cluster."""
 
 
 class RankError(ValueError):
@@ -153,6 +158,14 @@ class RerankService:
         self.follower = SnapshotFollower(
             config, servers, self.policy, d_user=d_user, d_track=d_track
         )
+        if not self.follower.consumer.partitions_for_topic(config.topics.impressions):
+            # Without this check the first request's send would block its thread for the
+            # producer's max_block_ms (60 s) waiting for the topic's metadata.
+            self.follower.close()
+            raise MissingTopicError(
+                f"the impressions topic {config.topics.impressions!r} does not exist on "
+                f"{servers}: create it first (`encore topics create`)"
+            )
         self.producer = make_producer(config.kafka, servers)
         self._stop = threading.Event()
         self._refresher = threading.Thread(
@@ -560,7 +573,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    with RerankService(config, servers, refresh_ms=args.refresh_ms) as service:
+    try:
+        service = RerankService(config, servers, refresh_ms=args.refresh_ms)
+    except MissingTopicError as exc:
+        print(f"encore rerank: {exc}", file=sys.stderr)
+        return 2
+    with service:
         port = service.start_http(args.host, args.port)
         # Everything alive now (JAX, the clients, the compiled functions) lives as long as the
         # process: keep it out of the collector's full passes. A 500 x 64 request leaves ~500

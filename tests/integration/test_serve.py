@@ -26,7 +26,7 @@ from bandits import POLICIES, Feedback, Policy, save
 from streaming.config import Config
 from streaming.events import Impression, decode_impression, key64
 from streaming.kafka_io import ensure_topics, make_consumer, make_producer, partitions_of
-from streaming.serve import RankError, RerankService
+from streaming.serve import MissingTopicError, RankError, RerankService
 
 pytestmark = pytest.mark.integration
 
@@ -321,3 +321,9 @@ def test_encore_rerank_process_serves_and_stops_on_sigterm(
             proc.communicate()
     assert proc.returncode == 0, out
     assert "stopped after 1 ranked requests" in out
+
+
+def test_a_missing_impressions_topic_fails_fast_with_a_clear_error(kafka_broker: str) -> None:
+    cfg = fresh_config(kafka_broker)  # its topics were never created
+    with pytest.raises(MissingTopicError, match=re.escape(cfg.topics.impressions)):
+        RerankService(cfg, kafka_broker)
