@@ -257,6 +257,49 @@ def _predict(
     return rewards.Predictions(skip=skip, complete=complete)  # type: ignore[arg-type]
 
 
+def warm_up(engine: Engine, state: WorkerState) -> None:
+    """Compile every jitted function ``step`` calls, at the padded sizes it calls them with.
+
+    Runs the reward model's two predict sizes, one model update and two policy updates (the
+    second on the first's output, in case its array types differ from the initial state's) on
+    throwaway all-padding inputs; ``state`` is only read and every result is dropped. A daemon
+    runs it on a thread while it connects and joins its group, so its first polls do not wait
+    for the compiler (JAX compiles a function once even when two threads call it together).
+
+    Args:
+        engine: the worker's static parts.
+        state: the state the first steps will start from (its arrays give the shapes).
+    """
+    f = engine.n_model_features
+    for n in (1, PREDICT_SMALL + 1):  # one call per predict size (``_bucket``)
+        _predict(engine, state.model, np.zeros((n, f), np.float32), np.zeros(n, np.int32))
+    b = MODEL_BATCH
+    rows = ModelRows(
+        features=np.zeros((b, f), np.float32),
+        ms_played=np.zeros(b, np.int64),
+        duration_ms=np.full(b, NOMINAL_DURATION_MS, np.int64),
+        reason_end=np.zeros(b, np.int8),
+        saved=np.zeros(b, bool),
+        position=np.zeros(b, np.int32),
+        censored=np.zeros(b, bool),
+        track_id=np.zeros(b, np.int32),
+    )
+    model, *_ = _update_model(engine, state.model, rows)
+    _predict(engine, model, np.zeros((1, f), np.float32), np.zeros(1, np.int32))
+    columns: list[np.ndarray] = [
+        np.zeros((1, engine.d_user), np.float32),
+        np.zeros((1, engine.d_track), np.float32),
+        np.zeros(1, np.int32),
+        np.zeros(1, np.int32),
+        np.zeros(1, np.float32),
+        np.ones(1, np.float32),
+        np.zeros(1, bool),  # masked out: the update changes nothing
+    ]
+    policy, pending = update_policy(engine, state.policy, columns, state.pending)
+    policy, _ = update_policy(engine, policy, columns, pending)
+    jax.block_until_ready(policy)
+
+
 def _side_rows(
     engine: Engine, model: Any, imps: ImpressionBatch, payload: npt.NDArray[np.int64]
 ) -> Side:
