@@ -432,8 +432,9 @@ class BackgroundLog:
     conversion, compression and disk writes (pyarrow releases the GIL while it compresses).
 
     ``append`` checks the records' shapes, queues them and returns (it blocks only while
-    ``max_pending`` batches are already queued). The thread converts each batch and writes
-    everything queued at once (fewer, larger row groups). ``flush`` returns once every row
+    ``max_pending`` batches are already queued). The thread converts each batch and writes them
+    ``rows_per_write`` rows at a time (fewer, larger row groups; small ones cost about twice as
+    much per row), and whatever is left on ``flush``, ``roll_if_due`` and ``close``. ``flush`` returns once every row
     appended before it is in a committed file, as ``ParquetLog.flush`` does, so the daemon's
     rule (flush, then checkpoint) keeps the log's exactly-once view: a kill loses only rows no
     checkpoint covers, and those come back when the daemon replays. An error in the thread (a
@@ -443,16 +444,16 @@ class BackgroundLog:
     Args:
         log: the log to write (used only by the thread from now on).
         max_pending: batches queued at most before ``append`` waits.
-        max_rows_per_write: rows written per ``write_table`` call at most.
+        rows_per_write: rows gathered before a write (the last write of a flush has fewer).
     """
 
     def __init__(
-        self, log: ParquetLog, *, max_pending: int = 16, max_rows_per_write: int = 16_384
+        self, log: ParquetLog, *, max_pending: int = 16, rows_per_write: int = 4096
     ) -> None:
-        if max_pending <= 0 or max_rows_per_write <= 0:
-            raise ValueError("max_pending and max_rows_per_write must be positive")
+        if max_pending <= 0 or rows_per_write <= 0:
+            raise ValueError("max_pending and rows_per_write must be positive")
         self.log = log
-        self.max_rows_per_write = max_rows_per_write
+        self.rows_per_write = rows_per_write
         self._queue: queue.Queue[tuple[str, JoinedRecords | None, threading.Event | None]] = (
             queue.Queue(max_pending)
         )
@@ -536,7 +537,7 @@ class BackgroundLog:
                 elif op == "append" and records is not None:
                     tables.append(to_table(records))
                     rows += records.n_rows
-                    if rows >= self.max_rows_per_write or self._queue.empty():
+                    if rows >= self.rows_per_write:
                         self._write(tables)
                         tables, rows = [], 0
                 else:
