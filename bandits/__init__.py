@@ -1,6 +1,6 @@
 """Contextual bandit policies as pure JAX functions, slate re-ranking, and off-policy evaluation.
 
-A policy is ``Policy(init, score, rank, update, spec)``: pure functions over an explicit state
+A policy is ``Policy(init, score, rank, update, spec, prepare)``: pure functions over an explicit state
 (a NamedTuple of arrays), built by a factory in :data:`bandits.registry.POLICIES`:
 
 - ``linucb``, ``lin_ts``, ``squarecb``, ``epsilon_greedy``, ``softmax``: one shared ridge model
@@ -33,6 +33,11 @@ How a caller (the daemon, the re-ranker, a replay) uses one::
 
     # Many requests at once: jax.vmap(policy.rank, in_axes=(None, 0, 0, 0)) with keys split,
     # or jax.jit(policy.rank, static_argnames="slate_size") for one request at a time.
+    # A server ranks from policy.prepare(state), derived once per loaded state: the same
+    # slates and propensities (to float rounding), cheaper per request (for the linear
+    # policies the covariance packed to its symmetric part, a quarter of the bytes).
+    serving = policy.prepare(state)                   # never saved; update() takes the state
+    ranked = policy.rank(serving, context, cands, mask, key=jax.random.key(seed), slate_size=s)
 
     # Learn: one row per shown item that has an outcome (pad rows with mask=False).
     fb = Feedback(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from jaxtyping import Array
 
 from bandits import linear, slates
-from bandits.linear import LinearState
 from bandits.policy import Policy
 from bandits.types import Ranked
 
@@ -39,7 +38,7 @@ def epsilon_greedy(
         raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
 
     def explore(
-        state: LinearState, scores: Array, mask: Array, key: Array, slate_size: int
+        state: linear.AnyLinear, scores: Array, mask: Array, key: Array, slate_size: int
     ) -> Ranked:
         del state
         return slates.sequential(slates.epsilon_probs(epsilon), scores, mask, key, slate_size)

@@ -60,12 +60,14 @@ def linucb(
 
     params = linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias)
 
-    def score(state: LinearState, context: Array, candidates: Candidates, mask: Array) -> Array:
+    def score(
+        state: linear.AnyLinear, context: Array, candidates: Candidates, mask: Array
+    ) -> Array:
         mean, var, _, _ = linear.predict(state, context, candidates, id_ridge)
         return slates.masked(mean + alpha * jnp.sqrt(var), mask)
 
     def rank(
-        state: LinearState,
+        state: linear.AnyLinear,
         context: Array,
         candidates: Candidates,
         mask: Array,

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 from jaxtyping import Array, Float, Int
 
-from bandits import linear, slates
+from bandits import linear, serving, slates
 from bandits.policy import Policy, PolicySpec, make_policy
+from bandits.serving import LinearServing
 from bandits.thompson import posterior_sampler
 from bandits.types import Candidates, Feedback, Ranked
 
@@ -102,26 +103,44 @@ def logistic_ts(
     def _ids(state: LogisticState, ids: Array) -> Array:
         return jnp.mod(ids, max(state.id_mean.shape[0], 1))
 
-    def _bias(state: LogisticState, ids: Array) -> tuple[Array, Array]:
+    def _bias(state: LogisticState | LinearServing, ids: Array) -> tuple[Array, Array]:
         if n_ids == 0:
             z = jnp.zeros(ids.shape, jnp.float32)
             return z, z
-        h = _ids(state, ids)
+        h = jnp.mod(ids, n_ids)
+        if isinstance(state, LinearServing):
+            return state.id_mean[h], state.id_var[h]
         return state.id_mean[h], 1.0 / state.id_prec[h]
 
-    def score(state: LogisticState, context: Array, candidates: Candidates, mask: Array) -> Array:
-        mean, _, _, _ = linear.project(state.theta, state.cov, context, candidates.features)
+    def _project(
+        state: LogisticState | LinearServing, context: Array, candidates: Candidates
+    ) -> tuple[Array, Array, Array, Array]:
+        if isinstance(state, LinearServing):
+            return serving.project_packed(
+                state.theta, state.cov_packed, context, candidates.features
+            )
+        return linear.project(state.theta, state.cov, context, candidates.features)
+
+    def prepare(state: LogisticState) -> LinearServing:
+        """The serving form: the covariance packed as in ``bandits.linear.prepare``."""
+        packed = serving.pack_cov(state.cov, state.theta)
+        return LinearServing(state.theta, packed, state.id_mean, 1.0 / state.id_prec, state.n)
+
+    def score(
+        state: LogisticState | LinearServing, context: Array, candidates: Candidates, mask: Array
+    ) -> Array:
+        mean, _, _, _ = _project(state, context, candidates)
         return slates.masked(mean + _bias(state, candidates.ids)[0], mask)
 
     def rank(
-        state: LogisticState,
+        state: LogisticState | LinearServing,
         context: Array,
         candidates: Candidates,
         mask: Array,
         key: Array,
         slate_size: int,
     ) -> Ranked:
-        mean, _, w, m = linear.project(state.theta, state.cov, context, candidates.features)
+        mean, _, w, m = _project(state, context, candidates)
         bias, bias_var = _bias(state, candidates.ids)
         za = jnp.concatenate(
             [candidates.features, jnp.ones((mask.shape[0], 1), candidates.features.dtype)], 1
@@ -184,4 +203,5 @@ def logistic_ts(
         rank=rank,
         update=update,
         dims=lambda s: (s.theta.shape[0] - 1, s.theta.shape[1] - 1),
+        prepare=prepare,
     )

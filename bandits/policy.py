@@ -7,6 +7,7 @@ hyperparameters are closed over and recorded in ``Policy.spec``. The four functi
     score(state, context, candidates, mask) -> (k,) float32   # masked entries are -inf
     rank(state, context, candidates, mask, *, key, slate_size) -> Ranked
     update(state, feedback) -> S
+    prepare(state) -> P                                        # serving form; score/rank take S or P
 
 ``context`` is one request's ``(d_user,)`` features; use ``jax.vmap`` for many requests. All
 functions pass ``jax.jit`` (``slate_size`` is static) and check shapes and dtypes while tracing;
@@ -70,14 +71,30 @@ class UpdateFn(Protocol):
     def __call__(self, state: Any, feedback: Feedback) -> Any: ...
 
 
+class PrepareFn(Protocol):
+    def __call__(self, state: Any) -> Any: ...
+
+
+def _same(state: Any) -> Any:
+    return state
+
+
 class Policy(NamedTuple):
-    """A bandit policy: pure functions plus the spec of the hyperparameters they close over."""
+    """A bandit policy: pure functions plus the spec of the hyperparameters they close over.
+
+    ``prepare(state)`` derives the form of a state that ``score`` and ``rank`` read fastest
+    (for the linear policies a packed covariance, see ``bandits.linear.prepare``; the state
+    itself for the others). ``score`` and ``rank`` accept the state or its prepared form and
+    give the same results to float rounding; ``update``, ``save`` and merging take the state
+    only. A server prepares once per loaded snapshot; the prepared form is never saved.
+    """
 
     init: InitFn
     score: ScoreFn
     rank: RankFn
     update: UpdateFn
     spec: PolicySpec
+    prepare: PrepareFn = _same
 
 
 def make_policy(
@@ -88,6 +105,7 @@ def make_policy(
     rank: Callable[[Any, Array, Candidates, Array, Array, int], Ranked],
     update: Callable[[Any, Feedback], Any],
     dims: Callable[[Any], tuple[int, int]],
+    prepare: Callable[[Any], Any] | None = None,
 ) -> Policy:
     """Wrap core functions with input checks and ``jax.jit``.
 
@@ -97,7 +115,10 @@ def make_policy(
         score: core scoring, inputs already checked.
         rank: core ranking ``rank(state, context, candidates, mask, key, slate_size)``.
         update: core update, feedback already checked.
-        dims: ``dims(state) -> (d_user, d_track)`` read from the state's static shapes.
+        dims: ``dims(state) -> (d_user, d_track)`` read from the state's static shapes (of the
+            state or of its prepared form).
+        prepare: ``prepare(state) -> P``, the serving form ``score`` and ``rank`` also accept;
+            None: the state itself.
     """
     score_jit = jax.jit(score)
     rank_jit = jax.jit(rank, static_argnums=5)
@@ -135,7 +156,14 @@ def make_policy(
             checks.check_feedback(feedback, d_user=d_user, d_track=d_track)
         return update_jit(state, feedback)
 
-    return Policy(init=init_fn, score=score_fn, rank=rank_fn, update=update_fn, spec=spec)
+    return Policy(
+        init=init_fn,
+        score=score_fn,
+        rank=rank_fn,
+        update=update_fn,
+        spec=spec,
+        prepare=_same if prepare is None else jax.jit(prepare),
+    )
 
 
 def bind(fn: Callable[..., Any], **static: Any) -> Callable[..., Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from jaxtyping import Array
 
 from bandits import linear, slates
-from bandits.linear import LinearState
 from bandits.policy import Policy
 from bandits.types import Ranked
 
@@ -38,7 +37,7 @@ def softmax(
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
     def explore(
-        state: LinearState, scores: Array, mask: Array, key: Array, slate_size: int
+        state: linear.AnyLinear, scores: Array, mask: Array, key: Array, slate_size: int
     ) -> Ranked:
         del state
         return slates.plackett_luce(scores / temperature, mask, key, slate_size)

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from bandits import linear, slates
-from bandits.linear import LinearState
 from bandits.policy import Policy
 from bandits.types import Ranked
 
@@ -48,7 +47,7 @@ def squarecb(
         raise ValueError(f"gamma_exponent must be >= 0, got {gamma_exponent}")
 
     def explore(
-        state: LinearState, scores: Array, mask: Array, key: Array, slate_size: int
+        state: linear.AnyLinear, scores: Array, mask: Array, key: Array, slate_size: int
     ) -> Ranked:
         gamma = gamma_scale * (state.n.astype(jnp.float32) + 1.0) ** gamma_exponent
         return slates.sequential(slates.igw_probs(gamma), scores, mask, key, slate_size)

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from bandits import linear, slates
-from bandits.linear import LinearState
 from bandits.policy import Policy
 from bandits.types import Candidates, Ranked
 
@@ -72,7 +71,7 @@ def lin_ts(
     params = linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias)
 
     def rank(
-        state: LinearState,
+        state: linear.AnyLinear,
         context: Array,
         candidates: Candidates,
         mask: Array,

@@ -349,12 +349,23 @@ def _requests(k: int, d_track: int, rng: np.random.Generator) -> _Requests:
     )
 
 
-def _latency_one_policy(
-    policy: Policy, state: Any, req: _Requests, reps: int
-) -> tuple[list[float], list[float], list[float]]:
-    """Seconds per call: jitted single requests, ``policy.rank`` itself, vmapped batches."""
+class _Timings(NamedTuple):
+    single: list[float]  # jax.jit(policy.rank) on the raw state
+    prepared: list[float]  # jax.jit(policy.rank) on policy.prepare(state)
+    checked: list[float]  # policy.rank itself (host value checks)
+    batch: list[float]  # vmapped batches of LATENCY_BATCH
+    reranker: list[float]  # streaming.rerank.Reranker.rank (what `encore rerank` calls)
+
+
+def _latency_one_policy(policy: Policy, state: Any, req: _Requests, reps: int) -> _Timings:
+    """Seconds per call: jitted single requests (raw and prepared state), ``policy.rank``
+    itself, vmapped batches, and the re-ranker's single-request path."""
+    from streaming.rerank import Reranker
+
     s, b = LATENCY_SLATE, LATENCY_BATCH
     single = jax.jit(policy.rank, static_argnames="slate_size")
+    serving = jax.block_until_ready(policy.prepare(state))
+    reranker = Reranker(policy, state)
 
     def rank_one(st: Any, xx: jax.Array, cc: Candidates, mm: jax.Array, kk: jax.Array) -> Any:
         return policy.rank(st, xx, cc, mm, key=kk, slate_size=s)
@@ -363,10 +374,11 @@ def _latency_one_policy(
     keys = list(jax.random.split(jax.random.key(1), reps + 10))
     bkeys = [jax.random.split(k_, b) for k_ in keys[: max(reps // 8, 10)]]
     pool = len(req.xs)
+    base_key = jax.random.key(2)
 
-    def one(i: int, fn: Callable[..., Any]) -> float:
+    def one(i: int, fn: Callable[..., Any], st: Any = state) -> float:
         t0 = time.perf_counter()
-        r = fn(state, req.xs[i % pool], req.cands[i % pool], req.mask, key=keys[i], slate_size=s)
+        r = fn(st, req.xs[i % pool], req.cands[i % pool], req.mask, key=keys[i], slate_size=s)
         order, prop = np.asarray(r.order), np.asarray(r.propensity)
         elapsed = time.perf_counter() - t0
         assert order.shape == prop.shape == (s,)
@@ -380,14 +392,31 @@ def _latency_one_policy(
         assert order.shape == prop.shape == (b, s)
         return elapsed
 
+    def rerank(i: int) -> float:
+        c = req.cands[i % pool]
+        t0 = time.perf_counter()
+        order, prop = reranker.rank(
+            req.xs[i % pool], c.features, c.ids, slate_size=s, key=base_key, index=i
+        )
+        elapsed = time.perf_counter() - t0
+        assert order.shape == prop.shape == (s,)
+        return elapsed
+
     for i in range(10):  # compile and warm up (policy.rank jits its own core on first use)
         one(i, single)
+        one(i, single, serving)
         one(i, policy.rank)
         batch(i % len(bkeys))
-    t_single = [one(i, single) for i in range(reps)]
+        rerank(i)
+    # Interleaved, so a burst of load on the machine hits every variant alike.
+    t_single, t_prepared, t_rerank = [], [], []
+    for i in range(reps):
+        t_single.append(one(i, single))
+        t_prepared.append(one(i, single, serving))
+        t_rerank.append(rerank(i))
     t_checked = [one(i, policy.rank) for i in range(max(reps // 4, 10))]
     t_batch = [batch(i) for i in range(len(bkeys))]
-    return t_single, t_checked, t_batch
+    return _Timings(t_single, t_prepared, t_checked, t_batch, t_rerank)
 
 
 def latency_child(names: list[str], k: int, d_track: int, reps: int) -> list[Row]:
@@ -395,24 +424,39 @@ def latency_child(names: list[str], k: int, d_track: int, reps: int) -> list[Row
     rng = np.random.default_rng(0)
     req = _requests(k, d_track, rng)
     rows: list[Row] = []
+    shape = (
+        f"{k} candidates x {d_track} track + {D_USER} user features, "
+        f"slate {LATENCY_SLATE} with propensities, numpy in and out, one core"
+    )
     for name in names:
         policy = POLICIES[name]()
         state = _latency_state(policy, d_track, rng)
-        t_single, t_checked, t_batch = _latency_one_policy(policy, state, req, reps)
-        p50, p99 = _percentiles(t_single)
-        c50, c99 = _percentiles(t_checked)
-        b50, b99 = _percentiles(t_batch, per=LATENCY_BATCH)
+        t = _latency_one_policy(policy, state, req, reps)
+        p50, p99 = _percentiles(t.single)
+        q50, q99 = _percentiles(t.prepared)
+        c50, c99 = _percentiles(t.checked)
+        b50, b99 = _percentiles(t.batch, per=LATENCY_BATCH)
+        r50, r99 = _percentiles(t.reranker)
         rows.append(
             {
                 "system": f"encore {name} rank latency",
-                "given": f"{k} candidates x {d_track} track + {D_USER} user features, "
-                f"slate {LATENCY_SLATE} with propensities, numpy in and out, one core",
+                "given": shape,
                 "p50_ms": p50,
                 "p99_ms": p99,
+                "prepared_p50_ms": q50,
+                "prepared_p99_ms": q99,
                 "checked_p50_ms": c50,
                 "checked_p99_ms": c99,
                 f"batched{LATENCY_BATCH}_p50_ms_per_request": b50,
                 f"batched{LATENCY_BATCH}_p99_ms_per_request": b99,
+            }
+        )
+        rows.append(
+            {
+                "system": f"encore {name} Reranker.rank latency",
+                "given": shape + " (candidates padded to a power of two, prepared state)",
+                "p50_ms": r50,
+                "p99_ms": r99,
             }
         )
     return rows
@@ -426,9 +470,12 @@ def _latency_core() -> int:
 def latency_rows(names: list[str], k: int, d_track: int, reps: int) -> list[Row]:
     """Re-rank latency per request, single and batched, in a child pinned to one core.
 
-    Returns one row per policy: ``p50_ms`` / ``p99_ms`` through ``jax.jit(policy.rank)``
-    (jitted once; value checks are the caller's, as in ``streaming``), ``checked_*`` through
+    Returns two rows per policy. The first: ``p50_ms`` / ``p99_ms`` through
+    ``jax.jit(policy.rank)`` on the raw state (jitted once; value checks are the caller's, as in
+    ``streaming``), ``prepared_*`` the same on ``policy.prepare(state)``, ``checked_*`` through
     ``policy.rank`` itself (host value checks included), and vmapped batches of 32 per call.
+    The second: ``streaming.rerank.Reranker.rank``, the path ``encore rerank`` serves with
+    (padding to a candidate bucket, prepared state, randomness folded in per request).
     """
     core = _latency_core()
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {LATENCY_XLA_FLAGS}"}
@@ -448,6 +495,136 @@ def latency_rows(names: list[str], k: int, d_track: int, reps: int) -> list[Row]
     rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
     for row in rows:
         row["core"] = core
+    return rows
+
+
+def _rank_bodies(k: int, d_track: int, n: int, rng: np.random.Generator) -> list[bytes]:
+    """``n`` distinct ``POST /rank`` bodies (features rounded to 4 decimals, as a client would
+    send float32 features without excess digits)."""
+    return [
+        json.dumps(
+            {
+                "user_id": f"user-{i}",
+                "surface": "home",
+                "context": np.round(rng.normal(size=D_USER) / 4, 4).tolist(),
+                "candidates": [f"track-{i}-{j}" for j in range(k)],
+                "candidate_features": np.round(rng.normal(size=(k, d_track)) / 8, 4).tolist(),
+                "slate_size": LATENCY_SLATE,
+            }
+        ).encode()
+        for i in range(n)
+    ]
+
+
+def _http_round_trips(
+    servers: str, policy: str, k: int, d_track: int, reps: int, core: int
+) -> tuple[list[float], int]:
+    """Start ``encore rerank`` pinned to ``core``, time ``reps`` ``POST /rank`` round trips from
+    this process (on another core where there is one), stop it; ``(seconds, body bytes)``."""
+    import dataclasses
+    import http.client
+    import re
+    import select
+    import signal
+    import uuid
+
+    from streaming.config import Config
+    from streaming.kafka_io import ensure_topics
+
+    others = (
+        sorted(set(os.sched_getaffinity(0)) - {core}) if hasattr(os, "sched_getaffinity") else []
+    )
+    bodies = _rank_bodies(k, d_track, 8, np.random.default_rng(4))
+    base = Config.load(env={})
+    topics = base.topics.for_run(uuid.uuid4().hex[:8])
+    ensure_topics(dataclasses.replace(base, topics=topics), servers)
+    sets = [
+        f"topics.{name}={getattr(topics, name)}"
+        for name in ("impressions", "outcomes", "dlq", "late", "snapshots", "deltas")
+    ]
+    sets += [f"policy.name={policy}", f"events.d_user={D_USER}", f"events.d_track={d_track}"]
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {LATENCY_XLA_FLAGS}"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    )
+    boot = (
+        "import os, sys; "
+        f"os.sched_setaffinity(0, {{{core}}}) if hasattr(os, 'sched_setaffinity') else None; "
+        "from streaming.serve import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-c", boot, "--bootstrap-servers", servers, "--port", "0"]
+    argv += [x for s in sets for x in ("--set", s)]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    before = os.sched_getaffinity(0) if others else set[int]()
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        line = proc.stdout.readline() if ready else ""
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if not match:
+            raise RuntimeError(f"encore rerank did not start: {line!r}")
+        if others:
+            os.sched_setaffinity(0, set(others))
+        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=60)
+
+        def post(i: int) -> float:
+            t0 = time.perf_counter()
+            conn.request("POST", "/rank", bodies[i % len(bodies)])
+            resp = conn.getresponse()
+            answer = json.loads(resp.read())
+            elapsed = time.perf_counter() - t0
+            if resp.status != 200 or len(answer["shown"]) != LATENCY_SLATE:
+                raise RuntimeError(f"POST /rank answered {resp.status}: {answer}")
+            return elapsed
+
+        for i in range(20):  # compile and warm up
+            post(i)
+        times = [post(i) for i in range(reps)]
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"encore rerank exited {proc.returncode}: {out[-2000:]}")
+    finally:
+        if others:
+            os.sched_setaffinity(0, before)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return times, sum(len(b) for b in bodies) // len(bodies)
+
+
+def http_latency_rows(policy: str, shapes: list[tuple[int, int]], reps: int) -> list[Row]:
+    """``POST /rank`` round trips to an ``encore rerank`` process on 127.0.0.1, per request shape
+    ``(k candidates, d_track)``.
+
+    The server is the real CLI (``streaming.serve.main``) in a child pinned to one core (the
+    latency core, same XLA flags), following and logging to run-specific topics of a local
+    broker; the client (``http.client``, one keep-alive connection, one request at a time) runs
+    in this process, pinned to another core where there is one. The server ranks with the
+    policy's initial state (no snapshot is published): the same arithmetic as a trained one.
+    """
+    from benchmarks.kafka_raw import broker_for_bench
+
+    core = _latency_core()
+    rows: list[Row] = []
+    with broker_for_bench() as servers:
+        for k, d_track in shapes:
+            times, size = _http_round_trips(servers, policy, k, d_track, reps, core)
+            p50, p99 = _percentiles(times)
+            rows.append(
+                {
+                    "system": f"encore rerank HTTP POST /rank ({policy})",
+                    "given": f"{k} candidates x {d_track} track + {D_USER} user features, slate "
+                    f"{LATENCY_SLATE}, {size / 1e3:.0f} kB JSON body, server on one core, "
+                    "impression logged to Kafka",
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "core": core,
+                }
+            )
     return rows
 
 
@@ -751,17 +928,29 @@ def run(ctx: Context) -> list[Row]:
         D_TRACK,
         reps,
     )
-    rows += latency_rows(["squarecb"] if ctx.quick else ["linucb", "squarecb"], 500, 64, reps)
+    rows += latency_rows(["linucb", "squarecb"], 500, 64, reps)
+    print("rerank over HTTP ...", flush=True)
+    rows += http_latency_rows("linucb", [(20, D_TRACK), (500, 64)], 100 if ctx.quick else 1000)
     ctx.notes.append(
         "Latency: one request per call = a context and the candidates' features and ids as "
         "numpy arrays on the host -> jax.jit(policy.rank) -> the slate of "
         f"{LATENCY_SLATE} and its propensities back on the host as numpy (p50 / p99 over "
-        f"{reps:,} calls, 8 distinct requests cycled); checked_* call policy.rank itself, "
+        f"{reps:,} calls, 8 distinct requests cycled); prepared_* rank from "
+        "policy.prepare(state) (the serving form a re-ranker derives once per snapshot; for "
+        "linear policies the covariance packed to its symmetric part); checked_* call "
+        "policy.rank itself, "
         f"which also checks the values on the host (NaN / inf, mask); batched: vmapped "
         f"batches of {LATENCY_BATCH} per call, per request. Run in a child process pinned to "
         f"one core (sched_setaffinity) with XLA_FLAGS='{LATENCY_XLA_FLAGS}' and "
         "jax_cpu_enable_async_dispatch off (on one core the default hand-off to a worker "
         "thread stalls about 1% of calls by 1-8 ms)."
+    )
+    ctx.notes.append(
+        "encore rerank HTTP: POST /rank round trips (one keep-alive connection, one request at a "
+        "time, client on another core) to the `encore rerank` CLI process pinned to the latency "
+        "core: JSON parse, checks, Reranker.rank, the impression encoded and checked with the "
+        "daemon's decoder, then sent to a local broker, JSON answer. The JSON work on the "
+        "candidate features, not the ranking, is most of it (compare the Reranker.rank row)."
     )
 
     print("update only ...", flush=True)

@@ -1,11 +1,13 @@
 """The daemon end to end through the local broker, next to the raw client rates of the same run.
 
-One stream of simulated traffic (impressions of 5-track slates from 20 candidates, and their
-plays) is produced once; then, on the same topics, the suite measures kafka-python consuming it
-counting only, consuming and decoding it to columns, and the full daemon (decode, validate,
-per-partition join, reward model, composite reward, LinUCB, Parquet log, checkpoints, snapshots,
-metrics) from a fresh consumer group. Resident memory is sampled through the daemon's run to
-show whether it stays flat.
+The same simulated traffic (impressions of 5-track slates from 20 candidates, and their plays)
+is produced twice, into two sets of topics: once with the impressions' float features as JSON
+numbers (schema impression/1) and once as base64 float32 (impression/2, encore's default).
+Then, on each stream's topics, the suite measures kafka-python consuming it counting only,
+consuming and decoding it to columns, and the full daemon (decode, validate, per-partition join,
+reward model, composite reward, LinUCB, Parquet log, checkpoints, snapshots, metrics) from a
+fresh consumer group. Resident memory is sampled through each daemon run to show whether it
+stays flat.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from benchmarks._runner import Context, Row, peak_rss_mb
 from benchmarks.kafka_raw import broker_for_bench
+
+if TYPE_CHECKING:
+    from streaming.events import FeatureEncoding
 
 
 def _rss_mb() -> float:
@@ -101,143 +106,194 @@ def _steady_rate(progress: list[tuple[float, int]], total: int) -> float:
     return (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0])
 
 
-def run(ctx: Context) -> list[Row]:
-    from streaming.config import Config
+ENCODINGS: tuple[tuple[FeatureEncoding, str], ...] = (
+    ("json", "JSON floats"),
+    ("float32", "base64 float32"),
+)
+"""The two impression feature forms measured, each on a stream of its own (same events)."""
+
+
+class _Stream(NamedTuple):
+    """One stream's rows, what its count-only pass saw, and its daemon's memory samples."""
+
+    rows: list[Row]
+    counted: _Consumed
+    topics: list[str]
+    produce_s: float
+    samples: list[tuple[float, float]]
+    events: int
+
+
+def _measure(
+    base: Any, servers: str, tmp: str, run_id: str, encoding: FeatureEncoding, n_requests: int
+) -> _Stream:
+    """Produce one stream with ``encoding`` and measure count-only, consume + decode, daemon."""
     from streaming.daemon import Daemon
     from streaming.demo import produce_simulated
     from streaming.kafka_io import ensure_topics
 
-    n_requests = int(os.environ.get("ENCORE_DAEMON_REQUESTS", 8_000 if ctx.quick else 180_000))
+    label = dict(ENCODINGS)[encoding]
+    cfg = dataclasses.replace(
+        base,
+        kafka=dataclasses.replace(base.kafka, group_id=f"bench-{run_id}-{encoding}"),
+        topics=base.topics.for_run(f"{run_id}-{encoding}"),
+        events=dataclasses.replace(base.events, feature_encoding=encoding),
+        checkpoint=dataclasses.replace(base.checkpoint, dir=f"{tmp}/{encoding}/ckpt"),
+        log=dataclasses.replace(base.log, dir=f"{tmp}/{encoding}/log"),
+    )
+    ensure_topics(cfg, servers)
+    started = time.perf_counter()
+    n = produce_simulated(cfg, servers, n_requests=n_requests, slate_size=5, seed=0)
+    produce_s = time.perf_counter() - started
+    topics = [cfg.topics.impressions, cfg.topics.outcomes]
+    count = _consume(servers, topics, n, decode=False)
+    decoded = _consume(servers, topics, n, decode=True)
+    decode_rate = decoded.rate
+    total_bytes = sum(count.bytes.values())
+    mean_bytes = total_bytes / max(count.n, 1)
+    impression_bytes = count.bytes.get(topics[0], 0) / max(count.events.get(topics[0], 0), 1)
     rows: list[Row] = []
+    rows.append(
+        {
+            "system": f"kafka-python consume, count only [{label}]",
+            "features": encoding,
+            "events": count.n,
+            "event_bytes": mean_bytes,
+            "impression_bytes": impression_bytes,
+            "events_per_s": count.rate,
+            "mb_per_s": count.rate * mean_bytes / 1e6,
+            "vs_consume_decode": count.rate / decode_rate,
+        }
+    )
+    rows.append(
+        {
+            "system": f"kafka-python consume + encore decode to columns [{label}]",
+            "features": encoding,
+            "events": decoded.n,
+            "event_bytes": mean_bytes,
+            "impression_bytes": impression_bytes,
+            "events_per_s": decode_rate,
+            "mb_per_s": decode_rate * mean_bytes / 1e6,
+            "vs_consume_decode": 1.0,
+        }
+    )
+    daemon = Daemon(cfg, servers=servers)
+    samples: list[tuple[float, float]] = []
+    progress: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        t0 = time.perf_counter()
+        while not done.wait(1.0):
+            samples.append((time.perf_counter() - t0, _rss_mb()))
+            progress.append((time.perf_counter() - t0, daemon.stats.events))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    stats = daemon.run(threading.Event(), exit_when_idle_ms=3000)
+    elapsed = time.perf_counter() - t0 - 3.0  # the idle wait before exiting is not work
+    done.set()
+    sampler.join()
+    rate = stats.events / max(elapsed, 1e-9)
+    steady = _steady_rate(progress, stats.events)
+    began = [t for t, e in progress if e > 0]
+    ended = [t for t, e in progress if e >= stats.events]
+    third = max(len(samples) // 3, 1)
+    rows.append(
+        {
+            "system": "encore daemon (decode, join, reward model, LinUCB, log, checkpoints) "
+            f"[{label}]",
+            "features": encoding,
+            "events": stats.events,
+            "event_bytes": mean_bytes,
+            "impression_bytes": impression_bytes,
+            "events_per_s": rate,
+            "mb_per_s": rate * mean_bytes / 1e6,
+            "vs_consume_decode": rate / decode_rate,
+            "steady_events_per_s": steady,
+            "steady_vs_consume_decode": steady / decode_rate,
+            "first_event_s": began[0] if began else float("nan"),
+            "last_event_s": ended[0] if ended else float("nan"),
+            "run_s": elapsed + 3.0,
+            "rss_first_third_mb": max(s for _, s in samples[:third]) if samples else float("nan"),
+            "rss_last_third_mb": max(s for _, s in samples[-third:]) if samples else float("nan"),
+            "peak_rss_mb": peak_rss_mb(),
+            "closed": stats.counters.get("closed", 0),
+            "dead_letters": stats.dead_letters,
+        }
+    )
+    return _Stream(rows, count, topics, produce_s, samples, stats.events)
+
+
+def run(ctx: Context) -> list[Row]:
+    from streaming.config import Config
+
+    default = 8_000 if ctx.quick else 180_000
+    n_requests = int(os.environ.get("ENCORE_DAEMON_REQUESTS", default))
+    streams: dict[str, _Stream] = {}
     with broker_for_bench() as servers, tempfile.TemporaryDirectory(prefix="encore-daemon-") as tmp:
         run_id = uuid.uuid4().hex[:8]
-        cfg = Config.load(
+        base = Config.load(
             env={},
             overrides=[
                 f"kafka.bootstrap_servers={servers}",
-                f"kafka.group_id=bench-{run_id}",
-                f"checkpoint.dir={tmp}/ckpt",
                 "checkpoint.every_events=100000",
                 "checkpoint.every_ms=10000",
-                f"log.dir={tmp}/log",
                 "join.window_ms=1200000",
                 "join.allowed_lateness_ms=60000",
                 "join.slate_size=5",
                 "metrics.port=0",
             ],
         )
-        t = cfg.topics
-        cfg = dataclasses.replace(
-            cfg,
-            topics=t.for_run(run_id),
-        )
-        ensure_topics(cfg, servers)
-        started = time.perf_counter()
-        n = produce_simulated(cfg, servers, n_requests=n_requests, slate_size=5, seed=0)
-        produce_s = time.perf_counter() - started
-        topics = [cfg.topics.impressions, cfg.topics.outcomes]
-        count = _consume(servers, topics, n, decode=False)
-        decoded = _consume(servers, topics, n, decode=True)
-        decode_rate = decoded.rate
-        total_bytes = sum(count.bytes.values())
-        mean_bytes = total_bytes / max(count.n, 1)
-        rows.append(
-            {
-                "system": "kafka-python consume, count only",
-                "events": count.n,
-                "event_bytes": mean_bytes,
-                "events_per_s": count.rate,
-                "mb_per_s": count.rate * mean_bytes / 1e6,
-                "vs_consume_decode": count.rate / decode_rate,
-            }
-        )
-        rows.append(
-            {
-                "system": "kafka-python consume + encore decode to columns",
-                "events": decoded.n,
-                "event_bytes": mean_bytes,
-                "events_per_s": decode_rate,
-                "mb_per_s": decode_rate * mean_bytes / 1e6,
-                "vs_consume_decode": 1.0,
-            }
-        )
-        daemon = Daemon(cfg, servers=servers)
-        samples: list[tuple[float, float]] = []
-        progress: list[tuple[float, int]] = []
-        done = threading.Event()
+        for encoding, _ in ENCODINGS:
+            streams[encoding] = _measure(base, servers, tmp, run_id, encoding, n_requests)
+    # Rows by kind, the two encodings side by side.
+    rows = [s.rows[i] for i in range(3) for s in streams.values()]
+    if any(s.samples for s in streams.values()):
 
-        def sample() -> None:
-            t0 = time.perf_counter()
-            while not done.wait(1.0):
-                samples.append((time.perf_counter() - t0, _rss_mb()))
-                progress.append((time.perf_counter() - t0, daemon.stats.events))
+        def draw(ax: Any) -> None:
+            for encoding, label in ENCODINGS:
+                st = streams[encoding]
+                ax.plot([t for t, _ in st.samples], [m for _, m in st.samples], label=label)
+            ax.set_xlabel("seconds into the daemon's run")
+            ax.set_ylabel("resident MiB (whole process)")
+            ax.set_title(f"encore daemon memory over {streams['json'].events:,} events")
+            ax.legend()
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        t0 = time.perf_counter()
-        stats = daemon.run(threading.Event(), exit_when_idle_ms=3000)
-        elapsed = time.perf_counter() - t0 - 3.0  # the idle wait before exiting is not work
-        done.set()
-        sampler.join()
-        rate = stats.events / max(elapsed, 1e-9)
-        steady = _steady_rate(progress, stats.events)
-        started = [t for t, e in progress if e > 0]
-        ended = [t for t, e in progress if e >= stats.events]
-        third = max(len(samples) // 3, 1)
-        rows.append(
-            {
-                "system": "encore daemon (decode, join, reward model, LinUCB, log, checkpoints)",
-                "events": stats.events,
-                "event_bytes": mean_bytes,
-                "events_per_s": rate,
-                "mb_per_s": rate * mean_bytes / 1e6,
-                "vs_consume_decode": rate / decode_rate,
-                "steady_events_per_s": steady,
-                "steady_vs_consume_decode": steady / decode_rate,
-                "first_event_s": started[0] if started else float("nan"),
-                "last_event_s": ended[0] if ended else float("nan"),
-                "run_s": elapsed + 3.0,
-                "rss_first_third_mb": max(s for _, s in samples[:third])
-                if samples
-                else float("nan"),
-                "rss_last_third_mb": max(s for _, s in samples[-third:])
-                if samples
-                else float("nan"),
-                "peak_rss_mb": peak_rss_mb(),
-                "closed": stats.counters.get("closed", 0),
-                "dead_letters": stats.dead_letters,
-            }
-        )
-        if samples:
-
-            def draw(ax: Any) -> None:
-                ax.plot([t for t, _ in samples], [m for _, m in samples])
-                ax.set_xlabel("seconds into the daemon's run")
-                ax.set_ylabel("resident MiB")
-                ax.set_title(f"encore daemon memory over {stats.events:,} events")
-
-            ctx.save_plot("daemon_rss", draw)
+        ctx.save_plot("daemon_rss", draw)
+    js, f32 = streams["json"], streams["float32"]
+    n = js.counted.n
     ctx.notes.append(
         f"{n:,} events ({n_requests:,} requests of 5-track slates from 20 candidates) produced "
-        f"in {produce_s:.0f} s into 4-partition topics of a local single-node broker."
+        f"twice, into 4-partition topics of a local single-node broker: with JSON float features "
+        f"in {js.produce_s:.0f} s, with base64 float32 features in {f32.produce_s:.0f} s. The "
+        "events are the same (same seed); only the impressions' encoding differs, and the "
+        "simulator's features are float32, so both decode to identical batches."
     )
-    sizes = ", ".join(
-        f"{name.split('.')[1]} {count.events.get(topic, 0):,} of ~"
-        f"{count.bytes.get(topic, 0) / max(count.events.get(topic, 0), 1):,.0f} bytes"
-        for name, topic in (("x.impressions", topics[0]), ("x.outcomes", topics[1]))
+    for encoding, label in ENCODINGS:
+        st = streams[encoding]
+        sizes = ", ".join(
+            f"{name} {st.counted.events.get(topic, 0):,} of ~"
+            f"{st.counted.bytes.get(topic, 0) / max(st.counted.events.get(topic, 0), 1):,.0f} bytes"
+            for name, topic in zip(("impressions", "outcomes"), st.topics, strict=True)
+        )
+        ctx.notes.append(f"Event sizes, {label}: {sizes}.")
+    ctx.notes.append(
+        "An impression carries 20 candidates x 16 float features: as JSON numbers (shortest "
+        "round-trip decimals of float32 values) it is ~30x an outcome; as base64 float32 about "
+        "a third of that. Issue 5's reference figures are for ~250-byte 'small events' "
+        "(benchmarks.kafka_raw measures those: outcome events only)."
     )
     ctx.notes.append(
-        f"Event sizes (JSON values): {sizes}. An impression carries 20 candidates x 16 float "
-        "features, so it is ~30x an outcome; these events average "
-        f"{mean_bytes:,.0f} bytes, ~6x the ~250-byte 'small events' of issue 5's reference "
-        "figures (benchmarks.kafka_raw measures those: outcome events only)."
-    )
-    ctx.notes.append(
-        "Same-run ratio: the daemon row's vs_consume_decode is its events/s over the consume + "
-        "decode row's, measured minutes apart on the same topics, broker and machine; all "
-        "consumers use kafka-python's default fetch settings (the daemon polls at most "
-        "kafka.max_poll_records per call). OPENBLAS_NUM_THREADS="
-        f"{os.environ.get('OPENBLAS_NUM_THREADS')} (as `encore run` sets it)."
+        "Same-run ratio: each daemon row's vs_consume_decode is its events/s over the consume + "
+        "decode row of the same stream, measured minutes apart on the same topics, broker and "
+        "machine; all consumers use kafka-python's default fetch settings (the daemon polls at "
+        "most kafka.max_poll_records per call). The JSON stream is measured first, then the "
+        "float32 stream, in one process: peak_rss_mb is the process's peak so far and "
+        "rss_*_third_mb its resident memory during each run, so the second daemon's figures "
+        "start from what the first run left (JAX caches, allocator pools). "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} (as `encore run` sets it)."
     )
     ctx.notes.append(
         "events_per_s of the daemon covers its whole run, start-up included (group join, and JAX "
@@ -251,7 +307,8 @@ def run(ctx: Context) -> list[Row]:
     )
     ctx.notes.append(
         "Goal (issue 5): the daemon at >= 50 % of the consume+decode rate and >= 80,000 "
-        "events/s; the table says where it stands. Issue 5 asks for a 10-million-event "
-        "memory soak; this suite's soak is the run above, sized to fit the session."
+        "events/s; the table says where it stands for each encoding. Issue 5 asks for a "
+        "10-million-event memory soak; this suite's soak is the runs above, sized to fit the "
+        "session."
     )
     return rows

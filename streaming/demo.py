@@ -33,7 +33,7 @@ from streaming import listeners
 from streaming.broker import LocalBroker
 from streaming.config import Config
 from streaming.daemon import Daemon, make_engine, summary_line
-from streaming.events import key64
+from streaming.events import FeatureEncoding, key64
 from streaming.kafka_io import ensure_topics, make_producer
 from streaming.rerank import Reranker, SnapshotFollower
 from streaming.simulator import SimConfig, Simulator
@@ -95,6 +95,7 @@ class SimulatedStream:
         self.producer = make_producer(config.kafka, servers)
         self.topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
         self.release = listeners.EventTimeRelease()
+        self.feature_encoding: FeatureEncoding = config.events.feature_encoding
 
     def produce(self, n_requests: int, *, last: bool = True, batch: int = 1000) -> int:
         """Send ``n_requests`` more requests; ``last`` also sends every play still held back."""
@@ -104,7 +105,12 @@ class SimulatedStream:
             sl = self.sim.log_slates(req, self.slate_size)
             plays = self.sim.play(req, sl.shown)
             imps = listeners.impressions(
-                req, sl.shown, sl.propensity, policy=LOGGING, run_id=self.run_id
+                req,
+                sl.shown,
+                sl.propensity,
+                policy=LOGGING,
+                run_id=self.run_id,
+                feature_encoding=self.feature_encoding,
             )
             self.release.hold(
                 list(listeners.wire([], listeners.outcomes(req, plays, run_id=self.run_id)))
@@ -131,7 +137,10 @@ def produce_simulated(
     run_id: str = "sim",
     batch: int = 1000,
 ) -> int:
-    """Produce ``n_requests`` requests served by the logging policy, with their plays."""
+    """Produce ``n_requests`` requests served by the logging policy, with their plays.
+
+    Impressions carry their features as ``config.events.feature_encoding`` says.
+    """
     stream = SimulatedStream(config, servers, slate_size=slate_size, seed=seed, run_id=run_id)
     try:
         return stream.produce(n_requests, batch=batch)
@@ -193,7 +202,14 @@ class Listeners:
                     (t_s, arm, float(top[sel].mean()) * int(sel.sum()), float(sel.sum()))
                 )
         names = np.where(learner, self.engine.policy.spec.name, LOGGING)
-        imps = listeners.impressions(req, shown, prop, policy=names, run_id=self.run_id)
+        imps = listeners.impressions(
+            req,
+            shown,
+            prop,
+            policy=names,
+            run_id=self.run_id,
+            feature_encoding=self.config.events.feature_encoding,
+        )
         self.release.hold(
             list(listeners.wire([], listeners.outcomes(req, plays, run_id=self.run_id)))
         )

@@ -12,7 +12,15 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from streaming.events import IMPRESSION_SCHEMA, OUTCOME_SCHEMA, Impression, Outcome, encode
+from streaming.events import (
+    IMPRESSION_SCHEMA,
+    IMPRESSION_SCHEMA_V2,
+    OUTCOME_SCHEMA,
+    FeatureEncoding,
+    Impression,
+    Outcome,
+    encode,
+)
 from streaming.simulator import REASONS, Plays, Requests
 
 
@@ -42,18 +50,32 @@ def impressions(
     policy_version: str = "1",
     surface: str = "home",
     run_id: str = "sim",
+    feature_encoding: FeatureEncoding = "float32",
 ) -> list[Impression]:
-    """One impression event per request; request ids are ``{run_id}-{request_id}``."""
+    """One impression event per request; request ids are ``{run_id}-{request_id}``.
+
+    ``feature_encoding`` ``"float32"`` writes the features as base64 float32 strings (schema
+    ``impression/2``), ``"json"`` as number arrays (``impression/1``); the simulator's features
+    are float32, so both decode to the same batch.
+    """
     n = req.candidates.shape[0]
     policies = np.broadcast_to(np.asarray(policy), (n,))
-    ctx = req.context.tolist()
-    feats = req.candidate_features.tolist()
+    ctx: list[list[float]] | list[bytes]
+    feats: list[list[list[float]]] | list[bytes]
+    if feature_encoding == "float32":  # little-endian float32 bytes; encode() writes base64
+        schema = IMPRESSION_SCHEMA_V2
+        ctx = [row.tobytes() for row in req.context.astype("<f4")]
+        feats = [rows.tobytes() for rows in req.candidate_features.astype("<f4")]
+    else:
+        schema = IMPRESSION_SCHEMA
+        ctx = req.context.tolist()
+        feats = req.candidate_features.tolist()
     cands = req.candidates.tolist()
     out: list[Impression] = []
     for i in range(n):
         out.append(
             Impression(
-                schema=IMPRESSION_SCHEMA,
+                schema=schema,
                 request_id=f"{run_id}-{int(req.request_id[i])}",
                 user_id=user_id(int(req.user_id[i])),
                 surface=surface,

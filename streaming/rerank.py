@@ -1,19 +1,20 @@
 """Re-ranking: follow the newest policy snapshot and rank candidates with exact propensities.
 
 ``SnapshotFollower`` reads the compacted snapshots topic (no consumer group: it always reads the
-whole, small topic and keeps the newest snapshot per policy). ``Reranker`` ranks one request or
-a batch of requests with the policy's jitted ``rank`` (vmapped over requests; one compilation per
-candidate-count bucket and slate size).
+whole, small topic and keeps the newest snapshot per policy). ``Reranker`` ranks one request
+(``jax.jit(policy.rank)`` on numpy inputs) or a batch (the same, vmapped over requests) with the
+policy's serving form of the state (``policy.prepare``); one compilation per candidate-count
+bucket and slate size.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
@@ -69,32 +70,142 @@ def bucket(k: int) -> int:
 
 
 class Reranker:
-    """Rank requests with a policy state; every choice comes with its exact propensity."""
+    """Rank requests with a policy state; every choice comes with its exact propensity.
+
+    One request (:meth:`rank`) goes through ``jax.jit(policy.rank)`` with numpy inputs and
+    numpy results (no padding of the request axis, no host-side JAX operations); a batch
+    (:meth:`rank_many`) through the same ``rank`` vmapped over requests. Candidate counts are
+    padded to :func:`bucket` sizes, so each axis compiles once per bucket and slate size.
+
+    The state is ranked through ``policy.prepare(state)``, the policy's serving form of it
+    (for the linear policies a packed, symmetrised projection of the covariance that a request
+    reads in a quarter of the memory; the identity for the others). It is derived once per
+    state, here, and never stored: snapshots and checkpoints keep the raw state.
+
+    Args:
+        policy: the policy that produced ``state``.
+        state: its state (e.g. the newest snapshot, or ``policy.init(d_user, d_track)``).
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from bandits import POLICIES
+        >>> p = POLICIES["linucb"](n_ids=0)
+        >>> r = Reranker(p, p.init(2, 3))
+        >>> order, prop = r.rank(np.ones(2, np.float32), np.ones((5, 3), np.float32),
+        ...                      np.arange(5, dtype=np.int32), slate_size=2, key=jax.random.key(0))
+        >>> order.shape, prop.dtype
+        ((2,), dtype('float64'))
+    """
 
     def __init__(self, policy: Policy, state: Any) -> None:
         self.policy = policy
-        self.state = state
+        self._states: tuple[Any, Any] = (state, jax.block_until_ready(policy.prepare(state)))
 
         @partial(jax.jit, static_argnames=("slate_size",))
-        def _rank_many(
-            state: Any,
+        def _rank_one(
+            serving: Any,
             ctx: jax.Array,
             feats: jax.Array,
             ids: jax.Array,
             mask: jax.Array,
-            keys: jax.Array,
+            key: jax.Array,
+            index: jax.Array,
+            *,
+            slate_size: int,
+        ) -> tuple[jax.Array, jax.Array]:
+            # fold_in inside the jitted call: outside it is a separate dispatch (~0.1 ms).
+            k = jax.random.fold_in(key, index)
+            r = policy.rank(
+                serving, ctx, Candidates(feats, ids), mask, key=k, slate_size=slate_size
+            )
+            return r.order, r.propensity
+
+        @partial(jax.jit, static_argnames=("slate_size",))
+        def _rank_many(
+            serving: Any,
+            ctx: jax.Array,
+            feats: jax.Array,
+            ids: jax.Array,
+            mask: jax.Array,
+            key: jax.Array,
             *,
             slate_size: int,
         ) -> tuple[jax.Array, jax.Array]:
             def one(
                 c: jax.Array, f: jax.Array, i: jax.Array, m: jax.Array, k: jax.Array
             ) -> tuple[jax.Array, jax.Array]:
-                r = policy.rank(state, c, Candidates(f, i), m, key=k, slate_size=slate_size)
+                r = policy.rank(serving, c, Candidates(f, i), m, key=k, slate_size=slate_size)
                 return r.order, r.propensity
 
+            keys = jax.random.split(key, ctx.shape[0])
             return jax.vmap(one)(ctx, feats, ids, mask, keys)
 
+        self._rank_one = _rank_one
         self._rank_many = _rank_many
+
+    @property
+    def state(self) -> Any:
+        """The raw policy state requests are ranked with (setting it re-derives the serving form)."""
+        return self._states[0]
+
+    @state.setter
+    def state(self, state: Any) -> None:
+        # One tuple, swapped whole: a concurrent request sees the old pair or the new pair.
+        self._states = (state, jax.block_until_ready(self.policy.prepare(state)))
+
+    @property
+    def serving_state(self) -> Any:
+        """``policy.prepare(state)``: what requests are actually ranked with."""
+        return self._states[1]
+
+    def with_state(self, state: Any) -> Reranker:
+        """A re-ranker for ``state`` sharing this one's compiled functions (``self`` unchanged)."""
+        fresh = copy.copy(self)
+        fresh.state = state
+        return fresh
+
+    def rank(
+        self,
+        context: npt.NDArray[np.float32],
+        features: npt.NDArray[np.float32],
+        ids: npt.NDArray[np.int32],
+        *,
+        slate_size: int,
+        key: jax.Array,
+        index: int = 0,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Rank one request of ``k`` candidates.
+
+        Args:
+            context: ``(d_user,)`` float32 user context.
+            features: ``(k, d_track)`` float32 candidate features.
+            ids: ``(k,)`` int32 candidate (hashed track) ids.
+            slate_size: how many to show (``1 <= slate_size <= k``).
+            key: a PRNG key; the request's randomness is ``fold_in(key, index)``.
+            index: the request's number (a service folds its request counter in here).
+
+        Returns:
+            ``(shown (s,) int64 indices into the candidates, propensity (s,) float64)``.
+        """
+        k, d_track = features.shape
+        kb = bucket(k)
+        feats = np.zeros((kb, d_track), np.float32)
+        feats[:k] = features
+        idp = np.zeros((kb,), np.int32)
+        idp[:k] = ids
+        mask = np.zeros((kb,), np.bool_)
+        mask[:k] = True
+        order, prop = self._rank_one(
+            self._states[1],
+            np.asarray(context, np.float32),
+            feats,
+            idp,
+            mask,
+            key,
+            np.uint32(index),
+            slate_size=slate_size,
+        )
+        return np.asarray(order).astype(np.int64), np.asarray(prop).astype(np.float64)
 
     def rank_many(
         self,
@@ -105,7 +216,8 @@ class Reranker:
         slate_size: int,
         key: jax.Array,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """Rank ``n`` requests of ``k`` candidates each; returns ``(shown (n, s), propensity (n, s))``."""
+        """Rank ``n`` requests of ``k`` candidates each (request ``i`` uses ``split(key, nb)[i]``,
+        ``nb`` the padded request count); returns ``(shown (n, s), propensity (n, s))``."""
         n, k, _ = features.shape
         kb, nb = bucket(k), bucket(n)  # pad both axes: one compilation per bucket, not per size
         mask = np.zeros((nb, kb), bool)
@@ -116,14 +228,7 @@ class Reranker:
         ctx[:n] = context
         idp = np.zeros((nb, kb), np.int32)
         idp[:n, :k] = ids
-        keys = jax.random.split(key, nb)
         order, prop = self._rank_many(
-            self.state,
-            jnp.asarray(ctx),
-            jnp.asarray(feats),
-            jnp.asarray(idp),
-            jnp.asarray(mask),
-            keys,
-            slate_size=slate_size,
+            self._states[1], ctx, feats, idp, mask, key, slate_size=slate_size
         )
         return np.asarray(order, np.int64)[:n], np.asarray(prop, np.float64)[:n]

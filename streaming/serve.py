@@ -7,8 +7,10 @@ exact propensity) and sends the impression it served to the impressions topic, k
 ranks with the policy's initial state (``snapshot_version`` 0).
 
 A request is checked with exactly the rules the daemon applies to impressions: the service
-builds the impression it would log and runs ``streaming.events.decode_impression`` on it, so a
-request the service accepts can never become a dead letter downstream.
+runs ``streaming.events.decode_impression`` on the very bytes of the impression it logs (and,
+for a request whose shapes are off, on the impression it would have logged, for the daemon's
+own error code and reason), so a request the service accepts can never become a dead letter
+downstream. Ranking itself is one ``streaming.rerank.Reranker.rank`` call on float32 arrays.
 
 HTTP (stdlib ``ThreadingHTTPServer``, bound to ``127.0.0.1`` by default):
 
@@ -40,10 +42,9 @@ Example (Python API)::
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -56,16 +57,20 @@ from typing import Any
 import jax
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from streaming.config import Config
 from streaming.daemon import limits, make_engine
 from streaming.events import (
     IMPRESSION_SCHEMA,
     DecodeError,
+    FeatureEncoding,
     Impression,
+    Limits,
     decode_impression,
     encode,
     key64,
+    with_features,
 )
 from streaming.kafka_io import make_producer
 from streaming.rerank import Reranker, SnapshotFollower
@@ -177,11 +182,9 @@ class RerankService:
         state = self.follower.poll(timeout_ms=timeout_ms)
         if state is None:
             return False
+        fresh = self._current[0].with_state(state)  # prepared here, off the request path
         with self._lock:
-            reranker, version = self._current
-            fresh = copy.copy(reranker)
-            fresh.state = state
-            self._current = (fresh, version + 1)
+            self._current = (fresh, self._current[1] + 1)
             self._counts["snapshots_loaded"] += 1
             self._loaded.notify_all()
         return True
@@ -227,20 +230,22 @@ class RerankService:
         except msgspec.DecodeError as exc:
             raise RankError("invalid_json", str(exc)) from None
 
-    def _validate(self, req: RankRequest) -> tuple[Impression, int]:
-        """The impression the service would log (shown and propensities still to fill), and
-        the slate size, after the daemon's own checks."""
+    def _validate(
+        self, req: RankRequest
+    ) -> tuple[Impression, int, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The impression the service would log (shown and propensities still to fill), the
+        slate size, and the context and candidate features as float32 arrays.
+
+        Shapes and limits are checked here only as far as ranking needs them; anything off
+        goes through the daemon's own decoder (``_daemon_rules``) for its exact code and
+        reason, and the served impression passes that decoder before it is logged.
+        """
         k = len(req.candidates)
         slate = self.config.policy.slate_size if req.slate_size is None else req.slate_size
         if req.request_id is not None and not req.request_id:
             raise RankError("bad_value", "request_id must be non-empty when given")
         if len(set(req.candidates)) != k:
             raise RankError("bad_value", "candidates must be distinct ids")
-        if not all(math.isfinite(v) for v in req.context):
-            raise RankError("non_finite", "context has a NaN or infinite feature")
-        for i, row in enumerate(req.candidate_features):
-            if not all(math.isfinite(v) for v in row):
-                raise RankError("non_finite", f"candidate {i} has a NaN or infinite feature")
         template = Impression(
             schema=IMPRESSION_SCHEMA,
             request_id=req.request_id or uuid.uuid4().hex,
@@ -255,13 +260,18 @@ class RerankService:
             policy=self.policy_name,
             policy_version=self.policy_version,
         )
-        try:  # the daemon's own rules, on the impression we would log
-            decode_impression(encode(template), self.limits)
-        except DecodeError as err:
-            raise RankError(err.code, err.reason) from None
+        ctx, feats = _float_arrays(req)
+        lim = self.limits
+        if not (
+            ctx.shape == (lim.d_user,)
+            and feats.shape == (k, lim.d_track)
+            and 1 <= k <= lim.max_candidates
+        ):
+            _daemon_rules(template, self.limits)
+            raise RankError("bad_shape", "context or candidate features have the wrong shape")
         if not 1 <= slate <= k:
             raise RankError("bad_value", f"slate_size {slate} must be in [1, {k}] ({k} candidates)")
-        return template, slate
+        return template, slate, ctx, feats
 
     def rank(self, request: bytes | Mapping[str, Any]) -> dict[str, Any]:
         """Rank one request and log the impression served.
@@ -279,24 +289,27 @@ class RerankService:
         self._count("requests")
         try:
             req = self.parse(request)
-            template, slate = self._validate(req)
+            template, slate, ctx, feats = self._validate(req)
         except RankError as err:
             self._count(f"bad_request.{err.code}")
             raise
-        ctx = np.asarray(req.context, np.float32)[None]
-        feats = np.asarray(req.candidate_features, np.float32)[None]
-        ids = (key64(req.candidates) % np.uint64(self.id_space)).astype(np.int32)[None]
-        with self._lock:  # one consistent (state, version, key) per request
+        ids = (key64(req.candidates) % np.uint64(self.id_space)).astype(np.int32)
+        with self._lock:  # one consistent (state, version, request number) per request
             reranker, version = self._current
-            key = jax.random.fold_in(self._key, self._n)
+            n = self._n
             self._n += 1
-        order, prop = reranker.rank_many(ctx, feats, ids, slate_size=slate, key=key)
-        shown = [int(i) for i in order[0]]
-        propensities = [float(p) for p in prop[0]]
+        order, prop = reranker.rank(ctx, feats, ids, slate_size=slate, key=self._key, index=n)
+        shown = order.tolist()
+        propensities = prop.tolist()
         if any(not 0.0 < p <= 1.0 for p in propensities):
             raise RuntimeError(f"policy returned propensities {propensities} outside (0, 1]")
         served = msgspec.structs.replace(template, shown=shown, propensities=propensities)
-        self._log(served)
+        try:  # the daemon's own rules, on the very bytes we log: no accepted request dead-letters
+            value = _daemon_rules(served, self.limits, self.config.events.feature_encoding)
+        except RankError as err:
+            self._count(f"bad_request.{err.code}")
+            raise
+        self._log(served, value)
         self._count("ranked")
         return {
             "request_id": served.request_id,
@@ -308,11 +321,12 @@ class RerankService:
             "snapshot_version": version,
         }
 
-    def _log(self, impression: Impression) -> None:
+    def _log(self, impression: Impression, value: bytes) -> None:
+        """Send ``value``, the encoded ``impression``, to the impressions topic."""
         future = self.producer.send(
             self.config.topics.impressions,
             key=impression.user_id.encode(),
-            value=encode(impression),
+            value=value,
         )
         future.add_callback(self._logged)
         future.add_errback(self._log_failed, impression.request_id)
@@ -388,10 +402,64 @@ class RerankService:
         self.close()
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _float_arrays(req: RankRequest) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Context and candidate features as float32 arrays (ragged feature rows: shape ``(0, 0)``,
+    for the daemon's rules to name the row).
+
+    Raises:
+        RankError: ``non_finite``: a NaN or infinite value (only a decoded mapping can carry
+            one; JSON has neither and msgspec refuses numbers that overflow a double), or one
+            beyond float32's range, which the policy ranks with and the daemon learns from.
+    """
+
+    def usable(a: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        return np.asarray((np.abs(a) <= _F32_MAX).all(axis=-1))  # False for NaN and inf too
+
+    ctx = np.asarray(req.context, np.float64)
+    if not usable(ctx):
+        raise RankError("non_finite", "context has a NaN, infinite or beyond-float32 feature")
+    try:
+        feats = np.asarray(req.candidate_features, np.float64)
+        ok = usable(feats) if feats.ndim == 2 else np.ones(0, np.bool_)
+    except ValueError:  # ragged rows
+        feats = np.zeros((0, 0), np.float64)
+        ok = np.asarray([usable(np.asarray(r, np.float64)) for r in req.candidate_features])
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise RankError(
+            "non_finite", f"candidate {i} has a NaN, infinite or beyond-float32 feature"
+        )
+    return ctx.astype(np.float32), feats.astype(np.float32)
+
+
+def _daemon_rules(
+    impression: Impression, limits: Limits, encoding: FeatureEncoding = "float32"
+) -> bytes:
+    """``impression`` encoded (features as ``encoding`` says), after the daemon's decoder
+    accepted exactly those bytes.
+
+    Raises:
+        RankError: the decoder's code and reason.
+    """
+    raw = encode(with_features(impression, encoding))
+    try:
+        decode_impression(raw, limits)
+    except DecodeError as err:
+        raise RankError(err.code, err.reason) from None
+    return raw
+
+
 def _handler(service: RerankService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "encore-rerank"
         protocol_version = "HTTP/1.1"
+        # The headers and the body go out in two writes; with Nagle's algorithm on, the body
+        # waited for the client's delayed ACK of the headers (40 ms on Linux) on every
+        # keep-alive request.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
@@ -475,6 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="default: rerank.port; 0 for any free port")
     parser.add_argument("--refresh-ms", type=int, default=1_000, help="snapshot check interval")
     args = parser.parse_args(argv)
+    # Run each request's computation on the thread that serves it. With JAX's default
+    # asynchronous CPU dispatch every call hands off to a worker thread and waits for it; on a
+    # one-core server about 1 % of calls then stall 1-8 ms. Set here, before JAX starts its
+    # backend, for this process only (importing encore changes no JAX setting).
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     overrides = list(args.set)
     if args.bootstrap_servers:
         overrides.append(f"kafka.bootstrap_servers={args.bootstrap_servers}")
@@ -489,6 +562,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, on_signal)
     with RerankService(config, servers, refresh_ms=args.refresh_ms) as service:
         port = service.start_http(args.host, args.port)
+        # Everything alive now (JAX, the clients, the compiled functions) lives as long as the
+        # process: keep it out of the collector's full passes. A 500 x 64 request leaves ~500
+        # lists behind, so gen-2 passes come every few hundred requests, and over a heap that
+        # still held all of that they paused a request by ~100 ms.
+        gc.collect()
+        gc.freeze()
         host = args.host or config.rerank.host
         print(
             f"encore rerank: listening on http://{host}:{port} (POST /rank, GET /healthz, "

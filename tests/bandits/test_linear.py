@@ -191,3 +191,71 @@ def test_bad_hyperparameters_are_refused(field: str) -> None:
     bad = {"ridge": 0.0, "discount": 1.5, "refactor_every": 0, "n_ids": -1, "id_ridge": -1.0}
     with pytest.raises(ValueError, match=field):
         linucb(**{field: bad[field]})  # type: ignore[arg-type]
+
+
+def _m_direct(state: linear.LinearState, x: np.ndarray) -> np.ndarray:
+    """``m = K^T cov K`` in float64 from the raw covariance, ``K = kron([x, 1], I)``."""
+    dt1 = state.theta.shape[1]
+    xa = np.append(np.asarray(x, np.float64), 1.0)
+    kron = np.kron(xa[:, None], np.eye(dt1))  # (D, dt1)
+    return kron.T @ np.asarray(state.cov, np.float64) @ kron
+
+
+@pytest.mark.parametrize("discount", [1.0, 0.9])
+def test_prepared_state_gives_the_same_mean_and_variance(key: jax.Array, discount: float) -> None:
+    du, dt, k = 5, 7, 30
+    state = _init(du, dt, n_ids=16)
+    for i in range(3):  # Woodbury steps (discount 1) or Cholesky refactorisations (< 1)
+        state = _update(state, _batch(jax.random.fold_in(key, i), 20, du, dt), discount=discount)
+    serving = jax.jit(linear.prepare, static_argnames="id_ridge")(state, id_ridge=10.0)
+    assert isinstance(serving, linear.LinearServing)
+    p, q = (du + 1) * (du + 2) // 2, (dt + 1) * (dt + 2) // 2
+    assert serving.cov_packed.shape == (p, q)
+    kx, kz, ki = jax.random.split(jax.random.fold_in(key, 99), 3)
+    x = jax.random.normal(kx, (du,), jnp.float32)
+    cands = Candidates(
+        jax.random.normal(kz, (k, dt), jnp.float32), jax.random.randint(ki, (k,), 0, 40)
+    )
+    raw = linear.predict(state, x, cands, 10.0)
+    fast = linear.predict(serving, x, cands, 10.0)
+    for a, b in zip(raw, fast, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-5, atol=1e-7)
+    m = np.asarray(fast[3])
+    np.testing.assert_array_equal(m, m.T)  # symmetric by construction
+    np.testing.assert_allclose(m, _m_direct(state, np.asarray(x)), rtol=1e-5, atol=1e-7)
+
+
+def test_prepared_state_without_ids_and_update_refuses_it(key: jax.Array) -> None:
+    state = _update(_init(3, 2), _batch(key, 10, 3, 2))
+    serving = linear.prepare(state, id_ridge=10.0)
+    assert serving.id_mean.shape == (0,) and serving.id_var.shape == (0,)
+    cands = Candidates(jnp.ones((4, 2), jnp.float32), jnp.arange(4, dtype=jnp.int32))
+    bias, var = linear.id_bias(serving, cands.ids, 10.0)
+    np.testing.assert_array_equal(np.asarray(bias), np.zeros(4, np.float32))
+    np.testing.assert_array_equal(np.asarray(var), np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match="not its serving form"):
+        linear.update(serving, _batch(key, 4, 3, 2), ridge=1.0, discount=1.0, refactor_every=10)  # type: ignore[arg-type]
+
+
+def test_linucb_choices_from_the_prepared_state_match_the_state(key: jax.Array) -> None:
+    du, dt, k = 4, 6, 64
+    policy = linucb(alpha=2.0, n_ids=32)
+    state = policy.update(policy.init(du, dt), _batch(key, 200, du, dt, ids=32))
+    serving = policy.prepare(state)
+    rank = jax.jit(policy.rank, static_argnames="slate_size")
+    for i in range(20):
+        kx, kz, ki = jax.random.split(jax.random.fold_in(key, i), 3)
+        x = jax.random.normal(kx, (du,), jnp.float32)
+        c = Candidates(
+            jax.random.normal(kz, (k, dt), jnp.float32), jax.random.randint(ki, (k,), 0, 32)
+        )
+        mask = jnp.arange(k) < 40 + i
+        a = rank(state, x, c, mask, key=kx, slate_size=10)
+        b = rank(serving, x, c, mask, key=kx, slate_size=10)
+        np.testing.assert_array_equal(np.asarray(a.order), np.asarray(b.order))
+        np.testing.assert_array_equal(np.asarray(a.propensity), np.asarray(b.propensity))
+        np.testing.assert_allclose(
+            np.asarray(policy.score(serving, x, c, mask)),
+            np.asarray(policy.score(state, x, c, mask)),
+            rtol=1e-5,
+        )

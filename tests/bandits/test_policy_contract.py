@@ -2,7 +2,8 @@
 
 Every registered policy must: pass jit; vmap over requests; give propensities in (0, 1] that
 match empirical sampling frequencies; give the same slate for the same key; survive a save/load
-round-trip bit for bit; never choose a masked candidate; beat uniform on the simulator.
+round-trip bit for bit; never choose a masked candidate; beat uniform on the simulator; rank
+from its prepared (serving) state exactly as from the state.
 """
 
 from __future__ import annotations
@@ -228,6 +229,29 @@ def test_save_load_round_trip_is_bit_for_bit(name: str, key: jax.Array) -> None:
     r1 = policy.rank(state, x, c, m, key=key, slate_size=S)
     r2 = policy.rank(back, x, c, m, key=key, slate_size=S)
     np.testing.assert_array_equal(r1.order, r2.order)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_prepared_state_ranks_like_the_state(name: str, key: jax.Array) -> None:
+    policy = _policy(name)
+    state = _state(name)
+    serving = policy.prepare(state)
+    # Derived, never saved: the state's leaves are untouched and still what save() writes.
+    assert save(policy, state) == save(policy, _state(name))
+    rank = jax.jit(policy.rank, static_argnames="slate_size")
+    for i in range(4):
+        x, c, m = _request(i)
+        k = jax.random.fold_in(key, i)
+        a = rank(state, x, c, m, key=k, slate_size=S)
+        b = rank(serving, x, c, m, key=k, slate_size=S)
+        np.testing.assert_array_equal(np.asarray(a.order), np.asarray(b.order))
+        np.testing.assert_allclose(np.asarray(b.propensity), np.asarray(a.propensity), rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(policy.score(serving, x, c, m)),
+            np.asarray(policy.score(state, x, c, m)),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -267,6 +267,15 @@ def test_malformed_bodies_and_routes(served: tuple[Config, str, RerankService, i
         service.rank(body(context=[float("inf")] + [0.0] * (D - 1)))
     with pytest.raises(RankError, match="non_finite: candidate 2"):
         service.rank(body(candidate_features=[[0.0] * D] * 2 + [[float("nan")] * D] * 8))
+    with pytest.raises(RankError, match="non_finite: candidate 3"):  # ragged rows too
+        service.rank(
+            body(candidate_features=[[0.0] * D] * 3 + [[float("nan")] * (D + 1)] + [[0.0] * D] * 6)
+        )
+    # Finite as a double, infinite as the float32 the policy ranks with: refused, not ranked.
+    big = json.dumps(body(candidate_features=[[0.0] * D] * 9 + [[1e39] + [0.0] * (D - 1)]))
+    status, answer = post(port, big.encode())
+    assert (status, answer["error"]) == (400, "non_finite")
+    assert "candidate 9" in answer["reason"]
     status, answer = post(port, b"{}", path="/nope")
     assert status == 404
     status, answer = get(port, "/nope")

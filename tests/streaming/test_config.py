@@ -13,6 +13,11 @@ from streaming.config import Config, ConfigError, env_name
 def test_defaults_are_valid() -> None:
     cfg = Config.load(env={})
     assert cfg.join.window_ms > 0 and cfg.kafka.poll_timeout_ms < cfg.kafka.session_timeout_ms
+    assert cfg.events.feature_encoding == "float32"
+    assert (
+        Config.load(env={"ENCORE_EVENTS__FEATURE_ENCODING": "json"}).events.feature_encoding
+        == "json"
+    )
 
 
 def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
@@ -45,6 +50,7 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
         ("", {"ENCORE_JOIN__WINDOW_MS": "ten"}, [], "ENCORE_JOIN__WINDOW_MS"),
         ("", {}, ["join.window_ms=0"], "JoinConfig.window_ms must be in"),
         ("", {}, ["join.aggregate=mean"], "must be one of"),
+        ("", {}, ["events.feature_encoding=float64"], "events.feature_encoding (from --set"),
         ("", {}, ["kafka.poll_timeout_ms=20000"], "must be below kafka.session_timeout_ms"),
         ("", {}, ['kafka.client_options={"group_id": "x"}'], "client_options has keys"),
         ("", {}, ["kafka.security_protocol=SASL_SSL"], "sasl_mechanism is required"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -31,6 +32,20 @@ def impression(**over: Any) -> dict[str, Any]:
         "policy": "uniform",
         "policy_version": "1",
     }
+    base.update(over)
+    return base
+
+
+def b64(values: Any, dtype: str = "<f4") -> str:
+    """Standard base64 of ``values`` as little-endian float32 (or ``dtype``), row-major."""
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+
+def impression2(**over: Any) -> dict[str, Any]:
+    """The same impression as ``impression()`` with base64 float32 features (schema 2)."""
+    base = impression(schema="impression/2")
+    base["context"] = b64(base["context"])
+    base["candidate_features"] = b64(base["candidate_features"])
     base.update(over)
     return base
 
@@ -66,7 +81,7 @@ IMPRESSION_CASES: list[tuple[str, bytes, str]] = [
     ("trailing data", raw(impression()) + b" {}", "invalid_json"),
     ("a json array", b"[1, 2]", "unknown_schema"),
     ("no schema", raw(drop(impression(), "schema")), "unknown_schema"),
-    ("future schema", raw(impression(schema="impression/2")), "unknown_schema"),
+    ("future schema", raw(impression(schema="impression/3")), "unknown_schema"),
     ("missing field", raw(drop(impression(), "user_id")), "missing_field"),
     ("extra field", raw(impression(extra=1)), "unknown_field"),
     ("wrong type", raw(impression(ts="1000")), "wrong_type"),
@@ -97,9 +112,51 @@ IMPRESSION_CASES: list[tuple[str, bytes, str]] = [
     ("propensity count", raw(impression(propensities=[0.5])), "bad_shape"),
     ("shown out of range", raw(impression(shown=[3, 0])), "bad_shown"),
     ("shown repeated", raw(impression(shown=[1, 1])), "bad_shown"),
+    ("float32 overflow", raw(impression(context=[1e39, 0.0])), "non_finite"),
     ("propensity zero", raw(impression(propensities=[0.0, 0.5])), "bad_propensity"),
     ("propensity above one", raw(impression(propensities=[1.5, 0.5])), "bad_propensity"),
     ("negative propensity", raw(impression(propensities=[-0.1, 0.5])), "bad_propensity"),
+]
+
+BINARY_CASES: list[tuple[str, bytes, str]] = [
+    ("future schema, binary", raw(impression2(schema="impression/3")), "unknown_schema"),
+    ("base64 under schema 1", raw(impression2(schema="impression/1")), "wrong_type"),
+    (
+        "bad base64 under schema 1",
+        raw(impression(context="not base64!")),
+        "wrong_type",
+    ),
+    ("number for base64", raw(impression2(context=5)), "wrong_type"),
+    ("null for base64", raw(impression2(candidate_features=None)), "wrong_type"),
+    ("base64 with a space", raw(impression2(context="zczM PczMTD4=")), "bad_value"),
+    ("base64 with a newline", raw(impression2(context=b64([0.1, 0.2]) + "\n")), "bad_value"),
+    ("url-safe base64", raw(impression2(context="-_-_-_-_-_-_")), "bad_value"),
+    ("base64 unpadded", raw(impression2(context=b64([0.1, 0.2]).rstrip("="))), "bad_value"),
+    ("base64 non-ascii", raw(impression2(context="zczMPczMTD4é")), "bad_value"),
+    ("base64 data after padding", raw(impression2(context="AAA=AAA=")), "bad_value"),
+    ("context bytes", raw(impression2(context=b64([0.1, 0.2, 0.3]))), "bad_shape"),
+    ("context float64", raw(impression2(context=b64([0.1, 0.2], "<f8"))), "bad_shape"),
+    (
+        "context odd bytes",
+        raw(impression2(context=base64.b64encode(b"12345").decode())),
+        "bad_shape",
+    ),
+    ("empty context", raw(impression2(context="")), "bad_shape"),
+    ("feature bytes", raw(impression2(candidate_features=b64([[1.0, 0.0]] * 2))), "bad_shape"),
+    (
+        "feature width",
+        raw(impression2(candidate_features=b64([[1.0, 0.0, 0.0]] * 3))),
+        "bad_shape",
+    ),
+    ("NaN float32", raw(impression2(context=b64([0.1, float("nan")]))), "non_finite"),
+    (
+        "inf float32 feature",
+        raw(impression2(candidate_features=b64([[1.0, 0.0], [0.0, float("-inf")], [0.5, 0.5]]))),
+        "non_finite",
+    ),
+    ("NaN in JSON row, binary context", raw(impression2(context=[0.1, 1e39])), "non_finite"),
+    ("too many candidates, binary", raw(impression2(candidates=list("abcde"))), "bad_shape"),
+    ("shown out of range, binary", raw(impression2(shown=[3])), "bad_shape"),
 ]
 
 OUTCOME_CASES: list[tuple[str, bytes, str]] = [
@@ -114,6 +171,7 @@ OUTCOME_CASES: list[tuple[str, bytes, str]] = [
     ("negative duration", raw(outcome(track_duration_ms=-200)), "bad_value"),
     ("ms_played > 10x duration", raw(outcome(ms_played=2_000_001)), "bad_value"),
     ("negative position", raw(outcome(position=-1)), "bad_value"),
+    ("position beyond int32", raw(outcome(position=2**31)), "bad_value"),
     ("unknown reason", raw(outcome(reason_end="teleported")), "unknown_reason_end"),
 ]
 
@@ -128,6 +186,20 @@ def test_malformed_impression_has_documented_code(name: str, data: bytes, code: 
     assert info.value.raw == data
     assert info.value.code in ev.ERROR_CODES
     assert info.value.reason
+
+
+@pytest.mark.parametrize(("name", "data", "code"), BINARY_CASES, ids=[c[0] for c in BINARY_CASES])
+def test_malformed_binary_impression_has_documented_code(name: str, data: bytes, code: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        ev.decode_impression(data, LIM)
+    assert info.value.code == code, info.value.reason
+    assert info.value.raw == data
+    # The batch decoder agrees, and sends the message to the dead-letter path with its reason.
+    batch, rejects = ev.decode_impressions([raw(impression2()), data, raw(impression())], LIM)
+    assert batch.n == 2
+    assert [(r.row, r.code, r.reason, r.raw) for r in rejects] == [
+        (1, code, info.value.reason, data)
+    ]
 
 
 @pytest.mark.parametrize(("name", "data", "code"), OUTCOME_CASES, ids=[c[0] for c in OUTCOME_CASES])
@@ -269,3 +341,207 @@ def test_empty_batches_decode_to_empty_columns() -> None:
     outs, _ = ev.decode_outcomes([], LIM)
     assert imps.n == 0 and outs.n == 0
     assert outs.request_key.dtype == np.uint64 and outs.reason_end.dtype == np.int8
+
+
+# --- the two feature forms: base64 float32 (impression/2) and JSON numbers ------------------
+
+finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def float32_impressions(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid JSON-form impression whose features are all float32-representable."""
+    k = draw(st.integers(1, LIM.max_candidates))
+    shown = draw(st.permutations(range(k)))[: draw(st.integers(1, k))]
+    return impression(
+        request_id=draw(st.text("abc", min_size=1, max_size=3)),
+        context=draw(st.lists(finite_f32, min_size=2, max_size=2)),
+        candidates=[f"t{i}" for i in range(k)],
+        candidate_features=draw(
+            st.lists(st.lists(finite_f32, min_size=2, max_size=2), min_size=k, max_size=k)
+        ),
+        shown=shown,
+        propensities=[1.0 / (j + 1) for j in range(len(shown))],
+    )
+
+
+def in_form(obj: dict[str, Any], form: str) -> dict[str, Any]:
+    """``obj`` with its context and/or candidate features as base64 float32 (schema 2)."""
+    out = dict(obj)
+    if form != "json":
+        out["schema"] = "impression/2"
+    if form in ("binary", "binary context"):
+        out["context"] = b64(obj["context"])
+    if form in ("binary", "binary features"):
+        out["candidate_features"] = b64(obj["candidate_features"])
+    return out
+
+
+def assert_same_batch(a: ev.ImpressionBatch, b: ev.ImpressionBatch) -> None:
+    for name in ev.ImpressionBatch._fields:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+FORMS = ["json", "json under schema 2", "binary", "binary context", "binary features"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(float32_impressions(), st.sampled_from(FORMS)), min_size=1, max_size=6))
+def test_json_and_binary_features_decode_to_the_same_batch(
+    cases: list[tuple[dict[str, Any], str]],
+) -> None:
+    as_json = [raw(obj) for obj, _ in cases]
+    mixed = [raw(in_form(obj, form)) for obj, form in cases]
+    a, rejects_a = ev.decode_impressions(as_json, LIM)
+    b, rejects_b = ev.decode_impressions(mixed, LIM)
+    assert rejects_a == [] and rejects_b == []
+    assert_same_batch(a, b)
+    # One at a time, and through the public batch builder, the forms agree too.
+    for j, m in zip(as_json, mixed, strict=True):
+        assert_same_batch(
+            ev.impressions_to_batch([ev.decode_impression(j, LIM)], LIM),
+            ev.impressions_to_batch([ev.decode_impression(m, LIM)], LIM),
+        )
+    # ``with_features`` is what encore's producers use to write the binary form.
+    rewritten = [
+        ev.encode(ev.with_features(ev.decode_impression(j, LIM), "float32")) for j in as_json
+    ]
+    assert all(r.startswith(b'{"schema":"impression/2"') for r in rewritten)
+    assert_same_batch(a, ev.decode_impressions(rewritten, LIM)[0])
+
+
+def test_binary_features_are_little_endian_float32_row_major() -> None:
+    e = ev.decode_impression(raw(impression2()), LIM)
+    assert e.context == np.array([0.1, 0.2], "<f4").tobytes()
+    assert isinstance(e.candidate_features, bytes) and len(e.candidate_features) == 3 * 2 * 4
+    batch = ev.impressions_to_batch([e], LIM)
+    assert batch.context.tolist() == np.array([[0.1, 0.2]], np.float32).tolist()
+    assert batch.candidate_features[0, 2].tolist() == [0.5, 0.5]
+    assert batch.candidate_features.flags.writeable and batch.context.flags.writeable
+    assert ev.with_features(e, "json") is e
+    assert ev.decode_impression(ev.encode(e), LIM) == e  # bytes travel as base64 again
+
+
+def test_batch_rejects_non_finite_rows_in_order_and_pads_to_the_rest() -> None:
+    nan_row = [[0.0, 0.0], [0.0, 0.0], [float("nan"), 0.0], [0.0, 0.0]]
+    raws = [
+        raw(
+            impression2(
+                request_id="a",
+                candidates=["t1"],
+                candidate_features=b64([[1.0, 2.0]]),
+                shown=[0],
+                propensities=[1.0],
+            )
+        ),
+        raw(
+            impression2(
+                request_id="b",
+                candidates=list("wxyz"),
+                candidate_features=b64(nan_row),
+                shown=[0],
+                propensities=[1.0],
+            )
+        ),
+        b"{",
+        raw(impression(request_id="c", context=[0.5, 1e39])),
+        raw(impression(request_id="d")),
+    ]
+    batch, rejects = ev.decode_impressions(raws, LIM)
+    assert batch.request_id.tolist() == ["a", "d"]
+    assert batch.candidate_features.shape == (2, 3, 2)  # padded to d's 3, not b's 4
+    assert batch.candidate_mask.tolist() == [[True, False, False], [True, True, True]]
+    assert batch.candidate_features[0].tolist() == [[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]
+    assert [(r.row, r.code) for r in rejects] == [
+        (1, "non_finite"),
+        (2, "invalid_json"),
+        (3, "non_finite"),
+    ]
+    assert "candidate 2 feature 0 is nan" in rejects[0].reason
+    assert "context feature 1 is inf" in rejects[2].reason
+    assert [r.raw for r in rejects] == [raws[1], raws[2], raws[3]]
+
+
+def test_simulated_listeners_encode_the_same_batch_either_way_at_a_third_of_the_size() -> None:
+    from streaming import listeners
+    from streaming.simulator import SimConfig, Simulator
+
+    sim = Simulator(SimConfig(seed=3, n_users=50, n_tracks=100))
+    req = sim.requests(40)
+    sl = sim.log_slates(req, 5)
+    sizes: dict[str, float] = {}
+    batches = []
+    for form in ("json", "float32"):
+        imps = listeners.impressions(
+            req, sl.shown, sl.propensity, policy="p", feature_encoding=form
+        )
+        raws = [ev.encode(e) for e in imps]
+        sizes[form] = float(np.mean([len(r) for r in raws]))
+        batch, rejects = ev.decode_impressions(raws)
+        assert rejects == []
+        batches.append(batch)
+    assert_same_batch(*batches)
+    np.testing.assert_array_equal(batches[1].candidate_features, req.candidate_features)
+    assert sizes["float32"] * 3 < sizes["json"], sizes
+
+
+def cut_and_junk(obj: dict[str, Any], cut: int, junk: bytes) -> bytes:
+    return raw(obj)[:cut] + junk
+
+
+def with_field(key: str, value: str) -> bytes:
+    return raw(impression2(**{key: value}))
+
+
+binary_values = st.builds(
+    cut_and_junk,
+    float32_impressions().map(lambda o: in_form(o, "binary")),
+    st.integers(0, 400),
+    st.binary(max_size=8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        binary_values,
+        st.builds(
+            with_field,
+            st.sampled_from(["context", "candidate_features"]),
+            st.text(max_size=40)
+            | st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+        ),
+    )
+)
+def test_fuzz_binary_impressions_decode_or_fail_with_a_documented_code(data: bytes) -> None:
+    try:
+        e = ev.decode_impression(data, LIM)
+    except DecodeError as err:
+        assert err.code in ev.ERROR_CODES and err.raw == data
+        batch, rejects = ev.decode_impressions([data], LIM)
+        assert batch.n == 0 and [(r.code, r.reason) for r in rejects] == [(err.code, err.reason)]
+        return
+    batch = ev.impressions_to_batch([e], LIM)
+    assert np.isfinite(batch.context).all() and np.isfinite(batch.candidate_features).all()
+    assert_same_batch(batch, ev.decode_impressions([data], LIM)[0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(-3e38, 3e38, allow_nan=False, allow_infinity=False), min_size=8, max_size=8)
+)
+def test_writing_float32_rounds_any_double_as_the_decoder_rounds_json(values: list[float]) -> None:
+    """What the rerank service logs: a client's float64 features, written as float32, decode to
+    the batch their JSON numbers decode to (both round each double to the nearest float32)."""
+    obj = impression(
+        context=values[:2],
+        candidates=["a", "b", "c"],
+        candidate_features=[values[2:4], values[4:6], values[6:8]],
+    )
+    e = ev.decode_impression(raw(obj), LIM)
+    assert_same_batch(
+        ev.decode_impressions([raw(obj)], LIM)[0],
+        ev.decode_impressions([ev.encode(ev.with_features(e, "float32"))], LIM)[0],
+    )

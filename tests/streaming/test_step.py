@@ -136,6 +136,7 @@ def test_closed_impressions_become_parquet_log_records(tmp_path: object) -> None
 
 def test_log_keeps_each_impressions_candidates_when_batch_widths_differ(tmp_path: object) -> None:
     """Side rows keep candidates as wide as their batch; later, wider batches pad the older rows."""
+    import base64
     import json
     from pathlib import Path
 
@@ -150,8 +151,13 @@ def test_log_keeps_each_impressions_candidates_when_batch_widths_differ(tmp_path
         if not set(d["shown"]) <= set(keep):
             keep = sorted(d["shown"])
         at = {old: new for new, old in enumerate(keep)}
+        feats = d["candidate_features"]
+        if isinstance(feats, str):  # base64 float32 (impression/2): keep rows of the array
+            rows = np.frombuffer(base64.b64decode(feats), "<f4").reshape(len(d["candidates"]), -1)
+            d["candidate_features"] = base64.b64encode(rows[keep].tobytes()).decode()
+        else:
+            d["candidate_features"] = [feats[i] for i in keep]
         d["candidates"] = [d["candidates"][i] for i in keep]
-        d["candidate_features"] = [d["candidate_features"][i] for i in keep]
         d["shown"] = [at[i] for i in d["shown"]]
         return json.dumps(d).encode()
 

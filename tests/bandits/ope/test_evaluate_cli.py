@@ -1,4 +1,4 @@
-"""``encore evaluate`` end to end on small files (streaming/evaluate.py; OPE math is tested elsewhere)."""
+"""``encore evaluate`` end to end on small files (streaming/evaluate/; OPE math is tested elsewhere)."""
 
 from __future__ import annotations
 
