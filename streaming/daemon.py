@@ -503,7 +503,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ loop
     def open(self) -> None:
-        self._start_compiling()
+        self._use_cache()
         topics = self.config.topics
         self.producer = make_producer(self.config.kafka, self.servers)
         self.handoff_producer = make_producer(
@@ -548,13 +548,21 @@ class Daemon:
             except OSError as exc:  # a busy port must not stop the learning
                 log.warning("no metrics endpoint on %s:%d: %s", m.host, m.port, exc)
 
-    def _start_compiling(self) -> None:
-        """Use the persistent compilation cache, and compile the step's functions on a thread."""
+    def _use_cache(self) -> None:
+        """Point JAX at the persistent compilation cache (see ``JaxConfig``)."""
         jc = self.config.jax
         if jc.compilation_cache and self._cache_set is None:
             where = Path(jc.compilation_cache_dir or self.ckpt_dir / "jax-cache")
             self._cache_set = _use_compilation_cache(where)
-        if jc.compile_ahead and self._compiling is None:
+
+    def _start_compiling(self) -> None:
+        """Compile the step's functions on a thread (``run`` calls it once records arrived).
+
+        Not earlier: a thread that holds the GIL while the consumer joins its group starves
+        kafka-python's IO loop, and twice in about twenty starts on a loaded two-core machine
+        the consumer then never fetched a record.
+        """
+        if self.config.jax.compile_ahead and self._compiling is None:
             state = self.state
             self._compiling = threading.Thread(
                 target=self._compile, args=(state,), name="encore-compile-ahead", daemon=True
@@ -760,6 +768,8 @@ class Daemon:
                 now = self.clock()
                 if got:
                     last_data = now
+                    if self._compiling is None:
+                        self._start_compiling()  # the learners, while the next polls decode
                 elif exit_when_idle_ms is not None and now - last_data >= exit_when_idle_ms:
                     if self.caught_up():
                         break

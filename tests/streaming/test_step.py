@@ -18,6 +18,7 @@ from streaming.step import (
     from_arrays,
     init,
     join_counters,
+    slate_features,
     step,
     to_arrays,
     warm_up,
@@ -279,3 +280,18 @@ def test_warm_up_compiles_everything_a_step_runs_and_changes_nothing() -> None:
     assert c == c_cold
     a, b = to_arrays(eng, warmed)[0], to_arrays(eng, cold)[0]
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("n", "s"), [(1, 1), (37, 3), (5, 12)])
+def test_slate_features_equal_interaction_features_bit_for_bit(n: int, s: int) -> None:
+    from rewards import interaction_features
+
+    rng = np.random.default_rng(n * s)
+    context = rng.standard_normal((n, 16)).astype(np.float32)
+    shown = rng.standard_normal((n, s, 16)).astype(np.float32)
+    want = interaction_features(
+        np.repeat(context, s, axis=0), shown.reshape(n * s, -1), np.tile(np.arange(s), n)
+    )
+    got = slate_features(context, shown)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
