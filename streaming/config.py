@@ -248,6 +248,7 @@ class LogConfig:
     max_candidates: int = 64  # candidates kept per impression in the log
     candidate_features: bool = True
     publish_joined: bool = False  # also send each joined record to topics.joined (live OPE)
+    background: bool = True  # write on a thread of its own (flushed before every checkpoint)
 
     def __post_init__(self) -> None:
         _positive(self, "rows_per_file", "max_file_age_ms", "max_candidates")
@@ -277,6 +278,25 @@ class ScaleConfig:
 
 
 @dataclass(frozen=True)
+class JaxConfig:
+    """How the daemon gets its compiled JAX functions (each costs about a second to compile).
+
+    ``compile_ahead`` compiles every function a step calls on a thread while the worker connects
+    and joins its group, so the first polls do not wait for the compiler. ``compilation_cache``
+    keeps compiled functions in JAX's persistent cache, so a restarted worker loads them instead
+    of compiling again; ``compilation_cache_dir`` (empty: ``<checkpoint.dir>/jax-cache``, beside
+    the state it serves) is where. The cache holds native code that JAX runs: keep the directory
+    writable by the worker's user only, like the checkpoints. The cache directory is a process-wide
+    JAX setting: the first worker of a process that opens sets it (unless the embedding program
+    set one), and it is unset again when that worker closes.
+    """
+
+    compile_ahead: bool = True
+    compilation_cache: bool = True
+    compilation_cache_dir: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an encore process."""
 
@@ -291,6 +311,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    jax: JaxConfig = field(default_factory=JaxConfig)
 
     @classmethod
     def load(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
 import msgspec
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +46,7 @@ from streaming.kafka_io import (
     make_producer,
 )
 from streaming.metrics import Metrics, MetricsServer, status_path, write_status
-from streaming.parquet_log import JoinedRecords, ParquetLog, to_table
+from streaming.parquet_log import BackgroundLog, JoinedRecords, ParquetLog, to_table
 from streaming.step import (
     Engine,
     WorkerState,
@@ -55,6 +56,7 @@ from streaming.step import (
     merge_delta,
     step,
     to_arrays,
+    warm_up,
     zero_delta,
 )
 
@@ -218,18 +220,21 @@ class Daemon:
         self.handoff_producer: Any = None
         self.handoff_consumer: Any = None
         self._handoff_parts: list[int] = [0]
-        self.log: ParquetLog | None = None
+        self.log: ParquetLog | BackgroundLog | None = None
         if config.log.dir:
-            self.log = ParquetLog(
+            parquet = ParquetLog(
                 config.log.dir,
                 rows_per_file=config.log.rows_per_file,
                 max_file_age_ms=config.log.max_file_age_ms,
                 clock=clock,
                 writer=config.scale.worker_id or config.kafka.client_id,
             )
+            self.log = BackgroundLog(parquet) if config.log.background else parquet
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
         self.metrics_port: int | None = None
+        self._compiling: threading.Thread | None = None
+        self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
 
     # ------------------------------------------------------------------ state
     def _load_or_init(self) -> WorkerState:
@@ -498,6 +503,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ loop
     def open(self) -> None:
+        self._use_cache()
         topics = self.config.topics
         self.producer = make_producer(self.config.kafka, self.servers)
         self.handoff_producer = make_producer(
@@ -542,7 +548,43 @@ class Daemon:
             except OSError as exc:  # a busy port must not stop the learning
                 log.warning("no metrics endpoint on %s:%d: %s", m.host, m.port, exc)
 
+    def _use_cache(self) -> None:
+        """Point JAX at the persistent compilation cache (see ``JaxConfig``)."""
+        jc = self.config.jax
+        if jc.compilation_cache and self._cache_set is None:
+            where = Path(jc.compilation_cache_dir or self.ckpt_dir / "jax-cache")
+            self._cache_set = _use_compilation_cache(where)
+
+    def _start_compiling(self) -> None:
+        """Compile the step's functions on a thread (``run`` calls it once records arrived).
+
+        Not earlier: a thread that holds the GIL while the consumer joins its group starves
+        kafka-python's IO loop, and twice in about twenty starts on a loaded two-core machine
+        the consumer then never fetched a record.
+        """
+        if self.config.jax.compile_ahead and self._compiling is None:
+            state = self.state
+            self._compiling = threading.Thread(
+                target=self._compile, args=(state,), name="encore-compile-ahead", daemon=True
+            )
+            self._compiling.start()
+
+    def _compile(self, state: WorkerState) -> None:
+        started = time.perf_counter()
+        try:
+            warm_up(self.engine, state)
+        except Exception:  # the first steps compile what is missing (and raise real errors)
+            log.exception("compiling ahead failed")
+        else:
+            log.info("compiled the step's functions in %.1f s", time.perf_counter() - started)
+
     def close(self) -> None:
+        if self._compiling is not None:
+            self._compiling.join()
+            self._compiling = None
+        if self._cache_set is not None:
+            _restore_compilation_cache(self._cache_set)
+            self._cache_set = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
@@ -726,6 +768,8 @@ class Daemon:
                 now = self.clock()
                 if got:
                     last_data = now
+                    if self._compiling is None:
+                        self._start_compiling()  # the learners, while the next polls decode
                 elif exit_when_idle_ms is not None and now - last_data >= exit_when_idle_ms:
                     if self.caught_up():
                         break
@@ -803,6 +847,37 @@ class Daemon:
         self.stats.reward_by_policy = {
             self._names.get(k, str(k)): v for k, v in self.state.reward_by_policy.items()
         }
+
+
+def _use_compilation_cache(path: Path) -> tuple[Any, Any] | None:
+    """Point JAX's persistent cache at ``path`` unless this process already has one.
+
+    Returns:
+        The settings to restore on close, or None when the cache was left as it was.
+    """
+    current = jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue]
+    if current:
+        if Path(current) != path:
+            log.info("JAX compilation cache stays at %s (set before this worker opened)", current)
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # compiling every time is slower, never wrong
+        log.warning("no JAX compilation cache at %s: %s", path, exc)
+        return None
+    before = (current, jax.config.jax_persistent_cache_min_compile_time_secs)  # pyright: ignore[reportAttributeAccessIssue]
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # ours take ~0.3-1.5 s
+    log.info("JAX compilation cache at %s", path)
+    return before
+
+
+def _restore_compilation_cache(before: tuple[Any, Any]) -> None:
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
 
 
 class _Polled:

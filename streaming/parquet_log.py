@@ -35,7 +35,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,7 @@ from streaming.events import ImpressionBatch
 
 __all__ = [
     "COLUMNS",
+    "BackgroundLog",
     "JoinedRecords",
     "ParquetLog",
     "example_records",
@@ -349,11 +352,20 @@ class ParquetLog:
         self.roll_if_due()
         if records.n_rows == 0:
             return
-        table = to_table(records)
+        self.append_table(to_table(records))
+
+    def append_table(self, table: ArrowTable) -> None:
+        """Write a table made by ``to_table`` (or several concatenated), rolling as configured.
+
+        Raises:
+            ValueError: the table's schema differs from the open file's.
+        """
+        self.roll_if_due()
         lo = 0
+        ts = table.column("ts_ms")
         while lo < table.num_rows:
             if self._pq is None:
-                self._open(int(records.ts_ms[lo]), table.schema)
+                self._open(int(ts[lo].as_py()), table.schema)
             elif self._schema is not None and not table.schema.equals(self._schema):
                 raise ValueError(
                     f"records' schema {table.schema} differs from the open file's {self._schema}"
@@ -413,6 +425,145 @@ class ParquetLog:
         self._pq = self._tmp = self._schema = None
         self.committed.append(final)
         return final
+
+
+class BackgroundLog:
+    """A ``ParquetLog`` written by a thread of its own, so the caller does not wait for Arrow
+    conversion, compression and disk writes (pyarrow releases the GIL while it compresses).
+
+    ``append`` checks the records' shapes, queues them and returns (it blocks only while
+    ``max_pending`` batches are already queued). The thread converts each batch and writes them
+    ``rows_per_write`` rows at a time (fewer, larger row groups; small ones cost about twice as
+    much per row), and whatever is left on ``flush``, ``roll_if_due`` and ``close``. ``flush`` returns once every row
+    appended before it is in a committed file, as ``ParquetLog.flush`` does, so the daemon's
+    rule (flush, then checkpoint) keeps the log's exactly-once view: a kill loses only rows no
+    checkpoint covers, and those come back when the daemon replays. An error in the thread (a
+    schema that changed, a full disk) is raised by the next ``append``, ``flush`` or ``close``;
+    the rows after it are not written.
+
+    Args:
+        log: the log to write (used only by the thread from now on).
+        max_pending: batches queued at most before ``append`` waits.
+        rows_per_write: rows gathered before a write (the last write of a flush has fewer).
+    """
+
+    def __init__(
+        self, log: ParquetLog, *, max_pending: int = 16, rows_per_write: int = 4096
+    ) -> None:
+        if max_pending <= 0 or rows_per_write <= 0:
+            raise ValueError("max_pending and rows_per_write must be positive")
+        self.log = log
+        self.rows_per_write = rows_per_write
+        self._queue: queue.Queue[tuple[str, JoinedRecords | None, threading.Event | None]] = (
+            queue.Queue(max_pending)
+        )
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None  # started by the first call, stopped by close
+
+    @property
+    def committed(self) -> list[Path]:
+        """The files committed so far (complete once ``flush`` returned)."""
+        return self.log.committed
+
+    @property
+    def rows_written(self) -> int:
+        return self.log.rows_written
+
+    def append(self, records: JoinedRecords) -> None:
+        """Queue ``records`` for writing.
+
+        Raises:
+            ValueError: the columns' shapes disagree (checked here, before queueing).
+        """
+        self._raise()
+        if records.n_rows == 0:
+            return
+        _check(records)
+        self._put("append", records, None)
+
+    def roll_if_due(self) -> None:
+        """Have the thread commit the open file if it is older than ``max_file_age_ms``."""
+        self._raise()
+        self._put("roll", None, None)
+
+    def flush(self) -> None:
+        """Return once every row appended so far is in a committed file."""
+        self._call("flush")
+
+    def close(self) -> None:
+        """Flush, then stop the thread; idempotent (a later ``append`` starts a new thread)."""
+        if self._thread is None:
+            self._raise()
+            return
+        try:
+            self._call("flush")
+        finally:
+            self._queue.put(("stop", None, None))
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> BackgroundLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _put(self, op: str, records: JoinedRecords | None, done: threading.Event | None) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="encore-parquet-log", daemon=True
+            )
+            self._thread.start()
+        self._queue.put((op, records, done))
+
+    def _call(self, op: str) -> None:
+        done = threading.Event()
+        self._put(op, None, done)
+        done.wait()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the Parquet log's writer failed: {self._error}") from self._error
+
+    def _run(self) -> None:
+        tables: list[ArrowTable] = []
+        rows = 0
+        while True:
+            op, records, done = self._queue.get()
+            try:
+                if self._error is not None:
+                    pass  # refuse everything after a failure; the caller sees the error
+                elif op == "append" and records is not None:
+                    tables.append(to_table(records))
+                    rows += records.n_rows
+                    if rows >= self.rows_per_write:
+                        self._write(tables)
+                        tables, rows = [], 0
+                else:
+                    self._write(tables)
+                    tables, rows = [], 0
+                    if op == "roll":
+                        self.log.roll_if_due()
+                    elif op == "flush":
+                        self.log.flush()
+            except BaseException as exc:  # handed to the caller by ``_raise``
+                self._error = exc
+                tables, rows = [], 0
+            finally:
+                if done is not None:
+                    done.set()
+            if op == "stop":
+                return
+
+    def _write(self, tables: list[ArrowTable]) -> None:
+        """Each run of tables of one schema as one write (a schema change fails in the log)."""
+        lo = 0
+        for hi in range(1, len(tables) + 1):
+            if hi == len(tables) or not tables[hi].schema.equals(tables[lo].schema):
+                run = tables[lo:hi]
+                self.log.append_table(run[0] if len(run) == 1 else pa.concat_tables(run))
+                lo = hi
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 import rewards
 from bandits import Feedback, Policy, linear
+from rewards.features import N_POSITIONS
 from rewards.survival import survival_model
 from streaming import join
 from streaming.events import REASONS_END, ImpressionBatch, OutcomeBatch, key64
@@ -257,6 +258,82 @@ def _predict(
     return rewards.Predictions(skip=skip, complete=complete)  # type: ignore[arg-type]
 
 
+def warm_up(engine: Engine, state: WorkerState) -> None:
+    """Compile every jitted function ``step`` calls, at the padded sizes it calls them with.
+
+    Runs the reward model's two predict sizes, one model update and two policy updates (the
+    second on the first's output, in case its array types differ from the initial state's) on
+    throwaway all-padding inputs; ``state`` is only read and every result is dropped. A daemon
+    runs it on a thread while it connects and joins its group, so its first polls do not wait
+    for the compiler (JAX compiles a function once even when two threads call it together).
+
+    Args:
+        engine: the worker's static parts.
+        state: the state the first steps will start from (its arrays give the shapes).
+    """
+    f = engine.n_model_features
+    for n in (1, PREDICT_SMALL + 1):  # one call per predict size (``_bucket``)
+        _predict(engine, state.model, np.zeros((n, f), np.float32), np.zeros(n, np.int32))
+    b = MODEL_BATCH
+    rows = ModelRows(
+        features=np.zeros((b, f), np.float32),
+        ms_played=np.zeros(b, np.int64),
+        duration_ms=np.full(b, NOMINAL_DURATION_MS, np.int64),
+        reason_end=np.zeros(b, np.int8),
+        saved=np.zeros(b, bool),
+        position=np.zeros(b, np.int32),
+        censored=np.zeros(b, bool),
+        track_id=np.zeros(b, np.int32),
+    )
+    model, *_ = _update_model(engine, state.model, rows)
+    _predict(engine, model, np.zeros((1, f), np.float32), np.zeros(1, np.int32))
+    columns: list[np.ndarray] = [
+        np.zeros((1, engine.d_user), np.float32),
+        np.zeros((1, engine.d_track), np.float32),
+        np.zeros(1, np.int32),
+        np.zeros(1, np.int32),
+        np.zeros(1, np.float32),
+        np.ones(1, np.float32),
+        np.zeros(1, bool),  # masked out: the update changes nothing
+    ]
+    policy, pending = update_policy(engine, state.policy, columns, state.pending)
+    policy, _ = update_policy(engine, policy, columns, pending)
+    jax.block_until_ready(policy)
+
+
+def slate_features(context: F32, features: F32) -> F32:
+    """``rewards.interaction_features`` of every shown position of ``n`` slates, row-major.
+
+    The same values bit for bit as ``interaction_features(np.repeat(context, s, axis=0),
+    features.reshape(n * s, -1), np.tile(np.arange(s), n))`` (tested), written straight into one
+    buffer: no repeated contexts, outer-product temporaries or final concatenation (about 3x
+    faster; this runs on every shown track of every impression).
+
+    Args:
+        context: ``(n, d_user)`` float32 request contexts.
+        features: ``(n, s, d_track)`` float32 features of the shown tracks.
+
+    Returns:
+        ``(n * s, n_interaction_features(d_user, d_track))`` float32.
+    """
+    n, s, dt = features.shape
+    du = context.shape[1]
+    outer_at, onehot_at = du + dt, du + dt + du * dt
+    out = np.zeros((n, s, onehot_at + N_POSITIONS), np.float32)
+    out[:, :, :du] = context[:, None, :]
+    out[:, :, du:outer_at] = features
+    outer = out[:, :, outer_at:onehot_at].reshape(n, s, du, dt)  # a view: one axis split
+    np.multiply(
+        np.asarray(context, np.float32)[:, None, :, None],
+        np.asarray(features, np.float32)[:, :, None, :],
+        out=outer,
+    )
+    outer *= np.float32(np.sqrt(du))
+    positions = np.arange(s)
+    out[:, positions, onehot_at + np.minimum(positions, N_POSITIONS - 1)] = 1.0
+    return out.reshape(n * s, -1)
+
+
 def _side_rows(
     engine: Engine, model: Any, imps: ImpressionBatch, payload: npt.NDArray[np.int64]
 ) -> Side:
@@ -272,11 +349,7 @@ def _side_rows(
     feats = imps.candidate_features[rows, shown_idx].astype(np.float32)
     ids = (imps.candidate_key[rows, shown_idx] % np.uint64(engine.id_space)).astype(np.int32)
     # Prequential: predict every shown track now, before any of its outcomes exist.
-    x = rewards.interaction_features(
-        np.repeat(imps.context, s, axis=0),
-        feats.reshape(n * s, -1),
-        np.tile(np.arange(s, dtype=np.int32), n),
-    )
+    x = slate_features(imps.context, feats)
     pred = _predict(engine, model, x, ids.reshape(-1))
     prov = np.asarray(
         engine.composite.provisional(pred, np.full(n * s, NOMINAL_DURATION_MS, np.int64)),

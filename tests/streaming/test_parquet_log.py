@@ -9,6 +9,7 @@ import pytest
 
 from streaming.parquet_log import (
     COLUMNS,
+    BackgroundLog,
     JoinedRecords,
     ParquetLog,
     example_records,
@@ -258,3 +259,38 @@ def test_from_decoded_impressions(tmp_path: Path) -> None:
             reward_name="stream30",
             reward_version=2,
         )
+
+
+def test_background_log_writes_the_same_rows_and_flush_commits_them(tmp_path: Path) -> None:
+    plain, behind = tmp_path / "plain", tmp_path / "behind"
+    batches = [example_records(n, ts0_ms=1_000 * i, seed=i) for i, n in enumerate([7, 0, 30, 5])]
+    with ParquetLog(plain, clock=FakeClock()) as log:
+        for rec in batches:
+            log.append(rec)
+    bg = BackgroundLog(ParquetLog(behind, clock=FakeClock()), max_pending=2)
+    for rec in batches:
+        bg.append(rec)
+    bg.flush()  # what the daemon does before a checkpoint: every row is committed on return
+    assert bg.rows_written == 42 and len(bg.committed) == 1 and not temporaries(behind)
+    assert read_log(behind).equals(read_log(plain))
+    bg.close()
+    bg.close()  # idempotent
+    bg.append(example_records(3, ts0_ms=9_000, seed=9))  # a closed log starts a new writer
+    bg.close()
+    assert len(read_log(behind)) == 45 and len(committed(behind)) == 2
+
+
+def test_background_log_reports_a_writer_error_and_checks_shapes_at_once(tmp_path: Path) -> None:
+    bg = BackgroundLog(ParquetLog(tmp_path, clock=FakeClock()))
+    rec = example_records(4)
+    with pytest.raises(ValueError, match=r"JoinedRecords\.context"):
+        bg.append(rec._replace(context=rec.context[:2]))
+    bg.append(rec)
+    bg.append(example_records(4, d_track=5))  # another schema: refused by the writer thread
+    with pytest.raises(RuntimeError, match="writer failed") as info:
+        bg.flush()
+    assert "schema" in str(info.value.__cause__)
+    with pytest.raises(RuntimeError, match="writer failed"):
+        bg.append(rec)  # nothing more is written after a failure
+    with pytest.raises(RuntimeError, match="writer failed"):
+        bg.close()

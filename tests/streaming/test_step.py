@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,17 @@ from bandits import POLICIES
 from streaming import join, listeners
 from streaming.events import Limits, decode_impressions, decode_outcomes, encode
 from streaming.simulator import SimConfig, Simulator
-from streaming.step import Engine, from_arrays, init, join_counters, step, to_arrays
+from streaming.step import (
+    Engine,
+    WorkerState,
+    from_arrays,
+    init,
+    join_counters,
+    slate_features,
+    step,
+    to_arrays,
+    warm_up,
+)
 
 LIM = Limits(d_user=16, d_track=16)
 
@@ -37,7 +48,7 @@ def traffic(n: int, seed: int = 0) -> tuple[list[bytes], list[bytes]]:
 
 def run(
     eng: Engine, imps: list[bytes], outs: list[bytes], cuts: int
-) -> tuple[object, dict[str, int]]:
+) -> tuple[WorkerState, dict[str, int]]:
     state = init(eng)
     bi = np.array_split(np.arange(len(imps)), cuts)
     bo = np.array_split(np.arange(len(outs)), cuts)
@@ -243,3 +254,44 @@ def test_a_checkpoint_of_other_reward_model_params_is_refused_clearly() -> None:
     averaged = dataclasses.replace(eng, reward_model=survival_model(average=0.99))
     with pytest.raises(ValueError, match=r"reward\.model_params changed"):
         from_arrays(averaged, arrays, header)
+
+
+def test_warm_up_compiles_everything_a_step_runs_and_changes_nothing() -> None:
+    from jax._src import monitoring
+
+    imps, outs = traffic(600)
+    compiled: list[str] = []
+
+    def count(event: str, duration: float, **kwargs: Any) -> None:
+        if event.endswith("backend_compile_duration"):
+            compiled.append(event)
+
+    monitoring.register_event_duration_secs_listener(count)  # pyright: ignore[reportArgumentType]
+    try:
+        cold, c_cold = run(engine(), imps, outs, cuts=7)
+        assert compiled  # a fresh engine compiles on its first steps (what is not cached yet)
+        eng = engine()
+        warm_up(eng, init(eng))
+        compiled.clear()
+        warmed, c = run(eng, imps, outs, cuts=7)
+    finally:
+        monitoring.unregister_event_duration_listener(count)  # pyright: ignore[reportArgumentType]
+    assert compiled == []  # every padded size and both learners were compiled ahead
+    assert c == c_cold
+    a, b = to_arrays(eng, warmed)[0], to_arrays(eng, cold)[0]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("n", "s"), [(1, 1), (37, 3), (5, 12)])
+def test_slate_features_equal_interaction_features_bit_for_bit(n: int, s: int) -> None:
+    from rewards import interaction_features
+
+    rng = np.random.default_rng(n * s)
+    context = rng.standard_normal((n, 16)).astype(np.float32)
+    shown = rng.standard_normal((n, s, 16)).astype(np.float32)
+    want = interaction_features(
+        np.repeat(context, s, axis=0), shown.reshape(n * s, -1), np.tile(np.arange(s), n)
+    )
+    got = slate_features(context, shown)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
