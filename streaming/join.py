@@ -371,6 +371,12 @@ def init(config: JoinConfig) -> JoinState:
     return JoinState(**arrays, **scalars)
 
 
+CUT_DEPENDENT = frozenset({"n_closed_memory"})
+"""Entries of ``counters`` that depend on how the stream was cut into batches: expired entries
+of the closed-key memory are dropped in amortised steps, so its size does (what it answers does
+not). Every other entry is the same for any cut."""
+
+
 def counters(state: JoinState) -> dict[str, int]:
     """Counters, buffer sizes and clocks as plain ints, for metrics and logs."""
     out = {name: int(getattr(state, name)) for name in _COUNTERS}

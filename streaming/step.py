@@ -450,12 +450,17 @@ def raw_rewards(engine: Engine, plays: Plays) -> F32:
     return np.asarray(engine.composite.raw(o), np.float32)
 
 
-def join_counters(state: WorkerState) -> dict[str, int]:
-    """The join's counters summed over every partition's join state."""
+def join_counters(state: WorkerState, *, cut_dependent: bool = True) -> dict[str, int]:
+    """The join's counters summed over every partition's join state.
+
+    ``cut_dependent=False`` leaves out ``join.CUT_DEPENDENT`` (memory gauges whose value depends
+    on where polls cut the stream): what is left is equal for any cut of the same stream.
+    """
     total: dict[str, int] = {}
     for js in state.join.values():
         for k, v in join.counters(js).items():
-            total[k] = total.get(k, 0) + v
+            if cut_dependent or k not in join.CUT_DEPENDENT:
+                total[k] = total.get(k, 0) + v
     return total
 
 

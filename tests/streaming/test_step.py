@@ -70,6 +70,8 @@ def test_every_impression_closes_once_and_feeds_the_policy() -> None:
     assert c["feedback_rows"] == 600 * 3 - censored  # censored plays teach the policy nothing
     assert state.sums["model_rows"] == (len(outs) // 1024) * 1024  # full mini-batches only
     assert state.side.payload.size == 0  # nothing left behind once everything closed
+    stable = join_counters(state, cut_dependent=False)
+    assert set(join_counters(state)) - set(stable) == join.CUT_DEPENDENT
 
 
 @pytest.mark.parametrize("cuts", [2, 7, 31])
