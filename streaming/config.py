@@ -281,8 +281,11 @@ class ScaleConfig:
 class JaxConfig:
     """How the daemon gets its compiled JAX functions (each costs about a second to compile).
 
-    ``compile_ahead`` compiles every function a step calls on a thread while the worker connects
-    and joins its group, so the first polls do not wait for the compiler. ``compilation_cache``
+    ``compile_ahead`` compiles every function a step calls on a thread once the first records
+    have arrived, so the first polls do not wait for the compiler. It is off by default: on a
+    loaded 2-core machine that thread kept kafka-python's network loop from running long enough
+    for the group to rebalance, and the consumer was then left with no partitions (seen once in a
+    full daemon benchmark run). ``compilation_cache``
     keeps compiled functions in JAX's persistent cache, so a restarted worker loads them instead
     of compiling again; ``compilation_cache_dir`` (empty: ``<checkpoint.dir>/jax-cache``, beside
     the state it serves) is where. The cache holds native code that JAX runs: keep the directory
@@ -291,7 +294,7 @@ class JaxConfig:
     set one), and it is unset again when that worker closes.
     """
 
-    compile_ahead: bool = True
+    compile_ahead: bool = False
     compilation_cache: bool = True
     compilation_cache_dir: str = ""
 

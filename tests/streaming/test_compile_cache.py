@@ -20,12 +20,12 @@ def _cumsum(x: jax.Array) -> jax.Array:
 
 
 def test_config_keys_default_and_layer() -> None:
-    assert Config.load(env={}).jax.compile_ahead
+    assert not Config.load(env={}).jax.compile_ahead
     cfg = Config.load(
         env={"ENCORE_JAX__COMPILATION_CACHE": "false"},
-        overrides=["jax.compilation_cache_dir=/var/cache/encore", "jax.compile_ahead=false"],
+        overrides=["jax.compilation_cache_dir=/var/cache/encore", "jax.compile_ahead=true"],
     )
-    assert not cfg.jax.compilation_cache and not cfg.jax.compile_ahead
+    assert not cfg.jax.compilation_cache and cfg.jax.compile_ahead
     assert cfg.jax.compilation_cache_dir == "/var/cache/encore"
 
 
