@@ -80,6 +80,9 @@ class KafkaConfig:
     poll_timeout_ms: int = 200
     max_poll_records: int = 5000
     session_timeout_ms: int = 10_000
+    # A daemon that has held no partition this long while its stable group leaves some unowned
+    # rejoins the group (streaming.liveness); 0 turns the watchdog off.
+    rejoin_unassigned_ms: int = 30_000
     client_options: Mapping[str, Any] = field(default_factory=dict[str, Any])
 
     def __post_init__(self) -> None:
@@ -88,6 +91,12 @@ class KafkaConfig:
             raise ConfigError(
                 f"kafka.poll_timeout_ms ({self.poll_timeout_ms}) must be below "
                 f"kafka.session_timeout_ms ({self.session_timeout_ms})"
+            )
+        if self.rejoin_unassigned_ms and self.rejoin_unassigned_ms < self.session_timeout_ms:
+            raise ConfigError(
+                f"kafka.rejoin_unassigned_ms ({self.rejoin_unassigned_ms}) must be 0 (off) or at "
+                f"least kafka.session_timeout_ms ({self.session_timeout_ms}), so that a "
+                "rebalance in progress finishes before the watchdog asks the group"
             )
         unknown = sorted(set(self.client_options) - CONSUMER_PASSTHROUGH)
         if unknown:

@@ -42,9 +42,13 @@ from streaming.kafka_io import (
     AsyncConsumerRebalanceListener,
     OffsetAndMetadata,
     TopicPartition,
+    describe_group,
     make_consumer,
     make_producer,
+    partitions_of,
+    rejoin,
 )
+from streaming.liveness import GroupWatch
 from streaming.metrics import Metrics, MetricsServer, status_path, write_status
 from streaming.parquet_log import BackgroundLog, JoinedRecords, ParquetLog, to_table
 from streaming.step import (
@@ -145,6 +149,7 @@ class Stats:
     handoffs_published: int = 0  # partition records sent (revoke, or a restart's republish)
     handoffs_installed: int = 0  # partitions taken over with another worker's open windows
     partitions_started_fresh: int = 0  # taken over behind the commit: open windows lost
+    rejoins: int = 0  # times the watchdog made the consumer rejoin (streaming.liveness)
     reward_by_policy: dict[str, tuple[float, int]] = field(
         default_factory=dict[str, tuple[float, int]]
     )
@@ -234,6 +239,7 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self.metrics_port: int | None = None
         self._compiling: threading.Thread | None = None
+        self.watch: GroupWatch | None = None
         self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
 
     # ------------------------------------------------------------------ state
@@ -526,13 +532,23 @@ class Daemon:
             [TopicPartition(topics.handoff, q) for q in self._handoff_parts]
         )
         self.republish_held()
+        listener = _Listener(self)
+        pair = [topics.impressions, topics.outcomes]
+        kc = self.config.kafka
         self.consumer = make_consumer(
-            self.config.kafka,
-            self.servers,
-            group_id=self.config.kafka.group_id,
-            topics=[topics.impressions, topics.outcomes],
-            listener=_Listener(self),
+            kc, self.servers, group_id=kc.group_id, topics=pair, listener=listener
         )
+        if kc.rejoin_unassigned_ms:
+            consumer = self.consumer
+            self.watch = GroupWatch(
+                kc.rejoin_unassigned_ms,
+                assigned=consumer.assignment,
+                describe=lambda: describe_group(kc, self.servers, kc.group_id),
+                partitions=lambda: [
+                    (tp.topic, tp.partition) for tp in partitions_of(consumer, pair)
+                ],
+                rejoin=lambda: rejoin(consumer, pair, listener),
+            )
         if self.engine.share_deltas:
             self.delta_consumer = make_consumer(self.config.kafka, self.servers, group_id=None)
             parts = self.delta_consumer.partitions_for_topic(topics.deltas) or {0}
@@ -766,6 +782,8 @@ class Daemon:
                 got = self.poll_once()
                 self.poll_deltas()
                 now = self.clock()
+                if self.watch is not None and self.watch.tick(now):
+                    self.stats.rejoins += 1
                 if got:
                     last_data = now
                     if self._compiling is None:
@@ -825,6 +843,7 @@ class Daemon:
                 "installed": s.handoffs_installed,
                 "started_fresh": s.partitions_started_fresh,
             },
+            "rejoins_total": s.rejoins,
         }
 
     def publish_metrics(self) -> None:

@@ -32,10 +32,12 @@ __all__ = [
     "OffsetAndMetadata",
     "TopicPartition",
     "bootstrap_servers",
+    "describe_group",
     "ensure_topics",
     "make_admin",
     "make_consumer",
     "make_producer",
+    "rejoin",
     "topic_specs",
 ]
 
@@ -118,6 +120,27 @@ def make_consumer(
         else:
             consumer.subscribe(list(topics))
     return consumer
+
+
+def rejoin(consumer: KafkaConsumer, topics: Sequence[str], listener: Any = None) -> None:
+    """Leave the group and subscribe again, as ``make_consumer`` does: the next poll rejoins."""
+    consumer.unsubscribe()
+    for topic in topics:
+        consumer.partitions_for_topic(topic)
+    if listener is not None:
+        consumer.subscribe(list(topics), listener=listener)
+    else:
+        consumer.subscribe(list(topics))
+
+
+def describe_group(kafka: KafkaConfig, servers: str, group_id: str) -> dict[str, Any]:
+    """The group as the coordinator describes it (members and their decoded assignments)."""
+    admin = make_admin(kafka, servers)
+    try:
+        described: dict[str, Any] = cast(Any, admin).describe_groups([group_id])
+        return dict(described[group_id])
+    finally:
+        admin.close()
 
 
 def _compacted(topics: Topics, max_message_bytes: int) -> dict[str, Any]:

@@ -36,6 +36,8 @@ key                        type                        exposed as
 ``handoffs_total``         {kind: int}                 ``encore_handoffs_total{kind}``: partitions
                                                        ``published``, ``installed``,
                                                        ``started_fresh`` on rebalances
+``rejoins_total``          int                         ``encore_rejoins_total``: group rejoins the
+                                                       watchdog made (``streaming.liveness``)
 =========================  ==========================  =============================================
 
 Example:
@@ -99,6 +101,7 @@ _SCALARS = (
     "checkpoint_age_seconds",
     "checkpoints_total",
     "snapshots_total",
+    "rejoins_total",
 )
 KNOWN_KEYS: frozenset[str] = frozenset({*_LABELLED, *_SCALARS, "consumer_lag"})
 """The keys a snapshot may hold (see the module docstring)."""
@@ -120,6 +123,8 @@ _HELP = {
     "snapshots_total": "Policy snapshots published.",
     "handoffs_total": "Partitions handed between workers on a rebalance: published, installed "
     "(taken over with their open windows), started_fresh (behind the commit; windows lost).",
+    "rejoins_total": "Times the daemon rejoined its group after holding no partition while "
+    "the stable group left some unowned.",
     "uptime_seconds": "Seconds since the daemon started.",
 }
 
@@ -200,6 +205,7 @@ class _Collector(Collector):
             "checkpoint_age_seconds",
             "checkpoints_total",
             "snapshots_total",
+            "rejoins_total",
         ):
             if key in snap:
                 kind = CounterMetricFamily if key.endswith("_total") else GaugeMetricFamily
@@ -342,6 +348,7 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "checkpoints_total",
         "snapshots_total",
         "handoffs_total",
+        "rejoins_total",
     ):
         if key not in snapshot:
             continue

@@ -102,7 +102,7 @@ port = 0
     return Config.load(path, env={})
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENCORE_")}
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
@@ -115,7 +115,7 @@ def start_daemon(toml: Path, log: Path, *, idle_ms: int = IDLE_MS) -> subprocess
         return subprocess.Popen(
             [*DAEMON, "--config", str(toml), "--exit-when-idle-ms", str(idle_ms)],
             cwd=ROOT,
-            env=_env(),
+            env=child_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -23,10 +23,17 @@ from tests.integration.test_scale_out import all_deltas, assert_same_statistics,
 pytestmark = pytest.mark.integration
 
 
-def wait(what: str, ok: Callable[[], bool], timeout_s: float = 240) -> None:
+def wait(
+    what: str,
+    ok: Callable[[], bool],
+    timeout_s: float = 240,
+    state: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until ``ok()``; fail with ``what`` and ``state()`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not ok():
-        assert time.monotonic() < deadline, what
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} in {timeout_s:.0f} s {state()}".rstrip())
         time.sleep(0.2)
 
 

@@ -1,0 +1,131 @@
+"""A watchdog for a consumer that the group left without partitions while some are unowned.
+
+kafka-python 3.0.12 can complete a group join in which the leader assigned nothing (its metadata
+did not hold the topics yet) and then never rejoin, and a member kicked out of the group (its
+session expired while a long step held the GIL, or the process was paused) has been seen sit in
+``poll`` with no partitions and all the lag left. Either way the daemon would consume nothing and
+never go idle. ``GroupWatch`` notices it: once this worker has held no partition for
+``after_ms``, it asks the group coordinator which partitions of the subscribed topics no member
+owns; when the group is stable and some are unowned, it makes the consumer rejoin. A worker that
+holds nothing because the group has more members than partitions sees every partition owned and
+does not rejoin, so idle spare workers never set off rebalances.
+
+The class talks to Kafka only through the callables it is given (the daemon passes its consumer
+and an admin client from ``streaming.kafka_io``), so its decisions are tested without a broker
+and its effect against the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+def owned_partitions(description: Mapping[str, Any]) -> set[Partition]:
+    """The (topic, partition) pairs the members of a described group hold.
+
+    ``description`` is one group's entry of ``KafkaAdminClient.describe_groups``: ``members``,
+    each with a decoded ``member_assignment`` whose ``assigned_partitions`` list
+    ``{"topic": ..., "partitions": [...]}``. A member whose assignment could not be decoded
+    (bytes) owns nothing as far as this function can tell.
+
+    >>> owned_partitions({"members": [{"member_assignment": {"assigned_partitions": [
+    ...     {"topic": "t", "partitions": [0, 2]}]}}]}) == {("t", 0), ("t", 2)}
+    True
+    """
+    out: set[Partition] = set()
+    for member in description.get("members") or ():
+        assignment = member.get("member_assignment")
+        if not isinstance(assignment, Mapping):
+            continue
+        for entry in assignment.get("assigned_partitions") or ():  # pyright: ignore[reportUnknownVariableType]
+            topic = str(entry["topic"])  # pyright: ignore[reportUnknownArgumentType]
+            out.update((topic, int(p)) for p in entry["partitions"])  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]
+    return out
+
+
+def unowned_partitions(
+    description: Mapping[str, Any], partitions: Iterable[Partition]
+) -> set[Partition] | None:
+    """The ``partitions`` no member of a stable group holds; None while the group is not stable.
+
+    A group that is rebalancing (``PreparingRebalance``, ``CompletingRebalance``) is about to
+    hand partitions out, and one that is ``Empty`` or ``Dead`` has no members to hold them: only
+    a ``Stable`` group's unowned partitions mean that nobody will consume them.
+
+    >>> d = {"group_state": "Stable", "members": []}
+    >>> sorted(unowned_partitions(d, [("t", 0), ("t", 1)]))
+    [('t', 0), ('t', 1)]
+    >>> unowned_partitions({**d, "group_state": "PreparingRebalance"}, [("t", 0)]) is None
+    True
+    """
+    if description.get("group_state") != "Stable" or description.get("error"):
+        return None
+    return set(partitions) - owned_partitions(description)
+
+
+class GroupWatch:
+    """Rejoins the group when this worker holds nothing while a stable group leaves partitions unowned.
+
+    Args:
+        after_ms: how long the worker must have held no partition before the group is asked
+            (at least the session timeout, so that a normal rebalance finishes first); the
+            question is asked again every ``after_ms`` while it holds nothing.
+        assigned: the consumer's current assignment (``consumer.assignment``).
+        describe: this worker's group as ``KafkaAdminClient.describe_groups`` gives one entry.
+        partitions: every (topic, partition) of the subscribed topics.
+        rejoin: makes the consumer rejoin the group.
+    """
+
+    def __init__(
+        self,
+        after_ms: int,
+        *,
+        assigned: Callable[[], Iterable[Any]],
+        describe: Callable[[], Mapping[str, Any]],
+        partitions: Callable[[], Iterable[Partition]],
+        rejoin: Callable[[], None],
+    ) -> None:
+        self.after_ms = after_ms
+        self._assigned = assigned
+        self._describe = describe
+        self._partitions = partitions
+        self._rejoin = rejoin
+        self._empty_since: int | None = None
+        self.rejoins = 0
+        self.checks = 0
+
+    def tick(self, now_ms: int) -> bool:
+        """Call once per loop; returns True when it made the consumer rejoin."""
+        if self._assigned():
+            self._empty_since = None
+            return False
+        if self._empty_since is None:
+            self._empty_since = now_ms
+            return False
+        if now_ms - self._empty_since < self.after_ms:
+            return False
+        self._empty_since = now_ms  # ask again after another after_ms, whatever the answer
+        self.checks += 1
+        try:
+            unowned = unowned_partitions(self._describe(), self._partitions())
+        except Exception as exc:  # the watchdog must never stop the daemon
+            log.warning("could not describe the consumer group: %s", exc)
+            return False
+        if not unowned:
+            return False
+        log.warning(
+            "this worker has held no partition for %d ms while the stable group leaves %d "
+            "unowned (%s); rejoining the group",
+            self.after_ms,
+            len(unowned),
+            ", ".join(f"{t}/{p}" for t, p in sorted(unowned)[:8]),
+        )
+        self._rejoin()
+        self.rejoins += 1
+        return True

@@ -1,0 +1,256 @@
+"""A daemon the group leaves without partitions comes back, against the real broker.
+
+Three ways a worker can end up holding nothing: the group join completed with the leader
+assigning nothing (kafka-python 3.0.12 then does not always rejoin by itself), the process
+paused past its session timeout (a long stop of the world: it is kicked out of the group), and
+the group simply having more workers than partitions (which must not set off rebalances).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
+
+from streaming import daemon as daemon_module
+from streaming.config import Config
+from streaming.daemon import Daemon
+from streaming.demo import SimulatedStream
+from streaming.kafka_io import ensure_topics, make_consumer
+from tests.integration.test_faults import (
+    ROOT,
+    SLATE,
+    assert_same_learning,
+    child_env,
+    events_counted,
+    final_state,
+    fresh_topics,
+    newest_sequence,
+    start_daemon,
+    stop,
+    tail,
+    wait_done,
+    write_config,
+)
+from tests.integration.test_rebalance import wait
+
+pytestmark = pytest.mark.integration
+
+
+class _NothingTheFirstTime(RangePartitionAssignor):
+    """The range assignor, except that the first assignment it makes gives nobody anything:
+    what a leader whose metadata lacked the topics hands out."""
+
+    first = True
+
+    @classmethod
+    def assign(cls, cluster: Any, members: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]  # kafka-python 3 names it members
+        if cls.first:
+            cls.first = False
+            return {m.member_id: ConsumerProtocolAssignment(cls.version, [], b"") for m in members}
+        return super().assign(cluster, members)
+
+
+def watched(servers: str, run: str, tmp: Path, name: str, group: str, *extra: str) -> Config:
+    """A daemon's config on the run's topics, with a 6 s session and a 6 s watchdog."""
+    cfg = Config.load(
+        env={},
+        overrides=[
+            f"kafka.bootstrap_servers={servers}",
+            f"kafka.group_id={group}",
+            f"kafka.client_id={name}",
+            f"checkpoint.dir={tmp / name}",
+            "checkpoint.every_ms=1000",
+            "log.dir=",
+            "metrics.enabled=false",
+            "join.window_ms=1200000",
+            "join.allowed_lateness_ms=60000",
+            f"join.slate_size={SLATE}",
+            "scale.share_deltas=false",
+            f"scale.worker_id={name}",
+            "kafka.session_timeout_ms=6000",
+            "kafka.rejoin_unassigned_ms=6000",
+            *extra,
+        ],
+    )
+    return dataclasses.replace(cfg, topics=cfg.topics.for_run(run))
+
+
+def test_a_daemon_whose_join_assigned_nothing_rejoins_and_reads_the_whole_stream(
+    kafka_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the watchdog this daemon holds nothing forever: the group is stable, its
+    metadata unchanged, and kafka-python sees no reason to rejoin."""
+    run = uuid.uuid4().hex[:8]
+    cfg = watched(kafka_broker, run, tmp_path, "w", f"lv-{run}")
+    ensure_topics(cfg, kafka_broker)
+    stream = SimulatedStream(cfg, kafka_broker, slate_size=SLATE, seed=3)
+    try:
+        sent = stream.produce(1500, last=True)
+    finally:
+        stream.close()
+
+    _NothingTheFirstTime.first = True
+
+    def consumer_with_the_assignor(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("group_id") == cfg.kafka.group_id:
+            kwargs["partition_assignment_strategy"] = [_NothingTheFirstTime]
+        return make_consumer(*args, **kwargs)
+
+    monkeypatch.setattr(daemon_module, "make_consumer", consumer_with_the_assignor)
+    d = Daemon(cfg, servers=kafka_broker)
+    stop_event = threading.Event()
+    worker = threading.Thread(target=d.run, args=(stop_event,), kwargs={"exit_when_idle_ms": 3000})
+    worker.start()
+    try:
+        wait("the first join never completed", lambda: d.consumer is not None, 60)
+        assert not _NothingTheFirstTime.first or not d.consumer.assignment()
+        worker.join(timeout=180)
+        assert not worker.is_alive(), "the daemon never read the stream (stuck without partitions)"
+    finally:
+        stop_event.set()
+        worker.join(timeout=60)
+    assert not _NothingTheFirstTime.first  # the empty assignment did happen
+    assert d.stats.rejoins >= 1
+    assert d.watch is not None and d.watch.rejoins == d.stats.rejoins
+    assert d.stats.events == sent
+    assert d.metrics_snapshot()["rejoins_total"] == d.stats.rejoins
+
+
+HOLDER = """
+import sys, time
+from streaming.config import Config
+from streaming.kafka_io import make_consumer
+servers, group, *topics = sys.argv[1:]
+cfg = Config.load(env={}, overrides=["kafka.client_id=a", "kafka.session_timeout_ms=10000"])
+c = make_consumer(cfg.kafka, servers, group_id=group, topics=topics)
+seen = None
+while True:
+    c.poll(timeout_ms=200)
+    now = (c._coordinator._generation.generation_id, len(c.assignment()))
+    if now != seen:
+        print(*now, flush=True)
+        seen = now
+"""
+
+
+def test_a_spare_worker_of_a_group_that_owns_every_partition_does_not_rejoin(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """One partition per topic and two members: the second holds nothing, rightly; its
+    watchdog asks the group, sees every partition owned, and sets off no rebalance.
+
+    The holder runs in a process of its own, so that nothing in this one delays its heartbeats.
+    """
+    run = uuid.uuid4().hex[:8]
+    group = f"sp-{run}"
+    cfg = watched(kafka_broker, run, tmp_path, "b", group, "topics.partitions=1")
+    ensure_topics(cfg, kafka_broker)
+    out = tmp_path / "holder.out"
+    # Member "a" sorts before "b", so the range assignor gives it both partitions.
+    with out.open("wb") as sink:
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                HOLDER,
+                kafka_broker,
+                group,
+                cfg.topics.impressions,
+                cfg.topics.outcomes,
+            ],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=sink,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def holder_states() -> list[tuple[int, int]]:
+        lines = out.read_text().split()
+        return [(int(g), int(n)) for g, n in zip(lines[::2], lines[1::2], strict=False)]
+
+    d = Daemon(cfg, servers=kafka_broker)
+    stop_event = threading.Event()
+    worker = threading.Thread(target=d.run, args=(stop_event,))
+    try:
+        wait("a never held its partitions", lambda: (holder_states() or [(0, 0)])[-1][1] == 2, 60)
+        worker.start()
+        wait(
+            "b's watchdog did not ask the group twice",
+            lambda: d.watch is not None and d.watch.checks >= 2,
+            90,
+            lambda: f"b holds {d.consumer and d.consumer.assignment()}, a: {holder_states()}",
+        )
+        assert not d.consumer.assignment()
+    finally:
+        stop_event.set()
+        worker.join(timeout=60)
+        holder.kill()
+        holder.wait(timeout=30)
+    assert d.stats.rejoins == 0
+    states = holder_states()
+    # a held both partitions throughout, except while b joined (one more generation, in
+    # which a again holds both); a rejoin per check would add a generation per check.
+    assert states[-1][1] == 2
+    assert len({g for g, _ in states}) <= 3, states
+
+
+def test_a_daemon_paused_past_its_session_learns_what_an_uninterrupted_run_learns(
+    tmp_path: Path, kafka_broker: str
+) -> None:
+    """SIGSTOP for 1.5 session timeouts mid-stream, then SIGCONT: the group expels the paused
+    daemon; back, it must rejoin, take its partitions and windows again and finish."""
+    topics = fresh_topics()
+    paused = write_config(
+        tmp_path / "paused.toml",
+        kafka_broker,
+        topics,
+        group=f"ps-{uuid.uuid4().hex[:6]}",
+        ckpt_dir=tmp_path / "ck-paused",
+    )
+    plain = write_config(
+        tmp_path / "plain.toml",
+        kafka_broker,
+        topics,
+        group=f"pl-{uuid.uuid4().hex[:6]}",
+        ckpt_dir=tmp_path / "ck-plain",
+    )
+    ensure_topics(paused, kafka_broker)
+    stream = SimulatedStream(paused, kafka_broker, slate_size=SLATE, seed=17)
+    try:
+        sent = stream.produce(9000, last=True)
+    finally:
+        stream.close()
+    log = tmp_path / "paused.log"
+    proc = start_daemon(tmp_path / "paused.toml", log)
+    uninterrupted = start_daemon(tmp_path / "plain.toml", tmp_path / "plain.log")
+    try:
+        deadline = time.monotonic() + 120
+        while newest_sequence(tmp_path / "ck-paused") < 2:
+            assert proc.poll() is None, f"the daemon stopped early:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"no checkpoint in 120 s:\n{tail(log)}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(1.5 * paused.kafka.session_timeout_ms / 1000)
+        proc.send_signal(signal.SIGCONT)
+        wait_done(proc, log)
+        wait_done(uninterrupted, tmp_path / "plain.log")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        stop(proc)
+        stop(uninterrupted)
+    text = log.read_text(errors="replace")
+    assert "Heartbeat session expired" in text or "lost membership" in text, tail(log)
+    got, want = final_state(paused), final_state(plain)
+    assert events_counted(want) == sent
+    assert_same_learning(got, want)

@@ -1,0 +1,143 @@
+"""The group watchdog's decisions (streaming.liveness), without a broker.
+
+Its effect on a real consumer group is in tests/integration/test_liveness.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streaming.config import Config, ConfigError
+from streaming.liveness import GroupWatch, owned_partitions, unowned_partitions
+
+PAIR = [("imp", 0), ("imp", 1), ("out", 0), ("out", 1)]
+
+
+def member(*assigned: tuple[str, list[int]]) -> dict[str, Any]:
+    return {
+        "member_id": "m",
+        "member_assignment": {
+            "assigned_partitions": [{"topic": t, "partitions": ps} for t, ps in assigned],
+            "user_data": "",
+        },
+    }
+
+
+def group(state: str, *members: dict[str, Any], error: str | None = None) -> dict[str, Any]:
+    return {"group_state": state, "members": list(members), "error": error}
+
+
+def test_owned_partitions_unions_the_members_and_skips_undecoded_assignments() -> None:
+    g = group(
+        "Stable",
+        member(("imp", [0]), ("out", [0])),
+        member(("imp", [1])),
+        {"member_id": "x", "member_assignment": b"\x00\x01"},  # could not be decoded
+    )
+    assert owned_partitions(g) == {("imp", 0), ("out", 0), ("imp", 1)}
+    assert owned_partitions(group("Empty")) == set()
+
+
+def test_unowned_partitions_only_of_a_stable_group() -> None:
+    g = group("Stable", member(("imp", [0, 1]), ("out", [0])))
+    assert unowned_partitions(g, PAIR) == {("out", 1)}
+    assert unowned_partitions(group("Stable", member(("imp", [0, 1]), ("out", [0, 1]))), PAIR) == (
+        set()
+    )
+    for state in ("PreparingRebalance", "CompletingRebalance", "Empty", "Dead"):
+        assert unowned_partitions(group(state), PAIR) is None, state
+    assert unowned_partitions(group("Stable", error="GroupAuthorizationFailed"), PAIR) is None
+
+
+class Fake:
+    """The consumer and coordinator as the watch sees them."""
+
+    def __init__(self, description: dict[str, Any]) -> None:
+        self.assignment: set[tuple[str, int]] = set()
+        self.description = description
+        self.described = 0
+        self.rejoined = 0
+
+    def describe(self) -> dict[str, Any]:
+        self.described += 1
+        return self.description
+
+    def rejoin(self) -> None:
+        self.rejoined += 1
+
+    def watch(self, after_ms: int = 10_000) -> GroupWatch:
+        return GroupWatch(
+            after_ms,
+            assigned=lambda: self.assignment,
+            describe=self.describe,
+            partitions=lambda: PAIR,
+            rejoin=self.rejoin,
+        )
+
+
+def test_rejoins_after_holding_nothing_for_after_ms_while_partitions_are_unowned() -> None:
+    fake = Fake(group("Stable"))  # the only member holds nothing: everything is unowned
+    w = fake.watch()
+    assert not w.tick(0)  # starts the clock
+    assert not w.tick(9_999)
+    assert fake.described == 0  # nobody is asked before after_ms
+    assert w.tick(10_000)
+    assert (fake.rejoined, w.rejoins, w.checks) == (1, 1, 1)
+    # Still nothing after the rejoin: it asks again one period later, not on every loop.
+    assert not w.tick(15_000)
+    assert w.tick(20_000)
+    assert fake.rejoined == 2
+
+
+def test_a_spare_worker_never_rejoins_while_the_group_owns_every_partition() -> None:
+    fake = Fake(group("Stable", member(("imp", [0, 1]), ("out", [0, 1]))))
+    w = fake.watch()
+    for now in range(0, 100_001, 1_000):
+        assert not w.tick(now)
+    assert fake.rejoined == 0
+    assert fake.described == w.checks == 10  # asked once per period, not once per loop
+
+
+def test_holding_a_partition_resets_the_clock_and_a_rebalance_in_progress_is_left_alone() -> None:
+    fake = Fake(group("PreparingRebalance"))
+    w = fake.watch()
+    w.tick(0)
+    fake.assignment = {("imp", 0)}
+    assert not w.tick(9_000)
+    fake.assignment = set()
+    assert not w.tick(12_000)  # the clock starts again here
+    assert not w.tick(21_000)
+    assert fake.described == 0
+    assert not w.tick(22_000)  # asked: the group is rebalancing, so no rejoin
+    assert (fake.described, fake.rejoined) == (1, 0)
+
+
+def test_a_failing_describe_is_logged_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    fake = Fake(group("Stable"))
+
+    def broken() -> dict[str, Any]:
+        raise ConnectionError("coordinator not available")
+
+    w = GroupWatch(
+        1_000,
+        assigned=lambda: fake.assignment,
+        describe=broken,
+        partitions=lambda: PAIR,
+        rejoin=fake.rejoin,
+    )
+    w.tick(0)
+    assert not w.tick(1_000)
+    assert fake.rejoined == 0
+    assert "could not describe the consumer group" in caplog.text
+
+
+def test_the_config_refuses_a_watchdog_period_shorter_than_the_session() -> None:
+    with pytest.raises(ConfigError, match="rejoin_unassigned_ms"):
+        Config.load(
+            env={},
+            overrides=["kafka.session_timeout_ms=10000", "kafka.rejoin_unassigned_ms=5000"],
+        )
+    off = Config.load(env={}, overrides=["kafka.rejoin_unassigned_ms=0"])
+    assert off.kafka.rejoin_unassigned_ms == 0
