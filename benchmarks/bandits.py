@@ -467,6 +467,21 @@ def _latency_core() -> int:
     return cores[-1]
 
 
+def _pinned_child(core: int, body: str) -> tuple[dict[str, str], str]:
+    """The environment and ``python -c`` code of a child that pins itself to ``core`` and runs
+    ``body`` with this checkout first on its path and the latency XLA flags.
+
+    The child pins itself before JAX starts a thread (a fork with ``preexec_fn`` could deadlock
+    the parent's threads).
+    """
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {LATENCY_XLA_FLAGS}"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    )
+    pin = f"os.sched_setaffinity(0, {{{core}}}) if hasattr(os, 'sched_setaffinity') else None"
+    return env, f"import os; {pin}; {body}"
+
+
 def latency_rows(names: list[str], k: int, d_track: int, reps: int) -> list[Row]:
     """Re-rank latency per request, single and batched, in a child pinned to one core.
 
@@ -478,16 +493,9 @@ def latency_rows(names: list[str], k: int, d_track: int, reps: int) -> list[Row]
     (padding to a candidate bucket, prepared state, randomness folded in per request).
     """
     core = _latency_core()
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {LATENCY_XLA_FLAGS}"}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
-    )
-    # The child pins itself before JAX starts a thread (a fork with preexec_fn could deadlock
-    # the parent's threads), then runs this module's __main__.
-    boot = (
-        "import os, runpy; "
-        f"os.sched_setaffinity(0, {{{core}}}) if hasattr(os, 'sched_setaffinity') else None; "
-        "runpy.run_module('benchmarks.bandits', run_name='__main__', alter_sys=True)"
+    env, boot = _pinned_child(
+        core,
+        "import runpy; runpy.run_module('benchmarks.bandits', run_name='__main__', alter_sys=True)",
     )
     cmd = [sys.executable, "-c", boot, "latency", ",".join(names), str(k), str(d_track)]
     cmd += [str(reps)]
@@ -543,14 +551,8 @@ def _http_round_trips(
         for name in ("impressions", "outcomes", "dlq", "late", "snapshots", "deltas")
     ]
     sets += [f"policy.name={policy}", f"events.d_user={D_USER}", f"events.d_track={d_track}"]
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {LATENCY_XLA_FLAGS}"}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
-    )
-    boot = (
-        "import os, sys; "
-        f"os.sched_setaffinity(0, {{{core}}}) if hasattr(os, 'sched_setaffinity') else None; "
-        "from streaming.serve import main; sys.exit(main(sys.argv[1:]))"
+    env, boot = _pinned_child(
+        core, "import sys; from streaming.serve import main; sys.exit(main(sys.argv[1:]))"
     )
     argv = [sys.executable, "-c", boot, "--bootstrap-servers", servers, "--port", "0"]
     argv += [x for s in sets for x in ("--set", s)]

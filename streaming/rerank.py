@@ -189,17 +189,13 @@ class Reranker:
         """
         k, d_track = features.shape
         kb = bucket(k)
-        feats = np.zeros((kb, d_track), np.float32)
-        feats[:k] = features
-        idp = np.zeros((kb,), np.int32)
-        idp[:k] = ids
         mask = np.zeros((kb,), np.bool_)
         mask[:k] = True
         order, prop = self._rank_one(
             self._states[1],
             np.asarray(context, np.float32),
-            feats,
-            idp,
+            _padded(features, (kb, d_track), np.float32),
+            _padded(ids, (kb,), np.int32),
             mask,
             key,
             np.uint32(index),
@@ -221,14 +217,21 @@ class Reranker:
         n, k, _ = features.shape
         kb, nb = bucket(k), bucket(n)  # pad both axes: one compilation per bucket, not per size
         mask = np.zeros((nb, kb), bool)
-        mask[:, :k] = True
-        feats = np.zeros((nb, kb, features.shape[2]), np.float32)
-        feats[:n, :k] = features
-        ctx = np.zeros((nb, context.shape[1]), np.float32)
-        ctx[:n] = context
-        idp = np.zeros((nb, kb), np.int32)
-        idp[:n, :k] = ids
+        mask[:, :k] = True  # padded requests too: every row has candidates
         order, prop = self._rank_many(
-            self._states[1], ctx, feats, idp, mask, key, slate_size=slate_size
+            self._states[1],
+            _padded(context, (nb, context.shape[1]), np.float32),
+            _padded(features, (nb, kb, features.shape[2]), np.float32),
+            _padded(ids, (nb, kb), np.int32),
+            mask,
+            key,
+            slate_size=slate_size,
         )
         return np.asarray(order, np.int64)[:n], np.asarray(prop, np.float64)[:n]
+
+
+def _padded(a: npt.NDArray[Any], shape: tuple[int, ...], dtype: type[Any]) -> npt.NDArray[Any]:
+    """``a`` in the leading corner of zeros of ``shape`` (padding to a compiled bucket)."""
+    out = np.zeros(shape, dtype)
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
