@@ -1,4 +1,5 @@
-"""The only module that imports ``kafka``: clients, topics, and where the cluster is.
+"""With its sibling :mod:`streaming.kafka_records` (lean consumer records), the only module that
+imports ``kafka``: clients, topics, and where the cluster is.
 
 Every client gets the security settings of ``KafkaConfig``; consumers run with
 ``enable_auto_commit=False`` because encore's checkpoint, not the broker, is the source of truth
