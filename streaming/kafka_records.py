@@ -26,7 +26,9 @@ Like :mod:`streaming.kafka_io`, this module may import ``kafka``; nothing else i
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import weakref
 from collections.abc import Iterator
 from typing import Any, NamedTuple, cast
 
@@ -277,6 +279,9 @@ class LeanPartitionRecords(_StockPartitionRecords):
             raise RuntimeError("StopIteration raised unpacking messageset") from None
 
 
+_refused: weakref.WeakSet[Any] = weakref.WeakSet()  # consumers already warned about
+
+
 def uses_lean_records(consumer: Any) -> bool:
     """Whether ``consumer``'s fetcher makes :class:`LeanRecord` objects."""
     fetcher = getattr(consumer, "_fetcher", None)
@@ -286,7 +291,8 @@ def uses_lean_records(consumer: Any) -> bool:
 def use_lean_records(consumer: Any) -> bool:
     """Make ``consumer``'s polls return :class:`LeanRecord` lists; False (and a warning) if refused.
 
-    Call it before the first poll. Only this consumer changes: the fetcher's ``PartitionRecords``
+    Call it before the first poll (records fetched before keep their type); calling it again is
+    cheap and warns once per consumer. Only this consumer changes: the fetcher's ``PartitionRecords``
     is set on the fetcher instance. Refused for a kafka-python other than
     :data:`SUPPORTED_KAFKA_PYTHON`, and for consumers with key or value deserializers; the
     consumer then keeps kafka-python's ``ConsumerRecord`` (which has the same ``offset``, ``key``
@@ -294,6 +300,8 @@ def use_lean_records(consumer: Any) -> bool:
     """
     if uses_lean_records(consumer):
         return True
+    if consumer in _refused:
+        return False
     version = getattr(kafka, "__version__", "?")
     fetcher = getattr(consumer, "_fetcher", None)
     reason = None
@@ -307,6 +315,8 @@ def use_lean_records(consumer: Any) -> bool:
         reason = "the consumer has key or value deserializers"
     if reason is not None:
         log.warning("lean consumer records off: %s; using kafka-python's own records", reason)
+        with contextlib.suppress(TypeError):  # an object without weak references warns again
+            _refused.add(consumer)
         return False
     cast(Any, fetcher).PartitionRecords = LeanPartitionRecords
     return True
