@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple, cast
 
 import kafka
-from kafka.consumer.fetcher import ConsumerRecord, Fetcher
+from kafka.consumer.fetcher import Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.protocol.consumer import IsolationLevel
 
@@ -320,7 +320,3 @@ def use_lean_records(consumer: Any) -> bool:
         return False
     cast(Any, fetcher).PartitionRecords = LeanPartitionRecords
     return True
-
-
-# A lean record answers the attributes the daemon reads, like the stock one.
-assert set(LeanRecord._fields) <= set(ConsumerRecord._fields)

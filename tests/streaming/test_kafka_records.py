@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kafka.consumer.fetcher import Fetcher
+from kafka.consumer.fetcher import ConsumerRecord, Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.protocol.consumer import IsolationLevel
 from kafka.record.default_records import DefaultRecordBatchBuilder
@@ -180,6 +180,8 @@ def test_keys_no_keys_null_values_headers_large_values() -> None:
     assert got[:8] == [(d, k, v) for d, _, k, v, _ in records]
     assert len(got) == 208
     assert isinstance(LeanPartitionRecords(0, TP, MemoryRecords(data)).take(1)[0], LeanRecord)
+    # what the daemon reads of a record, under the same names as kafka-python's
+    assert set(LeanRecord._fields) <= set(ConsumerRecord._fields)
 
 
 @pytest.mark.parametrize("cuts", [(1,), (2, 5), (63, 64, 65), (10_000,)])
