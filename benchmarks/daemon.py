@@ -59,11 +59,13 @@ class _Consumed:
         return self.n / max(self.elapsed_s, 1e-9)
 
 
-def _consume(servers: str, topics: list[str], n: int, *, decode: bool) -> _Consumed:
-    """Consume ``n`` events of ``topics`` (clock starts at the first record), default fetch settings."""
+def _consume(servers: str, topics: list[str], n: int, *, decode: bool, lean: bool) -> _Consumed:
+    """Consume ``n`` events of ``topics`` (clock starts at the first record), default fetch
+    settings; with ``lean``, through the daemon's record path (``streaming.kafka_records``)."""
     from kafka import KafkaConsumer
 
     from streaming.events import decode_impressions, decode_outcomes
+    from streaming.kafka_io import use_lean_records
 
     consumer: Any = KafkaConsumer(
         *topics,
@@ -72,6 +74,8 @@ def _consume(servers: str, topics: list[str], n: int, *, decode: bool) -> _Consu
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+    if lean and not use_lean_records(consumer):
+        raise RuntimeError("lean records refused (see the warning): the lean rows would be stock")
     seen = _Consumed()
     got = 0
     started = 0.0
@@ -146,37 +150,39 @@ def _measure(
     n = produce_simulated(cfg, servers, n_requests=n_requests, slate_size=5, seed=0)
     produce_s = time.perf_counter() - started
     topics = [cfg.topics.impressions, cfg.topics.outcomes]
-    count = _consume(servers, topics, n, decode=False)
-    decoded = _consume(servers, topics, n, decode=True)
-    decode_rate = decoded.rate
+    # Interleaved, so that drifting load on a shared machine hits both record paths alike.
+    count = _consume(servers, topics, n, decode=False, lean=False)
+    count_lean = _consume(servers, topics, n, decode=False, lean=True)
+    decoded = _consume(servers, topics, n, decode=True, lean=False)
+    decoded_lean = _consume(servers, topics, n, decode=True, lean=True)
+    # The daemon's own record path is the honest peer; the stock client's rate is printed too.
+    daemon_lean = bool(getattr(cfg.kafka, "lean_records", True))
+    decode_rate = (decoded_lean if daemon_lean else decoded).rate
+    stock_decode_rate = decoded.rate
     total_bytes = sum(count.bytes.values())
     mean_bytes = total_bytes / max(count.n, 1)
     impression_bytes = count.bytes.get(topics[0], 0) / max(count.events.get(topics[0], 0), 1)
     rows: list[Row] = []
-    rows.append(
-        {
-            "system": f"kafka-python consume, count only [{label}]",
-            "features": encoding,
-            "events": count.n,
-            "event_bytes": mean_bytes,
-            "impression_bytes": impression_bytes,
-            "events_per_s": count.rate,
-            "mb_per_s": count.rate * mean_bytes / 1e6,
-            "vs_consume_decode": count.rate / decode_rate,
-        }
-    )
-    rows.append(
-        {
-            "system": f"kafka-python consume + encore decode to columns [{label}]",
-            "features": encoding,
-            "events": decoded.n,
-            "event_bytes": mean_bytes,
-            "impression_bytes": impression_bytes,
-            "events_per_s": decode_rate,
-            "mb_per_s": decode_rate * mean_bytes / 1e6,
-            "vs_consume_decode": 1.0,
-        }
-    )
+    for seen, what, path, peer in (
+        (count, "consume, count only", "stock", decoded),
+        (count_lean, "consume, count only", "lean", decoded_lean),
+        (decoded, "consume + encore decode to columns", "stock", decoded),
+        (decoded_lean, "consume + encore decode to columns", "lean", decoded_lean),
+    ):
+        client = "kafka-python" if path == "stock" else "kafka-python + lean records"
+        rows.append(
+            {
+                "system": f"{client} {what} [{label}]",
+                "features": encoding,
+                "record_path": path,
+                "events": seen.n,
+                "event_bytes": mean_bytes,
+                "impression_bytes": impression_bytes,
+                "events_per_s": seen.rate,
+                "mb_per_s": seen.rate * mean_bytes / 1e6,
+                "vs_consume_decode": seen.rate / peer.rate,
+            }
+        )
     daemon = Daemon(cfg, servers=servers)
     samples: list[tuple[float, float]] = []
     progress: list[tuple[float, int]] = []
@@ -205,12 +211,14 @@ def _measure(
             "system": "encore daemon (decode, join, reward model, LinUCB, log, checkpoints) "
             f"[{label}]",
             "features": encoding,
+            "record_path": "lean" if daemon_lean else "stock",
             "events": stats.events,
             "event_bytes": mean_bytes,
             "impression_bytes": impression_bytes,
             "events_per_s": rate,
             "mb_per_s": rate * mean_bytes / 1e6,
             "vs_consume_decode": rate / decode_rate,
+            "vs_stock_consume_decode": rate / stock_decode_rate,
             "steady_events_per_s": steady,
             "steady_vs_consume_decode": steady / decode_rate,
             "first_event_s": began[0] if began else float("nan"),
@@ -249,7 +257,7 @@ def run(ctx: Context) -> list[Row]:
         for encoding, _ in ENCODINGS:
             streams[encoding] = _measure(base, servers, tmp, run_id, encoding, n_requests)
     # Rows by kind, the two encodings side by side.
-    rows = [s.rows[i] for i in range(3) for s in streams.values()]
+    rows = [s.rows[i] for i in range(len(streams["json"].rows)) for s in streams.values()]
     if any(s.samples for s in streams.values()):
 
         def draw(ax: Any) -> None:
@@ -287,8 +295,11 @@ def run(ctx: Context) -> list[Row]:
     )
     ctx.notes.append(
         "Same-run ratio: each daemon row's vs_consume_decode is its events/s over the consume + "
-        "decode row of the same stream, measured minutes apart on the same topics, broker and "
-        "machine; all consumers use kafka-python's default fetch settings (the daemon polls at "
+        "decode row of the same stream and the same record path as the daemon's (record_path: "
+        "'lean' is streaming.kafka_records' (offset, key, value) records, 'stock' kafka-python's "
+        "ConsumerRecord); vs_stock_consume_decode is over the stock client's consume + decode. "
+        "Count-only rows' vs_consume_decode is over their own path's consume + decode. All "
+        "measured minutes apart on the same topics, broker and machine; all consumers use kafka-python's default fetch settings (the daemon polls at "
         "most kafka.max_poll_records per call). The JSON stream is measured first, then the "
         "float32 stream, in one process: peak_rss_mb is the process's peak so far and "
         "rss_*_third_mb its resident memory during each run, so the second daemon's figures "

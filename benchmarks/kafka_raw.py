@@ -2,7 +2,9 @@
 
 Rows: produce (acks=all, linger 5 ms), consume counting only, and consume + encore's decode to
 columnar batches, all on the same simulated outcome events (about 250 bytes each) in one
-4-partition topic. The broker is started for the run unless ``ENCORE_BENCH_BOOTSTRAP`` names one.
+4-partition topic. Each consume row is measured on kafka-python's own record path
+(``ConsumerRecord``) and on the lean one the daemon uses (``streaming.kafka_records``:
+``(offset, key, value)`` parsed in one loop), interleaved. The broker is started for the run unless ``ENCORE_BENCH_BOOTSTRAP`` names one.
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ def outcome_messages(n: int) -> list[tuple[bytes, bytes]]:
     return out[:n]
 
 
-def consume(servers: str, topic: str, n: int, *, decode: bool) -> tuple[float, int]:
+def consume(servers: str, topic: str, n: int, *, decode: bool, lean: bool) -> tuple[float, int]:
     from kafka import KafkaConsumer
 
     from streaming.events import decode_outcomes
+    from streaming.kafka_io import use_lean_records
 
     consumer: Any = KafkaConsumer(
         topic,
@@ -63,6 +66,8 @@ def consume(servers: str, topic: str, n: int, *, decode: bool) -> tuple[float, i
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+    if lean and not use_lean_records(consumer):
+        raise RuntimeError("lean records refused (see the warning): the lean rows would be stock")
     rows = 0
     # The clock starts at the first record: connecting and fetching metadata are not throughput.
     while not (first := consumer.poll(timeout_ms=500, max_records=1)):
@@ -117,14 +122,17 @@ def run(ctx: Context) -> list[Row]:
                 "peak_rss_mb": peak_rss_mb(),
             }
         )
-        for decode, label in (
-            (False, "kafka-python consumer, count only"),
-            (True, "kafka-python consumer + encore decode to columns"),
+        for decode, lean, label in (
+            (False, False, "kafka-python consumer, count only"),
+            (False, True, "kafka-python consumer + lean records, count only"),
+            (True, False, "kafka-python consumer + encore decode to columns"),
+            (True, True, "kafka-python consumer + lean records + encore decode to columns"),
         ):
-            elapsed, got = consume(servers, topic, n, decode=decode)
+            elapsed, got = consume(servers, topic, n, decode=decode, lean=lean)
             rows.append(
                 {
                     "system": label,
+                    "record_path": "lean" if lean else "stock",
                     "events": got,
                     "event_bytes": round(size),
                     "events_per_s": got / elapsed,

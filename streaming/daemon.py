@@ -47,6 +47,7 @@ from streaming.kafka_io import (
     make_producer,
     partitions_of,
     rejoin,
+    use_lean_records,
 )
 from streaming.liveness import GroupWatch
 from streaming.metrics import Metrics, MetricsServer, status_path, write_status
@@ -621,6 +622,9 @@ class Daemon:
     def poll_once(self) -> int:
         """One poll -> decode -> step -> emit round; returns the number of records consumed."""
         cfg = self.config
+        if getattr(cfg.kafka, "lean_records", True):
+            # (offset, key, value) records parsed in one loop; idempotent, warns once if refused
+            use_lean_records(self.consumer)
         polled = self.consumer.poll(
             timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
         )

@@ -1,4 +1,5 @@
-"""The only module that imports ``kafka``: clients, topics, and where the cluster is.
+"""With its sibling :mod:`streaming.kafka_records` (lean consumer records), the only module that
+imports ``kafka``: clients, topics, and where the cluster is.
 
 Every client gets the security settings of ``KafkaConfig``; consumers run with
 ``enable_auto_commit=False`` because encore's checkpoint, not the broker, is the source of truth
@@ -21,6 +22,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.broker import LocalBroker, default_state_dir
 from streaming.config import Config, KafkaConfig, Topics
+from streaming.kafka_records import LeanRecord, use_lean_records, uses_lean_records
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ __all__ = [
     "AsyncConsumerRebalanceListener",
     "ConsumerRebalanceListener",
     "KafkaError",
+    "LeanRecord",
     "OffsetAndMetadata",
     "TopicPartition",
     "bootstrap_servers",
@@ -39,6 +42,8 @@ __all__ = [
     "make_producer",
     "rejoin",
     "topic_specs",
+    "use_lean_records",
+    "uses_lean_records",
 ]
 
 
@@ -94,9 +99,15 @@ def make_consumer(
     group_id: str | None,
     topics: Sequence[str] = (),
     listener: Any = None,
+    lean_records: bool = False,
     **overrides: Any,
 ) -> KafkaConsumer:
-    """A consumer with auto-commit off; subscribed to ``topics`` (with ``listener``) if given."""
+    """A consumer with auto-commit off; subscribed to ``topics`` (with ``listener``) if given.
+
+    With ``lean_records``, its ``poll()`` returns :class:`LeanRecord` ``(offset, key, value)``
+    tuples instead of kafka-python's ``ConsumerRecord`` (see :mod:`streaming.kafka_records`;
+    refused with a warning for an unsupported kafka-python, then records stay stock).
+    """
     settings: dict[str, Any] = {
         "bootstrap_servers": servers,
         "client_id": f"{kafka.client_id}-consumer",
@@ -110,6 +121,8 @@ def make_consumer(
         **overrides,
     }
     consumer = KafkaConsumer(**settings)
+    if lean_records:
+        use_lean_records(consumer)
     if topics:
         # Fetch the topics' metadata before joining: a join that completes first gets no
         # partitions from the assignor, and kafka-python 3.0.12 does not always rejoin.
