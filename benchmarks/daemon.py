@@ -156,7 +156,7 @@ def _measure(
     decoded = _consume(servers, topics, n, decode=True, lean=False)
     decoded_lean = _consume(servers, topics, n, decode=True, lean=True)
     # The daemon's own record path is the honest peer; the stock client's rate is printed too.
-    daemon_lean = bool(getattr(cfg.kafka, "lean_records", True))
+    daemon_lean = cfg.kafka.lean_records
     decode_rate = (decoded_lean if daemon_lean else decoded).rate
     stock_decode_rate = decoded.rate
     total_bytes = sum(count.bytes.values())

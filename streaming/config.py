@@ -83,6 +83,10 @@ class KafkaConfig:
     # A daemon that has held no partition this long while its stable group leaves some unowned
     # rejoins the group (streaming.liveness); 0 turns the watchdog off.
     rejoin_unassigned_ms: int = 30_000
+    # The daemon reads (offset, key, value) records parsed from v2 batches in one loop
+    # (streaming.kafka_records, ~3.6x faster than kafka-python's per-record objects); false
+    # keeps kafka-python's own records. Refused, with a warning, on another kafka-python.
+    lean_records: bool = True
     client_options: Mapping[str, Any] = field(default_factory=dict[str, Any])
 
     def __post_init__(self) -> None:

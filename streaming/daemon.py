@@ -622,7 +622,7 @@ class Daemon:
     def poll_once(self) -> int:
         """One poll -> decode -> step -> emit round; returns the number of records consumed."""
         cfg = self.config
-        if getattr(cfg.kafka, "lean_records", True):
+        if cfg.kafka.lean_records:
             # (offset, key, value) records parsed in one loop; idempotent, warns once if refused
             use_lean_records(self.consumer)
         polled = self.consumer.poll(
