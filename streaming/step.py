@@ -511,7 +511,9 @@ def _concat_all(parts: list[T]) -> T:
 
 
 def _take(t: T, keep: npt.NDArray[Any]) -> T:
-    return type(t)(*(_take(x, keep) if isinstance(x, tuple) else x[keep] for x in t))
+    return type(t)(
+        *(_take(x, keep) if isinstance(x, tuple) else join.take_rows(x, keep) for x in t)
+    )
 
 
 def _prune(t: T, live: npt.NDArray[np.int64]) -> T:
