@@ -69,6 +69,8 @@ code                   meaning
 
 from __future__ import annotations
 
+import itertools
+import operator
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -233,15 +235,21 @@ def key64(values: Sequence[str]) -> npt.NDArray[np.uint64]:
     n = len(values)
     if n == 0:
         return np.zeros(0, np.uint64)
-    joined = "".join(values)
-    if joined.isascii():  # one byte per character: one encode, lengths from the strings
-        lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+    joined = "\x00".join(values)
+    if joined.isascii() and joined.count("\x00") == n - 1:
+        # One byte per character and NUL between the ids only: one encode, and the ids' starts
+        # and lengths from where the NULs are (the hash reads only each id's own bytes).
         data = np.frombuffer(joined.encode("ascii"), np.uint8)
+        starts = np.zeros(n, np.int64)
+        starts[1:] = np.flatnonzero(data == 0) + 1
+        lengths = np.empty(n, np.int64)
+        lengths[:-1] = starts[1:] - starts[:-1] - 1
+        lengths[-1] = data.size - starts[-1]
     else:
         encoded = [v.encode() for v in values]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
         data = np.frombuffer(b"".join(encoded), np.uint8)
-    starts = np.cumsum(lengths) - lengths
+        starts = np.cumsum(lengths) - lengths
     shortest, longest = int(lengths.min()), int(lengths.max())
     h = np.full(n, _FNV_OFFSET, np.uint64)
     for j in range(longest):
@@ -310,6 +318,7 @@ class OutcomeBatch(NamedTuple):
         return np.isin(self.reason_end, codes)
 
 
+_CANDIDATES = operator.attrgetter("candidates")
 _IMPRESSION_DECODER = msgspec.json.Decoder(Impression)
 _OUTCOME_DECODER = msgspec.json.Decoder(Outcome)
 _SCHEMA_DECODER = msgspec.json.Decoder(_SchemaOnly)
@@ -559,7 +568,8 @@ def _non_finite(
 ) -> list[tuple[int, str]]:
     """``(row, reason)`` for each row with a NaN or infinite float32 feature (padding is zero)."""
     # A float64 sum of float32 values cannot overflow, and any NaN or inf makes it non-finite.
-    total = context.sum(axis=1, dtype=np.float64) + features.sum(axis=(1, 2), dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # +inf and -inf in one row sum to NaN: still caught
+        total = context.sum(axis=1, dtype=np.float64) + features.sum(axis=(1, 2), dtype=np.float64)
     out: list[tuple[int, str]] = []
     for i in np.flatnonzero(~np.isfinite(total)).tolist():
         bad = np.flatnonzero(~np.isfinite(context[i]))
@@ -582,7 +592,7 @@ def _impression_batch(
     n = len(events)
     s = max((len(e.shown) for e in events), default=1)
     cand_key = np.zeros(cmask.shape, dtype=np.uint64)
-    cand_key[cmask] = key64([c for e in events for c in e.candidates])
+    cand_key[cmask] = key64(list(itertools.chain.from_iterable(map(_CANDIDATES, events))))
     shown_lens = np.fromiter((len(e.shown) for e in events), dtype=np.int64, count=n)
     smask = np.arange(s)[None, :] < shown_lens[:, None]
     if n and (shown_lens == s).all():  # the common case: slates of one length

@@ -247,8 +247,11 @@ def _predict(
         part = x[lo : lo + MODEL_CHUNK]
         m = part.shape[0]
         size = _bucket(m, MODEL_CHUNK)
-        xp = np.zeros((size, x.shape[1]), np.float32)
-        xp[:m] = part
+        if m == size and part.dtype == np.float32 and part.flags.c_contiguous:  # no padding
+            xp = part
+        else:
+            xp = np.zeros((size, x.shape[1]), np.float32)
+            xp[:m] = part
         ids = np.zeros(size, np.int32)
         ids[:m] = track_id[lo : lo + m]
         dur = np.full(size, NOMINAL_DURATION_MS, np.int64)
