@@ -69,10 +69,12 @@ code                   meaning
 
 from __future__ import annotations
 
+import gc
 import itertools
 import operator
 import typing
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypeVar
 
@@ -162,9 +164,15 @@ class DecodeError(ValueError):
         self.raw = raw
 
 
-class Impression(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Impression(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """One impression. ``context`` and ``candidate_features`` are JSON number arrays, or (schema
-    ``"impression/2"`` only) little-endian float32 bytes, row-major, sent as base64 strings."""
+    ``"impression/2"`` only) little-endian float32 bytes, row-major, sent as base64 strings.
+
+    Instances are not tracked by the cyclic garbage collector (``gc=False``: decoding is ~10 %
+    faster and a poll's impressions trigger fewer collections). Its fields hold only strings,
+    numbers and lists of them, so an impression is never part of a reference cycle unless one
+    of its lists is made to hold the impression itself: don't.
+    """
 
     schema: str
     request_id: str
@@ -180,7 +188,10 @@ class Impression(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     policy_version: str
 
 
-class Outcome(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Outcome(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
+    """One play's outcome (strings, integers and booleans only: never in a reference cycle, so
+    not tracked by the cyclic garbage collector)."""
+
     schema: str
     request_id: str
     user_id: str
@@ -648,6 +659,26 @@ def outcomes_to_batch(events: Sequence[Outcome]) -> OutcomeBatch:
     )
 
 
+@contextmanager
+def _collector_paused() -> Generator[None, None, None]:
+    """No cyclic garbage collection inside the block (reference counting goes on as ever).
+
+    A batch's decoded events hold thousands of lists that all live until the columns are built
+    and are freed together right after, and none is part of a cycle. With the collector on,
+    every 700 of them start a young collection that scans them and moves them to older
+    generations, to be scanned again there: in a replay of the benchmark's float32 stream,
+    collections triggered inside decoding took about a tenth of the daemon's CPU time. Paused,
+    they are freed by reference counting before the collector ever looks at them.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def decode_impressions(
     raws: Sequence[bytes], limits: Limits = Limits()
 ) -> tuple[ImpressionBatch, list[Reject]]:
@@ -655,6 +686,13 @@ def decode_impressions(
 
     Base64 features go from their bytes to the batch's arrays in one concatenation per batch.
     """
+    with _collector_paused():
+        return _decode_impressions(raws, limits)
+
+
+def _decode_impressions(
+    raws: Sequence[bytes], limits: Limits
+) -> tuple[ImpressionBatch, list[Reject]]:
     good: list[Impression] = []
     rows: list[int] = []
     rejects: list[Reject] = []
@@ -684,12 +722,13 @@ def decode_outcomes(
     """Decode many outcomes: the good ones as one batch, the bad ones as rejects (in order)."""
     good: list[Outcome] = []
     rejects: list[Reject] = []
-    for i, raw in enumerate(raws):
-        try:
-            good.append(decode_outcome(raw, limits))
-        except DecodeError as err:
-            rejects.append(Reject(err.code, err.reason, raw, i))
-    return outcomes_to_batch(good), rejects
+    with _collector_paused():
+        for i, raw in enumerate(raws):
+            try:
+                good.append(decode_outcome(raw, limits))
+            except DecodeError as err:
+                rejects.append(Reject(err.code, err.reason, raw, i))
+        return outcomes_to_batch(good), rejects
 
 
 def encode(event: Impression | Outcome) -> bytes:

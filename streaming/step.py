@@ -366,7 +366,7 @@ def _side_rows(
         propensity=prop,
         shown=shown,
         provisional=np.nan_to_num(prov),
-        policy_key=key64([str(p) for p in imps.policy]),
+        policy_key=key64(imps.policy.tolist()),
         log=_log_rows(engine, imps),
     )
 
