@@ -322,16 +322,18 @@ def slate_features(context: F32, features: F32) -> F32:
     n, s, dt = features.shape
     du = context.shape[1]
     outer_at, onehot_at = du + dt, du + dt + du * dt
-    out = np.zeros((n, s, onehot_at + N_POSITIONS), np.float32)
+    out = np.empty((n, s, onehot_at + N_POSITIONS), np.float32)
     out[:, :, :du] = context[:, None, :]
     out[:, :, du:outer_at] = features
     outer = out[:, :, outer_at:onehot_at].reshape(n, s, du, dt)  # a view: one axis split
-    np.multiply(
+    # The products in a contiguous temporary, then scaled into the strided block: one pass over
+    # the block instead of a write and a read-modify-write (the same two float32 roundings).
+    product = np.multiply(
         np.asarray(context, np.float32)[:, None, :, None],
         np.asarray(features, np.float32)[:, :, None, :],
-        out=outer,
     )
-    outer *= np.float32(np.sqrt(du))
+    np.multiply(product, np.float32(np.sqrt(du)), out=outer)
+    out[:, :, onehot_at:] = 0.0
     positions = np.arange(s)
     out[:, positions, onehot_at + np.minimum(positions, N_POSITIONS - 1)] = 1.0
     return out.reshape(n * s, -1)
