@@ -719,16 +719,120 @@ def _decode_impressions(
 def decode_outcomes(
     raws: Sequence[bytes], limits: Limits = Limits()
 ) -> tuple[OutcomeBatch, list[Reject]]:
-    """Decode many outcomes: the good ones as one batch, the bad ones as rejects (in order)."""
-    good: list[Outcome] = []
-    rejects: list[Reject] = []
+    """Decode many outcomes: the good ones as one batch, the bad ones as rejects (in order).
+
+    Each message is parsed on its own (one message never takes part in another's parse); the
+    checks of ``decode_outcome`` then run on the batch's columns at once. Those checks only ever
+    clear a message: every message they do not clear goes through ``decode_outcome`` itself,
+    so a bad one gets exactly the code and reason it gets alone.
+    """
     with _collector_paused():
-        for i, raw in enumerate(raws):
-            try:
-                good.append(decode_outcome(raw, limits))
-            except DecodeError as err:
-                rejects.append(Reject(err.code, err.reason, raw, i))
-        return outcomes_to_batch(good), rejects
+        return _decode_outcomes(raws, limits)
+
+
+_RATIO_EXACT = 2**49
+"""Durations up to this make ``MAX_PLAY_RATIO * duration`` an exact float64 integer, so the
+batch's int64 check of ``ms_played`` agrees with ``decode_outcome``'s float one."""
+
+
+def _parse_each(raws: Sequence[bytes]) -> list[Outcome | None]:
+    decode = _OUTCOME_DECODER.decode
+    try:
+        return list(map(decode, raws))
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, TypeError):
+        pass
+    out: list[Outcome | None] = []
+    for raw in raws:
+        try:
+            out.append(decode(raw))
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, TypeError):
+            out.append(None)
+    return out
+
+
+def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatch, list[Reject]]:
+    n = len(raws)
+    parsed = _parse_each(raws)
+    events = [e for e in parsed if e is not None]
+    m = len(events)
+    try:
+        ts = np.array([e.ts for e in events], np.int64)
+        pos = np.array([e.position for e in events], np.int64)
+        played = np.array([e.ms_played for e in events], np.int64)
+        dur = np.array([e.track_duration_ms for e in events], np.int64)
+    except OverflowError:  # an integer beyond int64 (msgspec reads up to 2**64 - 1)
+        ts = pos = played = dur = np.zeros(m, np.int64)
+        cleared = np.zeros(m, bool)
+    else:
+        cleared = (
+            (ts >= 0)
+            & (ts <= MAX_INT)
+            & (pos >= 0)
+            & (pos <= MAX_POSITION)
+            & (dur > 0)
+            & (dur <= _RATIO_EXACT)
+            & (played >= 0)
+            & (played <= np.int64(MAX_PLAY_RATIO) * np.minimum(dur, _RATIO_EXACT))
+        )
+    code = np.array([_REASON_CODE.get(e.reason_end, -1) for e in events], np.int8)
+    cleared &= code >= 0
+    for name in ("request_id", "user_id", "track_id"):
+        values = [getattr(e, name) for e in events]
+        if "" in values:
+            cleared &= np.array([bool(v) for v in values], bool)
+    schemas = [e.schema for e in events]
+    if schemas.count(OUTCOME_SCHEMA) != m:
+        cleared &= np.array([s == OUTCOME_SCHEMA for s in schemas], bool)
+    if m and int(max(map(len, raws))) > limits.max_message_bytes:
+        cleared &= np.array(
+            [
+                len(r) <= limits.max_message_bytes
+                for r, e in zip(raws, parsed, strict=True)
+                if e is not None
+            ],
+            bool,
+        )
+    if m == n and bool(cleared.all()):
+        return _outcome_columns(events, ts, pos, played, dur, code), []
+    # The rest one by one, in order: a reject with its reason, or (a duration beyond
+    # ``_RATIO_EXACT``, an integer beyond int64) a good message after all.
+    keep = np.zeros(n, bool)
+    keep[[i for i, e in enumerate(parsed) if e is not None]] = cleared
+    rejects: list[Reject] = []
+    for i in np.flatnonzero(~keep).tolist():
+        try:
+            decode_outcome(raws[i], limits)
+        except DecodeError as err:
+            rejects.append(Reject(err.code, err.reason, raws[i], i))
+        else:
+            keep[i] = True
+    bad = {r.row for r in rejects}
+    good = [e for i, e in enumerate(parsed) if i not in bad and e is not None]
+    return outcomes_to_batch(good), rejects
+
+
+def _outcome_columns(
+    events: list[Outcome],
+    ts: npt.NDArray[np.int64],
+    position: npt.NDArray[np.int64],
+    ms_played: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    reason_end: npt.NDArray[np.int8],
+) -> OutcomeBatch:
+    """``outcomes_to_batch(events)`` from the columns already built (the same values, dtypes)."""
+    return OutcomeBatch(
+        request_key=key64([e.request_id for e in events]),
+        user_id=np.array([e.user_id for e in events], dtype=np.str_),
+        track_key=key64([e.track_id for e in events]),
+        position=position.astype(np.int32),
+        ts_ms=ts,
+        ms_played=ms_played,
+        duration_ms=duration,
+        reason_end=reason_end,
+        saved=np.array([e.saved for e in events], dtype=bool),
+        liked=np.array([e.liked for e in events], dtype=bool),
+        added_to_playlist=np.array([e.added_to_playlist for e in events], dtype=bool),
+    )
 
 
 def encode(event: Impression | Outcome) -> bytes:

@@ -666,6 +666,13 @@ def test_batch_outcomes_of_nothing_or_only_bad_messages() -> None:
     assert assert_same_outcomes([b"{", raw(outcome(position=-1))]).n == 0
 
 
+EDGE_INTEGERS = [
+    v + d
+    for v in (0, 3, 2**31, 2**49, 2**50, 2**53, 2**63, 2**64 - 2, 200_000, 2_000_000)
+    for d in (-1, 0, 1)
+]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
@@ -673,6 +680,11 @@ def test_batch_outcomes_of_nothing_or_only_bad_messages() -> None:
             st.sampled_from([*GOOD_OUTCOMES, *SMUGGLING, *(c[1] for c in OUTCOME_CASES)]),
             st.builds(
                 lambda k, v: raw(outcome(**{k: v})), st.sampled_from(list(outcome())), json_values
+            ),
+            st.builds(  # integers at every boundary the checks (and int64) have
+                lambda k, v: raw(outcome(**{k: v})),
+                st.sampled_from(["position", "ts", "ms_played", "track_duration_ms"]),
+                st.sampled_from(EDGE_INTEGERS),
             ),
             st.binary(max_size=60),
         ),
