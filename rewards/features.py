@@ -25,6 +25,7 @@ def interaction_features(
     position: Int[NDArray[np.integer], " n"],
     *,
     n_positions: int = N_POSITIONS,
+    out: Float[NDArray[np.float32], "n f"] | None = None,
 ) -> Float[NDArray[np.float32], "n f"]:
     """``[user, track, sqrt(du) * user (x) track, one_hot(position)]`` as float32.
 
@@ -36,12 +37,14 @@ def interaction_features(
         track: ``(n, dt)`` track features.
         position: ``(n,)`` slate positions (>= 0; clipped to ``n_positions - 1``).
         n_positions: width of the position one-hot.
+        out: a C-contiguous ``(n, du + dt + du * dt + n_positions)`` float32 buffer to write the
+            features into (and return), e.g. rows of a larger batch; a new one when None.
 
     Returns:
-        ``(n, du + dt + du * dt + n_positions)`` float32.
+        ``(n, du + dt + du * dt + n_positions)`` float32 (``out`` when given).
 
     Raises:
-        ValueError: if the row counts differ or a position is negative.
+        ValueError: if the row counts differ, a position is negative or ``out`` does not fit.
 
     >>> interaction_features(np.ones((2, 2)), np.ones((2, 3)), np.array([0, 12])).shape
     (2, 21)
@@ -58,8 +61,23 @@ def interaction_features(
         raise ValueError(
             f"interaction_features: negative position in rows {np.flatnonzero(pos < 0)[:10]}"
         )
-    n = u.shape[0]
-    outer = (u[:, :, None] * t[:, None, :]).reshape(n, -1) * np.float32(np.sqrt(u.shape[1]))
-    onehot = np.zeros((n, n_positions), np.float32)
-    onehot[np.arange(n), np.minimum(pos, n_positions - 1)] = 1.0
-    return np.concatenate([u, t, outer, onehot], axis=1)
+    n, du, dt = u.shape[0], u.shape[1], t.shape[1]
+    outer_at, onehot_at = du + dt, du + dt + du * dt
+    width = onehot_at + n_positions
+    if out is None:
+        out = np.empty((n, width), np.float32)
+    elif out.shape != (n, width) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"interaction_features: out is {out.dtype} {out.shape}, expected a C-contiguous "
+            f"float32 ({n}, {width})"
+        )
+    # Written in place, column block by column block: the same float32 operations (product,
+    # then the sqrt(du) scale) as building the blocks apart and concatenating them.
+    out[:, :du] = u
+    out[:, du:outer_at] = t
+    outer = out[:, outer_at:onehot_at].reshape(n, du, dt)  # a view: the last axis split
+    np.multiply(u[:, :, None], t[:, None, :], out=outer)
+    outer *= np.float32(np.sqrt(du))
+    out[:, onehot_at:] = 0.0
+    out[np.arange(n), onehot_at + np.minimum(pos, n_positions - 1)] = 1.0
+    return out

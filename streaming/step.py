@@ -247,8 +247,11 @@ def _predict(
         part = x[lo : lo + MODEL_CHUNK]
         m = part.shape[0]
         size = _bucket(m, MODEL_CHUNK)
-        xp = np.zeros((size, x.shape[1]), np.float32)
-        xp[:m] = part
+        if m == size and part.dtype == np.float32 and part.flags.c_contiguous:  # no padding
+            xp = part
+        else:
+            xp = np.zeros((size, x.shape[1]), np.float32)
+            xp[:m] = part
         ids = np.zeros(size, np.int32)
         ids[:m] = track_id[lo : lo + m]
         dur = np.full(size, NOMINAL_DURATION_MS, np.int64)
@@ -319,16 +322,18 @@ def slate_features(context: F32, features: F32) -> F32:
     n, s, dt = features.shape
     du = context.shape[1]
     outer_at, onehot_at = du + dt, du + dt + du * dt
-    out = np.zeros((n, s, onehot_at + N_POSITIONS), np.float32)
+    out = np.empty((n, s, onehot_at + N_POSITIONS), np.float32)
     out[:, :, :du] = context[:, None, :]
     out[:, :, du:outer_at] = features
     outer = out[:, :, outer_at:onehot_at].reshape(n, s, du, dt)  # a view: one axis split
-    np.multiply(
+    # The products in a contiguous temporary, then scaled into the strided block: one pass over
+    # the block instead of a write and a read-modify-write (the same two float32 roundings).
+    product = np.multiply(
         np.asarray(context, np.float32)[:, None, :, None],
         np.asarray(features, np.float32)[:, :, None, :],
-        out=outer,
     )
-    outer *= np.float32(np.sqrt(du))
+    np.multiply(product, np.float32(np.sqrt(du)), out=outer)
+    out[:, :, onehot_at:] = 0.0
     positions = np.arange(s)
     out[:, positions, onehot_at + np.minimum(positions, N_POSITIONS - 1)] = 1.0
     return out.reshape(n * s, -1)
@@ -363,7 +368,7 @@ def _side_rows(
         propensity=prop,
         shown=shown,
         provisional=np.nan_to_num(prov),
-        policy_key=key64([str(p) for p in imps.policy]),
+        policy_key=key64(imps.policy.tolist()),
         log=_log_rows(engine, imps),
     )
 
@@ -511,7 +516,9 @@ def _concat_all(parts: list[T]) -> T:
 
 
 def _take(t: T, keep: npt.NDArray[Any]) -> T:
-    return type(t)(*(_take(x, keep) if isinstance(x, tuple) else x[keep] for x in t))
+    return type(t)(
+        *(_take(x, keep) if isinstance(x, tuple) else join.take_rows(x, keep) for x in t)
+    )
 
 
 def _prune(t: T, live: npt.NDArray[np.int64]) -> T:

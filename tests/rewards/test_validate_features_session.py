@@ -42,6 +42,41 @@ def test_interaction_features_layout() -> None:
         interaction_features(u, t, np.array([-1]))
 
 
+def _blocks_reference(
+    u: np.ndarray, t: np.ndarray, pos: np.ndarray, n_positions: int
+) -> np.ndarray:
+    """The layout built block by block and concatenated (how the features were first written)."""
+    u, t = u.astype(np.float32), t.astype(np.float32)
+    n = u.shape[0]
+    outer = (u[:, :, None] * t[:, None, :]).reshape(n, -1) * np.float32(np.sqrt(u.shape[1]))
+    onehot = np.zeros((n, n_positions), np.float32)
+    onehot[np.arange(n), np.minimum(pos, n_positions - 1)] = 1.0
+    return np.concatenate([u, t, outer, onehot], axis=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_interaction_features_written_in_place_equal_the_blocks_bit_for_bit(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    n, du, dt = 50, 4, 3
+    # Up to 1e25: some products overflow float32 and some underflow, in both forms alike.
+    u = (rng.standard_normal((n, du)) * 10 ** rng.uniform(-25, 25, (n, du))).astype(dtype)
+    t = (rng.standard_normal((n, dt)) * 10 ** rng.uniform(-25, 25, (n, dt))).astype(dtype)
+    pos = rng.integers(0, 12, n)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        want = _blocks_reference(u, t, pos, 10)
+        got = interaction_features(u, t, pos)
+        buf = np.full((n + 2, want.shape[1]), np.nan, np.float32)
+        into = interaction_features(u, t, pos, out=buf[1:-1])
+    assert got.tobytes() == want.tobytes()
+    assert into.base is buf and buf[1:-1].tobytes() == want.tobytes()
+    assert np.isnan(buf[[0, -1]]).all()  # nothing written outside ``out``
+    assert interaction_features(u[:0], t[:0], pos[:0]).shape == (0, want.shape[1])
+    with pytest.raises(ValueError, match="out is"):
+        interaction_features(u, t, pos, out=np.zeros((n, want.shape[1] + 1), np.float32))
+    with pytest.raises(ValueError, match="out is"):
+        interaction_features(u, t, pos, out=np.zeros((want.shape[1], n), np.float32).T)
+
+
 def test_history_entries_encode_the_end_bin() -> None:
     e = history_entries(
         np.array([1_000, 200_000, 50_000]),

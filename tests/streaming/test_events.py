@@ -154,6 +154,11 @@ BINARY_CASES: list[tuple[str, bytes, str]] = [
         raw(impression2(candidate_features=b64([[1.0, 0.0], [0.0, float("-inf")], [0.5, 0.5]]))),
         "non_finite",
     ),
+    (  # their float64 sum is NaN: numpy's "invalid value" warning must not escape the decoder
+        "+inf and -inf in one context",
+        raw(impression2(context=b64([float("inf"), float("-inf")]))),
+        "non_finite",
+    ),
     ("NaN in JSON row, binary context", raw(impression2(context=[0.1, 1e39])), "non_finite"),
     ("too many candidates, binary", raw(impression2(candidates=list("abcde"))), "bad_shape"),
     ("shown out of range, binary", raw(impression2(shown=[3])), "bad_shape"),
@@ -324,14 +329,30 @@ def _key64_reference(values: list[str]) -> list[int]:
 
 @pytest.mark.parametrize(
     "values",
-    [["t1", "t1", "t22"], [""], ["a\x00"], ["a\x00b", "\x00"], ["é", "t1"], ["日本", ""]],
+    [
+        ["t1", "t1", "t22"],
+        [""],
+        ["", "a", ""],
+        ["", ""],
+        ["a\x00"],
+        ["a\x00b", "\x00"],
+        ["é", "t1"],
+        ["日本", ""],
+        ["t456", "t1568", "t6", "track-000123"],
+    ],
 )
 def test_key64_hashes_the_utf8_bytes_of_each_id(values: list[str]) -> None:
     assert ev.key64(values).tolist() == _key64_reference(values)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(max_size=12), min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.text(max_size=12) | st.text(st.characters(max_codepoint=127), max_size=12),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_key64_equals_the_reference_on_any_text(values: list[str]) -> None:
     assert ev.key64(values).tolist() == _key64_reference(values)
 
@@ -545,3 +566,130 @@ def test_writing_float32_rounds_any_double_as_the_decoder_rounds_json(values: li
         ev.decode_impressions([raw(obj)], LIM)[0],
         ev.decode_impressions([ev.encode(ev.with_features(e, "float32"))], LIM)[0],
     )
+
+
+# ------------------------------------------------------------------ batch outcome decoding
+def outcomes_reference(
+    raws: list[bytes], limits: Limits = LIM
+) -> tuple[ev.OutcomeBatch, list[tuple[int, str, str, bytes]]]:
+    """What ``decode_outcomes`` must return: ``decode_outcome`` on each message on its own."""
+    good: list[ev.Outcome] = []
+    rejects: list[tuple[int, str, str, bytes]] = []
+    for i, data in enumerate(raws):
+        try:
+            good.append(ev.decode_outcome(data, limits))
+        except DecodeError as err:
+            rejects.append((i, err.code, err.reason, err.raw))
+    return ev.outcomes_to_batch(good), rejects
+
+
+def assert_same_outcomes(raws: list[bytes], limits: Limits = LIM) -> ev.OutcomeBatch:
+    batch, rejects = ev.decode_outcomes(raws, limits)
+    want, want_rejects = outcomes_reference(raws, limits)
+    assert [(r.row, r.code, r.reason, r.raw) for r in rejects] == want_rejects
+    for name, a, b in zip(ev.OutcomeBatch._fields, batch, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert a.tobytes() == b.tobytes(), name
+    return batch
+
+
+GOOD_OUTCOMES = [
+    raw(outcome(request_id=f"r{i}", user_id=f"user-{i}", track_id=f"t{i}", position=i % 5))
+    for i in range(6)
+]
+
+
+@pytest.mark.parametrize(("name", "data", "code"), OUTCOME_CASES, ids=[c[0] for c in OUTCOME_CASES])
+def test_batch_outcomes_reject_one_bad_message_among_good_ones(
+    name: str, data: bytes, code: str
+) -> None:
+    raws = [*GOOD_OUTCOMES[:3], data, *GOOD_OUTCOMES[3:]]
+    batch = assert_same_outcomes(raws)
+    assert batch.n == 6
+    _, rejects = ev.decode_outcomes(raws, LIM)
+    assert [(r.row, r.code) for r in rejects] == [(3, code)]
+
+
+SMUGGLING = [
+    # pieces that only make valid JSON when joined with commas or brackets around them
+    raw(outcome())[:-1] + b",",
+    b'"x": 1}',
+    raw(outcome()) + b"," + raw(outcome(request_id="r2")),
+    b"[" + raw(outcome()) + b"]",
+    raw(outcome()) + b"]",
+    b"[" + raw(outcome()),
+    raw(outcome())[:40],
+    raw(outcome())[40:],
+    b"",
+    b",",
+    b"]",
+    b"  " + raw(outcome()) + b"\n",  # whitespace around one object is valid on its own
+    raw(outcome(track_id="a],[b,c")),  # brackets and commas inside a string are just text
+    raw(outcome(user_id='{"schema":"outcome/1"},')),
+]
+
+
+def test_batch_outcomes_cannot_be_fooled_by_commas_and_brackets() -> None:
+    batch = assert_same_outcomes([*SMUGGLING, *GOOD_OUTCOMES])
+    assert batch.n == 3 + len(GOOD_OUTCOMES)
+
+
+def test_batch_outcomes_edge_values_match_one_by_one() -> None:
+    big = 2**53
+    raws = [
+        raw(outcome(track_duration_ms=2**50, ms_played=10 * 2**50)),  # past the exact-ratio check
+        raw(outcome(track_duration_ms=big, ms_played=10 * big)),
+        raw(outcome(track_duration_ms=big + 1)),
+        raw(outcome(track_duration_ms=3, ms_played=30)),
+        raw(outcome(track_duration_ms=3, ms_played=31)),
+        raw(outcome(ts=big)),
+        raw(outcome(ts=big + 1)),
+        raw(outcome(position=2**31 - 1)),
+        raw(outcome(position=2**31)),
+        raw(outcome(ms_played=2**64 - 1)),  # beyond int64: the whole batch one by one
+        raw(outcome(saved=True, liked=True, added_to_playlist=True)),
+        raw(outcome(request_id="")),
+        raw(outcome(user_id="", schema="outcome/2")),
+        raw(outcome(reason_end="logout", user_id="ü-long-name" * 3)),
+        raw(outcome(surface="x" * 3000)),
+        raw(outcome(request_id="x" * 3000)),  # valid but too large
+        *GOOD_OUTCOMES,
+    ]
+    assert_same_outcomes(raws)
+    assert_same_outcomes(raws[:9] + raws[10:])  # without the int64 overflow: the column path
+    assert_same_outcomes(raws[:1])  # one good message past the exact-ratio check
+    assert_same_outcomes([raw(outcome(request_id="x" * 3000))])
+
+
+def test_batch_outcomes_of_nothing_or_only_bad_messages() -> None:
+    assert assert_same_outcomes([]).n == 0
+    assert assert_same_outcomes([b"{", raw(outcome(position=-1))]).n == 0
+
+
+EDGE_INTEGERS = [
+    v + d
+    for v in (0, 3, 2**31, 2**49, 2**50, 2**53, 2**63, 2**64 - 2, 200_000, 2_000_000)
+    for d in (-1, 0, 1)
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([*GOOD_OUTCOMES, *SMUGGLING, *(c[1] for c in OUTCOME_CASES)]),
+            st.builds(
+                lambda k, v: raw(outcome(**{k: v})), st.sampled_from(list(outcome())), json_values
+            ),
+            st.builds(  # integers at every boundary the checks (and int64) have
+                lambda k, v: raw(outcome(**{k: v})),
+                st.sampled_from(["position", "ts", "ms_played", "track_duration_ms"]),
+                st.sampled_from(EDGE_INTEGERS),
+            ),
+            st.binary(max_size=60),
+        ),
+        max_size=12,
+    )
+)
+def test_fuzz_batch_outcomes_equal_one_by_one(raws: list[bytes]) -> None:
+    assert_same_outcomes(raws)
