@@ -87,6 +87,9 @@ class KafkaConfig:
     # (streaming.kafka_records, ~3.6x faster than kafka-python's per-record objects); false
     # keeps kafka-python's own records. Refused, with a warning, on another kafka-python.
     lean_records: bool = True
+    # A daemon whose consumer returned nothing this long while its partitions have lag closes
+    # it and opens a new one (Daemon.restart_consumer); 0 turns this off.
+    stall_restart_ms: int = 120_000
     client_options: Mapping[str, Any] = field(default_factory=dict[str, Any])
 
     def __post_init__(self) -> None:
@@ -94,6 +97,11 @@ class KafkaConfig:
         if self.poll_timeout_ms >= self.session_timeout_ms:
             raise ConfigError(
                 f"kafka.poll_timeout_ms ({self.poll_timeout_ms}) must be below "
+                f"kafka.session_timeout_ms ({self.session_timeout_ms})"
+            )
+        if self.stall_restart_ms and self.stall_restart_ms < self.session_timeout_ms:
+            raise ConfigError(
+                f"kafka.stall_restart_ms ({self.stall_restart_ms}) must be 0 (off) or at least "
                 f"kafka.session_timeout_ms ({self.session_timeout_ms})"
             )
         if self.rejoin_unassigned_ms and self.rejoin_unassigned_ms < self.session_timeout_ms:

@@ -37,6 +37,7 @@ from streaming.events import (
     decode_outcomes,
     key64,
 )
+from streaming.gc_tuning import quiet_gc
 from streaming.kafka_io import (
     HANDOFF_MAX_BYTES,
     AsyncConsumerRebalanceListener,
@@ -151,6 +152,7 @@ class Stats:
     handoffs_installed: int = 0  # partitions taken over with another worker's open windows
     partitions_started_fresh: int = 0  # taken over behind the commit: open windows lost
     rejoins: int = 0  # times the watchdog made the consumer rejoin (streaming.liveness)
+    consumer_restarts: int = 0  # stalled group consumers replaced (Daemon.restart_consumer)
     reward_by_policy: dict[str, tuple[float, int]] = field(
         default_factory=dict[str, tuple[float, int]]
     )
@@ -241,6 +243,7 @@ class Daemon:
         self.metrics_port: int | None = None
         self._compiling: threading.Thread | None = None
         self.watch: GroupWatch | None = None
+        self._consumer_since = 0  # when the group consumer was opened
         self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
 
     # ------------------------------------------------------------------ state
@@ -533,23 +536,7 @@ class Daemon:
             [TopicPartition(topics.handoff, q) for q in self._handoff_parts]
         )
         self.republish_held()
-        listener = _Listener(self)
-        pair = [topics.impressions, topics.outcomes]
-        kc = self.config.kafka
-        self.consumer = make_consumer(
-            kc, self.servers, group_id=kc.group_id, topics=pair, listener=listener
-        )
-        if kc.rejoin_unassigned_ms:
-            consumer = self.consumer
-            self.watch = GroupWatch(
-                kc.rejoin_unassigned_ms,
-                assigned=consumer.assignment,
-                describe=lambda: describe_group(kc, self.servers, kc.group_id),
-                partitions=lambda: [
-                    (tp.topic, tp.partition) for tp in partitions_of(consumer, pair)
-                ],
-                rejoin=lambda: rejoin(consumer, pair, listener),
-            )
+        self._open_group_consumer()
         if self.engine.share_deltas:
             self.delta_consumer = make_consumer(self.config.kafka, self.servers, group_id=None)
             parts = self.delta_consumer.partitions_for_topic(topics.deltas) or {0}
@@ -564,6 +551,58 @@ class Daemon:
                 log.info("metrics on http://%s:%d/metrics", m.host, self.metrics_port)
             except OSError as exc:  # a busy port must not stop the learning
                 log.warning("no metrics endpoint on %s:%d: %s", m.host, m.port, exc)
+
+    def _open_group_consumer(self) -> None:
+        """The group's consumer (with the rebalance listener) and its watchdog."""
+        pair = [self.config.topics.impressions, self.config.topics.outcomes]
+        kc = self.config.kafka
+        listener = _Listener(self)
+        consumer = make_consumer(
+            kc, self.servers, group_id=kc.group_id, topics=pair, listener=listener
+        )
+        self.consumer = consumer
+        self._consumer_since = self.clock()
+        if kc.rejoin_unassigned_ms:
+            self.watch = GroupWatch(
+                kc.rejoin_unassigned_ms,
+                assigned=consumer.assignment,
+                describe=lambda: describe_group(kc, self.servers, kc.group_id),
+                partitions=lambda: [
+                    (tp.topic, tp.partition) for tp in partitions_of(consumer, pair)
+                ],
+                rejoin=lambda: rejoin(consumer, pair, listener),
+            )
+
+    def stalled(self, now: int, last_got: int) -> bool:
+        """True when the group consumer has returned nothing for ``kafka.stall_restart_ms``
+        although a partition it holds has records left (its lag, refreshed every tick)."""
+        limit = self.config.kafka.stall_restart_ms
+        return (
+            limit > 0
+            and now - max(last_got, self._consumer_since) >= limit
+            and any(lag > 0 for lag in self.stats.lag.values())
+        )
+
+    def restart_consumer(self) -> None:
+        """Close the group consumer (its revoke checkpoints and hands off what it holds) and
+        open a new one, which joins the group and seeks to the state's offsets on assignment.
+
+        The way out of a client that stopped fetching: kafka-python 3.0.12 has been seen to spin
+        in ``poll`` for minutes, unable to find its coordinator, with all the lag left.
+        """
+        log.warning(
+            "no records for %d ms although the held partitions have %d left (lag); "
+            "closing the consumer and opening a new one",
+            self.config.kafka.stall_restart_ms,
+            sum(self.stats.lag.values()),
+        )
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:  # a broken client may fail to close; the new one replaces it
+            log.warning("closing the stalled consumer failed: %s", exc)
+        self.stats.consumer_restarts += 1
+        self.stats.lag = {}
+        self._open_group_consumer()
 
     def _use_cache(self) -> None:
         """Point JAX at the persistent compilation cache (see ``JaxConfig``)."""
@@ -780,45 +819,48 @@ class Daemon:
         cc = self.config.checkpoint
         self.open()
         try:
-            last_ckpt = last_snap = last_tick = last_data = self.clock()
-            events_at_ckpt = self.stats.events
-            while not stop.is_set():
-                got = self.poll_once()
-                self.poll_deltas()
-                now = self.clock()
-                if self.watch is not None and self.watch.tick(now):
-                    self.stats.rejoins += 1
-                if got:
-                    last_data = now
-                    if self._compiling is None:
-                        self._start_compiling()  # the learners, while the next polls decode
-                elif exit_when_idle_ms is not None and now - last_data >= exit_when_idle_ms:
-                    if self.caught_up():
-                        break
-                    last_data = now
-                if (
-                    self.stats.events - events_at_ckpt >= cc.every_events
-                    or now - last_ckpt >= cc.every_ms
-                ):
-                    if self.stats.events > events_at_ckpt:
-                        self.write_checkpoint()
-                    events_at_ckpt, last_ckpt = self.stats.events, now
-                if now - last_snap >= self.config.rerank.snapshot_every_ms:
-                    self.publish_snapshot()
-                    last_snap = now
-                if now - last_tick >= min(tick_ms, self.config.metrics.refresh_ms):
-                    self._refresh_stats()
-                    self.publish_metrics()
-                    if self.log is not None:
-                        self.log.roll_if_due()
-                    if on_tick is not None:
-                        on_tick(self)
-                    last_tick = now
-            self.write_checkpoint()
-            self.publish_snapshot()
-            self._refresh_stats()
-            self.publish_metrics()
-            return self.stats
+            with quiet_gc():  # start-up objects frozen, young collections rarer
+                last_ckpt = last_snap = last_tick = last_data = last_got = self.clock()
+                events_at_ckpt = self.stats.events
+                while not stop.is_set():
+                    got = self.poll_once()
+                    self.poll_deltas()
+                    now = self.clock()
+                    if self.watch is not None and self.watch.tick(now):
+                        self.stats.rejoins += 1
+                    if got:
+                        last_data = last_got = now
+                        if self._compiling is None:
+                            self._start_compiling()  # the learners, while the next polls decode
+                    elif exit_when_idle_ms is not None and now - last_data >= exit_when_idle_ms:
+                        if self.caught_up():
+                            break
+                        last_data = now
+                    if (
+                        self.stats.events - events_at_ckpt >= cc.every_events
+                        or now - last_ckpt >= cc.every_ms
+                    ):
+                        if self.stats.events > events_at_ckpt:
+                            self.write_checkpoint()
+                        events_at_ckpt, last_ckpt = self.stats.events, now
+                    if now - last_snap >= self.config.rerank.snapshot_every_ms:
+                        self.publish_snapshot()
+                        last_snap = now
+                    if now - last_tick >= min(tick_ms, self.config.metrics.refresh_ms):
+                        self._refresh_stats()
+                        self.publish_metrics()
+                        if self.stalled(now, last_got):
+                            self.restart_consumer()
+                        if self.log is not None:
+                            self.log.roll_if_due()
+                        if on_tick is not None:
+                            on_tick(self)
+                        last_tick = now
+                self.write_checkpoint()
+                self.publish_snapshot()
+                self._refresh_stats()
+                self.publish_metrics()
+                return self.stats
         finally:
             self.close()
 
@@ -848,6 +890,7 @@ class Daemon:
                 "started_fresh": s.partitions_started_fresh,
             },
             "rejoins_total": s.rejoins,
+            "consumer_restarts_total": s.consumer_restarts,
         }
 
     def publish_metrics(self) -> None:

@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
 Partition = tuple[str, int]
 
 
-def owned_partitions(description: Mapping[str, Any]) -> set[Partition]:
-    """The (topic, partition) pairs the members of a described group hold.
+def owned_partitions(description: Mapping[str, Any]) -> set[Partition] | None:
+    """The (topic, partition) pairs the members of a described group hold; None when unknown.
 
     ``description`` is one group's entry of ``KafkaAdminClient.describe_groups``: ``members``,
     each with a decoded ``member_assignment`` whose ``assigned_partitions`` list
-    ``{"topic": ..., "partitions": [...]}``. A member whose assignment could not be decoded
-    (bytes) owns nothing as far as this function can tell.
+    ``{"topic": ..., "partitions": [...]}``. When a member's assignment could not be decoded
+    (kafka-python leaves the bytes), what the group owns is unknown: None.
 
     >>> owned_partitions({"members": [{"member_assignment": {"assigned_partitions": [
     ...     {"topic": "t", "partitions": [0, 2]}]}}]}) == {("t", 0), ("t", 2)}
@@ -42,7 +42,7 @@ def owned_partitions(description: Mapping[str, Any]) -> set[Partition]:
     for member in description.get("members") or ():
         assignment = member.get("member_assignment")
         if not isinstance(assignment, Mapping):
-            continue
+            return None
         for entry in assignment.get("assigned_partitions") or ():  # pyright: ignore[reportUnknownVariableType]
             topic = str(entry["topic"])  # pyright: ignore[reportUnknownArgumentType]
             out.update((topic, int(p)) for p in entry["partitions"])  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]
@@ -52,7 +52,8 @@ def owned_partitions(description: Mapping[str, Any]) -> set[Partition]:
 def unowned_partitions(
     description: Mapping[str, Any], partitions: Iterable[Partition]
 ) -> set[Partition] | None:
-    """The ``partitions`` no member of a stable group holds; None while the group is not stable.
+    """The ``partitions`` no member of a stable group holds; None while the group is not
+    stable or what its members hold is unknown.
 
     A group that is rebalancing (``PreparingRebalance``, ``CompletingRebalance``) is about to
     hand partitions out, and one that is ``Empty`` or ``Dead`` has no members to hold them: only
@@ -66,7 +67,8 @@ def unowned_partitions(
     """
     if description.get("group_state") != "Stable" or description.get("error"):
         return None
-    return set(partitions) - owned_partitions(description)
+    owned = owned_partitions(description)
+    return None if owned is None else set(partitions) - owned
 
 
 class GroupWatch:
@@ -118,6 +120,10 @@ class GroupWatch:
             log.warning("could not describe the consumer group: %s", exc)
             return False
         if not unowned:
+            log.info(
+                "this worker holds no partition; the group %s",
+                "owns every partition" if unowned is not None else "is rebalancing or unknown",
+            )
             return False
         log.warning(
             "this worker has held no partition for %d ms while the stable group leaves %d "

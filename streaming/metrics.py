@@ -8,37 +8,39 @@ never re-accumulated), ``write_status`` saves the same dict as JSON (atomically)
 
 The snapshot's keys (all optional; an unknown key is an error, so a typo cannot hide a metric):
 
-=========================  ==========================  =============================================
-key                        type                        exposed as
-=========================  ==========================  =============================================
-``now_ms``                 int, wall time of the       (used for ``events_per_s`` and
-                           snapshot                    ``checkpoint_age_seconds``)
-``started_ms``             int                         ``encore_uptime_seconds``
-``events_total``           {topic: int}                ``encore_events_total{topic}`` counter
-``events_per_s``           float                       ``encore_events_per_s``; when absent, from the
-                                                       change of the summed ``events_total`` between
-                                                       two updates over the change of ``now_ms``
-``consumer_lag``           {"topic/partition": int}    ``encore_consumer_lag{topic,partition}``
-``outcomes_total``         int                         ``encore_outcomes_total``
-``joined_total``           int                         ``encore_joined_total``
-``join_rate``              float                       ``encore_join_rate``: outcomes joined to an
-                                                       impression / outcomes; when absent,
-                                                       ``joined_total / outcomes_total``
-``closed_total``           int                         ``encore_closed_total`` (impressions closed)
-``late_total``             {kind: int}                 ``encore_late_total{kind}``
-``dead_letters_total``     {code: int}                 ``encore_dead_letters_total{code}``
-``reward_mean``            {policy: float}             ``encore_reward_mean{policy}``
-``model_log_loss``         {model: float}              ``encore_model_log_loss{model}``
-``last_checkpoint_ms``     int                         (``checkpoint_age_seconds`` when absent)
-``checkpoint_age_seconds`` float                       ``encore_checkpoint_age_seconds``
-``checkpoints_total``      int                         ``encore_checkpoints_total``
-``snapshots_total``        int                         ``encore_snapshots_total``
-``handoffs_total``         {kind: int}                 ``encore_handoffs_total{kind}``: partitions
-                                                       ``published``, ``installed``,
-                                                       ``started_fresh`` on rebalances
-``rejoins_total``          int                         ``encore_rejoins_total``: group rejoins the
-                                                       watchdog made (``streaming.liveness``)
-=========================  ==========================  =============================================
+=============================  ==========================  =============================================
+key                            type                        exposed as
+=============================  ==========================  =============================================
+``now_ms``                     int, wall time of the       (used for ``events_per_s`` and
+                               snapshot                    ``checkpoint_age_seconds``)
+``started_ms``                 int                         ``encore_uptime_seconds``
+``events_total``               {topic: int}                ``encore_events_total{topic}`` counter
+``events_per_s``               float                       ``encore_events_per_s``; when absent, from the
+                                                           change of the summed ``events_total`` between
+                                                           two updates over the change of ``now_ms``
+``consumer_lag``               {"topic/partition": int}    ``encore_consumer_lag{topic,partition}``
+``outcomes_total``             int                         ``encore_outcomes_total``
+``joined_total``               int                         ``encore_joined_total``
+``join_rate``                  float                       ``encore_join_rate``: outcomes joined to an
+                                                           impression / outcomes; when absent,
+                                                           ``joined_total / outcomes_total``
+``closed_total``               int                         ``encore_closed_total`` (impressions closed)
+``late_total``                 {kind: int}                 ``encore_late_total{kind}``
+``dead_letters_total``         {code: int}                 ``encore_dead_letters_total{code}``
+``reward_mean``                {policy: float}             ``encore_reward_mean{policy}``
+``model_log_loss``             {model: float}              ``encore_model_log_loss{model}``
+``last_checkpoint_ms``         int                         (``checkpoint_age_seconds`` when absent)
+``checkpoint_age_seconds``     float                       ``encore_checkpoint_age_seconds``
+``checkpoints_total``          int                         ``encore_checkpoints_total``
+``snapshots_total``            int                         ``encore_snapshots_total``
+``handoffs_total``             {kind: int}                 ``encore_handoffs_total{kind}``: partitions
+                                                           ``published``, ``installed``,
+                                                           ``started_fresh`` on rebalances
+``rejoins_total``              int                         ``encore_rejoins_total``: group rejoins the
+                                                           watchdog made (``streaming.liveness``)
+``consumer_restarts_total``    int                         ``encore_consumer_restarts_total``: stalled
+                                                           consumers replaced
+=============================  ==========================  =============================================
 
 Example:
     >>> m = Metrics()
@@ -102,6 +104,7 @@ _SCALARS = (
     "checkpoints_total",
     "snapshots_total",
     "rejoins_total",
+    "consumer_restarts_total",
 )
 KNOWN_KEYS: frozenset[str] = frozenset({*_LABELLED, *_SCALARS, "consumer_lag"})
 """The keys a snapshot may hold (see the module docstring)."""
@@ -125,6 +128,8 @@ _HELP = {
     "(taken over with their open windows), started_fresh (behind the commit; windows lost).",
     "rejoins_total": "Times the daemon rejoined its group after holding no partition while "
     "the stable group left some unowned.",
+    "consumer_restarts_total": "Times the daemon replaced a group consumer that returned no "
+    "records for kafka.stall_restart_ms while its partitions had lag.",
     "uptime_seconds": "Seconds since the daemon started.",
 }
 
@@ -206,6 +211,7 @@ class _Collector(Collector):
             "checkpoints_total",
             "snapshots_total",
             "rejoins_total",
+            "consumer_restarts_total",
         ):
             if key in snap:
                 kind = CounterMetricFamily if key.endswith("_total") else GaugeMetricFamily
@@ -349,6 +355,7 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "snapshots_total",
         "handoffs_total",
         "rejoins_total",
+        "consumer_restarts_total",
     ):
         if key not in snapshot:
             continue

@@ -26,7 +26,7 @@ from streaming import daemon as daemon_module
 from streaming.config import Config
 from streaming.daemon import Daemon
 from streaming.demo import SimulatedStream
-from streaming.kafka_io import ensure_topics, make_consumer
+from streaming.kafka_io import TopicPartition, ensure_topics, make_consumer
 from tests.integration.test_faults import (
     ROOT,
     SLATE,
@@ -127,6 +127,38 @@ def test_a_daemon_whose_join_assigned_nothing_rejoins_and_reads_the_whole_stream
     assert d.metrics_snapshot()["rejoins_total"] == d.stats.rejoins
 
 
+class _PausedOnce(Daemon):
+    """A daemon whose first consumer stops fetching once assigned (all partitions paused):
+    what a client that can no longer reach its coordinator looks like from the loop."""
+
+    paused = False
+
+    def on_assigned(self, tps: list[TopicPartition]) -> None:
+        super().on_assigned(tps)
+        if not self.paused:
+            self.paused = True
+            self.consumer.pause(*tps)
+
+
+def test_a_consumer_that_stops_fetching_is_replaced_and_the_stream_read_once(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    cfg = watched(kafka_broker, run, tmp_path, "p", f"st-{run}", "kafka.stall_restart_ms=8000")
+    ensure_topics(cfg, kafka_broker)
+    stream = SimulatedStream(cfg, kafka_broker, slate_size=SLATE, seed=5)
+    try:
+        sent = stream.produce(1500, last=True)
+    finally:
+        stream.close()
+    d = _PausedOnce(cfg, servers=kafka_broker)
+    d.run(threading.Event(), exit_when_idle_ms=3000)
+    assert d.paused
+    assert d.stats.consumer_restarts == 1
+    assert d.stats.events == sent  # read once, after the restart: nothing lost or doubled
+    assert d.state.counters["impressions"] + d.state.counters["outcomes"] == sent
+
+
 HOLDER = """
 import sys, time
 from streaming.config import Config
@@ -144,19 +176,15 @@ while True:
 """
 
 
-def test_a_spare_worker_of_a_group_that_owns_every_partition_does_not_rejoin(
-    kafka_broker: str, tmp_path: Path
-) -> None:
-    """One partition per topic and two members: the second holds nothing, rightly; its
-    watchdog asks the group, sees every partition owned, and sets off no rebalance.
-
-    The holder runs in a process of its own, so that nothing in this one delays its heartbeats.
-    """
+def spare_worker_attempt(kafka_broker: str, tmp: Path) -> tuple[Daemon, list[tuple[int, int]]]:
+    """One holder process ("a") and one daemon ("b") in a fresh group on one-partition topics;
+    returns b once its watchdog asked the group twice, and a's (generation, partitions held)."""
     run = uuid.uuid4().hex[:8]
     group = f"sp-{run}"
-    cfg = watched(kafka_broker, run, tmp_path, "b", group, "topics.partitions=1")
+    cfg = watched(kafka_broker, run, tmp, "b", group, "topics.partitions=1")
     ensure_topics(cfg, kafka_broker)
-    out = tmp_path / "holder.out"
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = tmp / "holder.out"
     # Member "a" sorts before "b", so the range assignor gives it both partitions.
     with out.open("wb") as sink:
         holder = subprocess.Popen(
@@ -187,22 +215,39 @@ def test_a_spare_worker_of_a_group_that_owns_every_partition_does_not_rejoin(
         worker.start()
         wait(
             "b's watchdog did not ask the group twice",
-            lambda: d.watch is not None and d.watch.checks >= 2,
+            lambda: d.watch is not None and (d.watch.checks >= 2 or d.watch.rejoins > 0),
             90,
             lambda: f"b holds {d.consumer and d.consumer.assignment()}, a: {holder_states()}",
         )
-        assert not d.consumer.assignment()
     finally:
         stop_event.set()
         worker.join(timeout=60)
         holder.kill()
         holder.wait(timeout=30)
-    assert d.stats.rejoins == 0
-    states = holder_states()
-    # a held both partitions throughout, except while b joined (one more generation, in
-    # which a again holds both); a rejoin per check would add a generation per check.
-    assert states[-1][1] == 2
-    assert len({g for g, _ in states}) <= 3, states
+    return d, holder_states()
+
+
+def test_a_spare_worker_of_a_group_that_owns_every_partition_does_not_rejoin(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """One partition per topic and two members: the second holds nothing, rightly; its
+    watchdog asks the group, sees every partition owned, and sets off no rebalance.
+
+    The holder is a plain kafka-python consumer in a process of its own. Should the group
+    expel it meanwhile (a loaded machine; kafka-python 3.0.12 has been seen to stall), b
+    rightly takes the partitions and the attempt says nothing about spare workers: it is run
+    again, at most three times. A rejoin by b fails the test in any attempt.
+    """
+    held_nothing = 0
+    for attempt in range(3):
+        d, states = spare_worker_attempt(kafka_broker, tmp_path / f"attempt-{attempt}")
+        assert d.stats.rejoins == 0, f"b rejoined while a held {states}"
+        if d.stats.events == 0 and states[-1][1] == 2 and len({g for g, _ in states}) <= 3:
+            # a held both partitions throughout, with one more generation for b's join; a
+            # rejoin per check would have added a generation per check.
+            held_nothing += 1
+            break
+    assert held_nothing, "the holder lost its partitions in every attempt"
 
 
 def test_a_daemon_paused_past_its_session_learns_what_an_uninterrupted_run_learns(

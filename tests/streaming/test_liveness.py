@@ -29,14 +29,20 @@ def group(state: str, *members: dict[str, Any], error: str | None = None) -> dic
     return {"group_state": state, "members": list(members), "error": error}
 
 
-def test_owned_partitions_unions_the_members_and_skips_undecoded_assignments() -> None:
+def test_owned_partitions_unions_the_members_and_is_unknown_with_an_undecoded_assignment() -> None:
     g = group(
         "Stable",
         member(("imp", [0]), ("out", [0])),
         member(("imp", [1])),
         {"member_id": "x", "member_assignment": b"\x00\x01"},  # could not be decoded
     )
-    assert owned_partitions(g) == {("imp", 0), ("out", 0), ("imp", 1)}
+    assert owned_partitions(g) is None  # one member's assignment is unknown
+    assert owned_partitions(group("Stable", *g["members"][:2])) == {
+        ("imp", 0),
+        ("out", 0),
+        ("imp", 1),
+    }
+    assert unowned_partitions(g, PAIR) is None  # so nobody can say what is unowned
     assert owned_partitions(group("Empty")) == set()
 
 
@@ -139,5 +145,12 @@ def test_the_config_refuses_a_watchdog_period_shorter_than_the_session() -> None
             env={},
             overrides=["kafka.session_timeout_ms=10000", "kafka.rejoin_unassigned_ms=5000"],
         )
-    off = Config.load(env={}, overrides=["kafka.rejoin_unassigned_ms=0"])
-    assert off.kafka.rejoin_unassigned_ms == 0
+    with pytest.raises(ConfigError, match="stall_restart_ms"):
+        Config.load(
+            env={},
+            overrides=["kafka.session_timeout_ms=10000", "kafka.stall_restart_ms=2000"],
+        )
+    off = Config.load(
+        env={}, overrides=["kafka.rejoin_unassigned_ms=0", "kafka.stall_restart_ms=0"]
+    )
+    assert off.kafka.rejoin_unassigned_ms == off.kafka.stall_restart_ms == 0
