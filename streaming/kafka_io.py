@@ -126,18 +126,19 @@ def make_consumer(
     if topics:
         # Fetch the topics' metadata before joining: a join that completes first gets no
         # partitions from the assignor, and kafka-python 3.0.12 does not always rejoin.
-        for topic in topics:
-            consumer.partitions_for_topic(topic)
-        if listener is not None:
-            consumer.subscribe(list(topics), listener=listener)
-        else:
-            consumer.subscribe(list(topics))
+        _subscribe(consumer, topics, listener)
     return consumer
 
 
 def rejoin(consumer: KafkaConsumer, topics: Sequence[str], listener: Any = None) -> None:
     """Leave the group and subscribe again, as ``make_consumer`` does: the next poll rejoins."""
     consumer.unsubscribe()
+    _subscribe(consumer, topics, listener)
+
+
+def _subscribe(consumer: KafkaConsumer, topics: Sequence[str], listener: Any) -> None:
+    """Fetch the topics' metadata, then subscribe (with ``listener`` if given): a join that
+    completes before the metadata arrives gets no partitions from the assignor."""
     for topic in topics:
         consumer.partitions_for_topic(topic)
     if listener is not None:

@@ -8,7 +8,6 @@ the group simply having more workers than partitions (which must not set off reb
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from tests.integration.test_faults import (
     write_config,
 )
 from tests.integration.test_rebalance import wait
+from tests.integration.test_scale_out import config
 
 pytestmark = pytest.mark.integration
 
@@ -63,27 +63,17 @@ class _NothingTheFirstTime(RangePartitionAssignor):
 
 def watched(servers: str, run: str, tmp: Path, name: str, group: str, *extra: str) -> Config:
     """A daemon's config on the run's topics, with a 6 s session and a 6 s watchdog."""
-    cfg = Config.load(
-        env={},
-        overrides=[
-            f"kafka.bootstrap_servers={servers}",
-            f"kafka.group_id={group}",
-            f"kafka.client_id={name}",
-            f"checkpoint.dir={tmp / name}",
-            "checkpoint.every_ms=1000",
-            "log.dir=",
-            "metrics.enabled=false",
-            "join.window_ms=1200000",
-            "join.allowed_lateness_ms=60000",
-            f"join.slate_size={SLATE}",
-            "scale.share_deltas=false",
-            f"scale.worker_id={name}",
-            "kafka.session_timeout_ms=6000",
-            "kafka.rejoin_unassigned_ms=6000",
-            *extra,
-        ],
+    return config(
+        servers,
+        run,
+        tmp,
+        name,
+        "kafka.session_timeout_ms=6000",
+        "kafka.rejoin_unassigned_ms=6000",
+        *extra,
+        share=False,
+        group=group,
     )
-    return dataclasses.replace(cfg, topics=cfg.topics.for_run(run))
 
 
 def test_a_daemon_whose_join_assigned_nothing_rejoins_and_reads_the_whole_stream(

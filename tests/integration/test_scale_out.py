@@ -19,7 +19,10 @@ from streaming.kafka_io import TopicPartition, ensure_topics, make_consumer
 pytestmark = pytest.mark.integration
 
 
-def config(servers: str, run: str, tmp: Path, name: str, *, share: bool, group: str) -> Config:
+def config(
+    servers: str, run: str, tmp: Path, name: str, *extra: str, share: bool, group: str
+) -> Config:
+    """A worker's config on the run's topics; ``extra`` overrides come last."""
     cfg = Config.load(
         env={},
         overrides=[
@@ -35,6 +38,7 @@ def config(servers: str, run: str, tmp: Path, name: str, *, share: bool, group: 
             "join.slate_size=5",
             f"scale.share_deltas={'true' if share else 'false'}",
             f"scale.worker_id={name}",
+            *extra,
         ],
     )
     t = cfg.topics
