@@ -24,7 +24,7 @@ from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
 from streaming import daemon as daemon_module
 from streaming.config import Config
 from streaming.daemon import Daemon
-from streaming.demo import SimulatedStream
+from streaming.demo import produce_simulated
 from streaming.kafka_io import TopicPartition, ensure_topics, make_consumer
 from tests.integration.test_faults import (
     ROOT,
@@ -84,11 +84,7 @@ def test_a_daemon_whose_join_assigned_nothing_rejoins_and_reads_the_whole_stream
     run = uuid.uuid4().hex[:8]
     cfg = watched(kafka_broker, run, tmp_path, "w", f"lv-{run}")
     ensure_topics(cfg, kafka_broker)
-    stream = SimulatedStream(cfg, kafka_broker, slate_size=SLATE, seed=3)
-    try:
-        sent = stream.produce(1500, last=True)
-    finally:
-        stream.close()
+    sent = produce_simulated(cfg, kafka_broker, n_requests=1500, slate_size=SLATE, seed=3)
 
     _NothingTheFirstTime.first = True
 
@@ -136,11 +132,7 @@ def test_a_consumer_that_stops_fetching_is_replaced_and_the_stream_read_once(
     run = uuid.uuid4().hex[:8]
     cfg = watched(kafka_broker, run, tmp_path, "p", f"st-{run}", "kafka.stall_restart_ms=8000")
     ensure_topics(cfg, kafka_broker)
-    stream = SimulatedStream(cfg, kafka_broker, slate_size=SLATE, seed=5)
-    try:
-        sent = stream.produce(1500, last=True)
-    finally:
-        stream.close()
+    sent = produce_simulated(cfg, kafka_broker, n_requests=1500, slate_size=SLATE, seed=5)
     d = _PausedOnce(cfg, servers=kafka_broker)
     d.run(threading.Event(), exit_when_idle_ms=3000)
     assert d.paused
@@ -261,11 +253,7 @@ def test_a_daemon_paused_past_its_session_learns_what_an_uninterrupted_run_learn
         ckpt_dir=tmp_path / "ck-plain",
     )
     ensure_topics(paused, kafka_broker)
-    stream = SimulatedStream(paused, kafka_broker, slate_size=SLATE, seed=17)
-    try:
-        sent = stream.produce(9000, last=True)
-    finally:
-        stream.close()
+    sent = produce_simulated(paused, kafka_broker, n_requests=9000, slate_size=SLATE, seed=17)
     log = tmp_path / "paused.log"
     proc = start_daemon(tmp_path / "paused.toml", log)
     uninterrupted = start_daemon(tmp_path / "plain.toml", tmp_path / "plain.log")
