@@ -153,6 +153,8 @@ class Stats:
     partitions_started_fresh: int = 0  # taken over behind the commit: open windows lost
     rejoins: int = 0  # times the watchdog made the consumer rejoin (streaming.liveness)
     consumer_restarts: int = 0  # stalled group consumers replaced (Daemon.restart_consumer)
+    gc_collections: int = 0  # the poll loop's timed full collections (streaming.gc_tuning)
+    gc_seconds: float = 0.0  # wall seconds they took
     reward_by_policy: dict[str, tuple[float, int]] = field(
         default_factory=dict[str, tuple[float, int]]
     )
@@ -819,8 +821,10 @@ class Daemon:
         cc = self.config.checkpoint
         self.open()
         try:
-            with quiet_gc():  # start-up objects frozen, young collections rarer
-                last_ckpt = last_snap = last_tick = last_data = last_got = self.clock()
+            start = self.clock()
+            # start-up objects frozen, young collections rarer, a full collection every 5 s
+            with quiet_gc(now_ms=start) as collector:
+                last_ckpt = last_snap = last_tick = last_data = last_got = start
                 events_at_ckpt = self.stats.events
                 while not stop.is_set():
                     got = self.poll_once()
@@ -846,6 +850,9 @@ class Daemon:
                     if now - last_snap >= self.config.rerank.snapshot_every_ms:
                         self.publish_snapshot()
                         last_snap = now
+                    if collector.tick(now):
+                        self.stats.gc_collections = collector.collections
+                        self.stats.gc_seconds = collector.seconds
                     if now - last_tick >= min(tick_ms, self.config.metrics.refresh_ms):
                         self._refresh_stats()
                         self.publish_metrics()
@@ -891,6 +898,8 @@ class Daemon:
             },
             "rejoins_total": s.rejoins,
             "consumer_restarts_total": s.consumer_restarts,
+            "gc_collections_total": s.gc_collections,
+            "gc_seconds_total": s.gc_seconds,
         }
 
     def publish_metrics(self) -> None:

@@ -40,6 +40,9 @@ key                            type                        exposed as
                                                            watchdog made (``streaming.liveness``)
 ``consumer_restarts_total``    int                         ``encore_consumer_restarts_total``: stalled
                                                            consumers replaced
+``gc_collections_total``       int                         ``encore_gc_collections_total``: the poll
+                                                           loop's timed full collections
+``gc_seconds_total``           float                       ``encore_gc_seconds_total``: seconds they took
 =============================  ==========================  =============================================
 
 Example:
@@ -105,6 +108,8 @@ _SCALARS = (
     "snapshots_total",
     "rejoins_total",
     "consumer_restarts_total",
+    "gc_collections_total",
+    "gc_seconds_total",
 )
 KNOWN_KEYS: frozenset[str] = frozenset({*_LABELLED, *_SCALARS, "consumer_lag"})
 """The keys a snapshot may hold (see the module docstring)."""
@@ -130,6 +135,9 @@ _HELP = {
     "the stable group left some unowned.",
     "consumer_restarts_total": "Times the daemon replaced a group consumer that returned no "
     "records for kafka.stall_restart_ms while its partitions had lag.",
+    "gc_collections_total": "Timed full garbage collections of the poll loop "
+    "(streaming.gc_tuning).",
+    "gc_seconds_total": "Seconds the poll loop spent in its timed full garbage collections.",
     "uptime_seconds": "Seconds since the daemon started.",
 }
 
@@ -212,6 +220,8 @@ class _Collector(Collector):
             "snapshots_total",
             "rejoins_total",
             "consumer_restarts_total",
+            "gc_collections_total",
+            "gc_seconds_total",
         ):
             if key in snap:
                 kind = CounterMetricFamily if key.endswith("_total") else GaugeMetricFamily
@@ -356,6 +366,8 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "handoffs_total",
         "rejoins_total",
         "consumer_restarts_total",
+        "gc_collections_total",
+        "gc_seconds_total",
     ):
         if key not in snapshot:
             continue

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from streaming.gc_tuning import GEN0_THRESHOLD, quiet_gc
+from streaming.gc_tuning import GEN0_THRESHOLD, Collector, quiet_gc
 
 
 class _Node:
@@ -58,4 +58,28 @@ def test_thresholds_restored_when_the_block_raises() -> None:
 
 def test_zero_threshold_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"), quiet_gc(gen0=0):
+        pass
+
+
+def test_the_collector_collects_cycles_on_its_clock_and_counts_them() -> None:
+    with quiet_gc(collect_every_ms=5000, now_ms=1000) as collector:
+        a, b = _Node(), _Node()
+        a.other, b.other = b, a
+        ref = weakref.ref(a)
+        del a, b
+        assert not collector.tick(5999)  # 4.999 s after the start: not due
+        assert ref() is not None  # a cycle waits for a collection (the thresholds are high)
+        assert collector.tick(6000)
+        assert ref() is None
+        assert (collector.collections, collector.last_ms) == (1, 6000)
+        assert collector.freed >= 2 and collector.seconds >= 0.0
+        assert not collector.tick(10_999)
+        assert collector.tick(11_000)
+        assert collector.collections == 2
+
+
+def test_a_collector_period_that_is_not_positive_is_refused() -> None:
+    with pytest.raises(ValueError, match="collect_every_ms"):
+        Collector(0, 0)
+    with pytest.raises(ValueError, match="collect_every_ms"), quiet_gc(collect_every_ms=-1):
         pass
