@@ -585,16 +585,32 @@ def _set(state: JoinState, names: tuple[str, ...], rows: tuple[_Array, ...]) -> 
     return state._replace(**dict(zip(names, rows, strict=True)))
 
 
+def _among(key: _Array, of: _Array) -> _Array:
+    """Whether each ``key`` is one of ``of``: binary searches into ``of`` sorted, so the cost
+    grows with ``key.size * log(of.size)`` and ``key`` is never sorted (``np.isin`` sorts both)."""
+    if key.size == 0 or of.size == 0:
+        return np.zeros(key.size, bool)
+    ordered = np.sort(of)
+    at = np.minimum(np.searchsorted(ordered, key), ordered.size - 1)
+    return ordered[at] == key
+
+
 def _join_open(
     state: JoinState, rows: JoinOutcomes, window_ms: int
 ) -> tuple[JoinState, JoinOutcomes]:
-    """Move outcomes covered by an open impression's window into the joined log."""
+    """Move outcomes covered by an open impression's window into the joined log; return the rest."""
+    state, found = _join_found(state, rows, window_ms)
+    return state, (_take(rows, ~found) if found.any() else rows)
+
+
+def _join_found(state: JoinState, rows: JoinOutcomes, window_ms: int) -> tuple[JoinState, _Array]:
+    """Move outcomes covered by an open impression's window into the joined log; return which."""
     found, row = _lookup(state, rows.request_key)
     if found.any():
         start = state.open_ts_ms[row]
         found &= (rows.ts_ms >= start) & (rows.ts_ms - start < window_ms)
     if not found.any():
-        return state, rows
+        return state, found
     hit = _take(rows, found)
     log = tuple(
         np.concatenate([old, new]) for old, new in zip(_group(state, _JOINED), hit, strict=True)
@@ -605,7 +621,7 @@ def _join_open(
         ),
         joined=_i64(int(state.joined) + hit.ts_ms.size),
     )
-    return state, _take(rows, ~found)
+    return state, found
 
 
 def _rejected(rows: JoinOutcomes, reason: _Array | int) -> RejectedOutcomes:
@@ -825,8 +841,19 @@ def add_impressions(
                 for name, add in zip(_OPEN, new, strict=True)
             },
         )
-        state, waiting = _join_open(state, _group(state, _PENDING), config.window_ms)
-        state = _set(state, _PENDING, waiting)
+        # Only the impressions opened now can take a pending outcome: every pending outcome was
+        # looked up against each impression open before and matched none of them. So the
+        # lookup runs on the pending outcomes that share a key with one of them, and the cost
+        # of an add no longer grows with the pending buffer's size times its logarithm (a
+        # backlog where outcomes run ahead of impressions keeps many pending).
+        pending = _group(state, _PENDING)
+        maybe = np.flatnonzero(_among(pending.request_key, new.request_key))
+        if maybe.size:
+            state, found = _join_found(state, _take(pending, maybe), config.window_ms)
+            if found.any():
+                keep = np.ones(pending.request_key.size, bool)
+                keep[maybe[found]] = False
+                state = _set(state, _PENDING, _take(pending, keep))
     excess = state.open_key.size - config.max_open
     if excess <= 0:
         return state, _effects(config.slate_size, impressions=rejected)

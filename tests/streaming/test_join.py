@@ -162,6 +162,35 @@ def test_outcome_before_its_impression_waits_then_joins() -> None:
     assert fx.closed.n_outcomes.tolist() == [[0, 1, 0]]
 
 
+def test_pending_outcomes_join_only_their_new_impression_and_the_rest_keep_their_order() -> None:
+    # Outcomes of keys 5, 9, 6 and 5 wait (impression 7 is open, none of them is its); then
+    # impressions 6 and 5 open: their outcomes join in pending order, 9's keeps waiting.
+    state, _ = join.add_impressions(join.init(CFG), imps([7], [1000]), CFG)
+    state, _ = join.add_outcomes(
+        state, outs([5, 9, 6, 5], [1010, 1020, 1015, 1030], [0, 1, 2, 1]), CFG
+    )
+    assert state.pending_key.tolist() == [5, 9, 6, 5]
+    state, _ = join.add_impressions(state, imps([6, 5], [1000, 1000], [1, 2]), CFG)
+    assert state.pending_key.tolist() == [9]
+    assert state.joined_key.tolist() == [5, 6, 5]
+    assert state.joined_ts_ms.tolist() == [1010, 1015, 1030]
+    state, _ = join.add_impressions(state, imps([11], [1000], [3]), CFG)  # shares no pending key
+    assert state.pending_key.tolist() == [9] and state.joined_key.size == 3
+    state, _ = join.add_impressions(state, imps([9], [1000], [4]), CFG)
+    assert state.pending_key.size == 0 and state.joined_key.tolist() == [5, 6, 5, 9]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 5), max_size=30),
+    of=st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 5), max_size=10),
+)
+def test_among_is_isin(key: list[int], of: list[int]) -> None:
+    k, o = np.array(key, np.uint64), np.array(of, np.uint64)
+    among = join._among(k, o)  # pyright: ignore[reportPrivateUsage]
+    assert among.dtype == bool and among.tolist() == np.isin(k, o).tolist()
+
+
 def test_pending_outcome_becomes_orphan_or_closed_after_the_watermark() -> None:
     state, _ = join.add_impressions(join.init(CFG), imps([1], [1000]), CFG)
     # key 1 after its window (but within the late horizon), key 2 never had an impression,
