@@ -339,6 +339,7 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
             "checkpoints": stats.checkpoints,
             "snapshots_published": stats.snapshots,
             "snapshots_used_by_listeners": lst.snapshots_used,
+            "gc_collections": stats.gc_collections,
             "counters": stats.counters,
             "true_top_reward_by_period": curve,
             "daemon_top_reward": {

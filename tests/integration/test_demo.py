@@ -23,6 +23,7 @@ def test_demo_learns_to_beat_the_logging_policy(kafka_broker: str, tmp_path: Pat
     assert report["events_consumed"] == report["events_produced"] > 20_000
     assert report["dead_letters"] == report["malformed_injected"] > 0
     assert report["checkpoints"] >= 1 and report["snapshots_used_by_listeners"] >= 1
+    assert report["gc_collections"] >= 3  # the poll loop's timed collections, one every 5 s
     assert report["counters"]["feedback_rows"] > 10_000
     curve = report["true_top_reward_by_period"]
     learner, logging = curve[config.policy.name], curve[LOGGING]

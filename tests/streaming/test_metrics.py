@@ -41,6 +41,8 @@ SNAPSHOT: dict[str, Any] = {
     "last_checkpoint_ms": 65_500,
     "checkpoints_total": 6,
     "snapshots_total": 12,
+    "gc_collections_total": 11,
+    "gc_seconds_total": 0.125,
 }
 
 
@@ -82,6 +84,8 @@ def test_endpoint_exposes_the_snapshot_over_http() -> None:
     assert got[("encore_closed_total", ())] == 950
     assert got[("encore_snapshots_total", ())] == 12
     assert got[("encore_checkpoints_total", ())] == 6
+    assert got[("encore_gc_collections_total", ())] == 11
+    assert got[("encore_gc_seconds_total", ())] == pytest.approx(0.125)
     # Derived: join rate, checkpoint age, events/s since start, uptime.
     assert got[("encore_join_rate", ())] == pytest.approx(2_600 / 2_990)
     assert got[("encore_checkpoint_age_seconds", ())] == pytest.approx(4.5)
@@ -198,6 +202,8 @@ def test_status_table_shows_every_metric() -> None:
         "checkpoint_age_seconds",
         "4.500",
         "snapshots_total",
+        "gc_collections_total",
+        "gc_seconds_total",
     ):
         assert needle in text, needle
     assert set(SNAPSHOT) <= KNOWN_KEYS
