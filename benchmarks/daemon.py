@@ -62,7 +62,9 @@ class _Consumed:
         return self.n / max(self.elapsed_s, 1e-9)
 
 
-def _consume(servers: str, topics: list[str], n: int, *, decode: bool, lean: bool) -> _Consumed:
+def _consume(
+    servers: str, topics: list[str], n: int, *, decode: bool, lean: bool, max_records: int
+) -> _Consumed:
     """Consume ``n`` events of ``topics`` (clock starts at the first record), default fetch
     settings; with ``lean``, through the daemon's record path (``streaming.kafka_records``)."""
     from kafka import KafkaConsumer
@@ -84,7 +86,7 @@ def _consume(servers: str, topics: list[str], n: int, *, decode: bool, lean: boo
     started = 0.0
     deadline = time.perf_counter() + 600
     while got < n and time.perf_counter() < deadline:
-        polled = consumer.poll(timeout_ms=500, max_records=10_000)
+        polled = consumer.poll(timeout_ms=500, max_records=max_records)
         if polled and not started:
             started = time.perf_counter()
         for tp, recs in polled.items():
@@ -166,11 +168,12 @@ def _measure(
     n = produce_simulated(cfg, servers, n_requests=n_requests, slate_size=5, seed=0)
     produce_s = time.perf_counter() - started
     topics = [cfg.topics.impressions, cfg.topics.outcomes]
+    per_poll = cfg.kafka.max_poll_records  # as many records per poll as the daemon takes
     # Interleaved, so that drifting load on a shared machine hits both record paths alike.
-    count = _consume(servers, topics, n, decode=False, lean=False)
-    count_lean = _consume(servers, topics, n, decode=False, lean=True)
-    decoded = _consume(servers, topics, n, decode=True, lean=False)
-    decoded_lean = _consume(servers, topics, n, decode=True, lean=True)
+    count = _consume(servers, topics, n, decode=False, lean=False, max_records=per_poll)
+    count_lean = _consume(servers, topics, n, decode=False, lean=True, max_records=per_poll)
+    decoded = _consume(servers, topics, n, decode=True, lean=False, max_records=per_poll)
+    decoded_lean = _consume(servers, topics, n, decode=True, lean=True, max_records=per_poll)
     # The daemon's own record path is the honest peer; the stock client's rate is printed too.
     daemon_lean = cfg.kafka.lean_records
     decode_rate = (decoded_lean if daemon_lean else decoded).rate
@@ -262,58 +265,84 @@ from streaming.config import Config
 from streaming.daemon import Daemon
 cfg = Config.load(env={}, overrides=sys.argv[1:])
 daemon = Daemon(cfg, servers=cfg.kafka.bootstrap_servers)
+last = [time.time()]
+poll_once = daemon.poll_once
+def timed_poll():
+    n = poll_once()
+    if n:
+        last[0] = time.time()  # after the poll's decode and step
+    return n
+daemon.poll_once = timed_poll
 t0 = time.time()
 stats = daemon.run(threading.Event(), exit_when_idle_ms=3000)
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"events": stats.events, "t0": t0, "t1": time.time() - 3.0,
-                  "cpu_s": ru.ru_utime + ru.ru_stime, "merged": stats.deltas_merged}))
+print(json.dumps({"events": stats.events, "t0": t0, "t1": last[0], "end": time.time(),
+                  "cpu_s": ru.ru_utime + ru.ru_stime, "merged": stats.deltas_merged,
+                  "lean": cfg.kafka.lean_records}))
 """
-"""One worker of the scale-out rows: ``encore run``'s daemon in a process of its own (JSON out)."""
+"""One worker of the scale-out rows: ``encore run``'s daemon in a process of its own (JSON out:
+``t1`` is when its last poll with records was done)."""
+
+_GROUP_TIMEOUT_S = 1800.0
 
 
 def _group(stream: _Stream, servers: str, tmp: str, workers: int, label: str) -> Row:
     """``workers`` daemon processes in one fresh consumer group over ``stream``'s topics (linear
-    statistics shared as deltas when more than one), from the first run() to the last event."""
+    statistics shared as deltas when more than one): the stream's events over the wall time from
+    the first worker's run() to the last poll that returned records."""
     group = f"bench-group-{uuid.uuid4().hex[:8]}"
-    procs = []
-    for i in range(workers):
-        overrides = [
-            *stream.overrides,
-            f"kafka.bootstrap_servers={servers}",
-            f"kafka.group_id={group}",
-            f"kafka.client_id=w{i}",
-            f"scale.worker_id=w{i}",
-            f"scale.share_deltas={'true' if workers > 1 else 'false'}",
-            f"checkpoint.dir={tmp}/{group}/w{i}/ckpt",
-            f"log.dir={tmp}/{group}/w{i}/log",
-        ]
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _WORKER, *overrides], stdout=subprocess.PIPE, text=True
+    procs: list[subprocess.Popen[str]] = []
+    done: list[dict[str, Any]] = []
+    deadline = time.monotonic() + _GROUP_TIMEOUT_S
+    try:
+        for i in range(workers):
+            overrides = [
+                *stream.overrides,
+                f"kafka.bootstrap_servers={servers}",
+                f"kafka.group_id={group}",
+                f"kafka.client_id=w{i}",
+                f"scale.worker_id=w{i}",
+                f"scale.share_deltas={'true' if workers > 1 else 'false'}",
+                f"checkpoint.dir={tmp}/{group}/w{i}/ckpt",
+                f"log.dir={tmp}/{group}/w{i}/log",
+            ]
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _WORKER, *overrides], stdout=subprocess.PIPE, text=True
+                )
             )
-        )
-    done = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"a scale-out worker failed (exit {proc.returncode})")
-        done.append(json.loads(out.strip().splitlines()[-1]))
-    events = sum(d["events"] for d in done)
+        for i, proc in enumerate(procs):
+            out, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1.0))
+            lines = out.strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(
+                    f"scale-out worker w{i} of {workers} failed (exit {proc.returncode})"
+                )
+            done.append(json.loads(lines[-1]))
+    finally:
+        for proc in procs:  # a failed or timed-out run leaves no worker behind
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    read = sum(d["events"] for d in done)
+    if read < stream.events:
+        raise RuntimeError(f"{workers} scale-out workers read {read} of {stream.events} events")
     wall = max(d["t1"] for d in done) - min(d["t0"] for d in done)
-    rate = events / max(wall, 1e-9)
+    rate = stream.events / max(wall, 1e-9)
     return {
         "system": f"encore daemon, {workers} worker process{'es' if workers > 1 else ''} in one "
         f"group [{label}]",
         "features": "float32",
-        "record_path": "lean",
+        "record_path": "lean" if all(d["lean"] for d in done) else "stock",
         "workers": workers,
-        "events": events,
+        "events": stream.events,
+        "records_read": read,
         "events_per_s": rate,
         "vs_consume_decode": rate / stream.decode_rate,
         "cpu_s": sum(d["cpu_s"] for d in done),
         "events_by_worker": "/".join(str(d["events"]) for d in done),
         "deltas_merged": sum(d["merged"] for d in done),
-        "run_s": wall + 3.0,
+        "run_s": max(d["end"] for d in done) - min(d["t0"] for d in done),
     }
 
 
@@ -378,8 +407,9 @@ def run(ctx: Context) -> list[Row]:
         "'lean' is streaming.kafka_records' (offset, key, value) records, 'stock' kafka-python's "
         "ConsumerRecord); vs_stock_consume_decode is over the stock client's consume + decode. "
         "Count-only rows' vs_consume_decode is over their own path's consume + decode. All "
-        "measured minutes apart on the same topics, broker and machine; all consumers use kafka-python's default fetch settings (the daemon polls at "
-        "most kafka.max_poll_records per call). The JSON stream is measured first, then the "
+        "measured minutes apart on the same topics, broker and machine; all consumers use "
+        "kafka-python's default fetch settings and take as many records per poll as the daemon "
+        "(kafka.max_poll_records). The JSON stream is measured first, then the "
         "float32 stream, in one process: peak_rss_mb is the process's peak so far and "
         "rss_*_third_mb its resident memory during each run, so the second daemon's figures "
         "start from what the first run left (JAX caches, allocator pools). "
@@ -399,9 +429,10 @@ def run(ctx: Context) -> list[Row]:
         "Scale-out rows: the float32 stream read again by 1, then 2, daemon processes (each "
         "`encore run`'s Daemon in a Python process of its own, so no GIL is shared) in a fresh "
         "consumer group; with 2, each learns from its partitions and the linear statistics "
-        "travel as deltas (scale.share_deltas). events_per_s is all events over the wall time "
-        "from the first worker's run() to the last worker's last event, start-up included as "
-        "in the in-process daemon row; cpu_s is the workers' CPU time in all (JAX start-up "
+        "travel as deltas (scale.share_deltas). events_per_s is the stream's events over the wall "
+        "time from the first worker's run() to the last poll that returned records, start-up "
+        "included as in the in-process daemon row (records_read counts what the workers read, "
+        "records read again after a rebalance included); cpu_s is the workers' CPU time in all (JAX start-up "
         "and compilation included). On a 2-core machine that also runs the broker, a second "
         "process competes with the first for the same cores."
     )

@@ -67,6 +67,9 @@ def write_config(path: Path, servers: str, topics: Topics, *, group: str, ckpt_d
 bootstrap_servers = {json.dumps(servers)}
 group_id = {json.dumps(group)}
 session_timeout_ms = 6000
+# Smaller polls than the default: more polls, and more checkpoints between them, for the kills
+# to land in (each checkpoint comes after a whole poll).
+max_poll_records = 5000
 
 [topics]
 impressions = {json.dumps(topics.impressions)}
