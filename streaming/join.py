@@ -585,12 +585,11 @@ def _set(state: JoinState, names: tuple[str, ...], rows: tuple[_Array, ...]) -> 
     return state._replace(**dict(zip(names, rows, strict=True)))
 
 
-def _among(key: _Array, of: _Array) -> _Array:
-    """Whether each ``key`` is one of ``of``: binary searches into ``of`` sorted, so the cost
-    grows with ``key.size * log(of.size)`` and ``key`` is never sorted (``np.isin`` sorts both)."""
-    if key.size == 0 or of.size == 0:
+def _among(key: _Array, ordered: _Array) -> _Array:
+    """Whether each ``key`` is one of ``ordered`` (sorted): binary searches, so the cost grows
+    with ``key.size * log(ordered.size)`` and ``key`` is never sorted (``np.isin`` sorts both)."""
+    if key.size == 0 or ordered.size == 0:
         return np.zeros(key.size, bool)
-    ordered = np.sort(of)
     at = np.minimum(np.searchsorted(ordered, key), ordered.size - 1)
     return ordered[at] == key
 
@@ -832,9 +831,10 @@ def add_impressions(
     if n_new:
         new = JoinImpressions(*(column[accept] for column in batch))
         order = np.argsort(new.request_key)
-        at = np.searchsorted(state.index_key, new.request_key[order])
+        new_keys = new.request_key[order]  # sorted: the index inserts and the pending lookup
+        at = np.searchsorted(state.index_key, new_keys)
         state = state._replace(
-            index_key=np.insert(state.index_key, at, new.request_key[order]),
+            index_key=np.insert(state.index_key, at, new_keys),
             index_row=np.insert(state.index_row, at, state.open_key.size + order),
             **{
                 name: np.concatenate([getattr(state, name), add])
@@ -849,7 +849,7 @@ def add_impressions(
         # across a restart only under the same join.window_ms: a pending outcome outside its
         # impression's old window is not looked up again under a wider one.
         pending = _group(state, _PENDING)
-        maybe = np.flatnonzero(_among(pending.request_key, new.request_key))
+        maybe = np.flatnonzero(_among(pending.request_key, new_keys))
         if maybe.size:
             state, found = _join_found(state, _take(pending, maybe), config.window_ms)
             if found.any():
