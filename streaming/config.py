@@ -94,10 +94,17 @@ class KafkaConfig:
     # A daemon whose consumer returned nothing this long while its partitions have lag closes
     # it and opens a new one (Daemon.restart_consumer); 0 turns this off.
     stall_restart_ms: int = 120_000
+    # A partition read more than this far ahead in event time of the same partition of the other
+    # stream (impressions vs outcomes) is paused until that one catches up (streaming.align), so
+    # a backlog's outcomes do not outrun their impressions and overflow the join's pending
+    # buffer; 0 turns alignment off.
+    align_ms: int = 10_000
     client_options: Mapping[str, Any] = field(default_factory=dict[str, Any])
 
     def __post_init__(self) -> None:
         _positive(self, "poll_timeout_ms", "max_poll_records", "session_timeout_ms")
+        if self.align_ms < 0:
+            raise ConfigError(f"kafka.align_ms must be 0 (off) or positive, got {self.align_ms}")
         if self.poll_timeout_ms >= self.session_timeout_ms:
             raise ConfigError(
                 f"kafka.poll_timeout_ms ({self.poll_timeout_ms}) must be below "

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy.typing as npt
 import rewards
 from bandits import POLICIES, save
 from rewards.survival import survival_model
-from streaming import checkpoint, deltas, handoff, join
+from streaming import align, checkpoint, deltas, handoff, join
 from streaming.config import Config
 from streaming.events import (
     Limits,
@@ -48,6 +48,7 @@ from streaming.kafka_io import (
     make_producer,
     partitions_of,
     rejoin,
+    serve_parked,
     use_lean_records,
 )
 from streaming.liveness import GroupWatch
@@ -70,6 +71,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 FORMAT = "encore.worker/1"
+# A partition that another waits on (streaming.align) but that returned nothing this long no
+# longer holds the other back: alignment may slow a read, never stop it.
+ALIGN_STALL_MS = 2_000
 
 
 def wall_clock_ms() -> int:
@@ -155,6 +159,7 @@ class Stats:
     consumer_restarts: int = 0  # stalled group consumers replaced (Daemon.restart_consumer)
     gc_collections: int = 0  # the poll loop's timed full collections (streaming.gc_tuning)
     gc_seconds: float = 0.0  # wall seconds they took
+    align_pauses: int = 0  # partitions paused for reading ahead in event time (streaming.align)
     reward_by_policy: dict[str, tuple[float, int]] = field(
         default_factory=dict[str, tuple[float, int]]
     )
@@ -247,6 +252,8 @@ class Daemon:
         self.watch: GroupWatch | None = None
         self._consumer_since = 0  # when the group consumer was opened
         self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
+        self._reading: dict[tuple[str, int], align.Reading] = {}  # per partition (streaming.align)
+        self._align_paused: set[Any] = set()  # the TopicPartitions alignment holds paused
 
     # ------------------------------------------------------------------ state
     def _load_or_init(self) -> WorkerState:
@@ -564,6 +571,7 @@ class Daemon:
         )
         self.consumer = consumer
         self._consumer_since = self.clock()
+        self._align_paused = set()  # a new consumer starts with nothing paused
         if kc.rejoin_unassigned_ms:
             self.watch = GroupWatch(
                 kc.rejoin_unassigned_ms,
@@ -666,6 +674,7 @@ class Daemon:
         if cfg.kafka.lean_records:
             # (offset, key, value) records parsed in one loop; idempotent, warns once if refused
             use_lean_records(self.consumer)
+        serve_parked(self.consumer)  # what was fetched for a paused partition (streaming.align)
         polled = self.consumer.poll(
             timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
         )
@@ -679,22 +688,25 @@ class Daemon:
             offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
         n = imp.n + out.n
         if n == 0:
+            self._align(offsets)
             return 0
         imp_raw, out_raw = imp.values(), out.values()
         imps, imp_rej = decode_impressions(imp_raw, self.limits)
         outs, out_rej = decode_outcomes(out_raw, self.limits)
         self._dead_letters(imp_rej, imp)
         self._dead_letters(out_rej, out)
+        imp_part, out_part = _good_partitions(imp, imp_rej), _good_partitions(out, out_rej)
         self.state, effects = step(
             self.engine,
             self.state,
             imps,
             outs,
             offsets=offsets,
-            impression_partition=_good_partitions(imp, imp_rej),
-            outcome_partition=_good_partitions(out, out_rej),
+            impression_partition=imp_part,
+            outcome_partition=out_part,
         )
         self._late(effects.rejected_impressions, effects.rejected_outcomes)
+        self._align(offsets, (imp.topic, imps.ts_ms, imp_part), (out.topic, outs.ts_ms, out_part))
         self.stats.events += n
         for topic, count in ((imp.topic, imp.n), (out.topic, out.n)):
             self.stats.events_by_topic[topic] = self.stats.events_by_topic.get(topic, 0) + count
@@ -704,6 +716,57 @@ class Daemon:
                 if self.config.log.publish_joined:
                     self._publish_joined(records)
         return n
+
+    def _align(
+        self,
+        offsets: Mapping[tuple[str, int], int],
+        *read: tuple[str, npt.NDArray[np.int64], npt.NDArray[np.int32]],
+    ) -> None:
+        """Pause the partitions read too far ahead in event time, resume the rest (streaming.align).
+
+        ``offsets``: the next offset of each partition the poll returned records of; ``read``:
+        per topic, the event times of the events that decoded and their partitions.
+        """
+        align_ms = self.config.kafka.align_ms
+        if not align_ms:
+            return
+        now = self.clock()
+        owned = self.consumer.assignment()
+        reading = {tp: r for tp, r in self._reading.items() if TopicPartition(*tp) in owned}
+        for tp, nxt in offsets.items():
+            reading[tp] = replace(
+                reading.get(tp, align.Reading()), next_offset=nxt, delivered_ms=now
+            )
+        for topic, ts, part in read:
+            for p in np.unique(part).tolist():
+                newest = int(ts[part == p].max())
+                r = reading.get((topic, p), align.Reading())
+                if r.newest_ts is None or newest > r.newest_ts:
+                    reading[(topic, p)] = replace(r, newest_ts=newest)
+        for tp in owned:
+            key = (tp.topic, tp.partition)
+            r = reading.get(key) or align.Reading(delivered_ms=now)  # began to read it now
+            reading[key] = replace(r, highwater=self.consumer.highwater(tp))
+        self._reading = reading
+        topics = self.config.topics
+        by_part = [
+            {p: r for (t, p), r in reading.items() if t == topic}
+            for topic in (topics.impressions, topics.outcomes)
+        ]
+        pause_imp, pause_out = align.to_pause(
+            by_part[0], by_part[1], now_ms=now, align_ms=align_ms, stall_ms=ALIGN_STALL_MS
+        )
+        want = {TopicPartition(topics.impressions, p) for p in pause_imp} | {
+            TopicPartition(topics.outcomes, p) for p in pause_out
+        }
+        want &= owned
+        held = self._align_paused & owned  # only what alignment paused: others' pauses stay
+        if want - held:
+            self.consumer.pause(*(want - held))
+            self.stats.align_pauses += len(want - held)
+        if held - want:
+            self.consumer.resume(*(held - want))
+        self._align_paused = want
 
     def _dead_letters(self, rejects: list[Reject], where: _Polled) -> None:
         for r in rejects:
@@ -900,6 +963,7 @@ class Daemon:
             "consumer_restarts_total": s.consumer_restarts,
             "gc_collections_total": s.gc_collections,
             "gc_seconds_total": s.gc_seconds,
+            "align_pauses_total": s.align_pauses,
         }
 
     def publish_metrics(self) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "rejoin",
+    "serve_parked",
     "topic_specs",
     "use_lean_records",
     "uses_lean_records",
@@ -52,6 +53,24 @@ AsyncConsumerRebalanceListener: Any = importlib.import_module(
     "kafka"
 ).AsyncConsumerRebalanceListener
 HANDOFF_MAX_BYTES = 64 * 1024 * 1024  # one partition's open windows, compressed
+
+
+def serve_parked(consumer: Any) -> None:
+    """Let ``consumer``'s next poll hand back the records kafka-python parked for a resumed partition.
+
+    kafka-python 3.0.12 keeps the records it had fetched for a partition when it is paused
+    (KAFKA-7548) and hands them back once it is resumed, one partition per poll, but only while
+    its in-line slot (``Fetcher._next_partition_records``) is None. The slot keeps the last
+    records it served after they are read to the end (empty, so falsy, but not None), and a
+    partition is not fetched again while records of it are parked: a resumed partition can then
+    wait forever. A daemon that paused and resumed partitions read nothing for minutes with lag
+    left that way (tests/integration/test_align.py). Call this before each poll: it empties such a
+    slot (the poll loop treats it as empty anyway) whenever records are parked.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    slot = getattr(fetcher, "_next_partition_records", None)
+    if slot is not None and not slot and getattr(fetcher, "_paused_partition_records", None):
+        cast(Any, fetcher)._next_partition_records = None
 
 
 class NoClusterError(RuntimeError):

@@ -43,6 +43,8 @@ key                            type                        exposed as
 ``gc_collections_total``       int                         ``encore_gc_collections_total``: the poll
                                                            loop's timed full collections
 ``gc_seconds_total``           float                       ``encore_gc_seconds_total``: seconds they took
+``align_pauses_total``         int                         ``encore_align_pauses_total``: partitions
+                                                           paused for reading ahead in event time
 =============================  ==========================  =============================================
 
 Example:
@@ -110,6 +112,7 @@ _SCALARS = (
     "consumer_restarts_total",
     "gc_collections_total",
     "gc_seconds_total",
+    "align_pauses_total",
 )
 KNOWN_KEYS: frozenset[str] = frozenset({*_LABELLED, *_SCALARS, "consumer_lag"})
 """The keys a snapshot may hold (see the module docstring)."""
@@ -138,6 +141,8 @@ _HELP = {
     "gc_collections_total": "Timed full garbage collections of the poll loop "
     "(streaming.gc_tuning).",
     "gc_seconds_total": "Seconds the poll loop spent in its timed full garbage collections.",
+    "align_pauses_total": "Times a partition was paused for being read more than kafka.align_ms "
+    "of event time ahead of the other stream's same partition (streaming.align).",
     "uptime_seconds": "Seconds since the daemon started.",
 }
 
@@ -222,6 +227,7 @@ class _Collector(Collector):
             "consumer_restarts_total",
             "gc_collections_total",
             "gc_seconds_total",
+            "align_pauses_total",
         ):
             if key in snap:
                 kind = CounterMetricFamily if key.endswith("_total") else GaugeMetricFamily
@@ -368,6 +374,7 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "consumer_restarts_total",
         "gc_collections_total",
         "gc_seconds_total",
+        "align_pauses_total",
     ):
         if key not in snapshot:
             continue

@@ -43,6 +43,7 @@ SNAPSHOT: dict[str, Any] = {
     "snapshots_total": 12,
     "gc_collections_total": 11,
     "gc_seconds_total": 0.125,
+    "align_pauses_total": 31,
 }
 
 
@@ -86,6 +87,7 @@ def test_endpoint_exposes_the_snapshot_over_http() -> None:
     assert got[("encore_checkpoints_total", ())] == 6
     assert got[("encore_gc_collections_total", ())] == 11
     assert got[("encore_gc_seconds_total", ())] == pytest.approx(0.125)
+    assert got[("encore_align_pauses_total", ())] == 31
     # Derived: join rate, checkpoint age, events/s since start, uptime.
     assert got[("encore_join_rate", ())] == pytest.approx(2_600 / 2_990)
     assert got[("encore_checkpoint_age_seconds", ())] == pytest.approx(4.5)
@@ -204,6 +206,7 @@ def test_status_table_shows_every_metric() -> None:
         "snapshots_total",
         "gc_collections_total",
         "gc_seconds_total",
+        "align_pauses_total",
     ):
         assert needle in text, needle
     assert set(SNAPSHOT) <= KNOWN_KEYS
