@@ -3,15 +3,16 @@
 One step takes decoded impression and outcome batches (with the offsets they end at) and:
 
 1. keeps what the learners need of each new impression (context, the shown tracks' features,
-   ids and logged propensities) in a side table, and asks the reward model for its prequential
-   prediction of every shown track (the *provisional* reward, made before any outcome is seen);
+   ids and logged propensities) in a side table; with the ``denoised`` composite it also asks
+   the reward model for its prequential prediction of every shown track (the *provisional*
+   reward, made before any outcome is seen; no other kind uses it, so none pays for it);
 2. gives each outcome its raw composite reward (``CompositeReward.raw``) and feeds both streams
    to the reward-window join;
 3. for every impression whose window closed: updates the reward model on the joined plays
    (scored against the predictions made at impression time), computes the *final* composite
-   reward per shown position (the raw reward aggregated by the join; the provisional one where
-   a play was censored; a mix of both for the ``denoised`` kind; the default reward where no
-   play came), and updates the policy with one feedback row per shown position.
+   reward per shown position (the raw reward aggregated by the join; a mix of it and the
+   provisional one for the ``denoised`` kind; the default reward where no play came), and
+   updates the policy with one feedback row per shown position whose play was not censored.
 
 Everything the shell must do afterwards (dead letters, late rows, metrics) comes back as values.
 Given the same events, the learned state does not depend on how they were cut into batches: the
@@ -264,9 +265,9 @@ def _predict(
 def warm_up(engine: Engine, state: WorkerState) -> None:
     """Compile every jitted function ``step`` calls, at the padded sizes it calls them with.
 
-    Runs the reward model's two predict sizes, one model update and two policy updates (the
-    second on the first's output, in case its array types differ from the initial state's) on
-    throwaway all-padding inputs; ``state`` is only read and every result is dropped. A daemon
+    Runs the reward model's two predict sizes (with the ``denoised`` composite, the only one
+    that predicts), one model update and two policy updates (the second on the first's output,
+    in case its array types differ from the initial state's) on throwaway all-padding inputs; ``state`` is only read and every result is dropped. A daemon
     runs it on a thread while it connects and joins its group, so its first polls do not wait
     for the compiler (JAX compiles a function once even when two threads call it together).
 
@@ -275,7 +276,8 @@ def warm_up(engine: Engine, state: WorkerState) -> None:
         state: the state the first steps will start from (its arrays give the shapes).
     """
     f = engine.n_model_features
-    for n in (1, PREDICT_SMALL + 1):  # one call per predict size (``_bucket``)
+    predicts = engine.composite.kind == "denoised"  # only then does a step predict (_side_rows)
+    for n in (1, PREDICT_SMALL + 1) if predicts else ():  # one call per predict size (_bucket)
         _predict(engine, state.model, np.zeros((n, f), np.float32), np.zeros(n, np.int32))
     b = MODEL_BATCH
     rows = ModelRows(
@@ -289,7 +291,8 @@ def warm_up(engine: Engine, state: WorkerState) -> None:
         track_id=np.zeros(b, np.int32),
     )
     model, *_ = _update_model(engine, state.model, rows)
-    _predict(engine, model, np.zeros((1, f), np.float32), np.zeros(1, np.int32))
+    if predicts:
+        _predict(engine, model, np.zeros((1, f), np.float32), np.zeros(1, np.int32))
     columns: list[np.ndarray] = [
         np.zeros((1, engine.d_user), np.float32),
         np.zeros((1, engine.d_track), np.float32),
@@ -353,13 +356,15 @@ def _side_rows(
     rows = np.arange(n)[:, None]
     feats = imps.candidate_features[rows, shown_idx].astype(np.float32)
     ids = (imps.candidate_key[rows, shown_idx] % np.uint64(engine.id_space)).astype(np.int32)
-    # Prequential: predict every shown track now, before any of its outcomes exist.
-    x = slate_features(imps.context, feats)
-    pred = _predict(engine, model, x, ids.reshape(-1))
-    prov = np.asarray(
-        engine.composite.provisional(pred, np.full(n * s, NOMINAL_DURATION_MS, np.int64)),
-        np.float32,
-    ).reshape(n, s)
+    prov = np.zeros((n, s), np.float32)
+    if engine.composite.kind == "denoised":  # the only kind that mixes it into its reward
+        # Prequential: predict every shown track now, before any of its outcomes exist.
+        x = slate_features(imps.context, feats)
+        pred = _predict(engine, model, x, ids.reshape(-1))
+        prov = np.asarray(
+            engine.composite.provisional(pred, np.full(n * s, NOMINAL_DURATION_MS, np.int64)),
+            np.float32,
+        ).reshape(n, s)
     return Side(
         payload=payload,
         context=imps.context,

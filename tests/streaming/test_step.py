@@ -258,8 +258,15 @@ def test_a_checkpoint_of_other_reward_model_params_is_refused_clearly() -> None:
         from_arrays(averaged, arrays, header)
 
 
-def test_warm_up_compiles_everything_a_step_runs_and_changes_nothing() -> None:
+@pytest.mark.parametrize("kind", ["stream30", "denoised"])
+def test_warm_up_compiles_everything_a_step_runs_and_changes_nothing(kind: str) -> None:
     from jax._src import monitoring
+
+    import rewards
+
+    def engine_of_kind() -> Engine:
+        composite = rewards.CompositeReward(kind=kind, shrink=0.5 if kind == "denoised" else 0.0)
+        return dataclasses.replace(engine(), composite=composite)
 
     imps, outs = traffic(600)
     compiled: list[str] = []
@@ -270,9 +277,9 @@ def test_warm_up_compiles_everything_a_step_runs_and_changes_nothing() -> None:
 
     monitoring.register_event_duration_secs_listener(count)  # pyright: ignore[reportArgumentType]
     try:
-        cold, c_cold = run(engine(), imps, outs, cuts=7)
+        cold, c_cold = run(engine_of_kind(), imps, outs, cuts=7)
         assert compiled  # a fresh engine compiles on its first steps (what is not cached yet)
-        eng = engine()
+        eng = engine_of_kind()
         warm_up(eng, init(eng))
         compiled.clear()
         warmed, c = run(eng, imps, outs, cuts=7)
@@ -282,6 +289,26 @@ def test_warm_up_compiles_everything_a_step_runs_and_changes_nothing() -> None:
     assert c == c_cold
     a, b = to_arrays(eng, warmed)[0], to_arrays(eng, cold)[0]
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_only_the_denoised_reward_predicts_at_impression_time() -> None:
+    """The provisional reward (the model's expectation when the slate is shown) is mixed into
+    the final reward by the denoised kind only; no other kind computes it."""
+    import rewards
+
+    imps, _ = traffic(40)
+    batch, _ = decode_impressions(imps, LIM)
+    for kind, shrink in (("stream30", 0.0), ("linear", 0.0), ("denoised", 0.5)):
+        eng = dataclasses.replace(
+            engine(), composite=rewards.CompositeReward(kind=kind, shrink=shrink)
+        )
+        state, _ = step(eng, init(eng), batch, None)
+        prov = state.side.provisional
+        assert prov.shape == (40, 3)
+        if kind == "denoised":
+            assert np.all(prov != 0.0) and np.all(np.isfinite(prov))  # the model's guesses
+        else:
+            assert not prov.any()
 
 
 @pytest.mark.parametrize(("n", "s"), [(1, 1), (37, 3), (5, 12)])
