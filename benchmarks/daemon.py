@@ -248,6 +248,10 @@ def _measure(
             "peak_rss_mb": peak_rss_mb(),
             "closed": stats.counters.get("closed", 0),
             "dead_letters": stats.dead_letters,
+            # outcomes refused by the join (after their window, orphans, pending overflow) and
+            # partitions paused to keep the two streams aligned in event time (streaming.align)
+            "late": ", ".join(f"{k} {v}" for k, v in sorted(stats.late_by_kind.items())) or "0",
+            "align_pauses": stats.align_pauses,
         }
     )
     topic_overrides = [
