@@ -421,8 +421,8 @@ def run(ctx: Context) -> list[Row]:
     )
     ctx.notes.append(
         "events_per_s of the daemon covers its whole run, start-up included (group join, and JAX "
-        "compiling the policy update, the reward model's update and its two predict sizes: "
-        "about a second each on this machine, most of a --quick run); steady_events_per_s is "
+        "compiling the policy update and the reward model's update, about 1.4 s in all on this "
+        "machine, most of a --quick run); steady_events_per_s is "
         "its rate between 20 % and 90 % of the stream (sampled each second), against the "
         "same consume + decode rate. first_event_s and last_event_s: seconds into run() when "
         "the first event and the last were done (1 s resolution); run_s: run() from open to "

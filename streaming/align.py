@@ -16,8 +16,9 @@ number of the other topic (impressions and outcomes are keyed alike, so partitio
 holds the other's requests), until the other catches up. The one behind is never paused.
 
 A pause waits only on a partition that is delivering: one that may have unread records (its
-last known high watermark above the next offset to read, or either not known yet) and returned
-records within ``stall_ms`` (or began to be read within ``stall_ms``). A partition that stops
+last known high watermark above the next offset to read, or either not known yet) and whose
+newest event time moved on within ``stall_ms`` (or that began to be read within ``stall_ms``): a
+partition that returns only malformed or older events does not count. A partition that stops
 delivering (read to its end, or its remaining offsets hold no records, such as transaction
 markers) lifts the pause within ``stall_ms``, so alignment can slow a read but never stop it.
 
@@ -42,8 +43,8 @@ class Reading:
         newest_ts: the newest event time read from it (None: nothing read yet).
         next_offset: the next offset to read (None: unknown, nothing read yet).
         highwater: its last known high watermark (None: not fetched yet).
-        delivered_ms: when a poll last returned records of it, or when the daemon began to read
-            it if none has yet (None: not read at all).
+        delivered_ms: when a poll last moved its newest event time on, or when the daemon began
+            to read it if none has yet (None: not read at all); a monotonic clock.
     """
 
     newest_ts: int | None = None

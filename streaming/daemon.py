@@ -254,6 +254,8 @@ class Daemon:
         self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
         self._reading: dict[tuple[str, int], align.Reading] = {}  # per partition (streaming.align)
         self._align_paused: set[Any] = set()  # the TopicPartitions alignment holds paused
+        self._reassigned: set[tuple[str, int]] = set()  # assigned since the last _align
+        self._align_off = False  # set when kafka-python is not the version serve_parked knows
 
     # ------------------------------------------------------------------ state
     def _load_or_init(self) -> WorkerState:
@@ -446,6 +448,7 @@ class Daemon:
     def on_assigned(self, tps: list[TopicPartition]) -> None:
         """Keep, take over or start each assigned partition, drop the others, seek, checkpoint."""
         pair = self._pair
+        self._reassigned.update((tp.topic, tp.partition) for tp in tps)  # streaming.align
         numbers = self._numbers(tps)
         before = self.held_partitions()
         state = handoff.without(self.state, before - numbers, pair)
@@ -674,7 +677,9 @@ class Daemon:
         if cfg.kafka.lean_records:
             # (offset, key, value) records parsed in one loop; idempotent, warns once if refused
             use_lean_records(self.consumer)
-        serve_parked(self.consumer)  # what was fetched for a paused partition (streaming.align)
+        if cfg.kafka.align_ms and not self._align_off and not serve_parked(self.consumer):
+            self._align_off = True  # pausing needs serve_parked's fix to resume reliably
+            log.warning("event-time alignment off: kafka-python is not the version it was made for")
         polled = self.consumer.poll(
             timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
         )
@@ -728,21 +733,28 @@ class Daemon:
         per topic, the event times of the events that decoded and their partitions.
         """
         align_ms = self.config.kafka.align_ms
-        if not align_ms:
+        if not align_ms or self._align_off:
             return
-        now = self.clock()
+        now = time.monotonic_ns() // 1_000_000  # intervals only: immune to wall-clock steps
         owned = self.consumer.assignment()
-        reading = {tp: r for tp, r in self._reading.items() if TopicPartition(*tp) in owned}
+        # (re)assigned since the last call: its position may have moved (a handoff, a seek back),
+        # so what was read of it before says nothing now
+        reassigned, self._reassigned = self._reassigned, set()
+        reading = {
+            tp: r
+            for tp, r in self._reading.items()
+            if TopicPartition(*tp) in owned and tp not in reassigned
+        }
         for tp, nxt in offsets.items():
-            reading[tp] = replace(
-                reading.get(tp, align.Reading()), next_offset=nxt, delivered_ms=now
-            )
+            reading[tp] = replace(reading.get(tp, align.Reading(delivered_ms=now)), next_offset=nxt)
+        # A partition delivers when its event time moves on: one that returns only dead letters
+        # or older events does not help the other catch up, and must not hold it paused.
         for topic, ts, part in read:
             for p in np.unique(part).tolist():
                 newest = int(ts[part == p].max())
                 r = reading.get((topic, p), align.Reading())
                 if r.newest_ts is None or newest > r.newest_ts:
-                    reading[(topic, p)] = replace(r, newest_ts=newest)
+                    reading[(topic, p)] = replace(r, newest_ts=newest, delivered_ms=now)
         for tp in owned:
             key = (tp.topic, tp.partition)
             r = reading.get(key) or align.Reading(delivered_ms=now)  # began to read it now
@@ -760,7 +772,9 @@ class Daemon:
             TopicPartition(topics.outcomes, p) for p in pause_out
         }
         want &= owned
-        held = self._align_paused & owned  # only what alignment paused: others' pauses stay
+        # only what alignment paused and is paused still (a partition assigned again starts
+        # unpaused); pauses made by anyone else stay as they are
+        held = self._align_paused & self.consumer.paused()
         if want - held:
             self.consumer.pause(*(want - held))
             self.stats.align_pauses += len(want - held)

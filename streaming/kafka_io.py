@@ -16,13 +16,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import kafka
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.broker import LocalBroker, default_state_dir
 from streaming.config import Config, KafkaConfig, Topics
-from streaming.kafka_records import LeanRecord, use_lean_records, uses_lean_records
+from streaming.kafka_records import (
+    SUPPORTED_KAFKA_PYTHON,
+    LeanRecord,
+    use_lean_records,
+    uses_lean_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,7 @@ AsyncConsumerRebalanceListener: Any = importlib.import_module(
 HANDOFF_MAX_BYTES = 64 * 1024 * 1024  # one partition's open windows, compressed
 
 
-def serve_parked(consumer: Any) -> None:
+def serve_parked(consumer: Any) -> bool:
     """Let ``consumer``'s next poll hand back the records kafka-python parked for a resumed partition.
 
     kafka-python 3.0.12 keeps the records it had fetched for a partition when it is paused
@@ -66,11 +72,17 @@ def serve_parked(consumer: Any) -> None:
     wait forever. A daemon that paused and resumed partitions read nothing for minutes with lag
     left that way (tests/integration/test_align.py). Call this before each poll: it empties such a
     slot (the poll loop treats it as empty anyway) whenever records are parked.
+
+    Returns False, and touches nothing, on a kafka-python other than the one it was written for
+    (``SUPPORTED_KAFKA_PYTHON``): a caller should then not pause partitions it means to resume.
     """
+    if getattr(kafka, "__version__", "?") not in SUPPORTED_KAFKA_PYTHON:
+        return False
     fetcher = getattr(consumer, "_fetcher", None)
     slot = getattr(fetcher, "_next_partition_records", None)
     if slot is not None and not slot and getattr(fetcher, "_paused_partition_records", None):
         cast(Any, fetcher)._next_partition_records = None
+    return True
 
 
 class NoClusterError(RuntimeError):

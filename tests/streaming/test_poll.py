@@ -25,11 +25,34 @@ class Record(NamedTuple):
 
 
 class FakeConsumer:
+    """The consumer calls ``poll_once`` makes: polls as scripted, assignment (every partition
+    polled so far), high watermarks as set, pause and resume."""
+
     def __init__(self, polls: list[dict[TP, list[Record]]]) -> None:
         self.polls = polls
+        self.assigned: set[TP] = set()
+        self.highwaters: dict[TP, int] = {}
+        self.paused_now: set[TP] = set()
 
     def poll(self, timeout_ms: int = 0, max_records: int = 0) -> dict[TP, list[Record]]:
-        return self.polls.pop(0) if self.polls else {}
+        got = self.polls.pop(0) if self.polls else {}
+        self.assigned |= set(got)
+        return {tp: recs for tp, recs in got.items() if tp not in self.paused_now}
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.highwaters.get(TP(*tp))
+
+    def paused(self) -> set[TP]:
+        return set(self.paused_now)
+
+    def pause(self, *tps: TP) -> None:
+        self.paused_now |= {TP(*tp) for tp in tps}
+
+    def resume(self, *tps: TP) -> None:
+        self.paused_now -= {TP(*tp) for tp in tps}
 
 
 class FakeProducer:
@@ -115,3 +138,56 @@ def test_records_of_a_revoked_partition_are_skipped(tmp_path: Path) -> None:
     assert d.poll_once() == 0
     assert producer.sent == [] and d.state.offsets == {}
     assert np.asarray(d.state.side.payload).size == 0
+
+
+def traffic(n: int) -> tuple[list[bytes], list[bytes]]:
+    sim = Simulator(SimConfig(seed=4, request_gap_ms=1000))
+    req = sim.requests(n)
+    sl = sim.log_slates(req, 3)
+    wire = list(
+        listeners.wire(
+            listeners.impressions(req, sl.shown, sl.propensity, policy="logging"),
+            listeners.outcomes(req, sim.play(req, sl.shown)),
+        )
+    )
+    return (
+        [w.value for w in wire if w.role == "impressions"],
+        [w.value for w in wire if w.role == "outcomes"],
+    )
+
+
+def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Outcomes far ahead in event time are paused while their partition's impressions still
+    deliver newer events; impressions that return only malformed records do not hold them."""
+    import time
+
+    from streaming import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "ALIGN_STALL_MS", 300)
+    d = daemon(tmp_path)
+    topics = d.config.topics
+    imps, outs = traffic(60)
+    imp_tp, out_tp = TP(topics.impressions, 0), TP(topics.outcomes, 0)
+    fake = FakeConsumer(
+        [
+            {imp_tp: [Record(0, imps[0])], out_tp: [Record(i, v) for i, v in enumerate(outs)]},
+            {imp_tp: [Record(1, imps[1])]},  # newer: the impressions move on
+            {imp_tp: [Record(2, b"{"), Record(3, b"{")]},  # dead letters only
+        ]
+    )
+    fake.highwaters = {imp_tp: 100, out_tp: 1_000}
+    d.consumer, d.producer = fake, FakeProducer()
+    d.poll_once()  # the outcomes reach ~60 s past the first impression: ahead by > align_ms
+    assert fake.paused_now == {out_tp} and d.stats.align_pauses == 1
+    d.poll_once()
+    assert fake.paused_now == {out_tp}  # the impressions delivered newer events: still waiting
+    d.poll_once()
+    assert fake.paused_now == {out_tp}  # dead letters are no progress, but not stalled yet
+    time.sleep(0.35)
+    d.poll_once()  # nothing polled; the impressions moved on no event time for 300 ms
+    assert fake.paused_now == set()
+    fake.pause(TP(topics.impressions, 9))  # somebody else's pause is left alone
+    d.poll_once()
+    assert fake.paused_now == {TP(topics.impressions, 9)}
