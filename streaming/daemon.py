@@ -80,6 +80,11 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def monotonic_ms() -> int:
+    """Milliseconds on a clock that never steps (intervals; not a date)."""
+    return time.monotonic_ns() // 1_000_000
+
+
 def make_engine(config: Config) -> Engine:
     """The policy named in the config, with the join settings and feature sizes."""
     try:
@@ -215,11 +220,13 @@ class Daemon:
         *,
         servers: str,
         clock: Clock = wall_clock_ms,
+        ticks: Clock = monotonic_ms,
         policy_names: Iterable[str] = (),
     ) -> None:
         self.config = config
         self.servers = servers
-        self.clock = clock
+        self.clock = clock  # dates: stats, checkpoint headers, handoff records, status
+        self.ticks = ticks  # intervals: the loop's schedules, stall and idle detection, alignment
         self.engine = make_engine(config)
         self.limits = limits(config)
         self.ckpt_dir = Path(config.checkpoint.dir)
@@ -573,7 +580,7 @@ class Daemon:
             kc, self.servers, group_id=kc.group_id, topics=pair, listener=listener
         )
         self.consumer = consumer
-        self._consumer_since = self.clock()
+        self._consumer_since = self.ticks()
         self._align_paused = set()  # a new consumer starts with nothing paused
         if kc.rejoin_unassigned_ms:
             self.watch = GroupWatch(
@@ -735,7 +742,7 @@ class Daemon:
         align_ms = self.config.kafka.align_ms
         if not align_ms or self._align_off:
             return
-        now = time.monotonic_ns() // 1_000_000  # intervals only: immune to wall-clock steps
+        now = self.ticks()
         owned = self.consumer.assignment()
         # (re)assigned since the last call: its position may have moved (a handoff, a seek back),
         # so what was read of it before says nothing now
@@ -898,7 +905,7 @@ class Daemon:
         cc = self.config.checkpoint
         self.open()
         try:
-            start = self.clock()
+            start = self.ticks()
             # start-up objects frozen, young collections rarer, a full collection every 5 s
             with quiet_gc(now_ms=start) as collector:
                 last_ckpt = last_snap = last_tick = last_data = last_got = start
@@ -906,7 +913,7 @@ class Daemon:
                 while not stop.is_set():
                     got = self.poll_once()
                     self.poll_deltas()
-                    now = self.clock()
+                    now = self.ticks()
                     if self.watch is not None and self.watch.tick(now):
                         self.stats.rejoins += 1
                     if got:
