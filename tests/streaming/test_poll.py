@@ -63,6 +63,23 @@ class FakeProducer:
         self.sent.append((topic, json.loads(value)))
 
 
+def traffic(n: int, seed: int) -> tuple[list[bytes], list[bytes]]:
+    """``n`` simulated requests as encoded impressions and outcomes, in wire order."""
+    sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+    req = sim.requests(n)
+    sl = sim.log_slates(req, 3)
+    wire = list(
+        listeners.wire(
+            listeners.impressions(req, sl.shown, sl.propensity, policy="logging"),
+            listeners.outcomes(req, sim.play(req, sl.shown)),
+        )
+    )
+    return (
+        [w.value for w in wire if w.role == "impressions"],
+        [w.value for w in wire if w.role == "outcomes"],
+    )
+
+
 def daemon(tmp: Path) -> Daemon:
     cfg = Config.load(
         env={},
@@ -79,17 +96,7 @@ def daemon(tmp: Path) -> Daemon:
 def test_poll_once_routes_each_record_and_names_where_rejects_came_from(tmp_path: Path) -> None:
     d = daemon(tmp_path)
     topics = d.config.topics
-    sim = Simulator(SimConfig(seed=3, request_gap_ms=1000))
-    req = sim.requests(6)
-    sl = sim.log_slates(req, 3)
-    wire = list(
-        listeners.wire(
-            listeners.impressions(req, sl.shown, sl.propensity, policy="logging"),
-            listeners.outcomes(req, sim.play(req, sl.shown)),
-        )
-    )
-    imps = [w.value for w in wire if w.role == "impressions"]
-    outs = [w.value for w in wire if w.role == "outcomes"]
+    imps, outs = traffic(6, seed=3)
     polled = {
         TP(topics.impressions, 2): [Record(10 + i, v) for i, v in enumerate(imps[:3])],
         TP(topics.impressions, 0): [
@@ -140,22 +147,6 @@ def test_records_of_a_revoked_partition_are_skipped(tmp_path: Path) -> None:
     assert np.asarray(d.state.side.payload).size == 0
 
 
-def traffic(n: int) -> tuple[list[bytes], list[bytes]]:
-    sim = Simulator(SimConfig(seed=4, request_gap_ms=1000))
-    req = sim.requests(n)
-    sl = sim.log_slates(req, 3)
-    wire = list(
-        listeners.wire(
-            listeners.impressions(req, sl.shown, sl.propensity, policy="logging"),
-            listeners.outcomes(req, sim.play(req, sl.shown)),
-        )
-    )
-    return (
-        [w.value for w in wire if w.role == "impressions"],
-        [w.value for w in wire if w.role == "outcomes"],
-    )
-
-
 def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -168,7 +159,7 @@ def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
     monkeypatch.setattr(daemon_module, "ALIGN_STALL_MS", 300)
     d = daemon(tmp_path)
     topics = d.config.topics
-    imps, outs = traffic(60)
+    imps, outs = traffic(60, seed=4)
     imp_tp, out_tp = TP(topics.impressions, 0), TP(topics.outcomes, 0)
     fake = FakeConsumer(
         [
