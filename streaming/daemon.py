@@ -71,8 +71,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 FORMAT = "encore.worker/1"
-# A partition that another waits on (streaming.align) but that returned nothing this long no
-# longer holds the other back: alignment may slow a read, never stop it.
+# A partition that another waits on (streaming.align) but whose newest event time has not moved
+# on for this long no longer holds the other back: alignment may slow a read, never stop it.
 ALIGN_STALL_MS = 2_000
 
 
