@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 from jaxtyping import Array, Float, Int
 
@@ -58,6 +59,7 @@ __all__ = [
     "LinearState",
     "add_deltas",
     "delta",
+    "gram",
     "init",
     "joint",
     "make",
@@ -242,14 +244,58 @@ def _woodbury(cov: Array, x: Array) -> Array:
     return 0.5 * (new + new.T)
 
 
-def _stats(state: LinearState, fb: Feedback) -> tuple[Array, LinearDelta]:
-    """Feature rows and the linear part of the delta (id statistics left empty)."""
-    phi = joint(fb.context, fb.features)
+def _pairs(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``d (d + 1) / 2`` index pairs ``i <= j`` of a symmetric ``d x d`` matrix, and the
+    ``(d, d)`` map from ``(i, j)`` to its pair (``(j, i)`` maps to the same one)."""
+    i, j = np.triu_indices(d)
+    where = np.zeros((d, d), np.int32)
+    where[i, j] = where[j, i] = np.arange(i.size, dtype=np.int32)
+    return i, j, where
+
+
+def gram(
+    context: Float[Array, "n du"], features: Float[Array, "n dt"], weight: Float[Array, " n"]
+) -> Float[Array, "D D"]:
+    """``sum_r weight_r phi_r phi_r^T`` for ``phi_r = joint(context, features)_r``, without
+    forming ``phi``.
+
+    ``phi phi^T`` is the Kronecker product of ``[x, 1] [x, 1]^T`` and ``[z, 1] [z, 1]^T``, both
+    symmetric: their upper halves (``du1 (du1 + 1) / 2`` and ``dt1 (dt1 + 1) / 2`` products per
+    row) give the sum as one ``(du1 (du1 + 1) / 2, dt1 (dt1 + 1) / 2)`` matrix product, which is
+    then spread to ``D x D``. At 16 user and 16 track features that is 153 x 153 per row instead
+    of 289 x 289 (3.6x fewer multiply-adds); the sums are the same, in another order.
+    """
+    xa, za = _aug(context), _aug(features)
+    du1, dt1 = xa.shape[1], za.shape[1]
+    ui, uj, u_at = _pairs(du1)
+    ti, tj, t_at = _pairs(dt1)
+    xx = xa[:, ui] * xa[:, uj] * weight[:, None]  # (n, du1 (du1 + 1) / 2)
+    zz = za[:, ti] * za[:, tj]  # (n, dt1 (dt1 + 1) / 2)
+    half = xx.T @ zz
+    # A[(a, b), (c, d)] = sum_r w x_a x_c z_b z_d = half[pair(a, c), pair(b, d)]
+    full = half[u_at[:, None, :, None], t_at[None, :, None, :]]  # (du1, dt1, du1, dt1)
+    return full.reshape(du1 * dt1, du1 * dt1)
+
+
+def _weighted_sum(
+    context: Float[Array, "n du"], features: Float[Array, "n dt"], weight: Float[Array, " n"]
+) -> Float[Array, " D"]:
+    """``sum_r weight_r phi_r`` as ``vec(sum_r weight_r [x, 1] [z, 1]^T)``."""
+    return ((_aug(context) * weight[:, None]).T @ _aug(features)).reshape(-1)
+
+
+def _stats(state: LinearState, fb: Feedback) -> LinearDelta:
+    """The linear part of the delta (id statistics left empty)."""
     kappa = _kappa(state, fb.position) * fb.mask.astype(jnp.float32)
-    x = phi * kappa[:, None]
     r = jnp.where(fb.mask, fb.reward, 0.0)
     empty = jnp.zeros(state.id_count.shape, jnp.float32)
-    return x, LinearDelta(x.T @ x, x.T @ r, empty, empty, fb.mask.sum().astype(jnp.int32))
+    return LinearDelta(
+        gram(fb.context, fb.features, kappa * kappa),
+        _weighted_sum(fb.context, fb.features, kappa * r),
+        empty,
+        empty,
+        fb.mask.sum().astype(jnp.int32),
+    )
 
 
 def _id_stats(
@@ -260,7 +306,7 @@ def _id_stats(
     if not state.id_count.shape[0]:
         return count, resid
     kappa = _kappa(state, fb.position) * fb.mask.astype(jnp.float32)
-    pred = joint(fb.context, fb.features) @ theta.reshape(-1)
+    pred = jnp.sum((_aug(fb.context) @ theta.reshape(state.theta.shape)) * _aug(fb.features), 1)
     r = jnp.where(fb.mask, fb.reward, 0.0)
     h = _hash(state, fb.action)
     return count.at[h].add(kappa * kappa), resid.at[h].add(kappa * (r - kappa * pred))
@@ -273,7 +319,7 @@ def delta(state: LinearState, feedback: Feedback) -> LinearDelta:
     ``state.theta`` (the worker's current weights), so merged per-id biases approximate what a
     single worker would learn, closer the more often workers merge.
     """
-    _, d = _stats(state, feedback)
+    d = _stats(state, feedback)
     count, resid = _id_stats(state, feedback, state.theta, d.id_count, d.id_resid)
     return d._replace(id_count=count, id_resid=resid)
 
@@ -306,7 +352,7 @@ def update(
     """Learn from a feedback batch (pure; jit it, or use the policy's ``update``)."""
     if isinstance(state, LinearServing):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError("update takes the policy state, not its serving form (prepare(state))")
-    x, d = _stats(state, fb)
+    d = _stats(state, fb)
     n = state.n + d.n
     if discount < 1.0:
         eye = jnp.eye(state.b.shape[0], dtype=jnp.float32)
@@ -335,10 +381,11 @@ def update(
         return cov, theta, jnp.zeros((), jnp.int32)
 
     def woodbury() -> tuple[Array, Array, Array]:
-        cov = _woodbury(state.cov, x)
+        kappa = _kappa(state, fb.position) * fb.mask.astype(jnp.float32)
+        cov = _woodbury(state.cov, joint(fb.context, fb.features) * kappa[:, None])
         return cov, cov @ b, since
 
-    if x.shape[0] >= x.shape[1]:  # a batch of at least D rows: Cholesky is the cheaper path
+    if fb.mask.shape[0] >= b.shape[0]:  # a batch of at least D rows: Cholesky is the cheaper path
         cov, theta, since = refactored()
     else:
         cov, theta, since = jax.lax.cond(since >= refactor_every, refactored, woodbury)

@@ -43,6 +43,36 @@ def test_joint_features_are_the_outer_product_with_intercepts() -> None:
     np.testing.assert_allclose(linear.joint(x, z), [[10.0, 2.0, 15.0, 3.0, 5.0, 1.0]])
 
 
+@pytest.mark.parametrize(("du", "dt"), [(3, 2), (1, 4), (16, 16)])
+def test_gram_equals_the_weighted_outer_products_of_joint_features(
+    key: jax.Array, du: int, dt: int
+) -> None:
+    k1, k2, k3 = jax.random.split(key, 3)
+    x = jax.random.normal(k1, (37, du), jnp.float32)
+    z = jax.random.normal(k2, (37, dt), jnp.float32)
+    w = jax.random.uniform(k3, (37,), jnp.float32).at[:5].set(0.0)  # zero weight: a masked row
+    phi = np.asarray(linear.joint(x, z), np.float64)
+    want = (phi * np.asarray(w, np.float64)[:, None]).T @ phi
+    got = jax.jit(linear.gram)(x, z, w)
+    assert got.shape == want.shape == ((du + 1) * (dt + 1),) * 2
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(got, got.T)  # spread from one half: exactly symmetric
+
+
+def test_a_batch_of_at_least_d_rows_matches_the_closed_form(key: jax.Array) -> None:
+    state = _init(n_ids=7)
+    fbs = [_batch(k, 40, 3, 2, ids=7) for k in jax.random.split(key, 3)]  # 40 >= D = 12: Cholesky
+    for fb in fbs:
+        state = _update(state, fb)
+    phi = np.concatenate([np.asarray(linear.joint(f.context, f.features), np.float64) for f in fbs])
+    r = np.concatenate([np.asarray(f.reward, np.float64) for f in fbs])
+    a = np.eye(phi.shape[1]) + phi.T @ phi
+    np.testing.assert_allclose(state.precision, a, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(state.b, phi.T @ r, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(state.cov, np.linalg.inv(a), rtol=1e-3, atol=1e-4)
+    assert int(state.since_refactor) == 0 and int(state.n) == 120
+
+
 def test_update_matches_the_closed_form_ridge_solution(key: jax.Array) -> None:
     state = _init()
     fbs = [_batch(k, 4, 3, 2) for k in jax.random.split(key, 5)]  # 4 < D: Woodbury path
