@@ -690,14 +690,81 @@ def decode_impressions(
         return _decode_impressions(raws, limits)
 
 
+def _cleared_impressions(events: list[Impression], limits: Limits) -> npt.NDArray[np.bool_]:
+    """Which parsed impressions ``_check_impression`` accepts, decided on the batch's columns.
+
+    It only ever clears: an impression it does not clear is checked on its own, so every
+    message gets the code and reason it gets alone. Integers beyond int64 clear nothing.
+    """
+    m = len(events)
+    v1, v2 = IMPRESSION_SCHEMA, IMPRESSION_SCHEMA_V2
+    schemas = [e.schema for e in events]
+    is_v2 = np.fromiter((x == v2 for x in schemas), bool, count=m)
+    ok = is_v2 | np.fromiter((x == v1 for x in schemas), bool, count=m)
+    ok &= np.fromiter((bool(e.request_id and e.user_id) for e in events), bool, count=m)
+    k = np.fromiter((len(e.candidates) for e in events), np.int64, count=m)
+    n_shown = np.fromiter((len(e.shown) for e in events), np.int64, count=m)
+    n_prop = np.fromiter((len(e.propensities) for e in events), np.int64, count=m)
+    ok &= (k > 0) & (k <= limits.max_candidates) & (n_shown > 0) & (n_prop == n_shown)
+    d_u, d_t = limits.d_user, limits.d_track
+    ctx_bin = np.fromiter((isinstance(e.context, bytes) for e in events), bool, count=m)
+    ctx_len = np.fromiter((len(e.context) for e in events), np.int64, count=m)
+    ok &= np.where(ctx_bin, is_v2 & (ctx_len == 4 * d_u), ctx_len == d_u)
+    feats = [e.candidate_features for e in events]
+    f_bin = np.fromiter((isinstance(f, bytes) for f in feats), bool, count=m)
+    f_len = np.fromiter(map(len, feats), np.int64, count=m)
+    ok &= np.where(f_bin, is_v2 & (f_len == 4 * k * d_t), f_len == k)
+    if not f_bin.all():  # JSON rows: every row of every list has d_track features
+        rows = [f for f, b in zip(feats, f_bin.tolist(), strict=True) if not b]
+        row_lens = np.fromiter(map(len, itertools.chain.from_iterable(rows)), np.int64)
+        per_event = np.repeat(np.arange(len(rows)), [len(f) for f in rows])
+        bad_rows = np.zeros(len(rows), bool)
+        np.logical_or.at(bad_rows, per_event, row_lens != d_t)
+        ok[~f_bin] &= ~bad_rows
+    try:
+        ts = np.fromiter((e.ts for e in events), np.int64, count=m)
+        shown = np.fromiter(itertools.chain.from_iterable(e.shown for e in events), np.int64)
+    except OverflowError:  # an integer beyond int64 (msgspec reads up to 2**64 - 1)
+        return np.zeros(m, bool)
+    ok &= (ts >= 0) & (ts <= MAX_INT)
+    owner = np.repeat(np.arange(m), n_shown)
+    in_range = (shown >= 0) & (shown < k[owner])
+    # distinct within each slate: (owner, index) pairs of in-range indices are unique
+    pair = np.where(
+        in_range, owner * (limits.max_candidates + 1) + shown, -1 - np.arange(len(shown))
+    )
+    order = np.sort(pair)
+    dup = order[1:] == order[:-1]
+    bad = ~in_range
+    if dup.any():
+        bad |= np.isin(pair, order[1:][dup])
+    prop = np.fromiter(itertools.chain.from_iterable(e.propensities for e in events), np.float64)
+    owner_p = np.repeat(np.arange(m), n_prop)
+    bad_p = ~((prop > 0.0) & (prop <= 1.0))
+    if bad.any() or bad_p.any():
+        hit = np.zeros(m, bool)
+        hit[owner[bad]] = True
+        hit[owner_p[bad_p]] = True
+        ok &= ~hit
+    return ok
+
+
 def _decode_impressions(
     raws: Sequence[bytes], limits: Limits
 ) -> tuple[ImpressionBatch, list[Reject]]:
+    parsed = _parse_each(raws, _IMPRESSION_DECODER, limits)
+    events = [e for e in parsed if e is not None]
+    cleared = _cleared_impressions(events, limits).tolist()
     good: list[Impression] = []
     rows: list[int] = []
     rejects: list[Reject] = []
-    for i, raw in enumerate(raws):
-        try:
+    it = iter(cleared)
+    for i, (raw, e) in enumerate(zip(raws, parsed, strict=True)):
+        if e is not None and next(it):
+            good.append(e)
+            rows.append(i)
+            continue
+        try:  # the rest one by one, in order: a reject with its own code and reason
             good.append(_check_impression(raw, limits))
             rows.append(i)
         except DecodeError as err:
@@ -735,14 +802,21 @@ _RATIO_EXACT = 2**49
 batch's int64 check of ``ms_played`` agrees with ``decode_outcome``'s float one."""
 
 
-def _parse_each(raws: Sequence[bytes]) -> list[Outcome | None]:
-    decode = _OUTCOME_DECODER.decode
-    try:
-        return list(map(decode, raws))
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, TypeError):
-        pass
-    out: list[Outcome | None] = []
+def _parse_each(
+    raws: Sequence[bytes], decoder: msgspec.json.Decoder[T], limits: Limits
+) -> list[T | None]:
+    """Each message parsed on its own (None where msgspec refuses it, or it is too large)."""
+    decode = decoder.decode
+    if not raws or max(map(len, raws)) <= limits.max_message_bytes:
+        try:
+            return list(map(decode, raws))
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, TypeError):
+            pass
+    out: list[T | None] = []
     for raw in raws:
+        if len(raw) > limits.max_message_bytes:
+            out.append(None)
+            continue
         try:
             out.append(decode(raw))
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, TypeError):
@@ -752,7 +826,7 @@ def _parse_each(raws: Sequence[bytes]) -> list[Outcome | None]:
 
 def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatch, list[Reject]]:
     n = len(raws)
-    parsed = _parse_each(raws)
+    parsed = _parse_each(raws, _OUTCOME_DECODER, limits)
     events = [e for e in parsed if e is not None]
     m = len(events)
     try:

@@ -693,3 +693,111 @@ EDGE_INTEGERS = [
 )
 def test_fuzz_batch_outcomes_equal_one_by_one(raws: list[bytes]) -> None:
     assert_same_outcomes(raws)
+
+
+# --- batch impressions: cleared on the batch's columns, the rest one by one ------------------
+
+
+def impressions_reference(
+    raws: list[bytes], limits: Limits = LIM
+) -> tuple[ev.ImpressionBatch, list[tuple[int, str, str, bytes]]]:
+    """What ``decode_impressions`` must return: ``decode_impression`` on each message alone."""
+    good: list[ev.Impression] = []
+    rejects: list[tuple[int, str, str, bytes]] = []
+    for i, data in enumerate(raws):
+        try:
+            good.append(ev.decode_impression(data, limits))
+        except DecodeError as err:
+            rejects.append((i, err.code, err.reason, err.raw))
+    return ev.impressions_to_batch(good, limits), rejects
+
+
+def assert_same_impressions(raws: list[bytes], limits: Limits = LIM) -> ev.ImpressionBatch:
+    batch, rejects = ev.decode_impressions(raws, limits)
+    want, want_rejects = impressions_reference(raws, limits)
+    assert [(r.row, r.code, r.reason, r.raw) for r in rejects] == want_rejects
+    assert_same_batch(batch, want)
+    return batch
+
+
+GOOD_IMPRESSIONS = [
+    raw(impression(request_id="a")),
+    raw(in_form(impression(request_id="b", shown=[1], propensities=[1.0]), "binary")),
+    raw(in_form(impression(request_id="c"), "binary features")),
+    raw(
+        impression(
+            request_id="d",
+            candidates=["x"],
+            candidate_features=[[1.0, 2.0]],
+            shown=[0],
+            propensities=[0.5],
+        )
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "code"),
+    [*IMPRESSION_CASES, *BINARY_CASES],
+    ids=[c[0] for c in [*IMPRESSION_CASES, *BINARY_CASES]],
+)
+def test_batch_impressions_reject_one_bad_message_among_good_ones(
+    name: str, data: bytes, code: str
+) -> None:
+    raws = [*GOOD_IMPRESSIONS[:2], data, *GOOD_IMPRESSIONS[2:]]
+    batch = assert_same_impressions(raws)
+    assert batch.n == len(GOOD_IMPRESSIONS)
+    _, rejects = ev.decode_impressions(raws, LIM)
+    assert [(r.row, r.code) for r in rejects] == [(2, code)]
+
+
+def test_batch_impressions_edge_values_match_one_by_one() -> None:
+    big = 2**53
+    raws = [
+        raw(impression(ts=big)),
+        raw(impression(ts=big + 1)),
+        raw(impression(ts=-1)),
+        raw(impression(shown=[2, 2], propensities=[0.5, 0.5])),  # repeated index
+        raw(impression(shown=[0, 3], propensities=[0.5, 0.5])),  # index == k
+        raw(impression(shown=[2**63], propensities=[0.5])),  # beyond int64: all one by one
+        raw(impression(propensities=[1.0, 1e-300])),
+        raw(impression(propensities=[0.5, 1.0000001])),
+        raw(impression(candidate_features=[[1.0, 2.0], [3.0], [5.0, 6.0]])),  # a short row
+        raw(impression(candidate_features=[[1.0, 2.0], [3.0, 4.0, 0.0], [5.0, 6.0]])),
+        raw(
+            impression(candidates=[f"t{i}" for i in range(5)], candidate_features=[[0.0, 0.0]] * 5)
+        ),
+        raw(in_form(impression(), "binary context") | {"schema": "impression/1"}),
+        raw(impression(request_id="x" * 3000)),  # valid but too large
+        *GOOD_IMPRESSIONS,
+    ]
+    assert_same_impressions(raws)
+    assert_same_impressions(raws[:5] + raws[6:])  # without the int64 overflow: the column path
+    assert assert_same_impressions([]).n == 0
+    assert assert_same_impressions([b"{", raw(impression(ts=-1))]).n == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                [
+                    *GOOD_IMPRESSIONS,
+                    *(c[1] for c in IMPRESSION_CASES),
+                    *(c[1] for c in BINARY_CASES),
+                ]
+            ),
+            mutated_impressions(),
+            st.builds(
+                lambda obj, form: raw(in_form(obj, form)),
+                float32_impressions(),
+                st.sampled_from(FORMS),
+            ),
+            st.binary(max_size=60),
+        ),
+        max_size=10,
+    )
+)
+def test_fuzz_batch_impressions_equal_one_by_one(raws: list[bytes]) -> None:
+    assert_same_impressions(raws)
