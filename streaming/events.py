@@ -715,7 +715,11 @@ def _cleared_impressions(events: list[Impression], limits: Limits) -> npt.NDArra
     f_len = np.fromiter(map(len, feats), np.int64, count=m)
     ok &= np.where(f_bin, is_v2 & (f_len == 4 * k * d_t), f_len == k)
     if not f_bin.all():  # JSON rows: every row of every list has d_track features
-        rows = [f for f, b in zip(feats, f_bin.tolist(), strict=True) if not b]
+        rows = [
+            typing.cast(list[list[float]], f)
+            for f, b in zip(feats, f_bin.tolist(), strict=True)
+            if not b
+        ]
         row_lens = np.fromiter(map(len, itertools.chain.from_iterable(rows)), np.int64)
         per_event = np.repeat(np.arange(len(rows)), [len(f) for f in rows])
         bad_rows = np.zeros(len(rows), bool)
