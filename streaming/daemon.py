@@ -790,8 +790,14 @@ class Daemon:
         self._align_paused = want
 
     def _dead_letters(self, rejects: list[Reject], where: _Polled) -> None:
+        """Each reject to the dead-letter topic, keyed by where it came from.
+
+        A replay after a crash may send a dead letter again (they are at-least-once); it then
+        carries the same key, ``topic/partition/offset``, so a reader keeps one per key.
+        """
         for r in rejects:
             topic, partition, offset = where.source(r.row)
+            source = f"{topic}/{partition}/{offset}".encode()
             value = msgspec.json.encode(
                 {
                     "code": r.code,
@@ -804,11 +810,9 @@ class Daemon:
             )
             self.producer.send(
                 self.config.topics.dlq,
+                key=source,
                 value=value,
-                headers=[
-                    ("encore.code", r.code.encode()),
-                    ("encore.source", f"{topic}/{partition}/{offset}".encode()),
-                ],
+                headers=[("encore.code", r.code.encode()), ("encore.source", source)],
             )
         self.stats.dead_letters += len(rejects)
         for r in rejects:

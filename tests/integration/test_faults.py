@@ -472,7 +472,9 @@ def test_one_percent_malformed_all_reach_the_dead_letter_topic_and_the_rest_is_l
             for recs in consumer.poll(timeout_ms=500).values():
                 for r in recs:
                     d = json.loads(r.value)
-                    dead[(d["topic"], d["partition"], d["offset"])] = d
+                    where = (d["topic"], d["partition"], d["offset"])
+                    assert r.key == "/".join(map(str, where)).encode()  # replays share the key
+                    dead[where] = d
     finally:
         consumer.close(autocommit=False)
     assert dead.keys() == bad.keys()  # every damaged message, once, with where it came from

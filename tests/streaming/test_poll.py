@@ -58,9 +58,11 @@ class FakeConsumer:
 class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.keys: list[bytes | None] = []
 
-    def send(self, topic: str, *, value: bytes, **_: Any) -> None:
+    def send(self, topic: str, *, value: bytes, key: bytes | None = None, **_: Any) -> None:
         self.sent.append((topic, json.loads(value)))
+        self.keys.append(key)
 
 
 def traffic(n: int, seed: int) -> tuple[list[bytes], list[bytes]]:
@@ -121,6 +123,10 @@ def test_poll_once_routes_each_record_and_names_where_rejects_came_from(tmp_path
         (topics.impressions, 0, 5, "invalid_json"),
         (topics.outcomes, 1, 40, "invalid_json"),
     ]
+    keys = sorted(
+        k for (t, _), k in zip(producer.sent, producer.keys, strict=True) if t == topics.dlq
+    )
+    assert keys == [f"{topics.impressions}/0/5".encode(), f"{topics.outcomes}/1/40".encode()]
     assert d.state.offsets == {
         (topics.impressions, 2): 13,
         (topics.impressions, 0): 6 + len(imps) - 3,
