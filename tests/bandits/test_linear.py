@@ -59,9 +59,15 @@ def test_gram_equals_the_weighted_outer_products_of_joint_features(
     np.testing.assert_array_equal(got, got.T)  # spread from one half: exactly symmetric
 
 
-def test_a_batch_of_at_least_d_rows_matches_the_closed_form(key: jax.Array) -> None:
-    state = _init(n_ids=7)
-    fbs = [_batch(k, 40, 3, 2, ids=7) for k in jax.random.split(key, 3)]  # 40 >= D = 12: Cholesky
+@pytest.mark.parametrize(
+    ("rows", "batches", "n_ids"),
+    [(4, 5, 0), (40, 3, 7)],  # 4 < D = 12: the Woodbury path; 40 >= D: the Cholesky path
+)
+def test_update_matches_the_closed_form_ridge_solution(
+    key: jax.Array, rows: int, batches: int, n_ids: int
+) -> None:
+    state = _init(n_ids=n_ids)
+    fbs = [_batch(k, rows, 3, 2, ids=max(n_ids, 1)) for k in jax.random.split(key, batches)]
     for fb in fbs:
         state = _update(state, fb)
     phi = np.concatenate([np.asarray(linear.joint(f.context, f.features), np.float64) for f in fbs])
@@ -70,23 +76,10 @@ def test_a_batch_of_at_least_d_rows_matches_the_closed_form(key: jax.Array) -> N
     np.testing.assert_allclose(state.precision, a, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(state.b, phi.T @ r, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(state.cov, np.linalg.inv(a), rtol=1e-3, atol=1e-4)
-    assert int(state.since_refactor) == 0 and int(state.n) == 120
-
-
-def test_update_matches_the_closed_form_ridge_solution(key: jax.Array) -> None:
-    state = _init()
-    fbs = [_batch(k, 4, 3, 2) for k in jax.random.split(key, 5)]  # 4 < D: Woodbury path
-    for fb in fbs:
-        state = _update(state, fb)
-    phi = np.concatenate([np.asarray(linear.joint(f.context, f.features), np.float64) for f in fbs])
-    r = np.concatenate([np.asarray(f.reward, np.float64) for f in fbs])
-    a = np.eye(phi.shape[1]) + phi.T @ phi
-    np.testing.assert_allclose(state.precision, a, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(state.cov, np.linalg.inv(a), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(
         np.asarray(state.theta).reshape(-1), np.linalg.solve(a, phi.T @ r), rtol=1e-3, atol=1e-4
     )
-    assert int(state.n) == 20
+    assert int(state.n) == rows * batches
 
 
 def test_masked_rows_are_ignored(key: jax.Array) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 
 from streaming import events as ev
 from streaming.events import DecodeError, Limits
+
+T = TypeVar("T")
 
 LIM = Limits(d_user=2, d_track=2, max_candidates=4, max_message_bytes=2048)
 
@@ -573,14 +576,23 @@ def outcomes_reference(
     raws: list[bytes], limits: Limits = LIM
 ) -> tuple[ev.OutcomeBatch, list[tuple[int, str, str, bytes]]]:
     """What ``decode_outcomes`` must return: ``decode_outcome`` on each message on its own."""
-    good: list[ev.Outcome] = []
+    good, rejects = one_by_one(ev.decode_outcome, raws, limits)
+    return ev.outcomes_to_batch(good), rejects
+
+
+def one_by_one(
+    decode: Callable[[bytes, Limits], T], raws: list[bytes], limits: Limits
+) -> tuple[list[T], list[tuple[int, str, str, bytes]]]:
+    """Each message through ``decode`` alone: the good events, and ``(row, code, reason, raw)``
+    for each reject."""
+    good: list[T] = []
     rejects: list[tuple[int, str, str, bytes]] = []
     for i, data in enumerate(raws):
         try:
-            good.append(ev.decode_outcome(data, limits))
+            good.append(decode(data, limits))
         except DecodeError as err:
             rejects.append((i, err.code, err.reason, err.raw))
-    return ev.outcomes_to_batch(good), rejects
+    return good, rejects
 
 
 def assert_same_outcomes(raws: list[bytes], limits: Limits = LIM) -> ev.OutcomeBatch:
@@ -702,13 +714,7 @@ def impressions_reference(
     raws: list[bytes], limits: Limits = LIM
 ) -> tuple[ev.ImpressionBatch, list[tuple[int, str, str, bytes]]]:
     """What ``decode_impressions`` must return: ``decode_impression`` on each message alone."""
-    good: list[ev.Impression] = []
-    rejects: list[tuple[int, str, str, bytes]] = []
-    for i, data in enumerate(raws):
-        try:
-            good.append(ev.decode_impression(data, limits))
-        except DecodeError as err:
-            rejects.append((i, err.code, err.reason, err.raw))
+    good, rejects = one_by_one(ev.decode_impression, raws, limits)
     return ev.impressions_to_batch(good, limits), rejects
 
 
