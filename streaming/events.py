@@ -861,15 +861,6 @@ def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatc
     schemas = [e.schema for e in events]
     if schemas.count(OUTCOME_SCHEMA) != m:
         cleared &= np.array([s == OUTCOME_SCHEMA for s in schemas], bool)
-    if m and int(max(map(len, raws))) > limits.max_message_bytes:
-        cleared &= np.array(
-            [
-                len(r) <= limits.max_message_bytes
-                for r, e in zip(raws, parsed, strict=True)
-                if e is not None
-            ],
-            bool,
-        )
     if m == n and bool(cleared.all()):
         return _outcome_columns(events, ts, pos, played, dur, code), []
     # The rest one by one, in order: a reject with its reason, or (a duration beyond
