@@ -74,6 +74,10 @@ FORMAT = "encore.worker/1"
 # A partition that another waits on (streaming.align) but whose newest event time has not moved
 # on for this long no longer holds the other back: alignment may slow a read, never stop it.
 ALIGN_STALL_MS = 2_000
+# Alignment's clock counts the time between two polls up to this much: a daemon busy elsewhere
+# (a checkpoint, a slow step, a collection) gave no partition a chance to deliver meanwhile, so
+# that time must not make the one waited on look stalled.
+ALIGN_MAX_GAP_MS = 500
 
 
 def wall_clock_ms() -> int:
@@ -260,6 +264,8 @@ class Daemon:
         self._consumer_since = 0  # when the group consumer was opened
         self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
         self._reading: dict[tuple[str, int], align.Reading] = {}  # per partition (streaming.align)
+        self._align_clock = 0  # ms of polling, each gap capped at ALIGN_MAX_GAP_MS
+        self._align_last: int | None = None  # self.ticks() at the last _align
         self._align_paused: set[Any] = set()  # the TopicPartitions alignment holds paused
         self._reassigned: set[tuple[str, int]] = set()  # assigned since the last _align
         self._align_off = False  # set when kafka-python is not the version serve_parked knows
@@ -742,7 +748,11 @@ class Daemon:
         align_ms = self.config.kafka.align_ms
         if not align_ms or self._align_off:
             return
-        now = self.ticks()
+        ticks = self.ticks()
+        if self._align_last is not None:
+            self._align_clock += min(max(ticks - self._align_last, 0), ALIGN_MAX_GAP_MS)
+        self._align_last = ticks
+        now = self._align_clock
         owned = self.consumer.assignment()
         # (re)assigned since the last call: its position may have moved (a handoff, a seek back),
         # so what was read of it before says nothing now

@@ -188,3 +188,34 @@ def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
     fake.pause(TP(topics.impressions, 9))  # somebody else's pause is left alone
     d.poll_once()
     assert fake.paused_now == {TP(topics.impressions, 9)}
+
+
+def test_time_the_daemon_spends_elsewhere_does_not_stall_the_partition_waited_on(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Alignment counts only polling time: a daemon busy between two polls (a checkpoint, a slow
+    step) gave the impressions no chance to deliver, so the outcomes stay paused."""
+    import time
+
+    from streaming import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "ALIGN_STALL_MS", 300)
+    monkeypatch.setattr(daemon_module, "ALIGN_MAX_GAP_MS", 100)
+    d = daemon(tmp_path)
+    topics = d.config.topics
+    imps, outs = traffic(60, seed=4)
+    imp_tp, out_tp = TP(topics.impressions, 0), TP(topics.outcomes, 0)
+    fake = FakeConsumer(
+        [{imp_tp: [Record(0, imps[0])], out_tp: [Record(i, v) for i, v in enumerate(outs)]}]
+    )
+    fake.highwaters = {imp_tp: 100, out_tp: 1_000}
+    d.consumer, d.producer = fake, FakeProducer()
+    d.poll_once()
+    assert fake.paused_now == {out_tp}
+    time.sleep(0.5)  # busy elsewhere: counts 100 ms
+    d.poll_once()
+    assert fake.paused_now == {out_tp}
+    for _ in range(3):  # polling with nothing from the impressions: 300 ms more
+        time.sleep(0.11)
+        d.poll_once()
+    assert fake.paused_now == set()
