@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -153,6 +154,24 @@ def test_records_of_a_revoked_partition_are_skipped(tmp_path: Path) -> None:
     assert np.asarray(d.state.side.payload).size == 0
 
 
+Later = Callable[[TP, list[bytes]], list[dict[TP, list[Record]]]]
+
+
+def read_ahead(tmp_path: Path, later: Later) -> tuple[Daemon, FakeConsumer, TP, TP]:
+    """A daemon whose first poll reads one impression and, on the same partition number, 60
+    requests' outcomes (about 60 s of event time ahead); ``later(impression partition,
+    impressions)`` gives the polls after it."""
+    d = daemon(tmp_path)
+    topics = d.config.topics
+    imps, outs = traffic(60, seed=4)
+    imp_tp, out_tp = TP(topics.impressions, 0), TP(topics.outcomes, 0)
+    first = {imp_tp: [Record(0, imps[0])], out_tp: [Record(i, v) for i, v in enumerate(outs)]}
+    fake = FakeConsumer([first, *later(imp_tp, imps)])
+    fake.highwaters = {imp_tp: 100, out_tp: 1_000}
+    d.consumer, d.producer = fake, FakeProducer()
+    return d, fake, imp_tp, out_tp
+
+
 def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -163,19 +182,14 @@ def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
     from streaming import daemon as daemon_module
 
     monkeypatch.setattr(daemon_module, "ALIGN_STALL_MS", 300)
-    d = daemon(tmp_path)
-    topics = d.config.topics
-    imps, outs = traffic(60, seed=4)
-    imp_tp, out_tp = TP(topics.impressions, 0), TP(topics.outcomes, 0)
-    fake = FakeConsumer(
-        [
-            {imp_tp: [Record(0, imps[0])], out_tp: [Record(i, v) for i, v in enumerate(outs)]},
+    d, fake, _, out_tp = read_ahead(
+        tmp_path,
+        lambda imp_tp, imps: [
             {imp_tp: [Record(1, imps[1])]},  # newer: the impressions move on
             {imp_tp: [Record(2, b"{"), Record(3, b"{")]},  # dead letters only
-        ]
+        ],
     )
-    fake.highwaters = {imp_tp: 100, out_tp: 1_000}
-    d.consumer, d.producer = fake, FakeProducer()
+    topics = d.config.topics
     d.poll_once()  # the outcomes reach ~60 s past the first impression: ahead by > align_ms
     assert fake.paused_now == {out_tp} and d.stats.align_pauses == 1
     d.poll_once()
@@ -201,15 +215,7 @@ def test_time_the_daemon_spends_elsewhere_does_not_stall_the_partition_waited_on
 
     monkeypatch.setattr(daemon_module, "ALIGN_STALL_MS", 300)
     monkeypatch.setattr(daemon_module, "ALIGN_MAX_GAP_MS", 100)
-    d = daemon(tmp_path)
-    topics = d.config.topics
-    imps, outs = traffic(60, seed=4)
-    imp_tp, out_tp = TP(topics.impressions, 0), TP(topics.outcomes, 0)
-    fake = FakeConsumer(
-        [{imp_tp: [Record(0, imps[0])], out_tp: [Record(i, v) for i, v in enumerate(outs)]}]
-    )
-    fake.highwaters = {imp_tp: 100, out_tp: 1_000}
-    d.consumer, d.producer = fake, FakeProducer()
+    d, fake, _, out_tp = read_ahead(tmp_path, lambda imp_tp, imps: [])
     d.poll_once()
     assert fake.paused_now == {out_tp}
     time.sleep(0.5)  # busy elsewhere: counts 100 ms
