@@ -30,6 +30,7 @@ from bandits import POLICIES, save
 from rewards.survival import survival_model
 from streaming import align, checkpoint, deltas, handoff, join
 from streaming.config import Config
+from streaming.dirlock import DirLock
 from streaming.events import (
     Limits,
     Reject,
@@ -234,6 +235,9 @@ class Daemon:
         self.engine = make_engine(config)
         self.limits = limits(config)
         self.ckpt_dir = Path(config.checkpoint.dir)
+        # held from before the state is read until close: one worker per checkpoint directory
+        self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
+        self._ckpt_lock.acquire()
         self.state: WorkerState = self._load_or_init()
         self.revoked: set[tuple[str, int]] = set()
         self.stats = Stats(started_ms=clock())
@@ -538,6 +542,9 @@ class Daemon:
 
     # ------------------------------------------------------------------ loop
     def open(self) -> None:
+        if not self._ckpt_lock.held:  # opened again after close: resume as a new worker would
+            self._ckpt_lock.acquire()
+            self.state = self._load_or_init()
         self._use_cache()
         topics = self.config.topics
         self.producer = make_producer(self.config.kafka, self.servers)
@@ -683,6 +690,7 @@ class Daemon:
                 consumer.close(autocommit=False)
         self.consumer = self.producer = self.handoff_producer = None
         self.delta_consumer = self.handoff_consumer = None
+        self._ckpt_lock.release()
 
     def poll_once(self) -> int:
         """One poll -> decode -> step -> emit round; returns the number of records consumed."""

@@ -19,6 +19,11 @@ discarded (a new writer with the same ``writer`` id deletes its stale temporary 
 back when the daemon replays from its checkpoint; rows of files rolled after the checkpoint are
 written a second time, identically, and ``read_log`` keeps one row per ``request_id``.
 
+A writer id has one live writer at a time: ``ParquetLog`` holds a lock on
+``.writer-<writer>.lock`` in the directory (``streaming.dirlock``) from its start to ``close``,
+and a second writer with the same id raises ``InUseError`` instead of deleting the first one's
+open file.
+
 Example:
     >>> import tempfile, numpy as np
     >>> d = tempfile.mkdtemp()
@@ -49,6 +54,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streaming.dirlock import DirLock
 from streaming.events import ImpressionBatch
 
 __all__ = [
@@ -320,19 +326,16 @@ class ParquetLog:
             raise ValueError(f"writer {writer!r} must be letters, digits or _")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = DirLock(
+            self.directory / f".writer-{writer}.lock", f"log writer {writer!r} in {directory}"
+        )
         self.rows_per_file = rows_per_file
         self.max_file_age_ms = max_file_age_ms
         self.clock = clock
         self.writer = writer
         self.compression = compression
         self.seq = 0
-        for path in self.directory.iterdir():
-            m = _NAME.match(path.name)
-            if m and m.group(2) == writer:
-                self.seq = max(self.seq, int(m.group(3)))
-            elif path.name.startswith(".part-") and path.name.endswith(f"-{writer}.tmp"):
-                log.warning("removing %s, left open by a writer that stopped", path)
-                path.unlink(missing_ok=True)
+        self._claim()
         self._pq: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
         self._first_ts = 0
@@ -390,8 +393,11 @@ class ParquetLog:
         return self._commit() if self._pq is not None else None
 
     def close(self) -> None:
-        """Commit the open file; idempotent."""
-        self.flush()
+        """Commit the open file and let go of the writer id; idempotent."""
+        try:
+            self.flush()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> ParquetLog:
         return self
@@ -399,7 +405,23 @@ class ParquetLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _claim(self) -> None:
+        """Hold the writer id; then continue its numbering and drop its stale temporary files.
+
+        In that order: while another live writer has the id, its open file is not stale.
+        """
+        self._lock.acquire()
+        for path in self.directory.iterdir():
+            m = _NAME.match(path.name)
+            if m and m.group(2) == self.writer:
+                self.seq = max(self.seq, int(m.group(3)))
+            elif path.name.startswith(".part-") and path.name.endswith(f"-{self.writer}.tmp"):
+                log.warning("removing %s, left open by a writer that stopped", path)
+                path.unlink(missing_ok=True)
+
     def _open(self, first_ts: int, schema: ArrowSchema) -> None:
+        if not self._lock.held:  # appending again after close
+            self._claim()
         self.seq += 1
         self._first_ts = max(0, first_ts)
         self._tmp = self.directory / f".part-{self._first_ts:013d}-{self.seq:06d}-{self.writer}.tmp"
@@ -491,16 +513,20 @@ class BackgroundLog:
         self._call("flush")
 
     def close(self) -> None:
-        """Flush, then stop the thread; idempotent (a later ``append`` starts a new thread)."""
-        if self._thread is None:
-            self._raise()
-            return
+        """Flush, stop the thread and close the log; idempotent (a later ``append`` starts again)."""
         try:
-            self._call("flush")
+            if self._thread is None:
+                self._raise()
+                return
+            try:
+                self._call("flush")
+            finally:
+                self._queue.put(("stop", None, None))
+                self._thread.join()
+                self._thread = None
         finally:
-            self._queue.put(("stop", None, None))
-            self._thread.join()
-            self._thread = None
+            if self._error is None:
+                self.log.close()  # nothing is open now: this lets go of the writer id
 
     def __enter__(self) -> BackgroundLog:
         return self

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from streaming import handoff, join
 from streaming.config import Config
 from streaming.daemon import Daemon
+from streaming.dirlock import InUseError
 from streaming.kafka_io import TopicPartition
 from streaming.step import step
 from tests.streaming.test_handoff import batches
@@ -50,6 +53,7 @@ def daemon(tmp: Path, name: str, committed: dict[TopicPartition, int]) -> Daemon
             "kafka.bootstrap_servers=127.0.0.1:1",
             "kafka.group_id=g",
             f"checkpoint.dir={tmp / name}",
+            f"log.dir={tmp / name / 'log'}",
             "join.slate_size=3",
             "join.window_ms=1800000",
             "join.allowed_lateness_ms=600000",
@@ -137,3 +141,13 @@ def test_a_state_behind_the_commit_is_never_installed(tmp_path: Path) -> None:
         TopicPartition(t.outcomes, 1): 50,
     }
     assert c.state.counters["partitions_started_fresh"] == 1
+
+
+def test_two_workers_cannot_share_a_checkpoint_dir(tmp_path: Path) -> None:
+    a = daemon(tmp_path, "a", {})
+    with pytest.raises(InUseError, match=r"checkpoint.dir .*a is in use by another worker"):
+        daemon(tmp_path, "a", {})
+    a.consumer = a.handoff_producer = None  # fakes: nothing to close
+    a.close()
+    b = daemon(tmp_path, "a", {})  # free once the first one closed
+    assert b.state.offsets == {}

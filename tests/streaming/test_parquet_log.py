@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from streaming.dirlock import InUseError
 from streaming.parquet_log import (
     COLUMNS,
     BackgroundLog,
@@ -142,6 +144,8 @@ def test_restart_drops_stale_temporary_and_continues_numbering(tmp_path: Path) -
     first.flush()
     first.append(example_records(4, ts0_ms=10))  # killed here: never committed
     assert len(temporaries(tmp_path)) == 1
+    del first  # the process is gone: the kernel drops its lock on the writer id
+    gc.collect()
     other = ParquetLog(tmp_path, clock=FakeClock(), writer="w1")  # another worker's tmp is kept
     assert len(temporaries(tmp_path)) == 1
     second = ParquetLog(tmp_path, clock=FakeClock())
@@ -157,6 +161,44 @@ def test_restart_drops_stale_temporary_and_continues_numbering(tmp_path: Path) -
     frame = read_log(tmp_path)
     assert sorted(frame["ts_ms"].tolist()) == list(range(4)) + list(range(10, 14))
     assert len(read_log(tmp_path, dedupe=False)) == 12
+
+
+def test_a_second_live_writer_with_the_same_id_is_refused_and_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    first = ParquetLog(tmp_path, clock=FakeClock())
+    first.append(example_records(4, ts0_ms=0))  # its open file is a temporary
+    with pytest.raises(InUseError, match=r"log writer 'w0' .* in use by another worker"):
+        ParquetLog(tmp_path, clock=FakeClock())
+    assert len(temporaries(tmp_path)) == 1
+    first.close()
+    second = ParquetLog(tmp_path, clock=FakeClock())  # free again once closed
+    second.append(example_records(4, ts0_ms=10))
+    second.close()
+    assert committed(tmp_path) == [
+        "part-0000000000000-w0-000001.parquet",
+        "part-0000000000010-w0-000002.parquet",
+    ]
+
+
+def test_appending_after_close_takes_the_id_again_and_numbers_after_others(
+    tmp_path: Path,
+) -> None:
+    first = ParquetLog(tmp_path, clock=FakeClock())
+    first.append(example_records(2, ts0_ms=0))
+    first.close()
+    other = ParquetLog(tmp_path, clock=FakeClock())  # the same id, while the first is closed
+    other.append(example_records(2, ts0_ms=5))
+    with pytest.raises(InUseError):
+        first.append(example_records(2, ts0_ms=9))
+    other.close()
+    first.append(example_records(2, ts0_ms=9))
+    first.close()
+    assert committed(tmp_path) == [
+        "part-0000000000000-w0-000001.parquet",
+        "part-0000000000005-w0-000002.parquet",
+        "part-0000000000009-w0-000003.parquet",
+    ]
 
 
 def test_reads_several_files_from_several_writers(tmp_path: Path) -> None:

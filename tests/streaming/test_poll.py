@@ -89,6 +89,7 @@ def daemon(tmp: Path) -> Daemon:
         overrides=[
             "kafka.bootstrap_servers=127.0.0.1:1",
             f"checkpoint.dir={tmp / 'ckpt'}",
+            f"log.dir={tmp / 'log'}",
             "join.slate_size=3",
             "metrics.enabled=false",
         ],
