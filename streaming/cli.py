@@ -322,11 +322,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from streaming.broker import BrokerError
+    from streaming.checkpoint import CheckpointError
     from streaming.config import ConfigError
+    from streaming.dirlock import InUseError
 
     try:
         return int(args.func(args))
-    except (BrokerError, ConfigError) as exc:
+    except (BrokerError, CheckpointError, ConfigError, InUseError) as exc:
         print(f"encore: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

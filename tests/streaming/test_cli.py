@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from streaming.cli import main
+from streaming.dirlock import DirLock
 
 COMMANDS = (
     "demo",
@@ -47,3 +48,14 @@ def test_rewards_report_on_simulated_plays(tmp_path: Path) -> None:
 def test_bad_config_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--set", "join.window_ms=0"]) == 2
     assert "window_ms" in capsys.readouterr().err
+
+
+def test_a_second_worker_on_one_checkpoint_dir_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    held = DirLock(tmp_path / "ckpt" / "LOCK", "another worker's")
+    held.acquire()
+    args = ["run", "--set", "kafka.bootstrap_servers=127.0.0.1:1", "--set"]
+    assert main([*args, f"checkpoint.dir={tmp_path / 'ckpt'}"]) == 2
+    assert "is in use by another worker" in capsys.readouterr().err
+    held.release()
