@@ -157,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import threading
 
     from streaming.daemon import Daemon, summary_line
+    from streaming.deltas import WorkerIdConflictError
 
     config = _config(args)
     servers = _servers(args, config)
@@ -176,7 +177,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     def tick(d: Daemon) -> None:
         print(summary_line(d), flush=True)
 
-    daemon.run(stop, on_tick=tick, exit_when_idle_ms=args.exit_when_idle_ms)
+    try:
+        daemon.run(stop, on_tick=tick, exit_when_idle_ms=args.exit_when_idle_ms)
+    except WorkerIdConflictError as exc:  # closed and checkpointed; the config must change
+        print(f"encore: {exc}", file=sys.stderr)
+        return 2
     print("stopped: " + summary_line(daemon))
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -235,6 +236,7 @@ class Daemon:
         self.engine = make_engine(config)
         self.limits = limits(config)
         self.ckpt_dir = Path(config.checkpoint.dir)
+        self.lineage = ""  # this worker's lineage (streaming.deltas), set with the state below
         # held from before the state is read until close: one worker per checkpoint directory
         self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
         self._ckpt_lock.acquire()
@@ -278,8 +280,10 @@ class Daemon:
     def _load_or_init(self) -> WorkerState:
         found = checkpoint.load_latest(self.ckpt_dir)
         if found is None:
+            self.lineage = os.urandom(8).hex()  # this worker's, from now on (streaming.deltas)
             return init(self.engine)
         arrays, header = found
+        self.lineage = str(header.get("lineage") or os.urandom(8).hex())
         if header.get("format") != FORMAT:
             raise checkpoint.CheckpointError(
                 f"{self.ckpt_dir}: checkpoint format {header.get('format')!r} is not {FORMAT!r}"
@@ -321,6 +325,7 @@ class Daemon:
                 "version": self.engine.reward_model.spec.version,
             },
             "worker": worker,
+            "lineage": self.lineage,
         }
         path = checkpoint.write(self.ckpt_dir, arrays, header, keep=self.config.checkpoint.keep)
         self.stats.checkpoints += 1
@@ -351,7 +356,9 @@ class Daemon:
         if st.outbox is None or self.producer is None:
             return
         spec = self.engine.policy.spec
-        value = deltas.encode(self.worker_id, st.delta_seq, spec.name, spec.version, st.outbox)
+        value = deltas.encode(
+            self.worker_id, st.delta_seq, spec.name, spec.version, st.outbox, self.lineage
+        )
         self.producer.send(self.config.topics.deltas, key=self.worker_id.encode(), value=value)
         self.producer.flush(timeout=30)
         self.state = self.state._replace(outbox=None)
@@ -367,6 +374,7 @@ class Daemon:
             except ValueError as exc:
                 log.warning("skipping a malformed delta: %s", exc)
                 continue
+            deltas.check_own(d, self.worker_id, self.lineage, self.config.topics.deltas)
             if d.worker == self.worker_id or d.seq <= self.state.seen.get(d.worker, 0):
                 continue
             if (d.policy, d.version) != (spec.name, spec.version):

@@ -9,7 +9,14 @@ published twice (a crash between the checkpoint and the send) is folded in once,
 never sealed (a crash before the checkpoint) is learned again from the replayed events.
 
 The wire format is not pickle: a 4-byte header length, a JSON header (worker, sequence, policy
-name and version) and an ``.npz`` read with ``allow_pickle=False``.
+name and version, lineage) and an ``.npz`` read with ``allow_pickle=False``.
+
+Worker ids must differ within a group: a worker skips every delta that carries its own id, so two
+workers sharing one would never fold in each other's statistics. The ``lineage`` catches that. It
+is a random id a worker draws when it starts without a checkpoint and keeps in every checkpoint
+after, so it survives restarts; a delta carrying a worker's own id but another lineage was written
+by some other worker (or by this one before it lost its checkpoints), and the worker stops with
+:class:`WorkerIdConflictError` instead of learning a policy that is silently not the group's.
 """
 
 from __future__ import annotations
@@ -27,18 +34,29 @@ from bandits import linear
 FORMAT = "encore.delta/1"
 
 
+class WorkerIdConflictError(RuntimeError):
+    """A delta carries this worker's id but another lineage: the id is not this worker's alone."""
+
+
 class Delta(NamedTuple):
     worker: str
     seq: int
     policy: str
     version: int
     stats: linear.LinearDelta
+    lineage: str | None = None  # None: written before deltas carried one
 
 
-def encode(worker: str, seq: int, policy: str, version: int, stats: linear.LinearDelta) -> bytes:
-    header = json.dumps(
-        {"format": FORMAT, "worker": worker, "seq": seq, "policy": policy, "version": version}
-    ).encode()
+def encode(
+    worker: str,
+    seq: int,
+    policy: str,
+    version: int,
+    stats: linear.LinearDelta,
+    lineage: str | None = None,
+) -> bytes:
+    fields = {"format": FORMAT, "worker": worker, "seq": seq, "policy": policy, "version": version}
+    header = json.dumps(fields if lineage is None else {**fields, "lineage": lineage}).encode()
     buf = io.BytesIO()
     arrays: dict[str, Any] = {k: np.asarray(v) for k, v in stats._asdict().items()}
     savez: Any = np.savez
@@ -69,4 +87,16 @@ def decode(data: bytes) -> Delta:
         str(header["policy"]),
         int(header["version"]),
         stats,
+        None if header.get("lineage") is None else str(header["lineage"]),
     )
+
+
+def check_own(d: Delta, worker: str, lineage: str, topic: str) -> None:
+    """Raise :class:`WorkerIdConflictError` if ``d``, carrying ``worker``'s id, is not its own."""
+    if d.worker == worker and d.lineage is not None and d.lineage != lineage:
+        raise WorkerIdConflictError(
+            f"delta {d.seq} on {topic} carries this worker's id {worker!r} but lineage "
+            f"{d.lineage}, not this worker's {lineage}: two workers of the group share "
+            "scale.worker_id (or this worker lost the checkpoints it published from); give each "
+            "worker its own scale.worker_id"
+        )

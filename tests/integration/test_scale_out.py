@@ -13,6 +13,7 @@ import pytest
 
 from streaming.config import Config
 from streaming.daemon import Daemon
+from streaming.deltas import WorkerIdConflictError
 from streaming.demo import produce_simulated
 from streaming.kafka_io import TopicPartition, ensure_topics, make_consumer
 
@@ -128,3 +129,14 @@ def test_two_workers_end_with_the_statistics_of_one(kafka_broker: str, tmp_path:
         w.absorb_deltas(published)
         w.absorb_deltas(published)  # a redelivered delta is folded in once
         assert_same_statistics(w, solo)
+    # Worker ids must differ: a restarted worker keeps its lineage, skips its own deltas and
+    # ends with the global statistics, while another worker given a's id (with state of its
+    # own) is stopped by a's deltas.
+    again = Daemon(workers[0].config, servers=kafka_broker)
+    assert again.lineage == workers[0].lineage
+    again.absorb_deltas(published)
+    assert_same_statistics(again, solo)
+    impostor_cfg = config(kafka_broker, run, tmp_path / "other", "a", share=True, group=group)
+    impostor = Daemon(impostor_cfg, servers=kafka_broker)
+    with pytest.raises(WorkerIdConflictError, match="two workers of the group share"):
+        impostor.absorb_deltas(published)
