@@ -55,7 +55,7 @@ class DirLock:
     def __init__(self, path: str | Path, what: str) -> None:
         self.path = Path(path)
         self.what = what
-        self._release: weakref.finalize[[int], None] | None = None  # closes the file
+        self._release: weakref.finalize[[int], DirLock] | None = None  # closes the file
 
     @property
     def held(self) -> bool:
