@@ -156,7 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from streaming.daemon import Daemon, summary_line
+    from streaming.daemon import Daemon
+    from streaming.daemon_stats import summary_line
     from streaming.deltas import WorkerIdConflictError
 
     config = _config(args)
@@ -175,14 +176,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
     def tick(d: Daemon) -> None:
-        print(summary_line(d), flush=True)
+        print(summary_line(d.stats, d.clock()), flush=True)
 
     try:
         daemon.run(stop, on_tick=tick, exit_when_idle_ms=args.exit_when_idle_ms)
     except WorkerIdConflictError as exc:  # closed and checkpointed; the config must change
         print(f"encore: {exc}", file=sys.stderr)
         return 2
-    print("stopped: " + summary_line(daemon))
+    print("stopped: " + summary_line(daemon.stats, daemon.clock()))
     return 0
 
 

@@ -11,29 +11,26 @@ events the state has not yet seen. Signal handlers only set ``stop``.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import jax
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
-import rewards
-from bandits import POLICIES, save
-from rewards.survival import survival_model
-from streaming import align, checkpoint, deltas, handoff, join
+from bandits import save
+from streaming import checkpoint, deltas, handoff, handoff_io, join, side_topics
+from streaming.aligner import Aligner
+from streaming.compile_cache import restore_compilation_cache, use_compilation_cache
 from streaming.config import Config
+from streaming.daemon_stats import Stats, metrics_snapshot
 from streaming.dirlock import DirLock
+from streaming.engine import limits, make_engine
 from streaming.events import (
-    Limits,
     Reject,
     decode_impressions,
     decode_outcomes,
@@ -42,7 +39,6 @@ from streaming.events import (
 from streaming.gc_tuning import quiet_gc
 from streaming.kafka_io import (
     HANDOFF_MAX_BYTES,
-    AsyncConsumerRebalanceListener,
     OffsetAndMetadata,
     TopicPartition,
     describe_group,
@@ -55,9 +51,10 @@ from streaming.kafka_io import (
 )
 from streaming.liveness import GroupWatch
 from streaming.metrics import Metrics, MetricsServer, status_path, write_status
-from streaming.parquet_log import BackgroundLog, JoinedRecords, ParquetLog, to_table
+from streaming.parquet_log import BackgroundLog, ParquetLog
+from streaming.polled import Polled, good_partitions
+from streaming.rebalance import OffLoopListener
 from streaming.step import (
-    Engine,
     WorkerState,
     from_arrays,
     init,
@@ -73,13 +70,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 FORMAT = "encore.worker/1"
-# A partition that another waits on (streaming.align) but whose newest event time has not moved
-# on for this long no longer holds the other back: alignment may slow a read, never stop it.
-ALIGN_STALL_MS = 2_000
-# Alignment's clock counts the time between two polls up to this much: a daemon busy elsewhere
-# (a checkpoint, a slow step, a collection) gave no partition a chance to deliver meanwhile, so
-# that time must not make the one waited on look stalled.
-ALIGN_MAX_GAP_MS = 500
 
 
 def wall_clock_ms() -> int:
@@ -89,132 +79,6 @@ def wall_clock_ms() -> int:
 def monotonic_ms() -> int:
     """Milliseconds on a clock that never steps (intervals; not a date)."""
     return time.monotonic_ns() // 1_000_000
-
-
-def make_engine(config: Config) -> Engine:
-    """The policy named in the config, with the join settings and feature sizes."""
-    try:
-        factory = POLICIES[config.policy.name]
-    except KeyError:
-        raise ValueError(
-            f"policy.name {config.policy.name!r} is not one of {sorted(POLICIES)}"
-        ) from None
-    policy = factory(**dict(config.policy.params))
-    models = {
-        "survival": survival_model,
-        "skip": rewards.skip_model,
-        "completion": rewards.completion_model,
-        "direct": rewards.direct_model,
-    }
-    composite = rewards.CompositeReward(kind=config.reward.kind, **dict(config.reward.params))
-    model = models[config.reward.model](**dict(config.reward.model_params))
-    composite.check(model.spec)
-    return Engine(
-        policy=policy,
-        join_config=config.join,
-        d_user=config.events.d_user,
-        d_track=config.events.d_track,
-        reward_model=model,
-        composite=composite,
-        log_candidates=config.log.max_candidates if config.log.dir else 0,
-        log_features=config.log.candidate_features,
-        share_deltas=_shares(config, policy),
-    )
-
-
-def _shares(config: Config, policy: Any) -> bool:
-    if not config.scale.share_deltas:
-        return False
-    from bandits.linear import LinearState
-
-    if not isinstance(policy.init(config.events.d_user, config.events.d_track), LinearState):
-        raise ValueError(
-            f"scale.share_deltas needs a linear policy (additive statistics); "
-            f"{config.policy.name!r} is not one"
-        )
-    return True
-
-
-def limits(config: Config) -> Limits:
-    e = config.events
-    return Limits(
-        d_user=e.d_user,
-        d_track=e.d_track,
-        max_candidates=e.max_candidates,
-        max_message_bytes=e.max_message_bytes,
-    )
-
-
-@dataclass
-class Stats:
-    """Live counts for the console, the status table and the metrics endpoint."""
-
-    started_ms: int = 0
-    events: int = 0
-    dead_letters: int = 0
-    late: int = 0
-    checkpoints: int = 0
-    snapshots: int = 0
-    last_checkpoint_ms: int = 0
-    counters: dict[str, int] = field(default_factory=dict[str, int])
-    events_by_topic: dict[str, int] = field(default_factory=dict[str, int])
-    dead_by_code: dict[str, int] = field(default_factory=dict[str, int])
-    late_by_kind: dict[str, int] = field(default_factory=dict[str, int])
-    lag: dict[str, int] = field(default_factory=dict[str, int])
-    deltas_published: int = 0
-    deltas_merged: int = 0
-    handoffs_published: int = 0  # partition records sent (revoke, or a restart's republish)
-    handoffs_installed: int = 0  # partitions taken over with another worker's open windows
-    partitions_started_fresh: int = 0  # taken over behind the commit: open windows lost
-    rejoins: int = 0  # times the watchdog made the consumer rejoin (streaming.liveness)
-    consumer_restarts: int = 0  # stalled group consumers replaced (Daemon.restart_consumer)
-    gc_collections: int = 0  # the poll loop's timed full collections (streaming.gc_tuning)
-    gc_seconds: float = 0.0  # wall seconds they took
-    align_pauses: int = 0  # partitions paused for reading ahead in event time (streaming.align)
-    reward_by_policy: dict[str, tuple[float, int]] = field(
-        default_factory=dict[str, tuple[float, int]]
-    )
-
-
-class _Listener(AsyncConsumerRebalanceListener):  # pyright: ignore[reportUntypedBaseClass]
-    """Hands partitions off on revoke and takes them over on assign, off the client's loop.
-
-    kafka-python 3 runs rebalance listeners on its network thread, where blocking would stall
-    heartbeats. The work (a checkpoint, the handoff records, reading the handoff topic, seeks)
-    runs on a short-lived thread while this coroutine yields to the client's loop; the daemon's
-    own thread is inside ``poll`` (or ``close``) meanwhile, so the state has one writer.
-    """
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._off_loop(self.daemon.on_revoked, list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._off_loop(self.daemon.on_assigned, list(assigned))
-
-    async def _off_loop(
-        self, work: Callable[[list[TopicPartition]], None], tps: list[TopicPartition]
-    ) -> None:
-        failed: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                work(tps)
-            except BaseException as exc:  # re-raised on the client's loop below
-                failed.append(exc)
-
-        thread = threading.Thread(target=run, name=f"encore-{work.__name__}", daemon=True)
-        thread.start()
-        net = getattr(self.daemon.consumer, "_net", None)  # kafka-python 3's event loop
-        while thread.is_alive():
-            if net is None:
-                thread.join()
-            else:
-                await net.sleep(0.005)
-        if failed:
-            raise failed[0]
 
 
 class Daemon:
@@ -269,12 +133,8 @@ class Daemon:
         self.watch: GroupWatch | None = None
         self._consumer_since = 0  # when the group consumer was opened
         self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
-        self._reading: dict[tuple[str, int], align.Reading] = {}  # per partition (streaming.align)
-        self._align_clock = 0  # ms of polling, each gap capped at ALIGN_MAX_GAP_MS
-        self._align_last: int | None = None  # self.ticks() at the last _align
-        self._align_paused: set[Any] = set()  # the TopicPartitions alignment holds paused
-        self._reassigned: set[tuple[str, int]] = set()  # assigned since the last _align
-        self._align_off = False  # set when kafka-python is not the version serve_parked knows
+        t = config.topics
+        self.aligner = Aligner(t.impressions, t.outcomes, config.kafka.align_ms)
 
     # ------------------------------------------------------------------ state
     def _load_or_init(self) -> WorkerState:
@@ -409,22 +269,16 @@ class Daemon:
 
     def hand_off(self, partitions: Iterable[int]) -> int:
         """Publish the state of ``partitions`` to the handoff topic; returns once it is durable."""
-        group = self.config.kafka.group_id
-        sent = 0
-        for p in sorted(partitions):
-            record = handoff.extract(self.state, p, self._pair, self.worker_id)
-            value = handoff.encode(record, group, self.clock())
-            if len(value) > HANDOFF_MAX_BYTES:
-                raise RuntimeError(
-                    f"partition {p}'s open windows take {len(value):,} bytes compressed, over the "
-                    f"handoff limit of {HANDOFF_MAX_BYTES:,}: lower join.max_open or "
-                    "log.max_candidates"
-                )
-            self.handoff_producer.send(
-                self.config.topics.handoff, key=handoff.key(group, p), value=value
-            )
-            sent += 1
-        self.handoff_producer.flush(timeout=60)
+        records = (
+            handoff.extract(self.state, p, self._pair, self.worker_id) for p in sorted(partitions)
+        )
+        sent = handoff_io.publish(
+            self.handoff_producer,
+            self.config.topics.handoff,
+            self.config.kafka.group_id,
+            records,
+            self.clock(),
+        )
         self.stats.handoffs_published += sent
         return sent
 
@@ -432,33 +286,14 @@ class Daemon:
         self, partitions: Iterable[int], timeout_s: float = 60.0
     ) -> dict[int, handoff.PartitionRecord]:
         """The newest published record of each of ``partitions`` (damaged ones are logged, skipped)."""
-        wanted = {handoff.key(self.config.kafka.group_id, p): p for p in partitions}
-        if not wanted:
-            return {}
-        c = self.handoff_consumer
-        tps = [TopicPartition(self.config.topics.handoff, q) for q in self._handoff_parts]
-        c.seek_to_beginning(*tps)
-        ends = c.end_offsets(tps)
-        newest: dict[int, bytes | None] = {}
-        deadline = time.monotonic() + timeout_s
-        while any(c.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {self.config.topics.handoff} to its end")
-            for recs in c.poll(timeout_ms=200, max_records=100).values():
-                for r in recs:
-                    if r.key in wanted:
-                        newest[wanted[r.key]] = r.value  # None: a tombstone
-        out: dict[int, handoff.PartitionRecord] = {}
-        for p, value in newest.items():
-            if value is None:
-                continue
-            try:
-                out[p] = handoff.decode(
-                    value, f"{self.config.topics.handoff} record of partition {p}"
-                )
-            except checkpoint.CheckpointError as exc:
-                log.error("ignoring a damaged handoff record: %s", exc)
-        return out
+        return handoff_io.read_newest(
+            self.handoff_consumer,
+            self.config.topics.handoff,
+            self._handoff_parts,
+            self.config.kafka.group_id,
+            partitions,
+            timeout_s,
+        )
 
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         """Checkpoint, then publish the revoked partitions' windows for their next owner."""
@@ -473,54 +308,37 @@ class Daemon:
     def on_assigned(self, tps: list[TopicPartition]) -> None:
         """Keep, take over or start each assigned partition, drop the others, seek, checkpoint."""
         pair = self._pair
-        self._reassigned.update((tp.topic, tp.partition) for tp in tps)  # streaming.align
+        self.aligner.assigned(tps)
         numbers = self._numbers(tps)
         before = self.held_partitions()
-        state = handoff.without(self.state, before - numbers, pair)
         published = self.read_handoffs(numbers)
-        committed = {tp: self.consumer.committed(tp) for tp in tps if tp.topic in pair}
-        fresh = 0
-        for p in sorted(numbers):
-            floor = tuple(committed.get(TopicPartition(t, p)) for t in pair)
-            local = handoff.extract(state, p, pair, self.worker_id) if p in before else None
-            how, record = handoff.choose(local, published.get(p), (floor[0], floor[1]))
-            if how == "remote" and record is not None:
-                state = handoff.install(state, record, pair)
-                self.stats.handoffs_installed += 1
-                log.info(
-                    "took over partition %d from %s at offsets %s", p, record.worker, record.offsets
-                )
-            elif how == "fresh":
-                log.warning(
-                    "partition %d: the newest handed-off state %s is behind the committed "
-                    "offsets %s (its owner stopped between a checkpoint and its handoff); "
-                    "starting fresh there: its open windows are lost",
-                    p,
-                    record.offsets if record is not None else None,
-                    floor,
-                )
-                state = handoff.without(state, [p], pair)
-                state = state._replace(
-                    offsets={
-                        **state.offsets,
-                        **{
-                            (t, p): int(o)
-                            for t, o in zip(pair, floor, strict=True)
-                            if o is not None
-                        },
-                    }
-                )
-                fresh += 1
-        self.stats.partitions_started_fresh += fresh
-        if fresh:
-            state = state._replace(
-                counters={
-                    **state.counters,
-                    "partitions_started_fresh": state.counters.get("partitions_started_fresh", 0)
-                    + fresh,
-                }
+        by_tp = {tp: self.consumer.committed(tp) for tp in tps if tp.topic in pair}
+        committed = {
+            p: (by_tp.get(TopicPartition(pair[0], p)), by_tp.get(TopicPartition(pair[1], p)))
+            for p in numbers
+        }
+        taken = handoff.take_over(
+            self.state, numbers, before, published, committed, pair, self.worker_id
+        )
+        for record in taken.installed:
+            log.info(
+                "took over partition %d from %s at offsets %s",
+                record.partition,
+                record.worker,
+                record.offsets,
             )
-        self.state = state
+        for p, record, floor in taken.fresh:
+            log.warning(
+                "partition %d: the newest handed-off state %s is behind the committed "
+                "offsets %s (its owner stopped between a checkpoint and its handoff); "
+                "starting fresh there: its open windows are lost",
+                p,
+                record.offsets if record is not None else None,
+                floor,
+            )
+        self.stats.handoffs_installed += len(taken.installed)
+        self.stats.partitions_started_fresh += len(taken.fresh)
+        self.state = taken.state
         for tp in tps:
             stored = self.state.offsets.get((tp.topic, tp.partition))
             if stored is not None:
@@ -596,13 +414,15 @@ class Daemon:
         """The group's consumer (with the rebalance listener) and its watchdog."""
         pair = [self.config.topics.impressions, self.config.topics.outcomes]
         kc = self.config.kafka
-        listener = _Listener(self)
+        listener = OffLoopListener(
+            self.on_revoked, self.on_assigned, lambda: getattr(self.consumer, "_net", None)
+        )
         consumer = make_consumer(
             kc, self.servers, group_id=kc.group_id, topics=pair, listener=listener
         )
         self.consumer = consumer
         self._consumer_since = self.ticks()
-        self._align_paused = set()  # a new consumer starts with nothing paused
+        self.aligner.new_consumer()
         if kc.rejoin_unassigned_ms:
             self.watch = GroupWatch(
                 kc.rejoin_unassigned_ms,
@@ -650,7 +470,7 @@ class Daemon:
         jc = self.config.jax
         if jc.compilation_cache and self._cache_set is None:
             where = Path(jc.compilation_cache_dir or self.ckpt_dir / "jax-cache")
-            self._cache_set = _use_compilation_cache(where)
+            self._cache_set = use_compilation_cache(where)
 
     def _start_compiling(self) -> None:
         """Compile the step's functions on a thread (``run`` calls it once records arrived).
@@ -680,7 +500,7 @@ class Daemon:
             self._compiling.join()
             self._compiling = None
         if self._cache_set is not None:
-            _restore_compilation_cache(self._cache_set)
+            restore_compilation_cache(self._cache_set)
             self._cache_set = None
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -706,14 +526,14 @@ class Daemon:
         if cfg.kafka.lean_records:
             # (offset, key, value) records parsed in one loop; idempotent, warns once if refused
             use_lean_records(self.consumer)
-        if cfg.kafka.align_ms and not self._align_off and not serve_parked(self.consumer):
-            self._align_off = True  # pausing needs serve_parked's fix to resume reliably
+        if self.aligner.active and not serve_parked(self.consumer):
+            self.aligner.off = True  # pausing needs serve_parked's fix to resume reliably
             log.warning("event-time alignment off: kafka-python is not the version it was made for")
         polled = self.consumer.poll(
             timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
         )
-        imp = _Polled(cfg.topics.impressions)
-        out = _Polled(cfg.topics.outcomes)
+        imp = Polled(cfg.topics.impressions)
+        out = Polled(cfg.topics.outcomes)
         offsets: dict[tuple[str, int], int] = {}
         for tp, records in polled.items():
             if not records or (tp.topic, tp.partition) in self.revoked:
@@ -729,7 +549,7 @@ class Daemon:
         outs, out_rej = decode_outcomes(out_raw, self.limits)
         self._dead_letters(imp_rej, imp)
         self._dead_letters(out_rej, out)
-        imp_part, out_part = _good_partitions(imp, imp_rej), _good_partitions(out, out_rej)
+        imp_part, out_part = good_partitions(imp, imp_rej), good_partitions(out, out_rej)
         self.state, effects = step(
             self.engine,
             self.state,
@@ -748,7 +568,7 @@ class Daemon:
             for records in effects.records:
                 self.log.append(records)
                 if self.config.log.publish_joined:
-                    self._publish_joined(records)
+                    side_topics.send_joined(self.producer, self.config.topics.joined, records)
         return n
 
     def _align(
@@ -756,148 +576,24 @@ class Daemon:
         offsets: Mapping[tuple[str, int], int],
         *read: tuple[str, npt.NDArray[np.int64], npt.NDArray[np.int32]],
     ) -> None:
-        """Pause the partitions read too far ahead in event time, resume the rest (streaming.align).
-
-        ``offsets``: the next offset of each partition the poll returned records of; ``read``:
-        per topic, the event times of the events that decoded and their partitions.
-        """
-        align_ms = self.config.kafka.align_ms
-        if not align_ms or self._align_off:
-            return
-        ticks = self.ticks()
-        if self._align_last is not None:
-            self._align_clock += min(max(ticks - self._align_last, 0), ALIGN_MAX_GAP_MS)
-        self._align_last = ticks
-        now = self._align_clock
-        owned = self.consumer.assignment()
-        # (re)assigned since the last call: its position may have moved (a handoff, a seek back),
-        # so what was read of it before says nothing now
-        reassigned, self._reassigned = self._reassigned, set()
-        reading = {
-            tp: r
-            for tp, r in self._reading.items()
-            if TopicPartition(*tp) in owned and tp not in reassigned
-        }
-        for tp, nxt in offsets.items():
-            reading[tp] = replace(reading.get(tp, align.Reading(delivered_ms=now)), next_offset=nxt)
-        # A partition delivers when its event time moves on: one that returns only dead letters
-        # or older events does not help the other catch up, and must not hold it paused.
-        for topic, ts, part in read:
-            for p in np.unique(part).tolist():
-                newest = int(ts[part == p].max())
-                r = reading.get((topic, p), align.Reading())
-                if r.newest_ts is None or newest > r.newest_ts:
-                    reading[(topic, p)] = replace(r, newest_ts=newest, delivered_ms=now)
-        for tp in owned:
-            key = (tp.topic, tp.partition)
-            r = reading.get(key) or align.Reading(delivered_ms=now)  # began to read it now
-            reading[key] = replace(r, highwater=self.consumer.highwater(tp))
-        self._reading = reading
-        topics = self.config.topics
-        by_part = [
-            {p: r for (t, p), r in reading.items() if t == topic}
-            for topic in (topics.impressions, topics.outcomes)
-        ]
-        pause_imp, pause_out = align.to_pause(
-            by_part[0], by_part[1], now_ms=now, align_ms=align_ms, stall_ms=ALIGN_STALL_MS
-        )
-        want = {TopicPartition(topics.impressions, p) for p in pause_imp} | {
-            TopicPartition(topics.outcomes, p) for p in pause_out
-        }
-        want &= owned
-        # only what alignment paused and is paused still (a partition assigned again starts
-        # unpaused); pauses made by anyone else stay as they are
-        held = self._align_paused & self.consumer.paused()
-        if want - held:
-            self.consumer.pause(*(want - held))
-            self.stats.align_pauses += len(want - held)
-        if held - want:
-            self.consumer.resume(*(held - want))
-        self._align_paused = want
-
-    def _dead_letters(self, rejects: list[Reject], where: _Polled) -> None:
-        """Each reject to the dead-letter topic, keyed by where it came from.
-
-        A replay after a crash may send a dead letter again (they are at-least-once); it then
-        carries the same key, ``topic/partition/offset``, so a reader keeps one per key.
-        """
-        for r in rejects:
-            topic, partition, offset = where.source(r.row)
-            source = f"{topic}/{partition}/{offset}".encode()
-            value = msgspec.json.encode(
-                {
-                    "code": r.code,
-                    "reason": r.reason,
-                    "topic": topic,
-                    "partition": partition,
-                    "offset": offset,
-                    "raw_b64": base64.b64encode(r.raw).decode(),
-                }
+        """Pause the partitions read too far ahead in event time, resume the rest."""
+        if self.aligner.active:
+            self.stats.align_pauses += self.aligner.update(
+                self.consumer, self.ticks(), offsets, *read
             )
-            self.producer.send(
-                self.config.topics.dlq,
-                key=source,
-                value=value,
-                headers=[("encore.code", r.code.encode()), ("encore.source", source)],
-            )
+
+    def _dead_letters(self, rejects: list[Reject], where: Polled) -> None:
+        """Each reject to the dead-letter topic, keyed by where it came from."""
+        side_topics.send_dead_letters(self.producer, self.config.topics.dlq, rejects, where)
         self.stats.dead_letters += len(rejects)
         for r in rejects:
             self.stats.dead_by_code[r.code] = self.stats.dead_by_code.get(r.code, 0) + 1
 
     def _late(self, imps: join.RejectedImpressions, outs: join.RejectedOutcomes) -> None:
-        reasons_i = {
-            join.IMPRESSION_LATE: "impression_late",
-            join.IMPRESSION_DUPLICATE: "impression_duplicate",
-        }
-        reasons_o = {
-            join.OUTCOME_LATE: "outcome_late",
-            join.OUTCOME_CLOSED: "outcome_after_window",
-            join.OUTCOME_ORPHAN: "outcome_orphan",
-            join.OUTCOME_OVERFLOW: "outcome_overflow",
-        }
-        for key, ts, reason in zip(
-            imps.request_key.tolist(), imps.ts_ms.tolist(), imps.reason.tolist(), strict=True
-        ):
-            self.producer.send(
-                self.config.topics.late,
-                value=msgspec.json.encode(
-                    {"kind": reasons_i.get(reason, str(reason)), "request_key": key, "ts": ts}
-                ),
-            )
-        for key, ts, pos, reason in zip(
-            outs.request_key.tolist(),
-            outs.ts_ms.tolist(),
-            outs.position.tolist(),
-            outs.reason.tolist(),
-            strict=True,
-        ):
-            self.producer.send(
-                self.config.topics.late,
-                value=msgspec.json.encode(
-                    {
-                        "kind": reasons_o.get(reason, str(reason)),
-                        "request_key": key,
-                        "ts": ts,
-                        "position": pos,
-                    }
-                ),
-            )
-        self.stats.late += int(imps.request_key.size + outs.request_key.size)
-        for reason in imps.reason.tolist():
-            kind = reasons_i.get(reason, str(reason))
+        kinds = side_topics.send_late(self.producer, self.config.topics.late, imps, outs)
+        self.stats.late += len(kinds)
+        for kind in kinds:
             self.stats.late_by_kind[kind] = self.stats.late_by_kind.get(kind, 0) + 1
-        for reason in outs.reason.tolist():
-            kind = reasons_o.get(reason, str(reason))
-            self.stats.late_by_kind[kind] = self.stats.late_by_kind.get(kind, 0) + 1
-
-    def _publish_joined(self, records: JoinedRecords) -> None:
-        """Each joined record as one JSON message (the Parquet log's columns), for live OPE."""
-        for row in to_table(records).to_pylist():
-            self.producer.send(
-                self.config.topics.joined,
-                key=str(row["user_id"]).encode(),
-                value=msgspec.json.encode(row),
-            )
 
     def caught_up(self) -> bool:
         """True when the consumer owns partitions and has read every one of them to its end."""
@@ -987,35 +683,8 @@ class Daemon:
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The daemon's numbers in the form ``streaming.metrics`` and ``encore status`` take."""
-        s, c = self.stats, self.stats.counters
-        sums = self.state.sums
-        loss = sums.get("model_loss_sum", 0.0) / max(sums.get("model_rows", 0.0), 1.0)
-        return {
-            "now_ms": self.clock(),
-            "started_ms": s.started_ms,
-            "events_total": dict(s.events_by_topic),
-            "outcomes_total": int(c.get("outcomes", 0)),
-            "joined_total": int(c.get("joined", 0)),
-            "closed_total": int(c.get("closed", 0)),
-            "late_total": dict(s.late_by_kind),
-            "dead_letters_total": dict(s.dead_by_code),
-            "reward_mean": {k: tot / max(cnt, 1) for k, (tot, cnt) in s.reward_by_policy.items()},
-            "model_log_loss": {self.engine.reward_model.spec.name: loss},
-            "consumer_lag": dict(s.lag),
-            "checkpoints_total": s.checkpoints,
-            "snapshots_total": s.snapshots,
-            "last_checkpoint_ms": s.last_checkpoint_ms,
-            "handoffs_total": {
-                "published": s.handoffs_published,
-                "installed": s.handoffs_installed,
-                "started_fresh": s.partitions_started_fresh,
-            },
-            "rejoins_total": s.rejoins,
-            "consumer_restarts_total": s.consumer_restarts,
-            "gc_collections_total": s.gc_collections,
-            "gc_seconds_total": s.gc_seconds,
-            "align_pauses_total": s.align_pauses,
-        }
+        model = self.engine.reward_model.spec.name
+        return metrics_snapshot(self.stats, self.state.sums, model, self.clock())
 
     def publish_metrics(self) -> None:
         """Refresh the Prometheus numbers and the status file ``encore status`` reads."""
@@ -1037,92 +706,3 @@ class Daemon:
         self.stats.reward_by_policy = {
             self._names.get(k, str(k)): v for k, v in self.state.reward_by_policy.items()
         }
-
-
-def _use_compilation_cache(path: Path) -> tuple[Any, Any] | None:
-    """Point JAX's persistent cache at ``path`` unless this process already has one.
-
-    Returns:
-        The settings to restore on close, or None when the cache was left as it was.
-    """
-    current = jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue]
-    if current:
-        if Path(current) != path:
-            log.info("JAX compilation cache stays at %s (set before this worker opened)", current)
-        return None
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # compiling every time is slower, never wrong
-        log.warning("no JAX compilation cache at %s: %s", path, exc)
-        return None
-    before = (current, jax.config.jax_persistent_cache_min_compile_time_secs)  # pyright: ignore[reportAttributeAccessIssue]
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # ours take ~0.3-1.5 s
-    log.info("JAX compilation cache at %s", path)
-    return before
-
-
-def _restore_compilation_cache(before: tuple[Any, Any]) -> None:
-    from jax.experimental.compilation_cache import compilation_cache
-
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-    compilation_cache.reset_cache()
-
-
-class _Polled:
-    """One topic's records of a poll, by partition, without a Python object per record."""
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self.partitions: list[int] = []
-        self.records: list[list[Any]] = []
-        self.n = 0
-
-    def add(self, partition: int, records: list[Any]) -> None:
-        self.partitions.append(partition)
-        self.records.append(records)
-        self.n += len(records)
-
-    def values(self) -> list[bytes]:
-        """Every record's value in order (a null value as empty bytes: it is rejected as such)."""
-        return [r.value or b"" for records in self.records for r in records]
-
-    def partition_of_each(self) -> npt.NDArray[np.int32]:
-        counts = [len(records) for records in self.records]
-        return np.repeat(np.asarray(self.partitions, np.int32), counts)
-
-    def source(self, row: int) -> tuple[str, int, int]:
-        """``(topic, partition, offset)`` of the ``row``-th value."""
-        for partition, records in zip(self.partitions, self.records, strict=True):
-            if row < len(records):
-                return self.topic, partition, int(records[row].offset)
-            row -= len(records)
-        raise IndexError(f"row {row} is past the {self.n} records polled from {self.topic}")
-
-
-def _good_partitions(where: _Polled, rejects: list[Reject]) -> npt.NDArray[np.int32]:
-    """The partition of every message that decoded, in order (rejects removed)."""
-    part = where.partition_of_each()
-    if rejects:
-        part = np.delete(part, [r.row for r in rejects])
-    return part
-
-
-def summary_line(d: Daemon) -> str:
-    s = d.stats
-    c = s.counters
-    elapsed = max(d.clock() - s.started_ms, 1) / 1000.0
-    rewards = "  ".join(
-        f"{name}={tot / max(cnt, 1):.3f} (n={cnt})"
-        for name, (tot, cnt) in sorted(s.reward_by_policy.items())
-    )
-    return (
-        f"{s.events:,} events ({s.events / elapsed:,.0f}/s)  joined {c.get('joined', 0):,}  "
-        f"closed {c.get('closed', 0):,}  dlq {s.dead_letters}  late {s.late}  "
-        f"ckpt {s.checkpoints}  top-reward {rewards}"
-    )
-
-
-def reward_table(stats: Stats) -> Mapping[str, float]:
-    return {name: tot / max(cnt, 1) for name, (tot, cnt) in stats.reward_by_policy.items()}

@@ -32,7 +32,9 @@ import numpy as np
 from streaming import listeners
 from streaming.broker import LocalBroker
 from streaming.config import Config
-from streaming.daemon import Daemon, make_engine, summary_line
+from streaming.daemon import Daemon
+from streaming.daemon_stats import summary_line
+from streaming.engine import make_engine
 from streaming.events import FeatureEncoding, key64
 from streaming.kafka_io import ensure_topics, make_producer
 from streaming.rerank import Reranker, SnapshotFollower
@@ -282,7 +284,10 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
         def work() -> None:
             try:
                 result["stats"] = daemon.run(
-                    stop, on_tick=lambda d: console.print("  daemon: " + summary_line(d))
+                    stop,
+                    on_tick=lambda d: console.print(
+                        "  daemon: " + summary_line(d.stats, d.clock())
+                    ),
                 )
             except BaseException as exc:
                 result["error"] = exc

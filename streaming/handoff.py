@@ -16,7 +16,7 @@ committed offsets instead (its open windows are lost and counted, the learned st
 That happens only when a worker is killed between a checkpoint and its handoff and never comes
 back; a worker that restarts republishes the partitions of its checkpoint before it joins.
 
-Everything here is pure and works on numpy arrays; the daemon does the Kafka I/O.
+Everything here is pure and works on numpy arrays; ``streaming.handoff_io`` does the Kafka I/O.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from streaming.step import Plays, Side, WorkerState, concat_side
 __all__ = [
     "FORMAT",
     "PartitionRecord",
+    "TakeOver",
     "choose",
     "decode",
     "encode",
@@ -43,6 +44,7 @@ __all__ = [
     "install",
     "key",
     "newer",
+    "take_over",
     "without",
 ]
 
@@ -212,6 +214,57 @@ def choose(
     if floor[0] > held[0] or floor[1] > held[1]:
         return "fresh", best[1]
     return best
+
+
+class TakeOver(NamedTuple):
+    """What :func:`take_over` did to a worker's state for a new assignment."""
+
+    state: WorkerState
+    installed: list[PartitionRecord]  # partitions taken over with another worker's windows
+    fresh: list[tuple[int, PartitionRecord | None, tuple[int | None, int | None]]]
+    # ^ (partition, the newest state found, the committed offsets it was behind): started fresh
+
+
+def take_over(
+    state: WorkerState,
+    partitions: Iterable[int],
+    held_before: set[int],
+    published: Mapping[int, PartitionRecord],
+    committed: Mapping[int, tuple[int | None, int | None]],
+    topics: tuple[str, str],
+    worker: str,
+) -> TakeOver:
+    """Keep, take over or start each of ``partitions`` (the new assignment), drop the others.
+
+    ``held_before``: the partitions ``state`` holds anything of; ``published``: the newest
+    handoff record of each assigned partition; ``committed``: each one's committed offsets (the
+    floor, see :func:`choose`). A partition started fresh is counted in the state's
+    ``partitions_started_fresh`` counter.
+    """
+    numbers = set(partitions)
+    state = without(state, held_before - numbers, topics)
+    installed: list[PartitionRecord] = []
+    fresh: list[tuple[int, PartitionRecord | None, tuple[int | None, int | None]]] = []
+    for p in sorted(numbers):
+        floor = committed.get(p, (None, None))
+        local = extract(state, p, topics, worker) if p in held_before else None
+        how, record = choose(local, published.get(p), floor)
+        if how == "remote" and record is not None:
+            state = install(state, record, topics)
+            installed.append(record)
+        elif how == "fresh":
+            state = without(state, [p], topics)
+            state = state._replace(
+                offsets={
+                    **state.offsets,
+                    **{(t, p): int(o) for t, o in zip(topics, floor, strict=True) if o is not None},
+                }
+            )
+            fresh.append((p, record, floor))
+    if fresh:
+        n = state.counters.get("partitions_started_fresh", 0) + len(fresh)
+        state = state._replace(counters={**state.counters, "partitions_started_fresh": n})
+    return TakeOver(state, installed, fresh)
 
 
 # ---------------------------------------------------------------------------------- bytes

@@ -61,7 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streaming.config import Config
-from streaming.daemon import limits, make_engine
+from streaming.engine import limits, make_engine
 from streaming.events import (
     IMPRESSION_SCHEMA,
     DecodeError,

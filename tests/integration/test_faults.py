@@ -27,8 +27,8 @@ import pytest
 from streaming import checkpoint, listeners
 from streaming.broker import TEST_SETTINGS, LocalBroker
 from streaming.config import Config
-from streaming.daemon import make_engine
 from streaming.demo import LOGGING, SimulatedStream, produce_simulated
+from streaming.engine import make_engine
 from streaming.kafka_io import ensure_topics, make_consumer, make_producer
 from streaming.simulator import SimConfig, Simulator
 from streaming.step import WorkerState, from_arrays, join_counters

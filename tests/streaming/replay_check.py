@@ -86,7 +86,7 @@ def replay(polls: list[Poll], *, passes: int = 1) -> tuple[dict[str, Any], Any, 
     """
     from streaming import step as stepmod
     from streaming.config import Config
-    from streaming.daemon import limits, make_engine
+    from streaming.engine import limits, make_engine
     from streaming.events import decode_impressions, decode_outcomes
     from streaming.parquet_log import to_table
 

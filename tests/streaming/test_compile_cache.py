@@ -8,11 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streaming.compile_cache import restore_compilation_cache, use_compilation_cache
 from streaming.config import Config
-from streaming.daemon import (
-    _restore_compilation_cache,  # pyright: ignore[reportPrivateUsage]
-    _use_compilation_cache,  # pyright: ignore[reportPrivateUsage]
-)
 
 
 def _cumsum(x: jax.Array) -> jax.Array:
@@ -31,16 +28,16 @@ def test_config_keys_default_and_layer() -> None:
 
 def test_cache_is_used_then_restored_and_an_existing_one_is_kept(tmp_path: Path) -> None:
     assert not jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue]
-    before = _use_compilation_cache(tmp_path / "cache")
+    before = use_compilation_cache(tmp_path / "cache")
     assert before is not None
     try:
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")  # pyright: ignore[reportAttributeAccessIssue]
-        assert _use_compilation_cache(tmp_path / "other") is None  # the first one stays
+        assert use_compilation_cache(tmp_path / "other") is None  # the first one stays
         f = jax.jit(_cumsum)
         f(np.arange(7, dtype=np.float32)).block_until_ready()
         assert any((tmp_path / "cache").iterdir())  # the compiled function was stored
         assert not (tmp_path / "other").exists()
     finally:
-        _restore_compilation_cache(before)
+        restore_compilation_cache(before)
     assert not jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue]
     assert jax.config.jax_persistent_cache_min_compile_time_secs == before[1]  # pyright: ignore[reportAttributeAccessIssue]

@@ -173,16 +173,11 @@ def read_ahead(tmp_path: Path, later: Later) -> tuple[Daemon, FakeConsumer, TP, 
     return d, fake, imp_tp, out_tp
 
 
-def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
+def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(tmp_path: Path) -> None:
     """Outcomes far ahead in event time are paused while their partition's impressions still
     deliver newer events; impressions that return only malformed records do not hold them."""
     import time
 
-    from streaming import daemon as daemon_module
-
-    monkeypatch.setattr(daemon_module, "ALIGN_STALL_MS", 300)
     d, fake, _, out_tp = read_ahead(
         tmp_path,
         lambda imp_tp, imps: [
@@ -190,6 +185,7 @@ def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
             {imp_tp: [Record(2, b"{"), Record(3, b"{")]},  # dead letters only
         ],
     )
+    d.aligner.stall_ms = 300
     topics = d.config.topics
     d.poll_once()  # the outcomes reach ~60 s past the first impression: ahead by > align_ms
     assert fake.paused_now == {out_tp} and d.stats.align_pauses == 1
@@ -206,17 +202,14 @@ def test_outcomes_read_ahead_wait_only_while_their_impressions_move_on(
 
 
 def test_time_the_daemon_spends_elsewhere_does_not_stall_the_partition_waited_on(
-    tmp_path: Path, monkeypatch: Any
+    tmp_path: Path,
 ) -> None:
     """Alignment counts only polling time: a daemon busy between two polls (a checkpoint, a slow
     step) gave the impressions no chance to deliver, so the outcomes stay paused."""
     import time
 
-    from streaming import daemon as daemon_module
-
-    monkeypatch.setattr(daemon_module, "ALIGN_STALL_MS", 300)
-    monkeypatch.setattr(daemon_module, "ALIGN_MAX_GAP_MS", 100)
     d, fake, _, out_tp = read_ahead(tmp_path, lambda imp_tp, imps: [])
+    d.aligner.stall_ms, d.aligner.max_gap_ms = 300, 100
     d.poll_once()
     assert fake.paused_now == {out_tp}
     time.sleep(0.5)  # busy elsewhere: counts 100 ms
