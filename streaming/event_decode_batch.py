@@ -1,0 +1,300 @@
+"""Batch decoding: many messages to one columnar batch, plus a ``Reject`` per bad message.
+
+``decode_impressions`` and ``decode_outcomes`` parse each message on its own (``_parse_each``:
+one message never takes part in another's parse), then run the checks of ``event_decode_one``
+on the batch's columns at once (``_cleared_impressions`` for impressions, inline in
+``_decode_outcomes`` for outcomes). Those column checks only ever clear a message: each message
+they do not clear is decoded alone by ``event_decode_one``, so its reject carries exactly the
+code and reason it gets alone, and rejects come in input order. The cyclic garbage collector is
+paused while a batch decodes (``_collector_paused``).
+"""
+
+# The event_* modules are one module (``streaming.events``) split for size: they share their
+# private helpers, and ``streaming.events`` re-exports them.
+# pyright: reportPrivateUsage=false
+
+from __future__ import annotations
+
+import gc
+import itertools
+import typing
+from collections.abc import Generator, Sequence
+from contextlib import contextmanager
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from streaming.event_columns import _features, _impression_batch, outcomes_to_batch
+from streaming.event_contract import (
+    _REASON_CODE,
+    IMPRESSION_SCHEMA,
+    IMPRESSION_SCHEMA_V2,
+    MAX_INT,
+    MAX_PLAY_RATIO,
+    MAX_POSITION,
+    OUTCOME_SCHEMA,
+    DecodeError,
+    Impression,
+    ImpressionBatch,
+    Limits,
+    Outcome,
+    OutcomeBatch,
+    Reject,
+    T,
+    key64,
+)
+from streaming.event_decode_one import (
+    _IMPRESSION_DECODER,
+    _OUTCOME_DECODER,
+    _check_impression,
+    _non_finite,
+    decode_outcome,
+)
+
+__all__ = ["decode_impressions", "decode_outcomes"]
+
+
+@contextmanager
+def _collector_paused() -> Generator[None, None, None]:
+    """No cyclic garbage collection inside the block (reference counting goes on as ever).
+
+    A batch's decoded events hold thousands of lists that all live until the columns are built
+    and are freed together right after, and none is part of a cycle. With the collector on,
+    every 700 of them start a young collection that scans them and moves them to older
+    generations, to be scanned again there: in a replay of the benchmark's float32 stream,
+    collections triggered inside decoding took about a tenth of the daemon's CPU time. Paused,
+    they are freed by reference counting before the collector ever looks at them.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def decode_impressions(
+    raws: Sequence[bytes], limits: Limits = Limits()
+) -> tuple[ImpressionBatch, list[Reject]]:
+    """Decode many impressions: the good ones as one batch, the bad ones as rejects (in order).
+
+    Base64 features go from their bytes to the batch's arrays in one concatenation per batch.
+    """
+    with _collector_paused():
+        return _decode_impressions(raws, limits)
+
+
+def _cleared_impressions(events: list[Impression], limits: Limits) -> npt.NDArray[np.bool_]:
+    """Which parsed impressions ``_check_impression`` accepts, decided on the batch's columns.
+
+    It only ever clears: an impression it does not clear is checked on its own, so every
+    message gets the code and reason it gets alone. Integers beyond int64 clear nothing.
+    """
+    m = len(events)
+    v1, v2 = IMPRESSION_SCHEMA, IMPRESSION_SCHEMA_V2
+    schemas = [e.schema for e in events]
+    is_v2 = np.fromiter((x == v2 for x in schemas), bool, count=m)
+    ok = is_v2 | np.fromiter((x == v1 for x in schemas), bool, count=m)
+    ok &= np.fromiter((bool(e.request_id and e.user_id) for e in events), bool, count=m)
+    k = np.fromiter((len(e.candidates) for e in events), np.int64, count=m)
+    n_shown = np.fromiter((len(e.shown) for e in events), np.int64, count=m)
+    n_prop = np.fromiter((len(e.propensities) for e in events), np.int64, count=m)
+    ok &= (k > 0) & (k <= limits.max_candidates) & (n_shown > 0) & (n_prop == n_shown)
+    d_u, d_t = limits.d_user, limits.d_track
+    ctx_bin = np.fromiter((isinstance(e.context, bytes) for e in events), bool, count=m)
+    ctx_len = np.fromiter((len(e.context) for e in events), np.int64, count=m)
+    ok &= np.where(ctx_bin, is_v2 & (ctx_len == 4 * d_u), ctx_len == d_u)
+    feats = [e.candidate_features for e in events]
+    f_bin = np.fromiter((isinstance(f, bytes) for f in feats), bool, count=m)
+    f_len = np.fromiter(map(len, feats), np.int64, count=m)
+    ok &= np.where(f_bin, is_v2 & (f_len == 4 * k * d_t), f_len == k)
+    if not f_bin.all():  # JSON rows: every row of every list has d_track features
+        rows = [
+            typing.cast(list[list[float]], f)
+            for f, b in zip(feats, f_bin.tolist(), strict=True)
+            if not b
+        ]
+        row_lens = np.fromiter(map(len, itertools.chain.from_iterable(rows)), np.int64)
+        per_event = np.repeat(np.arange(len(rows)), [len(f) for f in rows])
+        bad_rows = np.zeros(len(rows), bool)
+        np.logical_or.at(bad_rows, per_event, row_lens != d_t)
+        ok[~f_bin] &= ~bad_rows
+    try:
+        ts = np.fromiter((e.ts for e in events), np.int64, count=m)
+        shown = np.fromiter(itertools.chain.from_iterable(e.shown for e in events), np.int64)
+    except OverflowError:  # an integer beyond int64 (msgspec reads up to 2**64 - 1)
+        return np.zeros(m, bool)
+    ok &= (ts >= 0) & (ts <= MAX_INT)
+    owner = np.repeat(np.arange(m), n_shown)
+    in_range = (shown >= 0) & (shown < k[owner])
+    # distinct within each slate: (owner, index) pairs of in-range indices are unique
+    pair = np.where(
+        in_range, owner * (limits.max_candidates + 1) + shown, -1 - np.arange(len(shown))
+    )
+    order = np.sort(pair)
+    dup = order[1:] == order[:-1]
+    bad = ~in_range
+    if dup.any():
+        bad |= np.isin(pair, order[1:][dup])
+    prop = np.fromiter(itertools.chain.from_iterable(e.propensities for e in events), np.float64)
+    owner_p = np.repeat(np.arange(m), n_prop)
+    bad_p = ~((prop > 0.0) & (prop <= 1.0))
+    if bad.any() or bad_p.any():
+        hit = np.zeros(m, bool)
+        hit[owner[bad]] = True
+        hit[owner_p[bad_p]] = True
+        ok &= ~hit
+    return ok
+
+
+def _decode_impressions(
+    raws: Sequence[bytes], limits: Limits
+) -> tuple[ImpressionBatch, list[Reject]]:
+    parsed = _parse_each(raws, _IMPRESSION_DECODER, limits)
+    events = [e for e in parsed if e is not None]
+    cleared = _cleared_impressions(events, limits).tolist()
+    good: list[Impression] = []
+    rows: list[int] = []
+    rejects: list[Reject] = []
+    it = iter(cleared)
+    for i, (raw, e) in enumerate(zip(raws, parsed, strict=True)):
+        if e is not None and next(it):
+            good.append(e)
+            rows.append(i)
+            continue
+        try:  # the rest one by one, in order: a reject with its own code and reason
+            good.append(_check_impression(raw, limits))
+            rows.append(i)
+        except DecodeError as err:
+            rejects.append(Reject(err.code, err.reason, raw, i))
+    context, features, cmask, lens = _features(good, limits)
+    bad = _non_finite(context, features, lens)
+    if bad:
+        for j, reason in bad:
+            rejects.append(Reject("non_finite", reason, raws[rows[j]], rows[j]))
+        rejects.sort(key=lambda r: r.row)
+        keep = np.ones(len(good), bool)
+        keep[[j for j, _ in bad]] = False
+        good = [e for e, ok in zip(good, keep.tolist(), strict=True) if ok]
+        k = int(lens[keep].max()) if good else 1  # pad to the longest list still in the batch
+        context, features, cmask = context[keep], features[keep, :k], cmask[keep, :k]
+    return _impression_batch(good, context, features, cmask), rejects
+
+
+def decode_outcomes(
+    raws: Sequence[bytes], limits: Limits = Limits()
+) -> tuple[OutcomeBatch, list[Reject]]:
+    """Decode many outcomes: the good ones as one batch, the bad ones as rejects (in order).
+
+    Each message is parsed on its own (one message never takes part in another's parse); the
+    checks of ``decode_outcome`` then run on the batch's columns at once. Those checks only ever
+    clear a message: every message they do not clear goes through ``decode_outcome`` itself,
+    so a bad one gets exactly the code and reason it gets alone.
+    """
+    with _collector_paused():
+        return _decode_outcomes(raws, limits)
+
+
+_RATIO_EXACT = 2**49
+"""Durations up to this make ``MAX_PLAY_RATIO * duration`` an exact float64 integer, so the
+batch's int64 check of ``ms_played`` agrees with ``decode_outcome``'s float one."""
+
+
+def _parse_each(
+    raws: Sequence[bytes], decoder: msgspec.json.Decoder[T], limits: Limits
+) -> list[T | None]:
+    """Each message parsed on its own (None where msgspec refuses it, or it is too large)."""
+    decode = decoder.decode
+    if not raws or max(map(len, raws)) <= limits.max_message_bytes:
+        try:
+            return list(map(decode, raws))
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, TypeError):
+            pass
+    out: list[T | None] = []
+    for raw in raws:
+        if len(raw) > limits.max_message_bytes:
+            out.append(None)
+            continue
+        try:
+            out.append(decode(raw))
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, TypeError):
+            out.append(None)
+    return out
+
+
+def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatch, list[Reject]]:
+    n = len(raws)
+    parsed = _parse_each(raws, _OUTCOME_DECODER, limits)
+    events = [e for e in parsed if e is not None]
+    m = len(events)
+    try:
+        ts = np.array([e.ts for e in events], np.int64)
+        pos = np.array([e.position for e in events], np.int64)
+        played = np.array([e.ms_played for e in events], np.int64)
+        dur = np.array([e.track_duration_ms for e in events], np.int64)
+    except OverflowError:  # an integer beyond int64 (msgspec reads up to 2**64 - 1)
+        ts = pos = played = dur = np.zeros(m, np.int64)
+        cleared = np.zeros(m, bool)
+    else:
+        cleared = (
+            (ts >= 0)
+            & (ts <= MAX_INT)
+            & (pos >= 0)
+            & (pos <= MAX_POSITION)
+            & (dur > 0)
+            & (dur <= _RATIO_EXACT)
+            & (played >= 0)
+            & (played <= np.int64(MAX_PLAY_RATIO) * np.minimum(dur, _RATIO_EXACT))
+        )
+    code = np.array([_REASON_CODE.get(e.reason_end, -1) for e in events], np.int8)
+    cleared &= code >= 0
+    for name in ("request_id", "user_id", "track_id"):
+        values = [getattr(e, name) for e in events]
+        if "" in values:
+            cleared &= np.array([bool(v) for v in values], bool)
+    schemas = [e.schema for e in events]
+    if schemas.count(OUTCOME_SCHEMA) != m:
+        cleared &= np.array([s == OUTCOME_SCHEMA for s in schemas], bool)
+    if m == n and bool(cleared.all()):
+        return _outcome_columns(events, ts, pos, played, dur, code), []
+    # The rest one by one, in order: a reject with its reason, or (a duration beyond
+    # ``_RATIO_EXACT``, an integer beyond int64) a good message after all.
+    keep = np.zeros(n, bool)
+    keep[[i for i, e in enumerate(parsed) if e is not None]] = cleared
+    rejects: list[Reject] = []
+    for i in np.flatnonzero(~keep).tolist():
+        try:
+            decode_outcome(raws[i], limits)
+        except DecodeError as err:
+            rejects.append(Reject(err.code, err.reason, raws[i], i))
+        else:
+            keep[i] = True
+    bad = {r.row for r in rejects}
+    good = [e for i, e in enumerate(parsed) if i not in bad and e is not None]
+    return outcomes_to_batch(good), rejects
+
+
+def _outcome_columns(
+    events: list[Outcome],
+    ts: npt.NDArray[np.int64],
+    position: npt.NDArray[np.int64],
+    ms_played: npt.NDArray[np.int64],
+    duration: npt.NDArray[np.int64],
+    reason_end: npt.NDArray[np.int8],
+) -> OutcomeBatch:
+    """``outcomes_to_batch(events)`` from the columns already built (the same values, dtypes)."""
+    return OutcomeBatch(
+        request_key=key64([e.request_id for e in events]),
+        user_id=np.array([e.user_id for e in events], dtype=np.str_),
+        track_key=key64([e.track_id for e in events]),
+        position=position.astype(np.int32),
+        ts_ms=ts,
+        ms_played=ms_played,
+        duration_ms=duration,
+        reason_end=reason_end,
+        saved=np.array([e.saved for e in events], dtype=bool),
+        liked=np.array([e.liked for e in events], dtype=bool),
+        added_to_playlist=np.array([e.added_to_playlist for e in events], dtype=bool),
+    )
