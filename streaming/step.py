@@ -18,194 +18,109 @@ Everything the shell must do afterwards (dead letters, late rows, metrics) comes
 Given the same events, the learned state does not depend on how they were cut into batches: the
 join guarantees it for the closed records, the reward model sees its updates in closing order,
 and the linear policies' statistics are sums (only floating-point order can differ).
+
+The core is split by seam; this module keeps ``init`` and ``step`` and re-exports the rest, so
+``streaming.step`` stays the one import for the daemon and the tests:
+
+- ``streaming.worker_state``: ``Engine``, ``WorkerState``, its row types and ``Effects``;
+- ``streaming.side_tables``: the ``Side`` and ``Plays`` rows of new events, and the row
+  bookkeeping (concatenate, select, prune) of every row table;
+- ``streaming.learners``: the reward model's predictions and updates, the rewards per position,
+  the policy updates (and scale-out deltas), and ``warm_up``;
+- ``streaming.state_arrays``: ``to_arrays`` and ``from_arrays`` for checkpoints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
 import rewards
-from bandits import Feedback, Policy, linear
-from rewards.features import N_POSITIONS
-from rewards.survival import survival_model
 from streaming import join
-from streaming.events import REASONS_END, ImpressionBatch, OutcomeBatch, key64
+from streaming.events import ImpressionBatch, OutcomeBatch
+from streaming.learners import _FILL as _FILL
+from streaming.learners import (
+    MODEL_BATCH,
+    MODEL_CHUNK,
+    NOMINAL_DURATION_MS,
+    PREDICT_SMALL,
+    UPDATE_CHUNK,
+    merge_delta,
+    raw_rewards,
+    slate_features,
+    update_policy,
+    warm_up,
+    zero_delta,
+)
+from streaming.learners import _add as _add
+from streaming.learners import _bucket as _bucket
+from streaming.learners import _delta as _delta
+from streaming.learners import _final_rewards as _final_rewards
+from streaming.learners import _joined_rows as _joined_rows
+from streaming.learners import _predict as _predict
+from streaming.learners import _update_model as _update_model
+from streaming.side_tables import _R as _R
+from streaming.side_tables import _REASON_MAP as _REASON_MAP
+from streaming.side_tables import REASON_CENSORS, REASON_CODE, T, concat_side
+from streaming.side_tables import _concat as _concat
+from streaming.side_tables import _concat_all as _concat_all
+from streaming.side_tables import _empty as _empty
+from streaming.side_tables import _empty_rows as _empty_rows
+from streaming.side_tables import _log_rows as _log_rows
+from streaming.side_tables import _plays as _plays
+from streaming.side_tables import _prune as _prune
+from streaming.side_tables import _side_rows as _side_rows
+from streaming.side_tables import _take as _take
+from streaming.side_tables import _widen as _widen
+from streaming.state_arrays import _delta_from_arrays as _delta_from_arrays
+from streaming.state_arrays import _joins_from_arrays as _joins_from_arrays
+from streaming.state_arrays import from_arrays, to_arrays
+from streaming.worker_state import (
+    F32,
+    Effects,
+    Engine,
+    ModelRows,
+    Plays,
+    Side,
+    TopicPartitionKey,
+    WorkerState,
+    join_counters,
+)
 
-UPDATE_CHUNK = 2048
-"""Feedback rows per policy update call; the last chunk is padded, so jit compiles once."""
-MODEL_CHUNK = 4096
-"""Rows per reward-model predict call (padded likewise)."""
-MODEL_BATCH = 1024
-"""Rows per reward-model update. Joined plays queue up in closing order (which does not depend on
-how the stream was cut into batches) and every full mini-batch is one update, so the model's state
-is reproducible too: a restarted worker makes exactly the updates an uninterrupted one made."""
-NOMINAL_DURATION_MS = 210_000
-"""Impressions carry no durations: predictions at impression time assume the catalogue median."""
-
-TopicPartitionKey = tuple[str, int]
-T = TypeVar("T", bound=tuple[Any, ...])
-F32 = npt.NDArray[np.float32]
-
-# reason_end of the event contract -> the reward models' five codes, and whether it censors.
-# Listener-initiated switches count as forward skips; system ends (remote, errors, app load)
-# and logouts cut the play off: censored, not a skip.
-_R = rewards.REASONS
-_REASON_MAP = {
-    "trackdone": (_R.index("trackdone"), False),
-    "fwdbtn": (_R.index("fwdbtn"), False),
-    "backbtn": (_R.index("backbtn"), False),
-    "endplay": (_R.index("endplay"), True),
-    "logout": (_R.index("logout"), True),
-    "clickrow": (_R.index("fwdbtn"), False),
-    "clickside": (_R.index("fwdbtn"), False),
-    "playbtn": (_R.index("fwdbtn"), False),
-    "uriopen": (_R.index("fwdbtn"), False),
-    "popup": (_R.index("fwdbtn"), False),
-    "remote": (_R.index("endplay"), True),
-    "trackerror": (_R.index("endplay"), True),
-    "appload": (_R.index("endplay"), True),
-}
-REASON_CODE = np.array([_REASON_MAP[r][0] for r in REASONS_END], np.int8)
-REASON_CENSORS = np.array([_REASON_MAP[r][1] for r in REASONS_END], bool)
-
-
-@dataclass(frozen=True)
-class Engine:
-    """The static half of a worker: the learners' functions, shapes and settings."""
-
-    policy: Policy
-    join_config: join.JoinConfig
-    d_user: int
-    d_track: int
-    reward_model: rewards.RewardModel = field(default_factory=survival_model)
-    composite: rewards.CompositeReward = field(
-        default_factory=lambda: rewards.CompositeReward(kind="stream30")
-    )
-    seed: int = 0
-    id_space: int = 2**31 - 1
-    log_candidates: int = 0  # candidates kept per impression for the Parquet log; 0 = no log
-    log_features: bool = True  # keep the candidates' features in the log too
-    share_deltas: bool = False  # accumulate linear statistics for the other workers (scale-out)
-
-    @property
-    def slate_size(self) -> int:
-        return self.join_config.slate_size
-
-    @property
-    def n_model_features(self) -> int:
-        return rewards.n_interaction_features(self.d_user, self.d_track)
-
-
-class Side(NamedTuple):
-    """What the daemon keeps of each open impression, by payload id (sorted, unique)."""
-
-    payload: npt.NDArray[np.int64]  # (m,)
-    context: F32  # (m, d_user)
-    features: F32  # (m, s, d_track) of the shown items
-    action: npt.NDArray[np.int32]  # (m, s) shown track ids (hashed into id_space)
-    propensity: F32  # (m, s)
-    shown: npt.NDArray[np.bool_]  # (m, s)
-    provisional: F32  # (m, s) the composite reward the model expected at impression time
-    policy_key: npt.NDArray[np.uint64]  # (m,) key64 of the logging policy's name
-    log: ImpressionBatch  # (m, ...) the impression as decoded, candidates cut to log_candidates
-
-
-class Plays(NamedTuple):
-    """What the daemon keeps of each outcome until its impression closes, by payload id."""
-
-    payload: npt.NDArray[np.int64]  # (j,)
-    ms_played: npt.NDArray[np.int64]
-    duration_ms: npt.NDArray[np.int64]
-    reason_end: npt.NDArray[np.int8]  # rewards.REASONS codes
-    saved: npt.NDArray[np.bool_]
-    censored: npt.NDArray[np.bool_]
-
-
-class ModelRows(NamedTuple):
-    """Joined plays waiting to fill the reward model's next fixed-size mini-batch."""
-
-    features: F32  # (r, f)
-    ms_played: npt.NDArray[np.int64]
-    duration_ms: npt.NDArray[np.int64]
-    reason_end: npt.NDArray[np.int8]
-    saved: npt.NDArray[np.bool_]
-    position: npt.NDArray[np.int32]
-    censored: npt.NDArray[np.bool_]
-    track_id: npt.NDArray[np.int32]
-
-
-class WorkerState(NamedTuple):
-    """Everything a worker checkpoints together, atomically."""
-
-    policy: Any
-    model: rewards.ModelState
-    join: Mapping[int, join.JoinState]  # one per co-partitioned partition number
-    side: Side
-    plays: Plays
-    model_rows: ModelRows
-    next_payload: int
-    offsets: Mapping[TopicPartitionKey, int]  # next offset to read, per owned partition
-    counters: Mapping[str, int]
-    sums: Mapping[str, float]  # model log loss sums, reward sums
-    reward_by_policy: Mapping[int, tuple[float, int]]  # policy_key -> (sum top reward, count)
-    pending: Any = None  # LinearDelta learned here since the last sealed delta (scale-out)
-    outbox: Any = None  # the sealed LinearDelta of sequence ``delta_seq``, until published
-    delta_seq: int = 0  # sequence number of this worker's newest sealed delta
-    seen: Mapping[str, int] = {}  # other worker id -> newest delta sequence folded in
-
-
-class Effects(NamedTuple):
-    """What the shell must act on after a step."""
-
-    rejected_impressions: join.RejectedImpressions
-    rejected_outcomes: join.RejectedOutcomes
-    closed: int
-    feedback_rows: int
-    records: list[Any]  # parquet_log.JoinedRecords of the closed impressions, when logging
-
-
-def _empty(engine: Engine) -> tuple[Side, Plays]:
-    s, du, dt = engine.slate_size, engine.d_user, engine.d_track
-    side = Side(
-        payload=np.zeros(0, np.int64),
-        context=np.zeros((0, du), np.float32),
-        features=np.zeros((0, s, dt), np.float32),
-        action=np.zeros((0, s), np.int32),
-        propensity=np.ones((0, s), np.float32),
-        shown=np.zeros((0, s), bool),
-        provisional=np.zeros((0, s), np.float32),
-        policy_key=np.zeros(0, np.uint64),
-        log=_log_rows(engine, None),
-    )
-    plays = Plays(
-        payload=np.zeros(0, np.int64),
-        ms_played=np.zeros(0, np.int64),
-        duration_ms=np.zeros(0, np.int64),
-        reason_end=np.zeros(0, np.int8),
-        saved=np.zeros(0, bool),
-        censored=np.zeros(0, bool),
-    )
-    return side, plays
-
-
-def _empty_rows(engine: Engine) -> ModelRows:
-    return ModelRows(
-        features=np.zeros((0, engine.n_model_features), np.float32),
-        ms_played=np.zeros(0, np.int64),
-        duration_ms=np.zeros(0, np.int64),
-        reason_end=np.zeros(0, np.int8),
-        saved=np.zeros(0, bool),
-        position=np.zeros(0, np.int32),
-        censored=np.zeros(0, bool),
-        track_id=np.zeros(0, np.int32),
-    )
+__all__ = [
+    "F32",
+    "MODEL_BATCH",
+    "MODEL_CHUNK",
+    "NOMINAL_DURATION_MS",
+    "PREDICT_SMALL",
+    "REASON_CENSORS",
+    "REASON_CODE",
+    "UPDATE_CHUNK",
+    "Effects",
+    "Engine",
+    "ModelRows",
+    "Plays",
+    "Side",
+    "T",
+    "TopicPartitionKey",
+    "WorkerState",
+    "concat_side",
+    "from_arrays",
+    "init",
+    "join_counters",
+    "merge_delta",
+    "raw_rewards",
+    "slate_features",
+    "step",
+    "to_arrays",
+    "update_policy",
+    "warm_up",
+    "zero_delta",
+]
 
 
 def init(engine: Engine) -> WorkerState:
@@ -228,309 +143,8 @@ def init(engine: Engine) -> WorkerState:
     )
 
 
-PREDICT_SMALL = 1024
-"""Predict calls of at most this many rows are padded to it, larger ones to ``MODEL_CHUNK``: two
-compilations in all (each costs about as much as a few hundred padded predictions)."""
-
-
-def _bucket(n: int, chunk: int) -> int:
-    return PREDICT_SMALL if n <= PREDICT_SMALL else chunk
-
-
-def _predict(
-    engine: Engine, state: Any, x: F32, track_id: npt.NDArray[np.int32]
-) -> rewards.Predictions:
-    """The model's predictions for ``x``, in padded chunks (few compilations)."""
-    n = x.shape[0]
-    skip = np.zeros((n, 3), np.float32)
-    complete = np.zeros(n, np.float32)
-    for lo in range(0, n, MODEL_CHUNK):
-        part = x[lo : lo + MODEL_CHUNK]
-        m = part.shape[0]
-        size = _bucket(m, MODEL_CHUNK)
-        if m == size and part.dtype == np.float32 and part.flags.c_contiguous:  # no padding
-            xp = part
-        else:
-            xp = np.zeros((size, x.shape[1]), np.float32)
-            xp[:m] = part
-        ids = np.zeros(size, np.int32)
-        ids[:m] = track_id[lo : lo + m]
-        dur = np.full(size, NOMINAL_DURATION_MS, np.int64)
-        pred = engine.reward_model.predict(state, rewards.Inputs(xp, dur, ids))
-        skip[lo : lo + m] = np.asarray(pred.skip)[:m]
-        complete[lo : lo + m] = np.asarray(pred.complete)[:m]
-    return rewards.Predictions(skip=skip, complete=complete)  # type: ignore[arg-type]
-
-
-def warm_up(engine: Engine, state: WorkerState) -> None:
-    """Compile every jitted function ``step`` calls, at the padded sizes it calls them with.
-
-    Runs the reward model's two predict sizes (with the ``denoised`` composite, the only one
-    that predicts), one model update and two policy updates (the second on the first's output,
-    in case its array types differ from the initial state's) on throwaway all-padding inputs; ``state`` is only read and every result is dropped. A daemon
-    runs it on a thread while it connects and joins its group, so its first polls do not wait
-    for the compiler (JAX compiles a function once even when two threads call it together).
-
-    Args:
-        engine: the worker's static parts.
-        state: the state the first steps will start from (its arrays give the shapes).
-    """
-    f = engine.n_model_features
-    predicts = engine.composite.kind == "denoised"  # only then does a step predict (_side_rows)
-    for n in (1, PREDICT_SMALL + 1) if predicts else ():  # one call per predict size (_bucket)
-        _predict(engine, state.model, np.zeros((n, f), np.float32), np.zeros(n, np.int32))
-    b = MODEL_BATCH
-    rows = ModelRows(
-        features=np.zeros((b, f), np.float32),
-        ms_played=np.zeros(b, np.int64),
-        duration_ms=np.full(b, NOMINAL_DURATION_MS, np.int64),
-        reason_end=np.zeros(b, np.int8),
-        saved=np.zeros(b, bool),
-        position=np.zeros(b, np.int32),
-        censored=np.zeros(b, bool),
-        track_id=np.zeros(b, np.int32),
-    )
-    model, *_ = _update_model(engine, state.model, rows)
-    if predicts:
-        _predict(engine, model, np.zeros((1, f), np.float32), np.zeros(1, np.int32))
-    columns: list[np.ndarray] = [
-        np.zeros((1, engine.d_user), np.float32),
-        np.zeros((1, engine.d_track), np.float32),
-        np.zeros(1, np.int32),
-        np.zeros(1, np.int32),
-        np.zeros(1, np.float32),
-        np.ones(1, np.float32),
-        np.zeros(1, bool),  # masked out: the update changes nothing
-    ]
-    policy, pending = update_policy(engine, state.policy, columns, state.pending)
-    policy, _ = update_policy(engine, policy, columns, pending)
-    jax.block_until_ready(policy)
-
-
-def slate_features(context: F32, features: F32) -> F32:
-    """``rewards.interaction_features`` of every shown position of ``n`` slates, row-major.
-
-    The same values bit for bit as ``interaction_features(np.repeat(context, s, axis=0),
-    features.reshape(n * s, -1), np.tile(np.arange(s), n))`` (tested), written straight into one
-    buffer: no repeated contexts, outer-product temporaries or final concatenation (about 3x
-    faster; this runs on every shown track of every impression).
-
-    Args:
-        context: ``(n, d_user)`` float32 request contexts.
-        features: ``(n, s, d_track)`` float32 features of the shown tracks.
-
-    Returns:
-        ``(n * s, n_interaction_features(d_user, d_track))`` float32.
-    """
-    n, s, dt = features.shape
-    du = context.shape[1]
-    outer_at, onehot_at = du + dt, du + dt + du * dt
-    out = np.empty((n, s, onehot_at + N_POSITIONS), np.float32)
-    out[:, :, :du] = context[:, None, :]
-    out[:, :, du:outer_at] = features
-    outer = out[:, :, outer_at:onehot_at].reshape(n, s, du, dt)  # a view: one axis split
-    # The products in a contiguous temporary, then scaled into the strided block: one pass over
-    # the block instead of a write and a read-modify-write (the same two float32 roundings).
-    product = np.multiply(
-        np.asarray(context, np.float32)[:, None, :, None],
-        np.asarray(features, np.float32)[:, :, None, :],
-    )
-    np.multiply(product, np.float32(np.sqrt(du)), out=outer)
-    out[:, :, onehot_at:] = 0.0
-    positions = np.arange(s)
-    out[:, positions, onehot_at + np.minimum(positions, N_POSITIONS - 1)] = 1.0
-    return out.reshape(n * s, -1)
-
-
-def _side_rows(
-    engine: Engine, model: Any, imps: ImpressionBatch, payload: npt.NDArray[np.int64]
-) -> Side:
-    n, s = imps.n, engine.slate_size
-    width = min(s, imps.shown.shape[1])
-    shown_idx = np.zeros((n, s), np.int64)
-    shown_idx[:, :width] = np.maximum(imps.shown[:, :width], 0)
-    shown = np.zeros((n, s), bool)
-    shown[:, :width] = imps.shown_mask[:, :width]
-    prop = np.ones((n, s), np.float32)
-    prop[:, :width] = imps.propensity[:, :width]
-    rows = np.arange(n)[:, None]
-    feats = imps.candidate_features[rows, shown_idx].astype(np.float32)
-    ids = (imps.candidate_key[rows, shown_idx] % np.uint64(engine.id_space)).astype(np.int32)
-    prov = np.zeros((n, s), np.float32)
-    if engine.composite.kind == "denoised":  # the only kind that mixes it into its reward
-        # Prequential: predict every shown track now, before any of its outcomes exist.
-        x = slate_features(imps.context, feats)
-        pred = _predict(engine, model, x, ids.reshape(-1))
-        prov = np.asarray(
-            engine.composite.provisional(pred, np.full(n * s, NOMINAL_DURATION_MS, np.int64)),
-            np.float32,
-        ).reshape(n, s)
-    return Side(
-        payload=payload,
-        context=imps.context,
-        features=feats,
-        action=ids,
-        propensity=prop,
-        shown=shown,
-        provisional=np.nan_to_num(prov),
-        policy_key=key64(imps.policy.tolist()),
-        log=_log_rows(engine, imps),
-    )
-
-
-def _log_rows(engine: Engine, imps: ImpressionBatch | None) -> ImpressionBatch:
-    """The impression columns the Parquet log needs, candidates cut to ``engine.log_candidates``."""
-    k = engine.log_candidates
-    dt = engine.d_track if engine.log_features else 0
-    s = engine.slate_size
-    if imps is None or k == 0:
-        n = 0 if imps is None else imps.n
-        du = engine.d_user
-        k = 0  # candidate columns grow to the widest batch seen (``concat_side``)
-        if engine.log_candidates == 0:  # no log: keep zero-width columns only
-            dt, s, du = 0, 0, 0
-        u = np.zeros(n, "<U1")
-        return ImpressionBatch(
-            request_id=u,
-            request_key=np.zeros(n, np.uint64),
-            user_id=u,
-            surface=u,
-            ts_ms=np.zeros(n, np.int64),
-            context=np.zeros((n, du), np.float32),
-            candidate_key=np.zeros((n, k), np.uint64),
-            candidate_features=np.zeros((n, k, dt), np.float32),
-            candidate_mask=np.zeros((n, k), bool),
-            shown=np.full((n, s), -1, np.int32),
-            propensity=np.ones((n, s), np.float32),
-            shown_mask=np.zeros((n, s), bool),
-            policy=u,
-            policy_version=u,
-        )
-    # Candidates are kept as wide as the batch needs (at most ``k``), not padded to ``k``: the
-    # log writes only the real ones, and the side table is copied on every step.
-    n, kk = imps.n, min(k, imps.candidate_key.shape[1])
-    ck = np.ascontiguousarray(imps.candidate_key[:, :kk])
-    cm = np.ascontiguousarray(imps.candidate_mask[:, :kk])
-    cf = (
-        np.ascontiguousarray(imps.candidate_features[:, :kk], np.float32)
-        if dt
-        else np.zeros((n, kk, 0), np.float32)
-    )
-    ss = min(s, imps.shown.shape[1])
-    shown = np.full((n, s), -1, np.int32)
-    shown[:, :ss] = np.where(imps.shown[:, :ss] < kk, imps.shown[:, :ss], -1)
-    prop = np.ones((n, s), np.float32)
-    prop[:, :ss] = imps.propensity[:, :ss]
-    smask = np.zeros((n, s), bool)
-    smask[:, :ss] = imps.shown_mask[:, :ss] & (shown[:, :ss] >= 0)
-    return imps._replace(
-        candidate_key=ck,
-        candidate_features=cf,
-        candidate_mask=cm,
-        shown=shown,
-        propensity=prop,
-        shown_mask=smask,
-        context=imps.context,
-    )
-
-
-def _plays(outs: OutcomeBatch, payload: npt.NDArray[np.int64]) -> Plays:
-    return Plays(
-        payload=payload,
-        ms_played=outs.ms_played,
-        duration_ms=outs.duration_ms,
-        reason_end=REASON_CODE[outs.reason_end],
-        saved=outs.saved | outs.liked | outs.added_to_playlist,
-        censored=REASON_CENSORS[outs.reason_end],
-    )
-
-
-def raw_rewards(engine: Engine, plays: Plays) -> F32:
-    """Each play's composite reward from the outcome alone (what the join aggregates)."""
-    o = rewards.Outcomes(
-        features=np.zeros((plays.payload.size, 1), np.float32),
-        ms_played=plays.ms_played,
-        duration_ms=plays.duration_ms,
-        reason_end=plays.reason_end,
-        saved=plays.saved,
-        position=np.zeros(plays.payload.size, np.int32),
-        censored=plays.censored,
-        mask=np.ones(plays.payload.size, bool),
-    )
-    return np.asarray(engine.composite.raw(o), np.float32)
-
-
-def join_counters(state: WorkerState, *, cut_dependent: bool = True) -> dict[str, int]:
-    """The join's counters summed over every partition's join state.
-
-    ``cut_dependent=False`` leaves out ``join.CUT_DEPENDENT`` (memory gauges whose value depends
-    on where polls cut the stream): what is left is equal for any cut of the same stream.
-    """
-    total: dict[str, int] = {}
-    for js in state.join.values():
-        for k, v in join.counters(js).items():
-            if cut_dependent or k not in join.CUT_DEPENDENT:
-                total[k] = total.get(k, 0) + v
-    return total
-
-
 def _partitions(part: npt.NDArray[np.int32] | None, n: int) -> npt.NDArray[np.int32]:
     return np.zeros(n, np.int32) if part is None else np.asarray(part, np.int32)
-
-
-def _concat(a: T, b: T) -> T:
-    return type(a)(
-        *(
-            _concat(x, y) if isinstance(x, tuple) else np.concatenate([x, y])
-            for x, y in zip(a, b, strict=True)
-        )
-    )
-
-
-def _widen(log: ImpressionBatch, k: int) -> ImpressionBatch:
-    """``log`` with its candidate columns padded to width ``k`` (no copy when already that wide)."""
-    n, have = log.candidate_key.shape
-    if have == k:
-        return log
-    ck = np.zeros((n, k), np.uint64)
-    ck[:, :have] = log.candidate_key
-    cm = np.zeros((n, k), bool)
-    cm[:, :have] = log.candidate_mask
-    cf = np.zeros((n, k, log.candidate_features.shape[2]), np.float32)
-    cf[:, :have] = log.candidate_features
-    return log._replace(candidate_key=ck, candidate_mask=cm, candidate_features=cf)
-
-
-def concat_side(a: Side, b: Side) -> Side:
-    """Side rows ``a`` then ``b``; the log's candidate columns padded to the wider of the two."""
-    k = max(a.log.candidate_key.shape[1], b.log.candidate_key.shape[1])
-    return _concat(a._replace(log=_widen(a.log, k)), b._replace(log=_widen(b.log, k)))
-
-
-def _concat_all(parts: list[T]) -> T:
-    """``_concat`` over many tables at once (one copy, not one per table)."""
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    return type(first)(
-        *(
-            _concat_all(list(cols)) if isinstance(cols[0], tuple) else np.concatenate(cols)
-            for cols in zip(*parts, strict=True)
-        )
-    )
-
-
-def _take(t: T, keep: npt.NDArray[Any]) -> T:
-    return type(t)(
-        *(_take(x, keep) if isinstance(x, tuple) else join.take_rows(x, keep) for x in t)
-    )
-
-
-def _prune(t: T, live: npt.NDArray[np.int64]) -> T:
-    """The rows of a payload-keyed table (``Side``, ``Plays``) whose payload is in ``live``."""
-    payload: npt.NDArray[np.int64] = t[0]
-    keep = np.isin(payload, live)
-    return t if keep.all() else _take(t, keep)
 
 
 def _bump(counters: Mapping[str, Any], **more: float) -> dict[str, Any]:
@@ -538,126 +152,6 @@ def _bump(counters: Mapping[str, Any], **more: float) -> dict[str, Any]:
     for k, v in more.items():
         out[k] = out.get(k, 0) + v
     return out
-
-
-_FILL = (0.0, 0.0, 0, 0, 0.0, 1.0, False)  # per Feedback field: padding rows are masked out
-
-
-_delta = jax.jit(linear.delta)
-_add = jax.jit(linear.add_deltas)
-merge_delta = jax.jit(linear.merge)
-
-
-def zero_delta(policy_state: Any) -> Any:
-    """An empty delta shaped like ``policy_state``'s statistics (linear policies only)."""
-    return linear.LinearDelta(
-        precision=jnp.zeros_like(policy_state.precision),
-        b=jnp.zeros_like(policy_state.b),
-        id_count=jnp.zeros_like(policy_state.id_count),
-        id_resid=jnp.zeros_like(policy_state.id_resid),
-        n=jnp.zeros((), jnp.int32),
-    )
-
-
-def update_policy(
-    engine: Engine, policy_state: Any, columns: list[np.ndarray], pending: Any = None
-) -> tuple[Any, Any]:
-    """Apply feedback in chunks of ``UPDATE_CHUNK`` rows, padded in numpy so jit compiles once.
-
-    With ``pending`` (a ``LinearDelta``), each chunk's additive statistics are added to it too,
-    for the other workers of a scaled-out group; returns ``(policy_state, pending)``.
-    """
-    n = int(columns[-1].shape[0])
-    for lo in range(0, n, UPDATE_CHUNK):
-        chunk = []
-        for col, fill in zip(columns, _FILL, strict=True):
-            part = col[lo : lo + UPDATE_CHUNK]
-            if part.shape[0] < UPDATE_CHUNK:
-                pad = np.full(
-                    (UPDATE_CHUNK - part.shape[0], *part.shape[1:]), fill, dtype=part.dtype
-                )
-                part = np.concatenate([part, pad])
-            chunk.append(part)  # numpy: checked on the host as it is, moved once by jit
-        fb = Feedback(*chunk)
-        if pending is not None:
-            pending = _add(pending, _delta(policy_state, fb))
-        policy_state = engine.policy.update(policy_state, fb)
-    return policy_state, pending
-
-
-def _joined_rows(
-    side: Side, side_rows: npt.NDArray[np.int64], joined: join.JoinedOutcomes, plays: Plays
-) -> ModelRows:
-    """The reward model's training rows for the joined plays of one closed batch."""
-    r = side_rows[joined.row]
-    pos = joined.position.astype(np.int64)
-    p = np.searchsorted(plays.payload, joined.payload)
-    x = rewards.interaction_features(side.context[r], side.features[r, pos], pos.astype(np.int32))
-    return ModelRows(
-        features=x,
-        ms_played=plays.ms_played[p],
-        duration_ms=plays.duration_ms[p],
-        reason_end=plays.reason_end[p],
-        saved=plays.saved[p],
-        position=pos.astype(np.int32),
-        censored=plays.censored[p],
-        track_id=side.action[r, pos],
-    )
-
-
-def _update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, ModelRows, float, int]:
-    """One update per full ``MODEL_BATCH`` of queued rows; returns the rest still queued."""
-    n = rows.ms_played.shape[0]
-    full = n - n % MODEL_BATCH
-    loss_sum, used = 0.0, 0
-    for lo in range(0, full, MODEL_BATCH):
-        sl = slice(lo, lo + MODEL_BATCH)
-        batch = rewards.Outcomes(
-            features=rows.features[sl],
-            ms_played=rows.ms_played[sl],
-            duration_ms=rows.duration_ms[sl],
-            reason_end=rows.reason_end[sl],
-            saved=rows.saved[sl],
-            position=rows.position[sl],
-            censored=rows.censored[sl],
-            mask=np.ones(MODEL_BATCH, bool),
-            track_id=rows.track_id[sl],
-        )
-        model, metrics = engine.reward_model.update(model, batch)
-        k = int(metrics.n_used)
-        loss_sum += float(metrics.loss) * k
-        used += k
-    rest = ModelRows._make(x[full:] for x in rows)
-    return model, rest, loss_sum, used
-
-
-def _final_rewards(
-    engine: Engine,
-    side: Side,
-    side_rows: npt.NDArray[np.int64],
-    closed: join.Closed,
-    joined: join.JoinedOutcomes,
-    plays: Plays,
-) -> tuple[F32, npt.NDArray[np.bool_]]:
-    """The composite reward per (closed impression, position), and which positions to learn from.
-
-    A position whose play was censored (logout, session end, error) is left out: the listener
-    did not choose how it ended, so it says nothing of their taste (and leaving it out, rather
-    than substituting a model guess, keeps the policy's statistics exactly reproducible).
-    """
-    reward = closed.reward.astype(np.float32).copy()
-    has = ~closed.defaulted
-    censored = np.zeros(reward.shape, bool)
-    if joined.payload.size:
-        p = np.searchsorted(plays.payload, joined.payload)
-        np.logical_or.at(
-            censored, (joined.row, joined.position.astype(np.int64)), plays.censored[p]
-        )
-    if engine.composite.kind == "denoised":
-        prov = side.provisional[side_rows]
-        mixed = engine.composite.shrink * reward + (1.0 - engine.composite.shrink) * prov
-        reward = np.where(has, mixed, reward)
-    return reward, side.shown[side_rows] & ~censored
 
 
 def step(
@@ -862,116 +356,4 @@ def step(
         closed=n_closed,
         feedback_rows=n_rows,
         records=records,
-    )
-
-
-# ---------------------------------------------------------------------------------- persistence
-def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The state as named arrays plus a JSON-able header part (offsets, counters)."""
-    from bandits import save
-
-    arrays: dict[str, np.ndarray] = {
-        "policy_blob": np.frombuffer(save(engine.policy, state.policy), dtype=np.uint8),
-        "next_payload": np.array(state.next_payload, np.int64),
-    }
-    leaves = jax.tree.leaves(state.model)
-    arrays.update({f"model/{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
-    for p, js in state.join.items():
-        arrays.update({f"join/{p}/{k}": v for k, v in join.to_arrays(js).items()})
-    arrays.update({f"side/{k}": v for k, v in state.side._asdict().items() if k != "log"})
-    arrays.update({f"side/log/{k}": v for k, v in state.side.log._asdict().items()})
-    arrays.update({f"plays/{k}": v for k, v in state.plays._asdict().items()})
-    arrays.update({f"model_rows/{k}": v for k, v in state.model_rows._asdict().items()})
-    for name, delta in (("pending", state.pending), ("outbox", state.outbox)):
-        if delta is not None:
-            arrays.update({f"{name}/{k}": np.asarray(v) for k, v in delta._asdict().items()})
-    header = {
-        "offsets": [[t, p, o] for (t, p), o in sorted(state.offsets.items())],
-        "counters": dict(state.counters),
-        "sums": dict(state.sums),
-        "reward_by_policy": [[str(k), s, c] for k, (s, c) in state.reward_by_policy.items()],
-        "reward_model": {
-            "name": engine.reward_model.spec.name,
-            "version": engine.reward_model.spec.version,
-            "params": dict(engine.reward_model.spec.params),
-            "n_leaves": len(leaves),
-        },
-        "composite_reward": engine.composite.to_spec(),
-        "delta_seq": state.delta_seq,
-        "seen": dict(state.seen),
-    }
-    return arrays, header
-
-
-def _delta_from_arrays(arrays: Mapping[str, np.ndarray], name: str) -> Any:
-    if f"{name}/precision" not in arrays:
-        return None
-    return linear.LinearDelta(
-        **{f: jnp.asarray(arrays[f"{name}/{f}"]) for f in linear.LinearDelta._fields}
-    )
-
-
-def _joins_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[int, join.JoinState]:
-    parts: dict[int, dict[str, np.ndarray]] = {}
-    for name, value in arrays.items():
-        if name.startswith("join/"):
-            _, p, key = name.split("/", 2)
-            parts.setdefault(int(p), {})[key] = value
-    return {p: join.from_arrays(a) for p, a in sorted(parts.items())}
-
-
-def from_arrays(
-    engine: Engine, arrays: Mapping[str, np.ndarray], header: Mapping[str, Any]
-) -> WorkerState:
-    """Rebuild a state written by ``to_arrays``; another policy, model or reward is a clear error."""
-    from bandits import load
-
-    spec = header["reward_model"]
-    mine = engine.reward_model.spec
-    if (spec["name"], spec["version"]) != (mine.name, mine.version):
-        raise ValueError(
-            f"checkpoint holds reward model {spec['name']} v{spec['version']}, "
-            f"the config runs {mine.name} v{mine.version}"
-        )
-    if header["composite_reward"] != engine.composite.to_spec():
-        raise ValueError(
-            f"checkpoint was learned with reward {header['composite_reward']}, "
-            f"the config declares {engine.composite.to_spec()}"
-        )
-    like = engine.reward_model.init(jax.random.key(engine.seed), engine.n_model_features)
-    leaves, treedef = jax.tree.flatten(like)
-    if spec["n_leaves"] != len(leaves):
-        raise ValueError(
-            f"checkpoint's reward-model state has {spec['n_leaves']} arrays, the configured "
-            f"{mine.name} model has {len(leaves)}: reward.model_params changed (the checkpoint "
-            f"was written with {spec.get('params')}, the config says {dict(mine.params)}); "
-            "use the same params or another checkpoint.dir"
-        )
-    model = jax.tree.unflatten(
-        treedef, [jnp.asarray(arrays[f"model/{i:04d}"]) for i in range(len(leaves))]
-    )
-    policy_state = load(
-        engine.policy,
-        arrays["policy_blob"].tobytes(),
-        like=engine.policy.init(engine.d_user, engine.d_track),
-    )
-    return WorkerState(
-        policy=policy_state,
-        model=model,
-        join=_joins_from_arrays(arrays),
-        side=Side(
-            **{f: arrays[f"side/{f}"] for f in Side._fields if f != "log"},
-            log=ImpressionBatch(**{f: arrays[f"side/log/{f}"] for f in ImpressionBatch._fields}),
-        ),
-        plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
-        model_rows=ModelRows(**{f: arrays[f"model_rows/{f}"] for f in ModelRows._fields}),
-        next_payload=int(arrays["next_payload"]),
-        offsets={(str(t), int(p)): int(o) for t, p, o in header["offsets"]},
-        counters={str(k): v for k, v in header["counters"].items()},
-        sums={str(k): float(v) for k, v in header["sums"].items()},
-        reward_by_policy={int(k): (float(s), int(c)) for k, s, c in header["reward_by_policy"]},
-        pending=_delta_from_arrays(arrays, "pending"),
-        outbox=_delta_from_arrays(arrays, "outbox"),
-        delta_seq=int(header.get("delta_seq", 0)),
-        seen={str(k): int(v) for k, v in header.get("seen", {}).items()},
     )
