@@ -690,16 +690,29 @@ class Daemon:
         """Refresh the Prometheus numbers and the status file ``encore status`` reads."""
         if self.consumer is not None:
             try:
-                owned = list(self.consumer.assignment())
-                ends = self.consumer.end_offsets(owned) if owned else {}
-                self.stats.lag = {
-                    f"{tp.topic}/{tp.partition}": max(int(end) - int(self.consumer.position(tp)), 0)
-                    for tp, end in ends.items()
-                }
+                self.stats.lag = self._lag()
             except Exception as exc:  # lag is best effort: never stop learning for it
                 log.debug("consumer lag unavailable: %s", exc)
         self.metrics.update_from(self.metrics_snapshot())
         write_status(status_path(self.config), self.metrics.snapshot())
+
+    def _lag(self) -> dict[str, int]:
+        """Records left per owned partition: its high watermark less the position.
+
+        The high watermark comes with every fetch response (no request of its own, so the loop
+        never waits on the broker for it, as it did with ``end_offsets``: about 30 ms every
+        refresh); only a partition with no fetch response yet asks the broker for its end.
+        """
+        c = self.consumer
+        ends: dict[Any, int | None] = {tp: c.highwater(tp) for tp in c.assignment()}
+        unknown = [tp for tp, end in ends.items() if end is None]
+        if unknown:
+            ends.update(c.end_offsets(unknown))
+        return {
+            f"{tp.topic}/{tp.partition}": max(int(end) - int(c.position(tp)), 0)
+            for tp, end in ends.items()
+            if end is not None
+        }
 
     def _refresh_stats(self) -> None:
         self.stats.counters = {**self.state.counters, **join_counters(self.state)}

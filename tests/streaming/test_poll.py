@@ -219,3 +219,36 @@ def test_time_the_daemon_spends_elsewhere_does_not_stall_the_partition_waited_on
         time.sleep(0.11)
         d.poll_once()
     assert fake.paused_now == set()
+
+
+def test_lag_comes_from_the_fetched_high_watermarks_and_asks_the_broker_only_for_the_rest(
+    tmp_path: Path,
+) -> None:
+    class Lagging(FakeConsumer):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.positions: dict[TP, int] = {}
+            self.asked: list[list[TP]] = []
+
+        def position(self, tp: TP) -> int:
+            return self.positions[tp]
+
+        def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+            self.asked.append(sorted(tps))
+            return {tp: 50 for tp in tps}
+
+    d = daemon(tmp_path)
+    t = d.config.topics
+    fetched, never = TP(t.impressions, 0), TP(t.outcomes, 0)
+    fake = Lagging()
+    fake.assigned = {fetched, never}
+    fake.highwaters = {fetched: 120}
+    fake.positions = {fetched: 100, never: 10}
+    d.consumer = fake
+    d.publish_metrics()
+    assert d.stats.lag == {f"{t.impressions}/0": 20, f"{t.outcomes}/0": 40}
+    assert fake.asked == [[never]]  # only the partition no fetch response has covered yet
+    fake.highwaters[never] = 10
+    d.publish_metrics()
+    assert d.stats.lag == {f"{t.impressions}/0": 20, f"{t.outcomes}/0": 0}
+    assert len(fake.asked) == 1
