@@ -116,14 +116,27 @@ _BASE_OVERRIDES = [
 """The daemon settings of every daemon row (with the run's broker, group and topics)."""
 
 
-def _steady_rate(progress: list[tuple[float, int]], total: int) -> float:
-    """Events/s between the samples at 20 % and 90 % of the stream: after start-up (connecting,
-    joining the group, JAX compiling each jitted function once) and before the tail. NaN when
-    the run was too short for two such samples."""
-    mid = [(t, e) for t, e in progress if 0.2 * total <= e <= 0.9 * total]
-    if len(mid) < 2 or mid[-1][0] <= mid[0][0]:
-        return float("nan")
-    return (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0])
+class _Steady(NamedTuple):
+    """The daemon between 20 % and 90 % of the stream: after start-up, before the tail."""
+
+    events_per_s: float
+    cores: float  # the daemon process's CPU seconds per wall second
+    cpu_us_per_event: float  # the process's CPU per event (all its threads)
+    main_busy: float  # the main thread's CPU seconds per wall second (1.0: never waits)
+
+
+def _steady(progress: list[tuple[float, int, float, float]], total: int) -> _Steady:
+    """From ``(wall s, events, process CPU s, main-thread CPU s)`` samples: the rates between
+    the samples at 20 % and 90 % of the stream, after start-up (connecting, joining the group,
+    JAX compiling each jitted function once) and before the tail. NaN when the run was too
+    short for two such samples."""
+    mid = [x for x in progress if 0.2 * total <= x[1] <= 0.9 * total]
+    if len(mid) < 2 or mid[-1][0] <= mid[0][0] or mid[-1][1] <= mid[0][1]:
+        nan = float("nan")
+        return _Steady(nan, nan, nan, nan)
+    (t0, e0, p0, m0), (t1, e1, p1, m1) = mid[0], mid[-1]
+    wall, events = t1 - t0, e1 - e0
+    return _Steady(events / wall, (p1 - p0) / wall, 1e6 * (p1 - p0) / events, (m1 - m0) / wall)
 
 
 ENCODINGS: tuple[tuple[FeatureEncoding, str], ...] = (
@@ -204,14 +217,22 @@ def _measure(
         )
     daemon = Daemon(cfg, servers=servers)
     samples: list[tuple[float, float]] = []
-    progress: list[tuple[float, int]] = []
+    progress: list[tuple[float, int, float, float]] = []
     done = threading.Event()
+    main_clock = time.pthread_getcpuclockid(threading.get_ident())  # the thread run() runs on
 
     def sample() -> None:
         t0 = time.perf_counter()
         while not done.wait(1.0):
             samples.append((time.perf_counter() - t0, _rss_mb()))
-            progress.append((time.perf_counter() - t0, daemon.stats.events))
+            progress.append(
+                (
+                    time.perf_counter() - t0,
+                    daemon.stats.events,
+                    time.process_time(),
+                    time.clock_gettime(main_clock),
+                )
+            )
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -221,9 +242,10 @@ def _measure(
     done.set()
     sampler.join()
     rate = stats.events / max(elapsed, 1e-9)
-    steady = _steady_rate(progress, stats.events)
-    began = [t for t, e in progress if e > 0]
-    ended = [t for t, e in progress if e >= stats.events]
+    steady_run = _steady(progress, stats.events)
+    steady = steady_run.events_per_s
+    began = [t for t, e, _, _ in progress if e > 0]
+    ended = [t for t, e, _, _ in progress if e >= stats.events]
     third = max(len(samples) // 3, 1)
     rows.append(
         {
@@ -240,6 +262,9 @@ def _measure(
             "vs_stock_consume_decode": rate / stock_decode_rate,
             "steady_events_per_s": steady,
             "steady_vs_consume_decode": steady / decode_rate,
+            "steady_cores": steady_run.cores,
+            "steady_cpu_us_per_event": steady_run.cpu_us_per_event,
+            "steady_main_thread_busy": steady_run.main_busy,
             "first_event_s": began[0] if began else float("nan"),
             "last_event_s": ended[0] if ended else float("nan"),
             "run_s": elapsed + 3.0,
@@ -424,7 +449,11 @@ def run(ctx: Context) -> list[Row]:
         "compiling the policy update and the reward model's update, about 1.4 s in all on this "
         "machine, most of a --quick run); steady_events_per_s is "
         "its rate between 20 % and 90 % of the stream (sampled each second), against the "
-        "same consume + decode rate. first_event_s and last_event_s: seconds into run() when "
+        "same consume + decode rate; over the same window, steady_cores is the daemon "
+        "process's CPU seconds per second (all threads; the machine has "
+        f"{os.cpu_count()} cores and also runs the broker), steady_cpu_us_per_event its CPU per event, and steady_main_thread_busy the "
+        "share of the time the thread running the loop was on a CPU (the rest it waited: for "
+        "the GIL, fetch responses, the log's flush before a checkpoint, XLA). first_event_s and last_event_s: seconds into run() when "
         "the first event and the last were done (1 s resolution); run_s: run() from open to "
         "close (the 3 s idle wait that ends it is subtracted for events_per_s, the final "
         "checkpoint and closing are not)."
