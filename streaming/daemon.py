@@ -344,7 +344,7 @@ class Daemon:
             if stored is not None:
                 self.consumer.seek(tp, stored)
         self.revoked.difference_update((tp.topic, tp.partition) for tp in tps)
-        if self.held_partitions() != before or self.stats.handoffs_installed:
+        if self.held_partitions() != before or taken.installed:
             self.write_checkpoint()
 
     def republish_held(self) -> int:
@@ -496,29 +496,31 @@ class Daemon:
             log.info("compiled the step's functions in %.1f s", time.perf_counter() - started)
 
     def close(self) -> None:
-        if self._compiling is not None:
-            self._compiling.join()
-            self._compiling = None
-        if self._cache_set is not None:
-            restore_compilation_cache(self._cache_set)
-            self._cache_set = None
-        if self.metrics_server is not None:
-            self.metrics_server.close()
-            self.metrics_server = None
-        if self.consumer is not None:
-            self.consumer.close(autocommit=False)  # revokes: checkpoint + handoff
-        if self.log is not None:
-            self.log.close()
-        for producer in (self.producer, self.handoff_producer):
-            if producer is not None:
-                producer.flush(timeout=10)
-                producer.close(timeout=10)
-        for consumer in (self.delta_consumer, self.handoff_consumer):
-            if consumer is not None:
-                consumer.close(autocommit=False)
-        self.consumer = self.producer = self.handoff_producer = None
-        self.delta_consumer = self.handoff_consumer = None
-        self._ckpt_lock.release()
+        try:
+            if self._compiling is not None:
+                self._compiling.join()
+                self._compiling = None
+            if self._cache_set is not None:
+                restore_compilation_cache(self._cache_set)
+                self._cache_set = None
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                self.metrics_server = None
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)  # revokes: checkpoint + handoff
+            if self.log is not None:
+                self.log.close()
+            for producer in (self.producer, self.handoff_producer):
+                if producer is not None:
+                    producer.flush(timeout=10)
+                    producer.close(timeout=10)
+            for consumer in (self.delta_consumer, self.handoff_consumer):
+                if consumer is not None:
+                    consumer.close(autocommit=False)
+            self.consumer = self.producer = self.handoff_producer = None
+            self.delta_consumer = self.handoff_consumer = None
+        finally:
+            self._ckpt_lock.release()
 
     def poll_once(self) -> int:
         """One poll -> decode -> step -> emit round; returns the number of records consumed."""
@@ -629,8 +631,8 @@ class Daemon:
                 partition is read to its end (batch jobs and tests); None runs until ``stop``.
         """
         cc = self.config.checkpoint
-        self.open()
         try:
+            self.open()  # inside: a failed open still closes what it opened, and the locks
             start = self.ticks()
             # start-up objects frozen, young collections rarer, a full collection every 5 s
             with quiet_gc(now_ms=start) as collector:

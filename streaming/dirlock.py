@@ -30,13 +30,17 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
 import weakref
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DirLock", "InUseError"]
 
@@ -56,10 +60,11 @@ class DirLock:
         self.path = Path(path)
         self.what = what
         self._release: weakref.finalize[[int], DirLock] | None = None  # closes the file
+        self._unguarded = False  # the file system has no flock: held without a lock
 
     @property
     def held(self) -> bool:
-        return self._release is not None and self._release.alive
+        return self._unguarded or (self._release is not None and self._release.alive)
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`InUseError` naming the process that holds it."""
@@ -76,6 +81,14 @@ class DirLock:
                 f"{self.what} is in use by another worker ({holder or 'holder unknown'}; "
                 f"lock file {self.path}): give each worker its own"
             ) from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                # some network and FUSE file systems have no flock: run unguarded, as before
+                log.warning("no lock on %s (%s): %s is not guarded", self.path, exc, self.what)
+                self._unguarded = True
+                return
+            raise
         except BaseException:
             os.close(fd)
             raise
@@ -87,6 +100,7 @@ class DirLock:
 
     def release(self) -> None:
         """Let go of the lock (closing the file drops it); the lock file stays."""
+        self._unguarded = False
         if self._release is not None:
             self._release()
             self._release = None

@@ -399,6 +399,11 @@ class ParquetLog:
         finally:
             self._lock.release()
 
+    def abandon(self) -> None:
+        """Let go of the writer id without committing (after a failure): the open temporary
+        file stays, and the next writer with this id removes it, as after a kill."""
+        self._lock.release()
+
     def __enter__(self) -> ParquetLog:
         return self
 
@@ -527,6 +532,8 @@ class BackgroundLog:
         finally:
             if self._error is None:
                 self.log.close()  # nothing is open now: this lets go of the writer id
+            else:
+                self.log.abandon()
 
     def __enter__(self) -> BackgroundLog:
         return self

@@ -73,3 +73,21 @@ def test_an_unreleased_lock_is_dropped_when_its_owner_is_collected(tmp_path: Pat
     other = DirLock(tmp_path / "sub" / "LOCK", "x")
     other.acquire()
     assert other.held
+
+
+def test_a_file_system_without_flock_runs_unguarded_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+    import fcntl
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock = DirLock(tmp_path / "LOCK", "checkpoint.dir x")
+    with caplog.at_level("WARNING"):
+        lock.acquire()
+    assert lock.held and "not guarded" in caplog.text
+    lock.release()
+    assert not lock.held

@@ -336,3 +336,4 @@ def test_background_log_reports_a_writer_error_and_checks_shapes_at_once(tmp_pat
         bg.append(rec)  # nothing more is written after a failure
     with pytest.raises(RuntimeError, match="writer failed"):
         bg.close()
+    ParquetLog(tmp_path, clock=FakeClock()).close()  # the failed writer let go of its id
