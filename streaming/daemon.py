@@ -11,8 +11,10 @@ events the state has not yet seen. Signal handlers only set ``stop``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -101,6 +103,7 @@ class Daemon:
         self.limits = limits(config)
         self.ckpt_dir = Path(config.checkpoint.dir)
         self.lineage = ""  # this worker's lineage (streaming.deltas), set with the state below
+        self.lineage_born_ms = 0  # when it was drawn (wall clock)
         # held from before the state is read until close: one worker per checkpoint directory
         self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
         self._ckpt_lock.acquire()
@@ -141,9 +144,16 @@ class Daemon:
         found = checkpoint.load_latest(self.ckpt_dir)
         if found is None:
             self.lineage = os.urandom(8).hex()  # this worker's, from now on (streaming.deltas)
+            self.lineage_born_ms = self.clock()
             return init(self.engine)
         arrays, header = found
-        self.lineage = str(header.get("lineage") or os.urandom(8).hex())
+        if header.get("lineage"):
+            self.lineage = str(header["lineage"])
+            self.lineage_born_ms = int(header.get("lineage_born_ms", 0))
+        else:  # a checkpoint from before lineages: the same one on every restart until stored
+            where = f"{socket.gethostname()}:{self.ckpt_dir.resolve()}:{self.worker_id}"
+            self.lineage = hashlib.sha256(where.encode()).hexdigest()[:16]
+            self.lineage_born_ms = 0
         if header.get("format") != FORMAT:
             raise checkpoint.CheckpointError(
                 f"{self.ckpt_dir}: checkpoint format {header.get('format')!r} is not {FORMAT!r}"
@@ -186,6 +196,7 @@ class Daemon:
             },
             "worker": worker,
             "lineage": self.lineage,
+            "lineage_born_ms": self.lineage_born_ms,
         }
         path = checkpoint.write(self.ckpt_dir, arrays, header, keep=self.config.checkpoint.keep)
         self.stats.checkpoints += 1
@@ -217,7 +228,13 @@ class Daemon:
             return
         spec = self.engine.policy.spec
         value = deltas.encode(
-            self.worker_id, st.delta_seq, spec.name, spec.version, st.outbox, self.lineage
+            self.worker_id,
+            st.delta_seq,
+            spec.name,
+            spec.version,
+            st.outbox,
+            self.lineage,
+            self.clock(),
         )
         self.producer.send(self.config.topics.deltas, key=self.worker_id.encode(), value=value)
         self.producer.flush(timeout=30)
@@ -234,7 +251,9 @@ class Daemon:
             except ValueError as exc:
                 log.warning("skipping a malformed delta: %s", exc)
                 continue
-            deltas.check_own(d, self.worker_id, self.lineage, self.config.topics.deltas)
+            deltas.check_own(
+                d, self.worker_id, self.lineage, self.lineage_born_ms, self.config.topics.deltas
+            )
             if d.worker == self.worker_id or d.seq <= self.state.seen.get(d.worker, 0):
                 continue
             if (d.policy, d.version) != (spec.name, spec.version):

@@ -13,10 +13,14 @@ name and version, lineage) and an ``.npz`` read with ``allow_pickle=False``.
 
 Worker ids must differ within a group: a worker skips every delta that carries its own id, so two
 workers sharing one would never fold in each other's statistics. The ``lineage`` catches that. It
-is a random id a worker draws when it starts without a checkpoint and keeps in every checkpoint
-after, so it survives restarts; a delta carrying a worker's own id but another lineage was written
-by some other worker (or by this one before it lost its checkpoints), and the worker stops with
-:class:`WorkerIdConflictError` instead of learning a policy that is silently not the group's.
+is a random id a worker draws, with the time it was born, when it starts without a checkpoint,
+and keeps in every checkpoint after, so it survives restarts (a checkpoint written before
+lineages existed gets one derived from the host, the checkpoint directory and the worker id, the
+same on every restart until a checkpoint stores it). Each delta carries its lineage and the time it
+was sent: one with a worker's own id, another lineage, sent after this lineage was born, is some
+other live worker's, and the worker stops with :class:`WorkerIdConflictError` instead of learning
+a policy that is silently not the group's. One sent before is this id's past (a worker that lost
+its checkpoints and started again), skipped like every delta of its own.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Delta(NamedTuple):
     version: int
     stats: linear.LinearDelta
     lineage: str | None = None  # None: written before deltas carried one
+    created_ms: int | None = None  # when it was sent (wall clock); None: before deltas had one
 
 
 def encode(
@@ -54,9 +59,20 @@ def encode(
     version: int,
     stats: linear.LinearDelta,
     lineage: str | None = None,
+    created_ms: int | None = None,
 ) -> bytes:
-    fields = {"format": FORMAT, "worker": worker, "seq": seq, "policy": policy, "version": version}
-    header = json.dumps(fields if lineage is None else {**fields, "lineage": lineage}).encode()
+    fields: dict[str, Any] = {
+        "format": FORMAT,
+        "worker": worker,
+        "seq": seq,
+        "policy": policy,
+        "version": version,
+    }
+    if lineage is not None:
+        fields["lineage"] = lineage
+    if created_ms is not None:
+        fields["created_ms"] = created_ms
+    header = json.dumps(fields).encode()
     buf = io.BytesIO()
     arrays: dict[str, Any] = {k: np.asarray(v) for k, v in stats._asdict().items()}
     savez: Any = np.savez
@@ -88,12 +104,19 @@ def decode(data: bytes) -> Delta:
         int(header["version"]),
         stats,
         None if header.get("lineage") is None else str(header["lineage"]),
+        None if header.get("created_ms") is None else int(header["created_ms"]),
     )
 
 
-def check_own(d: Delta, worker: str, lineage: str, topic: str) -> None:
-    """Raise :class:`WorkerIdConflictError` if ``d``, carrying ``worker``'s id, is not its own."""
-    if d.worker == worker and d.lineage is not None and d.lineage != lineage:
+def check_own(d: Delta, worker: str, lineage: str, born_ms: int, topic: str) -> None:
+    """Raise :class:`WorkerIdConflictError` if ``d`` carries ``worker``'s id but was sent by
+    another live worker: another lineage, sent at or after ``born_ms`` (or at an unknown time)."""
+    if (
+        d.worker == worker
+        and d.lineage is not None
+        and d.lineage != lineage
+        and (d.created_ms is None or d.created_ms >= born_ms)
+    ):
         raise WorkerIdConflictError(
             f"delta {d.seq} on {topic} carries this worker's id {worker!r} but lineage "
             f"{d.lineage}, not this worker's {lineage}: two workers of the group share "

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streaming import handoff, join
+from streaming import checkpoint, handoff, join
 from streaming.config import Config
 from streaming.daemon import Daemon
 from streaming.dirlock import InUseError
@@ -151,3 +151,30 @@ def test_two_workers_cannot_share_a_checkpoint_dir(tmp_path: Path) -> None:
     a.close()
     b = daemon(tmp_path, "a", {})  # free once the first one closed
     assert b.state.offsets == {}
+
+
+def test_a_lineage_survives_restarts_and_one_is_derived_for_a_checkpoint_without(
+    tmp_path: Path,
+) -> None:
+    def restarted() -> Daemon:
+        d = daemon(tmp_path, "a", {})
+        d.consumer = d.handoff_producer = None  # fakes: nothing to close
+        return d
+
+    first = restarted()
+    first.write_checkpoint()
+    drawn = first.lineage
+    first.close()
+    again = restarted()
+    assert (again.lineage, again.lineage_born_ms) == (drawn, first.lineage_born_ms)
+    # A checkpoint written before lineages existed: no lineage in its header.
+    arrays, header = checkpoint.load_latest(again.ckpt_dir) or ({}, {})
+    dropped = ("lineage", "lineage_born_ms", "created_at_ms", "format_version", "sequence")
+    checkpoint.write(again.ckpt_dir, arrays, {k: v for k, v in header.items() if k not in dropped})
+    again.close()
+    derived = []
+    for _ in range(2):
+        derived.append(restarted())
+        derived[-1].close()
+    assert derived[0].lineage == derived[1].lineage != drawn  # the same on every restart
+    assert derived[0].lineage_born_ms == 0

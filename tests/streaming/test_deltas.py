@@ -23,10 +23,13 @@ def stats() -> LinearDelta:
     )
 
 
-@pytest.mark.parametrize("lineage", ["0123456789abcdef", None])
-def test_a_delta_round_trips_with_or_without_a_lineage(lineage: str | None) -> None:
-    d = deltas.decode(deltas.encode("w1", 4, "linucb", 2, stats(), lineage))
-    assert (d.worker, d.seq, d.policy, d.version, d.lineage) == ("w1", 4, "linucb", 2, lineage)
+@pytest.mark.parametrize(("lineage", "created_ms"), [("0123456789abcdef", 1_700), (None, None)])
+def test_a_delta_round_trips_with_or_without_a_lineage(
+    lineage: str | None, created_ms: int | None
+) -> None:
+    d = deltas.decode(deltas.encode("w1", 4, "linucb", 2, stats(), lineage, created_ms))
+    assert (d.worker, d.seq, d.policy, d.version) == ("w1", 4, "linucb", 2)
+    assert (d.lineage, d.created_ms) == (lineage, created_ms)
     for name, want in stats()._asdict().items():
         np.testing.assert_array_equal(np.asarray(getattr(d.stats, name)), want)
 
@@ -34,18 +37,24 @@ def test_a_delta_round_trips_with_or_without_a_lineage(lineage: str | None) -> N
 def test_a_delta_from_before_lineages_decodes_with_none() -> None:
     data = deltas.encode("w1", 1, "linucb", 2, stats())
     (h,) = struct.unpack("<I", data[:4])
-    assert "lineage" not in json.loads(data[4 : 4 + h])
+    assert not {"lineage", "created_ms"} & set(json.loads(data[4 : 4 + h]))
     assert deltas.decode(data).lineage is None
 
 
-def test_only_the_own_id_under_another_lineage_is_a_conflict() -> None:
-    own = deltas.decode(deltas.encode("w1", 3, "linucb", 2, stats(), "aaaa"))
-    deltas.check_own(own, "w1", "aaaa", "t")  # this worker's own delta
-    deltas.check_own(own, "w2", "bbbb", "t")  # another worker's delta
-    old = deltas.decode(deltas.encode("w1", 3, "linucb", 2, stats()))
-    deltas.check_own(old, "w1", "bbbb", "t")  # from before lineages: nothing to compare
-    with pytest.raises(deltas.WorkerIdConflictError) as caught:
-        deltas.check_own(own, "w1", "bbbb", "encore.policy-deltas")
-    message = str(caught.value)
-    assert "'w1'" in message and "aaaa" in message and "bbbb" in message
-    assert "encore.policy-deltas" in message and "scale.worker_id" in message
+def delta(worker: str, lineage: str | None, created_ms: int | None) -> deltas.Delta:
+    return deltas.decode(deltas.encode(worker, 3, "linucb", 2, stats(), lineage, created_ms))
+
+
+def test_only_the_own_id_under_another_live_lineage_is_a_conflict() -> None:
+    born = 1_000
+    deltas.check_own(delta("w1", "aaaa", 5_000), "w1", "aaaa", born, "t")  # its own
+    deltas.check_own(delta("w1", "bbbb", 5_000), "w2", "aaaa", born, "t")  # another worker's
+    deltas.check_own(delta("w1", None, None), "w1", "aaaa", born, "t")  # before lineages
+    # sent before this lineage was born: this id's past (its checkpoints were lost), skipped
+    deltas.check_own(delta("w1", "bbbb", born - 1), "w1", "aaaa", born, "t")
+    for created in (born, 5_000, None):  # sent since, or at an unknown time: a live other worker
+        with pytest.raises(deltas.WorkerIdConflictError) as caught:
+            deltas.check_own(delta("w1", "bbbb", created), "w1", "aaaa", born, "encore.deltas")
+        message = str(caught.value)
+        assert "'w1'" in message and "aaaa" in message and "bbbb" in message
+        assert "encore.deltas" in message and "scale.worker_id" in message
