@@ -104,6 +104,7 @@ class Daemon:
         self.ckpt_dir = Path(config.checkpoint.dir)
         self.lineage = ""  # this worker's lineage (streaming.deltas), set with the state below
         self.lineage_born_ms = 0  # when it was drawn (wall clock)
+        self._delivered = False  # a poll returned records since the last lag refresh
         # held from before the state is read until close: one worker per checkpoint directory
         self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
         self._ckpt_lock.acquire()
@@ -562,6 +563,7 @@ class Daemon:
             (imp if tp.topic == cfg.topics.impressions else out).add(tp.partition, records)
             offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
         n = imp.n + out.n
+        self._delivered = self._delivered or n > 0
         if n == 0:
             self._align(offsets)
             return 0
@@ -718,14 +720,21 @@ class Daemon:
         write_status(status_path(self.config), self.metrics.snapshot())
 
     def _lag(self) -> dict[str, int]:
-        """Records left per owned partition: its high watermark less the position.
+        """Records left per owned partition: the end of the partition less the position.
 
-        The high watermark comes with every fetch response (no request of its own, so the loop
-        never waits on the broker for it, as it did with ``end_offsets``: about 30 ms every
-        refresh); only a partition with no fetch response yet asks the broker for its end.
+        While records flow, the end is the high watermark each fetch response carries (no request
+        of its own: asking the broker, ``end_offsets``, cost the loop about 30 ms every refresh),
+        so a paused partition's lag is as of its last fetch. Once a refresh interval went by with
+        nothing read (a consumer that stopped fetching, which ``stalled`` must see), under
+        ``read_committed`` (where the readable end is the last stable offset, not the high
+        watermark) and for a partition no fetch response covered yet, the broker is asked.
         """
         c = self.consumer
-        ends: dict[Any, int | None] = {tp: c.highwater(tp) for tp in c.assignment()}
+        committed = self.config.kafka.client_options.get("isolation_level") == "read_committed"
+        fast = self._delivered and not committed
+        self._delivered = False
+        owned = list(c.assignment())
+        ends: dict[Any, int | None] = {tp: c.highwater(tp) if fast else None for tp in owned}
         unknown = [tp for tp, end in ends.items() if end is None]
         if unknown:
             ends.update(c.end_offsets(unknown))

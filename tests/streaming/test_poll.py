@@ -221,7 +221,7 @@ def test_time_the_daemon_spends_elsewhere_does_not_stall_the_partition_waited_on
     assert fake.paused_now == set()
 
 
-def test_lag_comes_from_the_fetched_high_watermarks_and_asks_the_broker_only_for_the_rest(
+def test_lag_comes_from_fetched_high_watermarks_while_records_flow_and_from_the_broker_else(
     tmp_path: Path,
 ) -> None:
     class Lagging(FakeConsumer):
@@ -245,10 +245,17 @@ def test_lag_comes_from_the_fetched_high_watermarks_and_asks_the_broker_only_for
     fake.highwaters = {fetched: 120}
     fake.positions = {fetched: 100, never: 10}
     d.consumer = fake
+    d._delivered = True  # pyright: ignore[reportPrivateUsage]  (a poll returned records)
     d.publish_metrics()
     assert d.stats.lag == {f"{t.impressions}/0": 20, f"{t.outcomes}/0": 40}
     assert fake.asked == [[never]]  # only the partition no fetch response has covered yet
     fake.highwaters[never] = 10
+    d._delivered = True  # pyright: ignore[reportPrivateUsage]
     d.publish_metrics()
     assert d.stats.lag == {f"{t.impressions}/0": 20, f"{t.outcomes}/0": 0}
     assert len(fake.asked) == 1
+    # A refresh interval with nothing read (a consumer that stopped fetching, say): the broker
+    # is asked for every end, so new records behind a frozen high watermark show as lag.
+    d.publish_metrics()
+    assert fake.asked[-1] == sorted([fetched, never])
+    assert d.stats.lag == {f"{t.impressions}/0": 0, f"{t.outcomes}/0": 40}
