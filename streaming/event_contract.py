@@ -13,6 +13,7 @@ re-exports all of this: import from there.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypeVar
@@ -78,22 +79,6 @@ _REASON_CODE = {r: i for i, r in enumerate(REASONS_END)}
 CENSORING_REASONS = frozenset({"logout", "endplay", "trackerror", "appload", "remote"})
 """Plays that ended for a reason other than the listener's choice: not skips (censored)."""
 
-ERROR_CODES = (
-    "too_large",
-    "invalid_utf8",
-    "invalid_json",
-    "unknown_schema",
-    "missing_field",
-    "unknown_field",
-    "wrong_type",
-    "non_finite",
-    "bad_value",
-    "empty_candidates",
-    "bad_shape",
-    "bad_shown",
-    "bad_propensity",
-    "unknown_reason_end",
-)
 ErrorCode = Literal[
     "too_large",
     "invalid_utf8",
@@ -110,6 +95,7 @@ ErrorCode = Literal[
     "bad_propensity",
     "unknown_reason_end",
 ]
+ERROR_CODES: tuple[ErrorCode, ...] = typing.get_args(ErrorCode)
 
 T = TypeVar("T")
 MAX_PLAY_RATIO = 10.0
