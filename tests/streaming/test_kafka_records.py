@@ -3,14 +3,18 @@
 Every test parses one fetched partition's bytes (``MemoryRecords``) with the stock and the lean
 class, takes records in the same cuts, and compares after every cut: the ``(offset, key, value)``
 taken, ``next_fetch_offset``, ``records_read``, ``bytes_read``, ``leader_epoch``, whether the part
-is drained, and the error raised (type) where the bytes are corrupt.
+is drained, and the error raised (type) where the bytes are corrupt. Every test runs twice: with
+the compiled regular path (``streaming._records``) in front of the Python loop, and with the
+Python loop alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import pytest
@@ -33,6 +37,27 @@ from streaming.kafka_records import (
 )
 
 TP = TopicPartition("t", 0)
+
+_COMPILED = kafka_records._NativeRecords
+
+
+@pytest.fixture(autouse=True, scope="module", params=["compiled", "python"])
+def parser(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the module's tests with the compiled regular path, then with the Python loop alone."""
+    kafka_records._NativeRecords = _COMPILED if request.param == "compiled" else None
+    try:
+        yield request.param
+    finally:
+        kafka_records._NativeRecords = _COMPILED
+
+
+def test_the_compiled_path_is_built() -> None:
+    """``make test`` installs with a C compiler present, so the compiled path must be there; a
+    machine without one sets ENCORE_PURE_PYTHON=1 to test the Python parser alone."""
+    if os.environ.get("ENCORE_PURE_PYTHON") == "1":
+        assert kafka_records.NATIVE is (_COMPILED is not None)
+    else:
+        assert kafka_records.NATIVE and _COMPILED is not None
 
 
 class Aborted(NamedTuple):
@@ -384,3 +409,75 @@ def test_property_corrupt_bytes_fail_alike(recs: list[Any], data: st.DataObject)
         if pos < len(raw):
             raw[pos] = data.draw(st.integers(0, 255))
     same(bytes(raw), cuts=(data.draw(st.integers(1, 5)),), check_crcs=False)
+
+
+# ----- the compiled regular path on its own: where it stops, and never past the buffer -----
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.records_read = 0
+        self.bytes_read = 0
+        self.next_fetch_offset = -1
+
+
+def records_of(data: bytes) -> tuple[bytes, int, int, int]:
+    """A v2 batch's records buffer, first record position, record count and base offset."""
+    (b,) = [b for b in [MemoryRecords(data).next_batch()] if b is not None]
+    b._maybe_uncompress()
+    return bytes(b._buffer), b._pos, b.records_count, b.base_offset
+
+
+def test_compiled_path_stops_at_the_first_irregular_record() -> None:
+    if _COMPILED is None:
+        pytest.skip("not built; test_the_compiled_path_is_built says whether that is allowed")
+    recs: list[Rec] = [*plain(3), (3, 0, b"k", b"v", [("h", b"1")]), (4, 0, b"k", b"v", [])]
+    buf, pos, count, base = records_of(batch(1000, recs))
+    part = Counters()
+    native = _COMPILED(part, buf, pos, count, base, LeanRecord)
+    got = list(native)
+    assert [(r.offset, r.key) for r in got] == [
+        (1000, b"user-0"),
+        (1001, b"user-1"),
+        (1002, b"user-2"),
+    ]
+    assert all(type(r) is LeanRecord for r in got)
+    assert native.done == 3 and part.records_read == 3 and part.next_fetch_offset == 1003
+    # the Python loop takes over at the record with headers, and reads the rest
+    rest = list(kafka_records._v2_records(part, buf, native.pos, count - 3, base))
+    assert [(r.offset, r.value) for r in rest] == [(1003, b"v"), (1004, b"v")]
+    assert part.records_read == 5 and part.next_fetch_offset == 1005
+    # a regular batch is read to its end
+    buf, pos, count, base = records_of(batch(7, plain(50)))
+    whole = _COMPILED(Counters(), buf, pos, count, base, LeanRecord)
+    assert len(list(whole)) == 50 and whole.pos == len(buf)
+
+
+@settings(max_examples=300, deadline=None)
+@given(record_lists, st.data())
+def test_property_compiled_path_on_damaged_records(recs: list[Any], data: st.DataObject) -> None:
+    """Real records with bytes overwritten, a wrong count, any base offset or start position:
+    no crash, no read past the buffer, and every record it returns is the one the Python loop
+    returns there, with the same counters."""
+    if _COMPILED is None:
+        pytest.skip("not built; test_the_compiled_path_is_built says whether that is allowed")
+    buf, pos, count, _ = records_of(batch(0, [(i, *r) for i, r in enumerate(recs)]))
+    raw = bytearray(buf)
+    for _ in range(data.draw(st.integers(0, 3))):
+        if raw:
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    buf = bytes(raw[: data.draw(st.integers(0, len(raw)))] if data.draw(st.booleans()) else raw)
+    pos += data.draw(st.sampled_from([0, 0, 0, -pos - 1, 1, len(buf)]))
+    count += data.draw(st.sampled_from([0, 0, -1, 1, -count - 1]))
+    base = data.draw(st.sampled_from([0, 2**40, 2**63 - 3, -(2**63)]))
+    a, b = Counters(), Counters()
+    native = _COMPILED(a, buf, pos, count, base, LeanRecord)
+    got = list(native)
+    assert native.done == len(got) <= max(count, 0)
+    if got:
+        assert native.pos <= len(buf)
+        python = itertools.islice(kafka_records._v2_records(b, buf, pos, count, base), len(got))
+        assert [tuple(r) for r in python] == [tuple(r) for r in got]
+        assert vars(a) == vars(b)
+    elif not recs or pos < 0:
+        assert native.pos == pos

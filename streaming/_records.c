@@ -1,0 +1,362 @@
+/* The regular path of streaming.kafka_records' v2 record parser, compiled.
+
+   Records(part, buffer, pos, count, base_offset, cls) iterates over the records of one v2 batch
+   whose first record starts at ``pos`` in ``buffer`` (bytes). Each step reads one record's seven
+   varints, makes ``cls((offset, key, value))`` (cls is LeanRecord, a tuple subclass) and, before
+   returning it, advances ``part.records_read`` by 1, ``part.bytes_read`` by the record's length
+   field and sets ``part.next_fetch_offset`` to offset + 1, as the Python parser does. Where the
+   three are plain int attributes in ``part.__dict__`` (kafka-python's PartitionRecords), the
+   counts are kept here and written into that dict; the part must not change them meanwhile
+   (nothing does while the iterator runs: kafka-python only reads them between records).
+
+   It only takes the path on which nothing can go wrong: every varint at most nine bytes long,
+   every read inside the buffer, no headers, the record's length field equal to what was read.
+   At the first record that is anything else it stops, without side effects for that record,
+   and leaves ``pos`` and ``done`` (records yielded) as attributes: the Python parser then
+   carries on from there and raises kafka-python's exact error, or reads what is legal but
+   unusual (headers, ten-byte varints). So the Python parser stays the one definition of the
+   format, and this file is only ever faster, never different.
+*/
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *part;
+    PyObject *dict;   /* part's __dict__ where the counters can be written there directly */
+    PyObject *buffer; /* bytes */
+    PyTypeObject *cls;
+    Py_ssize_t pos;
+    Py_ssize_t count;
+    Py_ssize_t done;
+    long long base_offset;
+    long long records_read; /* part's counters, kept here while ``dict`` is set */
+    long long bytes_read;
+} RecordsObject;
+
+static PyObject *s_records_read, *s_bytes_read, *s_next_fetch_offset;
+
+/* One zig-zag varint of at most nine bytes at *pos; 0 (and nothing moved) if it runs past the
+   end or is longer. Nine bytes hold 63 bits, so the value is exact in an int64. */
+static inline int
+read_varint(const unsigned char *buf, Py_ssize_t len, Py_ssize_t *pos, long long *out)
+{
+    Py_ssize_t p = *pos;
+    uint64_t result = 0;
+    int shift = 0;
+    for (int i = 0; i < 9; i++) {
+        if (p >= len)
+            return 0;
+        unsigned char b = buf[p++];
+        result |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *out = (long long)(result >> 1) ^ -(long long)(result & 1);
+            *pos = p;
+            return 1;
+        }
+        shift += 7;
+    }
+    return 0;
+}
+
+static int
+add_to(PyObject *part, PyObject *name, long long amount)
+{
+    PyObject *old = PyObject_GetAttr(part, name);
+    if (old == NULL)
+        return -1;
+    PyObject *delta = PyLong_FromLongLong(amount);
+    if (delta == NULL) {
+        Py_DECREF(old);
+        return -1;
+    }
+    PyObject *sum = PyNumber_Add(old, delta);
+    Py_DECREF(old);
+    Py_DECREF(delta);
+    if (sum == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(part, name, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+static int
+set_item(PyObject *dict, PyObject *name, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL)
+        return -1;
+    int rc = PyDict_SetItem(dict, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* The part's counters after one record of ``length`` bytes, the next fetch at ``next``. */
+static int
+update(RecordsObject *self, long long length, long long next)
+{
+    if (self->dict != NULL) {
+        self->records_read += 1;
+        self->bytes_read += length;
+        if (set_item(self->dict, s_records_read, self->records_read) < 0
+            || set_item(self->dict, s_bytes_read, self->bytes_read) < 0
+            || set_item(self->dict, s_next_fetch_offset, next) < 0)
+            return -1;
+        return 0;
+    }
+    PyObject *n = PyLong_FromLongLong(next);
+    if (n == NULL)
+        return -1;
+    int rc = (add_to(self->part, s_records_read, 1) < 0
+              || add_to(self->part, s_bytes_read, length) < 0
+              || PyObject_SetAttr(self->part, s_next_fetch_offset, n) < 0)
+                 ? -1
+                 : 0;
+    Py_DECREF(n);
+    return rc;
+}
+
+/* A plain attribute of ``part``: not a data descriptor (a property, a slot) on its type. */
+static int
+plain_attribute(PyObject *part, PyObject *name)
+{
+    PyObject *attr = PyObject_GetAttr((PyObject *)Py_TYPE(part), name);
+    if (attr == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    int plain = Py_TYPE(attr)->tp_descr_set == NULL;
+    Py_DECREF(attr);
+    return plain;
+}
+
+/* The value of the int counter ``name`` in ``dict`` if it is one that fits 62 bits. */
+static int
+counter(PyObject *dict, PyObject *name, long long *out)
+{
+    PyObject *v = PyDict_GetItemWithError(dict, name);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return 0;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred()) || x > (1LL << 62) || x < -(1LL << 62)) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = x;
+    return 1;
+}
+
+/* ``part``'s __dict__ if its three counters are plain attributes held there as ints; else NULL
+   (no error), and every record goes through getattr and setattr. */
+static PyObject *
+counters_dict(PyObject *part, long long *records_read, long long *bytes_read)
+{
+    PyObject **where = _PyObject_GetDictPtr(part);
+    if (where == NULL || *where == NULL || !PyDict_CheckExact(*where))
+        return NULL;
+    if (!plain_attribute(part, s_records_read) || !plain_attribute(part, s_bytes_read)
+        || !plain_attribute(part, s_next_fetch_offset))
+        return NULL;
+    if (!counter(*where, s_records_read, records_read) || !counter(*where, s_bytes_read, bytes_read))
+        return NULL;
+    return Py_NewRef(*where);
+}
+
+static PyObject *
+records_next(RecordsObject *self)
+{
+    if (self->done >= self->count || self->pos < 0) /* a corrupt count: Python's to judge */
+        return NULL;
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(self->buffer);
+    Py_ssize_t len = PyBytes_GET_SIZE(self->buffer);
+    Py_ssize_t pos = self->pos;
+    long long length, skip, delta, key_len, value_len, headers;
+    if (!read_varint(buf, len, &pos, &length))
+        return NULL;
+    Py_ssize_t start = pos;
+    if (!read_varint(buf, len, &pos, &skip)       /* attributes */
+        || !read_varint(buf, len, &pos, &skip)    /* timestamp delta */
+        || !read_varint(buf, len, &pos, &delta)   /* offset delta */
+        || !read_varint(buf, len, &pos, &key_len))
+        return NULL;
+    Py_ssize_t key_at = pos;
+    if (key_len >= 0) {
+        if (key_len > len - pos)
+            return NULL;
+        pos += (Py_ssize_t)key_len;
+    }
+    if (!read_varint(buf, len, &pos, &value_len))
+        return NULL;
+    Py_ssize_t value_at = pos;
+    if (value_len >= 0) {
+        if (value_len > len - pos)
+            return NULL;
+        pos += (Py_ssize_t)value_len;
+    }
+    if (!read_varint(buf, len, &pos, &headers) || headers != 0)
+        return NULL;
+    if ((long long)(pos - start) != length)
+        return NULL;
+    long long offset;
+    if (__builtin_add_overflow(self->base_offset, delta, &offset) || offset == INT64_MAX)
+        return NULL; /* beyond int64: the Python parser's arbitrary-precision ints take it */
+    PyObject *key, *value, *off, *rec;
+    if (key_len >= 0) {
+        key = PyBytes_FromStringAndSize((const char *)buf + key_at, (Py_ssize_t)key_len);
+        if (key == NULL)
+            return NULL;
+    } else {
+        key = Py_NewRef(Py_None);
+    }
+    if (value_len >= 0) {
+        value = PyBytes_FromStringAndSize((const char *)buf + value_at, (Py_ssize_t)value_len);
+        if (value == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+    } else {
+        value = Py_NewRef(Py_None);
+    }
+    off = PyLong_FromLongLong(offset);
+    if (off == NULL) {
+        Py_DECREF(key);
+        Py_DECREF(value);
+        return NULL;
+    }
+    rec = self->cls->tp_alloc(self->cls, 3);
+    if (rec == NULL) {
+        Py_DECREF(off);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(rec, 0, off);
+    PyTuple_SET_ITEM(rec, 1, key);
+    PyTuple_SET_ITEM(rec, 2, value);
+
+    if (update(self, length, offset + 1) < 0) {
+        Py_DECREF(rec);
+        return NULL;
+    }
+    self->pos = pos;
+    self->done += 1;
+    return rec;
+}
+
+static int
+records_init(RecordsObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"part", "buffer", "pos", "count", "base_offset", "cls", NULL};
+    PyObject *part, *buffer, *cls;
+    Py_ssize_t pos, count;
+    long long base_offset;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!nnLO!", kwlist, &part, &PyBytes_Type,
+                                     &buffer, &pos, &count, &base_offset, &PyType_Type, &cls))
+        return -1;
+    if (!PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "cls must be a tuple subclass");
+        return -1;
+    }
+    Py_XSETREF(self->part, Py_NewRef(part));
+    Py_XSETREF(self->dict, counters_dict(part, &self->records_read, &self->bytes_read));
+    if (PyErr_Occurred())
+        return -1;
+    Py_XSETREF(self->buffer, Py_NewRef(buffer));
+    Py_XSETREF(self->cls, (PyTypeObject *)Py_NewRef(cls));
+    self->pos = pos;
+    self->count = count;
+    self->done = 0;
+    self->base_offset = base_offset;
+    return 0;
+}
+
+static int
+records_traverse(RecordsObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->part);
+    Py_VISIT(self->dict);
+    Py_VISIT(self->cls);
+    return 0;
+}
+
+static int
+records_clear(RecordsObject *self)
+{
+    Py_CLEAR(self->part);
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->buffer);
+    Py_CLEAR(self->cls);
+    return 0;
+}
+
+static void
+records_dealloc(RecordsObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    records_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+records_get_pos(RecordsObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->pos);
+}
+
+static PyObject *
+records_get_done(RecordsObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->done);
+}
+
+static PyGetSetDef records_getset[] = {
+    {"pos", (getter)records_get_pos, NULL, "where the next record starts", NULL},
+    {"done", (getter)records_get_done, NULL, "how many records were returned", NULL},
+    {NULL},
+};
+
+static PyTypeObject RecordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "streaming._records.Records",
+    .tp_basicsize = sizeof(RecordsObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The regular records of one v2 batch (see the module's source for the contract).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)records_init,
+    .tp_dealloc = (destructor)records_dealloc,
+    .tp_traverse = (traverseproc)records_traverse,
+    .tp_clear = (inquiry)records_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)records_next,
+    .tp_getset = records_getset,
+};
+
+static struct PyModuleDef records_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "streaming._records",
+    .m_doc = "The regular path of the lean v2 record parser, compiled.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__records(void)
+{
+    s_records_read = PyUnicode_InternFromString("records_read");
+    s_bytes_read = PyUnicode_InternFromString("bytes_read");
+    s_next_fetch_offset = PyUnicode_InternFromString("next_fetch_offset");
+    if (s_records_read == NULL || s_bytes_read == NULL || s_next_fetch_offset == NULL)
+        return NULL;
+    if (PyType_Ready(&RecordsType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&records_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Records", (PyObject *)&RecordsType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
