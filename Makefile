@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck bench bench-quick clean
 
-$(STAMP): pyproject.toml streaming/_records.c
+$(STAMP): pyproject.toml streaming/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,dev]"

@@ -176,12 +176,28 @@ class Reject(NamedTuple):
     row: int  # position in the input sequence
 
 
+try:
+    from streaming._native import key64 as _native_key64
+except ImportError:  # not built (no C compiler at install): numpy computes the same keys
+    _native_key64 = None
+
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
 def key64(values: Sequence[str]) -> npt.NDArray[np.uint64]:
     """A stable 64-bit key per id (FNV-1a over its UTF-8 bytes, then a 64-bit finaliser).
+
+    Computed by the compiled twin (``streaming._native.key64``) where it is built, else by
+    :func:`key64_numpy`, the reference (the two are tested equal).
+    """
+    if _native_key64 is None:
+        return key64_numpy(values)
+    return np.frombuffer(_native_key64(list(values)), np.uint64).copy()
+
+
+def key64_numpy(values: Sequence[str]) -> npt.NDArray[np.uint64]:
+    """:func:`key64` in numpy: the reference definition, and the path without the compiled one.
 
     Vectorised over the ids: one pass over the concatenated UTF-8 bytes per character position,
     so hashing the candidate lists of a batch costs well under a microsecond per id, not a Python

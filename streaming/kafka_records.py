@@ -14,7 +14,7 @@ the batch CRC check (``check_crcs``), control batches, aborted transactions unde
 (the same sums: ``bytes_read`` adds each record's length field, as kafka-python does).
 Legacy v0/v1 message sets go through kafka-python's own record objects.
 
-The loop's regular path is also compiled (``streaming/_records.c``, built by the install where a
+The loop's regular path is also compiled (``streaming/_native.c``, built by the install where a
 C compiler is present; :data:`NATIVE` says whether it was): it reads records until the first one
 that is anything but regular (headers, a varint over nine bytes, a read past the end, a length
 that does not add up), and the Python loop below carries on from there. So this module's Python
@@ -45,14 +45,14 @@ from kafka.errors import CorruptRecordError
 from kafka.protocol.consumer import IsolationLevel
 
 try:
-    from streaming._records import Records as _NativeRecords
+    from streaming._native import Records as _NativeRecords
 except ImportError:  # not built (no C compiler at install): the Python parser reads everything
     _NativeRecords = None
 
 log = logging.getLogger(__name__)
 
 NATIVE = _NativeRecords is not None
-"""Whether the compiled regular path (``streaming._records``) is in use."""
+"""Whether the compiled regular path (``streaming._native``) is in use."""
 
 __all__ = [
     "NATIVE",

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streaming import events as ev
+from streaming.event_contract import key64_numpy
 from streaming.events import DecodeError, Limits
 
 T = TypeVar("T")
@@ -346,6 +347,21 @@ def _key64_reference(values: list[str]) -> list[int]:
 )
 def test_key64_hashes_the_utf8_bytes_of_each_id(values: list[str]) -> None:
     assert ev.key64(values).tolist() == _key64_reference(values)
+    assert key64_numpy(values).tolist() == _key64_reference(values)
+
+
+def test_key64_compiled_and_numpy_agree_on_any_input_form() -> None:
+    """The compiled twin (``streaming._native.key64``) where built, on every form of input."""
+    ids = ["t1", "é", "", "a\x00b"]
+    want = _key64_reference(ids)
+    for form in (ids, tuple(ids), np.array(ids, dtype=np.str_)):
+        got = ev.key64(form)
+        assert got.dtype == np.uint64 and got.tolist() == want
+        got[0] = 0  # a writable array of its own
+    assert ev.key64([]).dtype == np.uint64 and ev.key64([]).size == 0
+    for fn in (ev.key64, key64_numpy):
+        with pytest.raises(UnicodeEncodeError):
+            fn(["ok", "\ud800"])  # a lone surrogate has no UTF-8 form
 
 
 @settings(max_examples=200, deadline=None)
@@ -358,6 +374,7 @@ def test_key64_hashes_the_utf8_bytes_of_each_id(values: list[str]) -> None:
 )
 def test_key64_equals_the_reference_on_any_text(values: list[str]) -> None:
     assert ev.key64(values).tolist() == _key64_reference(values)
+    assert key64_numpy(values).tolist() == _key64_reference(values)
 
 
 def test_empty_batches_decode_to_empty_columns() -> None:

@@ -4,7 +4,7 @@ Every test parses one fetched partition's bytes (``MemoryRecords``) with the sto
 class, takes records in the same cuts, and compares after every cut: the ``(offset, key, value)``
 taken, ``next_fetch_offset``, ``records_read``, ``bytes_read``, ``leader_epoch``, whether the part
 is drained, and the error raised (type) where the bytes are corrupt. Every test runs twice: with
-the compiled regular path (``streaming._records``) in front of the Python loop, and with the
+the compiled regular path (``streaming._native``) in front of the Python loop, and with the
 Python loop alone.
 """
 

@@ -1,4 +1,4 @@
-"""Type stub of the compiled regular path of the lean v2 record parser (``_records.c``)."""
+"""Type stub of encore's compiled hot spots (``_native.c``): the v2 record path and key64."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -16,3 +16,6 @@ class Records(Iterator[Any]):
     @property
     def done(self) -> int:
         """How many records were returned."""
+
+def key64(ids: list[str], /) -> bytes:
+    """FNV-1a 64 over each id's UTF-8 bytes, then splitmix64: 8 native-endian bytes per id."""

@@ -1,4 +1,10 @@
-/* The regular path of streaming.kafka_records' v2 record parser, compiled.
+/* encore's two compiled hot spots, each the exact twin of a Python definition that stays the
+   reference (and the fallback where this file is not built):
+
+   - Records: the regular path of streaming.kafka_records' v2 record parser;
+   - key64: streaming.event_contract.key64's hash of ids, FNV-1a over UTF-8 then splitmix64.
+
+   Records
 
    Records(part, buffer, pos, count, base_offset, cls) iterates over the records of one v2 batch
    whose first record starts at ``pos`` in ``buffer`` (bytes). Each step reads one record's seven
@@ -320,7 +326,7 @@ static PyGetSetDef records_getset[] = {
 
 static PyTypeObject RecordsType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "streaming._records.Records",
+    .tp_name = "streaming._native.Records",
     .tp_basicsize = sizeof(RecordsObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The regular records of one v2 batch (see the module's source for the contract).",
@@ -334,15 +340,66 @@ static PyTypeObject RecordsType = {
     .tp_getset = records_getset,
 };
 
+/* key64(ids: list[str]) -> bytes: 8 bytes per id, native-endian uint64, FNV-1a 64 over the id's
+   UTF-8 bytes, then the splitmix64 finaliser, as streaming.event_contract.key64 computes them
+   with numpy. A str that has no UTF-8 form (a lone surrogate) raises UnicodeEncodeError, as
+   str.encode does. */
+static PyObject *
+key64(PyObject *module, PyObject *ids)
+{
+    if (!PyList_CheckExact(ids)) {
+        PyErr_SetString(PyExc_TypeError, "key64 takes a list of str");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(ids);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(uint64_t));
+    if (out == NULL)
+        return NULL;
+    uint64_t *h = (uint64_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *id = PyList_GET_ITEM(ids, i);
+        if (!PyUnicode_Check(id)) {
+            PyErr_Format(PyExc_TypeError, "key64 takes a list of str, got %.100s",
+                         Py_TYPE(id)->tp_name);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t len;
+        const unsigned char *b = (const unsigned char *)PyUnicode_AsUTF8AndSize(id, &len);
+        if (b == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        uint64_t x = 0xCBF29CE484222325ULL;
+        for (Py_ssize_t j = 0; j < len; j++) {
+            x ^= b[j];
+            x *= 0x100000001B3ULL;
+        }
+        x ^= x >> 30;
+        x *= 0xBF58476D1CE4E5B9ULL;
+        x ^= x >> 27;
+        x *= 0x94D049BB133111EBULL;
+        x ^= x >> 31;
+        h[i] = x;
+    }
+    return out;
+}
+
+static PyMethodDef native_methods[] = {
+    {"key64", (PyCFunction)key64, METH_O, "FNV-1a 64 + splitmix64 of each id, as bytes."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef records_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "streaming._records",
-    .m_doc = "The regular path of the lean v2 record parser, compiled.",
+    .m_name = "streaming._native",
+    .m_doc = "encore's compiled hot spots: the regular v2 record path and key64.",
     .m_size = -1,
+    .m_methods = native_methods,
 };
 
 PyMODINIT_FUNC
-PyInit__records(void)
+PyInit__native(void)
 {
     s_records_read = PyUnicode_InternFromString("records_read");
     s_bytes_read = PyUnicode_InternFromString("bytes_read");
