@@ -265,6 +265,7 @@ def _update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, Mod
     n = rows.ms_played.shape[0]
     full = n - n % MODEL_BATCH
     loss_sum, used = 0.0, 0
+    metrics_of_each: list[tuple[Any, Any]] = []
     for lo in range(0, full, MODEL_BATCH):
         sl = slice(lo, lo + MODEL_BATCH)
         batch = rewards.Outcomes(
@@ -279,9 +280,12 @@ def _update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, Mod
             track_id=rows.track_id[sl],
         )
         model, metrics = engine.reward_model.update(model, batch)
-        k = int(metrics.n_used)
-        loss_sum += float(metrics.loss) * k
-        used += k
+        metrics_of_each.append((metrics.loss, metrics.n_used))
+    # Read once after every update is dispatched (each read waits for XLA): the same sums, in
+    # the same order, as reading each batch's metrics after its update.
+    for loss, k in jax.device_get(metrics_of_each):
+        loss_sum += float(loss) * int(k)
+        used += int(k)
     rest = ModelRows._make(x[full:] for x in rows)
     return model, rest, loss_sum, used
 
