@@ -481,3 +481,49 @@ def test_property_compiled_path_on_damaged_records(recs: list[Any], data: st.Dat
         assert vars(a) == vars(b)
     elif not recs or pos < 0:
         assert native.pos == pos
+
+
+class Logged(Counters):
+    """Counters behind a custom ``__setattr__``: every write must go through it."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+        super().__init__()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "writes":
+            self.writes.append(name)
+        super().__setattr__(name, value)
+
+
+class Scaled:
+    """``records_read`` behind a property (a data descriptor): never bypassed."""
+
+    def __init__(self) -> None:
+        self._read = 0
+        self.bytes_read = 0
+        self.next_fetch_offset = -1
+
+    @property
+    def records_read(self) -> int:
+        return self._read
+
+    @records_read.setter
+    def records_read(self, value: int) -> None:
+        self._read = value * 10
+
+
+@pytest.mark.parametrize("kind", [Counters, Logged, Scaled])
+def test_compiled_path_updates_counters_as_python_does(kind: Any) -> None:
+    if _COMPILED is None:
+        pytest.skip("not built; test_the_compiled_path_is_built says whether that is allowed")
+    buf, pos, count, base = records_of(batch(40, plain(4)))
+    a, b = kind(), kind()
+    assert list(_COMPILED(a, buf, pos, count, base, LeanRecord)) == list(
+        kafka_records._v2_records(b, buf, pos, count, base)
+    )
+    assert vars(a) == vars(b)
+    a.records_read = b.records_read = 7  # written between batches: the next one starts there
+    list(_COMPILED(a, buf, pos, count, base, LeanRecord))
+    list(kafka_records._v2_records(b, buf, pos, count, base))
+    assert vars(a) == vars(b)
