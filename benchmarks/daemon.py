@@ -22,6 +22,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import dataclasses
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,62 +160,22 @@ class _Stream(NamedTuple):
     decode_rate: float  # consume + decode on the daemon's record path
 
 
-def _measure(
-    base: Any, servers: str, tmp: str, run_id: str, encoding: FeatureEncoding, n_requests: int
-) -> _Stream:
-    """Produce one stream with ``encoding`` and measure count-only, consume + decode, daemon."""
-    from streaming.daemon import Daemon
-    from streaming.demo import produce_simulated
-    from streaming.kafka_io import ensure_topics
+class _DaemonRun(NamedTuple):
+    """One in-process daemon run over a stream, from a fresh group and fresh state."""
 
-    label = dict(ENCODINGS)[encoding]
-    cfg = dataclasses.replace(
-        base,
-        kafka=dataclasses.replace(base.kafka, group_id=f"bench-{run_id}-{encoding}"),
-        topics=base.topics.for_run(f"{run_id}-{encoding}"),
-        events=dataclasses.replace(base.events, feature_encoding=encoding),
-        checkpoint=dataclasses.replace(base.checkpoint, dir=f"{tmp}/{encoding}/ckpt"),
-        log=dataclasses.replace(base.log, dir=f"{tmp}/{encoding}/log"),
-    )
-    ensure_topics(cfg, servers)
-    started = time.perf_counter()
-    n = produce_simulated(cfg, servers, n_requests=n_requests, slate_size=5, seed=0)
-    produce_s = time.perf_counter() - started
-    topics = [cfg.topics.impressions, cfg.topics.outcomes]
-    per_poll = cfg.kafka.max_poll_records  # as many records per poll as the daemon takes
-    # Interleaved, so that drifting load on a shared machine hits both record paths alike.
-    count = _consume(servers, topics, n, decode=False, lean=False, max_records=per_poll)
-    count_lean = _consume(servers, topics, n, decode=False, lean=True, max_records=per_poll)
-    decoded = _consume(servers, topics, n, decode=True, lean=False, max_records=per_poll)
-    decoded_lean = _consume(servers, topics, n, decode=True, lean=True, max_records=per_poll)
-    # The daemon's own record path is the honest peer; the stock client's rate is printed too.
-    daemon_lean = cfg.kafka.lean_records
-    decode_rate = (decoded_lean if daemon_lean else decoded).rate
-    stock_decode_rate = decoded.rate
-    total_bytes = sum(count.bytes.values())
-    mean_bytes = total_bytes / max(count.n, 1)
-    impression_bytes = count.bytes.get(topics[0], 0) / max(count.events.get(topics[0], 0), 1)
-    rows: list[Row] = []
-    for seen, what, path, peer in (
-        (count, "consume, count only", "stock", decoded),
-        (count_lean, "consume, count only", "lean", decoded_lean),
-        (decoded, "consume + encore decode to columns", "stock", decoded),
-        (decoded_lean, "consume + encore decode to columns", "lean", decoded_lean),
-    ):
-        client = "kafka-python" if path == "stock" else "kafka-python + lean records"
-        rows.append(
-            {
-                "system": f"{client} {what} [{label}]",
-                "features": encoding,
-                "record_path": path,
-                "events": seen.n,
-                "event_bytes": mean_bytes,
-                "impression_bytes": impression_bytes,
-                "events_per_s": seen.rate,
-                "mb_per_s": seen.rate * mean_bytes / 1e6,
-                "vs_consume_decode": seen.rate / peer.rate,
-            }
-        )
+    stats: Any  # the daemon's final Stats
+    rate: float  # events over the whole run, start-up included
+    steady: _Steady
+    first_event_s: float
+    last_event_s: float
+    run_s: float
+    samples: list[tuple[float, float]]  # (seconds into the run, resident MiB)
+
+
+def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
+    """Run the daemon over ``cfg``'s topics until idle, sampling memory and progress each second."""
+    from streaming.daemon import Daemon
+
     daemon = Daemon(cfg, servers=servers)
     samples: list[tuple[float, float]] = []
     progress: list[tuple[float, int, float, float]] = []
@@ -241,11 +202,106 @@ def _measure(
     elapsed = time.perf_counter() - t0 - 3.0  # the idle wait before exiting is not work
     done.set()
     sampler.join()
-    rate = stats.events / max(elapsed, 1e-9)
-    steady_run = _steady(progress, stats.events)
-    steady = steady_run.events_per_s
     began = [t for t, e, _, _ in progress if e > 0]
     ended = [t for t, e, _, _ in progress if e >= stats.events]
+    return _DaemonRun(
+        stats=stats,
+        rate=stats.events / max(elapsed, 1e-9),
+        steady=_steady(progress, stats.events),
+        first_event_s=began[0] if began else float("nan"),
+        last_event_s=ended[0] if ended else float("nan"),
+        run_s=elapsed + 3.0,
+        samples=samples,
+    )
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def _each(values: list[float]) -> str:
+    """Every round's figure, in order, for the ``rounds`` column."""
+    return " / ".join(f"{v:,.0f}" for v in values)
+
+
+def _measure(
+    base: Any,
+    servers: str,
+    tmp: str,
+    run_id: str,
+    encoding: FeatureEncoding,
+    n_requests: int,
+    rounds: int,
+) -> _Stream:
+    """Produce one stream with ``encoding``; then, ``rounds`` times over it: count-only and
+    consume + decode on both record paths, and the daemon from a fresh group and fresh state.
+    Each row reports the median of its rounds (and every round's figure)."""
+    from streaming.demo import produce_simulated
+    from streaming.kafka_io import ensure_topics
+
+    label = dict(ENCODINGS)[encoding]
+    cfg = dataclasses.replace(
+        base,
+        topics=base.topics.for_run(f"{run_id}-{encoding}"),
+        events=dataclasses.replace(base.events, feature_encoding=encoding),
+    )
+    ensure_topics(cfg, servers)
+    started = time.perf_counter()
+    n = produce_simulated(cfg, servers, n_requests=n_requests, slate_size=5, seed=0)
+    produce_s = time.perf_counter() - started
+    topics = [cfg.topics.impressions, cfg.topics.outcomes]
+    per_poll = cfg.kafka.max_poll_records  # as many records per poll as the daemon takes
+    kinds = [(False, "stock"), (True, "stock"), (False, "lean"), (True, "lean")]
+    passes: dict[tuple[bool, str], list[_Consumed]] = {k: [] for k in kinds}
+    runs: list[_DaemonRun] = []
+    for r in range(rounds):
+        # Interleaved, so that drifting load on a shared machine hits every row alike.
+        for decode, path in ((False, "stock"), (False, "lean"), (True, "stock"), (True, "lean")):
+            passes[(decode, path)].append(
+                _consume(
+                    servers, topics, n, decode=decode, lean=path == "lean", max_records=per_poll
+                )
+            )
+        run_cfg = dataclasses.replace(
+            cfg,
+            kafka=dataclasses.replace(cfg.kafka, group_id=f"bench-{run_id}-{encoding}-{r}"),
+            checkpoint=dataclasses.replace(cfg.checkpoint, dir=f"{tmp}/{encoding}/{r}/ckpt"),
+            log=dataclasses.replace(cfg.log, dir=f"{tmp}/{encoding}/{r}/log"),
+        )
+        runs.append(_daemon_run(run_cfg, servers))
+    rate = {k: _median([c.rate for c in v]) for k, v in passes.items()}
+    count = passes[(False, "stock")][0]
+    # The daemon's own record path is the honest peer; the stock client's rate is printed too.
+    daemon_lean = cfg.kafka.lean_records
+    decode_rate = rate[(True, "lean" if daemon_lean else "stock")]
+    stock_decode_rate = rate[(True, "stock")]
+    total_bytes = sum(count.bytes.values())
+    mean_bytes = total_bytes / max(count.n, 1)
+    impression_bytes = count.bytes.get(topics[0], 0) / max(count.events.get(topics[0], 0), 1)
+    rows: list[Row] = []
+    for decode, path in ((False, "stock"), (False, "lean"), (True, "stock"), (True, "lean")):
+        what = "consume + encore decode to columns" if decode else "consume, count only"
+        client = "kafka-python" if path == "stock" else "kafka-python + lean records"
+        r_ = rate[(decode, path)]
+        rows.append(
+            {
+                "system": f"{client} {what} [{label}]",
+                "features": encoding,
+                "record_path": path,
+                "events": count.n,
+                "event_bytes": mean_bytes,
+                "impression_bytes": impression_bytes,
+                "events_per_s": r_,
+                "rounds": _each([c.rate for c in passes[(decode, path)]]),
+                "mb_per_s": r_ * mean_bytes / 1e6,
+                "vs_consume_decode": r_ / rate[(True, path)],
+            }
+        )
+    whole = _median([x.rate for x in runs])
+    steady = _median([x.steady.events_per_s for x in runs])
+    mid = sorted(runs, key=lambda x: x.rate)[(len(runs) - 1) // 2]  # the median run's details
+    stats = mid.stats
+    samples = runs[0].samples
     third = max(len(samples) // 3, 1)
     rows.append(
         {
@@ -256,18 +312,20 @@ def _measure(
             "events": stats.events,
             "event_bytes": mean_bytes,
             "impression_bytes": impression_bytes,
-            "events_per_s": rate,
-            "mb_per_s": rate * mean_bytes / 1e6,
-            "vs_consume_decode": rate / decode_rate,
-            "vs_stock_consume_decode": rate / stock_decode_rate,
+            "events_per_s": whole,
+            "rounds": f"whole {_each([x.rate for x in runs])}; "
+            f"steady {_each([x.steady.events_per_s for x in runs])}",
+            "mb_per_s": whole * mean_bytes / 1e6,
+            "vs_consume_decode": whole / decode_rate,
+            "vs_stock_consume_decode": whole / stock_decode_rate,
             "steady_events_per_s": steady,
             "steady_vs_consume_decode": steady / decode_rate,
-            "steady_cores": steady_run.cores,
-            "steady_cpu_us_per_event": steady_run.cpu_us_per_event,
-            "steady_main_thread_busy": steady_run.main_busy,
-            "first_event_s": began[0] if began else float("nan"),
-            "last_event_s": ended[0] if ended else float("nan"),
-            "run_s": elapsed + 3.0,
+            "steady_cores": _median([x.steady.cores for x in runs]),
+            "steady_cpu_us_per_event": _median([x.steady.cpu_us_per_event for x in runs]),
+            "steady_main_thread_busy": _median([x.steady.main_busy for x in runs]),
+            "first_event_s": _median([x.first_event_s for x in runs]),
+            "last_event_s": _median([x.last_event_s for x in runs]),
+            "run_s": _median([x.run_s for x in runs]),
             "rss_first_third_mb": max(s for _, s in samples[:third]) if samples else float("nan"),
             "rss_last_third_mb": max(s for _, s in samples[-third:]) if samples else float("nan"),
             "peak_rss_mb": peak_rss_mb(),
@@ -380,6 +438,7 @@ def run(ctx: Context) -> list[Row]:
 
     default = 8_000 if ctx.quick else 180_000
     n_requests = int(os.environ.get("ENCORE_DAEMON_REQUESTS", default))
+    rounds = int(os.environ.get("ENCORE_DAEMON_ROUNDS", 1 if ctx.quick else 3))
     streams: dict[str, _Stream] = {}
     with broker_for_bench() as servers, tempfile.TemporaryDirectory(prefix="encore-daemon-") as tmp:
         run_id = uuid.uuid4().hex[:8]
@@ -387,7 +446,7 @@ def run(ctx: Context) -> list[Row]:
             env={}, overrides=[f"kafka.bootstrap_servers={servers}", *_BASE_OVERRIDES]
         )
         for encoding, _ in ENCODINGS:
-            streams[encoding] = _measure(base, servers, tmp, run_id, encoding, n_requests)
+            streams[encoding] = _measure(base, servers, tmp, run_id, encoding, n_requests, rounds)
         label = dict(ENCODINGS)["float32"]
         group_rows = [
             _group(streams["float32"], servers, tmp, workers, label) for workers in (1, 2)
@@ -415,6 +474,14 @@ def run(ctx: Context) -> list[Row]:
         f"in {js.produce_s:.0f} s, with base64 float32 features in {f32.produce_s:.0f} s. The "
         "events are the same (same seed); only the impressions' encoding differs, and the "
         "simulator's features are float32, so both decode to identical batches."
+    )
+    ctx.notes.append(
+        f"Rounds: {rounds} per stream. Each round runs, in turn, the four consumer passes and then "
+        "the daemon from a fresh consumer group and fresh state; every row reports the median "
+        "of its rounds (column rounds: each round's figure, in order; for the daemon, its whole "
+        "run and its steady rate). The daemon row's other columns are medians too, except "
+        "closed, dead_letters, late and align_pauses (the run with the median whole-run rate) "
+        "and memory (the first round). ENCORE_DAEMON_ROUNDS sets another count."
     )
     for encoding, label in ENCODINGS:
         st = streams[encoding]
