@@ -215,6 +215,15 @@ def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
     )
 
 
+_PASSES: tuple[tuple[bool, str], ...] = (
+    (False, "stock"),
+    (False, "lean"),
+    (True, "stock"),
+    (True, "lean"),
+)
+"""The consumer passes of a round, in order: (decode to columns?, record path)."""
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
@@ -251,12 +260,11 @@ def _measure(
     produce_s = time.perf_counter() - started
     topics = [cfg.topics.impressions, cfg.topics.outcomes]
     per_poll = cfg.kafka.max_poll_records  # as many records per poll as the daemon takes
-    kinds = [(False, "stock"), (True, "stock"), (False, "lean"), (True, "lean")]
-    passes: dict[tuple[bool, str], list[_Consumed]] = {k: [] for k in kinds}
+    passes: dict[tuple[bool, str], list[_Consumed]] = {k: [] for k in _PASSES}
     runs: list[_DaemonRun] = []
     for r in range(rounds):
         # Interleaved, so that drifting load on a shared machine hits every row alike.
-        for decode, path in ((False, "stock"), (False, "lean"), (True, "stock"), (True, "lean")):
+        for decode, path in _PASSES:
             passes[(decode, path)].append(
                 _consume(
                     servers, topics, n, decode=decode, lean=path == "lean", max_records=per_poll
@@ -279,7 +287,7 @@ def _measure(
     mean_bytes = total_bytes / max(count.n, 1)
     impression_bytes = count.bytes.get(topics[0], 0) / max(count.events.get(topics[0], 0), 1)
     rows: list[Row] = []
-    for decode, path in ((False, "stock"), (False, "lean"), (True, "stock"), (True, "lean")):
+    for decode, path in _PASSES:
         what = "consume + encore decode to columns" if decode else "consume, count only"
         client = "kafka-python" if path == "stock" else "kafka-python + lean records"
         r_ = rate[(decode, path)]
