@@ -85,14 +85,15 @@ class KafkaConfig:
     max_poll_records: int = 20_000
     session_timeout_ms: int = 10_000
     # A daemon that has held no partition this long while its stable group leaves some unowned
-    # rejoins the group (streaming.liveness); 0 turns the watchdog off.
+    # rejoins the group; still nothing at the next check (or a group neither stable nor known
+    # at two in a row), it replaces its consumer (streaming.liveness); 0 turns the watchdog off.
     rejoin_unassigned_ms: int = 30_000
     # The daemon reads (offset, key, value) records parsed from v2 batches in one loop
     # (streaming.kafka_records, ~3.6x faster than kafka-python's per-record objects); false
     # keeps kafka-python's own records. Refused, with a warning, on another kafka-python.
     lean_records: bool = True
-    # A daemon whose consumer returned nothing this long while its partitions have lag closes
-    # it and opens a new one (Daemon.restart_consumer); 0 turns this off.
+    # A daemon whose consumer returned nothing this long while its partitions have lag (or lag
+    # that cannot be read) closes it and opens a new one (Daemon.restart_consumer); 0: off.
     stall_restart_ms: int = 120_000
     # A partition read more than this far ahead in event time of the same partition of the other
     # stream (impressions vs outcomes) is paused until that one catches up (streaming.align), so

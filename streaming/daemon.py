@@ -46,6 +46,7 @@ from streaming.kafka_io import (
     describe_group,
     make_consumer,
     make_producer,
+    member_id,
     partitions_of,
     rejoin,
     serve_parked,
@@ -105,6 +106,7 @@ class Daemon:
         self.lineage = ""  # this worker's lineage (streaming.deltas), set with the state below
         self.lineage_born_ms = 0  # when it was drawn (wall clock)
         self._delivered = False  # a poll returned records since the last lag refresh
+        self._lag_unknown = ""  # why the last lag refresh failed ("": it did not)
         # held from before the state is read until close: one worker per checkpoint directory
         self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
         self._ckpt_lock.acquire()
@@ -452,37 +454,52 @@ class Daemon:
                     (tp.topic, tp.partition) for tp in partitions_of(consumer, pair)
                 ],
                 rejoin=lambda: rejoin(consumer, pair, listener),
+                member_id=lambda: member_id(consumer),
+                restart=self.restart_consumer,
             )
 
     def stalled(self, now: int, last_got: int) -> bool:
         """True when the group consumer has returned nothing for ``kafka.stall_restart_ms``
-        although a partition it holds has records left (its lag, refreshed every tick)."""
+        although a partition it holds has records left (its lag, refreshed every tick), or
+        although it holds partitions whose lag could not be read at the last refresh (a client
+        that cannot reach its positions or the partitions' ends is not fetching either)."""
         limit = self.config.kafka.stall_restart_ms
-        return (
-            limit > 0
-            and now - max(last_got, self._consumer_since) >= limit
-            and any(lag > 0 for lag in self.stats.lag.values())
-        )
+        if limit <= 0 or now - max(last_got, self._consumer_since) < limit:
+            return False
+        if any(lag > 0 for lag in self.stats.lag.values()):
+            log.warning(
+                "no records for %d ms although the held partitions have %d left (lag); "
+                "closing the consumer and opening a new one",
+                limit,
+                sum(self.stats.lag.values()),
+            )
+            return True
+        if self._lag_unknown and self.stats.held:
+            log.warning(
+                "no records for %d ms and the lag of the %d held partitions is unknown (%s); "
+                "closing the consumer and opening a new one",
+                limit,
+                self.stats.held,
+                self._lag_unknown,
+            )
+            return True
+        return False
 
     def restart_consumer(self) -> None:
         """Close the group consumer (its revoke checkpoints and hands off what it holds) and
         open a new one, which joins the group and seeks to the state's offsets on assignment.
 
         The way out of a client that stopped fetching: kafka-python 3.0.12 has been seen to spin
-        in ``poll`` for minutes, unable to find its coordinator, with all the lag left.
+        in ``poll`` for minutes, unable to find its coordinator, with all the lag left; and of one
+        the group watch (``streaming.liveness``) found holding nothing it should.
         """
-        log.warning(
-            "no records for %d ms although the held partitions have %d left (lag); "
-            "closing the consumer and opening a new one",
-            self.config.kafka.stall_restart_ms,
-            sum(self.stats.lag.values()),
-        )
         try:
             self.consumer.close(autocommit=False)
         except Exception as exc:  # a broken client may fail to close; the new one replaces it
             log.warning("closing the stalled consumer failed: %s", exc)
         self.stats.consumer_restarts += 1
         self.stats.lag = {}
+        self._lag_unknown = ""
         self._open_group_consumer()
 
     def _use_cache(self) -> None:
@@ -713,9 +730,12 @@ class Daemon:
         """Refresh the Prometheus numbers and the status file ``encore status`` reads."""
         if self.consumer is not None:
             try:
+                self.stats.held = len(self.consumer.assignment())
                 self.stats.lag = self._lag()
+                self._lag_unknown = ""
             except Exception as exc:  # lag is best effort: never stop learning for it
                 log.debug("consumer lag unavailable: %s", exc)
+                self._lag_unknown = f"{type(exc).__name__}: {exc}"
         self.metrics.update_from(self.metrics_snapshot())
         write_status(status_path(self.config), self.metrics.snapshot())
 

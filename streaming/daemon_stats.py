@@ -24,7 +24,8 @@ class Stats:
     events_by_topic: dict[str, int] = field(default_factory=dict[str, int])
     dead_by_code: dict[str, int] = field(default_factory=dict[str, int])
     late_by_kind: dict[str, int] = field(default_factory=dict[str, int])
-    lag: dict[str, int] = field(default_factory=dict[str, int])
+    lag: dict[str, int] = field(default_factory=dict[str, int])  # per held partition
+    held: int = 0  # partitions the group consumer holds, as of the last refresh
     deltas_published: int = 0
     deltas_merged: int = 0
     handoffs_published: int = 0  # partition records sent (revoke, or a restart's republish)
@@ -41,7 +42,8 @@ class Stats:
 
 
 def summary_line(s: Stats, now_ms: int) -> str:
-    """One console line: events and their rate since start, joins, dead letters, rewards."""
+    """One console line: events and their rate since start, joins, dead letters, checkpoints,
+    the partitions held and their lag (records left), rewards."""
     c = s.counters
     elapsed = max(now_ms - s.started_ms, 1) / 1000.0
     rewards = "  ".join(
@@ -51,7 +53,8 @@ def summary_line(s: Stats, now_ms: int) -> str:
     return (
         f"{s.events:,} events ({s.events / elapsed:,.0f}/s)  joined {c.get('joined', 0):,}  "
         f"closed {c.get('closed', 0):,}  dlq {s.dead_letters}  late {s.late}  "
-        f"ckpt {s.checkpoints}  top-reward {rewards}"
+        f"ckpt {s.checkpoints}  held {s.held} (lag {sum(s.lag.values()):,})  "
+        f"top-reward {rewards}"
     )
 
 

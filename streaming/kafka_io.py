@@ -46,6 +46,7 @@ __all__ = [
     "make_admin",
     "make_consumer",
     "make_producer",
+    "member_id",
     "rejoin",
     "serve_parked",
     "topic_specs",
@@ -165,6 +166,13 @@ def rejoin(consumer: KafkaConsumer, topics: Sequence[str], listener: Any = None)
     """Leave the group and subscribe again, as ``make_consumer`` does: the next poll rejoins."""
     consumer.unsubscribe()
     _subscribe(consumer, topics, listener)
+
+
+def member_id(consumer: KafkaConsumer) -> str | None:
+    """This consumer's member id in its group (None until it joined); kafka-python 3's
+    ``group_metadata``, which the typeshed stubs of kafka-python 2 do not list."""
+    found = str(cast(Any, consumer).group_metadata().member_id or "")
+    return found or None
 
 
 def _subscribe(consumer: KafkaConsumer, topics: Sequence[str], listener: Any) -> None:

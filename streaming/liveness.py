@@ -10,6 +10,13 @@ owns; when the group is stable and some are unowned, it makes the consumer rejoi
 holds nothing because the group has more members than partitions sees every partition owned and
 does not rejoin, so idle spare workers never set off rebalances.
 
+Two more ways a worker can hold nothing while it should not are caught as well: the group lists
+partitions under this very member although the consumer holds none (its assignment never
+arrived), which counts those partitions as unowned; and a worker that still holds nothing at the
+next check after a rejoin, or that found the group neither stable nor describable at two checks
+in a row, gets its consumer replaced (``restart``), since a client that a rejoin did not mend is
+not trusted to mend itself. (A CI run saw a restarted daemon sit at "0 events" for 90 s.)
+
 The class talks to Kafka only through the callables it is given (the daemon passes its consumer
 and an admin client from ``streaming.kafka_io``), so its decisions are tested without a broker
 and its effect against the real one.
@@ -26,13 +33,17 @@ log = logging.getLogger(__name__)
 Partition = tuple[str, int]
 
 
-def owned_partitions(description: Mapping[str, Any]) -> set[Partition] | None:
+def owned_partitions(
+    description: Mapping[str, Any], *, excluding: str | None = None
+) -> set[Partition] | None:
     """The (topic, partition) pairs the members of a described group hold; None when unknown.
 
     ``description`` is one group's entry of ``KafkaAdminClient.describe_groups``: ``members``,
     each with a decoded ``member_assignment`` whose ``assigned_partitions`` list
     ``{"topic": ..., "partitions": [...]}``. When a member's assignment could not be decoded
-    (kafka-python leaves the bytes), what the group owns is unknown: None.
+    (kafka-python leaves the bytes), what the group owns is unknown: None. The member whose
+    ``member_id`` is ``excluding`` is left out (a worker whose consumer holds nothing although the
+    group lists partitions under it: nobody consumes those).
 
     >>> owned_partitions({"members": [{"member_assignment": {"assigned_partitions": [
     ...     {"topic": "t", "partitions": [0, 2]}]}}]}) == {("t", 0), ("t", 2)}
@@ -40,6 +51,8 @@ def owned_partitions(description: Mapping[str, Any]) -> set[Partition] | None:
     """
     out: set[Partition] = set()
     for member in description.get("members") or ():
+        if excluding and member.get("member_id") == excluding:
+            continue
         assignment = member.get("member_assignment")
         if not isinstance(assignment, Mapping):
             return None
@@ -50,10 +63,13 @@ def owned_partitions(description: Mapping[str, Any]) -> set[Partition] | None:
 
 
 def unowned_partitions(
-    description: Mapping[str, Any], partitions: Iterable[Partition]
+    description: Mapping[str, Any],
+    partitions: Iterable[Partition],
+    *,
+    excluding: str | None = None,
 ) -> set[Partition] | None:
     """The ``partitions`` no member of a stable group holds; None while the group is not
-    stable or what its members hold is unknown.
+    stable or what its members hold is unknown. ``excluding``: see ``owned_partitions``.
 
     A group that is rebalancing (``PreparingRebalance``, ``CompletingRebalance``) is about to
     hand partitions out, and one that is ``Empty`` or ``Dead`` has no members to hold them: only
@@ -67,7 +83,7 @@ def unowned_partitions(
     """
     if description.get("group_state") != "Stable" or description.get("error"):
         return None
-    owned = owned_partitions(description)
+    owned = owned_partitions(description, excluding=excluding)
     return None if owned is None else set(partitions) - owned
 
 
@@ -82,6 +98,12 @@ class GroupWatch:
         describe: this worker's group as ``KafkaAdminClient.describe_groups`` gives one entry.
         partitions: every (topic, partition) of the subscribed topics.
         rejoin: makes the consumer rejoin the group.
+        member_id: this consumer's member id in the group, if known: partitions the group lists
+            under it while the consumer holds none count as unowned.
+        restart: replaces the consumer; called instead of another rejoin when the previous
+            check already found this worker short (it rejoined, or the group was neither stable
+            nor accounted for every partition) and it still holds nothing. Without it, the
+            watch rejoins again.
     """
 
     def __init__(
@@ -92,20 +114,28 @@ class GroupWatch:
         describe: Callable[[], Mapping[str, Any]],
         partitions: Callable[[], Iterable[Partition]],
         rejoin: Callable[[], None],
+        member_id: Callable[[], str | None] | None = None,
+        restart: Callable[[], None] | None = None,
     ) -> None:
         self.after_ms = after_ms
         self._assigned = assigned
         self._describe = describe
         self._partitions = partitions
         self._rejoin = rejoin
+        self._member_id = member_id
+        self._restart = restart
         self._empty_since: int | None = None
+        self._short = 0  # checks in a row that found this worker holding nothing it should
         self.rejoins = 0
+        self.restarts = 0
         self.checks = 0
 
     def tick(self, now_ms: int) -> bool:
-        """Call once per loop; returns True when it made the consumer rejoin."""
+        """Call once per loop; returns True when it made the consumer rejoin (a replacement is
+        counted in ``restarts`` and by whoever ``restart`` calls)."""
         if self._assigned():
             self._empty_since = None
+            self._short = 0
             return False
         if self._empty_since is None:
             self._empty_since = now_ms
@@ -115,15 +145,35 @@ class GroupWatch:
         self._empty_since = now_ms  # ask again after another after_ms, whatever the answer
         self.checks += 1
         try:
-            unowned = unowned_partitions(self._describe(), self._partitions())
+            me = self._member_id() if self._member_id is not None else None
+            partitions = list(self._partitions())
+            unowned = (
+                unowned_partitions(self._describe(), partitions, excluding=me or None)
+                if partitions  # the client's metadata lost the topics: nothing can be said
+                else None
+            )
         except Exception as exc:  # the watchdog must never stop the daemon
             log.warning("could not describe the consumer group: %s", exc)
             return False
-        if not unowned:
-            log.info(
-                "this worker holds no partition; the group %s",
-                "owns every partition" if unowned is not None else "is rebalancing or unknown",
+        if unowned is not None and not unowned:
+            log.info("this worker holds no partition; the group owns every partition")
+            self._short = 0
+            return False
+        self._short += 1
+        if self._short >= 2 and self._restart is not None:
+            log.warning(
+                "this worker has held no partition for %d checks %d ms apart while the group "
+                "%s; replacing the consumer",
+                self._short,
+                self.after_ms,
+                f"leaves {len(unowned)} unowned" if unowned else "is neither stable nor known",
             )
+            self._short = 0
+            self._restart()
+            self.restarts += 1
+            return False
+        if unowned is None:
+            log.info("this worker holds no partition; the group is rebalancing or unknown")
             return False
         log.warning(
             "this worker has held no partition for %d ms while the stable group leaves %d "

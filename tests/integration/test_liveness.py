@@ -61,6 +61,20 @@ class _NothingTheFirstTime(RangePartitionAssignor):
         return super().assign(cluster, members)
 
 
+class _NothingTwice(RangePartitionAssignor):
+    """The range assignor, except that its first two assignments give nobody anything: a
+    client that a rejoin does not mend."""
+
+    left = 2
+
+    @classmethod
+    def assign(cls, cluster: Any, members: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]  # kafka-python 3 names it members
+        if cls.left:
+            cls.left -= 1
+            return {m.member_id: ConsumerProtocolAssignment(cls.version, [], b"") for m in members}
+        return super().assign(cluster, members)
+
+
 def watched(servers: str, run: str, tmp: Path, name: str, group: str, *extra: str) -> Config:
     """A daemon's config on the run's topics, with a 6 s session and a 6 s watchdog."""
     return config(
@@ -113,6 +127,39 @@ def test_a_daemon_whose_join_assigned_nothing_rejoins_and_reads_the_whole_stream
     assert d.metrics_snapshot()["rejoins_total"] == d.stats.rejoins
 
 
+def test_a_daemon_a_rejoin_did_not_mend_replaces_its_consumer_and_reads_the_stream_once(
+    kafka_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing after the join, nothing after the watchdog's rejoin: at its next check the
+    watchdog replaces the consumer, which then gets the partitions and reads everything once."""
+    run = uuid.uuid4().hex[:8]
+    cfg = watched(kafka_broker, run, tmp_path, "r", f"lr-{run}")
+    ensure_topics(cfg, kafka_broker)
+    sent = produce_simulated(cfg, kafka_broker, n_requests=1500, slate_size=SLATE, seed=4)
+    _NothingTwice.left = 2
+
+    def consumer_with_the_assignor(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("group_id") == cfg.kafka.group_id:
+            kwargs["partition_assignment_strategy"] = [_NothingTwice]
+        return make_consumer(*args, **kwargs)
+
+    monkeypatch.setattr(daemon_module, "make_consumer", consumer_with_the_assignor)
+    d = Daemon(cfg, servers=kafka_broker)
+    stop_event = threading.Event()
+    worker = threading.Thread(target=d.run, args=(stop_event,), kwargs={"exit_when_idle_ms": 3000})
+    worker.start()
+    try:
+        worker.join(timeout=240)
+        assert not worker.is_alive(), "the daemon never read the stream (stuck without partitions)"
+    finally:
+        stop_event.set()
+        worker.join(timeout=60)
+    assert _NothingTwice.left == 0  # both empty assignments happened
+    assert d.stats.rejoins >= 1 and d.stats.consumer_restarts >= 1
+    assert d.stats.events == sent  # read once: nothing lost or doubled
+    assert d.state.counters["impressions"] + d.state.counters["outcomes"] == sent
+
+
 class _PausedOnce(Daemon):
     """A daemon whose first consumer stops fetching once assigned (all partitions paused):
     what a client that can no longer reach its coordinator looks like from the loop."""
@@ -160,7 +207,8 @@ while True:
 
 def spare_worker_attempt(kafka_broker: str, tmp: Path) -> tuple[Daemon, list[tuple[int, int]]]:
     """One holder process ("a") and one daemon ("b") in a fresh group on one-partition topics;
-    returns b once its watchdog asked the group twice, and a's (generation, partitions held)."""
+    returns b once its watchdog asked the group twice (or once b holds partitions: a lost
+    them), and a's (generation, partitions held)."""
     run = uuid.uuid4().hex[:8]
     group = f"sp-{run}"
     cfg = watched(kafka_broker, run, tmp, "b", group, "topics.partitions=1")
@@ -197,7 +245,10 @@ def spare_worker_attempt(kafka_broker: str, tmp: Path) -> tuple[Daemon, list[tup
         worker.start()
         wait(
             "b's watchdog did not ask the group twice",
-            lambda: d.watch is not None and (d.watch.checks >= 2 or d.watch.rejoins > 0),
+            lambda: (
+                d.watch is not None
+                and (d.watch.checks >= 2 or d.watch.rejoins > 0 or bool(d.consumer.assignment()))
+            ),
             90,
             lambda: f"b holds {d.consumer and d.consumer.assignment()}, a: {holder_states()}",
         )
@@ -223,7 +274,9 @@ def test_a_spare_worker_of_a_group_that_owns_every_partition_does_not_rejoin(
     held_nothing = 0
     for attempt in range(3):
         d, states = spare_worker_attempt(kafka_broker, tmp_path / f"attempt-{attempt}")
-        assert d.stats.rejoins == 0, f"b rejoined while a held {states}"
+        assert d.stats.rejoins == d.stats.consumer_restarts == 0, (
+            f"b rejoined while a held {states}"
+        )
         if d.stats.events == 0 and states[-1][1] == 2 and len({g for g, _ in states}) <= 3:
             # a held both partitions throughout, with one more generation for b's join; a
             # rejoin per check would have added a generation per check.

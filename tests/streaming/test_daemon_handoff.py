@@ -10,6 +10,7 @@ import pytest
 from streaming import checkpoint, handoff, join
 from streaming.config import Config
 from streaming.daemon import Daemon
+from streaming.daemon_stats import summary_line
 from streaming.dirlock import InUseError
 from streaming.kafka_io import TopicPartition
 from streaming.step import step
@@ -178,3 +179,49 @@ def test_a_lineage_survives_restarts_and_one_is_derived_for_a_checkpoint_without
         derived[-1].close()
     assert derived[0].lineage == derived[1].lineage != drawn  # the same on every restart
     assert derived[0].lineage_born_ms == 0
+
+
+class NoEnds(FakeConsumer):
+    """A consumer holding partitions whose ends the broker never gives (a client that is not
+    fetching either), or gives once ``ends`` is set."""
+
+    ends: dict[TopicPartition, int] | None = None
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if self.ends is None:
+            raise TimeoutError("Failed to get offsets by timestamps in 1000 ms")
+        return {tp: self.ends[tp] for tp in tps}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
+
+    def position(self, tp: TopicPartition) -> int:
+        return 10
+
+
+def test_held_partitions_whose_lag_cannot_be_read_count_as_stalled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No records for ``stall_restart_ms`` and the lag unreadable: the consumer is replaced;
+    with the lag read and zero (a daemon caught up), it is not; nor while within the limit."""
+    d = daemon(tmp_path, "a", {})
+    consumer = NoEnds({})
+    consumer.owned = set(tps(d, 0))
+    d.consumer = consumer
+    limit = d.config.kafka.stall_restart_ms
+    d.publish_metrics()
+    assert d.stats.held == 2 and d.stats.lag == {}
+    assert not d.stalled(limit - 1, 0)
+    assert d.stalled(limit, 0)
+    assert "lag of the 2 held partitions is unknown (TimeoutError" in caplog.text
+    consumer.ends = dict.fromkeys(consumer.owned, 10)
+    d.publish_metrics()
+    assert sum(d.stats.lag.values()) == 0 and not d.stalled(limit, 0)  # caught up: idle, fine
+    consumer.ends = dict.fromkeys(consumer.owned, 15)
+    d.publish_metrics()
+    assert d.stalled(limit, 0)  # records left and none delivered
+    consumer.owned = set()
+    consumer.ends = None
+    d.publish_metrics()
+    assert d.stats.held == 0 and not d.stalled(limit, 0)  # nothing held: the group watch's case
+    assert "held 0 (lag 0)" in summary_line(d.stats, 0)

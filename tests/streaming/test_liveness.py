@@ -65,6 +65,8 @@ class Fake:
         self.description = description
         self.described = 0
         self.rejoined = 0
+        self.restarted = 0
+        self.partitions = list(PAIR)
 
     def describe(self) -> dict[str, Any]:
         self.described += 1
@@ -73,6 +75,9 @@ class Fake:
     def rejoin(self) -> None:
         self.rejoined += 1
 
+    def restart(self) -> None:
+        self.restarted += 1
+
     def watch(self, after_ms: int = 10_000) -> GroupWatch:
         return GroupWatch(
             after_ms,
@@ -80,6 +85,18 @@ class Fake:
             describe=self.describe,
             partitions=lambda: PAIR,
             rejoin=self.rejoin,
+        )
+
+    def full_watch(self, after_ms: int = 10_000, me: str | None = "me") -> GroupWatch:
+        """The watch as the daemon makes it: with this member's id and a restart."""
+        return GroupWatch(
+            after_ms,
+            assigned=lambda: self.assignment,
+            describe=self.describe,
+            partitions=lambda: self.partitions,
+            rejoin=self.rejoin,
+            member_id=lambda: me,
+            restart=self.restart,
         )
 
 
@@ -120,6 +137,79 @@ def test_holding_a_partition_resets_the_clock_and_a_rebalance_in_progress_is_lef
     assert (fake.described, fake.rejoined) == (1, 0)
 
 
+def test_partitions_the_group_lists_under_this_empty_handed_member_count_as_unowned() -> None:
+    """The group says this member holds everything, the consumer holds nothing: its
+    assignment never arrived, and nobody reads those partitions."""
+    mine = {**member(("imp", [0, 1]), ("out", [0, 1])), "member_id": "me"}
+    assert unowned_partitions(group("Stable", mine), PAIR) == set()
+    assert unowned_partitions(group("Stable", mine), PAIR, excluding="me") == set(PAIR)
+    fake = Fake(group("Stable", mine))
+    w = fake.full_watch()
+    w.tick(0)
+    assert w.tick(10_000)
+    assert (fake.rejoined, fake.restarted) == (1, 0)
+    # Another member's claim still counts: a spare worker stays put.
+    fake = Fake(group("Stable", mine))
+    w = fake.full_watch(me="other")
+    for now in range(0, 50_001, 1_000):
+        assert not w.tick(now)
+    assert (fake.rejoined, fake.restarted) == (0, 0)
+
+
+def test_a_worker_a_rejoin_did_not_mend_gets_its_consumer_replaced() -> None:
+    fake = Fake(group("Stable"))  # everything unowned, at every check
+    w = fake.full_watch()
+    w.tick(0)
+    assert w.tick(10_000)  # first check: rejoin
+    assert not w.tick(20_000)  # still nothing at the next: replaced, not rejoined again
+    assert (fake.rejoined, fake.restarted, w.rejoins, w.restarts) == (1, 1, 1, 1)
+    assert w.tick(30_000)  # the count starts again: the new consumer gets its own rejoin
+    assert not w.tick(40_000)
+    assert (fake.rejoined, fake.restarted) == (2, 2)
+
+
+def test_a_group_neither_stable_nor_known_at_two_checks_in_a_row_gets_the_consumer_replaced() -> (
+    None
+):
+    """A client that never completes its join leaves the group empty or rebalancing."""
+    for state in ("Empty", "PreparingRebalance", "Dead"):
+        fake = Fake(group(state))
+        w = fake.full_watch()
+        w.tick(0)
+        assert not w.tick(10_000)
+        assert fake.restarted == 0  # once may be a rebalance taking its time
+        assert not w.tick(20_000)
+        assert (fake.rejoined, fake.restarted) == (0, 1), state
+    # Client metadata without the topics' partitions says nothing either.
+    fake = Fake(group("Stable", member(("imp", [0, 1]), ("out", [0, 1]))))
+    fake.partitions = []
+    w = fake.full_watch()
+    w.tick(0)
+    w.tick(10_000)
+    w.tick(20_000)
+    assert (fake.rejoined, fake.restarted) == (0, 1)
+
+
+def test_holding_a_partition_or_a_fully_owned_group_clears_the_count() -> None:
+    fake = Fake(group("PreparingRebalance"))
+    w = fake.full_watch()
+    w.tick(0)
+    w.tick(10_000)  # one short check
+    fake.assignment = {("imp", 0)}
+    w.tick(15_000)  # held something: the count is cleared
+    fake.assignment = set()
+    w.tick(16_000)
+    w.tick(26_000)  # one short check again, not two
+    assert fake.restarted == 0
+    fake.description = group("Stable", member(("imp", [0, 1]), ("out", [0, 1])))
+    w.tick(36_000)  # every partition owned by another member: cleared
+    fake.description = group("PreparingRebalance")
+    w.tick(46_000)
+    assert fake.restarted == 0
+    w.tick(56_000)
+    assert fake.restarted == 1
+
+
 def test_a_failing_describe_is_logged_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     fake = Fake(group("Stable"))
 
@@ -137,6 +227,19 @@ def test_a_failing_describe_is_logged_and_never_raises(caplog: pytest.LogCapture
     assert not w.tick(1_000)
     assert fake.rejoined == 0
     assert "could not describe the consumer group" in caplog.text
+    # Nothing learned, so no count toward a restart: a broker that is down is waited for.
+    w = GroupWatch(
+        1_000,
+        assigned=lambda: fake.assignment,
+        describe=broken,
+        partitions=lambda: PAIR,
+        rejoin=fake.rejoin,
+        member_id=lambda: "me",
+        restart=fake.restart,
+    )
+    for now in range(0, 10_001, 1_000):
+        w.tick(now)
+    assert (fake.rejoined, fake.restarted) == (0, 0)
 
 
 def test_the_config_refuses_a_watchdog_period_shorter_than_the_session() -> None:
