@@ -148,6 +148,9 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "max_poll_records": kafka.max_poll_records,
         "session_timeout_ms": kafka.session_timeout_ms,
+        # kafka-python's 3 s default is over a third of a short session (it warns): a heartbeat
+        # or two late and the member is expelled. client_options may still set it.
+        "heartbeat_interval_ms": min(3000, max(kafka.session_timeout_ms // 3, 1)),
         **kafka.security(),
         **dict(kafka.client_options),
         **overrides,
