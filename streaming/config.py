@@ -85,8 +85,8 @@ class KafkaConfig:
     max_poll_records: int = 20_000
     session_timeout_ms: int = 10_000
     # A daemon that has held no partition this long while its stable group leaves some unowned
-    # rejoins the group; still nothing at the next check (or a group neither stable nor known
-    # at two in a row), it replaces its consumer (streaming.liveness); 0 turns the watchdog off.
+    # rejoins the group; still nothing at the next check (or a group not stable at two checks
+    # in a row), it replaces its consumer (streaming.liveness); 0 turns the watchdog off.
     rejoin_unassigned_ms: int = 30_000
     # The daemon reads (offset, key, value) records parsed from v2 batches in one loop
     # (streaming.kafka_records, ~3.6x faster than kafka-python's per-record objects); false

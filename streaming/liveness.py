@@ -13,9 +13,12 @@ does not rejoin, so idle spare workers never set off rebalances.
 Two more ways a worker can hold nothing while it should not are caught as well: the group lists
 partitions under this very member although the consumer holds none (its assignment never
 arrived), which counts those partitions as unowned; and a worker that still holds nothing at the
-next check after a rejoin, or that found the group neither stable nor describable at two checks
-in a row, gets its consumer replaced (``restart``), since a client that a rejoin did not mend is
-not trusted to mend itself. (A CI run saw a restarted daemon sit at "0 events" for 90 s.)
+next check after a rejoin, or that found the group not stable (empty, rebalancing, dead) at two
+checks in a row, gets its consumer replaced (``restart``), since a client that a rejoin did not
+mend is not trusted to mend itself. A check that learns nothing (the describe failed or was
+refused, or a member's assignment could not be decoded) never counts toward a replacement, so a
+spare worker never sets off rebalances. (A CI run saw a restarted daemon sit at "0 events" for
+90 s.)
 
 The class talks to Kafka only through the callables it is given (the daemon passes its consumer
 and an admin client from ``streaming.kafka_io``), so its decisions are tested without a broker
@@ -101,8 +104,8 @@ class GroupWatch:
         member_id: this consumer's member id in the group, if known: partitions the group lists
             under it while the consumer holds none count as unowned.
         restart: replaces the consumer; called instead of another rejoin when the previous
-            check already found this worker short (it rejoined, or the group was neither stable
-            nor accounted for every partition) and it still holds nothing. Without it, the
+            check already found this worker short (it rejoined, or the group was not stable, or
+            the client knew no partitions of the topics) and it still holds nothing. Without it, the
             watch rejoins again.
     """
 
@@ -147,16 +150,29 @@ class GroupWatch:
         try:
             me = self._member_id() if self._member_id is not None else None
             partitions = list(self._partitions())
-            unowned = (
-                unowned_partitions(self._describe(), partitions, excluding=me or None)
-                if partitions  # the client's metadata lost the topics: nothing can be said
-                else None
-            )
+            description = self._describe()
         except Exception as exc:  # the watchdog must never stop the daemon
             log.warning("could not describe the consumer group: %s", exc)
             return False
+        if description.get("error"):  # not allowed to describe it, say: nothing learned
+            log.warning("could not describe the consumer group: %s", description["error"])
+            return False
+        stable = description.get("group_state") == "Stable"
+        # Empty client metadata (the topics' partitions unknown) says nothing either.
+        unowned = (
+            unowned_partitions(description, partitions, excluding=me or None)
+            if partitions
+            else None
+        )
         if unowned is not None and not unowned:
             log.info("this worker holds no partition; the group owns every partition")
+            self._short = 0
+            return False
+        if unowned is None and stable and partitions:
+            # A stable group whose members' assignments could not all be decoded (a member of
+            # another client): what it owns is unknown, and a spare worker must not set off a
+            # rebalance every two checks on that account.
+            log.info("this worker holds no partition; what the stable group owns is unknown")
             self._short = 0
             return False
         self._short += 1
@@ -166,7 +182,7 @@ class GroupWatch:
                 "%s; replacing the consumer",
                 self._short,
                 self.after_ms,
-                f"leaves {len(unowned)} unowned" if unowned else "is neither stable nor known",
+                f"leaves {len(unowned)} unowned" if unowned else "is not stable",
             )
             self._short = 0
             self._restart()

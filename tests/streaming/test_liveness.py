@@ -210,6 +210,22 @@ def test_holding_a_partition_or_a_fully_owned_group_clears_the_count() -> None:
     assert fake.restarted == 1
 
 
+def test_a_spare_worker_whose_stable_group_cannot_be_read_in_full_is_never_replaced() -> None:
+    """A member whose assignment kafka-python could not decode (another client), or a describe
+    refused with an error: nothing is known, so nothing counts toward a replacement."""
+    other = {"member_id": "x", "member_assignment": b"\x00\x01"}
+    for description in (
+        group("Stable", other),
+        group("Stable", error="GroupAuthorizationFailed"),
+        group("PreparingRebalance", error="GroupAuthorizationFailed"),
+    ):
+        fake = Fake(description)
+        w = fake.full_watch()
+        for now in range(0, 100_001, 1_000):
+            assert not w.tick(now)
+        assert (fake.rejoined, fake.restarted, w.checks) == (0, 0, 10)
+
+
 def test_a_failing_describe_is_logged_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     fake = Fake(group("Stable"))
 
