@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,38 @@ def watched(servers: str, run: str, tmp: Path, name: str, group: str, *extra: st
     )
 
 
+def run_with_assignor(
+    cfg: Config,
+    servers: str,
+    monkeypatch: pytest.MonkeyPatch,
+    assignor: type,
+    timeout_s: float,
+    meanwhile: Callable[[Daemon], None] | None = None,
+) -> Daemon:
+    """Run a daemon whose group consumers use ``assignor`` until it is idle (``meanwhile``
+    called once it started); fails if it is still running after ``timeout_s``."""
+
+    def consumer_with_the_assignor(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("group_id") == cfg.kafka.group_id:
+            kwargs["partition_assignment_strategy"] = [assignor]
+        return make_consumer(*args, **kwargs)
+
+    monkeypatch.setattr(daemon_module, "make_consumer", consumer_with_the_assignor)
+    d = Daemon(cfg, servers=servers)
+    stop_event = threading.Event()
+    worker = threading.Thread(target=d.run, args=(stop_event,), kwargs={"exit_when_idle_ms": 3000})
+    worker.start()
+    try:
+        if meanwhile is not None:
+            meanwhile(d)
+        worker.join(timeout=timeout_s)
+        assert not worker.is_alive(), "the daemon never read the stream (stuck without partitions)"
+    finally:
+        stop_event.set()
+        worker.join(timeout=60)
+    return d
+
+
 def test_a_daemon_whose_join_assigned_nothing_rejoins_and_reads_the_whole_stream(
     kafka_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,24 +135,11 @@ def test_a_daemon_whose_join_assigned_nothing_rejoins_and_reads_the_whole_stream
 
     _NothingTheFirstTime.first = True
 
-    def consumer_with_the_assignor(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("group_id") == cfg.kafka.group_id:
-            kwargs["partition_assignment_strategy"] = [_NothingTheFirstTime]
-        return make_consumer(*args, **kwargs)
-
-    monkeypatch.setattr(daemon_module, "make_consumer", consumer_with_the_assignor)
-    d = Daemon(cfg, servers=kafka_broker)
-    stop_event = threading.Event()
-    worker = threading.Thread(target=d.run, args=(stop_event,), kwargs={"exit_when_idle_ms": 3000})
-    worker.start()
-    try:
+    def first_join(d: Daemon) -> None:
         wait("the first join never completed", lambda: d.consumer is not None, 60)
         assert not _NothingTheFirstTime.first or not d.consumer.assignment()
-        worker.join(timeout=180)
-        assert not worker.is_alive(), "the daemon never read the stream (stuck without partitions)"
-    finally:
-        stop_event.set()
-        worker.join(timeout=60)
+
+    d = run_with_assignor(cfg, kafka_broker, monkeypatch, _NothingTheFirstTime, 180, first_join)
     assert not _NothingTheFirstTime.first  # the empty assignment did happen
     assert d.stats.rejoins >= 1
     assert d.watch is not None and d.watch.rejoins == d.stats.rejoins
@@ -137,23 +157,7 @@ def test_a_daemon_a_rejoin_did_not_mend_replaces_its_consumer_and_reads_the_stre
     ensure_topics(cfg, kafka_broker)
     sent = produce_simulated(cfg, kafka_broker, n_requests=1500, slate_size=SLATE, seed=4)
     _NothingTwice.left = 2
-
-    def consumer_with_the_assignor(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("group_id") == cfg.kafka.group_id:
-            kwargs["partition_assignment_strategy"] = [_NothingTwice]
-        return make_consumer(*args, **kwargs)
-
-    monkeypatch.setattr(daemon_module, "make_consumer", consumer_with_the_assignor)
-    d = Daemon(cfg, servers=kafka_broker)
-    stop_event = threading.Event()
-    worker = threading.Thread(target=d.run, args=(stop_event,), kwargs={"exit_when_idle_ms": 3000})
-    worker.start()
-    try:
-        worker.join(timeout=240)
-        assert not worker.is_alive(), "the daemon never read the stream (stuck without partitions)"
-    finally:
-        stop_event.set()
-        worker.join(timeout=60)
+    d = run_with_assignor(cfg, kafka_broker, monkeypatch, _NothingTwice, 240)
     assert _NothingTwice.left == 0  # both empty assignments happened
     assert d.stats.rejoins >= 1 and d.stats.consumer_restarts >= 1
     assert d.stats.events == sent  # read once: nothing lost or doubled

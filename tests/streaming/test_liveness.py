@@ -67,9 +67,12 @@ class Fake:
         self.rejoined = 0
         self.restarted = 0
         self.partitions = list(PAIR)
+        self.broken = False  # describe raises
 
     def describe(self) -> dict[str, Any]:
         self.described += 1
+        if self.broken:
+            raise ConnectionError("coordinator not available")
         return self.description
 
     def rejoin(self) -> None:
@@ -228,31 +231,14 @@ def test_a_spare_worker_whose_stable_group_cannot_be_read_in_full_is_never_repla
 
 def test_a_failing_describe_is_logged_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     fake = Fake(group("Stable"))
-
-    def broken() -> dict[str, Any]:
-        raise ConnectionError("coordinator not available")
-
-    w = GroupWatch(
-        1_000,
-        assigned=lambda: fake.assignment,
-        describe=broken,
-        partitions=lambda: PAIR,
-        rejoin=fake.rejoin,
-    )
+    fake.broken = True
+    w = fake.watch(1_000)
     w.tick(0)
     assert not w.tick(1_000)
     assert fake.rejoined == 0
     assert "could not describe the consumer group" in caplog.text
     # Nothing learned, so no count toward a restart: a broker that is down is waited for.
-    w = GroupWatch(
-        1_000,
-        assigned=lambda: fake.assignment,
-        describe=broken,
-        partitions=lambda: PAIR,
-        rejoin=fake.rejoin,
-        member_id=lambda: "me",
-        restart=fake.restart,
-    )
+    w = fake.full_watch(1_000)
     for now in range(0, 10_001, 1_000):
         w.tick(now)
     assert (fake.rejoined, fake.restarted) == (0, 0)
