@@ -109,8 +109,7 @@ class Daemon:
         self._lag_unknown = ""  # why the last lag refresh failed ("": it did not)
         # held from before the state is read until close: one worker per checkpoint directory
         self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
-        self._ckpt_lock.acquire()
-        self.state: WorkerState = self._load_or_init()
+        self.state: WorkerState = self._lock_and_load()
         self.revoked: set[tuple[str, int]] = set()
         self.stats = Stats(started_ms=clock())
         self._names = {
@@ -143,6 +142,15 @@ class Daemon:
         self.aligner = Aligner(t.impressions, t.outcomes, config.kafka.align_ms)
 
     # ------------------------------------------------------------------ state
+    def _lock_and_load(self) -> WorkerState:
+        """Hold the checkpoint directory, then read its state (let go if that is refused)."""
+        self._ckpt_lock.acquire()
+        try:
+            return self._load_or_init()
+        except BaseException:
+            self._ckpt_lock.release()
+            raise
+
     def _load_or_init(self) -> WorkerState:
         found = checkpoint.load_latest(self.ckpt_dir)
         if found is None:
@@ -168,6 +176,14 @@ class Daemon:
                 f"runs {self.engine.policy.spec.name!r}: use another checkpoint.dir"
             )
         state = from_arrays(self.engine, arrays, header["worker"])
+        theirs = {t for t, _ in state.offsets}
+        if theirs and not theirs & set(self._pair):
+            # Its windows and watermarks are those topics' event times: against other topics
+            # every event would count as late, and its offsets would never be read again.
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt_dir} holds the state of topics {', '.join(sorted(theirs))}, but the "
+                f"config reads {self._pair[0]} and {self._pair[1]}: use another checkpoint.dir"
+            )
         log.info(
             "resumed from checkpoint: %d offsets, counters %s", len(state.offsets), state.counters
         )
@@ -391,8 +407,7 @@ class Daemon:
     # ------------------------------------------------------------------ loop
     def open(self) -> None:
         if not self._ckpt_lock.held:  # opened again after close: resume as a new worker would
-            self._ckpt_lock.acquire()
-            self.state = self._load_or_init()
+            self.state = self._lock_and_load()
         self._use_cache()
         topics = self.config.topics
         self.producer = make_producer(self.config.kafka, self.servers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,34 @@ def test_a_lineage_survives_restarts_and_one_is_derived_for_a_checkpoint_without
         derived[-1].close()
     assert derived[0].lineage == derived[1].lineage != drawn  # the same on every restart
     assert derived[0].lineage_born_ms == 0
+
+
+def test_a_checkpoint_of_other_topics_is_refused_and_leaves_the_directory_free(
+    tmp_path: Path,
+) -> None:
+    first = daemon(tmp_path, "a", {})
+    first.consumer = first.handoff_producer = None  # fakes: nothing to close
+    first.state = first.state._replace(offsets={("old.impressions", 0): 7, ("old.outcomes", 1): 3})
+    first.write_checkpoint()
+    first.close()
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        daemon(tmp_path, "a", {})
+    t = first.config.topics
+    assert str(refused.value) == (
+        f"{tmp_path / 'a'} holds the state of topics old.impressions, old.outcomes, but the "
+        f"config reads {t.impressions} and {t.outcomes}: use another checkpoint.dir"
+    )
+    # Refused, it let go of the directory: a worker of those topics still opens it.
+    cfg = first.config
+    old = dataclasses.replace(
+        cfg,
+        topics=dataclasses.replace(
+            cfg.topics, impressions="old.impressions", outcomes="old.outcomes"
+        ),
+    )
+    again = Daemon(old, servers="127.0.0.1:1")
+    assert again.state.offsets == {("old.impressions", 0): 7, ("old.outcomes", 1): 3}
+    again.close()
 
 
 class NoEnds(FakeConsumer):
