@@ -198,7 +198,8 @@ def decode_outcomes(
         return _decode_outcomes(raws, limits)
 
 
-# Field readers for the outcome columns: map() with these runs in C, a list comprehension does not.
+# Field readers for the outcome columns: np.fromiter over map() with these runs in C (no list,
+# no generator), about twice as fast as np.array(list(...)) for the flags.
 _TS = operator.attrgetter("ts")
 _POSITION = operator.attrgetter("position")
 _MS_PLAYED = operator.attrgetter("ms_played")
@@ -242,10 +243,10 @@ def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatc
     events = [e for e in parsed if e is not None]
     m = len(events)
     try:
-        ts = np.array(list(map(_TS, events)), np.int64)
-        pos = np.array(list(map(_POSITION, events)), np.int64)
-        played = np.array(list(map(_MS_PLAYED, events)), np.int64)
-        dur = np.array(list(map(_DURATION, events)), np.int64)
+        ts = np.fromiter(map(_TS, events), np.int64, count=m)
+        pos = np.fromiter(map(_POSITION, events), np.int64, count=m)
+        played = np.fromiter(map(_MS_PLAYED, events), np.int64, count=m)
+        dur = np.fromiter(map(_DURATION, events), np.int64, count=m)
     except OverflowError:  # an integer beyond int64 (msgspec reads up to 2**64 - 1)
         ts = pos = played = dur = np.zeros(m, np.int64)
         cleared = np.zeros(m, bool)
@@ -260,7 +261,7 @@ def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatc
             & (played >= 0)
             & (played <= np.int64(MAX_PLAY_RATIO) * np.minimum(dur, _RATIO_EXACT))
         )
-    code = np.array(list(map(_REASON_CODE.get, map(_REASON_END, events), _NO_CODE)), np.int8)
+    code = np.fromiter(map(_REASON_CODE.get, map(_REASON_END, events), _NO_CODE), np.int8, count=m)
     cleared &= code >= 0
     ids = [list(map(get, events)) for get in _IDS]  # request, user and track ids
     for values in ids:
@@ -309,7 +310,7 @@ def _outcome_columns(
         ms_played=ms_played,
         duration_ms=duration,
         reason_end=reason_end,
-        saved=np.array(list(map(_SAVED, events)), dtype=bool),
-        liked=np.array(list(map(_LIKED, events)), dtype=bool),
-        added_to_playlist=np.array(list(map(_ADDED, events)), dtype=bool),
+        saved=np.fromiter(map(_SAVED, events), bool, count=len(events)),
+        liked=np.fromiter(map(_LIKED, events), bool, count=len(events)),
+        added_to_playlist=np.fromiter(map(_ADDED, events), bool, count=len(events)),
     )
