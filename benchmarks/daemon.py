@@ -177,6 +177,16 @@ def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
     from streaming.daemon import Daemon
 
     daemon = Daemon(cfg, servers=servers)
+    first_done: list[float] = []  # when the first poll that returned records was done
+    poll_once = daemon.poll_once
+
+    def timed_poll() -> int:
+        n = poll_once()
+        if n and not first_done:
+            first_done.append(time.perf_counter())
+        return n
+
+    daemon.poll_once = timed_poll
     samples: list[tuple[float, float]] = []
     progress: list[tuple[float, int, float, float]] = []
     done = threading.Event()
@@ -202,13 +212,12 @@ def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
     elapsed = time.perf_counter() - t0 - 3.0  # the idle wait before exiting is not work
     done.set()
     sampler.join()
-    began = [t for t, e, _, _ in progress if e > 0]
     ended = [t for t, e, _, _ in progress if e >= stats.events]
     return _DaemonRun(
         stats=stats,
         rate=stats.events / max(elapsed, 1e-9),
         steady=_steady(progress, stats.events),
-        first_event_s=began[0] if began else float("nan"),
+        first_event_s=first_done[0] - t0 if first_done else float("nan"),
         last_event_s=ended[0] if ended else float("nan"),
         run_s=elapsed + 3.0,
         samples=samples,
@@ -277,6 +286,20 @@ def _measure(
             log=dataclasses.replace(cfg.log, dir=f"{tmp}/{encoding}/{r}/log"),
         )
         runs.append(_daemon_run(run_cfg, servers))
+    # A restart: a new group and empty state, but the compilation cache (JaxConfig) that round
+    # 0's worker filled in its checkpoint directory, as a worker restarted on its own finds it.
+    restart = _daemon_run(
+        dataclasses.replace(
+            cfg,
+            kafka=dataclasses.replace(cfg.kafka, group_id=f"bench-{run_id}-{encoding}-restart"),
+            checkpoint=dataclasses.replace(cfg.checkpoint, dir=f"{tmp}/{encoding}/restart/ckpt"),
+            log=dataclasses.replace(cfg.log, dir=f"{tmp}/{encoding}/restart/log"),
+            jax=dataclasses.replace(
+                cfg.jax, compilation_cache_dir=f"{tmp}/{encoding}/0/ckpt/jax-cache"
+            ),
+        ),
+        servers,
+    )
     rate = {k: _median([c.rate for c in v]) for k, v in passes.items()}
     count = passes[(False, "stock")][0]
     # The daemon's own record path is the honest peer; the stock client's rate is printed too.
@@ -332,6 +355,10 @@ def _measure(
             "steady_cpu_us_per_event": _median([x.steady.cpu_us_per_event for x in runs]),
             "steady_main_thread_busy": _median([x.steady.main_busy for x in runs]),
             "first_event_s": _median([x.first_event_s for x in runs]),
+            "restart_events_per_s": restart.rate,
+            "restart_steady_events_per_s": restart.steady.events_per_s,
+            "restart_first_event_s": restart.first_event_s,
+            "restart_vs_consume_decode": restart.rate / decode_rate,
             "last_event_s": _median([x.last_event_s for x in runs]),
             "run_s": _median([x.run_s for x in runs]),
             "rss_first_third_mb": max(s for _, s in samples[:third]) if samples else float("nan"),
@@ -528,10 +555,20 @@ def run(ctx: Context) -> list[Row]:
         "process's CPU seconds per second (all threads; the machine has "
         f"{os.cpu_count()} cores and also runs the broker), steady_cpu_us_per_event its CPU per event, and steady_main_thread_busy the "
         "share of the time the thread running the loop was on a CPU (the rest it waited: for "
-        "the GIL, fetch responses, the log's flush before a checkpoint, XLA). first_event_s and last_event_s: seconds into run() when "
-        "the first event and the last were done (1 s resolution); run_s: run() from open to "
+        "the GIL, fetch responses, the log's flush before a checkpoint, XLA). first_event_s: seconds into run() when the first poll that returned "
+        "records was done (decoded, joined, learned: JAX compiles the step's functions there); "
+        "last_event_s: when the last event was done (1 s resolution); run_s: run() from open to "
         "close (the 3 s idle wait that ends it is subtracted for events_per_s, the final "
         "checkpoint and closing are not)."
+    )
+    ctx.notes.append(
+        "Each round's daemon is a worker's first start: its checkpoint directory is new, so is "
+        "the JAX compilation cache in it, and the first poll waits for the step's functions to "
+        "compile. restart_*: after the rounds, one more daemon over the same stream from a fresh "
+        "group and fresh state, but with the compilation cache round 0's worker filled "
+        "(jax.compilation_cache_dir), as a worker restarted on its own checkpoint directory finds "
+        "it (compiled functions are loaded instead; tracing them still happens). Its "
+        "restart_vs_consume_decode is over the same consume + decode rate."
     )
     ctx.notes.append(
         "Scale-out rows: the float32 stream read again by 1, then 2, daemon processes (each "
