@@ -301,6 +301,7 @@ def _outcome_columns(
     """``outcomes_to_batch(events)`` from the columns already built (the same values, dtypes);
     ``ids`` are the events' request, user and track ids."""
     request_id, user_id, track_id = ids
+    n = len(events)
     return OutcomeBatch(
         request_key=key64(request_id),
         user_id=np.array(user_id, dtype=np.str_),
@@ -310,7 +311,7 @@ def _outcome_columns(
         ms_played=ms_played,
         duration_ms=duration,
         reason_end=reason_end,
-        saved=np.fromiter(map(_SAVED, events), bool, count=len(events)),
-        liked=np.fromiter(map(_LIKED, events), bool, count=len(events)),
-        added_to_playlist=np.fromiter(map(_ADDED, events), bool, count=len(events)),
+        saved=np.fromiter(map(_SAVED, events), bool, count=n),
+        liked=np.fromiter(map(_LIKED, events), bool, count=n),
+        added_to_playlist=np.fromiter(map(_ADDED, events), bool, count=n),
     )

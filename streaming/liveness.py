@@ -182,7 +182,11 @@ class GroupWatch:
                 "%s; replacing the consumer",
                 self._short,
                 self.after_ms,
-                f"leaves {len(unowned)} unowned" if unowned else "is not stable",
+                f"leaves {len(unowned)} unowned"
+                if unowned
+                else "is not stable"
+                if not stable
+                else "has topics the client knows no partitions of",
             )
             self._short = 0
             self._restart()
