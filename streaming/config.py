@@ -196,6 +196,10 @@ class EventsConfig:
     ``encore rerank`` impression log send: ``"float32"`` (base64 little-endian float32 strings,
     schema ``impression/2``, ~3x smaller and much faster to decode) or ``"json"`` (number arrays,
     schema ``impression/1``). The decoder accepts both, whatever this says.
+
+    ``decode_process``: the daemon decodes each batch in a second process
+    (``streaming.decode_process``) while it learns from the batch before; false decodes in the
+    daemon's own process. Either way the result is the same.
     """
 
     max_message_bytes: int = 1_000_000
@@ -203,6 +207,7 @@ class EventsConfig:
     d_user: int = 16
     d_track: int = 16
     feature_encoding: Literal["float32", "json"] = "float32"
+    decode_process: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "max_message_bytes", "max_candidates", "d_user", "d_track")

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,10 @@ from streaming.aligner import Aligner
 from streaming.compile_cache import restore_compilation_cache, use_compilation_cache
 from streaming.config import Config
 from streaming.daemon_stats import Stats, metrics_snapshot
+from streaming.decode_process import Decoded, Decoding
 from streaming.dirlock import DirLock
 from streaming.engine import limits, make_engine
-from streaming.events import (
-    Reject,
-    decode_impressions,
-    decode_outcomes,
-    key64,
-)
+from streaming.events import Reject, key64
 from streaming.gc_tuning import quiet_gc
 from streaming.kafka_io import (
     HANDOFF_MAX_BYTES,
@@ -82,6 +79,15 @@ def wall_clock_ms() -> int:
 def monotonic_ms() -> int:
     """Milliseconds on a clock that never steps (intervals; not a date)."""
     return time.monotonic_ns() // 1_000_000
+
+
+@dataclass
+class _Batch:
+    """One poll's records, by topic, and the offset after each partition's last record."""
+
+    impressions: Polled
+    outcomes: Polled
+    offsets: dict[tuple[str, int], int]
 
 
 class Daemon:
@@ -140,6 +146,9 @@ class Daemon:
         self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
         t = config.topics
         self.aligner = Aligner(t.impressions, t.outcomes, config.kafka.align_ms)
+        # decoding in this process until open() starts the decoding process
+        self.decoding = Decoding(self.limits, process=False)
+        self._pending: _Batch | None = None  # polled, decoding in the other process, not stepped
 
     # ------------------------------------------------------------------ state
     def _lock_and_load(self) -> WorkerState:
@@ -334,7 +343,9 @@ class Daemon:
         )
 
     def on_revoked(self, tps: list[TopicPartition]) -> None:
-        """Checkpoint, then publish the revoked partitions' windows for their next owner."""
+        """Step the batch in flight, checkpoint, then publish the revoked partitions' windows
+        for their next owner."""
+        self._drain(align=False)  # polled before the revocation: ours to learn
         self.revoked.update((tp.topic, tp.partition) for tp in tps)
         numbers = self._numbers(tps) & self.held_partitions()
         if not numbers:
@@ -345,6 +356,7 @@ class Daemon:
 
     def on_assigned(self, tps: list[TopicPartition]) -> None:
         """Keep, take over or start each assigned partition, drop the others, seek, checkpoint."""
+        self._drain(align=False)  # (on_revoked did, unless the client skipped it)
         pair = self._pair
         self.aligner.assigned(tps)
         numbers = self._numbers(tps)
@@ -410,6 +422,8 @@ class Daemon:
             self.state = self._lock_and_load()
         self._use_cache()
         topics = self.config.topics
+        # started first: the child imports while the clients connect
+        self.decoding = Decoding(self.limits, process=self.config.events.decode_process)
         self.producer = make_producer(self.config.kafka, self.servers)
         self.handoff_producer = make_producer(
             self.config.kafka,
@@ -560,6 +574,9 @@ class Daemon:
                 self.metrics_server = None
             if self.consumer is not None:
                 self.consumer.close(autocommit=False)  # revokes: checkpoint + handoff
+            self._pending = None  # (stepped by the revoke; dropped after a failure)
+            self.decoding.close()
+            self.decoding = Decoding(self.limits, process=False)
             if self.log is not None:
                 self.log.close()
             for producer in (self.producer, self.handoff_producer):
@@ -575,7 +592,13 @@ class Daemon:
             self._ckpt_lock.release()
 
     def poll_once(self) -> int:
-        """One poll -> decode -> step -> emit round; returns the number of records consumed."""
+        """One poll -> decode -> step -> emit round; returns the number of records consumed.
+
+        With the decoding process, a batch is stepped one round later: this round hands the
+        records just polled to the decoding process and steps the batch before them
+        (``_pending``) meanwhile. A rebalance steps the batch in flight before it checkpoints
+        (``on_revoked``), and so does a round that polls nothing, and the end of ``run``.
+        """
         cfg = self.config
         if cfg.kafka.lean_records:
             # (offset, key, value) records parsed in one loop; idempotent, warns once if refused
@@ -586,22 +609,43 @@ class Daemon:
         polled = self.consumer.poll(
             timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
         )
-        imp = Polled(cfg.topics.impressions)
-        out = Polled(cfg.topics.outcomes)
-        offsets: dict[tuple[str, int], int] = {}
+        batch = _Batch(Polled(cfg.topics.impressions), Polled(cfg.topics.outcomes), {})
         for tp, records in polled.items():
             if not records or (tp.topic, tp.partition) in self.revoked:
                 continue
-            (imp if tp.topic == cfg.topics.impressions else out).add(tp.partition, records)
-            offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
-        n = imp.n + out.n
+            where = batch.impressions if tp.topic == cfg.topics.impressions else batch.outcomes
+            where.add(tp.partition, records)
+            batch.offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+        n = batch.impressions.n + batch.outcomes.n
         self._delivered = self._delivered or n > 0
         if n == 0:
-            self._align(offsets)
+            self._drain()  # nothing to decode meanwhile
+            self._align(batch.offsets)
             return 0
-        imp_raw, out_raw = imp.values(), out.values()
-        imps, imp_rej = decode_impressions(imp_raw, self.limits)
-        outs, out_rej = decode_outcomes(out_raw, self.limits)
+        previous = self._pending
+        done = self.decoding.result() if previous is not None else None
+        self.decoding.submit(batch.impressions.values(), batch.outcomes.values())
+        if self.decoding.in_process:  # decoded already: step it now
+            self._pending = None
+            if previous is not None and done is not None:
+                self._apply(previous, done)
+            self._apply(batch, self.decoding.result())
+        else:
+            self._pending = batch
+            if previous is not None and done is not None:
+                self._apply(previous, done)
+        return n
+
+    def _drain(self, *, align: bool = True) -> None:
+        """Step the batch in flight, if any (``align=False``: off the loop's thread)."""
+        batch, self._pending = self._pending, None
+        if batch is not None:
+            self._apply(batch, self.decoding.result(), align=align)
+
+    def _apply(self, batch: _Batch, decoded: Decoded, *, align: bool = True) -> None:
+        """Dead letters, step, late rows, alignment, counts and the log of one decoded batch."""
+        imp, out = batch.impressions, batch.outcomes
+        imps, imp_rej, outs, out_rej = decoded
         self._dead_letters(imp_rej, imp)
         self._dead_letters(out_rej, out)
         imp_part, out_part = good_partitions(imp, imp_rej), good_partitions(out, out_rej)
@@ -610,13 +654,16 @@ class Daemon:
             self.state,
             imps,
             outs,
-            offsets=offsets,
+            offsets=batch.offsets,
             impression_partition=imp_part,
             outcome_partition=out_part,
         )
         self._late(effects.rejected_impressions, effects.rejected_outcomes)
-        self._align(offsets, (imp.topic, imps.ts_ms, imp_part), (out.topic, outs.ts_ms, out_part))
-        self.stats.events += n
+        if align:
+            self._align(
+                batch.offsets, (imp.topic, imps.ts_ms, imp_part), (out.topic, outs.ts_ms, out_part)
+            )
+        self.stats.events += imp.n + out.n
         for topic, count in ((imp.topic, imp.n), (out.topic, out.n)):
             self.stats.events_by_topic[topic] = self.stats.events_by_topic.get(topic, 0) + count
         if self.log is not None:
@@ -624,7 +671,6 @@ class Daemon:
                 self.log.append(records)
                 if self.config.log.publish_joined:
                     side_topics.send_joined(self.producer, self.config.topics.joined, records)
-        return n
 
     def _align(
         self,
@@ -651,9 +697,10 @@ class Daemon:
             self.stats.late_by_kind[kind] = self.stats.late_by_kind.get(kind, 0) + 1
 
     def caught_up(self) -> bool:
-        """True when the consumer owns partitions and has read every one of them to its end."""
+        """True when the consumer owns partitions, has read every one of them to its end, and
+        has stepped every batch it read."""
         owned = self.consumer.assignment()
-        if not owned:
+        if not owned or self._pending is not None:
             return False
         ends = self.consumer.end_offsets(list(owned))
         return all(self.consumer.position(tp) >= end for tp, end in ends.items())
@@ -728,11 +775,15 @@ class Daemon:
                         if on_tick is not None:
                             on_tick(self)
                         last_tick = now
+                self._drain()  # the batch in flight: finish it before the last checkpoint
                 self.write_checkpoint()
                 self.publish_snapshot()
                 self._refresh_stats()
                 self.publish_metrics()
                 return self.stats
+        except BaseException:
+            self._pending = None  # not learned, not checkpointed: read again by the next start
+            raise
         finally:
             self.close()
 

@@ -259,3 +259,54 @@ def test_lag_comes_from_fetched_high_watermarks_while_records_flow_and_from_the_
     d.publish_metrics()
     assert fake.asked[-1] == sorted([fetched, never])
     assert d.stats.lag == {f"{t.impressions}/0": 0, f"{t.outcomes}/0": 40}
+
+
+def test_with_the_decoding_process_a_batch_is_stepped_one_round_later_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    """Each poll's batch decodes in the child while the daemon steps the batch before it; an
+    empty poll, a revocation and ``caught_up`` all see the batch in flight stepped first. The
+    end state is the in-process daemon's."""
+    from streaming.decode_process import Decoding
+
+    imps, outs = traffic(30, seed=6)
+
+    def polls(d: Daemon) -> list[dict[TP, list[Record]]]:
+        t = d.config.topics
+        imp_tp, out_tp = TP(t.impressions, 0), TP(t.outcomes, 1)
+        return [
+            {imp_tp: [Record(i, v) for i, v in enumerate(imps[:15])]},
+            {
+                imp_tp: [Record(15 + i, v) for i, v in enumerate(imps[15:])],
+                out_tp: [Record(i, v) for i, v in enumerate(outs[:40])],
+            },
+            {},
+            {out_tp: [Record(40 + i, v) for i, v in enumerate(outs[40:])]},
+        ]
+
+    here = daemon(tmp_path / "here")
+    here.consumer, here.producer = FakeConsumer(polls(here)), FakeProducer()
+    for _ in range(4):
+        here.poll_once()
+    d = daemon(tmp_path / "there")
+    d.decoding = Decoding(d.limits)
+    try:
+        fake = FakeConsumer(polls(d))
+        d.consumer, d.producer = fake, FakeProducer()
+        assert d.poll_once() == 15
+        assert d.stats.events == 0 and d.state.offsets == {}  # in flight
+        assert not d.caught_up()
+        assert d.poll_once() == 15 + 40
+        assert d.stats.events == 15  # the first batch, stepped while the second decoded
+        assert d.poll_once() == 0
+        assert d.stats.events == 15 + 15 + 40  # nothing polled: the batch in flight is stepped
+        assert d.poll_once() == len(outs) - 40
+        assert d.stats.events == 15 + 15 + 40
+        d.on_revoked([])  # a revocation steps the batch in flight before anything else
+        assert d.stats.events == len(imps) + len(outs)
+        assert not d.decoding.in_process
+        assert d.state.offsets == here.state.offsets
+        assert d.state.counters == here.state.counters
+        assert d.stats.events_by_topic == here.stats.events_by_topic
+    finally:
+        d.decoding.close()

@@ -1,0 +1,159 @@
+"""The decoding process answers exactly what decoding in the daemon's process gives, and a
+decoding process that fails loses nothing: the batch in flight is decoded here instead."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from streaming import listeners
+from streaming.decode_process import Decoded, Decoding, decode_here
+from streaming.events import Limits
+from streaming.simulator import SimConfig, Simulator
+from tests.streaming.test_events import IMPRESSION_CASES, LIM, OUTCOME_CASES
+
+SIM_LIMITS = Limits()
+
+
+def simulated(n: int, seed: int, encoding: listeners.FeatureEncoding) -> tuple[list[bytes], ...]:
+    sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+    req = sim.requests(n)
+    sl = sim.log_slates(req, 5)
+    imps = listeners.impressions(
+        req, sl.shown, sl.propensity, policy="logging", feature_encoding=encoding
+    )
+    wire = list(listeners.wire(imps, listeners.outcomes(req, sim.play(req, sl.shown))))
+    return (
+        [w.value for w in wire if w.role == "impressions"],
+        [w.value for w in wire if w.role == "outcomes"],
+    )
+
+
+def assert_same(a: Decoded, b: Decoded) -> None:
+    for batch_a, batch_b in ((a.impressions, b.impressions), (a.outcomes, b.outcomes)):
+        assert type(batch_a) is type(batch_b)
+        for name, x, y in zip(batch_a._fields, batch_a, batch_b, strict=True):
+            assert x.dtype == y.dtype and x.shape == y.shape, name
+            assert np.array_equal(x, y), name
+    assert a.impression_rejects == b.impression_rejects
+    assert a.outcome_rejects == b.outcome_rejects
+
+
+@pytest.fixture
+def decoding() -> Iterator[Decoding]:
+    d = Decoding(SIM_LIMITS)
+    assert not d.in_process
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("encoding", ["float32", "json"])
+def test_simulated_batches_decode_there_as_here(
+    decoding: Decoding, encoding: listeners.FeatureEncoding
+) -> None:
+    for seed in range(3):  # the same child, batch after batch
+        imps, outs = simulated(300, seed, encoding)
+        imps[7], outs[11] = b"{", b'{"schema": "outcome/1"}'
+        decoding.submit(imps, outs)
+        assert decoding.busy
+        got = decoding.result()
+        assert not decoding.busy and not decoding.in_process
+        assert_same(got, decode_here(imps, outs, SIM_LIMITS))
+        assert [r.row for r in got.impression_rejects] == [7]
+        assert got.impression_rejects[0].raw == b"{"  # the original bytes, for the dead letters
+
+
+def test_every_malformed_case_gets_the_same_code_and_reason_there() -> None:
+    imps = [data for _, data, _ in IMPRESSION_CASES]
+    outs = [data for _, data, _ in OUTCOME_CASES]
+    d = Decoding(LIM)
+    try:
+        d.submit(imps, outs)
+        got = d.result()
+    finally:
+        d.close()
+    assert_same(got, decode_here(imps, outs, LIM))
+    assert [r.code for r in got.impression_rejects] == [c for _, _, c in IMPRESSION_CASES]
+    assert [r.code for r in got.outcome_rejects] == [c for _, _, c in OUTCOME_CASES]
+
+
+def test_empty_and_one_sided_batches(decoding: Decoding) -> None:
+    imps, outs = simulated(5, 0, "float32")
+    for batch in (([], []), (imps, []), ([], outs), ([b""], [b""])):
+        decoding.submit(*batch)
+        assert_same(decoding.result(), decode_here(*batch, SIM_LIMITS))
+
+
+def test_batches_beyond_the_shared_areas_first_size_grow_them(decoding: Decoding) -> None:
+    """Requests over 16 MiB (too-large messages, rejected) and answers over 16 MiB (wide
+    candidate lists) both fit after the areas grow; smaller batches still decode after."""
+    big = [b"x" * (SIM_LIMITS.max_message_bytes + 1)] * 20
+    decoding.submit(big, [])
+    got = decoding.result()
+    assert [r.code for r in got.impression_rejects] == ["too_large"] * 20
+    assert got.impression_rejects[3].raw == big[3]
+    sim = Simulator(SimConfig(seed=1, request_gap_ms=1000, n_candidates=1000))
+    req = sim.requests(300)
+    sl = sim.log_slates(req, 5)
+    wide = [
+        w.value
+        for w in listeners.wire(listeners.impressions(req, sl.shown, sl.propensity, policy="p"), [])
+    ]
+    decoding.submit(wide, [])
+    got = decoding.result()
+    assert got.impressions.candidate_features.nbytes > 16 << 20
+    assert_same(got, decode_here(wide, [], SIM_LIMITS))
+    imps, outs = simulated(20, 2, "float32")
+    decoding.submit(imps, outs)
+    assert_same(decoding.result(), decode_here(imps, outs, SIM_LIMITS))
+    assert not decoding.in_process
+
+
+def test_a_decoding_process_that_dies_loses_nothing(
+    decoding: Decoding, caplog: pytest.LogCaptureFixture
+) -> None:
+    imps, outs = simulated(50, 3, "float32")
+    child = decoding._child  # pyright: ignore[reportPrivateUsage]
+    assert child is not None
+    decoding.submit(imps, outs)
+    child.proc.kill()
+    child.proc.wait()
+    with caplog.at_level(logging.WARNING, logger="streaming.decode_process"):
+        got = decoding.result()  # the batch in flight, decoded here
+    assert_same(got, decode_here(imps, outs, SIM_LIMITS))
+    assert decoding.in_process and decoding.failures == 1
+    assert "decoding in the daemon's process from now on" in caplog.text
+    decoding.submit(imps[:3], outs[:4])  # and the next ones too
+    assert_same(decoding.result(), decode_here(imps[:3], outs[:4], SIM_LIMITS))
+
+
+def test_a_dead_decoding_process_found_at_submit_loses_nothing(decoding: Decoding) -> None:
+    imps, outs = simulated(50, 4, "json")
+    child = decoding._child  # pyright: ignore[reportPrivateUsage]
+    assert child is not None
+    child.proc.kill()
+    child.proc.wait()
+    decoding.submit(imps, outs)
+    assert_same(decoding.result(), decode_here(imps, outs, SIM_LIMITS))
+    assert decoding.in_process and decoding.failures == 1
+
+
+def test_submit_and_result_must_alternate(decoding: Decoding) -> None:
+    with pytest.raises(RuntimeError, match="without a batch submitted"):
+        decoding.result()
+    decoding.submit([], [])
+    with pytest.raises(RuntimeError, match="previous batch"):
+        decoding.submit([], [])
+    decoding.result()
+
+
+def test_in_process_decoding_starts_no_child() -> None:
+    d = Decoding(SIM_LIMITS, process=False)
+    imps, outs = simulated(10, 5, "float32")
+    d.submit(imps, outs)
+    assert d.in_process and d.failures == 0
+    assert_same(d.result(), decode_here(imps, outs, SIM_LIMITS))
+    d.close()
