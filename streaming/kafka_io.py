@@ -147,6 +147,7 @@ def make_consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": kafka.max_poll_records,
+        "max_partition_fetch_bytes": kafka.max_partition_fetch_bytes,
         "session_timeout_ms": kafka.session_timeout_ms,
         # kafka-python's 3 s default is over a third of a short session (it warns): a heartbeat
         # or two late and the member is expelled. client_options may still set it.
