@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from benchmarks._runner import Context, Row, peak_rss_mb
@@ -121,8 +122,8 @@ class _Steady(NamedTuple):
     """The daemon between 20 % and 90 % of the stream: after start-up, before the tail."""
 
     events_per_s: float
-    cores: float  # the daemon process's CPU seconds per wall second
-    cpu_us_per_event: float  # the process's CPU per event (all its threads)
+    cores: float  # CPU seconds per wall second of the daemon process and its decoding process
+    cpu_us_per_event: float  # their CPU per event (all threads)
     main_busy: float  # the main thread's CPU seconds per wall second (1.0: never waits)
 
 
@@ -172,6 +173,18 @@ class _DaemonRun(NamedTuple):
     samples: list[tuple[float, float]]  # (seconds into the run, resident MiB)
 
 
+def _child_cpu_s(daemon: Any) -> float:
+    """CPU seconds of the daemon's decoding process so far (0 when it decodes in-process)."""
+    pid = daemon.decoding.child_pid
+    if pid is None:
+        return 0.0
+    try:  # utime and stime are fields 14 and 15; the name in parentheses may hold spaces
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
     """Run the daemon over ``cfg``'s topics until idle, sampling memory and progress each second."""
     from streaming.daemon import Daemon
@@ -200,7 +213,7 @@ def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
                 (
                     time.perf_counter() - t0,
                     daemon.stats.events,
-                    time.process_time(),
+                    time.process_time() + _child_cpu_s(daemon),
                     time.clock_gettime(main_clock),
                 )
             )
@@ -551,12 +564,16 @@ def run(ctx: Context) -> list[Row]:
         "compiling the policy update and the reward model's update, about 1.4 s in all on this "
         "machine, most of a --quick run); steady_events_per_s is "
         "its rate between 20 % and 90 % of the stream (sampled each second), against the "
-        "same consume + decode rate; over the same window, steady_cores is the daemon "
-        "process's CPU seconds per second (all threads; the machine has "
-        f"{os.cpu_count()} cores and also runs the broker), steady_cpu_us_per_event its CPU per event, and steady_main_thread_busy the "
+        "same consume + decode rate; over the same window, steady_cores is the CPU seconds per "
+        "second of the daemon's process (all threads) and of its decoding process "
+        "(streaming.decode_process) together (the machine has "
+        f"{os.cpu_count()} cores and also runs the broker), steady_cpu_us_per_event their CPU "
+        "per event, and steady_main_thread_busy the "
         "share of the time the thread running the loop was on a CPU (the rest it waited: for "
-        "the GIL, fetch responses, the log's flush before a checkpoint, XLA). first_event_s: seconds into run() when the first poll that returned "
-        "records was done (decoded, joined, learned: JAX compiles the step's functions there); "
+        "the GIL, fetch responses, the decoding process, the log's flush before a checkpoint, "
+        "XLA). first_event_s: seconds into run() when the first poll that returned "
+        "records was done (handed to the decoding process; the round after steps it, and JAX "
+        "compiles the step's functions there); "
         "last_event_s: when the last event was done (1 s resolution); run_s: run() from open to "
         "close (the 3 s idle wait that ends it is subtracted for events_per_s, the final "
         "checkpoint and closing are not)."

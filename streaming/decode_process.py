@@ -104,6 +104,11 @@ class Decoding:
         return self._child is None
 
     @property
+    def child_pid(self) -> int | None:
+        """The decoding process's id (None when decoding here)."""
+        return None if self._child is None else self._child.proc.pid
+
+    @property
     def busy(self) -> bool:
         """True while a submitted batch's answer has not been taken."""
         return self._in_flight is not None
