@@ -39,12 +39,20 @@ if TYPE_CHECKING:
     from streaming.events import FeatureEncoding
 
 
-def _rss_mb() -> float:
+def _rss_mb(pid: int | str = "self") -> float:
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize() / 2**20
     except OSError:
         return float("nan")
+
+
+def _daemon_rss_mb(daemon: Any) -> float:
+    """Resident MiB of this process and of the daemon's decoding process, if it has one (the
+    shared memory both map is counted twice: at most 64 MiB in these runs)."""
+    pid = daemon.decoding.child_pid
+    child = _rss_mb(pid) if pid is not None else 0.0
+    return _rss_mb() + (0.0 if child != child else child)  # a child gone: this process only
 
 
 class _Consumed:
@@ -208,7 +216,7 @@ def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
     def sample() -> None:
         t0 = time.perf_counter()
         while not done.wait(1.0):
-            samples.append((time.perf_counter() - t0, _rss_mb()))
+            samples.append((time.perf_counter() - t0, _daemon_rss_mb(daemon)))
             progress.append(
                 (
                     time.perf_counter() - t0,
@@ -551,11 +559,13 @@ def run(ctx: Context) -> list[Row]:
         "'lean' is streaming.kafka_records' (offset, key, value) records, 'stock' kafka-python's "
         "ConsumerRecord); vs_stock_consume_decode is over the stock client's consume + decode. "
         "Count-only rows' vs_consume_decode is over their own path's consume + decode. All "
-        "measured minutes apart on the same topics, broker and machine; all consumers use "
-        "kafka-python's default fetch settings and take as many records per poll as the daemon "
+        "measured minutes apart on the same topics, broker and machine; the consume rows use "
+        "kafka-python's default fetch settings (1 MiB per partition; the daemon fetches up to "
+        "kafka.max_partition_fetch_bytes, 4 MiB) and take as many records per poll as the daemon "
         "(kafka.max_poll_records). The JSON stream is measured first, then the "
         "float32 stream, in one process: peak_rss_mb is the process's peak so far and "
-        "rss_*_third_mb its resident memory during each run, so the second daemon's figures "
+        "rss_*_third_mb the resident memory of the process and of the daemon's decoding process "
+        "during each run, so the second daemon's figures "
         "start from what the first run left (JAX caches, allocator pools). "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} (as `encore run` sets it)."
     )

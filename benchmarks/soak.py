@@ -3,7 +3,8 @@
 A producer process streams simulated traffic (5-track slates from 20 candidates, continuing
 event time) into a local broker while one daemon, with everything on (decode, join, reward
 model, composite reward, LinUCB, Parquet log, checkpoints, snapshots, metrics), consumes it live.
-Every two seconds the daemon's resident memory is sampled with its event count. Flat means the
+Every two seconds the daemon's resident memory (its process and its decoding process,
+``streaming.decode_process``) is sampled with its event count. Flat means the
 resident memory of the second half of the run grows by no more than a few MiB per million
 events (the slope is fitted by least squares and printed, with the plot). Full size: 10 million
 events (issue 5); ``--quick``: 150,000; the ``ENCORE_SOAK_EVENTS`` environment variable sets
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._runner import Context, Row, peak_rss_mb
-from benchmarks.daemon import _rss_mb  # pyright: ignore[reportPrivateUsage]
+from benchmarks.daemon import _daemon_rss_mb  # pyright: ignore[reportPrivateUsage]
 from benchmarks.kafka_raw import broker_for_bench
 
 
@@ -148,7 +149,7 @@ def run(ctx: Context) -> list[Row]:
         produced: list[float] = []  # events sent, seconds it took
 
         def tick(d: Daemon) -> None:
-            samples.append((d.stats.events, _rss_mb()))
+            samples.append((d.stats.events, _daemon_rss_mb(d)))
             if not produced and producer.poll() is not None:
                 out, _ = producer.communicate()
                 if producer.returncode != 0:
@@ -203,6 +204,7 @@ def run(ctx: Context) -> list[Row]:
         "needs; everything else is on."
     )
     ctx.notes.append(
+        "Resident memory is the daemon's process and its decoding process together. "
         "Flat memory: the fitted growth over the second half of the run, in resident MiB per "
         "million events, should be near 0 (a leak of even 100 bytes per event would show as "
         "~95 MiB per million)."

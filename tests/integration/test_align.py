@@ -2,7 +2,8 @@
 impressions into the join's pending-buffer limit (streaming.align).
 
 The daemons read the same backlog, 100 records per poll, with a pending buffer of 300 outcomes
-per partition. Kafka's first fetch (1 MiB per partition) holds every outcome of a partition but
+per partition. Kafka's first fetch (1 MiB per partition, set here: the daemon's default of 4 MiB
+fetches the whole backlog at once, so even the unaligned control would not overflow) holds every outcome of a partition but
 only about half of its impressions, which are ten times larger. Unaligned, the outcomes run ahead
 and overflow the buffer; that run is the control that shows the backlog does overflow. Aligned,
 nothing overflows, and the join refuses and learns exactly what a buffer with no limit gives.
@@ -35,6 +36,7 @@ def test_aligned_reading_of_a_backlog_overflows_nothing(kafka_broker: str, tmp_p
             name,
             f"kafka.align_ms={align_ms}",
             "kafka.max_poll_records=100",
+            "kafka.max_partition_fetch_bytes=1048576",  # kafka-python's default, as said above
             f"join.max_pending={max_pending}",
             share=False,
             group=f"{name}-{run}",
