@@ -49,7 +49,7 @@ def _rss_mb(pid: int | str = "self") -> float:
 
 def _daemon_rss_mb(daemon: Any) -> float:
     """Resident MiB of this process and of the daemon's decoding process, if it has one (the
-    shared memory both map is counted twice: at most 64 MiB in these runs)."""
+    pages of the two shared memory areas both touch are counted in each)."""
     pid = daemon.decoding.child_pid
     child = _rss_mb(pid) if pid is not None else 0.0
     return _rss_mb() + (0.0 if child != child else child)  # a child gone: this process only

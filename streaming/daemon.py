@@ -574,9 +574,6 @@ class Daemon:
                 self.metrics_server = None
             if self.consumer is not None:
                 self.consumer.close(autocommit=False)  # revokes: checkpoint + handoff
-            self._pending = None  # (stepped by the revoke; dropped after a failure)
-            self.decoding.close()
-            self.decoding = Decoding(self.limits, process=False)
             if self.log is not None:
                 self.log.close()
             for producer in (self.producer, self.handoff_producer):
@@ -589,7 +586,12 @@ class Daemon:
             self.consumer = self.producer = self.handoff_producer = None
             self.delta_consumer = self.handoff_consumer = None
         finally:
-            self._ckpt_lock.release()
+            self._pending = None  # (stepped by the revoke; dropped after a failure)
+            try:
+                self.decoding.close()  # even when closing a client failed: no child left behind
+                self.decoding = Decoding(self.limits, process=False)
+            finally:
+                self._ckpt_lock.release()
 
     def poll_once(self) -> int:
         """One poll -> decode -> step -> emit round; returns the number of records consumed.

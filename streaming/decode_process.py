@@ -34,6 +34,7 @@ import itertools
 import logging
 import mmap
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -84,10 +85,16 @@ class Decoding:
     """Decode batches in a child process, one in flight; in this one if the child fails.
 
     ``process=False`` decodes every batch in this process (``submit`` does the work).
+    ``answer_timeout_s``: a child that has not answered a batch this long (stopped, swapped out,
+    stuck) is killed and the batch decoded here, so the daemon's loop never waits on it forever.
+    Any failure of the child, whatever it raises, is a fallback: never an error of the daemon.
     """
 
-    def __init__(self, limits: Limits, *, process: bool = True) -> None:
+    def __init__(
+        self, limits: Limits, *, process: bool = True, answer_timeout_s: float = 60.0
+    ) -> None:
         self.limits = limits
+        self.answer_timeout_s = answer_timeout_s
         self._child: _Child | None = None
         self._in_flight: tuple[Sequence[bytes], Sequence[bytes]] | None = None
         self._done: Decoded | None = None
@@ -95,8 +102,8 @@ class Decoding:
         if process:
             try:
                 self._child = _Child(limits)
-            except OSError as exc:
-                self._fail(f"could not start: {exc}")
+            except Exception as exc:  # no memfd (not Linux), no fork, ...: decode here
+                self._fail(f"could not start ({type(exc).__name__}: {exc})")
 
     @property
     def in_process(self) -> bool:
@@ -106,7 +113,8 @@ class Decoding:
     @property
     def child_pid(self) -> int | None:
         """The decoding process's id (None when decoding here)."""
-        return None if self._child is None else self._child.proc.pid
+        child = self._child  # read once: a fallback on another thread may clear it
+        return None if child is None else child.proc.pid
 
     @property
     def busy(self) -> bool:
@@ -122,8 +130,8 @@ class Decoding:
             try:
                 self._child.send(impressions, outcomes)
                 return
-            except (OSError, ValueError) as exc:
-                self._fail(f"could not take a batch: {exc}")
+            except Exception as exc:
+                self._fail(f"could not take a batch ({type(exc).__name__}: {exc})")
         self._done = decode_here(impressions, outcomes, self.limits)
 
     def result(self) -> Decoded:
@@ -134,9 +142,9 @@ class Decoding:
         done, self._done = self._done, None
         if done is None and self._child is not None:
             try:
-                done = self._child.receive(impressions, outcomes)
-            except (OSError, ValueError, msgspec.DecodeError) as exc:
-                self._fail(f"gave no answer: {exc}")
+                done = self._child.receive(impressions, outcomes, self.answer_timeout_s)
+            except Exception as exc:  # no answer, an error, or one that does not parse
+                self._fail(f"gave no usable answer ({type(exc).__name__}: {exc})")
         if done is None:
             done = decode_here(impressions, outcomes, self.limits)
         self._in_flight = None
@@ -144,16 +152,17 @@ class Decoding:
 
     def close(self) -> None:
         """Stop the child (a batch in flight is dropped: take its result first)."""
+        dropping = self._in_flight is not None and self._done is None
         self._in_flight = self._done = None
         if self._child is not None:
-            self._child.close()
+            self._child.close(kill=dropping)
             self._child = None
 
     def _fail(self, why: str) -> None:
         self.failures += 1
         log.warning("the decoding process %s; decoding in the daemon's process from now on", why)
         if self._child is not None:
-            self._child.close()
+            self._child.close(kill=True)
             self._child = None
 
 
@@ -161,25 +170,31 @@ class _Child:
     """The child process, the two shared memory areas and the two control pipes."""
 
     def __init__(self, limits: Limits) -> None:
-        self.requests = _Area(os.memfd_create("encore-decode-requests"))
-        self.answers = _Area(os.memfd_create("encore-decode-answers"))
-        fds = (self.requests.fd, self.answers.fd)
-        root = str(Path(__file__).resolve().parent.parent)  # where ``streaming`` is importable
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-        args = [msgspec.json.encode(limits).decode(), *map(str, fds)]
+        areas: list[_Area] = []
         try:
+            for name in ("encore-decode-requests", "encore-decode-answers"):
+                areas.append(_Area(os.memfd_create(name)))
+            self.requests, self.answers = areas
+            fds = (self.requests.fd, self.answers.fd)
+            # The child imports the very ``streaming`` this module is part of: run from the
+            # folder it is in (``python -m`` puts the working directory first on the path,
+            # where another checkout of encore may be) and with that folder on PYTHONPATH.
+            root = str(Path(__file__).resolve().parent.parent)
+            path = os.environ.get("PYTHONPATH")
+            env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+            args = [msgspec.json.encode(limits).decode(), *map(str, fds)]
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streaming.decode_process", *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
+                cwd=root,
                 bufsize=0,
                 pass_fds=fds,
             )
-        except OSError:
-            self.requests.close()
-            self.answers.close()
+        except BaseException:
+            for area in areas:
+                area.close()
             raise
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.writer = self.proc.stdin
@@ -201,7 +216,11 @@ class _Child:
         request = [len(impressions), self.requests.size, lengths.tobytes()]
         _write_frame(self.writer, msgspec.msgpack.encode(request))
 
-    def receive(self, impressions: Sequence[bytes], outcomes: Sequence[bytes]) -> Decoded:
+    def receive(
+        self, impressions: Sequence[bytes], outcomes: Sequence[bytes], timeout_s: float
+    ) -> Decoded:
+        if not select.select([self.reader], [], [], timeout_s)[0]:
+            raise TimeoutError(f"no answer in {timeout_s:g} s")
         answer = msgspec.msgpack.decode(_read_frame(self.reader))
         if len(answer) == 2 and answer[0] == "error":
             raise ValueError(f"failed: {answer[1]}")
@@ -214,7 +233,11 @@ class _Child:
             _rejects(out_rej, outcomes),
         )
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = False) -> None:
+        """End the child: at the end of its input, or at once (``kill``: it may be stuck, or
+        busy with an answer nobody will read)."""
+        if kill:
+            self.proc.kill()
         with contextlib.suppress(OSError):
             self.writer.close()  # the child exits at the end of its input
         try:

@@ -4,6 +4,8 @@ decoding process that fails loses nothing: the batch in flight is decoded here i
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -118,6 +120,7 @@ def test_a_decoding_process_that_dies_loses_nothing(
     imps, outs = simulated(50, 3, "float32")
     child = decoding._child  # pyright: ignore[reportPrivateUsage]
     assert child is not None
+    child.proc.send_signal(signal.SIGSTOP)  # it cannot answer before it is killed
     decoding.submit(imps, outs)
     child.proc.kill()
     child.proc.wait()
@@ -155,5 +158,54 @@ def test_in_process_decoding_starts_no_child() -> None:
     imps, outs = simulated(10, 5, "float32")
     d.submit(imps, outs)
     assert d.in_process and d.failures == 0
+    assert_same(d.result(), decode_here(imps, outs, SIM_LIMITS))
+    d.close()
+
+
+def test_a_decoding_process_that_does_not_answer_in_time_is_replaced_by_decoding_here(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = Decoding(SIM_LIMITS, answer_timeout_s=0.5)
+    try:
+        child = d._child  # pyright: ignore[reportPrivateUsage]
+        assert child is not None
+        child.proc.send_signal(signal.SIGSTOP)  # stopped: alive, but it never answers
+        imps, outs = simulated(20, 6, "float32")
+        d.submit(imps, outs)
+        with caplog.at_level(logging.WARNING, logger="streaming.decode_process"):
+            got = d.result()
+        assert_same(got, decode_here(imps, outs, SIM_LIMITS))
+        assert d.in_process and "TimeoutError: no answer in 0.5 s" in caplog.text
+        assert child.proc.poll() is not None  # killed, not left stopped
+    finally:
+        d.close()
+
+
+def test_an_answer_that_cannot_be_read_is_a_fallback_not_an_error(
+    decoding: Decoding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streaming import decode_process
+
+    def broken(*_: object) -> list[object]:
+        raise TypeError("a column of no known dtype")
+
+    monkeypatch.setattr(decode_process._Area, "arrays", broken)  # pyright: ignore[reportPrivateUsage]
+    imps, outs = simulated(20, 7, "json")
+    decoding.submit(imps, outs)
+    assert_same(decoding.result(), decode_here(imps, outs, SIM_LIMITS))
+    assert decoding.in_process and decoding.failures == 1
+
+
+def test_no_shared_memory_means_decoding_here(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where ``os.memfd_create`` is missing (not Linux) the daemon decodes in its own process."""
+    monkeypatch.delattr(os, "memfd_create")
+    with caplog.at_level(logging.WARNING, logger="streaming.decode_process"):
+        d = Decoding(SIM_LIMITS)
+    assert d.in_process and d.failures == 1 and d.child_pid is None
+    assert "could not start (AttributeError" in caplog.text
+    imps, outs = simulated(5, 8, "float32")
+    d.submit(imps, outs)
     assert_same(d.result(), decode_here(imps, outs, SIM_LIMITS))
     d.close()
