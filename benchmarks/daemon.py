@@ -21,6 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import dataclasses
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -52,7 +53,7 @@ def _daemon_rss_mb(daemon: Any) -> float:
     pages of the two shared memory areas both touch are counted in each)."""
     pid = daemon.decoding.child_pid
     child = _rss_mb(pid) if pid is not None else 0.0
-    return _rss_mb() + (0.0 if child != child else child)  # a child gone: this process only
+    return _rss_mb() + (0.0 if math.isnan(child) else child)  # a child gone: this one only
 
 
 class _Consumed:

@@ -624,18 +624,15 @@ class Daemon:
             self._drain()  # nothing to decode meanwhile
             self._align(batch.offsets)
             return 0
-        previous = self._pending
-        done = self.decoding.result() if previous is not None else None
+        previous, self._pending = self._pending, None
+        done = self.decoding.result() if previous is not None else None  # before the next submit
         self.decoding.submit(batch.impressions.values(), batch.outcomes.values())
+        if previous is not None and done is not None:
+            self._apply(previous, done)
         if self.decoding.in_process:  # decoded already: step it now
-            self._pending = None
-            if previous is not None and done is not None:
-                self._apply(previous, done)
             self._apply(batch, self.decoding.result())
         else:
-            self._pending = batch
-            if previous is not None and done is not None:
-                self._apply(previous, done)
+            self._pending = batch  # stepped next round, while the one after decodes
         return n
 
     def _drain(self, *, align: bool = True) -> None:

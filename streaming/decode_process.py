@@ -30,7 +30,6 @@ what happens when the daemon is killed.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import mmap
 import os
@@ -201,18 +200,11 @@ class _Child:
         self.reader = self.proc.stdout
 
     def send(self, impressions: Sequence[bytes], outcomes: Sequence[bytes]) -> None:
-        lengths = np.fromiter(
-            map(len, itertools.chain(impressions, outcomes)),
-            np.int64,
-            count=len(impressions) + len(outcomes),
-        )
-        total = int(lengths.sum())
-        self.requests.fit(total)
-        mm, pos = self.requests.map, 0
-        for raw in itertools.chain(impressions, outcomes):
-            end = pos + len(raw)
-            mm[pos:end] = raw
-            pos = end
+        raws = [*impressions, *outcomes]
+        lengths = np.fromiter(map(len, raws), np.int64, count=len(raws))
+        data = b"".join(raws)  # one copy in C, then one into the shared area
+        self.requests.fit(len(data))
+        self.requests.map[: len(data)] = data
         request = [len(impressions), self.requests.size, lengths.tobytes()]
         _write_frame(self.writer, msgspec.msgpack.encode(request))
 
