@@ -6,8 +6,9 @@
 - ``raw_rewards``: each play's composite reward from its outcome alone (what the join
   aggregates); ``_final_rewards``: the composite reward per closed impression and position, and
   which positions the policy learns from (censored plays are left out);
-- ``_joined_rows`` and ``_update_model``: the reward model's training rows for the joined plays,
-  learned in fixed ``MODEL_BATCH`` mini-batches in closing order (reproducible after a restart);
+- ``_joined_rows``, ``release_model_rows`` and ``_update_model``: the reward model's training rows
+  for the joined plays, released in event-time order and learned in fixed ``MODEL_BATCH``
+  mini-batches (the same updates however the stream was cut, so reproducible after a restart);
 - ``update_policy``: feedback in padded ``UPDATE_CHUNK`` chunks, its linear statistics also summed
   into a ``LinearDelta`` for the other workers of a scaled-out group (``zero_delta``,
   ``merge_delta``);
@@ -35,6 +36,7 @@ from streaming.worker_state import F32, Engine, ModelRows, Plays, Side, WorkerSt
 __all__ = [
     "MODEL_BATCH",
     "MODEL_CHUNK",
+    "MODEL_QUEUE_MAX",
     "NOMINAL_DURATION_MS",
     "PREDICT_SMALL",
     "UPDATE_CHUNK",
@@ -48,6 +50,7 @@ __all__ = [
     "_update_model",
     "merge_delta",
     "raw_rewards",
+    "release_model_rows",
     "slate_features",
     "update_policy",
     "warm_up",
@@ -59,9 +62,13 @@ UPDATE_CHUNK = 2048
 MODEL_CHUNK = 4096
 """Rows per reward-model predict call (padded likewise)."""
 MODEL_BATCH = 1024
-"""Rows per reward-model update. Joined plays queue up in closing order (which does not depend on
-how the stream was cut into batches) and every full mini-batch is one update, so the model's state
-is reproducible too: a restarted worker makes exactly the updates an uninterrupted one made."""
+"""Rows per reward-model update. Joined plays are released in one order that does not depend on
+how the streams were cut into batches (``release_model_rows``) and every full mini-batch is one
+update, so the model's state is reproducible too: a restarted worker makes exactly the updates an
+uninterrupted one made."""
+MODEL_QUEUE_MAX = 65_536
+"""Joined plays that may wait for the event-time frontier (``release_model_rows``) before the
+oldest are released early."""
 NOMINAL_DURATION_MS = 210_000
 """Impressions carry no durations: predictions at impression time assume the catalogue median."""
 
@@ -127,6 +134,10 @@ def warm_up(engine: Engine, state: WorkerState) -> None:
         position=np.zeros(b, np.int32),
         censored=np.zeros(b, bool),
         track_id=np.zeros(b, np.int32),
+        end_ms=np.zeros(b, np.int64),
+        partition=np.zeros(b, np.int32),
+        request_key=np.zeros(b, np.uint64),
+        ts_ms=np.zeros(b, np.int64),
     )
     model, *_ = _update_model(engine, state.model, rows)
     if predicts:
@@ -241,7 +252,14 @@ def update_policy(
 
 
 def _joined_rows(
-    side: Side, side_rows: npt.NDArray[np.int64], joined: join.JoinedOutcomes, plays: Plays
+    side: Side,
+    side_rows: npt.NDArray[np.int64],
+    closed: join.Closed,
+    joined: join.JoinedOutcomes,
+    plays: Plays,
+    *,
+    partition: int,
+    window_ms: int,
 ) -> ModelRows:
     """The reward model's training rows for the joined plays of one closed batch."""
     r = side_rows[joined.row]
@@ -257,7 +275,51 @@ def _joined_rows(
         position=pos.astype(np.int32),
         censored=plays.censored[p],
         track_id=side.action[r, pos],
+        end_ms=closed.ts_ms[joined.row].astype(np.int64) + np.int64(window_ms),
+        partition=np.full(pos.size, partition, np.int32),
+        request_key=joined.request_key.astype(np.uint64),
+        ts_ms=joined.ts_ms.astype(np.int64),
     )
+
+
+def release_model_rows(rows: ModelRows, frontier_ms: int) -> tuple[ModelRows, ModelRows, int]:
+    """Split queued rows into those event time has released, in learning order, and the rest.
+
+    A row is released once ``frontier_ms``, the smallest join watermark of the worker's
+    partitions, has reached the end of its impression's window. Every row whose window ends at or
+    before the frontier has closed by then in its partition, and none can close later (its
+    impression or outcome would be late), so the released rows, sorted by (window end, partition,
+    impression key, position, outcome time), always continue one and the same sequence: the
+    reward model's mini-batches do not depend on how the partitions' streams were cut into polls
+    or interleaved. Rows beyond ``MODEL_QUEUE_MAX`` are released early, oldest window first, and
+    counted (a partition that stays idle holds the frontier back; only then can the order depend
+    on timing, as the join's own capacity limits can).
+
+    Returns:
+        ``(released, still_queued, released_early)``.
+    """
+    n = rows.end_ms.size
+    ready = rows.end_ms <= frontier_ms
+    early = 0
+    waiting = n - int(ready.sum())
+    if waiting > MODEL_QUEUE_MAX:
+        early = waiting - MODEL_QUEUE_MAX
+        order = np.lexsort((rows.request_key, rows.partition, rows.end_ms))
+        held = order[~ready[order]][:early]
+        ready[held] = True
+    take = np.flatnonzero(ready)
+    order = np.lexsort(
+        (
+            rows.ts_ms[take],
+            rows.position[take],
+            rows.request_key[take],
+            rows.partition[take],
+            rows.end_ms[take],
+        )
+    )
+    released = ModelRows._make(x[take[order]] for x in rows)
+    rest = ModelRows._make(x[~ready] for x in rows)
+    return released, rest, early
 
 
 def _update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, ModelRows, float, int]:

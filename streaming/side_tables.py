@@ -106,6 +106,10 @@ def _empty_rows(engine: Engine) -> ModelRows:
         position=np.zeros(0, np.int32),
         censored=np.zeros(0, bool),
         track_id=np.zeros(0, np.int32),
+        end_ms=np.zeros(0, np.int64),
+        partition=np.zeros(0, np.int32),
+        request_key=np.zeros(0, np.uint64),
+        ts_ms=np.zeros(0, np.int64),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 
 from bandits import linear
 from streaming import join
@@ -127,7 +128,7 @@ def from_arrays(
             log=ImpressionBatch(**{f: arrays[f"side/log/{f}"] for f in ImpressionBatch._fields}),
         ),
         plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
-        model_rows=ModelRows(**{f: arrays[f"model_rows/{f}"] for f in ModelRows._fields}),
+        model_rows=_model_rows_from_arrays(arrays),
         next_payload=int(arrays["next_payload"]),
         offsets={(str(t), int(p)): int(o) for t, p, o in header["offsets"]},
         counters={str(k): v for k, v in header["counters"].items()},
@@ -137,4 +138,19 @@ def from_arrays(
         outbox=_delta_from_arrays(arrays, "outbox"),
         delta_seq=int(header.get("delta_seq", 0)),
         seen={str(k): int(v) for k, v in header.get("seen", {}).items()},
+    )
+
+
+def _model_rows_from_arrays(arrays: Mapping[str, npt.NDArray[Any]]) -> ModelRows:
+    """The queued reward-model rows; a checkpoint whose rows lack their event-time order columns
+    held only rows already released, so they are marked released (window end ``NO_TIME_MS``)."""
+    n = arrays["model_rows/ms_played"].shape[0]
+    missing = {
+        "end_ms": np.full(n, join.NO_TIME_MS, np.int64),
+        "partition": np.zeros(n, np.int32),
+        "request_key": np.zeros(n, np.uint64),
+        "ts_ms": np.zeros(n, np.int64),
+    }
+    return ModelRows(
+        **{f: arrays.get(f"model_rows/{f}", missing.get(f)) for f in ModelRows._fields}  # type: ignore[arg-type]
     )

@@ -8,16 +8,18 @@ One step takes decoded impression and outcome batches (with the offsets they end
    reward, made before any outcome is seen; no other kind uses it, so none pays for it);
 2. gives each outcome its raw composite reward (``CompositeReward.raw``) and feeds both streams
    to the reward-window join;
-3. for every impression whose window closed: updates the reward model on the joined plays
-   (scored against the predictions made at impression time), computes the *final* composite
+3. for every impression whose window closed: queues its joined plays for the reward model, which
+   learns them once the smallest watermark of the worker's partitions passes their window, in
+   one event-time order (``release_model_rows``), computes the *final* composite
    reward per shown position (the raw reward aggregated by the join; a mix of it and the
    provisional one for the ``denoised`` kind; the default reward where no play came), and
    updates the policy with one feedback row per shown position whose play was not censored.
 
 Everything the shell must do afterwards (dead letters, late rows, metrics) comes back as values.
-Given the same events, the learned state does not depend on how they were cut into batches: the
-join guarantees it for the closed records, the reward model sees its updates in closing order,
-and the linear policies' statistics are sums (only floating-point order can differ).
+Given the same events, the learned state does not depend on how they were cut into batches or how
+the partitions' polls interleaved: the join guarantees it for the closed records, the reward model
+sees the same mini-batches in the same event-time order, and the linear policies' statistics are
+sums (only floating-point order can differ).
 
 The core is split by seam; this module keeps ``init`` and ``step`` and re-exports the rest, so
 ``streaming.step`` stays the one import for the daemon and the tests:
@@ -51,6 +53,7 @@ from streaming.learners import (
     UPDATE_CHUNK,
     merge_delta,
     raw_rewards,
+    release_model_rows,
     slate_features,
     update_policy,
     warm_up,
@@ -189,7 +192,7 @@ def step(
     joins = dict(state.join)
     side, plays, next_payload = state.side, state.plays, state.next_payload
     counters: dict[str, Any] = dict(state.counters)
-    effects: list[join.JoinEffects] = []
+    effects: list[tuple[int, join.JoinEffects]] = []
     if impressions is not None and impressions.n:
         n = impressions.n
         payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
@@ -206,7 +209,7 @@ def step(
                 cfg,
             )
             joins[p] = js
-            effects.append(eff)
+            effects.append((p, eff))
         counters = _bump(counters, impressions=n)
     if outcomes is not None and outcomes.n:
         n = outcomes.n
@@ -232,11 +235,11 @@ def step(
                 cfg,
             )
             joins[p] = js
-            effects.append(eff)
+            effects.append((p, eff))
         counters = _bump(counters, outcomes=n, outcomes_beyond_slate=int((~keep).sum()))
     for p in sorted(joins):
         joins[p], eff = join.advance(joins[p], cfg, watermark_ms=watermark_ms)
-        effects.append(eff)
+        effects.append((p, eff))
 
     policy_state, model, model_rows = state.policy, state.model, state.model_rows
     pending = state.pending
@@ -250,13 +253,17 @@ def step(
     closed_reward: list[F32] = []
     closed_learn: list[npt.NDArray[np.bool_]] = []
     closed_parts: list[join.Closed] = []
-    for e in effects:
+    for p, e in effects:
         closed = e.closed
         if closed.payload.size == 0:
             continue
         rows = np.searchsorted(side.payload, closed.payload)
         if e.joined.payload.size:
-            new_rows.append(_joined_rows(side, rows, e.joined, plays))
+            new_rows.append(
+                _joined_rows(
+                    side, rows, closed, e.joined, plays, partition=p, window_ms=cfg.window_ms
+                )
+            )
         reward, learn = _final_rewards(engine, side, rows, closed, e.joined, plays)
         closed_rows.append(rows)
         closed_reward.append(reward)
@@ -264,8 +271,13 @@ def step(
         closed_parts.append(closed)
     # The reward model first: reading its metrics waits for it, and the policy update dispatched
     # after it then runs on while the shell polls and decodes the next batch.
-    model, model_rows, loss_sum, used = _update_model(engine, model, _concat_all(new_rows))
+    frontier = min((int(js.watermark_ms) for js in joins.values()), default=join.NO_TIME_MS)
+    ready, waiting, early = release_model_rows(_concat_all(new_rows), frontier)
+    model, rest, loss_sum, used = _update_model(engine, model, ready)
+    model_rows = _concat_all([rest, waiting])
     sums = _bump(sums, model_loss_sum=loss_sum, model_rows=used)
+    if early:
+        counters = _bump(counters, model_rows_released_early=early)
     n_closed = n_rows = 0
     if closed_rows:
         rows = np.concatenate(closed_rows)
@@ -347,11 +359,14 @@ def step(
         rejected_impressions=join.RejectedImpressions(
             *(
                 np.concatenate(c)
-                for c in zip(*(e.rejected_impressions for e in effects), strict=True)
+                for c in zip(*(e.rejected_impressions for _, e in effects), strict=True)
             )
         ),
         rejected_outcomes=join.RejectedOutcomes(
-            *(np.concatenate(c) for c in zip(*(e.rejected_outcomes for e in effects), strict=True))
+            *(
+                np.concatenate(c)
+                for c in zip(*(e.rejected_outcomes for _, e in effects), strict=True)
+            )
         ),
         closed=n_closed,
         feedback_rows=n_rows,

@@ -96,7 +96,12 @@ class Plays(NamedTuple):
 
 
 class ModelRows(NamedTuple):
-    """Joined plays waiting to fill the reward model's next fixed-size mini-batch."""
+    """Joined plays queued for the reward model, until event time releases them in order.
+
+    ``end_ms``, ``partition``, ``request_key`` and ``ts_ms`` place each row in the one order the
+    reward model learns in, whatever the batches and the interleaving of partitions were
+    (``streaming.learners.release_model_rows``).
+    """
 
     features: F32  # (r, f)
     ms_played: npt.NDArray[np.int64]
@@ -106,6 +111,10 @@ class ModelRows(NamedTuple):
     position: npt.NDArray[np.int32]
     censored: npt.NDArray[np.bool_]
     track_id: npt.NDArray[np.int32]
+    end_ms: npt.NDArray[np.int64]  # the end of its impression's reward window (event time)
+    partition: npt.NDArray[np.int32]  # the partition number of its join
+    request_key: npt.NDArray[np.uint64]  # its impression's key
+    ts_ms: npt.NDArray[np.int64]  # the outcome's event time
 
 
 class WorkerState(NamedTuple):
