@@ -30,6 +30,7 @@ SUITES: dict[str, str] = {
     "ope": "benchmarks.ope",
     "daemon": "benchmarks.daemon",
     "soak": "benchmarks.soak",
+    "fuzz": "benchmarks.fuzz",
 }
 
 PEERS = (

@@ -6,16 +6,19 @@
 
    Records
 
-   Records(part, buffer, pos, count, base_offset, cls) iterates over the records of one v2 batch
-   whose first record starts at ``pos`` in ``buffer`` (bytes). Each step reads one record's seven
-   varints, makes ``cls((offset, key, value))`` (cls is LeanRecord, a tuple subclass) and, before
-   returning it, advances ``part.records_read`` by 1, ``part.bytes_read`` by the record's length
+   Records(part, buffer, pos, count, base_offset, cls, base_timestamp, timestamp_deltas)
+   iterates over the records of one v2 batch whose first record starts at ``pos`` in ``buffer``
+   (bytes). Each step reads one record's seven varints, makes ``cls((offset, key, value,
+   timestamp))`` (cls is LeanRecord, a tuple subclass; the timestamp is base_timestamp plus the
+   record's delta where timestamp_deltas is true, else base_timestamp) and, before returning
+   it, advances ``part.records_read`` by 1, ``part.bytes_read`` by the record's length
    field and sets ``part.next_fetch_offset`` to offset + 1, as the Python parser does. Where the
    three are plain int attributes in ``part.__dict__`` (kafka-python's PartitionRecords), they
    are read and written there directly, record by record.
 
    It only takes the path on which nothing can go wrong: every varint at most nine bytes long,
-   every read inside the buffer, no headers, the record's length field equal to what was read.
+   every read inside the buffer, no headers, the record's length field equal to what was read,
+   an offset and a timestamp that fit in an int64.
    At the first record that is anything else it stops, without side effects for that record,
    and leaves ``pos`` and ``done`` (records yielded) as attributes: the Python parser then
    carries on from there and raises kafka-python's exact error, or reads what is legal but
@@ -36,6 +39,8 @@ typedef struct {
     Py_ssize_t count;
     Py_ssize_t done;
     long long base_offset;
+    long long base_timestamp;
+    int timestamp_deltas; /* CreateTime: base_timestamp + each record's delta; else base alone */
     int fast; /* part's counters are plain attributes: read and written in its __dict__ */
 } RecordsObject;
 
@@ -171,16 +176,19 @@ counters_in_dict(PyObject *part)
            && plain_attribute(type, s_next_fetch_offset);
 }
 
-/* ``cls((offset, key, value))`` for a tuple subclass ``cls``, taking the three references. */
+/* ``cls((offset, key, value, timestamp))`` for a tuple subclass ``cls``, taking the four
+   references. */
 static PyObject *
-make_record(PyTypeObject *cls, PyObject *offset, PyObject *key, PyObject *value)
+make_record(PyTypeObject *cls, PyObject *offset, PyObject *key, PyObject *value,
+            PyObject *timestamp)
 {
 #if PY_VERSION_HEX >= 0x030E0000
     /* 3.14 tuples cache their hash: let tuple.__new__ set them up as it does for any tuple */
-    PyObject *items = PyTuple_Pack(3, offset, key, value);
+    PyObject *items = PyTuple_Pack(4, offset, key, value, timestamp);
     Py_DECREF(offset);
     Py_DECREF(key);
     Py_DECREF(value);
+    Py_DECREF(timestamp);
     if (items == NULL)
         return NULL;
     PyObject *args = PyTuple_Pack(1, items);
@@ -191,16 +199,18 @@ make_record(PyTypeObject *cls, PyObject *offset, PyObject *key, PyObject *value)
     Py_DECREF(args);
     return rec;
 #else
-    PyObject *rec = cls->tp_alloc(cls, 3);
+    PyObject *rec = cls->tp_alloc(cls, 4);
     if (rec == NULL) {
         Py_DECREF(offset);
         Py_DECREF(key);
         Py_DECREF(value);
+        Py_DECREF(timestamp);
         return NULL;
     }
     PyTuple_SET_ITEM(rec, 0, offset);
     PyTuple_SET_ITEM(rec, 1, key);
     PyTuple_SET_ITEM(rec, 2, value);
+    PyTuple_SET_ITEM(rec, 3, timestamp);
     return rec;
 #endif
 }
@@ -215,13 +225,13 @@ records_next(RecordsObject *self)
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(self->buffer);
     Py_ssize_t len = PyBytes_GET_SIZE(self->buffer);
     Py_ssize_t pos = self->pos;
-    long long length, skip, delta, key_len, value_len, headers;
+    long long length, skip, ts_delta, delta, key_len, value_len, headers;
     if (!read_varint(buf, len, &pos, &length))
         return NULL;
     Py_ssize_t start = pos;
-    if (!read_varint(buf, len, &pos, &skip)       /* attributes */
-        || !read_varint(buf, len, &pos, &skip)    /* timestamp delta */
-        || !read_varint(buf, len, &pos, &delta)   /* offset delta */
+    if (!read_varint(buf, len, &pos, &skip)        /* attributes */
+        || !read_varint(buf, len, &pos, &ts_delta) /* timestamp delta */
+        || !read_varint(buf, len, &pos, &delta)    /* offset delta */
         || !read_varint(buf, len, &pos, &key_len))
         return NULL;
     Py_ssize_t key_at = pos;
@@ -242,10 +252,12 @@ records_next(RecordsObject *self)
         return NULL;
     if ((long long)(pos - start) != length)
         return NULL;
-    long long offset;
+    long long offset, timestamp = self->base_timestamp;
     if (__builtin_add_overflow(self->base_offset, delta, &offset) || offset == INT64_MAX)
         return NULL; /* beyond int64: the Python parser's arbitrary-precision ints take it */
-    PyObject *key, *value, *off, *rec;
+    if (self->timestamp_deltas && __builtin_add_overflow(timestamp, ts_delta, &timestamp))
+        return NULL; /* likewise */
+    PyObject *key, *value, *off, *stamp, *rec;
     if (key_len >= 0) {
         key = PyBytes_FromStringAndSize((const char *)buf + key_at, (Py_ssize_t)key_len);
         if (key == NULL)
@@ -268,7 +280,14 @@ records_next(RecordsObject *self)
         Py_DECREF(value);
         return NULL;
     }
-    rec = make_record(self->cls, off, key, value);
+    stamp = PyLong_FromLongLong(timestamp);
+    if (stamp == NULL) {
+        Py_DECREF(key);
+        Py_DECREF(value);
+        Py_DECREF(off);
+        return NULL;
+    }
+    rec = make_record(self->cls, off, key, value, stamp);
     if (rec == NULL)
         return NULL;
     if (update(self, length, offset + 1) < 0) {
@@ -283,12 +302,15 @@ records_next(RecordsObject *self)
 static int
 records_init(RecordsObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"part", "buffer", "pos", "count", "base_offset", "cls", NULL};
+    static char *kwlist[] = {"part",           "buffer",           "pos", "count", "base_offset",
+                             "cls",            "base_timestamp",   "timestamp_deltas", NULL};
     PyObject *part, *buffer, *cls;
     Py_ssize_t pos, count;
-    long long base_offset;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!nnLO!", kwlist, &part, &PyBytes_Type,
-                                     &buffer, &pos, &count, &base_offset, &PyType_Type, &cls))
+    long long base_offset, base_timestamp;
+    int timestamp_deltas;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!nnLO!Lp", kwlist, &part, &PyBytes_Type,
+                                     &buffer, &pos, &count, &base_offset, &PyType_Type, &cls,
+                                     &base_timestamp, &timestamp_deltas))
         return -1;
     if (!PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "cls must be a tuple subclass");
@@ -302,6 +324,8 @@ records_init(RecordsObject *self, PyObject *args, PyObject *kwds)
     self->count = count;
     self->done = 0;
     self->base_offset = base_offset;
+    self->base_timestamp = base_timestamp;
+    self->timestamp_deltas = timestamp_deltas;
     return 0;
 }
 

@@ -7,7 +7,15 @@ class Records(Iterator[Any]):
     """The regular records of one v2 batch from ``pos``; stops at the first irregular one."""
 
     def __init__(
-        self, part: Any, buffer: bytes, pos: int, count: int, base_offset: int, cls: type[Any]
+        self,
+        part: Any,
+        buffer: bytes,
+        pos: int,
+        count: int,
+        base_offset: int,
+        cls: type[Any],
+        base_timestamp: int,
+        timestamp_deltas: bool,
     ) -> None: ...
     def __next__(self) -> Any: ...
     @property

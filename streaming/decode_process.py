@@ -9,10 +9,11 @@ meanwhile (``Daemon.poll_once``), so the two cores of a small machine both work.
 
 What crosses between them: the raw values go through a shared memory file (``memfd``), one
 after the other, and the request on the child's stdin (msgpack, after an 8-byte little-endian
-length) says how many are impressions and how long each is. The child writes the columns into
-a second shared memory file (each at a 64-byte aligned offset) and answers on its stdout with
-their dtypes, shapes and offsets and each reject's code, reason and row, or with
-``["error", message]``. The daemon copies the columns out before the next request, so the next
+length) says how many are impressions, how long each is and each one's Kafka record timestamp
+(which bounds how far ahead of it the event's time may be; -1 where unknown). The child writes
+the columns into a second shared memory file (each at a 64-byte aligned offset) and answers on
+its stdout with their dtypes, shapes and offsets and each reject's code, reason and row, or
+with ``["error", message]``. The daemon copies the columns out before the next request, so the next
 answer cannot overwrite a batch still in use. Nothing is pickled.
 
 One request is in flight at a time: :meth:`Decoding.submit` needs the previous answer taken
@@ -43,11 +44,13 @@ from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from streaming.events import (
     ImpressionBatch,
     Limits,
     OutcomeBatch,
+    RecordTimestamps,
     Reject,
     decode_impressions,
     decode_outcomes,
@@ -73,11 +76,41 @@ class Decoded(NamedTuple):
     outcome_rejects: list[Reject]
 
 
-def decode_here(impressions: Sequence[bytes], outcomes: Sequence[bytes], limits: Limits) -> Decoded:
-    """Decode one batch in this process (what the child runs, and the fallback)."""
-    imps, imp_rej = decode_impressions(impressions, limits)
-    outs, out_rej = decode_outcomes(outcomes, limits)
+def decode_here(
+    impressions: Sequence[bytes],
+    outcomes: Sequence[bytes],
+    limits: Limits,
+    impression_ts_ms: RecordTimestamps = None,
+    outcome_ts_ms: RecordTimestamps = None,
+) -> Decoded:
+    """Decode one batch in this process (what the child runs, and the fallback); the
+    ``*_ts_ms`` are each message's Kafka record timestamp (None: unknown)."""
+    imps, imp_rej = decode_impressions(impressions, limits, impression_ts_ms)
+    outs, out_rej = decode_outcomes(outcomes, limits, outcome_ts_ms)
     return Decoded(imps, imp_rej, outs, out_rej)
+
+
+class _Batch(NamedTuple):
+    """One submitted batch: the raw values and their record timestamps (-1: unknown)."""
+
+    impressions: Sequence[bytes]
+    outcomes: Sequence[bytes]
+    impression_ts_ms: npt.NDArray[np.int64]
+    outcome_ts_ms: npt.NDArray[np.int64]
+
+    def decode(self, limits: Limits) -> Decoded:
+        return decode_here(
+            self.impressions, self.outcomes, limits, self.impression_ts_ms, self.outcome_ts_ms
+        )
+
+
+def _stamps(ts_ms: RecordTimestamps, n: int) -> npt.NDArray[np.int64]:
+    if ts_ms is None:
+        return np.full(n, -1, np.int64)
+    out = np.asarray(ts_ms, np.int64).reshape(-1)
+    if out.size != n:
+        raise ValueError(f"{out.size} record timestamps for {n} messages")
+    return out
 
 
 class Decoding:
@@ -95,7 +128,7 @@ class Decoding:
         self.limits = limits
         self.answer_timeout_s = answer_timeout_s
         self._child: _Child | None = None
-        self._in_flight: tuple[Sequence[bytes], Sequence[bytes]] | None = None
+        self._in_flight: _Batch | None = None
         self._done: Decoded | None = None
         self.failures = 0  # times the child failed (at most once per Decoding)
         if process:
@@ -120,32 +153,48 @@ class Decoding:
         """True while a submitted batch's answer has not been taken."""
         return self._in_flight is not None
 
-    def submit(self, impressions: Sequence[bytes], outcomes: Sequence[bytes]) -> None:
-        """Start decoding one batch; take its answer with :meth:`result`."""
+    def submit(
+        self,
+        impressions: Sequence[bytes],
+        outcomes: Sequence[bytes],
+        impression_ts_ms: RecordTimestamps = None,
+        outcome_ts_ms: RecordTimestamps = None,
+    ) -> None:
+        """Start decoding one batch; take its answer with :meth:`result`.
+
+        ``impression_ts_ms`` and ``outcome_ts_ms``: each message's Kafka record timestamp, ms
+        (-1, or None for all: unknown; see ``streaming.events.Limits.max_event_ahead_ms``).
+        """
         if self._in_flight is not None:
             raise RuntimeError("submit() before the previous batch's result() was taken")
-        self._in_flight = (impressions, outcomes)
+        batch = _Batch(
+            impressions,
+            outcomes,
+            _stamps(impression_ts_ms, len(impressions)),
+            _stamps(outcome_ts_ms, len(outcomes)),
+        )
+        self._in_flight = batch
         if self._child is not None:
             try:
-                self._child.send(impressions, outcomes)
+                self._child.send(batch)
                 return
             except Exception as exc:
                 self._fail(f"could not take a batch ({type(exc).__name__}: {exc})")
-        self._done = decode_here(impressions, outcomes, self.limits)
+        self._done = batch.decode(self.limits)
 
     def result(self) -> Decoded:
         """The submitted batch, decoded (waits for the child)."""
-        if self._in_flight is None:
+        batch = self._in_flight
+        if batch is None:
             raise RuntimeError("result() without a batch submitted")
-        impressions, outcomes = self._in_flight
         done, self._done = self._done, None
         if done is None and self._child is not None:
             try:
-                done = self._child.receive(impressions, outcomes, self.answer_timeout_s)
+                done = self._child.receive(batch, self.answer_timeout_s)
             except Exception as exc:  # no answer, an error, or one that does not parse
                 self._fail(f"gave no usable answer ({type(exc).__name__}: {exc})")
         if done is None:
-            done = decode_here(impressions, outcomes, self.limits)
+            done = batch.decode(self.limits)
         self._in_flight = None
         return done
 
@@ -181,7 +230,8 @@ class _Child:
             root = str(Path(__file__).resolve().parent.parent)
             path = os.environ.get("PYTHONPATH")
             env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-            args = [msgspec.json.encode(limits).decode(), *map(str, fds)]
+            # msgpack keeps every float (JSON has no inf, a max_feature_norm that may be)
+            args = [msgspec.msgpack.encode(limits).hex(), *map(str, fds)]
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streaming.decode_process", *args],
                 stdin=subprocess.PIPE,
@@ -199,18 +249,22 @@ class _Child:
         self.writer = self.proc.stdin
         self.reader = self.proc.stdout
 
-    def send(self, impressions: Sequence[bytes], outcomes: Sequence[bytes]) -> None:
-        raws = [*impressions, *outcomes]
+    def send(self, batch: _Batch) -> None:
+        raws = [*batch.impressions, *batch.outcomes]
         lengths = np.fromiter(map(len, raws), np.int64, count=len(raws))
+        stamps = np.concatenate([batch.impression_ts_ms, batch.outcome_ts_ms])
         data = b"".join(raws)  # one copy in C, then one into the shared area
         self.requests.fit(len(data))
         self.requests.map[: len(data)] = data
-        request = [len(impressions), self.requests.size, lengths.tobytes()]
+        request = [
+            len(batch.impressions),
+            self.requests.size,
+            lengths.tobytes(),
+            stamps.astype("<i8").tobytes(),
+        ]
         _write_frame(self.writer, msgspec.msgpack.encode(request))
 
-    def receive(
-        self, impressions: Sequence[bytes], outcomes: Sequence[bytes], timeout_s: float
-    ) -> Decoded:
+    def receive(self, batch: _Batch, timeout_s: float) -> Decoded:
         if not select.select([self.reader], [], [], timeout_s)[0]:
             raise TimeoutError(f"no answer in {timeout_s:g} s")
         answer = msgspec.msgpack.decode(_read_frame(self.reader))
@@ -220,9 +274,9 @@ class _Child:
         self.answers.fit(size, grow=False)
         return Decoded(
             ImpressionBatch(*self.answers.arrays(imp_cols, len(ImpressionBatch._fields))),
-            _rejects(imp_rej, impressions),
+            _rejects(imp_rej, batch.impressions),
             OutcomeBatch(*self.answers.arrays(out_cols, len(OutcomeBatch._fields))),
-            _rejects(out_rej, outcomes),
+            _rejects(out_rej, batch.outcomes),
         )
 
     def close(self, *, kill: bool = False) -> None:
@@ -333,19 +387,26 @@ def _reject_rows(rejects: list[Reject]) -> list[RejectRow]:
 
 def _serve(limits: Limits, requests: _Area, answers: _Area, source: Any, out: Any) -> None:
     """The child's loop: a request in, an answer out, until the input closes."""
-    control = msgspec.msgpack.Decoder(tuple[int, int, bytes])
+    control = msgspec.msgpack.Decoder(tuple[int, int, bytes, bytes])
     while True:
         try:
             frame = _read_frame(source)
         except OSError:
             return  # the daemon closed the pipe, or is gone
         try:
-            n_impressions, size, lengths = control.decode(frame)
+            n_impressions, size, lengths, stamps = control.decode(frame)
             requests.fit(size, grow=False)
             ends = np.cumsum(np.frombuffer(lengths, np.int64)).tolist()
+            ts = np.frombuffer(stamps, "<i8").astype(np.int64)
             mm = requests.map
             raws = [mm[a:b] for a, b in zip([0, *ends][:-1], ends, strict=True)]
-            d = decode_here(raws[:n_impressions], raws[n_impressions:], limits)
+            d = decode_here(
+                raws[:n_impressions],
+                raws[n_impressions:],
+                limits,
+                ts[:n_impressions],
+                ts[n_impressions:],
+            )
             imp_slots = answers.put(d.impressions)
             out_slots = answers.put(d.outcomes, imp_slots[-1][2] + _nbytes(d.impressions[-1]))
             answer: list[Any] = [
@@ -367,7 +428,7 @@ def _nbytes(a: np.ndarray) -> int:
 def main(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    limits = msgspec.json.decode(argv[0], type=Limits)
+    limits = msgspec.msgpack.decode(bytes.fromhex(argv[0]), type=Limits)
     requests, answers = _Area(int(argv[1]), 0), _Area(int(argv[2]), 0)
     frames_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything printed goes to stderr, never into the frames

@@ -63,10 +63,16 @@ def _shares(config: Config, policy: Any) -> bool:
 
 
 def limits(config: Config) -> Limits:
+    """The decoder's limits: the config's event sizes and bounds; ``max_event_ahead_ms`` -1
+    is the join's ``allowed_lateness_ms``."""
     e = config.events
+    ahead = e.max_event_ahead_ms
     return Limits(
         d_user=e.d_user,
         d_track=e.d_track,
         max_candidates=e.max_candidates,
         max_message_bytes=e.max_message_bytes,
+        min_propensity=e.min_propensity,
+        max_feature_norm=e.max_feature_norm,
+        max_event_ahead_ms=config.join.allowed_lateness_ms if ahead < 0 else ahead,
     )

@@ -29,6 +29,7 @@ __all__ = [
     "IMPRESSION_SCHEMA",
     "IMPRESSION_SCHEMAS",
     "IMPRESSION_SCHEMA_V2",
+    "MAX_DEPTH",
     "MAX_INT",
     "MAX_PLAY_RATIO",
     "MAX_POSITION",
@@ -94,6 +95,10 @@ ErrorCode = Literal[
     "bad_shown",
     "bad_propensity",
     "unknown_reason_end",
+    "too_deep",
+    "low_propensity",
+    "large_features",
+    "ts_ahead_of_record",
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = typing.get_args(ErrorCode)
 
@@ -103,6 +108,11 @@ MAX_INT = 2**53
 """Integers (times, durations) above this are rejected as ``bad_value``."""
 MAX_POSITION = 2**31 - 1
 """Slate positions above this are rejected as ``bad_value`` (the batch holds them as int32)."""
+MAX_DEPTH = 32
+"""Messages nested deeper than this (``[`` and ``{`` open at once outside strings) are
+``too_deep``. A valid event nests 3 deep; the bound keeps the decoder's own recursion (msgspec's
+schema probe skips unknown values recursively, against Python's recursion limit) far from that
+limit, so the verdict on a message never depends on how deep the caller's stack is."""
 
 
 class DecodeError(ValueError):
@@ -159,12 +169,62 @@ class Outcome(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False)
 
 @dataclass(frozen=True)
 class Limits:
-    """What the decoder accepts: sizes of messages, candidate lists and feature vectors."""
+    """What the decoder accepts: sizes, and the values every later stage can learn from.
+
+    Attributes:
+        d_user: features in ``context``.
+        d_track: features per candidate.
+        max_candidates: most candidates in one impression.
+        max_message_bytes: largest message, bytes.
+        min_propensity: smallest logged propensity (``low_propensity`` below it). The batch
+            holds propensities as float32, where 1e-50 is 0 (which the policies refuse) and
+            1e-40 loses digits (subnormal), and the off-policy estimators weight a row by
+            ``target / propensity``: at 1e-6 that weight is at most 1e6, exact to float32's
+            seven digits and a trillion of them still far inside its range, while one row
+            logged at 1e-30 would outweigh 1e30 ordinary rows. A logging policy that shows an
+            item this rarely gives no usable evidence about it anyway.
+        max_feature_norm: largest Euclidean norm of ``context`` and of each candidate's
+            features (``large_features`` above it). The linear policies keep float32 statistics
+            of ``phi = [x, 1] (x) [z, 1]``, whose squared norm ``(1 + |x|^2)(1 + |z|^2)`` enters
+            their precision matrix next to a ridge of 1: at norms of 10 it is about 1e4, so
+            float32's rounding (6e-8 of it) stays a thousandth of the ridge, while at norms of
+            50 to 100 it is of the ridge's size and their Woodbury and Cholesky updates turn
+            into NaN. ``inf``: no bound.
+        max_event_ahead_ms: most an event's ``ts`` may be ahead of its Kafka record's timestamp
+            (``ts_ahead_of_record`` beyond it; no bound where the timestamp is unknown). The
+            join keeps the newest event time it has seen; an event ahead by more than the join's
+            allowed lateness makes the on-time events after it look late. The record's
+            timestamp is part of the log, so every replay gives a record the same verdict.
+            The default is ``JoinConfig``'s default allowed lateness; the daemon passes its
+            join's (``streaming.engine.limits``).
+    """
 
     d_user: int = 16
     d_track: int = 16
     max_candidates: int = 4096
     max_message_bytes: int = 1_000_000
+    min_propensity: float = 1e-6
+    max_feature_norm: float = 10.0
+    max_event_ahead_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        if not _F32_TINY <= self.min_propensity <= 1.0:
+            raise ValueError(
+                f"Limits.min_propensity must be in [{_F32_TINY:.3g}, 1] (a positive normal "
+                f"float32), got {self.min_propensity}"
+            )
+        if not self.max_feature_norm > 0.0:
+            raise ValueError(
+                f"Limits.max_feature_norm must be positive (inf: no bound), got "
+                f"{self.max_feature_norm}"
+            )
+        if self.max_event_ahead_ms < 0:
+            raise ValueError(
+                f"Limits.max_event_ahead_ms must be >= 0, got {self.max_event_ahead_ms}"
+            )
+
+
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 class Reject(NamedTuple):

@@ -5,8 +5,10 @@ one message never takes part in another's parse), then run the checks of ``event
 on the batch's columns at once (``_cleared_impressions`` for impressions, inline in
 ``_decode_outcomes`` for outcomes). Those column checks only ever clear a message: each message
 they do not clear is decoded alone by ``event_decode_one``, so its reject carries exactly the
-code and reason it gets alone, and rejects come in input order. The cyclic garbage collector is
-paused while a batch decodes (``_collector_paused``).
+code and reason it gets alone, and rejects come in input order. Each message may come with its
+Kafka record's timestamp (``record_ts_ms``, -1 where unknown), which bounds how far ahead of it
+the event's ``ts`` may be. The cyclic garbage collector is paused while a batch decodes
+(``_collector_paused``).
 """
 
 # The event_* modules are one module (``streaming.events``) split for size: they share their
@@ -21,6 +23,7 @@ import operator
 import typing
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
+from typing import TypeAlias
 
 import msgspec
 import numpy as np
@@ -49,11 +52,31 @@ from streaming.event_decode_one import (
     _IMPRESSION_DECODER,
     _OUTCOME_DECODER,
     _check_impression,
-    _non_finite,
+    _feature_rejects,
     decode_outcome,
 )
 
-__all__ = ["decode_impressions", "decode_outcomes"]
+__all__ = ["RecordTimestamps", "decode_impressions", "decode_outcomes"]
+
+RecordTimestamps: TypeAlias = Sequence[int] | npt.NDArray[np.int64] | None
+"""Each message's Kafka record timestamp, ms (-1 where unknown), or None: all unknown."""
+
+
+def _record_ts(record_ts_ms: RecordTimestamps, n: int) -> npt.NDArray[np.int64]:
+    if record_ts_ms is None:
+        return np.full(n, -1, np.int64)
+    out = np.asarray(record_ts_ms, np.int64).reshape(-1)
+    if out.size != n:
+        raise ValueError(f"{out.size} record timestamps for {n} messages")
+    return out
+
+
+def _not_ahead(
+    ts: npt.NDArray[np.int64], record_ts: npt.NDArray[np.int64], limits: Limits
+) -> npt.NDArray[np.bool_]:
+    """Events whose ``ts`` (already in [0, MAX_INT] where it matters) is not too far ahead of
+    their known record timestamp (no overflow: both are then non-negative)."""
+    return (record_ts < 0) | (ts - record_ts <= limits.max_event_ahead_ms)
 
 
 @contextmanager
@@ -77,17 +100,20 @@ def _collector_paused() -> Generator[None, None, None]:
 
 
 def decode_impressions(
-    raws: Sequence[bytes], limits: Limits = Limits()
+    raws: Sequence[bytes], limits: Limits = Limits(), record_ts_ms: RecordTimestamps = None
 ) -> tuple[ImpressionBatch, list[Reject]]:
     """Decode many impressions: the good ones as one batch, the bad ones as rejects (in order).
 
     Base64 features go from their bytes to the batch's arrays in one concatenation per batch.
+    ``record_ts_ms``: each message's Kafka record timestamp, ms (-1 or None: unknown).
     """
     with _collector_paused():
-        return _decode_impressions(raws, limits)
+        return _decode_impressions(raws, limits, _record_ts(record_ts_ms, len(raws)))
 
 
-def _cleared_impressions(events: list[Impression], limits: Limits) -> npt.NDArray[np.bool_]:
+def _cleared_impressions(
+    events: list[Impression], limits: Limits, record_ts: npt.NDArray[np.int64] | None = None
+) -> npt.NDArray[np.bool_]:
     """Which parsed impressions ``_check_impression`` accepts, decided on the batch's columns.
 
     It only ever clears: an impression it does not clear is checked on its own, so every
@@ -128,6 +154,8 @@ def _cleared_impressions(events: list[Impression], limits: Limits) -> npt.NDArra
     except OverflowError:  # an integer beyond int64 (msgspec reads up to 2**64 - 1)
         return np.zeros(m, bool)
     ok &= (ts >= 0) & (ts <= MAX_INT)
+    if record_ts is not None:
+        ok &= _not_ahead(ts, record_ts, limits)
     owner = np.repeat(np.arange(m), n_shown)
     in_range = (shown >= 0) & (shown < k[owner])
     # distinct within each slate: (owner, index) pairs of in-range indices are unique
@@ -141,7 +169,7 @@ def _cleared_impressions(events: list[Impression], limits: Limits) -> npt.NDArra
         bad |= np.isin(pair, order[1:][dup])
     prop = np.fromiter(itertools.chain.from_iterable(e.propensities for e in events), np.float64)
     owner_p = np.repeat(np.arange(m), n_prop)
-    bad_p = ~((prop > 0.0) & (prop <= 1.0))
+    bad_p = ~((prop >= limits.min_propensity) & (prop <= 1.0))
     if bad.any() or bad_p.any():
         hit = np.zeros(m, bool)
         hit[owner[bad]] = True
@@ -151,11 +179,12 @@ def _cleared_impressions(events: list[Impression], limits: Limits) -> npt.NDArra
 
 
 def _decode_impressions(
-    raws: Sequence[bytes], limits: Limits
+    raws: Sequence[bytes], limits: Limits, record_ts: npt.NDArray[np.int64]
 ) -> tuple[ImpressionBatch, list[Reject]]:
     parsed = _parse_each(raws, _IMPRESSION_DECODER, limits)
     events = [e for e in parsed if e is not None]
-    cleared = _cleared_impressions(events, limits).tolist()
+    present = np.fromiter((e is not None for e in parsed), bool, count=len(parsed))
+    cleared = _cleared_impressions(events, limits, record_ts[present]).tolist()
     good: list[Impression] = []
     rows: list[int] = []
     rejects: list[Reject] = []
@@ -166,18 +195,18 @@ def _decode_impressions(
             rows.append(i)
             continue
         try:  # the rest one by one, in order: a reject with its own code and reason
-            good.append(_check_impression(raw, limits))
+            good.append(_check_impression(raw, limits, int(record_ts[i])))
             rows.append(i)
         except DecodeError as err:
             rejects.append(Reject(err.code, err.reason, raw, i))
     context, features, cmask, lens = _features(good, limits)
-    bad = _non_finite(context, features, lens)
+    bad = _feature_rejects(context, features, lens, limits)
     if bad:
-        for j, reason in bad:
-            rejects.append(Reject("non_finite", reason, raws[rows[j]], rows[j]))
+        for j, code, reason in bad:
+            rejects.append(Reject(code, reason, raws[rows[j]], rows[j]))
         rejects.sort(key=lambda r: r.row)
         keep = np.ones(len(good), bool)
-        keep[[j for j, _ in bad]] = False
+        keep[[j for j, _, _ in bad]] = False
         good = [e for e, ok in zip(good, keep.tolist(), strict=True) if ok]
         k = int(lens[keep].max()) if good else 1  # pad to the longest list still in the batch
         context, features, cmask = context[keep], features[keep, :k], cmask[keep, :k]
@@ -185,17 +214,18 @@ def _decode_impressions(
 
 
 def decode_outcomes(
-    raws: Sequence[bytes], limits: Limits = Limits()
+    raws: Sequence[bytes], limits: Limits = Limits(), record_ts_ms: RecordTimestamps = None
 ) -> tuple[OutcomeBatch, list[Reject]]:
     """Decode many outcomes: the good ones as one batch, the bad ones as rejects (in order).
 
     Each message is parsed on its own (one message never takes part in another's parse); the
     checks of ``decode_outcome`` then run on the batch's columns at once. Those checks only ever
     clear a message: every message they do not clear goes through ``decode_outcome`` itself,
-    so a bad one gets exactly the code and reason it gets alone.
+    so a bad one gets exactly the code and reason it gets alone. ``record_ts_ms``: each
+    message's Kafka record timestamp, ms (-1 or None: unknown).
     """
     with _collector_paused():
-        return _decode_outcomes(raws, limits)
+        return _decode_outcomes(raws, limits, _record_ts(record_ts_ms, len(raws)))
 
 
 # Field readers for the outcome columns: np.fromiter over map() with these runs in C (no list,
@@ -237,7 +267,9 @@ def _parse_each(
     return out
 
 
-def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatch, list[Reject]]:
+def _decode_outcomes(
+    raws: Sequence[bytes], limits: Limits, record_ts: npt.NDArray[np.int64]
+) -> tuple[OutcomeBatch, list[Reject]]:
     n = len(raws)
     parsed = _parse_each(raws, _OUTCOME_DECODER, limits)
     events = [e for e in parsed if e is not None]
@@ -261,6 +293,11 @@ def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatc
             & (played >= 0)
             & (played <= np.int64(MAX_PLAY_RATIO) * np.minimum(dur, _RATIO_EXACT))
         )
+        if m == n:
+            cleared &= _not_ahead(ts, record_ts, limits)
+        else:
+            present = np.fromiter((e is not None for e in parsed), bool, count=n)
+            cleared &= _not_ahead(ts, record_ts[present], limits)
     code = np.fromiter(map(_REASON_CODE.get, map(_REASON_END, events), _NO_CODE), np.int8, count=m)
     cleared &= code >= 0
     ids = [list(map(get, events)) for get in _IDS]  # request, user and track ids
@@ -279,7 +316,7 @@ def _decode_outcomes(raws: Sequence[bytes], limits: Limits) -> tuple[OutcomeBatc
     rejects: list[Reject] = []
     for i in np.flatnonzero(~keep).tolist():
         try:
-            decode_outcome(raws[i], limits)
+            decode_outcome(raws[i], limits, int(record_ts[i]))
         except DecodeError as err:
             rejects.append(Reject(err.code, err.reason, raws[i], i))
         else:

@@ -1,12 +1,15 @@
 """Decoding one event: raw bytes to a validated ``Impression`` or ``Outcome``, or a ``DecodeError``.
 
 ``_parse`` does what both event types check first: the size, then msgspec's typed decode (its
-failures mapped to an error code by ``_classify``), then the schema version.
-``_check_impression`` adds every impression check except the finiteness of the features, which
-``decode_impression`` checks with ``_non_finite`` on the float32 arrays (``event_columns``);
-``decode_outcome`` checks an outcome's values. The batch decoders (``event_decode_batch``) send
-every message their column checks do not clear through these functions, so a message gets the
-same code and reason in a batch as alone.
+failures mapped to an error code by ``_classify``, which measures a refused message's nesting
+with ``_nesting`` before it probes for the schema), then the schema version.
+``_check_impression`` adds every impression check except those on the float32 feature values,
+which ``decode_impression`` makes with ``_feature_rejects`` on the arrays (``event_columns``):
+finiteness, then the norms. ``decode_outcome`` checks an outcome's values. Both take the Kafka
+record's timestamp (``record_ts_ms``, -1 where unknown) for the bound on how far ahead of it an
+event's ``ts`` may be. The batch decoders (``event_decode_batch``) send every message their
+column checks do not clear through these functions, so a message gets the same code and reason
+in a batch as alone.
 
 Where a docstring below says "the module docstring", it means that of ``streaming.events``,
 which documents the schemas, the two feature forms and the error codes.
@@ -29,12 +32,14 @@ from streaming.event_contract import (
     _REASON_CODE,
     IMPRESSION_SCHEMA_V2,
     IMPRESSION_SCHEMAS,
+    MAX_DEPTH,
     MAX_INT,
     MAX_PLAY_RATIO,
     MAX_POSITION,
     OUTCOME_SCHEMA,
     REASONS_END,
     DecodeError,
+    ErrorCode,
     Impression,
     Limits,
     Outcome,
@@ -59,11 +64,14 @@ def _classify(exc: Exception, raw: bytes, expected: tuple[str, ...]) -> DecodeEr
         raw.decode("utf-8")
     except UnicodeDecodeError as u:
         return DecodeError("invalid_utf8", f"not UTF-8 at byte {u.start}", raw)
+    # no more brackets than MAX_DEPTH in all (most messages): no need to measure
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and (depth := _nesting(raw)) > MAX_DEPTH:
+        return DecodeError("too_deep", f"nested {depth} deep (at most {MAX_DEPTH})", raw)
     msg = str(exc)
     if isinstance(exc, msgspec.ValidationError):
-        try:
+        try:  # skips the other fields' values recursively: at most MAX_DEPTH levels here
             schema = _SCHEMA_DECODER.decode(raw).schema
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             schema = None
         if schema is None:
             return DecodeError(
@@ -93,6 +101,34 @@ def _classify(exc: Exception, raw: bytes, expected: tuple[str, ...]) -> DecodeEr
 
 def _names(schemas: tuple[str, ...]) -> str:
     return " or ".join(map(repr, schemas))
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_OPEN = np.zeros(256, np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep ``raw`` nests: the most ``[`` and ``{`` open at once outside JSON strings.
+
+    A quote ends or starts a string unless an odd run of backslashes comes right before it.
+    Up to the first byte that makes a message invalid JSON this is exactly how deep msgspec's
+    parser has gone, so a message measured at most ``MAX_DEPTH`` deep never takes msgspec
+    deeper than that. Vectorised: a few ms per MB (only refused messages are measured).
+    """
+    if not (b"[" in raw or b"{" in raw):
+        return 0
+    b = np.frombuffer(raw, np.uint8)
+    at = np.arange(b.size)
+    # the last position at or before each one that is not a backslash (-1: none)
+    plain = np.maximum.accumulate(np.where(b == ord("\\"), -1, at))
+    escaped = np.zeros(b.size, bool)
+    escaped[1:] = (at[:-1] - plain[:-1]) % 2 == 1  # an odd run of backslashes just before
+    quotes = (b == ord('"')) & ~escaped
+    outside = np.cumsum(quotes) % 2 == 0  # quote characters themselves are no brackets
+    step = np.where(outside, _OPEN[b], 0)
+    return max(int(np.cumsum(step, dtype=np.int64).max()), 0)
 
 
 def _parse(
@@ -128,12 +164,25 @@ def _binary(
     return True
 
 
-def _check_impression(raw: bytes, limits: Limits) -> Impression:
+def _ahead(ts: int, record_ts_ms: int, limits: Limits, raw: bytes) -> None:
+    """``ts_ahead_of_record`` if ``ts`` is further ahead of a known record timestamp than the
+    limit allows."""
+    if record_ts_ms >= 0 and ts - record_ts_ms > limits.max_event_ahead_ms:
+        raise DecodeError(
+            "ts_ahead_of_record",
+            f"ts {ts} is {ts - record_ts_ms} ms ahead of its record's timestamp {record_ts_ms} "
+            f"(at most max_event_ahead_ms {limits.max_event_ahead_ms})",
+            raw,
+        )
+
+
+def _check_impression(raw: bytes, limits: Limits, record_ts_ms: int = -1) -> Impression:
     ev = _parse(raw, limits, _IMPRESSION_DECODER, IMPRESSION_SCHEMAS)
     if not ev.request_id or not ev.user_id:
         raise DecodeError("bad_value", "request_id and user_id must be non-empty", raw)
     if not 0 <= ev.ts <= MAX_INT:
         raise DecodeError("bad_value", f"ts {ev.ts} is negative or too large", raw)
+    _ahead(ev.ts, record_ts_ms, limits, raw)
     k = len(ev.candidates)
     if k == 0 or not ev.shown:
         raise DecodeError("empty_candidates", f"{k} candidates, {len(ev.shown)} shown", raw)
@@ -182,24 +231,40 @@ def _check_impression(raw: bytes, limits: Limits) -> Impression:
     if not (min(ev.propensities) > 0.0 and max(ev.propensities) <= 1.0):
         p = next(p for p in ev.propensities if not 0.0 < p <= 1.0)
         raise DecodeError("bad_propensity", f"propensity {p} is outside (0, 1]", raw)
+    if min(ev.propensities) < limits.min_propensity:
+        raise DecodeError(
+            "low_propensity",
+            f"propensity {min(ev.propensities)} is below min_propensity {limits.min_propensity}",
+            raw,
+        )
     return ev
 
 
-def decode_impression(raw: bytes, limits: Limits = Limits()) -> Impression:
+def decode_impression(raw: bytes, limits: Limits = Limits(), record_ts_ms: int = -1) -> Impression:
     """Decode and validate one impression (either feature form; see the module docstring).
+
+    Args:
+        raw: the message's bytes.
+        limits: what the decoder accepts.
+        record_ts_ms: the Kafka record's timestamp, ms (-1: unknown, no bound on ``ts``).
 
     Raises:
         DecodeError: with one of ``ERROR_CODES``.
     """
-    ev = _check_impression(raw, limits)
+    ev = _check_impression(raw, limits, record_ts_ms)
     context, features, _, lens = _features([ev], limits)
-    for _, reason in _non_finite(context, features, lens):
-        raise DecodeError("non_finite", reason, raw)
+    for _, code, reason in _feature_rejects(context, features, lens, limits):
+        raise DecodeError(code, reason, raw)
     return ev
 
 
-def decode_outcome(raw: bytes, limits: Limits = Limits()) -> Outcome:
+def decode_outcome(raw: bytes, limits: Limits = Limits(), record_ts_ms: int = -1) -> Outcome:
     """Decode and validate one outcome.
+
+    Args:
+        raw: the message's bytes.
+        limits: what the decoder accepts.
+        record_ts_ms: the Kafka record's timestamp, ms (-1: unknown, no bound on ``ts``).
 
     Raises:
         DecodeError: with one of ``ERROR_CODES``.
@@ -213,6 +278,7 @@ def decode_outcome(raw: bytes, limits: Limits = Limits()) -> Outcome:
             f"ts {ev.ts} must be in [0, 2**53] and position {ev.position} in [0, 2**31)",
             raw,
         )
+    _ahead(ev.ts, record_ts_ms, limits, raw)
     if ev.track_duration_ms > MAX_INT:
         raise DecodeError(
             "bad_value", f"track_duration_ms {ev.track_duration_ms} is too large", raw
@@ -236,6 +302,69 @@ def decode_outcome(raw: bytes, limits: Limits = Limits()) -> Outcome:
             raw,
         )
     return ev
+
+
+def _feature_rejects(
+    context: npt.NDArray[np.float32],
+    features: npt.NDArray[np.float32],
+    lens: npt.NDArray[np.int64],
+    limits: Limits,
+) -> list[tuple[int, ErrorCode, str]]:
+    """``(row, code, reason)`` for each row whose float32 features cannot be learned from, in
+    row order: ``non_finite`` first, then ``large_features`` (see ``_large``)."""
+    out: list[tuple[int, ErrorCode, str]] = []
+    for i, reason in _non_finite(context, features, lens):
+        out.append((i, "non_finite", reason))
+    for i, reason in _large(context, features, lens, limits, {i for i, _, _ in out}):
+        out.append((i, "large_features", reason))
+    return sorted(out, key=lambda r: r[0])
+
+
+def _large(
+    context: npt.NDArray[np.float32],
+    features: npt.NDArray[np.float32],
+    lens: npt.NDArray[np.int64],
+    limits: Limits,
+    non_finite: set[int],
+) -> list[tuple[int, str]]:
+    """``(row, reason)`` for each row whose context, or a candidate's features, has a Euclidean
+    norm above ``limits.max_feature_norm`` (padding is zero), but for the ``non_finite`` rows.
+
+    The rows are screened with their squared norms summed in float32 (fast; a sum of ``d``
+    squares is within ``d`` float32 roundings of the exact one, far inside the screen's margin
+    of 1e-4, and overflow or NaN makes a row a suspect too); the suspects' norms are then
+    taken in float64, row by row, so a row gets the same verdict in any batch.
+    """
+    bound = limits.max_feature_norm
+    if context.shape[0] == 0:
+        return []
+    screen = np.float32(min(bound * bound * (1.0 - 1e-4), _F32_MAX))
+    with np.errstate(invalid="ignore", over="ignore"):  # a signalling NaN raises "invalid"
+        suspect = ~(np.einsum("nd,nd->n", context, context) <= screen)
+        suspect |= ~(np.einsum("nkd,nkd->nk", features, features) <= screen).all(axis=1)
+    out: list[tuple[int, str]] = []
+    limit = bound * bound
+    for i in np.flatnonzero(suspect).tolist():
+        if i in non_finite:
+            continue
+        c = context[i].astype(np.float64)  # finite float32: its squares sum without overflow
+        norm2 = float(np.dot(c, c))
+        if not norm2 <= limit:
+            out.append((i, f"context has norm {np.sqrt(norm2):.6g} > max_feature_norm {bound:g}"))
+            continue
+        rows = features[i, : lens[i]].astype(np.float64)
+        norms2 = np.einsum("kd,kd->k", rows, rows)
+        bad = np.flatnonzero(~(norms2 <= limit))
+        if bad.size:
+            j = int(bad[0])
+            out.append(
+                (
+                    i,
+                    f"candidate {j} features have norm {np.sqrt(norms2[j]):.6g} > "
+                    f"max_feature_norm {bound:g}",
+                )
+            )
+    return out
 
 
 def _non_finite(

@@ -38,8 +38,13 @@ it; a base64 string under ``impression/1`` is ``wrong_type``. ``with_features`` 
 ``float32_bytes`` write the binary form.
 
 Decoding goes from raw bytes straight to typed msgspec structs and then to numpy columns; no
-per-event dicts reach the math. Every malformed message raises (or, in batch decoding, becomes a
-``Reject`` carrying) a ``DecodeError`` whose ``code`` is one of ``ERROR_CODES``:
+per-event dicts reach the math. Decoding is total: whatever the bytes, a message either decodes
+to values every later stage (the join, the reward model, the policy update) takes as they are,
+or raises (or, in batch decoding, becomes a ``Reject`` carrying) a ``DecodeError`` whose
+``code`` is one of ``ERROR_CODES``. ``low_propensity``, ``large_features`` and
+``ts_ahead_of_record`` are values that parse but could not be learned from, or would disturb
+what is learned from other events; their bounds are ``Limits`` fields (``EventsConfig`` in the
+daemon's config):
 
 =====================  ============================================================
 code                   meaning
@@ -64,7 +69,26 @@ code                   meaning
 ``bad_shown``          a shown index out of range or repeated
 ``bad_propensity``     a propensity outside (0, 1]
 ``unknown_reason_end`` ``reason_end`` not in ``REASONS_END``
+``too_deep``           nested more than ``MAX_DEPTH`` (32) ``[`` or ``{`` deep (a valid
+                       event nests 3 deep)
+``low_propensity``     a propensity below ``min_propensity`` (1e-6): 0 or a weight past
+                       any sane range in float32
+``large_features``     ``context``, or a candidate's features, with a Euclidean norm over
+                       ``max_feature_norm`` (10): the linear policies' float32 statistics
+                       lose their precision (NaN) beyond that
+``ts_ahead_of_record`` ``ts`` more than ``max_event_ahead_ms`` ahead of the Kafka
+                       record's own timestamp (CreateTime or LogAppendTime; no bound
+                       where it is unknown): it would move the join's event-time
+                       watermark and make the on-time events after it late (60,000;
+                       the daemon uses its join's ``allowed_lateness_ms``)
 =====================  ============================================================
+
+Where a message breaks several rules, ``too_deep`` comes before all but ``too_large`` and
+``invalid_utf8``, ``ts_ahead_of_record`` right after the other checks of ``ts``,
+``low_propensity`` right after ``bad_propensity``, and ``large_features`` last, after the
+float32 features' ``non_finite``. The record timestamp bound keeps replays deterministic: it
+compares two values stored in the log, never a clock, so a record gets the same verdict every
+time it is read.
 
 The code is split by job into five modules; this one re-exports all of it (the private
 helpers included) and is the one to import from:
@@ -105,6 +129,7 @@ from streaming.event_contract import (
     IMPRESSION_SCHEMA,
     IMPRESSION_SCHEMA_V2,
     IMPRESSION_SCHEMAS,
+    MAX_DEPTH,
     MAX_INT,
     MAX_PLAY_RATIO,
     MAX_POSITION,
@@ -123,20 +148,24 @@ from streaming.event_contract import (
     key64,
 )
 from streaming.event_decode_batch import _RATIO_EXACT as _RATIO_EXACT
+from streaming.event_decode_batch import RecordTimestamps, decode_impressions, decode_outcomes
 from streaming.event_decode_batch import _cleared_impressions as _cleared_impressions
 from streaming.event_decode_batch import _collector_paused as _collector_paused
 from streaming.event_decode_batch import _decode_impressions as _decode_impressions
 from streaming.event_decode_batch import _decode_outcomes as _decode_outcomes
 from streaming.event_decode_batch import _outcome_columns as _outcome_columns
 from streaming.event_decode_batch import _parse_each as _parse_each
-from streaming.event_decode_batch import decode_impressions, decode_outcomes
 from streaming.event_decode_one import _IMPRESSION_DECODER as _IMPRESSION_DECODER
 from streaming.event_decode_one import _OUTCOME_DECODER as _OUTCOME_DECODER
 from streaming.event_decode_one import _SCHEMA_DECODER as _SCHEMA_DECODER
+from streaming.event_decode_one import _ahead as _ahead
 from streaming.event_decode_one import _binary as _binary
 from streaming.event_decode_one import _check_impression as _check_impression
 from streaming.event_decode_one import _classify as _classify
+from streaming.event_decode_one import _feature_rejects as _feature_rejects
+from streaming.event_decode_one import _large as _large
 from streaming.event_decode_one import _names as _names
+from streaming.event_decode_one import _nesting as _nesting
 from streaming.event_decode_one import _non_finite as _non_finite
 from streaming.event_decode_one import _parse as _parse
 from streaming.event_decode_one import _SchemaOnly as _SchemaOnly
@@ -151,6 +180,7 @@ __all__ = [
     "IMPRESSION_SCHEMA",
     "IMPRESSION_SCHEMAS",
     "IMPRESSION_SCHEMA_V2",
+    "MAX_DEPTH",
     "MAX_INT",
     "MAX_PLAY_RATIO",
     "MAX_POSITION",
@@ -164,6 +194,7 @@ __all__ = [
     "Limits",
     "Outcome",
     "OutcomeBatch",
+    "RecordTimestamps",
     "Reject",
     "T",
     "decode_impression",

@@ -1,11 +1,13 @@
-"""Lean consumer records: ``(offset, key, value)`` parsed from v2 record batches in one tight loop.
+"""Lean consumer records: ``(offset, key, value, timestamp)`` parsed from v2 record batches in one
+tight loop.
 
 kafka-python turns every fetched record into a ``ConsumerRecord`` through a chain of Python calls
 per record (``DefaultRecordBatch.__next__`` -> ``_read_msg`` -> ``decode_varint`` seven times ->
 ``DefaultRecord`` -> deserializers -> header sizes -> ``ConsumerRecord``). The daemon reads only a
-record's offset and value (its partition comes from the poll's ``TopicPartition``), so this module
-parses each v2 batch's records in one loop with the varints decoded inline and yields a
-:class:`LeanRecord` per record.
+record's offset, value and timestamp (its partition comes from the poll's ``TopicPartition``), so
+this module parses each v2 batch's records in one loop with the varints decoded inline and yields
+a :class:`LeanRecord` per record. The timestamp is kafka-python's: the batch's first timestamp
+plus the record's delta (CreateTime), or the batch's max timestamp (LogAppendTime).
 
 Everything above the record level is kafka-python's own and unchanged: fetching, positions,
 ``max_records`` cuts (``take`` via ``islice``), the skip of records before the fetch offset,
@@ -69,22 +71,36 @@ SUPPORTED_KAFKA_PYTHON = frozenset({"3.0.12"})
 
 
 class LeanRecord(NamedTuple):
-    """One consumed record: what the daemon reads of it (the partition is the poll's key)."""
+    """One consumed record: what the daemon reads of it (the partition is the poll's key).
+
+    ``timestamp`` is in ms since the epoch, as kafka-python's ``ConsumerRecord.timestamp``
+    (-1 where the record has none: a legacy v0 message).
+    """
 
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int
 
 
 _tuple_new = tuple.__new__  # what the NamedTuple constructor calls, without its Python frame
 
 
 def _v2_records(
-    part: Any, buffer: bytes, pos: int, count: int, base_offset: int
+    part: Any,
+    buffer: bytes,
+    pos: int,
+    count: int,
+    base_offset: int,
+    base_timestamp: int,
+    timestamp_deltas: bool,
 ) -> Iterator[LeanRecord]:
     """Yield the ``count`` records of one v2 batch whose first record starts at ``pos``.
 
-    ``buffer`` holds the batch's records (decompressed if the batch was compressed). Before each
+    ``buffer`` holds the batch's records (decompressed if the batch was compressed). Each
+    record's timestamp is ``base_timestamp`` plus its delta where ``timestamp_deltas``
+    (CreateTime: the batch's first timestamp), else ``base_timestamp`` (LogAppendTime: the
+    batch's max timestamp), as in kafka-python. Before each
     record is yielded, ``part``'s ``records_read``, ``bytes_read`` (the record's length field,
     kafka-python's ``size_in_bytes``) and ``next_fetch_offset`` advance as in kafka-python.
     Raises ``CorruptRecordError`` where kafka-python's ``DefaultRecordBatch`` iteration does
@@ -110,20 +126,24 @@ def _v2_records(
             else:
                 length, pos = _varint(buffer, pos)
             start = pos
-            # attributes and timestamp delta: skipped (only their bytes are read), but an
-            # over-long varint is still an error, as in kafka-python
+            # attributes: skipped (only their bytes are read), but an over-long varint is
+            # still an error, as in kafka-python
             if buffer[pos] < 128:
                 pos += 1
             elif buffer[pos + 1] < 128:
                 pos += 2
             else:
                 pos = _varint(buffer, pos)[1]
-            if buffer[pos] < 128:
+            b = buffer[pos]
+            if b < 128:
+                ts = (b >> 1) ^ -(b & 1)
                 pos += 1
-            elif buffer[pos + 1] < 128:
+            elif (c := buffer[pos + 1]) < 128:
+                b = (b & 127) | (c << 7)
+                ts = (b >> 1) ^ -(b & 1)
                 pos += 2
             else:
-                pos = _varint(buffer, pos)[1]
+                ts, pos = _varint(buffer, pos)
             b = buffer[pos]
             if b < 128:
                 delta = (b >> 1) ^ -(b & 1)
@@ -177,7 +197,8 @@ def _v2_records(
             part.records_read += 1
             part.bytes_read += length
             part.next_fetch_offset = offset + 1
-            yield new(cls, (offset, key, value))
+            timestamp = base_timestamp + ts if timestamp_deltas else base_timestamp
+            yield new(cls, (offset, key, value, timestamp))
             i += 1
     except (ValueError, IndexError) as err:
         raise CorruptRecordError(f"Found invalid record structure: {err!r}") from err
@@ -271,11 +292,15 @@ class LeanPartitionRecords(_StockPartitionRecords):
                     batch._maybe_uncompress()  # kafka-python 3.0.12's own step, as __iter__ does
                     buf = bytes(batch._buffer)
                     start, count, base = batch._pos, batch.records_count, batch.base_offset
+                    deltas = batch.timestamp_type != batch.LOG_APPEND_TIME
+                    ts = batch.first_timestamp if deltas else batch.max_timestamp
                     if _NativeRecords is not None:
-                        native = _NativeRecords(self, buf, start, count, base, LeanRecord)
+                        native = _NativeRecords(
+                            self, buf, start, count, base, LeanRecord, ts, deltas
+                        )
                         yield from native
                         start, count = native.pos, count - native.done
-                    yield from _v2_records(self, buf, start, count, base)
+                    yield from _v2_records(self, buf, start, count, base, ts, deltas)
                 else:
                     for legacy in batch:
                         if self.check_crcs and not legacy.validate_crc():
@@ -286,7 +311,10 @@ class LeanPartitionRecords(_StockPartitionRecords):
                         self.records_read += 1
                         self.bytes_read += legacy.size_in_bytes
                         self.next_fetch_offset = legacy.offset + 1
-                        yield LeanRecord(legacy.offset, legacy.key, legacy.value)
+                        stamp = legacy.timestamp
+                        yield LeanRecord(
+                            legacy.offset, legacy.key, legacy.value, -1 if stamp is None else stamp
+                        )
                 batch = records.next_batch()
             else:
                 # As kafka-python: a v2 batch keeps its last offset even when compaction
@@ -315,8 +343,8 @@ def use_lean_records(consumer: Any) -> bool:
     cheap and warns once per consumer. Only this consumer changes: the fetcher's ``PartitionRecords``
     is set on the fetcher instance. Refused for a kafka-python other than
     :data:`SUPPORTED_KAFKA_PYTHON`, and for consumers with key or value deserializers; the
-    consumer then keeps kafka-python's ``ConsumerRecord`` (which has the same ``offset``, ``key``
-    and ``value`` attributes).
+    consumer then keeps kafka-python's ``ConsumerRecord`` (which has the same ``offset``,
+    ``key``, ``value`` and ``timestamp`` attributes).
     """
     if uses_lean_records(consumer):
         return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
 from typing import Any
 
 import numpy as np
@@ -10,6 +12,8 @@ import numpy.typing as npt
 from streaming.events import Reject
 
 __all__ = ["Polled", "good_partitions"]
+
+_TIMESTAMP = operator.attrgetter("timestamp")
 
 
 class Polled:
@@ -29,6 +33,19 @@ class Polled:
     def values(self) -> list[bytes]:
         """Every record's value in order (a null value as empty bytes: it is rejected as such)."""
         return [r.value or b"" for records in self.records for r in records]
+
+    def timestamps(self) -> npt.NDArray[np.int64]:
+        """Every record's Kafka timestamp in order, ms (-1 where a record has none).
+
+        Lean records and kafka-python's ``ConsumerRecord`` both have ``timestamp``; a legacy
+        v0 message's is None there, and a record type without the attribute has none.
+        """
+        stamps = map(_TIMESTAMP, itertools.chain.from_iterable(self.records))
+        try:
+            return np.fromiter(stamps, np.int64, count=self.n)
+        except (TypeError, AttributeError):  # a None among them, or records without one
+            each = (getattr(r, "timestamp", None) for r in itertools.chain(*self.records))
+            return np.fromiter((-1 if t is None else t for t in each), np.int64, count=self.n)
 
     def partition_of_each(self) -> npt.NDArray[np.int32]:
         counts = [len(records) for records in self.records]

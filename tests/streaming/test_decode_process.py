@@ -3,7 +3,9 @@ decoding process that fails loses nothing: the batch in flight is decoded here i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import signal
 from collections.abc import Iterator
@@ -15,7 +17,14 @@ from streaming import listeners
 from streaming.decode_process import Decoded, Decoding, decode_here
 from streaming.events import Limits
 from streaming.simulator import SimConfig, Simulator
-from tests.streaming.test_events import IMPRESSION_CASES, LIM, OUTCOME_CASES
+from tests.streaming.test_events import (
+    IMPRESSION_CASES,
+    LIM,
+    OUTCOME_CASES,
+    RECORD_TS_CASES,
+    impression,
+    raw,
+)
 
 SIM_LIMITS = Limits()
 
@@ -80,6 +89,39 @@ def test_every_malformed_case_gets_the_same_code_and_reason_there() -> None:
     assert_same(got, decode_here(imps, outs, LIM))
     assert [r.code for r in got.impression_rejects] == [c for _, _, c in IMPRESSION_CASES]
     assert [r.code for r in got.outcome_rejects] == [c for _, _, c in OUTCOME_CASES]
+
+
+@pytest.mark.parametrize("process", [True, False])
+def test_record_timestamps_and_every_limit_reach_the_child(process: bool) -> None:
+    """Each message's record timestamp goes with it, and every ``Limits`` field (an infinite
+    ``max_feature_norm`` too) reaches the child: the same verdicts there as here."""
+    imps = [(d, ts) for name, d, ts, _ in RECORD_TS_CASES if name.startswith("impression")]
+    outs = [(d, ts) for name, d, ts, _ in RECORD_TS_CASES if name.startswith("outcome")]
+    huge = raw(impression(context=[3e38, 0.0]))
+    for limits in (LIM, dataclasses.replace(LIM, max_feature_norm=math.inf, min_propensity=0.3)):
+        d = Decoding(limits, process=process)
+        try:
+            batch = ([huge, *(x for x, _ in imps)], [x for x, _ in outs])
+            stamps = ([0, *(t for _, t in imps)], [t for _, t in outs])
+            d.submit(*batch, *stamps)
+            got = d.result()
+            d.submit(*batch)  # no timestamps: no bound on event time
+            unbounded = d.result()
+            assert d.failures == 0 and d.in_process is not process
+        finally:
+            d.close()
+        assert_same(got, decode_here(*batch, limits, *stamps))
+        assert_same(unbounded, decode_here(*batch, limits))
+        codes = [r.code for r in got.impression_rejects + got.outcome_rejects]
+        ahead = [c == "ts_ahead_of_record" for _, _, _, c in RECORD_TS_CASES]
+        assert codes.count("ts_ahead_of_record") == sum(ahead)
+        assert "ts_ahead_of_record" not in [r.code for r in unbounded.impression_rejects]
+        # impression()'s propensity 0.25 is below the second limits' minimum: every impression
+        # not ahead of its record (the huge one too: propensities are checked before features)
+        imps_ahead = [c for (n, _, _, c) in RECORD_TS_CASES if n.startswith("impression")]
+        low = 1 + len(imps) - imps_ahead.count("ts_ahead_of_record")
+        assert codes.count("low_propensity") == (0 if limits is LIM else low)
+        assert ("large_features" in codes) is (limits is LIM)
 
 
 def test_empty_and_one_sided_batches(decoding: Decoding) -> None:
@@ -209,3 +251,25 @@ def test_no_shared_memory_means_decoding_here(
     d.submit(imps, outs)
     assert_same(d.result(), decode_here(imps, outs, SIM_LIMITS))
     d.close()
+
+
+def test_the_config_sets_every_bound_and_ahead_follows_the_join() -> None:
+    """``events.max_event_ahead_ms`` -1 (the default) is the join's allowed lateness: an event
+    further ahead than that would make the on-time events after it late."""
+    from streaming.config import Config
+    from streaming.engine import limits
+
+    lim = limits(Config.load(env={}, overrides=["join.allowed_lateness_ms=90000"]))
+    assert lim.max_event_ahead_ms == 90_000
+    assert (lim.min_propensity, lim.max_feature_norm) == (1e-6, 10.0)
+    env = {
+        "ENCORE_EVENTS__MAX_EVENT_AHEAD_MS": "0",
+        "ENCORE_EVENTS__MIN_PROPENSITY": "1e-4",
+        "ENCORE_EVENTS__MAX_FEATURE_NORM": "inf",
+    }
+    lim = limits(Config.load(env=env))
+    assert (lim.max_event_ahead_ms, lim.min_propensity, lim.max_feature_norm) == (
+        0,
+        1e-4,
+        math.inf,
+    )

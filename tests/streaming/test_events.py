@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ from streaming.events import DecodeError, Limits
 T = TypeVar("T")
 
 LIM = Limits(d_user=2, d_track=2, max_candidates=4, max_message_bytes=2048)
+WIDE = dataclasses.replace(LIM, max_feature_norm=math.inf)
+"""``LIM`` without the bound on feature norms: float32's whole range decodes."""
 
 
 def impression(**over: Any) -> dict[str, Any]:
@@ -78,6 +82,12 @@ def drop(obj: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != key}
 
 
+def nested(depth: int, field: str = "context", schema: str = "impression/1") -> bytes:
+    """A message with ``depth`` arrays nested in ``field`` (the object itself is one more)."""
+    inner = b"[" * depth + b"]" * depth
+    return b'{"schema":"%s","%s":%s}' % (schema.encode(), field.encode(), inner)
+
+
 IMPRESSION_CASES: list[tuple[str, bytes, str]] = [
     ("too large", raw(impression(surface="x" * 3000)), "too_large"),
     ("invalid utf-8", b'{"schema": "impression/1", "request_id": "\xff\xfe"}', "invalid_utf8"),
@@ -120,6 +130,37 @@ IMPRESSION_CASES: list[tuple[str, bytes, str]] = [
     ("propensity zero", raw(impression(propensities=[0.0, 0.5])), "bad_propensity"),
     ("propensity above one", raw(impression(propensities=[1.5, 0.5])), "bad_propensity"),
     ("negative propensity", raw(impression(propensities=[-0.1, 0.5])), "bad_propensity"),
+    ("nested in a known field", nested(500), "too_deep"),
+    ("nested in an unknown field", nested(500, "extra"), "too_deep"),
+    ("nested just too deep", nested(ev.MAX_DEPTH), "too_deep"),
+    ("nested and not UTF-8", nested(500) + b"\xff", "invalid_utf8"),
+    ("nested and cut short", nested(500)[:700], "too_deep"),
+    ("propensity 0 in float32", raw(impression(propensities=[0.5, 1e-50])), "low_propensity"),
+    (
+        "propensity below the minimum",
+        raw(impression(propensities=[9.99e-7, 0.5])),
+        "low_propensity",
+    ),
+    ("large context", raw(impression(context=[10.0, 0.5])), "large_features"),
+    (
+        "large candidate features",
+        raw(impression(candidate_features=[[1.0, 0.0], [0.0, 1.0], [8.0, -6.01]])),
+        "large_features",
+    ),
+    ("huge context", raw(impression(context=[3e38, 3e38])), "large_features"),
+    (
+        "inf and large",
+        raw(
+            impression(
+                context=[1e39, 0.0],
+                candidates=["a"],
+                candidate_features=[[99.0, 0.0]],
+                shown=[0],
+                propensities=[1.0],
+            )
+        ),
+        "non_finite",
+    ),
 ]
 
 BINARY_CASES: list[tuple[str, bytes, str]] = [
@@ -164,6 +205,11 @@ BINARY_CASES: list[tuple[str, bytes, str]] = [
         "non_finite",
     ),
     ("NaN in JSON row, binary context", raw(impression2(context=[0.1, 1e39])), "non_finite"),
+    (  # numpy's casts of a signalling NaN raise "invalid value": no warning may escape
+        "signalling NaN float32",
+        raw(impression2(context=base64.b64encode(b"\x01\x00\xa0\xff" * 2).decode())),
+        "non_finite",
+    ),
     ("too many candidates, binary", raw(impression2(candidates=list("abcde"))), "bad_shape"),
     ("shown out of range, binary", raw(impression2(shown=[3])), "bad_shape"),
 ]
@@ -182,6 +228,36 @@ OUTCOME_CASES: list[tuple[str, bytes, str]] = [
     ("negative position", raw(outcome(position=-1)), "bad_value"),
     ("position beyond int32", raw(outcome(position=2**31)), "bad_value"),
     ("unknown reason", raw(outcome(reason_end="teleported")), "unknown_reason_end"),
+    ("nested in a known field", nested(500, "ts", "outcome/1"), "too_deep"),
+    (
+        "nested objects",
+        b'{"schema":"outcome/1","a":' + b'{"b":' * 40 + b"1" + b"}" * 41,
+        "too_deep",
+    ),
+]
+
+AHEAD = 60_000  # Limits().max_event_ahead_ms
+RECORD_TS_CASES: list[tuple[str, bytes, int, str | None]] = [
+    # (name, message, its record's timestamp, code or None for accepted)
+    (
+        "impression ts ahead",
+        raw(impression(ts=10_000_000)),
+        10_000_000 - AHEAD - 1,
+        "ts_ahead_of_record",
+    ),
+    ("impression ts at the bound", raw(impression(ts=10_000_000)), 10_000_000 - AHEAD, None),
+    ("impression ts behind", raw(impression(ts=10_000_000)), 2**62, None),
+    ("impression record ts unknown", raw(impression(ts=2**53)), -1, None),
+    (
+        "impression in the year 3000",
+        raw(impression(ts=32_503_680_000_000)),
+        1_700_000_000_000,
+        "ts_ahead_of_record",
+    ),
+    ("outcome ts ahead", raw(outcome(ts=5_000_000)), 1_000, "ts_ahead_of_record"),
+    ("outcome ts at the bound", raw(outcome(ts=AHEAD)), 0, None),
+    ("outcome record ts unknown", raw(outcome(ts=2**53)), -1, None),
+    ("outcome ts bad before ahead", raw(outcome(ts=2**53 + 1)), 0, "bad_value"),
 ]
 
 
@@ -219,8 +295,44 @@ def test_malformed_outcome_has_documented_code(name: str, data: bytes, code: str
     assert info.value.raw == data
 
 
+@pytest.mark.parametrize(
+    ("name", "data", "record_ts", "code"), RECORD_TS_CASES, ids=[c[0] for c in RECORD_TS_CASES]
+)
+def test_event_time_is_bounded_by_the_record_timestamp(
+    name: str, data: bytes, record_ts: int, code: str | None
+) -> None:
+    """One by one and in a batch (column path and one-by-one path), with and without rows
+    around it: the same verdict, code and reason."""
+    is_impression = name.startswith("impression")
+    one = ev.decode_impression if is_impression else ev.decode_outcome
+    many = ev.decode_impressions if is_impression else ev.decode_outcomes
+    good = GOOD_IMPRESSIONS if is_impression else GOOD_OUTCOMES
+    reason = ""
+    if code is None:
+        one(data, LIM, record_ts)
+    else:
+        with pytest.raises(DecodeError) as info:
+            one(data, LIM, record_ts)
+        assert info.value.code == code, info.value.reason
+        reason = info.value.reason
+    if code in (None, "ts_ahead_of_record"):
+        one(data, LIM)  # without a record timestamp: no bound
+    raws = [*good[:2], data, *good[2:]]
+    stamps = [0, -1, record_ts, *[2**40] * len(good[2:])]
+    batch, rejects = many(raws, LIM, np.array(stamps, np.int64))
+    assert batch.n == len(raws) - (code is not None)
+    if code is not None:
+        assert [(r.row, r.code, r.reason) for r in rejects] == [(2, code, reason)]
+    broken = [*raws, b"{"]  # a message msgspec refuses: every message through the same checks
+    _, rejects = many(broken, LIM, [*stamps, 0])
+    assert [r.code for r in rejects] == ([code] if code else []) + ["invalid_json"]
+    with pytest.raises(ValueError, match="record timestamps"):
+        many(raws, LIM, stamps[:-1])
+
+
 def test_every_documented_code_is_exercised() -> None:
     seen = {c for _, _, c in IMPRESSION_CASES + OUTCOME_CASES}
+    seen |= {c for *_, c in RECORD_TS_CASES if c is not None}
     assert seen == set(ev.ERROR_CODES)
     assert all(f"``{c}``" in (ev.__doc__ or "") for c in ev.ERROR_CODES)
 
@@ -435,22 +547,22 @@ def test_json_and_binary_features_decode_to_the_same_batch(
 ) -> None:
     as_json = [raw(obj) for obj, _ in cases]
     mixed = [raw(in_form(obj, form)) for obj, form in cases]
-    a, rejects_a = ev.decode_impressions(as_json, LIM)
-    b, rejects_b = ev.decode_impressions(mixed, LIM)
+    a, rejects_a = ev.decode_impressions(as_json, WIDE)
+    b, rejects_b = ev.decode_impressions(mixed, WIDE)
     assert rejects_a == [] and rejects_b == []
     assert_same_batch(a, b)
     # One at a time, and through the public batch builder, the forms agree too.
     for j, m in zip(as_json, mixed, strict=True):
         assert_same_batch(
-            ev.impressions_to_batch([ev.decode_impression(j, LIM)], LIM),
-            ev.impressions_to_batch([ev.decode_impression(m, LIM)], LIM),
+            ev.impressions_to_batch([ev.decode_impression(j, WIDE)], WIDE),
+            ev.impressions_to_batch([ev.decode_impression(m, WIDE)], WIDE),
         )
     # ``with_features`` is what encore's producers use to write the binary form.
     rewritten = [
-        ev.encode(ev.with_features(ev.decode_impression(j, LIM), "float32")) for j in as_json
+        ev.encode(ev.with_features(ev.decode_impression(j, WIDE), "float32")) for j in as_json
     ]
     assert all(r.startswith(b'{"schema":"impression/2"') for r in rewritten)
-    assert_same_batch(a, ev.decode_impressions(rewritten, LIM)[0])
+    assert_same_batch(a, ev.decode_impressions(rewritten, WIDE)[0])
 
 
 def test_binary_features_are_little_endian_float32_row_major() -> None:
@@ -581,10 +693,10 @@ def test_writing_float32_rounds_any_double_as_the_decoder_rounds_json(values: li
         candidates=["a", "b", "c"],
         candidate_features=[values[2:4], values[4:6], values[6:8]],
     )
-    e = ev.decode_impression(raw(obj), LIM)
+    e = ev.decode_impression(raw(obj), WIDE)
     assert_same_batch(
-        ev.decode_impressions([raw(obj)], LIM)[0],
-        ev.decode_impressions([ev.encode(ev.with_features(e, "float32"))], LIM)[0],
+        ev.decode_impressions([raw(obj)], WIDE)[0],
+        ev.decode_impressions([ev.encode(ev.with_features(e, "float32"))], WIDE)[0],
     )
 
 
@@ -824,3 +936,79 @@ def test_batch_impressions_edge_values_match_one_by_one() -> None:
 )
 def test_fuzz_batch_impressions_equal_one_by_one(raws: list[bytes]) -> None:
     assert_same_impressions(raws)
+
+
+# --- nesting depth: measured on the bytes, so msgspec never goes deeper than MAX_DEPTH --------
+
+
+def json_depth(value: Any) -> int:
+    """How deep a JSON value nests (a scalar 0, ``[]`` 1, ``[[1]]`` 2)."""
+    if isinstance(value, list):
+        return 1 + max(map(json_depth, cast(list[Any], value)), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(json_depth, cast(dict[str, Any], value).values()), default=0)
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("data", "depth"),
+    [
+        (b"", 0),
+        (b"1", 0),
+        (b"[]", 1),
+        (b'{"a": [1, {"b": []}]}', 4),
+        (b'["[[[[", "]"]', 1),  # brackets in strings are text
+        (b'["\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "x"]', 1),  # an escaped quote
+        (b'["\\\\", ' + b"[" * 48 + b"]" * 49, 49),  # a string holding one backslash
+        (b"[" * 40 + b'"', 40),  # cut short
+    ],
+)
+def test_nesting_counts_brackets_outside_strings(data: bytes, depth: int) -> None:
+    assert ev._nesting(data) == depth  # pyright: ignore[reportPrivateUsage]
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.integers(0, 60))
+def test_nesting_of_valid_json_is_its_depth(value: Any, extra: int) -> None:
+    wrapped: Any = value
+    for _ in range(extra):
+        wrapped = [wrapped] if extra % 2 else {'k\\"[': wrapped}
+    data = json.dumps(wrapped).encode()
+    assert ev._nesting(data) == json_depth(wrapped)  # pyright: ignore[reportPrivateUsage]
+
+
+def test_limits_refuse_bounds_that_cannot_hold() -> None:
+    for bad in (
+        lambda: Limits(min_propensity=0.0),
+        lambda: Limits(min_propensity=1e-39),  # subnormal in float32
+        lambda: Limits(min_propensity=1.5),
+        lambda: Limits(max_feature_norm=0.0),
+        lambda: Limits(max_feature_norm=math.nan),
+        lambda: Limits(max_event_ahead_ms=-1),
+    ):
+        with pytest.raises(ValueError, match="Limits"):
+            bad()
+    assert Limits(max_feature_norm=math.inf, min_propensity=1.0, max_event_ahead_ms=0)
+
+
+def test_the_feature_norm_bound_is_exact_at_its_edge() -> None:
+    """A norm of exactly ``max_feature_norm`` (6-8-10) decodes; one float32 step more does
+    not, in the context or a candidate's features, alone and in a batch."""
+    above = float(np.nextafter(np.float32(8.0), np.float32(9.0)))
+    edge = [
+        (raw(impression(context=[6.0, 8.0])), None),
+        (raw(impression(context=[-6.0, above])), "large_features"),
+        (raw(impression(candidate_features=[[1.0, 0.0], [8.0, -6.0], [0.5, 0.5]])), None),
+        (
+            raw(impression(candidate_features=[[1.0, 0.0], [above, 6.0], [0.0, 0.5]])),
+            "large_features",
+        ),
+    ]
+    lim = dataclasses.replace(LIM, max_feature_norm=10.0)
+    for data, code in edge:
+        if code is None:
+            ev.decode_impression(data, lim)
+        else:
+            with pytest.raises(DecodeError, match=code):
+                ev.decode_impression(data, lim)
+    assert_same_impressions([d for d, _ in edge], lim)

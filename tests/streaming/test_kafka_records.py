@@ -1,9 +1,9 @@
 """Lean consumer records against kafka-python's own ``PartitionRecords`` on the same bytes.
 
 Every test parses one fetched partition's bytes (``MemoryRecords``) with the stock and the lean
-class, takes records in the same cuts, and compares after every cut: the ``(offset, key, value)``
-taken, ``next_fetch_offset``, ``records_read``, ``bytes_read``, ``leader_epoch``, whether the part
-is drained, and the error raised (type) where the bytes are corrupt. Every test runs twice: with
+class, takes records in the same cuts, and compares after every cut: the ``(offset, key, value,
+timestamp)`` taken, ``next_fetch_offset``, ``records_read``, ``bytes_read``, ``leader_epoch``,
+whether the part is drained, and the error raised (type) where the bytes are corrupt. Every test runs twice: with
 the compiled regular path (``streaming._native``) in front of the Python loop, and with the
 Python loop alone.
 """
@@ -73,6 +73,9 @@ Rec = tuple[int, int | None, bytes | None, bytes | None, list[tuple[str, bytes |
 ATTRIBUTES_OFFSET = 21
 CRC_OFFSET = 17
 CONTROL = 0x20
+LOG_APPEND_TIME = 0x08
+FIRST_TIMESTAMP_OFFSET = 27
+MAX_TIMESTAMP_OFFSET = 35
 
 
 def batch(
@@ -85,8 +88,13 @@ def batch(
     transactional: bool = False,
     control: bool = False,
     leader_epoch: int = 0,
+    append_time: int | None = None,
+    first_timestamp: int | None = None,
 ) -> bytes:
-    """One v2 batch; ``last_offset_delta`` past the last record's makes a compacted batch."""
+    """One v2 batch; ``last_offset_delta`` past the last record's makes a compacted batch;
+    ``append_time`` sets the batch's timestamp type to LogAppendTime with that max timestamp
+    (as a broker with ``log.message.timestamp.type=LogAppendTime`` writes it);
+    ``first_timestamp`` overwrites the header's first timestamp (the records' deltas stay)."""
     b = DefaultRecordBatchBuilder(
         magic=2,
         compression_type=compression,
@@ -103,12 +111,21 @@ def batch(
     buf = b.build()
     struct.pack_into(">q", buf, 0, base_offset)
     struct.pack_into(">i", buf, 12, leader_epoch)  # neither is covered by the CRC
-    if last_offset_delta is not None or control:
+    if first_timestamp is not None:
+        struct.pack_into(">q", buf, FIRST_TIMESTAMP_OFFSET, first_timestamp)
+    if (
+        last_offset_delta is not None
+        or control
+        or append_time is not None
+        or first_timestamp is not None
+    ):
         if last_offset_delta is not None:
             struct.pack_into(">i", buf, 23, last_offset_delta)
-        if control:
-            attrs = struct.unpack_from(">h", buf, ATTRIBUTES_OFFSET)[0] | CONTROL
-            struct.pack_into(">h", buf, ATTRIBUTES_OFFSET, attrs)
+        flags = (CONTROL if control else 0) | (LOG_APPEND_TIME if append_time is not None else 0)
+        attrs = struct.unpack_from(">h", buf, ATTRIBUTES_OFFSET)[0] | flags
+        struct.pack_into(">h", buf, ATTRIBUTES_OFFSET, attrs)
+        if append_time is not None:
+            struct.pack_into(">q", buf, MAX_TIMESTAMP_OFFSET, append_time)
         struct.pack_into(">I", buf, CRC_OFFSET, calc_crc32c(memoryview(buf)[ATTRIBUTES_OFFSET:]))
     return bytes(buf)
 
@@ -124,8 +141,10 @@ def control_batch(base_offset: int, producer_id: int, *, abort: bool) -> bytes:
     )
 
 
-def lean_of(record: Any) -> tuple[int, bytes | None, bytes | None]:
-    return (record.offset, record.key, record.value)
+def lean_of(record: Any) -> tuple[int, bytes | None, bytes | None, int]:
+    """What a lean record holds (a legacy v0 record's timestamp None is -1 there)."""
+    ts = record.timestamp
+    return (record.offset, record.key, record.value, -1 if ts is None else ts)
 
 
 def run(
@@ -175,7 +194,7 @@ def same(data: bytes, cuts: Sequence[int] = (7,), **kw: Any) -> list[Any]:
     return stock
 
 
-def taken(seen: list[Any]) -> list[tuple[int, bytes | None, bytes | None]]:
+def taken(seen: list[Any]) -> list[tuple[int, bytes | None, bytes | None, int]]:
     return [
         r for step in seen if isinstance(step, tuple) and isinstance(step[0], list) for r in step[0]
     ]
@@ -202,18 +221,36 @@ def test_keys_no_keys_null_values_headers_large_values() -> None:
     data = batch(0, records) + batch(8, plain(200), leader_epoch=3)
     seen = same(data, cuts=(1, 3, 1000))
     got = taken(seen)
-    assert got[:8] == [(d, k, v) for d, _, k, v, _ in records]
+    assert got[:8] == [(d, k, v, 1_700_000_000_000 + (t or 0)) for d, t, k, v, _ in records]
     assert len(got) == 208
     assert isinstance(LeanPartitionRecords(0, TP, MemoryRecords(data)).take(1)[0], LeanRecord)
     # what the daemon reads of a record, under the same names as kafka-python's
     assert set(LeanRecord._fields) <= set(ConsumerRecord._fields)
 
 
+def test_timestamps_create_time_and_log_append_time() -> None:
+    """CreateTime: the batch's first timestamp plus each record's delta (one, two and more
+    varint bytes, negative too); LogAppendTime: the batch's max timestamp for every record."""
+    records: list[Rec] = [
+        (i, t, b"k", b"v", []) for i, t in enumerate([0, 63, -64, 8191, -(2**40), 2**45])
+    ]
+    create = batch(0, records)
+    appended = batch(6, records, append_time=1_800_000_000_123)
+    got = taken(same(create + appended, cuts=(4,)))
+    base = 1_700_000_000_000
+    want = [base + (t or 0) for _, t, *_ in records] + [1_800_000_000_123] * 6
+    assert [t for *_, t in got] == want
+    # A batch of timestamps past int64 once its deltas are added (no broker writes one, but
+    # kafka-python reads it with Python ints, and so must both parsers)
+    far = batch(12, records, first_timestamp=2**63 - 2**41)
+    assert taken(same(far, cuts=(3,)))[-1][-1] == 2**63 - 2**41 + 2**45
+
+
 @pytest.mark.parametrize("cuts", [(1,), (2, 5), (63, 64, 65), (10_000,)])
 def test_many_batches_and_max_records_cuts(cuts: tuple[int, ...]) -> None:
     data = b"".join(batch(100 * i, plain(100, key=i % 2 == 0)) for i in range(12))
     seen = same(data, cuts=cuts)
-    assert [o for o, _, _ in taken(seen)] == list(range(1200))
+    assert [o for o, *_ in taken(seen)] == list(range(1200))
 
 
 @pytest.mark.parametrize("compression", [1, 2, 3, 4])  # gzip, snappy, lz4, zstd
@@ -244,7 +281,7 @@ def test_compacted_gaps_and_empty_batches() -> None:
         + batch(30, gappy[:1], last_offset_delta=4)
     )
     seen = same(data, cuts=(1, 2))
-    assert [o for o, _, _ in taken(seen)] == [0, 4, 9, 30]
+    assert [o for o, *_ in taken(seen)] == [0, 4, 9, 30]
     assert seen[-2][1] == 35  # next fetch after the last batch's last offset
     assert same(batch(0, gappy, last_offset_delta=19))[-2][1] == 20
     for fetch_offset in (3, 5, 10, 25, 31):
@@ -263,9 +300,9 @@ def test_control_and_transactional_batches() -> None:
     )
     aborted = [Aborted(pid_aborted, 3)]
     uncommitted = taken(same(data, cuts=(2, 5), aborted=aborted))
-    assert [o for o, _, _ in uncommitted] == [0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12]
+    assert [o for o, *_ in uncommitted] == [0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12]
     committed = same(data, cuts=(2, 5), read_committed=True, aborted=aborted)
-    assert [o for o, _, _ in taken(committed)] == [0, 1, 2, 9, 10, 11, 12]
+    assert [o for o, *_ in taken(committed)] == [0, 1, 2, 9, 10, 11, 12]
     # a fetch that starts with only an aborted batch and its marker
     same(
         data[len(batch(0, plain(3), producer_id=pid_committed, transactional=True)) :],
@@ -421,20 +458,23 @@ class Counters:
         self.next_fetch_offset = -1
 
 
-def records_of(data: bytes) -> tuple[bytes, int, int, int]:
-    """A v2 batch's records buffer, first record position, record count and base offset."""
+def records_of(data: bytes) -> tuple[bytes, int, int, int, int, bool]:
+    """A v2 batch's records buffer, first record position, record count, base offset, base
+    timestamp and whether each record's timestamp delta is added to it (CreateTime)."""
     (b,) = [b for b in [MemoryRecords(data).next_batch()] if b is not None]
     b._maybe_uncompress()
-    return bytes(b._buffer), b._pos, b.records_count, b.base_offset
+    deltas = b.timestamp_type != b.LOG_APPEND_TIME
+    ts = b.first_timestamp if deltas else b.max_timestamp
+    return bytes(b._buffer), b._pos, b.records_count, b.base_offset, ts, deltas
 
 
 def test_compiled_path_stops_at_the_first_irregular_record() -> None:
     if _COMPILED is None:
         pytest.skip("not built; test_the_compiled_path_is_built says whether that is allowed")
     recs: list[Rec] = [*plain(3), (3, 0, b"k", b"v", [("h", b"1")]), (4, 0, b"k", b"v", [])]
-    buf, pos, count, base = records_of(batch(1000, recs))
+    buf, pos, count, base, ts, deltas = records_of(batch(1000, recs))
     part = Counters()
-    native = _COMPILED(part, buf, pos, count, base, LeanRecord)
+    native = _COMPILED(part, buf, pos, count, base, LeanRecord, ts, deltas)
     got = list(native)
     assert [(r.offset, r.key) for r in got] == [
         (1000, b"user-0"),
@@ -444,12 +484,12 @@ def test_compiled_path_stops_at_the_first_irregular_record() -> None:
     assert all(type(r) is LeanRecord for r in got)
     assert native.done == 3 and part.records_read == 3 and part.next_fetch_offset == 1003
     # the Python loop takes over at the record with headers, and reads the rest
-    rest = list(kafka_records._v2_records(part, buf, native.pos, count - 3, base))
+    rest = list(kafka_records._v2_records(part, buf, native.pos, count - 3, base, ts, deltas))
     assert [(r.offset, r.value) for r in rest] == [(1003, b"v"), (1004, b"v")]
     assert part.records_read == 5 and part.next_fetch_offset == 1005
     # a regular batch is read to its end
-    buf, pos, count, base = records_of(batch(7, plain(50)))
-    whole = _COMPILED(Counters(), buf, pos, count, base, LeanRecord)
+    buf, pos, count, base, ts, deltas = records_of(batch(7, plain(50)))
+    whole = _COMPILED(Counters(), buf, pos, count, base, LeanRecord, ts, deltas)
     assert len(list(whole)) == 50 and whole.pos == len(buf)
 
 
@@ -461,7 +501,12 @@ def test_property_compiled_path_on_damaged_records(recs: list[Any], data: st.Dat
     returns there, with the same counters."""
     if _COMPILED is None:
         pytest.skip("not built; test_the_compiled_path_is_built says whether that is allowed")
-    buf, pos, count, _ = records_of(batch(0, [(i, *r) for i, r in enumerate(recs)]))
+    append_time = data.draw(st.sampled_from([None, None, 5]))
+    buf, pos, count, _, ts, deltas = records_of(
+        batch(0, [(i, *r) for i, r in enumerate(recs)], append_time=append_time)
+    )
+    # near the ends of int64: some deltas take the timestamp past them
+    ts = data.draw(st.sampled_from([ts, ts, 2**63 - 2**39, -(2**63) + 2**39]))
     raw = bytearray(buf)
     for _ in range(data.draw(st.integers(0, 3))):
         if raw:
@@ -471,12 +516,14 @@ def test_property_compiled_path_on_damaged_records(recs: list[Any], data: st.Dat
     count += data.draw(st.sampled_from([0, 0, -1, 1, -count - 1]))
     base = data.draw(st.sampled_from([0, 2**40, 2**63 - 3, -(2**63)]))
     a, b = Counters(), Counters()
-    native = _COMPILED(a, buf, pos, count, base, LeanRecord)
+    native = _COMPILED(a, buf, pos, count, base, LeanRecord, ts, deltas)
     got = list(native)
     assert native.done == len(got) <= max(count, 0)
     if got:
         assert native.pos <= len(buf)
-        python = itertools.islice(kafka_records._v2_records(b, buf, pos, count, base), len(got))
+        python = itertools.islice(
+            kafka_records._v2_records(b, buf, pos, count, base, ts, deltas), len(got)
+        )
         assert [tuple(r) for r in python] == [tuple(r) for r in got]
         assert vars(a) == vars(b)
     elif not recs or pos < 0:
@@ -517,13 +564,39 @@ class Scaled:
 def test_compiled_path_updates_counters_as_python_does(kind: Any) -> None:
     if _COMPILED is None:
         pytest.skip("not built; test_the_compiled_path_is_built says whether that is allowed")
-    buf, pos, count, base = records_of(batch(40, plain(4)))
+    buf, pos, count, base, ts, deltas = records_of(batch(40, plain(4)))
     a, b = kind(), kind()
-    assert list(_COMPILED(a, buf, pos, count, base, LeanRecord)) == list(
-        kafka_records._v2_records(b, buf, pos, count, base)
+    assert list(_COMPILED(a, buf, pos, count, base, LeanRecord, ts, deltas)) == list(
+        kafka_records._v2_records(b, buf, pos, count, base, ts, deltas)
     )
     assert vars(a) == vars(b)
     a.records_read = b.records_read = 7  # written between batches: the next one starts there
-    list(_COMPILED(a, buf, pos, count, base, LeanRecord))
-    list(kafka_records._v2_records(b, buf, pos, count, base))
+    list(_COMPILED(a, buf, pos, count, base, LeanRecord, ts, deltas))
+    list(kafka_records._v2_records(b, buf, pos, count, base, ts, deltas))
     assert vars(a) == vars(b)
+
+
+def test_polled_timestamps_in_order_with_unknown_ones_as_minus_one() -> None:
+    """What the daemon hands the decoder with each value: lean records, kafka-python's records
+    (a legacy v0 one has None), and record types without the attribute."""
+    from streaming.polled import Polled
+
+    class Bare(NamedTuple):
+        offset: int
+        value: bytes | None
+
+    class Stock(NamedTuple):
+        offset: int
+        value: bytes | None
+        timestamp: int | None
+
+    lean = Polled("t")
+    lean.add(0, [LeanRecord(0, None, b"a", 5), LeanRecord(1, None, b"b", -1)])
+    lean.add(3, [LeanRecord(7, b"k", b"c", 2**62)])
+    assert lean.timestamps().tolist() == [5, -1, 2**62]
+    assert lean.timestamps().dtype == "int64" and lean.values() == [b"a", b"b", b"c"]
+    mixed = Polled("t")
+    mixed.add(0, [Stock(0, b"a", None), Stock(1, b"b", 9)])
+    mixed.add(1, [Bare(0, b"c")])
+    assert mixed.timestamps().tolist() == [-1, 9, -1]
+    assert Polled("t").timestamps().tolist() == []
