@@ -36,6 +36,11 @@ class Stats:
     gc_collections: int = 0  # the poll loop's timed full collections (streaming.gc_tuning)
     gc_seconds: float = 0.0  # wall seconds they took
     align_pauses: int = 0  # partitions paused for reading ahead in event time (streaming.align)
+    side_pending: int = 0  # output records sent, not yet acknowledged (streaming.outbound)
+    side_resent: int = 0  # output records sent again after a timeout or a lost connection
+    side_truncated: dict[str, int] = field(default_factory=dict[str, int])  # by topic
+    side_refused: dict[str, int] = field(default_factory=dict[str, int])  # dropped, by topic
+    broker_away_s: float = 0.0  # how long the broker has not answered (0: it answers)
     reward_by_policy: dict[str, tuple[float, int]] = field(
         default_factory=dict[str, tuple[float, int]]
     )
@@ -50,11 +55,13 @@ def summary_line(s: Stats, now_ms: int) -> str:
         f"{name}={tot / max(cnt, 1):.3f} (n={cnt})"
         for name, (tot, cnt) in sorted(s.reward_by_policy.items())
     )
+    away = f"  BROKER AWAY {s.broker_away_s:,.0f} s" if s.broker_away_s else ""
+    refused = sum(s.side_refused.values())
     return (
         f"{s.events:,} events ({s.events / elapsed:,.0f}/s)  joined {c.get('joined', 0):,}  "
         f"closed {c.get('closed', 0):,}  dlq {s.dead_letters}  late {s.late}  "
         f"ckpt {s.checkpoints}  held {s.held} (lag {sum(s.lag.values()):,})  "
-        f"top-reward {rewards}"
+        f"top-reward {rewards}" + (f"  refused {refused}" if refused else "") + away
     )
 
 
@@ -92,4 +99,9 @@ def metrics_snapshot(
         "gc_collections_total": s.gc_collections,
         "gc_seconds_total": s.gc_seconds,
         "align_pauses_total": s.align_pauses,
+        "side_pending": s.side_pending,
+        "side_resent_total": s.side_resent,
+        "side_truncated_total": dict(s.side_truncated),
+        "side_refused_total": dict(s.side_refused),
+        "broker_away_seconds": s.broker_away_s,
     }

@@ -1,5 +1,5 @@
 """With its sibling :mod:`streaming.kafka_records` (lean consumer records), the only module that
-imports ``kafka``: clients, topics, and where the cluster is.
+imports ``kafka``: clients, topics, where the cluster is, and which errors are waits.
 
 Every client gets the security settings of ``KafkaConfig``; consumers run with
 ``enable_auto_commit=False`` because encore's checkpoint, not the broker, is the source of truth
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,15 @@ from typing import Any, cast
 
 import kafka
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import (
+    BrokerNotAvailableError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.broker import LocalBroker, default_state_dir
@@ -34,9 +43,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "HANDOFF_MAX_BYTES",
+    "UNREACHABLE",
     "AsyncConsumerRebalanceListener",
     "ConsumerRebalanceListener",
     "KafkaError",
+    "KafkaTimeoutError",
     "LeanRecord",
     "OffsetAndMetadata",
     "TopicPartition",
@@ -46,9 +57,13 @@ __all__ = [
     "make_admin",
     "make_consumer",
     "make_producer",
+    "max_message_bytes",
     "member_id",
+    "passing",
+    "reachable",
     "rejoin",
     "serve_parked",
+    "too_large",
     "topic_specs",
     "use_lean_records",
     "uses_lean_records",
@@ -60,6 +75,39 @@ AsyncConsumerRebalanceListener: Any = importlib.import_module(
     "kafka"
 ).AsyncConsumerRebalanceListener
 HANDOFF_MAX_BYTES = 64 * 1024 * 1024  # one partition's open windows, compressed
+
+# kafka-python's base of the errors it retries; the typeshed stubs (kafka-python 2) lack it.
+_RETRIABLE: type[KafkaError] = importlib.import_module("kafka.errors").RetriableError
+UNREACHABLE: tuple[type[BaseException], ...] = (_RETRIABLE, BrokerNotAvailableError)
+"""What kafka-python raises while the cluster does not answer (a timeout, a lost connection, no
+leader or coordinator yet): a wait, not a failure. ``passing`` tells a completed send's error."""
+
+
+def passing(exc: BaseException) -> bool:
+    """True for an error that may pass by itself (the broker away, a leader moving): worth
+    waiting for and sending again; False for a refusal that the same request meets again."""
+    return isinstance(exc, UNREACHABLE)
+
+
+def too_large(exc: BaseException) -> bool:
+    """True for a record (or batch) refused for its size, by the producer or the broker."""
+    return isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError)
+
+
+def reachable(servers: str, timeout_s: float = 1.0) -> bool:
+    """True if any of ``servers`` (``host:port,...``) accepts a TCP connection.
+
+    What a client's timeouts cannot tell apart, this does: a broker that is away (stopped,
+    unreachable) refuses or drops the connection; a client stuck with a live broker connects.
+    """
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def serve_parked(consumer: Any) -> bool:
@@ -110,7 +158,12 @@ def make_admin(kafka: KafkaConfig, servers: str) -> KafkaAdminClient:
 
 
 def make_producer(kafka: KafkaConfig, servers: str, **overrides: Any) -> KafkaProducer:
-    """A producer for keyed bytes: acks=all, idempotent, small linger for throughput."""
+    """A producer for keyed bytes: acks=all, idempotent, small linger for throughput.
+
+    The daemon's producers pass ``enable_idempotence=False`` (see ``streaming.outbound``): an
+    idempotent kafka-python producer that has one record refused for good (too large, say) fails
+    every record sent after it.
+    """
     settings: dict[str, Any] = {
         "bootstrap_servers": servers,
         "client_id": f"{kafka.client_id}-producer",
@@ -260,6 +313,39 @@ def ensure_topics(
         return {name: ("created" if name in missing else "exists") for name in specs}
     finally:
         admin.close()
+
+
+def max_message_bytes(kafka: KafkaConfig, servers: str, topics: Iterable[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker reports it (its own setting, or the
+    broker's default). A topic the broker does not report is left out, and so is every topic
+    when the admin client may not describe them (the error is logged): callers assume a bound.
+    """
+    names = sorted(set(topics))
+    only = {"max.message.bytes": None}  # this key only, whatever its source
+    try:
+        admin = make_admin(kafka, servers)
+    except KafkaError as exc:
+        log.warning("could not read the topics' max.message.bytes: %s", exc)
+        return {}
+    try:
+        described: dict[str, Any] = cast(Any, admin).describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, name, configs=cast(Any, only))
+                for name in names
+            ],
+            config_filter="all",
+        )
+    except KafkaError as exc:
+        log.warning("could not read the topics' max.message.bytes: %s", exc)
+        return {}
+    finally:
+        admin.close()
+    out: dict[str, int] = {}
+    for name, configs in dict(described.get("topic") or {}).items():
+        value = dict(configs or {}).get("max.message.bytes", {}).get("value")
+        if value is not None:
+            out[str(name)] = int(value)
+    return out
 
 
 def partitions_of(consumer: KafkaConsumer, topics: Iterable[str]) -> list[Any]:

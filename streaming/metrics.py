@@ -45,6 +45,16 @@ key                            type                        exposed as
 ``gc_seconds_total``           float                       ``encore_gc_seconds_total``: seconds they took
 ``align_pauses_total``         int                         ``encore_align_pauses_total``: partitions
                                                            paused for reading ahead in event time
+``side_pending``               int                         ``encore_side_pending``: output records sent
+                                                           and not yet acknowledged
+``side_resent_total``          int                         ``encore_side_resent_total``: output records
+                                                           sent again after a timeout or lost connection
+``side_truncated_total``       {topic: int}                ``encore_side_truncated_total{topic}``:
+                                                           records cut to fit their topic
+``side_refused_total``         {topic: int}                ``encore_side_refused_total{topic}``: records
+                                                           the broker refused for good (dropped)
+``broker_away_seconds``        float                       ``encore_broker_away_seconds``: how long
+                                                           the broker has not answered (0: it does)
 =============================  ==========================  =============================================
 
 Example:
@@ -95,6 +105,8 @@ _LABELLED = {
     "reward_mean": "policy",
     "model_log_loss": "model",
     "handoffs_total": "kind",
+    "side_truncated_total": "topic",
+    "side_refused_total": "topic",
 }
 _SCALARS = (
     "now_ms",
@@ -113,6 +125,9 @@ _SCALARS = (
     "gc_collections_total",
     "gc_seconds_total",
     "align_pauses_total",
+    "side_pending",
+    "side_resent_total",
+    "broker_away_seconds",
 )
 KNOWN_KEYS: frozenset[str] = frozenset({*_LABELLED, *_SCALARS, "consumer_lag"})
 """The keys a snapshot may hold (see the module docstring)."""
@@ -143,6 +158,15 @@ _HELP = {
     "gc_seconds_total": "Seconds the poll loop spent in its timed full garbage collections.",
     "align_pauses_total": "Times a partition was paused for being read more than kafka.align_ms "
     "of event time ahead of the other stream's same partition (streaming.align).",
+    "side_pending": "Output records (dead letters, late rows, joined records, snapshots, "
+    "deltas, handoffs) sent and not yet acknowledged by the broker.",
+    "side_resent_total": "Output records sent again after a timeout or a lost connection.",
+    "side_truncated_total": "Output records cut to fit their topic (a dead letter keeps a "
+    "prefix of the original with its size and SHA-256), by topic.",
+    "side_refused_total": "Output records the broker refused for good and that were dropped, by "
+    "topic; past kafka.side_max_refused the daemon stops.",
+    "broker_away_seconds": "Seconds the broker has not answered the daemon (0 while it "
+    "does); the daemon waits for it.",
     "uptime_seconds": "Seconds since the daemon started.",
 }
 
@@ -228,6 +252,9 @@ class _Collector(Collector):
             "gc_collections_total",
             "gc_seconds_total",
             "align_pauses_total",
+            "side_pending",
+            "side_resent_total",
+            "broker_away_seconds",
         ):
             if key in snap:
                 kind = CounterMetricFamily if key.endswith("_total") else GaugeMetricFamily
@@ -375,6 +402,11 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "gc_collections_total",
         "gc_seconds_total",
         "align_pauses_total",
+        "side_pending",
+        "side_resent_total",
+        "side_truncated_total",
+        "side_refused_total",
+        "broker_away_seconds",
     ):
         if key not in snapshot:
             continue

@@ -1,14 +1,22 @@
 """What the daemon writes to Kafka besides its state: dead letters, late rows, joined records.
 
-Dead letters and late rows are at-least-once: a replay after a crash may send them again. A
-dead letter is keyed by where it came from, ``topic/partition/offset`` (also in its
-``encore.source`` header), so one sent again carries the same key and a reader, or a compacted
-topic, keeps one per key.
+Dead letters and late rows are at-least-once: the daemon's producer (``streaming.outbound``)
+sends each again until the broker acknowledges it, and a checkpoint waits for those
+acknowledgements, so a replay after a crash may send some again but none is lost. A dead letter
+is keyed by where it came from, ``topic/partition/offset`` (also in its ``encore.source``
+header), so one sent again carries the same key and a reader, or a compacted topic, keeps one
+per key.
+
+A dead letter carries the original message's size and SHA-256 and, when they fit the topic,
+its bytes; a message too large for that is cut to a prefix and the letter says
+``truncated: true``, so one huge bad message can neither be refused nor take the side outputs
+after it down.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 import msgspec
@@ -21,6 +29,8 @@ from streaming.polled import Polled
 __all__ = [
     "LATE_IMPRESSION_KINDS",
     "LATE_OUTCOME_KINDS",
+    "REASON_MAX_CHARS",
+    "dead_letter",
     "send_dead_letters",
     "send_joined",
     "send_late",
@@ -39,26 +49,71 @@ LATE_OUTCOME_KINDS = {
 }
 
 
-def send_dead_letters(producer: Any, topic: str, rejects: list[Reject], where: Polled) -> None:
-    """Each reject as one JSON message: its code, reason, source and original bytes (base64)."""
+REASON_MAX_CHARS = 1_000
+"""The longest reason a truncated dead letter keeps."""
+
+
+def dead_letter(
+    r: Reject, source: tuple[str, int, int], *, max_bytes: int | None, prefix_bytes: int
+) -> bytes:
+    """``r`` as one JSON dead letter, of at most ``max_bytes`` (None: any size) where it can be.
+
+    Fields: ``code``, ``reason``, the source's ``topic``, ``partition`` and ``offset``, the
+    original's ``size`` and ``sha256`` (hex), ``truncated`` and ``raw_b64`` (the original bytes,
+    base64). When the whole would take more than ``max_bytes``, ``raw_b64`` holds the first
+    ``prefix_bytes`` of them at most (fewer if those do not fit), the reason is cut to
+    ``REASON_MAX_CHARS`` and ``truncated`` is true.
+    """
+    src_topic, partition, offset = source
+    letter: dict[str, Any] = {
+        "code": r.code,
+        "reason": r.reason,
+        "topic": src_topic,
+        "partition": partition,
+        "offset": offset,
+        "size": len(r.raw),
+        "sha256": hashlib.sha256(r.raw).hexdigest(),
+        "truncated": False,
+        "raw_b64": "",
+    }
+    whole = len(msgspec.json.encode(letter)) + _b64_len(len(r.raw))
+    if max_bytes is None or whole <= max_bytes:
+        letter["raw_b64"] = base64.b64encode(r.raw).decode()
+        return msgspec.json.encode(letter)
+    letter["reason"] = r.reason[:REASON_MAX_CHARS]
+    letter["truncated"] = True
+    room = max_bytes - len(msgspec.json.encode(letter))
+    keep = max(0, min(prefix_bytes, len(r.raw), room // 4 * 3))
+    letter["raw_b64"] = base64.b64encode(r.raw[:keep]).decode()
+    return msgspec.json.encode(letter)
+
+
+def _b64_len(n: int) -> int:
+    return (n + 2) // 3 * 4
+
+
+def send_dead_letters(
+    producer: Any, topic: str, rejects: list[Reject], where: Polled, *, prefix_bytes: int = 65_536
+) -> None:
+    """Each reject as one dead letter (``dead_letter``) keyed by its source.
+
+    ``producer`` is a :class:`streaming.outbound.Outbound` (or any object whose ``send`` takes
+    ``shrink``): a letter too large for ``topic`` goes truncated, with at most
+    ``prefix_bytes`` of the original.
+    """
     for r in rejects:
-        src_topic, partition, offset = where.source(r.row)
-        source = f"{src_topic}/{partition}/{offset}".encode()
-        value = msgspec.json.encode(
-            {
-                "code": r.code,
-                "reason": r.reason,
-                "topic": src_topic,
-                "partition": partition,
-                "offset": offset,
-                "raw_b64": base64.b64encode(r.raw).decode(),
-            }
-        )
+        src = where.source(r.row)
+        source = "/".join(map(str, src)).encode()
+
+        def fit(budget: int, r: Reject = r, src: tuple[str, int, int] = src) -> bytes:
+            return dead_letter(r, src, max_bytes=budget, prefix_bytes=prefix_bytes)
+
         producer.send(
             topic,
             key=source,
-            value=value,
+            value=dead_letter(r, src, max_bytes=None, prefix_bytes=prefix_bytes),
             headers=[("encore.code", r.code.encode()), ("encore.source", source)],
+            shrink=fit,
         )
 
 
