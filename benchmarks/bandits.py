@@ -573,7 +573,12 @@ def _http_round_trips(
 
         def post(i: int) -> float:
             t0 = time.perf_counter()
-            conn.request("POST", "/rank", bodies[i % len(bodies)])
+            conn.request(
+                "POST",
+                "/rank",
+                bodies[i % len(bodies)],
+                headers={"Content-Type": "application/json"},
+            )
             resp = conn.getresponse()
             answer = json.loads(resp.read())
             elapsed = time.perf_counter() - t0

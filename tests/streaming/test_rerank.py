@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import http.client
+import io
+import socket
+from email.message import Message
+
 import jax
 import jax.numpy as jnp
+import msgspec
 import numpy as np
 import pytest
 
 from bandits import POLICIES, Candidates, Feedback, Policy
 from streaming.rerank import Reranker, bucket
+from streaming.serve import (
+    RankError,
+    RankRequest,
+    _check_id_lengths,  # pyright: ignore[reportPrivateUsage]
+    _Connections,  # pyright: ignore[reportPrivateUsage]
+    _post_refusal,  # pyright: ignore[reportPrivateUsage]
+)
 
 DU, DT = 3, 4
 
@@ -129,3 +142,84 @@ def test_state_swaps_rederive_the_serving_state_and_share_compilations(key: jax.
     np.testing.assert_array_equal(
         np.asarray(reranker.serving_state.cov_packed), np.asarray(other.serving_state.cov_packed)
     )
+
+
+# ------------------------------------------------------------ the HTTP service's pure helpers
+def _headers(**fields: str) -> Message:
+    raw = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    return http.client.parse_headers(io.BytesIO(raw.encode("latin-1")))
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "want"),
+    [
+        ("/rank", {"Content_Type": "application/json", "Content_Length": "12"}, 12),
+        ("/rank", {"Content_Type": "application/json; charset=UTF-8", "Content_Length": "0"}, 0),
+        ("/nope", {"Content_Type": "application/json", "Content_Length": "2"}, 404),
+        ("/rank", {"Content_Type": "application/json"}, 411),
+        ("/rank", {"Transfer_Encoding": "chunked", "Content_Length": "2"}, 411),
+        ("/rank", {"Content_Type": "application/json", "Content_Length": "+5"}, 400),
+        ("/rank", {"Content_Type": "application/json", "Content_Length": "\u00b2"}, 400),
+        ("/rank", {"Content_Type": "application/json", "Content_Length": "101"}, 413),
+        ("/rank", {"Content_Type": "application/json", "Content_Length": "9" * 5000}, 413),
+        ("/rank", {"Content_Length": "2"}, 415),
+        ("/rank", {"Content_Type": "text/plain", "Content_Length": "2"}, 415),
+        (
+            "/rank",
+            {"Content_Type": "application/json; charset=latin-1", "Content_Length": "2"},
+            415,
+        ),
+    ],
+)
+def test_post_refusals_before_the_body_is_read(
+    path: str, headers: dict[str, str], want: int
+) -> None:
+    """``want``: the body's length when the request may be read (at most 100 here), else the
+    refusal's status."""
+    got = _post_refusal(path, _headers(**headers), max_body_bytes=100)
+    assert (got if isinstance(got, int) else got[0]) == want
+
+
+def test_post_refusal_of_two_lengths() -> None:
+    raw = b"Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"
+    got = _post_refusal("/rank", http.client.parse_headers(io.BytesIO(raw)), 100)
+    assert not isinstance(got, int) and got[:2] == (400, "invalid_length")
+
+
+def test_connections_are_capped_replaced_when_stalled_and_expired() -> None:
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        conns = _Connections(limit=2, read_timeout_s=10.0, evict_waiting_s=1.0)
+        a, b, c, d = (p[0] for p in pairs)
+        assert conns.admit(a, now=0.0) and conns.admit(b, now=0.5)
+        assert not conns.admit(c, now=0.9)  # full, and none has waited over 1 s
+        assert conns.start_work(b) is None  # b has its request: never replaced or expired
+        assert conns.admit(c, now=1.5)  # a waited 1.5 s: c takes its place
+        assert conns.dropped(a) == "evicted" and conns.start_work(a) == "evicted"
+        assert pairs[0][0].recv(1) == b""  # a's blocked read ends at once
+        assert not conns.admit(d, now=2.0)  # b works, c is fresh
+        assert conns.waiting(b, now=3.0)  # b waits for its next request
+        conns.expire(now=12.0)  # c waited 10.5 s, b 9 s
+        assert conns.dropped(c) == "timed_out" and conns.dropped(b) is None
+        assert not conns.waiting(c, now=12.0)
+        for s in (a, c):
+            conns.release(s)
+        assert conns.counts() == {
+            "connections_open": 1,
+            "connections_refused": 2,
+            "connections_evicted": 1,
+            "connections_timed_out": 1,
+        }
+    finally:
+        for x, y in pairs:
+            x.close()
+            y.close()
+
+
+def test_ids_longer_than_the_limit_are_refused() -> None:
+    ok = RankRequest("u" * 4, "s" * 4, [], ["a" * 4, "b" * 4], [], request_id="r" * 4)
+    _check_id_lengths(ok, 4)
+    with pytest.raises(RankError, match="candidate 1 has 5 characters"):
+        _check_id_lengths(msgspec.structs.replace(ok, candidates=["a", "b" * 5]), 4)
+    with pytest.raises(RankError, match="request_id has 5 characters"):
+        _check_id_lengths(msgspec.structs.replace(ok, request_id="r" * 5), 4)
