@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -60,11 +61,13 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointVersionError",
+    "CheckpointWriteError",
     "decode",
     "encode",
     "list_checkpoints",
     "load",
     "load_latest",
+    "sequence_of",
     "write",
 ]
 
@@ -93,6 +96,27 @@ class CheckpointCorruptError(CheckpointError):
 
 class CheckpointVersionError(CheckpointError):
     """A checkpoint was written in a format version this code does not read."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """The checkpoint directory cannot take a new checkpoint (unwritable, full, not a directory).
+
+    The checkpoints already there are untouched and the unfinished file is removed, so the newest
+    good checkpoint is still the one a restart reads.
+    """
+
+    def __init__(self, directory: Path, err: OSError) -> None:
+        self.directory = directory
+        self.errno = err.errno
+        why = err.strerror or str(err)
+        name = errno.errorcode.get(err.errno or 0, "")
+        good = list_checkpoints(directory) if directory.is_dir() else []
+        kept = f"the newest checkpoint there, {good[-1].name}, is intact" if good else "none kept"
+        super().__init__(
+            f"cannot write a checkpoint to {directory}: {why}{f' ({name})' if name else ''}; "
+            f"{kept}. Free space or fix the directory's permissions (checkpoint.dir), then "
+            "start again: the worker resumes from its newest good checkpoint"
+        )
 
 
 def _encode_payload(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
@@ -237,7 +261,8 @@ def write(
         ValueError: ``keep`` < 1, a reserved or non-JSON header entry, a bad array name, or an
             object array.
         TypeError: an array is not a numpy array.
-        OSError: the file system failed; the previous checkpoints are untouched.
+        CheckpointWriteError: the file system refused (unwritable, full, not a directory); the
+            previous checkpoints are untouched and no partial file is left.
     """
     if not _is_int(keep) or keep < 1:
         raise ValueError(f"keep must be an int >= 1, got {keep!r}")
@@ -245,9 +270,12 @@ def write(
     if reserved:
         raise ValueError(f"checkpoint header keys {reserved} are reserved; rename them")
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    _remove_temps(path)
-    existing = list_checkpoints(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _remove_temps(path)
+        existing = list_checkpoints(path)
+    except OSError as err:
+        raise CheckpointWriteError(path, err) from err
     sequence = _sequence(existing[-1]) + 1 if existing else 1
     now_ms = time.time_ns() // 1_000_000 if created_at_ms is None else int(created_at_ms)
     full = {"format_version": FORMAT_VERSION, "created_at_ms": now_ms, "sequence": sequence}
@@ -255,19 +283,25 @@ def write(
     final = path / f"checkpoint-{sequence:012d}.ckpt"
     temp = path / f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
-        with open(temp, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_dir(path)
-    old = list_checkpoints(path)[:-keep]
-    for stale in old:
-        stale.unlink(missing_ok=True)
-    if old:
+        try:
+            with open(temp, "xb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, final)
+        finally:
+            temp.unlink(missing_ok=True)
         _fsync_dir(path)
+    except OSError as err:
+        raise CheckpointWriteError(path, err) from err
+    old = list_checkpoints(path)[:-keep]
+    try:
+        for stale in old:
+            stale.unlink(missing_ok=True)
+        if old:
+            _fsync_dir(path)
+    except OSError as err:  # the new checkpoint is in place; old ones are removed next time
+        logger.warning("could not remove old checkpoints in %s: %s", path, err)
     return final
 
 
@@ -304,12 +338,18 @@ def load(path: str | os.PathLike[str]) -> tuple[dict[str, npt.NDArray[Any]], dic
     return _decode(Path(path).read_bytes(), str(path))
 
 
+def sequence_of(path: str | os.PathLike[str]) -> int:
+    """The sequence number in a checkpoint file's name."""
+    return _sequence(Path(path))
+
+
 def load_latest(
-    directory: str | os.PathLike[str],
+    directory: str | os.PathLike[str], *, before: int | None = None
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]] | None:
     """The newest checkpoint that verifies, falling back past damaged ones.
 
-    Also removes temporary files left by a killed writer.
+    Also removes temporary files left by a killed writer. ``before``: only checkpoints with a
+    smaller sequence number count.
 
     Returns:
         ``(arrays, header)``, or None when ``directory`` is missing or holds no checkpoint.
@@ -323,7 +363,9 @@ def load_latest(
     if not path.is_dir():
         return None
     _remove_temps(path)
-    candidates = list_checkpoints(path)[::-1]
+    candidates = [
+        c for c in list_checkpoints(path)[::-1] if before is None or _sequence(c) < before
+    ]
     problems: list[str] = []
     for candidate in candidates:
         try:

@@ -22,6 +22,16 @@ from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
+EXIT_CHECKPOINT_WRITE = 74
+"""``encore run``'s exit status when checkpoint.dir cannot take a checkpoint, or log.dir more
+rows (unwritable, full): sysexits' EX_IOERR. The newest good checkpoint is left as it was."""
+
+EXIT_SIDE_REFUSED = 73
+"""``encore run``'s exit status when the broker refused more output records for good (dead
+letters, late rows, joined records, snapshots, deltas, handoffs) than ``kafka.side_max_refused``
+allows: sysexits' EX_CANTCREAT. No checkpoint is written after the refusal that crossed the
+limit, so a restart (once the topic takes the records) reads those events again."""
+
 EPILOG = (
     "Configuration: --config FILE (TOML), then ENCORE_<SECTION>__<KEY> environment variables "
     "(e.g. ENCORE_KAFKA__BOOTSTRAP_SERVERS), then --set section.key=value."
@@ -156,9 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from streaming.checkpoint import CheckpointWriteError
     from streaming.daemon import Daemon
     from streaming.daemon_stats import summary_line
     from streaming.deltas import WorkerIdConflictError
+    from streaming.outbound import SideOutputRefusedError
+    from streaming.parquet_log import LogWriteError
 
     config = _config(args)
     servers = _servers(args, config)
@@ -169,7 +182,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    daemon = Daemon(config, servers=servers)
+    try:
+        daemon = Daemon(config, servers=servers)
+    except (CheckpointWriteError, LogWriteError) as exc:
+        print(f"encore: {exc}", file=sys.stderr)
+        return EXIT_CHECKPOINT_WRITE
     print(
         f"encore run: group {config.kafka.group_id}, policy {config.policy.name}, "
         f"checkpoints in {config.checkpoint.dir}, bootstrap {servers}"
@@ -183,6 +200,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except WorkerIdConflictError as exc:  # closed and checkpointed; the config must change
         print(f"encore: {exc}", file=sys.stderr)
         return 2
+    except (CheckpointWriteError, LogWriteError) as exc:  # the newest checkpoint is untouched
+        print(f"encore: {exc}", file=sys.stderr)
+        return EXIT_CHECKPOINT_WRITE
+    except SideOutputRefusedError as exc:  # closed; no checkpoint past the refused records
+        print(f"encore: {exc}", file=sys.stderr)
+        return EXIT_SIDE_REFUSED
     print("stopped: " + summary_line(daemon.stats, daemon.clock()))
     return 0
 

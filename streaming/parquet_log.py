@@ -363,6 +363,12 @@ class ParquetLog:
         Raises:
             ValueError: the table's schema differs from the open file's.
         """
+        try:
+            self._append_table(table)
+        except OSError as err:
+            raise LogWriteError(self.directory, err) from err
+
+    def _append_table(self, table: ArrowTable) -> None:
         self.roll_if_due()
         lo = 0
         ts = table.column("ts_ms")
@@ -390,7 +396,10 @@ class ParquetLog:
 
     def flush(self) -> Path | None:
         """Commit the open file now (call before each checkpoint); returns its path, if any."""
-        return self._commit() if self._pq is not None else None
+        try:
+            return self._commit() if self._pq is not None else None
+        except OSError as err:
+            raise LogWriteError(self.directory, err) from err
 
     def close(self) -> None:
         """Commit the open file and let go of the writer id; idempotent."""
@@ -452,6 +461,21 @@ class ParquetLog:
         self._pq = self._tmp = self._schema = None
         self.committed.append(final)
         return final
+
+
+class LogWriteError(Exception):
+    """The log directory cannot take more rows (unwritable, full): what was committed before is
+    intact, and the daemon checkpoints nothing the log does not hold."""
+
+    def __init__(self, directory: Path, err: OSError) -> None:
+        self.directory = directory
+        self.errno = err.errno
+        why = err.strerror or str(err)
+        super().__init__(
+            f"cannot write the Parquet log to {directory}: {why}. Free space or fix the "
+            "directory's permissions (log.dir), then start again: the worker resumes from its "
+            "newest checkpoint and writes the rows after it again"
+        )
 
 
 class BackgroundLog:
@@ -556,6 +580,10 @@ class BackgroundLog:
         self._raise()
 
     def _raise(self) -> None:
+        if isinstance(self._error, LogWriteError):
+            raise self._error
+        if isinstance(self._error, OSError):
+            raise LogWriteError(self.log.directory, self._error) from self._error
         if self._error is not None:
             raise RuntimeError(f"the Parquet log's writer failed: {self._error}") from self._error
 

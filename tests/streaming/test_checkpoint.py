@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -227,15 +228,52 @@ def test_a_failed_rename_keeps_the_previous_checkpoints(
     before = sorted(os.listdir(tmp_path))
 
     def fail(src: Any, dst: Any) -> None:
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(checkpoint.CheckpointWriteError, match="No space left") as caught:
         checkpoint.write(tmp_path, {"x": np.arange(2)}, {"n": 3})
     monkeypatch.undo()
+    assert caught.value.errno == errno.ENOSPC
+    assert "checkpoint-000000000002.ckpt, is intact" in str(caught.value)
     assert sorted(os.listdir(tmp_path)) == before
     loaded = checkpoint.load_latest(tmp_path)
     assert loaded is not None and loaded[1]["n"] == 2
+
+
+@pytest.mark.parametrize(
+    ("where", "code"), [("open", errno.ENOSPC), ("fsync", errno.EIO), ("open", errno.EACCES)]
+)
+def test_a_full_or_unwritable_directory_is_a_clear_error_and_keeps_the_last_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, code: int
+) -> None:
+    write_two(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    real = getattr(checkpoint.os, where) if where == "fsync" else open
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        if where == "open" and not str(args[0]).startswith(str(tmp_path)):
+            return real(*args, **kwargs)
+        raise OSError(code, os.strerror(code))
+
+    if where == "open":
+        monkeypatch.setattr("builtins.open", fail)
+    else:
+        monkeypatch.setattr(checkpoint.os, where, fail)
+    with pytest.raises(checkpoint.CheckpointWriteError) as caught:
+        checkpoint.write(tmp_path, {"x": np.arange(2)}, {"n": 3})
+    monkeypatch.undo()
+    assert caught.value.errno == code and str(tmp_path) in str(caught.value)
+    assert sorted(os.listdir(tmp_path)) == before  # no partial file left behind
+    loaded = checkpoint.load_latest(tmp_path)
+    assert loaded is not None and loaded[1]["n"] == 2
+
+
+def test_a_checkpoint_directory_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt"
+    target.write_bytes(b"not a directory")
+    with pytest.raises(checkpoint.CheckpointWriteError, match="cannot write a checkpoint"):
+        checkpoint.write(target, {"x": np.arange(2)}, {"n": 1})
 
 
 def test_every_single_byte_flip_is_detected(tmp_path: Path) -> None:
