@@ -105,6 +105,17 @@ class KafkaConfig:
     # a backlog's outcomes do not outrun their impressions and overflow the join's pending
     # buffer; 0 turns alignment off.
     align_ms: int = 10_000
+    # Records of the daemon's outputs (dead letters, late rows, joined records, snapshots,
+    # deltas, handoffs) the broker refuses for good (not a timeout: too large even when
+    # truncated, a topic that takes no such record) are counted, logged and dropped; one more
+    # than this stops the daemon, exit code 73 (streaming.outbound); 0 stops at the first.
+    side_max_refused: int = 100
+    # The max.message.bytes assumed for an output topic whose setting the broker does not tell
+    # (an admin client not allowed to describe it): the broker's own default is 1,048,588.
+    side_max_message_bytes: int = 1_000_000
+    # A dead letter too large for its topic keeps at most this many of the original's bytes
+    # (besides its size and SHA-256), and says truncated.
+    dead_letter_prefix_bytes: int = 65_536
     client_options: Mapping[str, Any] = field(default_factory=dict[str, Any])
 
     def __post_init__(self) -> None:
@@ -114,7 +125,11 @@ class KafkaConfig:
             "max_poll_records",
             "max_partition_fetch_bytes",
             "session_timeout_ms",
+            "side_max_message_bytes",
         )
+        for name in ("side_max_refused", "dead_letter_prefix_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"kafka.{name} must be 0 or positive, got {getattr(self, name)}")
         if self.align_ms < 0:
             raise ConfigError(f"kafka.align_ms must be 0 (off) or positive, got {self.align_ms}")
         if self.poll_timeout_ms >= self.session_timeout_ms:
@@ -211,6 +226,14 @@ class EventsConfig:
     ``decode_process``: the daemon decodes each batch in a second process
     (``streaming.decode_process``) while it learns from the batch before; false decodes in the
     daemon's own process. Either way the result is the same.
+
+    Three bounds send values that parse but cannot be learned from to the dead-letter topic,
+    each with its own code (``streaming.events.Limits`` says why each default is what it is):
+    ``min_propensity`` (``low_propensity`` below it), ``max_feature_norm`` (``large_features``
+    above it; ``inf``: no bound) and ``max_event_ahead_ms``, how far an event's ``ts`` may be
+    ahead of its Kafka record's timestamp (``ts_ahead_of_record`` beyond it). Its default, -1,
+    means the join's ``allowed_lateness_ms``: an event further ahead than that would make the
+    on-time events after it late.
     """
 
     max_message_bytes: int = 1_000_000
@@ -219,9 +242,25 @@ class EventsConfig:
     d_track: int = 16
     feature_encoding: Literal["float32", "json"] = "float32"
     decode_process: bool = True
+    min_propensity: float = 1e-6
+    max_feature_norm: float = 10.0
+    max_event_ahead_ms: int = -1
 
     def __post_init__(self) -> None:
         _positive(self, "max_message_bytes", "max_candidates", "d_user", "d_track")
+        _positive(self, "max_feature_norm")  # NaN is refused below
+        if not 1.1754943508222875e-38 <= self.min_propensity <= 1.0:
+            raise ConfigError(
+                "EventsConfig.min_propensity must be in [1.18e-38, 1] (a positive normal "
+                f"float32), got {self.min_propensity}"
+            )
+        if self.max_feature_norm != self.max_feature_norm:
+            raise ConfigError("EventsConfig.max_feature_norm must be a number, got nan")
+        if self.max_event_ahead_ms < -1:
+            raise ConfigError(
+                "EventsConfig.max_event_ahead_ms must be -1 (the join's allowed_lateness_ms) "
+                f"or >= 0, got {self.max_event_ahead_ms}"
+            )
 
 
 REWARD_MODELS = ("survival", "skip", "completion", "direct")
@@ -275,14 +314,43 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class RerankConfig:
-    """The re-ranking endpoint."""
+    """The re-ranking endpoint and the limits of what it accepts.
+
+    ``max_body_bytes``: the largest ``POST /rank`` body (413 above it, refused before it is
+    read). ``max_id_chars``: the longest ``user_id``, ``request_id``, ``surface`` and candidate
+    id (400 above it). ``max_connections``: connections held at once, one thread each; beyond
+    it a new connection takes the place of the one that has waited longest for its request, if
+    that one has waited over ``evict_waiting_ms`` (0: never), and is answered 503 otherwise.
+    ``read_timeout_ms``: the longest a connection may take to send one whole request (from the
+    moment the service waits for it: an idle keep-alive connection too) and to take its answer;
+    it is closed after that. ``health_degraded_ms``: how long ``/healthz`` says ``degraded``
+    after a served impression went unlogged or an impression's send failed.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8765
     snapshot_every_ms: int = 5_000
+    max_body_bytes: int = 1_000_000
+    max_id_chars: int = 256
+    max_connections: int = 64
+    read_timeout_ms: int = 10_000
+    evict_waiting_ms: int = 1_000
+    health_degraded_ms: int = 300_000
 
     def __post_init__(self) -> None:
-        _positive(self, "snapshot_every_ms")
+        _positive(
+            self,
+            "snapshot_every_ms",
+            "max_body_bytes",
+            "max_id_chars",
+            "max_connections",
+            "read_timeout_ms",
+            "health_degraded_ms",
+        )
+        if self.evict_waiting_ms < 0:
+            raise ConfigError(
+                f"rerank.evict_waiting_ms must be 0 (off) or positive, got {self.evict_waiting_ms}"
+            )
         if not 0 <= self.port < 65536:
             raise ConfigError(f"rerank.port must be in [0, 65535], got {self.port}")
 

@@ -38,20 +38,26 @@ from streaming.events import Reject, key64
 from streaming.gc_tuning import quiet_gc
 from streaming.kafka_io import (
     HANDOFF_MAX_BYTES,
+    UNREACHABLE,
     OffsetAndMetadata,
     TopicPartition,
     describe_group,
     make_consumer,
     make_producer,
+    max_message_bytes,
     member_id,
     partitions_of,
+    passing,
+    reachable,
     rejoin,
     serve_parked,
+    topic_specs,
     use_lean_records,
 )
 from streaming.liveness import GroupWatch
 from streaming.metrics import Metrics, MetricsServer, status_path, write_status
-from streaming.parquet_log import BackgroundLog, ParquetLog
+from streaming.outbound import Counts, Outbound, SideOutputRefusedError
+from streaming.parquet_log import BackgroundLog, LogWriteError, ParquetLog
 from streaming.polled import Polled, good_partitions
 from streaming.rebalance import OffLoopListener
 from streaming.step import (
@@ -70,6 +76,13 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 FORMAT = "encore.worker/1"
+SIDE_REQUEST_BYTES = 4 * 1024 * 1024  # the side producer's max_request_size
+STATE_REQUEST_BYTES = HANDOFF_MAX_BYTES + 1024 * 1024  # the state producer's (handoff records)
+# The longest a send waits for a topic's metadata; past it the record waits in the outbound
+# queue for the broker (streaming.outbound), so a send never blocks the loop for kafka-python's
+# default of 60 s.
+SEND_BLOCK_MS = 5_000
+AWAY_WARN_EVERY_S = 30.0  # at most one warning per this long while the broker does not answer
 
 
 def wall_clock_ms() -> int:
@@ -111,8 +124,13 @@ class Daemon:
         self.ckpt_dir = Path(config.checkpoint.dir)
         self.lineage = ""  # this worker's lineage (streaming.deltas), set with the state below
         self.lineage_born_ms = 0  # when it was drawn (wall clock)
+        self.ckpt_seq = 0  # the checkpoint the state was loaded from or last written as
+        self.durable_seq = 0  # the newest checkpoint of this lineage whose learning survives
         self._delivered = False  # a poll returned records since the last lag refresh
         self._lag_unknown = ""  # why the last lag refresh failed ("": it did not)
+        self._away_since: float | None = None  # the broker stopped answering the loop (monotonic)
+        self._away_warned = -AWAY_WARN_EVERY_S  # when the loop last said so
+        self._away_refreshed = 0  # when the loop last refreshed the metrics while it was away
         # held from before the state is read until close: one worker per checkpoint directory
         self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
         self.state: WorkerState = self._lock_and_load()
@@ -149,11 +167,15 @@ class Daemon:
         # decoding in this process until open() starts the decoding process
         self.decoding = Decoding(self.limits, process=False)
         self._pending: _Batch | None = None  # polled, decoding in the other process, not stepped
+        self._ckpt_failed = False  # a checkpoint write failed: the worker is stopping
 
     # ------------------------------------------------------------------ state
     def _lock_and_load(self) -> WorkerState:
         """Hold the checkpoint directory, then read its state (let go if that is refused)."""
-        self._ckpt_lock.acquire()
+        try:
+            self._ckpt_lock.acquire()
+        except OSError as exc:  # not creatable, not writable, not a directory
+            raise checkpoint.CheckpointWriteError(self.ckpt_dir, exc) from exc
         try:
             return self._load_or_init()
         except BaseException:
@@ -162,6 +184,7 @@ class Daemon:
 
     def _load_or_init(self) -> WorkerState:
         found = checkpoint.load_latest(self.ckpt_dir)
+        self.ckpt_seq = self.durable_seq = 0 if found is None else int(found[1]["sequence"])
         if found is None:
             self.lineage = os.urandom(8).hex()  # this worker's, from now on (streaming.deltas)
             self.lineage_born_ms = self.clock()
@@ -199,6 +222,7 @@ class Daemon:
         return state
 
     def write_checkpoint(self) -> Path:
+        self._flush_side_outputs()  # the outputs of the events it moves past: at-least-once
         if self.log is not None:
             self.log.flush()  # every record of a closed impression is durable before the state
         st = self.state
@@ -226,22 +250,35 @@ class Daemon:
             "lineage": self.lineage,
             "lineage_born_ms": self.lineage_born_ms,
         }
-        path = checkpoint.write(self.ckpt_dir, arrays, header, keep=self.config.checkpoint.keep)
+        try:
+            path = checkpoint.write(self.ckpt_dir, arrays, header, keep=self.config.checkpoint.keep)
+        except checkpoint.CheckpointWriteError:
+            # Nothing after this may act as if the state were durable: no offset commit, no
+            # delta, no handoff (a revocation while closing skips its checkpoint and handoff).
+            self._ckpt_failed = True
+            raise
+        self.ckpt_seq = self.durable_seq = checkpoint.sequence_of(path)
         self.stats.checkpoints += 1
         self.stats.last_checkpoint_ms = self.clock()
+        # What the group may build on, in this order: every held partition's record (its next
+        # owner resumes from it), the sealed delta, then the offsets. Whenever this worker stops,
+        # the newest records are at least as far as the committed offsets.
+        if self.handoff_producer is not None:
+            self.hand_off(self.held_partitions())
+        self.publish_outbox()
         if self.consumer is not None and self.state.offsets:
             owned = self.consumer.assignment()
+            meta = handoff.commit_metadata(self.lineage, self.ckpt_seq)
             commit = {
-                TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                TopicPartition(t, p): OffsetAndMetadata(o, meta, -1)
                 for (t, p), o in self.state.offsets.items()
                 if TopicPartition(t, p) in owned
             }
             if commit:
                 try:
                     self.consumer.commit(commit)
-                except Exception as exc:  # lag reporting only; the checkpoint is the truth
+                except Exception as exc:  # the records published above carry the same offsets
                     log.warning("offset commit after checkpoint failed: %s", exc)
-        self.publish_outbox()
         return path
 
     # ------------------------------------------------------------------ scale-out
@@ -250,9 +287,15 @@ class Daemon:
         return self.config.scale.worker_id or self.config.kafka.client_id
 
     def publish_outbox(self) -> None:
-        """Send the sealed delta (if any) and forget it once the broker has it."""
+        """Send the sealed delta (if any) and forget it once the broker has it.
+
+        Sent by the state producer, which waits out a broker outage however long. A delta the
+        broker refuses (one over the topic's max.message.bytes, say) stays sealed in the state,
+        is sent again after the next checkpoint, and counts toward ``kafka.side_max_refused``.
+        """
         st = self.state
-        if st.outbox is None or self.producer is None:
+        out = self.handoff_producer
+        if st.outbox is None or out is None:
             return
         spec = self.engine.policy.spec
         value = deltas.encode(
@@ -264,8 +307,10 @@ class Daemon:
             self.lineage,
             self.clock(),
         )
-        self.producer.send(self.config.topics.deltas, key=self.worker_id.encode(), value=value)
-        self.producer.flush(timeout=30)
+        sent = out.send(self.config.topics.deltas, key=self.worker_id.encode(), value=value)
+        out.flush()
+        if isinstance(out, Outbound) and sent.state != "acked":
+            return  # refused: logged and counted by the outbound; sent again next time
         self.state = self.state._replace(outbox=None)
         self.stats.deltas_published += 1
 
@@ -317,7 +362,15 @@ class Daemon:
     def hand_off(self, partitions: Iterable[int]) -> int:
         """Publish the state of ``partitions`` to the handoff topic; returns once it is durable."""
         records = (
-            handoff.extract(self.state, p, self._pair, self.worker_id) for p in sorted(partitions)
+            handoff.extract(
+                self.state,
+                p,
+                self._pair,
+                self.worker_id,
+                lineage=self.lineage,
+                sequence=self.ckpt_seq,
+            )
+            for p in sorted(partitions)
         )
         sent = handoff_io.publish(
             self.handoff_producer,
@@ -345,13 +398,15 @@ class Daemon:
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         """Step the batch in flight, checkpoint, then publish the revoked partitions' windows
         for their next owner."""
+        if self._ckpt_failed:  # the state cannot be made durable: learn and hand off nothing
+            self._pending = None
+            return
         self._drain(align=False)  # polled before the revocation: ours to learn
         self.revoked.update((tp.topic, tp.partition) for tp in tps)
         numbers = self._numbers(tps) & self.held_partitions()
         if not numbers:
             return
-        self.write_checkpoint()
-        self.hand_off(numbers)
+        self.write_checkpoint()  # with the records of every held partition, these included
         log.info("handed off partitions %s", sorted(numbers))
 
     def on_assigned(self, tps: list[TopicPartition]) -> None:
@@ -362,13 +417,16 @@ class Daemon:
         numbers = self._numbers(tps)
         before = self.held_partitions()
         published = self.read_handoffs(numbers)
-        by_tp = {tp: self.consumer.committed(tp) for tp in tps if tp.topic in pair}
-        committed = {
-            p: (by_tp.get(TopicPartition(pair[0], p)), by_tp.get(TopicPartition(pair[1], p)))
-            for p in numbers
-        }
+        committed = self._committed(self.consumer, numbers)
         taken = handoff.take_over(
-            self.state, numbers, before, published, committed, pair, self.worker_id
+            self.state,
+            numbers,
+            before,
+            published,
+            committed,
+            pair,
+            self.worker_id,
+            durable=(self.lineage, self.durable_seq),
         )
         for record in taken.installed:
             log.info(
@@ -393,25 +451,143 @@ class Daemon:
             stored = self.state.offsets.get((tp.topic, tp.partition))
             if stored is not None:
                 self.consumer.seek(tp, stored)
+            elif tp.topic in pair and self._void_commit(tp.partition, committed, published):
+                # The state never read this topic of the partition and the committed offset is
+                # one of a lost checkpoint: read it from its beginning, as that state would.
+                self.consumer.seek_to_beginning(tp)
         self.revoked.difference_update((tp.topic, tp.partition) for tp in tps)
         if self.held_partitions() != before or taken.installed:
             self.write_checkpoint()
 
-    def republish_held(self) -> int:
-        """After a restart: publish the partitions of the loaded checkpoint that are newer than
-        what the handoff topic holds (a worker killed between a checkpoint and its handoff)."""
+    def _committed(self, consumer: Any, numbers: Iterable[int]) -> dict[int, handoff.Commit]:
+        """Each partition's committed offsets on both topics, with the checkpoint they name."""
+        pair = self._pair
+        out: dict[int, handoff.Commit] = {}
+        for p in numbers:
+            got = [consumer.committed(TopicPartition(t, p), metadata=True) for t in pair]
+            meta = next((g.metadata for g in got if g is not None), None)
+            lineage, seq = handoff.parse_commit_metadata(meta)
+            offsets = (
+                None if got[0] is None else int(got[0].offset),
+                None if got[1] is None else int(got[1].offset),
+            )
+            out[p] = handoff.Commit(offsets, lineage, seq)
+        return out
+
+    def _void_commit(
+        self,
+        p: int,
+        committed: Mapping[int, handoff.Commit],
+        published: Mapping[int, handoff.PartitionRecord],
+    ) -> bool:
+        commit = committed.get(p)
+        if commit is None or commit.offsets == (None, None):
+            return False
+        durable = (self.lineage, self.durable_seq)
+        chosen = published.get(p)
+        if chosen is not None and handoff.beyond(chosen.lineage, chosen.sequence, durable):
+            chosen = None
+        return handoff.commit_void(commit, chosen, durable)
+
+    def _record(self, p: int) -> handoff.PartitionRecord:
+        return handoff.extract(
+            self.state, p, self._pair, self.worker_id, lineage=self.lineage, sequence=self.ckpt_seq
+        )
+
+    def reconcile(self) -> int:
+        """Before joining the group: make what the group sees of this worker's partitions agree
+        with the state it resumes from; returns the number of records published.
+
+        - Records or commits this lineage made after a checkpoint newer than the loaded one
+          (damaged or lost since) are void: the loaded checkpoint's records replace them, and the
+          events between are read again (counted in ``events_reread``).
+        - Records of the loaded checkpoint that never reached the topic (a stop between the
+          checkpoint and its records) are published. With shared statistics, if another worker
+          has meanwhile taken one of those partitions from an older record, the loaded
+          checkpoint's sealed delta would count that interval twice: the worker resumes from the
+          checkpoint before it instead.
+        """
         held = self.held_partitions()
+        if not held:
+            return 0
         published = self.read_handoffs(held)
-        newer = {
+        kc = self.config.kafka
+        probe = make_consumer(kc, self.servers, group_id=kc.group_id)  # reads, never joins
+        try:
+            committed = self._committed(probe, held)
+        finally:
+            probe.close(autocommit=False)
+        if self.engine.share_deltas and self.state.outbox is not None:
+            taken = sorted(
+                p for p in held if p in published and published[p].lineage != self.lineage
+            )
+            earlier = checkpoint.load_latest(self.ckpt_dir, before=self.ckpt_seq)
+            if taken and earlier is not None:
+                log.warning(
+                    "checkpoint %d's partition records never reached %s and partitions %s were "
+                    "taken over from older ones: resuming from checkpoint %d instead, so its "
+                    "sealed delta is not counted twice",
+                    self.ckpt_seq,
+                    self.config.topics.handoff,
+                    taken,
+                    int(earlier[1]["sequence"]),
+                )
+                self.state = self._install_checkpoint(*earlier)
+                return self.reconcile()
+        durable = (self.lineage, self.durable_seq)
+        mine = {p: self._record(p) for p in held}
+        lost: dict[int, tuple[int, int]] = {}
+        for p in held:
+            ahead: list[tuple[int, int]] = []
+            rec = published.get(p)
+            if rec is not None and handoff.beyond(rec.lineage, rec.sequence, durable):
+                ahead.append(rec.offsets)
+            c = committed[p]
+            if handoff.beyond(c.lineage, c.sequence, durable):
+                ahead.append((c.offsets[0] or 0, c.offsets[1] or 0))
+            if ahead:
+                lost[p] = (max(a[0] for a in ahead), max(a[1] for a in ahead))
+        if lost:
+            again = sum(
+                max(0, far - at)
+                for p, fars in lost.items()
+                for far, at in zip(fars, mine[p].offsets, strict=True)
+            )
+            log.warning(
+                "resuming from checkpoint %d, the newest in %s that verifies; a later one had "
+                "reached partitions %s further and is damaged or missing: reading again the %d "
+                "events it had learned",
+                self.ckpt_seq,
+                self.ckpt_dir,
+                sorted(lost),
+                again,
+            )
+            self.state = self.state._replace(
+                counters={
+                    **self.state.counters,
+                    "events_reread": self.state.counters.get("events_reread", 0) + again,
+                }
+            )
+            if self.engine.share_deltas:
+                log.error(
+                    "with shared statistics, the deltas this worker published from the lost "
+                    "checkpoint stay folded in by the other workers: those %d events count twice "
+                    "in the group's policy",
+                    again,
+                )
+        publish = {
             p
             for p in held
             if p not in published
-            or handoff.newer(
-                handoff.extract(self.state, p, self._pair, self.worker_id).offsets,
-                published[p].offsets,
-            )
+            or p in lost
+            or handoff.newer(mine[p].offsets, published[p].offsets)
         }
-        return self.hand_off(newer) if newer else 0
+        return self.hand_off(publish) if publish else 0
+
+    def _install_checkpoint(self, arrays: dict[str, Any], header: dict[str, Any]) -> WorkerState:
+        """The state of an older checkpoint of this worker's directory (same checks as at start)."""
+        self.ckpt_seq = self.durable_seq = int(header["sequence"])
+        return from_arrays(self.engine, arrays, header["worker"])
 
     def snapshot_bytes(self) -> bytes:
         return save(self.engine.policy, self.state.policy)
@@ -424,14 +600,7 @@ class Daemon:
         topics = self.config.topics
         # started first: the child imports while the clients connect
         self.decoding = Decoding(self.limits, process=self.config.events.decode_process)
-        self.producer = make_producer(self.config.kafka, self.servers)
-        self.handoff_producer = make_producer(
-            self.config.kafka,
-            self.servers,
-            client_id=f"{self.config.kafka.client_id}-handoff",
-            max_request_size=HANDOFF_MAX_BYTES + 1024 * 1024,
-            linger_ms=0,
-        )
+        self._open_producers()
         self.handoff_consumer = make_consumer(
             self.config.kafka,
             self.servers,
@@ -444,7 +613,7 @@ class Daemon:
         self.handoff_consumer.assign(
             [TopicPartition(topics.handoff, q) for q in self._handoff_parts]
         )
-        self.republish_held()
+        self.reconcile()
         self._open_group_consumer()
         if self.engine.share_deltas:
             self.delta_consumer = make_consumer(self.config.kafka, self.servers, group_id=None)
@@ -460,6 +629,73 @@ class Daemon:
                 log.info("metrics on http://%s:%d/metrics", m.host, self.metrics_port)
             except OSError as exc:  # a busy port must not stop the learning
                 log.warning("no metrics endpoint on %s:%d: %s", m.host, m.port, exc)
+
+    def _open_producers(self) -> None:
+        """The two producers, each wrapped in an ``Outbound`` (streaming.outbound): the side
+        producer (dead letters, late rows, joined records) and the state producer (handoffs,
+        deltas, snapshots: one request in flight, so each key's records land in the order sent).
+
+        Neither is idempotent: an idempotent kafka-python producer that has one record refused
+        fails every record after it, and these records may arrive twice anyway (keyed; readers
+        keep the newest or one per key). Each topic's limit is read from the broker, else what
+        ``topic_specs`` creates it with, else ``kafka.side_max_message_bytes``.
+        """
+        kc, t = self.config.kafka, self.config.topics
+        names = [t.dlq, t.late, t.joined, t.snapshots, t.deltas, t.handoff]
+        created = {
+            name: int(spec["configs"]["max.message.bytes"])
+            for name, spec in topic_specs(t).items()
+            if "max.message.bytes" in spec.get("configs", {})
+        }
+        topic_bytes = {**created, **max_message_bytes(kc, self.servers, names)}
+        counts = Counts()  # one count of refusals for both, against one limit
+        common: dict[str, Any] = {
+            "topic_bytes": topic_bytes,
+            "default_topic_bytes": kc.side_max_message_bytes,
+            "max_refused": kc.side_max_refused,
+            "counts": counts,
+        }
+        self.producer = Outbound(
+            make_producer(
+                kc,
+                self.servers,
+                max_request_size=SIDE_REQUEST_BYTES,
+                enable_idempotence=False,
+                max_block_ms=SEND_BLOCK_MS,
+            ),
+            name="side outputs",
+            max_request_bytes=SIDE_REQUEST_BYTES,
+            **common,
+        )
+        self.handoff_producer = Outbound(
+            make_producer(
+                kc,
+                self.servers,
+                client_id=f"{kc.client_id}-handoff",
+                max_request_size=STATE_REQUEST_BYTES,
+                linger_ms=0,
+                enable_idempotence=False,
+                max_in_flight_requests_per_connection=1,
+                max_block_ms=SEND_BLOCK_MS,
+            ),
+            name="state outputs",
+            max_request_bytes=STATE_REQUEST_BYTES,
+            **common,
+        )
+
+    def _flush_side_outputs(self) -> None:
+        """Wait until every dead letter, late row and joined record sent so far is acknowledged
+        by the broker (or refused and counted), however long the broker is away.
+
+        ``write_checkpoint`` calls it first: a checkpoint moves the stored offsets past the
+        events these records came from, so a crash after it must not lose them. Raises
+        ``SideOutputRefusedError`` once more records were refused than allowed (by either
+        producer): then no checkpoint is written.
+        """
+        if isinstance(self.handoff_producer, Outbound):
+            self.handoff_producer.poll()
+        if isinstance(self.producer, Outbound):
+            self.producer.flush()
 
     def _open_group_consumer(self) -> None:
         """The group's consumer (with the rebalance listener) and its watchdog."""
@@ -626,7 +862,8 @@ class Daemon:
             return 0
         previous, self._pending = self._pending, None
         done = self.decoding.result() if previous is not None else None  # before the next submit
-        self.decoding.submit(batch.impressions.values(), batch.outcomes.values())
+        imp, out = batch.impressions, batch.outcomes
+        self.decoding.submit(imp.values(), out.values(), imp.timestamps(), out.timestamps())
         if previous is not None and done is not None:
             self._apply(previous, done)
         if self.decoding.in_process:  # decoded already: step it now
@@ -683,8 +920,15 @@ class Daemon:
             )
 
     def _dead_letters(self, rejects: list[Reject], where: Polled) -> None:
-        """Each reject to the dead-letter topic, keyed by where it came from."""
-        side_topics.send_dead_letters(self.producer, self.config.topics.dlq, rejects, where)
+        """Each reject to the dead-letter topic, keyed by where it came from; one too large for
+        the topic goes truncated, with the original's size and SHA-256."""
+        side_topics.send_dead_letters(
+            self.producer,
+            self.config.topics.dlq,
+            rejects,
+            where,
+            prefix_bytes=self.config.kafka.dead_letter_prefix_bytes,
+        )
         self.stats.dead_letters += len(rejects)
         for r in rejects:
             self.stats.dead_by_code[r.code] = self.stats.dead_by_code.get(r.code, 0) + 1
@@ -705,11 +949,20 @@ class Daemon:
         return all(self.consumer.position(tp) >= end for tp, end in ends.items())
 
     def publish_snapshot(self) -> None:
-        self.producer.send(
-            self.config.topics.snapshots,
-            key=self.engine.policy.spec.name.encode(),
-            value=self.snapshot_bytes(),
-        )
+        """Send the policy to the compacted snapshot topic, keyed by its name (state producer).
+
+        Each snapshot replaces the last, so while two wait for the broker (an outage) a newer
+        one is not queued behind them, and one that failed is not sent again once a newer one
+        is on its way: the newest always reaches the topic, and an outage holds two at most.
+        """
+        out = self.handoff_producer if self.handoff_producer is not None else self.producer
+        topic, key = self.config.topics.snapshots, self.engine.policy.spec.name.encode()
+        if isinstance(out, Outbound):
+            if out.pending_of(topic, key) >= 2:
+                return
+            out.send(topic, key=key, value=self.snapshot_bytes(), newest=True)
+        else:
+            out.send(topic, key=key, value=self.snapshot_bytes())
         self.stats.snapshots += 1
 
     def run(
@@ -730,6 +983,7 @@ class Daemon:
                 partition is read to its end (batch jobs and tests); None runs until ``stop``.
         """
         cc = self.config.checkpoint
+        failed: BaseException | None = None  # what ended the run, if not a stop
         try:
             self.open()  # inside: a failed open still closes what it opened, and the locks
             start = self.ticks()
@@ -738,53 +992,73 @@ class Daemon:
                 last_ckpt = last_snap = last_tick = last_data = last_got = start
                 events_at_ckpt = self.stats.events
                 while not stop.is_set():
-                    got = self.poll_once()
-                    self.poll_deltas()
-                    now = self.ticks()
-                    if self.watch is not None and self.watch.tick(now):
-                        self.stats.rejoins += 1
-                    if got:
-                        last_data = last_got = now
-                        if self._compiling is None:
-                            self._start_compiling()  # the learners, while the next polls decode
-                    elif exit_when_idle_ms is not None and now - last_data >= exit_when_idle_ms:
-                        if self.caught_up():
-                            break
-                        last_data = now
-                    if (
-                        self.stats.events - events_at_ckpt >= cc.every_events
-                        or now - last_ckpt >= cc.every_ms
-                    ):
-                        if self.stats.events > events_at_ckpt:
-                            self.write_checkpoint()
-                        events_at_ckpt, last_ckpt = self.stats.events, now
-                    if now - last_snap >= self.config.rerank.snapshot_every_ms:
-                        self.publish_snapshot()
-                        last_snap = now
-                    if collector.tick(now):
-                        self.stats.gc_collections = collector.collections
-                        self.stats.gc_seconds = collector.seconds
-                    if now - last_tick >= min(tick_ms, self.config.metrics.refresh_ms):
-                        self._refresh_stats()
-                        self.publish_metrics()
-                        if self.stalled(now, last_got):
-                            self.restart_consumer()
-                        if self.log is not None:
-                            self.log.roll_if_due()
-                        if on_tick is not None:
-                            on_tick(self)
-                        last_tick = now
+                    try:
+                        got = self.poll_once()
+                        self.poll_deltas()
+                        now = self.ticks()
+                        if self.watch is not None and self.watch.tick(now):
+                            self.stats.rejoins += 1
+                        if got:
+                            last_data = last_got = now
+                            if self._compiling is None:
+                                self._start_compiling()  # the learners, while the next polls decode
+                        elif exit_when_idle_ms is not None and now - last_data >= exit_when_idle_ms:
+                            if self.caught_up():
+                                break
+                            last_data = now
+                        if (
+                            self.stats.events - events_at_ckpt >= cc.every_events
+                            or now - last_ckpt >= cc.every_ms
+                        ):
+                            if self.stats.events > events_at_ckpt:
+                                self.write_checkpoint()
+                            events_at_ckpt, last_ckpt = self.stats.events, now
+                        if now - last_snap >= self.config.rerank.snapshot_every_ms:
+                            self.publish_snapshot()
+                            last_snap = now
+                        if collector.tick(now):
+                            self.stats.gc_collections = collector.collections
+                            self.stats.gc_seconds = collector.seconds
+                        if now - last_tick >= min(tick_ms, self.config.metrics.refresh_ms):
+                            self._refresh_stats()
+                            self.publish_metrics()
+                            if self.stalled(now, last_got):
+                                self.restart_consumer()
+                            if self.log is not None:
+                                self.log.roll_if_due()
+                            if on_tick is not None:
+                                on_tick(self)
+                            last_tick = now
+                    except UNREACHABLE as exc:  # the broker is away: wait, then poll again
+                        self._broker_away(exc)
                 self._drain()  # the batch in flight: finish it before the last checkpoint
                 self.write_checkpoint()
                 self.publish_snapshot()
                 self._refresh_stats()
                 self.publish_metrics()
                 return self.stats
-        except BaseException:
+        except BaseException as exc:
             self._pending = None  # not learned, not checkpointed: read again by the next start
+            failed = exc
+            if isinstance(exc, checkpoint.CheckpointWriteError | LogWriteError):
+                self._ckpt_failed = True  # closing checkpoints and hands off nothing
+            refused = _refusal_in(exc)
+            if refused is not None and refused is not exc:
+                raise refused from exc  # raised in a rebalance listener, wrapped by kafka-python
             raise
         finally:
+            self._close_after(failed)
+
+    def _close_after(self, failed: BaseException | None) -> None:
+        """``close()`` at the end of ``run``. After more refusals than allowed, closing runs
+        the revocation's checkpoint, which meets the same refusal and writes nothing: that
+        failure is logged, not raised in place of the refusal ``encore run`` reports."""
+        try:
             self.close()
+        except Exception:
+            if failed is None or _refusal_in(failed) is None:
+                raise
+            log.info("closing after the refusal: the revocation's checkpoint was refused too")
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The daemon's numbers in the form ``streaming.metrics`` and ``encore status`` take."""
@@ -792,17 +1066,90 @@ class Daemon:
         return metrics_snapshot(self.stats, self.state.sums, model, self.clock())
 
     def publish_metrics(self) -> None:
-        """Refresh the Prometheus numbers and the status file ``encore status`` reads."""
+        """Refresh the Prometheus numbers and the status file ``encore status`` reads.
+
+        While the broker is away (nothing accepts a connection at its address) the lag is
+        unknown, not stuck: it is left empty, so that the stall watchdog does not replace a
+        consumer that merely waits for the broker, and ``broker_away_seconds`` grows.
+        """
         if self.consumer is not None:
-            try:
-                self.stats.held = len(self.consumer.assignment())
-                self.stats.lag = self._lag()
-                self._lag_unknown = ""
-            except Exception as exc:  # lag is best effort: never stop learning for it
-                log.debug("consumer lag unavailable: %s", exc)
-                self._lag_unknown = f"{type(exc).__name__}: {exc}"
+            self.stats.held = len(self.consumer.assignment())
+            if self._away_since is not None and reachable(self.servers):
+                self._back()
+            if self._away_since is not None:  # still away: nothing to ask
+                self.stats.lag, self._lag_unknown = {}, ""
+            else:
+                try:
+                    self.stats.lag = self._lag()
+                    self._lag_unknown = ""
+                except Exception as exc:  # lag is best effort: never stop learning for it
+                    log.debug("consumer lag unavailable: %s", exc)
+                    if passing(exc) and not reachable(self.servers):
+                        self._note_away()
+                        self.stats.lag, self._lag_unknown = {}, ""
+                    else:
+                        self._lag_unknown = f"{type(exc).__name__}: {exc}"
+        self._side_stats()
         self.metrics.update_from(self.metrics_snapshot())
         write_status(status_path(self.config), self.metrics.snapshot())
+
+    def _side_stats(self) -> None:
+        """The outbounds' counts into ``stats``, and how long the broker has not answered."""
+        outs = [o for o in (self.producer, self.handoff_producer) if isinstance(o, Outbound)]
+        if outs:
+            counts = outs[0].counts  # shared by both (``_open_producers``)
+            self.stats.side_pending = sum(o.pending for o in outs)
+            self.stats.side_resent = counts.resent
+            self.stats.side_truncated = dict(counts.truncated)
+            self.stats.side_refused = dict(counts.refused)
+        waits = [o.waiting_s() for o in outs]
+        if self._away_since is not None:
+            waits.append(time.monotonic() - self._away_since)
+        self.stats.broker_away_s = max(waits, default=0.0)
+
+    def _note_away(self) -> None:
+        """The broker does not answer: remember since when, and say so once per 30 s."""
+        now = time.monotonic()
+        if self._away_since is None:
+            self._away_since = now
+        self._warn_away(
+            f"the broker at {self.servers} has not answered for {now - self._away_since:.0f} s; "
+            "waiting for it (nothing read, outputs queued, the state kept)"
+        )
+
+    def _warn_away(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._away_warned >= AWAY_WARN_EVERY_S:
+            self._away_warned = now
+            log.warning("%s", message)
+
+    def _back(self) -> None:
+        """The broker accepts connections again: the stall watchdog's clock starts over (no
+        consumer could fetch while it was away, and the clients reconnect with a backoff)."""
+        log.warning(
+            "the broker at %s answers again after %.0f s",
+            self.servers,
+            time.monotonic() - (self._away_since or time.monotonic()),
+        )
+        self._away_since = None
+        self._consumer_since = self.ticks()
+
+    def _broker_away(self, exc: BaseException) -> None:
+        """A round of the loop met a broker that does not answer (a timeout, a lost
+        connection): note it, refresh the metrics and status (at most once per refresh
+        interval), and wait a poll's time before the next round."""
+        why = f"{type(exc).__name__}: {exc}"
+        log.debug("the broker did not answer: %s", why)
+        if reachable(self.servers):  # up, and the client not reconnected yet (its backoff)
+            self._warn_away(f"a request to the broker at {self.servers} failed ({why}); retrying")
+        else:
+            self._note_away()
+        now = self.ticks()
+        if now - self._away_refreshed >= self.config.metrics.refresh_ms:
+            self._away_refreshed = now
+            self._refresh_stats()
+            self.publish_metrics()
+        time.sleep(self.config.kafka.poll_timeout_ms / 1000)
 
     def _lag(self) -> dict[str, int]:
         """Records left per owned partition: the end of the partition less the position.
@@ -834,3 +1181,16 @@ class Daemon:
         self.stats.reward_by_policy = {
             self._names.get(k, str(k)): v for k, v in self.state.reward_by_policy.items()
         }
+
+
+def _refusal_in(exc: BaseException) -> SideOutputRefusedError | None:
+    """``exc`` if it is a :class:`SideOutputRefusedError`, else the first one among its causes
+    (kafka-python wraps what a rebalance listener raised in a ``KafkaError``)."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, SideOutputRefusedError):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None

@@ -3,18 +3,22 @@
 A partition number ``p`` of the co-partitioned impressions and outcomes topics owns, in a worker's
 state, a join buffer (open impressions, outcomes waiting for them, recently closed keys,
 watermarks, counters), the side-table rows its open impressions and outcomes refer to, and the
-next offset to read on both topics. When a rebalance moves ``p`` to another worker, all of that
-moves with it: the old owner publishes a *partition record* to the compacted handoff topic (keyed
-by group and partition number) before it gives ``p`` up, and the new owner installs the newest
-record it finds, so no window is stranded and no event is read twice.
+next offset to read on both topics. All of that moves with ``p`` between workers through the
+compacted handoff topic (keyed by group and partition number): a worker publishes a *partition
+record* of every partition it holds with every checkpoint, after the checkpoint file is durable
+and before its offsets are committed, and the new owner installs the newest record it finds. So
+whenever a worker stops, cleanly or killed at any instant, the newest record of each of its
+partitions is at least as far as the committed offsets, and no window is stranded.
 
-Which state of ``p`` is the newest is decided by its offsets alone: a later state of a partition
-has read at least as far on both topics. The committed group offsets are a floor: they are written
-only after a checkpoint, so a candidate that is behind them is older than some worker's learned
-state, and installing it would count events twice; the partition then starts fresh at the
-committed offsets instead (its open windows are lost and counted, the learned state is exact).
-That happens only when a worker is killed between a checkpoint and its handoff and never comes
-back; a worker that restarts republishes the partitions of its checkpoint before it joins.
+Which state of ``p`` is the newest is decided by its offsets: a later state of a partition has
+read at least as far on both topics. The committed group offsets are a floor: they are written
+only after a checkpoint and its records, so a candidate behind them is older than some worker's
+learned state, and installing it would count events twice; the partition then starts fresh at
+the committed offsets instead (its open windows are lost and counted). Each record and each
+commit names the worker's lineage and checkpoint sequence, which settles the one case offsets
+cannot: a worker whose newest checkpoint was damaged resumes from an older one, and what it
+published or committed after that older one is void (``beyond``), for itself and for whoever
+takes its partitions, so the events are read again rather than skipped.
 
 Everything here is pure and works on numpy arrays; ``streaming.handoff_io`` does the Kafka I/O.
 """
@@ -35,15 +39,20 @@ from streaming.step import Plays, Side, WorkerState, concat_side
 
 __all__ = [
     "FORMAT",
+    "Commit",
     "PartitionRecord",
     "TakeOver",
+    "beyond",
     "choose",
+    "commit_metadata",
+    "commit_void",
     "decode",
     "encode",
     "extract",
     "install",
     "key",
     "newer",
+    "parse_commit_metadata",
     "take_over",
     "without",
 ]
@@ -61,6 +70,8 @@ class PartitionRecord(NamedTuple):
     side: Side  # rows of the open impressions, payload ids as in ``join``
     plays: Plays  # rows of the outcomes ``join`` still holds
     worker: str  # who published it (for logs)
+    lineage: str = ""  # the publishing worker's lineage ("": unknown)
+    sequence: int = 0  # the checkpoint of that lineage this state was written with (0: unknown)
 
     @property
     def offsets(self) -> tuple[int, int]:
@@ -95,7 +106,15 @@ def _owned(state: WorkerState, p: int) -> tuple[npt.NDArray[np.bool_], npt.NDArr
     return np.isin(state.side.payload, imp), np.isin(state.plays.payload, out)
 
 
-def extract(state: WorkerState, p: int, topics: tuple[str, str], worker: str) -> PartitionRecord:
+def extract(
+    state: WorkerState,
+    p: int,
+    topics: tuple[str, str],
+    worker: str,
+    *,
+    lineage: str = "",
+    sequence: int = 0,
+) -> PartitionRecord:
     """Partition ``p``'s share of ``state`` (copied out; ``state`` is not changed).
 
     Args:
@@ -103,6 +122,8 @@ def extract(state: WorkerState, p: int, topics: tuple[str, str], worker: str) ->
         p: the partition number.
         topics: the impressions and outcomes topic names (the offsets' keys).
         worker: the publishing worker's id.
+        lineage: the worker's lineage.
+        sequence: the checkpoint ``state`` was written with.
     """
     side_rows, play_rows = _owned(state, p)
     return PartitionRecord(
@@ -113,6 +134,8 @@ def extract(state: WorkerState, p: int, topics: tuple[str, str], worker: str) ->
         side=_tree_take(state.side, side_rows),
         plays=_tree_take(state.plays, play_rows),
         worker=worker,
+        lineage=lineage,
+        sequence=sequence,
     )
 
 
@@ -191,10 +214,53 @@ def newer(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] >= b[0] and a[1] >= b[1] and a != b
 
 
+class Commit(NamedTuple):
+    """A partition's committed group offsets and the checkpoint they were committed after."""
+
+    offsets: tuple[int | None, int | None]  # impressions, outcomes
+    lineage: str = ""  # the committing worker's lineage ("": unknown, e.g. another tool)
+    sequence: int = 0  # its checkpoint's sequence
+
+
+def commit_metadata(lineage: str, sequence: int) -> str:
+    """The metadata string a worker commits its offsets with (``parse_commit_metadata``)."""
+    return f"encore/{lineage}/{sequence}"
+
+
+def parse_commit_metadata(metadata: str | None) -> tuple[str, int]:
+    """``(lineage, sequence)`` from ``commit_metadata``'s string; ``("", 0)`` for any other."""
+    parts = (metadata or "").split("/")
+    if len(parts) == 3 and parts[0] == "encore" and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    return "", 0
+
+
+def beyond(lineage: str, sequence: int, durable: tuple[str, int]) -> bool:
+    """True when ``(lineage, sequence)`` is a checkpoint of the lineage ``durable`` names past
+    the newest of its checkpoints whose learning survives (``durable[1]``): state that was
+    learned, then lost with a damaged or missing checkpoint, and that nobody may build on."""
+    return bool(lineage) and lineage == durable[0] and sequence > durable[1]
+
+
+def commit_void(
+    commit: Commit, chosen: PartitionRecord | None, durable: tuple[str, int] = ("", 0)
+) -> bool:
+    """True when ``commit`` was made after a checkpoint whose learning is lost: one of the calling
+    worker's lineage past its surviving checkpoint ``durable``, or one of ``chosen``'s lineage
+    past ``chosen`` (that worker fell back to ``chosen`` and published it again). Such offsets
+    are no floor, and not a place to resume reading from either."""
+    if beyond(commit.lineage, commit.sequence, durable):
+        return True
+    return chosen is not None and beyond(
+        commit.lineage, commit.sequence, (chosen.lineage, chosen.sequence)
+    )
+
+
 def choose(
     local: PartitionRecord | None,
     remote: PartitionRecord | None,
-    committed: tuple[int | None, int | None],
+    committed: tuple[int | None, int | None] | Commit,
+    durable: tuple[str, int] = ("", 0),
 ) -> tuple[str, PartitionRecord | None]:
     """Which state of a partition to run: ``("local" | "remote" | "fresh" | "none", record)``.
 
@@ -203,16 +269,29 @@ def choose(
     older than a learned state somewhere and would count events twice: ``"fresh"`` (start at the
     committed offsets with an empty window). ``"none"``: nobody holds anything, read from the
     committed offsets or the beginning.
+
+    ``durable`` is ``(lineage, sequence)`` of the calling worker's newest checkpoint whose
+    learning survives: a published record or a commit of that lineage made after a later
+    checkpoint (lost to damage, so its learning is gone) is not a candidate and not a floor; the
+    worker reads those events again. A commit of the winner's own lineage made after a later
+    checkpoint than the winner's is void too: that worker fell back to the winner's state and
+    published it again.
     """
+    commit = committed if isinstance(committed, Commit) else Commit(committed)
+    if remote is not None and beyond(remote.lineage, remote.sequence, durable):
+        remote = None
     best: tuple[str, PartitionRecord | None] = ("none", None)
     if local is not None:
         best = ("local", local)
     if remote is not None and (local is None or newer(remote.offsets, local.offsets)):
         best = ("remote", remote)
-    floor = (committed[0] or 0, committed[1] or 0)
-    held = best[1].offsets if best[1] is not None else (0, 0)
-    if floor[0] > held[0] or floor[1] > held[1]:
-        return "fresh", best[1]
+    held = best[1]
+    if commit_void(commit, held, durable):
+        return best
+    floor = (commit.offsets[0] or 0, commit.offsets[1] or 0)
+    at = held.offsets if held is not None else (0, 0)
+    if floor[0] > at[0] or floor[1] > at[1]:
+        return "fresh", held
     return best
 
 
@@ -230,25 +309,34 @@ def take_over(
     partitions: Iterable[int],
     held_before: set[int],
     published: Mapping[int, PartitionRecord],
-    committed: Mapping[int, tuple[int | None, int | None]],
+    committed: Mapping[int, tuple[int | None, int | None] | Commit],
     topics: tuple[str, str],
     worker: str,
+    *,
+    durable: tuple[str, int] = ("", 0),
 ) -> TakeOver:
     """Keep, take over or start each of ``partitions`` (the new assignment), drop the others.
 
     ``held_before``: the partitions ``state`` holds anything of; ``published``: the newest
     handoff record of each assigned partition; ``committed``: each one's committed offsets (the
-    floor, see :func:`choose`). A partition started fresh is counted in the state's
-    ``partitions_started_fresh`` counter.
+    floor, see :func:`choose`); ``durable``: the worker's lineage and the newest checkpoint of it
+    whose learning survives (the local state is that checkpoint's or newer). A partition started
+    fresh is counted in the state's ``partitions_started_fresh`` counter.
     """
     numbers = set(partitions)
     state = without(state, held_before - numbers, topics)
     installed: list[PartitionRecord] = []
     fresh: list[tuple[int, PartitionRecord | None, tuple[int | None, int | None]]] = []
     for p in sorted(numbers):
-        floor = committed.get(p, (None, None))
-        local = extract(state, p, topics, worker) if p in held_before else None
-        how, record = choose(local, published.get(p), floor)
+        found = committed.get(p, (None, None))
+        commit = found if isinstance(found, Commit) else Commit(found)
+        floor = commit.offsets
+        local = (
+            extract(state, p, topics, worker, lineage=durable[0], sequence=durable[1])
+            if p in held_before
+            else None
+        )
+        how, record = choose(local, published.get(p), commit, durable)
         if how == "remote" and record is not None:
             state = install(state, record, topics)
             installed.append(record)
@@ -283,6 +371,8 @@ def encode(record: PartitionRecord, group: str, created_ms: int) -> bytes:
         "impressions_offset": record.impressions_offset,
         "outcomes_offset": record.outcomes_offset,
         "worker": record.worker,
+        "lineage": record.lineage,
+        "lineage_sequence": record.sequence,
         "has_join": record.join is not None,
     }
     return zlib.compress(checkpoint.encode(arrays, header, created_at_ms=created_ms), 1)
@@ -317,4 +407,6 @@ def decode(value: bytes, where: str) -> PartitionRecord:
         ),
         plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
         worker=str(header["worker"]),
+        lineage=str(header.get("lineage", "")),
+        sequence=int(header.get("lineage_sequence", 0)),
     )

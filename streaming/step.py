@@ -355,18 +355,14 @@ def step(
         sums=sums,
         reward_by_policy=reward_by_policy,
     )
+    # (a step of nothing but rejected messages, before any join state exists, has no effects)
+    parts = [e for _, e in effects] or [join.concat_effects([], engine.slate_size)]
     return new_state, Effects(
         rejected_impressions=join.RejectedImpressions(
-            *(
-                np.concatenate(c)
-                for c in zip(*(e.rejected_impressions for _, e in effects), strict=True)
-            )
+            *(np.concatenate(c) for c in zip(*(e.rejected_impressions for e in parts), strict=True))
         ),
         rejected_outcomes=join.RejectedOutcomes(
-            *(
-                np.concatenate(c)
-                for c in zip(*(e.rejected_outcomes for _, e in effects), strict=True)
-            )
+            *(np.concatenate(c) for c in zip(*(e.rejected_outcomes for e in parts), strict=True))
         ),
         closed=n_closed,
         feedback_rows=n_rows,

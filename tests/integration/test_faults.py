@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 
@@ -185,6 +186,12 @@ def assert_same_learning(got: WorkerState, want: WorkerState) -> None:
     assert got.offsets == want.offsets
     assert got.sums["model_rows"] == want.sums["model_rows"]
     assert got.sums["reward_sum"] == pytest.approx(want.sums["reward_sum"], rel=1e-9)
+    # The reward model learns the same mini-batches in the same event-time order, however the
+    # polls cut and interleaved the partitions (streaming.learners.release_model_rows).
+    for x, y in zip(jax.tree.leaves(got.model), jax.tree.leaves(want.model), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7, err_msg="reward model"
+        )
     a, b = got.policy._asdict(), want.policy._asdict()
     assert a.keys() == b.keys()
     # The ridge statistics are sums, so they (and the weights and covariance derived from them)
@@ -506,3 +513,136 @@ def test_one_percent_malformed_all_reach_the_dead_letter_topic_and_the_rest_is_l
         assert base64.b64decode(d["raw_b64"]) == raw
         assert d["code"] == code and d["reason"], d
     assert {d["code"] for d in dead.values()} == set(DAMAGE)
+
+
+# --------------------------------------------------- values that decode but cannot be learned
+POISON_REQUESTS = 3_000
+YEAR_3000_MS = 32_503_680_000_000
+
+
+def nested_impression(w: listeners.Wire) -> tuple[bytes, str]:
+    """The impression with its ``context`` nested 100,000 arrays deep (200 KB: not too large)."""
+    obj = json.loads(w.value)
+    obj["context"] = "@"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return json.dumps(obj).encode().replace(b'"@"', deep), "too_deep"
+
+
+def tiny_propensity(w: listeners.Wire) -> tuple[bytes, str]:
+    """The impression with its first propensity 1e-50 (0 in float32, which policies refuse)."""
+    obj = json.loads(w.value)
+    obj["propensities"][0] = 1e-50
+    return json.dumps(obj).encode(), "low_propensity"
+
+
+def year_3000(w: listeners.Wire) -> tuple[bytes, str]:
+    """The event stamped in the year 3000 (its record's CreateTime is the time it is sent)."""
+    obj = json.loads(w.value)
+    obj["ts"] = YEAR_3000_MS
+    return json.dumps(obj).encode(), "ts_ahead_of_record"
+
+
+POISONS = {
+    # name: (which messages of the stream to damage, how); impression 200 is early enough for
+    # its window (20 minutes, and as much allowed lateness) to close within the stream's 50
+    "deep": ([200], nested_impression),
+    "propensity": ([200], tiny_propensity),
+    # 17 events on both topics, from the first tenth of the stream on: each would move its
+    # partition's watermark to the year 3000, and every later event would be late
+    "year_3000": ([1_500 + 97 * i for i in range(17)], year_3000),
+}
+
+
+def simulated_wire(seed: int) -> list[listeners.Wire]:
+    """The malformed test's stream: impressions, then outcomes released in event-time order."""
+    sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+    req = sim.requests(POISON_REQUESTS)
+    sl = sim.log_slates(req, SLATE)
+    plays = sim.play(req, sl.shown)
+    imps = listeners.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
+    release = listeners.EventTimeRelease()
+    release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
+    return [*listeners.wire(imps, []), *release.release()]
+
+
+def produce_wire(
+    cfg: Config, servers: str, topics: Topics, messages: list[tuple[listeners.Wire, bytes]]
+) -> list[tuple[str, int, int]]:
+    """Send ``(wire, value)`` pairs in order; each one's ``(topic, partition, offset)``."""
+    role_topic = {"impressions": topics.impressions, "outcomes": topics.outcomes}
+    producer = make_producer(cfg.kafka, servers)
+    try:
+        futures = [
+            producer.send(role_topic[w.role], key=w.key, value=value) for w, value in messages
+        ]
+        producer.flush(timeout=60)
+    finally:
+        producer.close(timeout=10)
+    return [(m.topic, m.partition, m.offset) for m in (f.get(timeout=10) for f in futures)]
+
+
+def dead_letters(cfg: Config, servers: str, dlq: str, want: int) -> list[dict[str, Any]]:
+    """Every record of the dead-letter topic (waiting until ``want`` are there, or 60 s)."""
+    consumer = make_consumer(cfg.kafka, servers, group_id=None, topics=[dlq])
+    found: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + 60
+        quiet = 0
+        while time.monotonic() < deadline and (len(found) < want or quiet < 4):
+            got = [
+                json.loads(r.value) for recs in consumer.poll(timeout_ms=500).values() for r in recs
+            ]
+            found += got
+            quiet = 0 if got else quiet + 1
+    finally:
+        consumer.close(autocommit=False)
+    return found
+
+
+@pytest.mark.parametrize("poison", sorted(POISONS))
+def test_messages_that_decode_but_cannot_be_learned_go_to_the_dead_letter_topic(
+    kafka_broker: str, tmp_path: Path, poison: str
+) -> None:
+    """A deeply nested impression, a propensity of 1e-50, or 17 events stamped in the year
+    3000 among a simulated stream: the daemon exits 0, each bad message is a dead letter once
+    with its code, and the learned state (closed windows included) equals that of a daemon
+    that read the same stream without them."""
+    rows, damage = POISONS[poison]
+    wire = simulated_wire(seed=9)
+    bad_rows = {i: damage(wire[i]) for i in rows}
+    assert len({wire[i].role for i in rows}) == (2 if poison == "year_3000" else 1)
+    mixed = [(w, bad_rows[i][0] if i in bad_rows else w.value) for i, w in enumerate(wire)]
+    clean = [(w, w.value) for i, w in enumerate(wire) if i not in bad_rows]
+    runs = {}
+    for name, messages in (("mixed", mixed), ("clean", clean)):
+        topics = fresh_topics()
+        cfg = write_config(
+            tmp_path / f"{name}.toml", kafka_broker, topics, group=name, ckpt_dir=tmp_path / name
+        )
+        ensure_topics(cfg, kafka_broker)
+        where = produce_wire(cfg, kafka_broker, topics, messages)
+        runs[name] = (cfg, topics, where)
+    procs = {
+        name: start_daemon(tmp_path / f"{name}.toml", tmp_path / f"{name}.log") for name in runs
+    }
+    try:
+        for name, proc in procs.items():
+            wait_done(proc, tmp_path / f"{name}.log")
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    cfg, topics, where = runs["mixed"]
+    bad = {where[i]: code for i, (_, code) in bad_rows.items()}
+    dead = dead_letters(cfg, kafka_broker, topics.dlq, len(bad))
+    got = {(d["topic"], d["partition"], d["offset"]): d["code"] for d in dead}
+    assert len(dead) == len(got), "a message reached the dead-letter topic twice"
+    assert got == bad
+    mixed_state, clean_state = final_state(cfg), final_state(runs["clean"][0])
+    assert events_counted(mixed_state) == len(wire) - len(bad)
+    assert mixed_state.counters["closed"] == clean_state.counters["closed"] > 0
+    # the offsets differ (the mixed topics hold the bad messages too); all else is the same
+    assert_same_learning(mixed_state._replace(offsets=clean_state.offsets), clean_state)
+    per_partition: dict[tuple[str, int], int] = {}
+    for t, p, _ in where:
+        per_partition[(t, p)] = per_partition.get((t, p), 0) + 1
+    assert mixed_state.offsets == per_partition

@@ -13,7 +13,7 @@ from streaming.config import Config
 from streaming.daemon import Daemon
 from streaming.daemon_stats import summary_line
 from streaming.dirlock import InUseError
-from streaming.kafka_io import TopicPartition
+from streaming.kafka_io import OffsetAndMetadata, TopicPartition
 from streaming.step import step
 from tests.streaming.test_handoff import batches
 
@@ -21,20 +21,33 @@ from tests.streaming.test_handoff import batches
 class FakeConsumer:
     def __init__(self, committed: dict[TopicPartition, int]) -> None:
         self.committed_offsets = committed
+        self.committed_meta: dict[TopicPartition, str] = {}
         self.owned: set[TopicPartition] = set()
         self.seeks: dict[TopicPartition, int] = {}
+        self.log: list[str] = []  # "commit" entries, in order with the producer's (shared)
 
     def assignment(self) -> set[TopicPartition]:
         return self.owned
 
-    def committed(self, tp: TopicPartition) -> int | None:
-        return self.committed_offsets.get(tp)
+    def committed(self, tp: TopicPartition, metadata: bool = False) -> Any:
+        offset = self.committed_offsets.get(tp)
+        if not metadata or offset is None:
+            return offset
+        return OffsetAndMetadata(offset, self.committed_meta.get(tp, ""), -1)
 
     def commit(self, offsets: dict[TopicPartition, Any]) -> None:
         self.committed_offsets.update({tp: m.offset for tp, m in offsets.items()})
+        self.committed_meta.update({tp: m.metadata for tp, m in offsets.items()})
+        self.log.append("commit")
+
+    def close(self, autocommit: bool = False) -> None:
+        pass
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks[tp] = offset
+
+    def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.seeks.update({tp: 0 for tp in tps})
 
 
 class FakeProducer:
@@ -254,3 +267,89 @@ def test_held_partitions_whose_lag_cannot_be_read_count_as_stalled(
     d.publish_metrics()
     assert d.stats.held == 0 and not d.stalled(limit, 0)  # nothing held: the group watch's case
     assert "held 0 (lag 0)" in summary_line(d.stats, 0)
+
+
+def fed_range(d: Daemon, lo: int, hi: int) -> None:
+    """Batches ``lo`` to ``hi - 1`` of the same stream as ``fed`` (offsets 10 per batch)."""
+    t = d.config.topics
+    for i, (ib, ob, ip, op) in list(enumerate(batches(300, cuts=6, seed=9)))[lo:hi]:
+        offsets = {(x, p): 10 * (i + 1) for p in (0, 1) for x in (t.impressions, t.outcomes)}
+        d.state, _ = step(
+            d.engine, d.state, ib, ob, offsets=offsets, impression_partition=ip,
+            outcome_partition=op,
+        )  # fmt: skip
+
+
+def test_a_checkpoint_publishes_every_held_partition_before_it_commits(tmp_path: Path) -> None:
+    a = daemon(tmp_path, "a", {})
+    fed(a, 2)
+    a.consumer.owned = set(tps(a, 0))  # owns partition 0 only; holds both
+    order: list[str] = a.consumer.log
+    sends = a.handoff_producer.send
+
+    def logged_send(topic: str, *, key: bytes, value: bytes) -> None:
+        order.append(f"record {key.decode()}")
+        sends(topic, key=key, value=value)
+
+    a.handoff_producer.send = logged_send  # type: ignore[method-assign]
+    a.write_checkpoint()
+    assert order == ["record g/0", "record g/1", "commit"]
+    records = [handoff.decode(v, "test") for v in a.handoff_producer.sent.values()]
+    assert {(r.lineage, r.sequence) for r in records} == {(a.lineage, 1)}
+    assert set(a.consumer.committed_meta.values()) == {f"encore/{a.lineage}/1"}
+    assert handoff.parse_commit_metadata(f"encore/{a.lineage}/1") == (a.lineage, 1)
+
+
+def test_a_damaged_newest_checkpoint_reads_again_from_the_one_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoint 2 was written, published and committed, then damaged on disk: the worker
+    resumes from checkpoint 1 and reads the events between again, instead of skipping them."""
+    a = daemon(tmp_path, "a", {})
+    a.consumer.owned = set(tps(a, 0, 1))
+    fed_range(a, 0, 2)
+    a.write_checkpoint()  # 1: offsets 20
+    fed_range(a, 2, 4)
+    a.write_checkpoint()  # 2: offsets 40
+    published = {int(k.decode().split("/")[1]): v for k, v in a.handoff_producer.sent.items()}
+    committed, meta = dict(a.consumer.committed_offsets), dict(a.consumer.committed_meta)
+    assert set(committed.values()) == {40}
+    newest = checkpoint.list_checkpoints(a.ckpt_dir)[-1]
+    a.consumer = a.handoff_producer = None  # fakes: nothing to close
+    a.close()
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+
+    b = daemon(tmp_path, "a", committed)
+    b.consumer.committed_meta = dict(meta)
+    assert b.ckpt_seq == 1 and set(b.state.offsets.values()) == {20}
+    probe = FakeConsumer(committed)
+    probe.committed_meta = dict(meta)
+    monkeypatch.setattr("streaming.daemon.make_consumer", lambda *a, **k: probe)
+    b.read_handoffs = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
+        p: handoff.decode(published[p], "test") for p in partitions if p in published
+    }
+    assert b.reconcile() == 2  # checkpoint 1's records replace the lost checkpoint's
+    assert b.state.counters["events_reread"] == 2 * 2 * 20  # 2 partitions x 2 topics x 20
+    again = {p: handoff.decode(b.handoff_producer.sent[f"g/{p}".encode()], "t") for p in (0, 1)}
+    assert {(r.lineage, r.sequence, r.offsets) for r in again.values()} == {
+        (b.lineage, 1, (20, 20))
+    }
+    b.read_handoffs = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
+        p: again[p] for p in partitions
+    }
+    b.consumer.owned = set(tps(b, 0, 1))
+    b.on_assigned(tps(b, 0, 1))
+    assert set(b.consumer.seeks.values()) == {20}
+    assert b.stats.partitions_started_fresh == 0
+
+    # Another worker taking partition 1 now installs the republished record: the commit made
+    # after the lost checkpoint does not count as a floor either.
+    c = daemon(tmp_path, "c", committed)
+    c.consumer.committed_meta = dict(meta)
+    c.read_handoffs = lambda partitions, timeout_s=60.0: {1: again[1]}  # type: ignore[method-assign]
+    c.consumer.owned = set(tps(c, 1))
+    c.on_assigned(tps(c, 1))
+    assert c.stats.handoffs_installed == 1 and c.stats.partitions_started_fresh == 0
+    assert set(c.consumer.seeks.values()) == {20}

@@ -142,6 +142,36 @@ def test_choose_prefers_the_newest_state_and_never_one_behind_the_commit() -> No
     assert handoff.choose(at(5, 5), at(6, 5), (8, 5))[0] == "fresh"
 
 
+def test_what_a_lineage_published_after_its_surviving_checkpoint_is_void() -> None:
+    eng = engine()
+    empty = handoff.extract(init(eng), 0, TOPICS, "x")
+
+    def at(i: int, lineage: str, seq: int) -> handoff.PartitionRecord:
+        return empty._replace(
+            impressions_offset=i, outcomes_offset=i, lineage=lineage, sequence=seq
+        )
+
+    mine = ("L", 3)  # this worker's lineage resumes from its checkpoint 3
+    # Its own record from checkpoint 5 (since lost): not a candidate, and its commit no floor.
+    lost_commit = handoff.Commit((90, 90), "L", 5)
+    assert handoff.choose(at(40, "L", 3), at(90, "L", 5), lost_commit, mine) == (
+        "local",
+        at(40, "L", 3),
+    )
+    # A state that names no lineage (a record from before they did) stays behind the commit.
+    assert handoff.choose(at(40, "", 0), None, lost_commit)[0] == "fresh"
+    # Another worker sees the republished checkpoint-3 record: the lineage's later commit is void.
+    assert handoff.choose(None, at(40, "L", 3), lost_commit) == ("remote", at(40, "L", 3))
+    # Records and commits of other lineages, or of checkpoints up to the surviving one, count.
+    assert (
+        handoff.choose(at(40, "L", 3), at(90, "M", 7), handoff.Commit((90, 90), "M", 7), mine)[0]
+        == "remote"
+    )
+    assert handoff.choose(None, at(40, "L", 3), handoff.Commit((90, 90), "M", 2))[0] == "fresh"
+    assert handoff.parse_commit_metadata("") == ("", 0)
+    assert handoff.parse_commit_metadata(handoff.commit_metadata("L", 12)) == ("L", 12)
+
+
 def test_damaged_or_foreign_records_are_refused() -> None:
     eng = engine()
     data = handoff.encode(handoff.extract(init(eng), 0, TOPICS, "x"), "g", created_ms=0)
