@@ -518,11 +518,16 @@ class Daemon:
         finally:
             probe.close(autocommit=False)
         if self.engine.share_deltas and self.state.outbox is not None:
+            # Records go out before the delta: a published delta means published records.
             taken = sorted(
                 p for p in held if p in published and published[p].lineage != self.lineage
             )
-            earlier = checkpoint.load_latest(self.ckpt_dir, before=self.ckpt_seq)
-            if taken and earlier is not None:
+            earlier = (
+                checkpoint.load_latest(self.ckpt_dir, before=self.ckpt_seq)
+                if taken and not self._own_delta_published(self.state.delta_seq)
+                else None
+            )
+            if earlier is not None:
                 log.warning(
                     "checkpoint %d's partition records never reached %s and partitions %s were "
                     "taken over from older ones: resuming from checkpoint %d instead, so its "
@@ -583,6 +588,33 @@ class Daemon:
             or handoff.newer(mine[p].offsets, published[p].offsets)
         }
         return self.hand_off(publish) if publish else 0
+
+    def _own_delta_published(self, seq: int) -> bool:
+        """Whether this lineage's delta ``seq`` is on the deltas topic (read to its end)."""
+        topic = self.config.topics.deltas
+        reader = make_consumer(self.config.kafka, self.servers, group_id=None)
+        try:
+            tps = [
+                TopicPartition(topic, q) for q in sorted(reader.partitions_for_topic(topic) or {0})
+            ]
+            reader.assign(tps)
+            reader.seek_to_beginning(*tps)
+            ends = reader.end_offsets(tps)
+            deadline = time.monotonic() + 60
+            while any((reader.position(tp) or 0) < ends[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read {topic} to its end")
+                for records in reader.poll(timeout_ms=200).values():
+                    for r in records:
+                        try:
+                            d = deltas.decode(r.value)
+                        except ValueError:
+                            continue
+                        if (d.worker, d.lineage, d.seq) == (self.worker_id, self.lineage, seq):
+                            return True
+            return False
+        finally:
+            reader.close(autocommit=False)
 
     def _install_checkpoint(self, arrays: dict[str, Any], header: dict[str, Any]) -> WorkerState:
         """The state of an older checkpoint of this worker's directory (same checks as at start)."""
@@ -943,8 +975,8 @@ class Daemon:
         """True when the consumer owns partitions, has read every one of them to its end, and
         has stepped every batch it read."""
         owned = self.consumer.assignment()
-        if not owned or self._pending is not None:
-            return False
+        if not owned or self._pending is not None or self._away_since is not None:
+            return False  # (with the broker away, asking for the end offsets would wait on it)
         ends = self.consumer.end_offsets(list(owned))
         return all(self.consumer.position(tp) >= end for tp, end in ends.items())
 

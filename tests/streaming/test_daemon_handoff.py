@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from streaming import checkpoint, handoff, join
@@ -61,7 +62,7 @@ class FakeProducer:
         pass
 
 
-def daemon(tmp: Path, name: str, committed: dict[TopicPartition, int]) -> Daemon:
+def daemon(tmp: Path, name: str, committed: dict[TopicPartition, int], *extra: str) -> Daemon:
     cfg = Config.load(
         env={},
         overrides=[
@@ -74,6 +75,7 @@ def daemon(tmp: Path, name: str, committed: dict[TopicPartition, int]) -> Daemon
             "join.allowed_lateness_ms=600000",
             "metrics.enabled=false",
             f"scale.worker_id={name}",
+            *extra,
         ],
     )
     d = Daemon(cfg, servers="127.0.0.1:1")
@@ -353,3 +355,49 @@ def test_a_damaged_newest_checkpoint_reads_again_from_the_one_before(
     c.on_assigned(tps(c, 1))
     assert c.stats.handoffs_installed == 1 and c.stats.partitions_started_fresh == 0
     assert set(c.consumer.seeks.values()) == {20}
+
+
+@pytest.mark.parametrize("delta_published", [True, False])
+def test_a_checkpoint_whose_records_never_left_falls_back_when_its_partitions_were_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delta_published: bool
+) -> None:
+    """Shared statistics: a worker stopped right after a checkpoint file, before its records
+    (and so its delta) reached the broker, while another worker took a partition from the
+    record before. Publishing the checkpoint's delta would count that interval twice: it
+    resumes from the checkpoint before instead. Had the delta gone out, the records had too,
+    and the checkpoint stands."""
+    a = daemon(tmp_path, "a", {}, "scale.share_deltas=true")
+    a.consumer.owned = set(tps(a, 0, 1))
+
+    def learned() -> None:  # something to seal: the windows of these batches stay open
+        a.state = a.state._replace(pending=a.state.pending._replace(n=np.int32(3)))
+
+    fed_range(a, 0, 2)
+    learned()
+    a.write_checkpoint()  # 1: records, delta 1 and commit at 20
+    sent = a.handoff_producer.sent
+    before = {int(k.decode().split("/")[1]): v for k, v in sent.items() if b"/" in k}
+    assert b"a" in sent  # delta 1
+    fed_range(a, 2, 4)
+    learned()
+    a.handoff_producer = None  # stopped before the records of checkpoint 2 went out
+    a.write_checkpoint()  # 2: offsets 40, its delta sealed in the file
+    assert a.state.outbox is not None and a.state.delta_seq == 2
+    a.consumer = None
+    a.close()
+
+    b = daemon(tmp_path, "a", {}, "scale.share_deltas=true")
+    assert b.ckpt_seq == 2 and b.state.outbox is not None
+    taken = handoff.decode(before[1], "t")._replace(lineage="other", worker="c")
+    b.read_handoffs = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
+        0: handoff.decode(before[0], "t"),
+        1: taken,
+    }
+    monkeypatch.setattr("streaming.daemon.make_consumer", lambda *a, **k: FakeConsumer({}))
+    monkeypatch.setattr(b, "_own_delta_published", lambda seq: delta_published)
+    b.reconcile()
+    if delta_published:
+        assert b.ckpt_seq == 2 and set(b.state.offsets.values()) == {40}
+    else:
+        assert b.ckpt_seq == 1 and set(b.state.offsets.values()) == {20}
+        assert b.state.delta_seq == 1  # checkpoint 2's delta is gone with it
