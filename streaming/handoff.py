@@ -25,6 +25,7 @@ Everything here is pure and works on numpy arrays; ``streaming.handoff_io`` does
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
@@ -32,6 +33,7 @@ from typing import Any, Final, NamedTuple
 import jax
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from streaming import checkpoint, join
 from streaming.events import ImpressionBatch
@@ -58,6 +60,8 @@ __all__ = [
 ]
 
 FORMAT: Final = "encore.partition/1"
+_ZSTD: Final = b"ENCZSTD1"  # first bytes of a zstd-compressed record (zlib ones are read too)
+_MAX_RAW_BYTES: Final = 1 << 34  # refuse to inflate a damaged length beyond 16 GiB
 
 
 class PartitionRecord(NamedTuple):
@@ -357,7 +361,11 @@ def take_over(
 
 # ---------------------------------------------------------------------------------- bytes
 def encode(record: PartitionRecord, group: str, created_ms: int) -> bytes:
-    """The record as a checksummed, zlib-compressed checkpoint-format message (no pickle)."""
+    """The record as a checksummed, zstd-compressed checkpoint-format message (no pickle).
+
+    ``_ZSTD`` then the uncompressed length (uint64 little-endian), then one zstd frame (level 1,
+    through pyarrow: about ten times faster than zlib's fastest level on these arrays, and a
+    record goes out with every checkpoint). ``decode`` also reads zlib-compressed records."""
     arrays: dict[str, np.ndarray] = {}
     if record.join is not None:
         arrays.update({f"join/{k}": v for k, v in join.to_arrays(record.join).items()})
@@ -375,7 +383,9 @@ def encode(record: PartitionRecord, group: str, created_ms: int) -> bytes:
         "lineage_sequence": record.sequence,
         "has_join": record.join is not None,
     }
-    return zlib.compress(checkpoint.encode(arrays, header, created_at_ms=created_ms), 1)
+    raw = checkpoint.encode(arrays, header, created_at_ms=created_ms)
+    packed = pa.Codec("zstd", compression_level=1).compress(raw, asbytes=True)
+    return _ZSTD + struct.pack("<Q", len(raw)) + packed
 
 
 def decode(value: bytes, where: str) -> PartitionRecord:
@@ -385,9 +395,16 @@ def decode(value: bytes, where: str) -> PartitionRecord:
         checkpoint.CheckpointError: damaged bytes or another format.
     """
     try:
-        raw = zlib.decompress(value)
-    except zlib.error as err:
-        raise checkpoint.CheckpointCorruptError(f"{where}: not zlib data ({err})") from err
+        if value[: len(_ZSTD)] == _ZSTD:
+            (size,) = struct.unpack_from("<Q", value, len(_ZSTD))
+            if size > _MAX_RAW_BYTES:
+                raise ValueError(f"an uncompressed length of {size:,} bytes")
+            body = value[len(_ZSTD) + 8 :]
+            raw = pa.Codec("zstd").decompress(body, decompressed_size=size, asbytes=True)
+        else:
+            raw = zlib.decompress(value)
+    except (zlib.error, ValueError, OSError, struct.error, pa.ArrowException) as err:
+        raise checkpoint.CheckpointCorruptError(f"{where}: not compressed data ({err})") from err
     arrays, header = checkpoint.decode(raw, where)
     if header.get("format") != FORMAT:
         raise checkpoint.CheckpointError(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 import zlib
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from streaming import checkpoint, handoff, join
@@ -175,8 +177,16 @@ def test_what_a_lineage_published_after_its_surviving_checkpoint_is_void() -> No
 def test_damaged_or_foreign_records_are_refused() -> None:
     eng = engine()
     data = handoff.encode(handoff.extract(init(eng), 0, TOPICS, "x"), "g", created_ms=0)
-    with pytest.raises(checkpoint.CheckpointCorruptError, match="not zlib"):
+    with pytest.raises(checkpoint.CheckpointCorruptError, match="not compressed data"):
         handoff.decode(data[:-9], "handoff/0")
+    with pytest.raises(checkpoint.CheckpointCorruptError, match="not compressed data"):
+        handoff.decode(b"\x00" * 40, "handoff/0")
+    # A record compressed with zlib reads as one compressed with zstd.
+    assert data.startswith(b"ENCZSTD1")
+    (size,) = struct.unpack_from("<Q", data, 8)
+    raw = pa.Codec("zstd").decompress(data[16:], decompressed_size=size, asbytes=True)
+    legacy = zlib.compress(raw, 1)
+    assert handoff.decode(legacy, "handoff/0").worker == handoff.decode(data, "h").worker
     foreign = zlib.compress(checkpoint.encode({}, {"format": "other"}, created_at_ms=0))
     with pytest.raises(checkpoint.CheckpointError, match=r"is not 'encore\.partition/1'"):
         handoff.decode(foreign, "handoff/0")
