@@ -21,8 +21,9 @@ offset   size    field
 ``write`` builds the file under a temporary name in the same directory, fsyncs it, renames it
 into place and fsyncs the directory, so a reader sees the old set of checkpoints or the new one,
 never half a file. It keeps the newest ``keep`` checkpoints. ``load_latest`` returns the newest
-checkpoint that verifies, logging a warning for each newer one that is truncated or damaged, and
-removes temporary files left by a writer that was killed. One writer per directory.
+checkpoint that verifies, logging a warning for each newer one that is truncated or damaged; the
+writer's own call also removes temporary files left by a writer that was killed (a writer's next
+``write`` does too). One writer per directory; readers may come and go while it writes.
 
 Example:
     >>> import tempfile, numpy as np
@@ -344,12 +345,16 @@ def sequence_of(path: str | os.PathLike[str]) -> int:
 
 
 def load_latest(
-    directory: str | os.PathLike[str], *, before: int | None = None
+    directory: str | os.PathLike[str],
+    *,
+    before: int | None = None,
+    remove_temps: bool = False,
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]] | None:
     """The newest checkpoint that verifies, falling back past damaged ones.
 
-    Also removes temporary files left by a killed writer. ``before``: only checkpoints with a
-    smaller sequence number count.
+    ``before``: only checkpoints with a smaller sequence number count. ``remove_temps``: also
+    remove temporary files left by a killed writer; only the directory's one writer may ask
+    (another reader would remove the file a live writer is about to rename into place).
 
     Returns:
         ``(arrays, header)``, or None when ``directory`` is missing or holds no checkpoint.
@@ -362,7 +367,8 @@ def load_latest(
     path = Path(directory)
     if not path.is_dir():
         return None
-    _remove_temps(path)
+    if remove_temps:
+        _remove_temps(path)
     candidates = [
         c for c in list_checkpoints(path)[::-1] if before is None or _sequence(c) < before
     ]

@@ -183,7 +183,7 @@ class Daemon:
             raise
 
     def _load_or_init(self) -> WorkerState:
-        found = checkpoint.load_latest(self.ckpt_dir)
+        found = checkpoint.load_latest(self.ckpt_dir, remove_temps=True)  # the lock is held
         self.ckpt_seq = self.durable_seq = 0 if found is None else int(found[1]["sequence"])
         if found is None:
             self.lineage = os.urandom(8).hex()  # this worker's, from now on (streaming.deltas)

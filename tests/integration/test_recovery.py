@@ -31,6 +31,7 @@ from tests.integration.test_faults import (
     final_state,
     fresh_topics,
     newest_sequence,
+    produce_halves,
     start_daemon,
     stop,
     tail,
@@ -55,9 +56,12 @@ def damage(path: Path) -> None:
 def test_a_damaged_newest_checkpoint_is_resumed_from_the_one_before_and_loses_nothing(
     kafka_broker: str, tmp_path: Path, how: str
 ) -> None:
-    """Stopped mid-stream (SIGKILL, or SIGTERM's clean stop), its newest checkpoint damaged on
-    disk: the restarted daemon resumes from the checkpoint before and reads the events after it
-    again, although the damaged one had committed its offsets and published its partitions."""
+    """Stopped mid-stream (SIGKILL, or SIGTERM's clean stop), its newest checkpoints damaged on
+    disk: the restarted daemon resumes from an older one and reads the events after it again,
+    although the damaged ones had committed their offsets and published their partitions.
+
+    The stream comes in two halves: the daemon is stopped once it has learned the first, so the
+    stop lands mid-stream however fast the machine is."""
     topics = fresh_topics()
     victim = write_config(
         tmp_path / "v.toml",
@@ -73,35 +77,40 @@ def test_a_damaged_newest_checkpoint_is_resumed_from_the_one_before_and_loses_no
         group=f"p-{uuid.uuid4().hex[:6]}",
         ckpt_dir=tmp_path / "ck-p",
     )
-    # Checkpoints by time only, far enough apart that the kill lands after the second one's
-    # records and commit, not inside the third.
+    # Checkpoints by time only, each with new events; enough kept for one older than those a
+    # clean stop adds (the end of the loop, then the revocation while closing).
     toml = (tmp_path / "v.toml").read_text()
     toml = toml.replace("every_events = 3000", "every_events = 100000000")
-    (tmp_path / "v.toml").write_text(toml.replace("every_ms = 2000", "every_ms = 1500"))
+    toml = toml.replace("every_ms = 2000", "every_ms = 700").replace("keep = 3", "keep = 8")
+    (tmp_path / "v.toml").write_text(toml)
     ensure_topics(victim, kafka_broker)
-    sent = produce_simulated(victim, kafka_broker, n_requests=REQUESTS, slate_size=SLATE, seed=3)
+    halves = produce_halves(victim, kafka_broker, REQUESTS, seed=3)
+    first = next(halves)
     log, ckpt_dir = tmp_path / "v.log", tmp_path / "ck-v"
+    proc = start_daemon(tmp_path / "v.toml", log, idle_ms=600_000)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while (
+            checkpoint.load_latest(ckpt_dir) is None or events_counted(final_state(victim)) < first
+        ):
+            assert proc.poll() is None, f"the daemon stopped early:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"the first half was not learned:\n{tail(log)}"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        assert rc == (-signal.SIGKILL if how == "kill" else 0), tail(log)
+    finally:
+        stop(proc)
+    # Damage every checkpoint that holds the whole first half: the newest left is behind it.
+    paths = checkpoint.list_checkpoints(ckpt_dir)
+    newest = checkpoint.load(paths[-1])[1]["worker"]["offsets"]
+    for path in paths:
+        if checkpoint.load(path)[1]["worker"]["offsets"] == newest:
+            damage(path)
+    assert checkpoint.load_latest(ckpt_dir) is not None, "no older checkpoint to resume from"
+    sent = next(halves)
     uninterrupted = start_daemon(tmp_path / "p.toml", tmp_path / "p.log")
     try:
-        proc = start_daemon(tmp_path / "v.toml", log)
-        try:
-            deadline = time.monotonic() + 120
-            while newest_sequence(ckpt_dir) < 2 and proc.poll() is None:
-                assert time.monotonic() < deadline, f"no second checkpoint:\n{tail(log)}"
-                time.sleep(0.05)
-            time.sleep(0.5)
-            assert proc.poll() is None, f"the daemon stopped early:\n{tail(log)}"
-            proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGTERM)
-            rc = proc.wait(timeout=60)
-            assert rc == (-signal.SIGKILL if how == "kill" else 0), tail(log)
-        finally:
-            stop(proc)
-        state = final_state(victim)
-        assert 0 < events_counted(state) < sent, "stopped before the end of the stream"
-        # A clean stop checkpoints twice at the same offsets (the end of the loop, then the
-        # revocation while closing): damage both, so that the one it resumes from is behind.
-        for path in checkpoint.list_checkpoints(ckpt_dir)[-(2 if how == "term" else 1) :]:
-            damage(path)
         proc = start_daemon(tmp_path / "v.toml", log)
         try:
             wait_done(proc, log)

@@ -171,9 +171,14 @@ def test_a_worker_killed_at_any_moment_and_back_after_any_delay_loses_and_double
                 total[k] = total.get(k, 0) + v
     assert total == join_counters(want, cut_dependent=False)
 
-    # Every event learned once: the workers' own counts add up to the solo worker's.
+    # Every closed window learned once: the workers' own counts add up to the solo worker's.
+    # (Their counts of events stepped are not compared: a worker stopped between a checkpoint
+    # file and its partition records keeps, in that checkpoint, counts of events its partition's
+    # next owner reads again from the record before; when those events closed nothing they
+    # taught it nothing, and there is no delta to fall back from. The join counters above count
+    # every event of the group once.)
     states = {n: final_state(cfgs[n]) for n in names}
-    for key in ("impressions", "outcomes", "closed", "feedback_rows"):
+    for key in ("closed", "feedback_rows"):
         assert sum(int(s.counters.get(key, 0)) for s in states.values()) == int(
             want.counters[key]
         ), key

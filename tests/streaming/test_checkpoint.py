@@ -213,7 +213,10 @@ def test_a_killed_write_leaves_a_temp_file_that_is_ignored_and_removed(tmp_path:
     new_name = "checkpoint-000000000003.ckpt"
     partial = tmp_path / f".{new_name}.tmp-4242-deadbeef"
     partial.write_bytes(old.read_bytes()[:100])
-    loaded = checkpoint.load_latest(tmp_path)
+    loaded = checkpoint.load_latest(tmp_path)  # a reader: the file may be a live writer's
+    assert loaded is not None and loaded[1]["n"] == 2
+    assert partial.exists()
+    loaded = checkpoint.load_latest(tmp_path, remove_temps=True)  # the writer, starting
     assert loaded is not None and loaded[1]["n"] == 2
     assert not partial.exists()
     partial.write_bytes(b"half")
