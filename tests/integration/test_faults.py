@@ -187,11 +187,16 @@ def assert_same_learning(got: WorkerState, want: WorkerState) -> None:
     assert got.sums["model_rows"] == want.sums["model_rows"]
     assert got.sums["reward_sum"] == pytest.approx(want.sums["reward_sum"], rel=1e-9)
     # The reward model learns the same mini-batches in the same event-time order, however the
-    # polls cut and interleaved the partitions (streaming.learners.release_model_rows).
-    for x, y in zip(jax.tree.leaves(got.model), jax.tree.leaves(want.model), strict=True):
-        np.testing.assert_allclose(
-            np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7, err_msg="reward model"
-        )
+    # polls cut and interleaved the partitions (streaming.learners.release_model_rows), unless
+    # its queue reached its cap and released rows early (counted): a restarted worker that reads
+    # one partition's backlog far behind the others can get there, and from then on the order
+    # depends on timing (docs/reliability.md).
+    early = [int(s.counters.get("model_rows_released_early", 0)) for s in (got, want)]
+    if early == [0, 0]:
+        for x, y in zip(jax.tree.leaves(got.model), jax.tree.leaves(want.model), strict=True):
+            np.testing.assert_allclose(
+                np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7, err_msg="reward model"
+            )
     a, b = got.policy._asdict(), want.policy._asdict()
     assert a.keys() == b.keys()
     # The ridge statistics are sums, so they (and the weights and covariance derived from them)
