@@ -140,8 +140,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "skip_rate_5s": "0.24 skipped within 5 s (Lamere 2014, 1B plays)",
             "skip_before_end_rate": "0.49 skipped before the end (Lamere 2014)",
             "skip_rate_30s": "about 0.35-0.5 skipped (Lamere 2014; MSSD, Brost et al. 2019)",
-            "reward_random_top1": "uniform: 0.304 (issue 3 reference simulator)",
-            "reward_oracle_top1": "uniform: 0.725 (issue 3 reference simulator)",
+            "reward_random_top1": "uniform: 0.304 (the default simulator)",
+            "reward_oracle_top1": "uniform: 0.725 (the default simulator)",
         }
         for k, v in prod.items():
             pattern = "{:,.0f}" if k == "plays" else "{:.3f}"
