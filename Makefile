@@ -5,9 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench bench-quick clean
+.PHONY: demo test test-fast lint typecheck bench bench-quick clean
 
-$(STAMP): pyproject.toml streaming/_native.c
+$(STAMP): pyproject.toml streaming/kafka/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,dev]"
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest
 
+## test-fast: the edit loop: unit tests with no broker and nothing marked slow (about two minutes)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not slow" -q
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -33,9 +37,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/pyright
 
-## bench: every benchmark suite at full size; bench-quick: the CI smoke run
+## bench: every benchmark suite at full size, then benchmarks/README.md rendered from its JSON;
+## bench-quick: the CI smoke run (its page in bench-out/README.md)
 bench: $(VENV)/.bench
 	$(BIN)/python -m benchmarks all --out bench-out
+	$(BIN)/python -m benchmarks report bench-out --to benchmarks/README.md
 
 bench-quick: $(VENV)/.bench
 	$(BIN)/python -m benchmarks all --quick --out bench-out

@@ -35,7 +35,7 @@ import numpy as np
 
 from bandits import POLICIES, Candidates, Feedback, Policy
 from benchmarks._runner import Context, Row
-from streaming.simulator import SimConfig, Simulator
+from streaming.sim.simulator import SimConfig, Simulator
 
 D_USER = D_TRACK = 16
 K = 20
@@ -225,7 +225,7 @@ def run_mabwiser_shared(kind: str, rounds: Rounds, n: int, *, per_round: bool = 
     fixed within a batch: by default the batch's ``BATCH x K`` candidate rows are scored in one
     ``predict_expectations`` call (MABWiser vectorises over rows; for LinUCB the choices are
     the same as one call per round, for LinTS every row still gets its own posterior draw).
-    ``per_round=True`` makes one call per round instead (the issue's ~500 rounds/s figure).
+    ``per_round=True`` makes one call per round instead (as a serving loop that answers one request at a time does).
     """
     from mabwiser.mab import MAB, LearningPolicy
 
@@ -354,13 +354,13 @@ class _Timings(NamedTuple):
     prepared: list[float]  # jax.jit(policy.rank) on policy.prepare(state)
     checked: list[float]  # policy.rank itself (host value checks)
     batch: list[float]  # vmapped batches of LATENCY_BATCH
-    reranker: list[float]  # streaming.rerank.Reranker.rank (what `encore rerank` calls)
+    reranker: list[float]  # streaming.serving.reranker.Reranker.rank (what `encore rerank` calls)
 
 
 def _latency_one_policy(policy: Policy, state: Any, req: _Requests, reps: int) -> _Timings:
     """Seconds per call: jitted single requests (raw and prepared state), ``policy.rank``
     itself, vmapped batches, and the re-ranker's single-request path."""
-    from streaming.rerank import Reranker
+    from streaming.serving.reranker import Reranker
 
     s, b = LATENCY_SLATE, LATENCY_BATCH
     single = jax.jit(policy.rank, static_argnames="slate_size")
@@ -489,7 +489,7 @@ def latency_rows(names: list[str], k: int, d_track: int, reps: int) -> list[Row]
     ``jax.jit(policy.rank)`` on the raw state (jitted once; value checks are the caller's, as in
     ``streaming``), ``prepared_*`` the same on ``policy.prepare(state)``, ``checked_*`` through
     ``policy.rank`` itself (host value checks included), and vmapped batches of 32 per call.
-    The second: ``streaming.rerank.Reranker.rank``, the path ``encore rerank`` serves with
+    The second: ``streaming.serving.reranker.Reranker.rank``, the path ``encore rerank`` serves with
     (padding to a candidate bucket, prepared state, randomness folded in per request).
     """
     core = _latency_core()
@@ -537,7 +537,7 @@ def _http_round_trips(
     import uuid
 
     from streaming.config import Config
-    from streaming.kafka_io import ensure_topics
+    from streaming.kafka.clients import ensure_topics
 
     others = (
         sorted(set(os.sched_getaffinity(0)) - {core}) if hasattr(os, "sched_getaffinity") else []
@@ -552,7 +552,7 @@ def _http_round_trips(
     ]
     sets += [f"policy.name={policy}", f"events.d_user={D_USER}", f"events.d_track={d_track}"]
     env, boot = _pinned_child(
-        core, "import sys; from streaming.serve import main; sys.exit(main(sys.argv[1:]))"
+        core, "import sys; from streaming.serving.service import main; sys.exit(main(sys.argv[1:]))"
     )
     argv = [sys.executable, "-c", boot, "--bootstrap-servers", servers, "--port", "0"]
     argv += [x for s in sets for x in ("--set", s)]
@@ -607,7 +607,7 @@ def http_latency_rows(policy: str, shapes: list[tuple[int, int]], reps: int) -> 
     """``POST /rank`` round trips to an ``encore rerank`` process on 127.0.0.1, per request shape
     ``(k candidates, d_track)``.
 
-    The server is the real CLI (``streaming.serve.main``) in a child pinned to one core (the
+    The server is the real CLI (``streaming.serving.service.main``) in a child pinned to one core (the
     latency core, same XLA flags), following and logging to run-specific topics of a local
     broker; the client (``http.client``, one keep-alive connection, one request at a time) runs
     in this process, pinned to another core where there is one. The server ranks with the

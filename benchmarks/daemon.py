@@ -77,11 +77,11 @@ def _consume(
     servers: str, topics: list[str], n: int, *, decode: bool, lean: bool, max_records: int
 ) -> _Consumed:
     """Consume ``n`` events of ``topics`` (clock starts at the first record), default fetch
-    settings; with ``lean``, through the daemon's record path (``streaming.kafka_records``)."""
+    settings; with ``lean``, through the daemon's record path (``streaming.kafka.records``)."""
     from kafka import KafkaConsumer
 
     from streaming.events import decode_impressions, decode_outcomes
-    from streaming.kafka_io import use_lean_records
+    from streaming.kafka.clients import use_lean_records
 
     consumer: Any = KafkaConsumer(
         *topics,
@@ -196,7 +196,7 @@ def _child_cpu_s(daemon: Any) -> float:
 
 def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
     """Run the daemon over ``cfg``'s topics until idle, sampling memory and progress each second."""
-    from streaming.daemon import Daemon
+    from streaming.worker.daemon import Daemon
 
     daemon = Daemon(cfg, servers=servers)
     first_done: list[float] = []  # when the first poll that returned records was done
@@ -277,7 +277,7 @@ def _measure(
     consume + decode on both record paths, and the daemon from a fresh group and fresh state.
     Each row reports the median of its rounds (and every round's figure)."""
     from streaming.demo import produce_simulated
-    from streaming.kafka_io import ensure_topics
+    from streaming.kafka.clients import ensure_topics
 
     label = dict(ENCODINGS)[encoding]
     cfg = dataclasses.replace(
@@ -389,7 +389,7 @@ def _measure(
             "closed": stats.counters.get("closed", 0),
             "dead_letters": stats.dead_letters,
             # outcomes refused by the join (after their window, orphans, pending overflow) and
-            # partitions paused to keep the two streams aligned in event time (streaming.align)
+            # partitions paused to keep the two streams aligned in event time (streaming.worker.alignment)
             "late": ", ".join(f"{k} {v}" for k, v in sorted(stats.late_by_kind.items())) or "0",
             "align_pauses": stats.align_pauses,
         }
@@ -406,7 +406,7 @@ def _measure(
 _WORKER = """
 import json, resource, sys, threading, time
 from streaming.config import Config
-from streaming.daemon import Daemon
+from streaming.worker.daemon import Daemon
 cfg = Config.load(env={}, overrides=sys.argv[1:])
 daemon = Daemon(cfg, servers=cfg.kafka.bootstrap_servers)
 last = [time.time()]
@@ -551,13 +551,13 @@ def run(ctx: Context) -> list[Row]:
     ctx.notes.append(
         "An impression carries 20 candidates x 16 float features: as JSON numbers (shortest "
         "round-trip decimals of float32 values) it is ~30x an outcome; as base64 float32 about "
-        "a third of that. Issue 5's reference figures are for ~250-byte 'small events' "
+        "a third of that. The reference rates for this kind of machine are for ~250-byte 'small events' "
         "(benchmarks.kafka_raw measures those: outcome events only)."
     )
     ctx.notes.append(
         "Same-run ratio: each daemon row's vs_consume_decode is its events/s over the consume + "
         "decode row of the same stream and the same record path as the daemon's (record_path: "
-        "'lean' is streaming.kafka_records' (offset, key, value) records, 'stock' kafka-python's "
+        "'lean' is streaming.kafka.records' (offset, key, value) records, 'stock' kafka-python's "
         "ConsumerRecord); vs_stock_consume_decode is over the stock client's consume + decode. "
         "Count-only rows' vs_consume_decode is over their own path's consume + decode. All "
         "measured minutes apart on the same topics, broker and machine; the consume rows use "
@@ -577,7 +577,7 @@ def run(ctx: Context) -> list[Row]:
         "its rate between 20 % and 90 % of the stream (sampled each second), against the "
         "same consume + decode rate; over the same window, steady_cores is the CPU seconds per "
         "second of the daemon's process (all threads) and of its decoding process "
-        "(streaming.decode_process) together (the machine has "
+        "(streaming.events.process) together (the machine has "
         f"{os.cpu_count()} cores and also runs the broker), steady_cpu_us_per_event their CPU "
         "per event, and steady_main_thread_busy the "
         "share of the time the thread running the loop was on a CPU (the rest it waited: for "
@@ -610,7 +610,7 @@ def run(ctx: Context) -> list[Row]:
         "process competes with the first for the same cores."
     )
     ctx.notes.append(
-        "Goal (issue 5): the daemon at >= 50 % of the consume+decode rate and >= 80,000 "
+        "Goal: the daemon at >= 50 % of the consume+decode rate and >= 80,000 "
         "events/s; the table says where it stands for each encoding. The 10-million-event "
         "memory soak is `python -m benchmarks soak`."
     )

@@ -11,7 +11,7 @@ nothing raised, every message is either in the step's counts or rejected with on
 ``ERROR_CODES`` (exactly once), every accepted event's time is within
 ``max_event_ahead_ms`` of a known record timestamp, and the learned state is finite.
 
-``tests/streaming/test_fuzz_decode.py`` runs the same generators under hypothesis (which draws
+``tests/streaming/events/test_fuzz_decode.py`` runs the same generators under hypothesis (which draws
 their seeds, derandomized) next to hypothesis's own bytes and JSON; this suite runs them in a
 seeded loop, a million messages at full size (``--quick``: 20,000), and reports messages/s and
 the count per code. ``python -m benchmarks fuzz``.
@@ -80,7 +80,7 @@ def fuzz_engine(policy: str = "linucb") -> Any:
     log's records built (4 candidates), so every stage of ``step`` sees what decoded."""
     from bandits import POLICIES
     from streaming import join
-    from streaming.step import Engine
+    from streaming.core import Engine
 
     cfg = join.JoinConfig(
         window_ms=WINDOW_MS,
@@ -488,7 +488,7 @@ class Fuzz:
         """Start from a worker that has learned from four valid requests on each partition, so
         its joins exist: ``step`` on a worker without join state and nothing decoded raises
         (``test_fuzz_decode.test_a_first_step_of_only_rejected_messages``)."""
-        from streaming.step import init
+        from streaming.core import init
 
         if self.state is None:
             self.state = init(self.engine)
@@ -498,8 +498,8 @@ class Fuzz:
 
     def feed(self, batch: Sequence[Message], partitions: int = 2) -> None:
         """Decode ``batch`` (both topics), step it, and check the accounting."""
+        from streaming.core import step
         from streaming.events import ERROR_CODES, decode_impressions, decode_outcomes
-        from streaming.step import step
 
         decoded = []
         for role, decode in (("impressions", decode_impressions), ("outcomes", decode_outcomes)):
@@ -538,7 +538,7 @@ class Fuzz:
         """Close every window (the learners see every joined impression) and check the
         learned state is finite."""
         from streaming import join
-        from streaming.step import step
+        from streaming.core import step
 
         self.state, _ = step(self.engine, self.state, None, None, watermark_ms=join.MAX_TIME_MS)
         self.check_finite()

@@ -3,7 +3,7 @@
 Rows: produce (acks=all, linger 5 ms), consume counting only, and consume + encore's decode to
 columnar batches, all on the same simulated outcome events (about 250 bytes each) in one
 4-partition topic. Each consume row is measured on kafka-python's own record path
-(``ConsumerRecord``) and on the lean one the daemon uses (``streaming.kafka_records``:
+(``ConsumerRecord``) and on the lean one the daemon uses (``streaming.kafka.records``:
 ``(offset, key, value)`` parsed in one loop), interleaved. The broker is started for the run unless ``ENCORE_BENCH_BOOTSTRAP`` names one.
 """
 
@@ -28,7 +28,7 @@ def broker_for_bench() -> Iterator[str]:
     if external:
         yield external
         return
-    from streaming.broker import TEST_SETTINGS, LocalBroker
+    from streaming.kafka.broker import TEST_SETTINGS, LocalBroker
 
     with tempfile.TemporaryDirectory(prefix="encore-bench-") as tmp:
         broker = LocalBroker(state_dir=Path(tmp), settings=TEST_SETTINGS, heap_mb=1024)
@@ -41,8 +41,8 @@ def broker_for_bench() -> Iterator[str]:
 
 def outcome_messages(n: int) -> list[tuple[bytes, bytes]]:
     """``n`` encoded outcome events from the simulator, keyed by user."""
-    from streaming import listeners
-    from streaming.simulator import SimConfig, Simulator
+    from streaming.sim import traffic as listeners
+    from streaming.sim.simulator import SimConfig, Simulator
 
     sim = Simulator(SimConfig(seed=0, request_gap_ms=1000))
     out: list[tuple[bytes, bytes]] = []
@@ -57,7 +57,7 @@ def consume(servers: str, topic: str, n: int, *, decode: bool, lean: bool) -> tu
     from kafka import KafkaConsumer
 
     from streaming.events import decode_outcomes
-    from streaming.kafka_io import use_lean_records
+    from streaming.kafka.clients import use_lean_records
 
     consumer: Any = KafkaConsumer(
         topic,
@@ -92,7 +92,7 @@ def run(ctx: Context) -> list[Row]:
     from kafka import KafkaProducer
 
     from streaming.config import Config
-    from streaming.kafka_io import ensure_topics
+    from streaming.kafka.clients import ensure_topics
 
     n = 100_000 if ctx.quick else 1_000_000
     msgs = outcome_messages(n)
@@ -145,7 +145,7 @@ def run(ctx: Context) -> list[Row]:
         f"local single-node broker; crc32c package installed: {crc}; default fetch settings."
     )
     ctx.notes.append(
-        "Reference from issue 5 (same kind of machine): ~240,000/s count only, "
+        "Reference for this kind of machine: ~240,000/s count only, "
         "~210,000/s decoding into typed records."
     )
     return rows

@@ -3,7 +3,7 @@
 Three parts, each a block of rows (``part`` column):
 
 (a) ``simulator``: bias, RMSE and interval coverage of every single-action estimator over many
-    seeded logs from ``streaming.simulator`` (100 logs; 10 with ``--quick``), for a target close
+    seeded logs from ``streaming.sim.simulator`` (100 logs; 10 with ``--quick``), for a target close
     to and far from the logging policy; ``slates``: the slate estimators on sequential slates
     whose rewards interact across positions (and, as a control, on additive ones), with exact
     true values by enumeration.
@@ -78,7 +78,7 @@ def _summary(errors: list[float], hits: list[bool], widths: list[float]) -> dict
 
 
 def simulator_rows(ctx: Context) -> list[Row]:
-    from streaming.simulator import SimConfig, Simulator
+    from streaming.sim.simulator import SimConfig, Simulator
 
     n_logs, n = (10, 3_000) if ctx.quick else (100, 5_000)
     # No session mood: rounds are then independent given the world, so "the policy's value" is
@@ -538,6 +538,10 @@ def run(ctx: Context) -> list[Row]:
         ctx.notes.append(
             f"obd mean relative error {name}: {np.mean(errs):.3f} over {len(errs)} campaigns"
         )
+    ctx.notes.append(
+        f"obd data: the Open Bandit Dataset sample in the obp {OBP_VERSION} source distribution; "
+        "obp itself is not installed (it does not support Python 3.11) and no obp code runs"
+    )
     ctx.notes.append(
         "obd: the sample has 10,000 rows per log and about 40-70 clicks, so the on-policy click "
         "rate itself has a relative standard error near 15 %; relative errors below that are noise"

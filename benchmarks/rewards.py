@@ -35,12 +35,18 @@ import jax
 import numpy as np
 
 import rewards as R
-from rewards.calibration import head_labels, prediction_columns, reliability_table, score
+from rewards.calibration import (
+    head_labels,
+    plot_reliability,
+    prediction_columns,
+    reliability_table,
+    score,
+)
 from rewards.model import RewardModel
 from rewards.session import session_model
 from rewards.survival import survival_model
-from streaming.rewards_report import SimStream, concat_outcomes
-from streaming.simulator import SimConfig, Simulator
+from streaming.evaluate.reward_models import SimStream, concat_outcomes
+from streaming.sim.simulator import SimConfig, Simulator
 
 BATCH = 1024
 REQUESTS_PER_CHUNK = 200  # about 920 heard plays: fits a padded batch of 1,024
@@ -445,23 +451,12 @@ def run(ctx: Any) -> list[dict[str, Any]]:
     curves = info["curves"]
 
     def draw_reliability(ax: Any) -> None:
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        for label, t in curves.items():
-            if not label.endswith("complete") and "skip_2" not in label:
-                continue
-            used = t.counts > 0
-            ax.plot(
-                t.mean_predicted[used],
-                t.fraction_positive[used],
-                marker="o",
-                ms=3,
-                lw=1,
-                label=label,
-            )
-        ax.set_xlabel("mean predicted probability")
-        ax.set_ylabel("observed frequency")
-        ax.set_title("reliability on held-out plays (skip_2, complete)")
-        ax.legend(fontsize=6)
+        plot_reliability(
+            ax,
+            {k: t for k, t in curves.items() if k.endswith("complete") or "skip_2" in k},
+            title="reliability on held-out plays (skip_2, complete)",
+            legend_size=6,
+        )
 
     ctx.save_plot("rewards_reliability", draw_reliability)
     regret_rows, regret_curves = regret_part(ctx)

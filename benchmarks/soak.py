@@ -4,10 +4,10 @@ A producer process streams simulated traffic (5-track slates from 20 candidates,
 event time) into a local broker while one daemon, with everything on (decode, join, reward
 model, composite reward, LinUCB, Parquet log, checkpoints, snapshots, metrics), consumes it live.
 Every two seconds the daemon's resident memory (its process and its decoding process,
-``streaming.decode_process``) is sampled with its event count. Flat means the
+``streaming.events.process``) is sampled with its event count. Flat means the
 resident memory of the second half of the run grows by no more than a few MiB per million
 events (the slope is fitted by least squares and printed, with the plot). Full size: 10 million
-events (issue 5); ``--quick``: 150,000; the ``ENCORE_SOAK_EVENTS`` environment variable sets
+events; ``--quick``: 150,000; the ``ENCORE_SOAK_EVENTS`` environment variable sets
 another size.
 """
 
@@ -48,12 +48,12 @@ def produce_looped(
     """
     import msgspec
 
-    from streaming import listeners
     from streaming.config import Config
     from streaming.demo import LOGGING
     from streaming.events import encode
-    from streaming.kafka_io import make_producer
-    from streaming.simulator import SimConfig, Simulator
+    from streaming.kafka.clients import make_producer
+    from streaming.sim import traffic as listeners
+    from streaming.sim.simulator import SimConfig, Simulator
 
     cfg = Config.load(env={}, overrides=overrides)
     sim = Simulator(SimConfig(seed=3, request_gap_ms=1000))
@@ -105,8 +105,8 @@ def _slope_mb_per_million(samples: list[tuple[int, float]]) -> float:
 
 def run(ctx: Context) -> list[Row]:
     from streaming.config import Config
-    from streaming.daemon import Daemon
-    from streaming.kafka_io import ensure_topics
+    from streaming.kafka.clients import ensure_topics
+    from streaming.worker.daemon import Daemon
 
     target_events = int(os.environ.get("ENCORE_SOAK_EVENTS", 150_000 if ctx.quick else 10_000_000))
     with broker_for_bench() as servers, tempfile.TemporaryDirectory(prefix="encore-soak-") as tmp:

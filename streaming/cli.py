@@ -48,7 +48,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _servers(args: argparse.Namespace, config: Any) -> str:
-    from streaming.kafka_io import bootstrap_servers
+    from streaming.kafka.clients import bootstrap_servers
 
     return bootstrap_servers(config.kafka, Path(args.state_dir) if args.state_dir else None)
 
@@ -75,7 +75,7 @@ def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
 
 # ------------------------------------------------------------------------------ broker
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streaming.broker import LocalBroker, default_state_dir
+    from streaming.kafka.broker import LocalBroker, default_state_dir
 
     broker = LocalBroker(state_dir=Path(args.state_dir) if args.state_dir else default_state_dir())
     if args.action == "start":
@@ -98,7 +98,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streaming.kafka_io import ensure_topics, topic_specs
+    from streaming.kafka.clients import ensure_topics, topic_specs
 
     config = _config(args)
     servers = _servers(args, config)
@@ -112,7 +112,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streaming.simulator import SimConfig, Simulator, describe
+    from streaming.sim.simulator import SimConfig, Simulator, describe
 
     if args.describe:
         from rich.console import Console
@@ -166,12 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from streaming.checkpoint import CheckpointWriteError
-    from streaming.daemon import Daemon
-    from streaming.daemon_stats import summary_line
-    from streaming.deltas import WorkerIdConflictError
-    from streaming.outbound import SideOutputRefusedError
-    from streaming.parquet_log import LogWriteError
+    from streaming.worker.checkpoint import CheckpointWriteError
+    from streaming.worker.daemon import Daemon
+    from streaming.worker.deltas import WorkerIdConflictError
+    from streaming.worker.outbound import SideOutputRefusedError
+    from streaming.worker.parquet_log import LogWriteError
+    from streaming.worker.stats import summary_line
 
     config = _config(args)
     servers = _servers(args, config)
@@ -227,6 +227,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from streaming.config import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="encore",
@@ -264,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_broker)
 
+    p = sub.add_parser("config", help="`config reference`: every config key, as Markdown")
+    p.add_argument("action", choices=["reference"])
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("topics", help="create encore's topics (idempotent)", epilog=EPILOG)
     p.add_argument("action", choices=["create"])
     _add_common(p)
@@ -298,13 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _optional(
         sub,
-        "streaming.metrics",
+        "streaming.worker.metrics",
         "status",
         "the daemon's live numbers as a table (from its status file)",
     )
     _optional(
         sub,
-        "streaming.serve",
+        "streaming.serving.service",
         "rerank",
         "the re-ranking service: follows the newest snapshot, ranks over HTTP, logs impressions",
     )
@@ -313,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _optional(
         sub,
-        "streaming.rewards_report",
+        "streaming.evaluate.reward_models",
         "rewards",
         "reward models: prequential report (log loss, AUC, calibration)",
     )
@@ -350,10 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from streaming.broker import BrokerError
-    from streaming.checkpoint import CheckpointError
     from streaming.config import ConfigError
-    from streaming.dirlock import InUseError
+    from streaming.kafka.broker import BrokerError
+    from streaming.worker.checkpoint import CheckpointError
+    from streaming.worker.lock import InUseError
 
     try:
         return int(args.func(args))

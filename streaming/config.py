@@ -3,13 +3,22 @@
 Unknown sections and keys are errors, every duration is an integer with ``_ms`` in its name, and
 relations between fields are checked when a section is built. ``rewards`` and ``bandits`` never read
 config: ``streaming`` maps these sections to keyword arguments.
+
+Every key carries its description and unit in its field's metadata (``doc``, ``unit``);
+:func:`reference_markdown` renders them, with each key's type, default and environment variable,
+as ``docs/configuration.md`` (``encore config reference`` prints it). The ``[join]`` section is
+``streaming.join.JoinConfig``, whose descriptions are the ``Attributes:`` of its docstring.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -25,6 +34,16 @@ SECRET_KEYS = ("password", "secret", "token", "sasl_oauth")
 
 class ConfigError(ValueError):
     """A config value, file, variable or flag is invalid; the message names it."""
+
+
+def _key(default: Any, doc: str, unit: str = "") -> Any:
+    """A config key: its default, a one-line description and its unit (for the reference)."""
+    return field(default=default, metadata={"doc": doc, "unit": unit})
+
+
+def _table(doc: str) -> Any:
+    """A config key holding a table (TOML table; JSON object in a variable or flag), empty by default."""
+    return field(default_factory=dict[str, Any], metadata={"doc": doc, "unit": ""})
 
 
 # The consumer settings kafka-python accepts that a user may pass through ``client_options``.
@@ -61,62 +80,100 @@ CONSUMER_PASSTHROUGH = frozenset(
 
 @dataclass(frozen=True)
 class KafkaConfig:
-    """Where the cluster is and how to talk to it.
+    """Where the cluster is and how to talk to it."""
 
-    ``bootstrap_servers`` empty means: the local broker that ``encore broker start`` runs.
-    """
-
-    bootstrap_servers: str = ""
-    client_id: str = "encore"
-    group_id: str = "encore-daemon"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str = ""
-    sasl_plain_username: str = ""
-    sasl_plain_password: str = ""
-    ssl_cafile: str = ""
-    ssl_certfile: str = ""
-    ssl_keyfile: str = ""
-    ssl_password: str = ""
-    poll_timeout_ms: int = 200
-    # Records one poll (one decode and one step) takes at most. A step's fixed costs (the
-    # padded policy and model updates, the joins' per-partition passes) are shared by more
-    # events the larger the poll: on 562,081 events through the local broker, one daemon's whole
-    # run went from about 34,500 (5,000) to 36,200 (10,000) and 40,900 events/s (20,000).
-    max_poll_records: int = 20_000
-    # Bytes one fetch takes from a partition (kafka-python's default is 1 MiB, about 430
-    # float32 impressions). With the decoding process a larger fetch means fewer, fuller polls:
-    # on 1,011,672 events, 72 polls of 19,000 records in the median against 168 of 5,100 (the
-    # README's daemon benchmark). ``client_options.max_partition_fetch_bytes`` overrides it.
-    max_partition_fetch_bytes: int = 4 * 1024 * 1024
-    session_timeout_ms: int = 10_000
-    # A daemon that has held no partition this long while its stable group leaves some unowned
-    # rejoins the group; still nothing at the next check (or a group not stable at two checks
-    # in a row), it replaces its consumer (streaming.liveness); 0 turns the watchdog off.
-    rejoin_unassigned_ms: int = 30_000
-    # The daemon reads (offset, key, value) records parsed from v2 batches in one loop
-    # (streaming.kafka_records, ~3.6x faster than kafka-python's per-record objects); false
-    # keeps kafka-python's own records. Refused, with a warning, on another kafka-python.
-    lean_records: bool = True
-    # A daemon whose consumer returned nothing this long while its partitions have lag (or lag
-    # that cannot be read) closes it and opens a new one (Daemon.restart_consumer); 0: off.
-    stall_restart_ms: int = 120_000
-    # A partition read more than this far ahead in event time of the same partition of the other
-    # stream (impressions vs outcomes) is paused until that one catches up (streaming.align), so
-    # a backlog's outcomes do not outrun their impressions and overflow the join's pending
-    # buffer; 0 turns alignment off.
-    align_ms: int = 10_000
-    # Records of the daemon's outputs (dead letters, late rows, joined records, snapshots,
-    # deltas, handoffs) the broker refuses for good (not a timeout: too large even when
-    # truncated, a topic that takes no such record) are counted, logged and dropped; one more
-    # than this stops the daemon, exit code 73 (streaming.outbound); 0 stops at the first.
-    side_max_refused: int = 100
-    # The max.message.bytes assumed for an output topic whose setting the broker does not tell
-    # (an admin client not allowed to describe it): the broker's own default is 1,048,588.
-    side_max_message_bytes: int = 1_000_000
-    # A dead letter too large for its topic keeps at most this many of the original's bytes
-    # (besides its size and SHA-256), and says truncated.
-    dead_letter_prefix_bytes: int = 65_536
-    client_options: Mapping[str, Any] = field(default_factory=dict[str, Any])
+    bootstrap_servers: str = _key(
+        "",
+        "Kafka brokers as `host:port[,host:port...]`; empty: the local broker that "
+        "`encore broker start` runs.",
+    )
+    client_id: str = _key(
+        "encore",
+        "Prefix of the client id of every consumer (`-consumer`), producer (`-producer`) and "
+        "admin client (`-admin`); the worker's id when `scale.worker_id` is empty.",
+    )
+    group_id: str = _key(
+        "encore-daemon", "Consumer group of the daemons; its workers share the partitions."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _key(
+        "PLAINTEXT", "How every client connects to the brokers; `SASL_*` needs `sasl_mechanism`."
+    )
+    sasl_mechanism: str = _key(
+        "", "SASL mechanism (for example `PLAIN`, `SCRAM-SHA-256`); required with `SASL_*`."
+    )
+    sasl_plain_username: str = _key("", "User name for SASL `PLAIN` or `SCRAM`.")
+    sasl_plain_password: str = _key(
+        "", "Password for SASL `PLAIN` or `SCRAM`; redacted in logs, checkpoints and snapshots."
+    )
+    ssl_cafile: str = _key(
+        "", "CA certificate file (PEM) the brokers' certificates are checked with."
+    )
+    ssl_certfile: str = _key("", "Client certificate file (PEM).")
+    ssl_keyfile: str = _key("", "Client private key file (PEM).")
+    ssl_password: str = _key(
+        "", "Password of `ssl_keyfile`; redacted in logs, checkpoints and snapshots."
+    )
+    poll_timeout_ms: int = _key(
+        200,
+        "Longest one poll waits for records, so the daemon's loop never blocks longer; below "
+        "`session_timeout_ms`.",
+    )
+    max_poll_records: int = _key(
+        20_000,
+        "Most records one poll (one decode and one step) takes; a larger poll shares a step's "
+        "fixed costs (padded model and policy updates, per-partition join passes) among more events.",
+        "records",
+    )
+    max_partition_fetch_bytes: int = _key(
+        4 * 1024 * 1024,
+        "Bytes one fetch takes from one partition: larger fetches give fewer, fuller polls; "
+        "`client_options.max_partition_fetch_bytes` overrides it.",
+    )
+    session_timeout_ms: int = _key(
+        10_000, "Consumer group session timeout: a worker silent this long leaves the group."
+    )
+    rejoin_unassigned_ms: int = _key(
+        30_000,
+        "A daemon that has held no partition this long while its stable group leaves some "
+        "unowned rejoins the group, and replaces its consumer if that does not help; 0: off, "
+        "else at least `session_timeout_ms`.",
+    )
+    lean_records: bool = _key(
+        True,
+        "Read records through encore's own parser of v2 record batches (several times faster); "
+        "false: kafka-python's record objects. Refused, with a warning, on a kafka-python it "
+        "does not know.",
+    )
+    stall_restart_ms: int = _key(
+        120_000,
+        "A consumer that has returned nothing this long while its partitions have lag (or lag "
+        "that cannot be read) is closed and opened anew; 0: off, else at least "
+        "`session_timeout_ms`.",
+    )
+    align_ms: int = _key(
+        10_000,
+        "A partition read further ahead than this in event time of the same partition of the "
+        "other stream (impressions, outcomes) is paused until that one catches up; 0: off.",
+    )
+    side_max_refused: int = _key(
+        100,
+        "Output records (dead letters, late rows, joined records, snapshots, deltas, handoffs) "
+        "the broker may refuse for good, each counted, logged and dropped; one more stops the "
+        "daemon with exit code 73; 0: the first one does.",
+        "records",
+    )
+    side_max_message_bytes: int = _key(
+        1_000_000,
+        "`max.message.bytes` assumed for an output topic whose setting the broker does not tell.",
+    )
+    dead_letter_prefix_bytes: int = _key(
+        65_536,
+        "Most bytes of the original message that a dead letter too large for its topic keeps "
+        "(besides the original's size and SHA-256).",
+    )
+    client_options: Mapping[str, Any] = _table(
+        "Further consumer settings passed to kafka-python; only the keys listed below this table."
+    )
 
     def __post_init__(self) -> None:
         _positive(
@@ -177,18 +234,39 @@ class KafkaConfig:
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names and the partition count ``encore topics create`` uses."""
+    """Topic names, and the partitions and replicas ``encore topics create`` gives them."""
 
-    impressions: str = "encore.impressions"
-    outcomes: str = "encore.outcomes"
-    dlq: str = "encore.dlq"
-    late: str = "encore.late"
-    snapshots: str = "encore.policy-snapshots"
-    deltas: str = "encore.policy-deltas"
-    joined: str = "encore.joined"
-    handoff: str = "encore.partition-state"  # compacted: open join windows moving between workers
-    partitions: int = 4
-    replication_factor: int = 1
+    impressions: str = _key("encore.impressions", "Impression events, keyed by `user_id`.")
+    outcomes: str = _key("encore.outcomes", "Outcome events, keyed by `user_id`.")
+    dlq: str = _key(
+        "encore.dlq", "Dead letters: events that failed to decode or validate, with the reason."
+    )
+    late: str = _key(
+        "encore.late",
+        "Impressions and outcomes the join refused (late, duplicate, or an outcome whose "
+        "impression never came), one JSON record each.",
+    )
+    snapshots: str = _key(
+        "encore.policy-snapshots",
+        "Policy snapshots the re-ranker loads (compacted).",
+    )
+    deltas: str = _key(
+        "encore.policy-deltas",
+        "Additive policy deltas the workers of one group exchange (`scale.share_deltas`).",
+    )
+    joined: str = _key(
+        "encore.joined", "Joined records, sent when `log.publish_joined` is true (live evaluation)."
+    )
+    handoff: str = _key(
+        "encore.partition-state",
+        "Open join windows moving between workers when partitions move (compacted).",
+    )
+    partitions: int = _key(
+        4, "Partitions of each topic `encore topics create` creates.", "partitions"
+    )
+    replication_factor: int = _key(
+        1, "Replicas of each partition `encore topics create` asks for.", "replicas"
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "partitions", "replication_factor")
@@ -218,33 +296,42 @@ class Topics:
 class EventsConfig:
     """Limits the decoder enforces, and how encore's own producers write float features.
 
-    ``feature_encoding`` is what the demo's and ``encore simulate``'s listeners and the
-    ``encore rerank`` impression log send: ``"float32"`` (base64 little-endian float32 strings,
-    schema ``impression/2``, ~3x smaller and much faster to decode) or ``"json"`` (number arrays,
-    schema ``impression/1``). The decoder accepts both, whatever this says.
-
-    ``decode_process``: the daemon decodes each batch in a second process
-    (``streaming.decode_process``) while it learns from the batch before; false decodes in the
-    daemon's own process. Either way the result is the same.
-
-    Three bounds send values that parse but cannot be learned from to the dead-letter topic,
-    each with its own code (``streaming.events.Limits`` says why each default is what it is):
-    ``min_propensity`` (``low_propensity`` below it), ``max_feature_norm`` (``large_features``
-    above it; ``inf``: no bound) and ``max_event_ahead_ms``, how far an event's ``ts`` may be
-    ahead of its Kafka record's timestamp (``ts_ahead_of_record`` beyond it). Its default, -1,
-    means the join's ``allowed_lateness_ms``: an event further ahead than that would make the
-    on-time events after it late.
+    The three bounds on values (``min_propensity``, ``max_feature_norm``,
+    ``max_event_ahead_ms``) send events that parse but cannot be learned from to the dead-letter
+    topic, each with its own code; ``streaming.events.Limits`` says why each default is what it is.
     """
 
-    max_message_bytes: int = 1_000_000
-    max_candidates: int = 4096
-    d_user: int = 16
-    d_track: int = 16
-    feature_encoding: Literal["float32", "json"] = "float32"
-    decode_process: bool = True
-    min_propensity: float = 1e-6
-    max_feature_norm: float = 10.0
-    max_event_ahead_ms: int = -1
+    max_message_bytes: int = _key(1_000_000, "Largest event message the decoder accepts.")
+    max_candidates: int = _key(4096, "Most candidates in one impression.", "candidates")
+    d_user: int = _key(16, "Features in an impression's `context`.", "features")
+    d_track: int = _key(16, "Features of each candidate track.", "features")
+    feature_encoding: Literal["float32", "json"] = _key(
+        "float32",
+        "How encore's own producers (the demo, `encore simulate`, the re-ranker's impression log) "
+        "write features: `float32` (base64 little-endian, schema `impression/2`, smaller and "
+        "faster to decode) or `json` (number arrays, `impression/1`); the decoder reads both.",
+    )
+    decode_process: bool = _key(
+        True,
+        "Decode each batch in a second process while the daemon learns from the batch before; "
+        "false: in the daemon's own process. The result is the same.",
+    )
+    min_propensity: float = _key(
+        1e-6,
+        "Smallest logged propensity learned from, in [1.18e-38, 1]; below it the event is a "
+        "dead letter (`low_propensity`).",
+        "probability",
+    )
+    max_feature_norm: float = _key(
+        10.0,
+        "Largest Euclidean norm of the context and of each candidate's features; above it the "
+        "event is a dead letter (`large_features`); `inf`: no bound.",
+    )
+    max_event_ahead_ms: int = _key(
+        -1,
+        "Most an event's `ts` may be ahead of its Kafka record's timestamp (a dead letter, "
+        "`ts_ahead_of_record`, beyond it); -1: `join.allowed_lateness_ms`.",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "max_message_bytes", "max_candidates", "d_user", "d_track")
@@ -263,24 +350,35 @@ class EventsConfig:
             )
 
 
+# The models of ``rewards.MODELS`` a worker can train from its events: all but ``session``, whose
+# inputs carry each play's listening history, which the event contract does not.
 REWARD_MODELS = ("survival", "skip", "completion", "direct")
 
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """The composite reward the policy learns from, and the reward model the daemon trains.
+    """The composite reward the policy learns from, and the reward model the daemon trains."""
 
-    ``kind`` and ``params`` build ``rewards.CompositeReward(kind=kind, **params)`` (kinds:
-    stream30, linear, listen_fraction, denoised); ``model`` and ``model_params`` build the
-    reward model (``rewards.<model>_model(**model_params)``).
-    """
-
-    kind: str = "stream30"
-    params: Mapping[str, Any] = field(default_factory=dict[str, Any])
-    model: str = "survival"
-    model_params: Mapping[str, Any] = field(default_factory=dict[str, Any])
+    kind: str = _key(
+        "stream30",
+        "Composite reward the policy maximises: `stream30`, `linear`, `listen_fraction` or "
+        "`denoised` (`rewards.CompositeReward(kind=kind, **params)`).",
+    )
+    params: Mapping[str, Any] = _table("Keyword arguments of the composite reward.")
+    model: str = _key(
+        "survival",
+        "Reward model the daemon trains online: `survival`, `skip`, `completion` or `direct` "
+        "(its factory in `rewards`: `<model>_model(**model_params)`).",
+    )
+    model_params: Mapping[str, Any] = _table("Keyword arguments of the reward model's factory.")
 
     def __post_init__(self) -> None:
+        if self.model == "session":
+            raise ConfigError(
+                "reward.model 'session' learns from each play's listening history, which the "
+                "events a worker reads do not carry: train it offline (rewards.MODELS['session']) "
+                f"and choose one of {list(REWARD_MODELS)} for the worker"
+            )
         if self.model not in REWARD_MODELS:
             raise ConfigError(
                 f"reward.model must be one of {list(REWARD_MODELS)}, got {self.model!r}"
@@ -291,9 +389,13 @@ class RewardSpec:
 class PolicySpecConfig:
     """Which policy to run, by its name in ``bandits.registry.POLICIES``, with its parameters."""
 
-    name: str = "linucb"
-    params: Mapping[str, Any] = field(default_factory=dict[str, Any])
-    slate_size: int = 1
+    name: str = _key("linucb", "Policy to run: its name in `bandits.registry.POLICIES`.")
+    params: Mapping[str, Any] = _table(
+        "Keyword arguments (hyperparameters) of the policy's factory."
+    )
+    slate_size: int = _key(
+        1, "Tracks the re-ranker returns for a request that names no `slate_size`.", "tracks"
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "slate_size")
@@ -303,10 +405,19 @@ class PolicySpecConfig:
 class CheckpointConfig:
     """How often the worker's whole state is written, and where."""
 
-    dir: str = ".encore/checkpoints"
-    every_events: int = 50_000
-    every_ms: int = 10_000
-    keep: int = 3
+    dir: str = _key(
+        ".encore/checkpoints",
+        "Folder of this worker's checkpoints, status file and (by default) JAX cache; one "
+        "worker per folder, held with a lock.",
+    )
+    every_events: int = _key(
+        50_000,
+        "A checkpoint is written once this many events have come since the last one, or "
+        "`every_ms` has passed, whichever is first.",
+        "events",
+    )
+    every_ms: int = _key(10_000, "A checkpoint is written at least this often while events come.")
+    keep: int = _key(3, "Newest checkpoints kept; older ones are removed.", "checkpoints")
 
     def __post_init__(self) -> None:
         _positive(self, "every_events", "every_ms", "keep")
@@ -314,28 +425,39 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class RerankConfig:
-    """The re-ranking endpoint and the limits of what it accepts.
+    """The re-ranking endpoint and the limits of what it accepts."""
 
-    ``max_body_bytes``: the largest ``POST /rank`` body (413 above it, refused before it is
-    read). ``max_id_chars``: the longest ``user_id``, ``request_id``, ``surface`` and candidate
-    id (400 above it). ``max_connections``: connections held at once, one thread each; beyond
-    it a new connection takes the place of the one that has waited longest for its request, if
-    that one has waited over ``evict_waiting_ms`` (0: never), and is answered 503 otherwise.
-    ``read_timeout_ms``: the longest a connection may take to send one whole request (from the
-    moment the service waits for it: an idle keep-alive connection too) and to take its answer;
-    it is closed after that. ``health_degraded_ms``: how long ``/healthz`` says ``degraded``
-    after a served impression went unlogged or an impression's send failed.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8765
-    snapshot_every_ms: int = 5_000
-    max_body_bytes: int = 1_000_000
-    max_id_chars: int = 256
-    max_connections: int = 64
-    read_timeout_ms: int = 10_000
-    evict_waiting_ms: int = 1_000
-    health_degraded_ms: int = 300_000
+    host: str = _key("127.0.0.1", "Address the re-ranking service listens on.")
+    port: int = _key(8765, "Port the re-ranking service listens on; 0: any free port.", "port")
+    snapshot_every_ms: int = _key(
+        5_000, "How often the daemon publishes a policy snapshot to `topics.snapshots`."
+    )
+    max_body_bytes: int = _key(
+        1_000_000, "Largest `POST /rank` body; a larger one is answered 413 before it is read."
+    )
+    max_id_chars: int = _key(
+        256,
+        "Longest `user_id`, `request_id`, `surface` and candidate id; a longer one is answered 400.",
+        "characters",
+    )
+    max_connections: int = _key(64, "Connections held at once, one thread each.", "connections")
+    read_timeout_ms: int = _key(
+        10_000,
+        "Longest a connection may take to send one whole request (counted from when the "
+        "service waits for it, so an idle keep-alive connection too) and to take its answer; "
+        "it is closed after that.",
+    )
+    evict_waiting_ms: int = _key(
+        1_000,
+        "A connection beyond `max_connections` takes the place of the one that has waited "
+        "longest for its request if that one has waited longer than this, and is answered 503 "
+        "otherwise; 0: never.",
+    )
+    health_degraded_ms: int = _key(
+        300_000,
+        "How long `/healthz` says `degraded` after a served impression went unlogged or an "
+        "impression's send failed.",
+    )
 
     def __post_init__(self) -> None:
         _positive(
@@ -359,13 +481,21 @@ class RerankConfig:
 class LogConfig:
     """The rolling Parquet log of joined records (what off-policy evaluation reads)."""
 
-    dir: str = ".encore/log"  # empty: no log
-    rows_per_file: int = 100_000
-    max_file_age_ms: int = 60_000
-    max_candidates: int = 64  # candidates kept per impression in the log
-    candidate_features: bool = True
-    publish_joined: bool = False  # also send each joined record to topics.joined (live OPE)
-    background: bool = True  # write on a thread of its own (flushed before every checkpoint)
+    dir: str = _key(".encore/log", "Folder of the Parquet log of joined records; empty: no log.")
+    rows_per_file: int = _key(
+        100_000, "A log file is committed once it holds this many rows.", "rows"
+    )
+    max_file_age_ms: int = _key(
+        60_000, "A log file is committed once it is this old, however few rows it holds."
+    )
+    max_candidates: int = _key(64, "Candidates kept per impression in the log.", "candidates")
+    candidate_features: bool = _key(True, "Write each kept candidate's features into the log.")
+    publish_joined: bool = _key(
+        False, "Also send each joined record to `topics.joined` (live off-policy evaluation)."
+    )
+    background: bool = _key(
+        True, "Write the log on a thread of its own, flushed before every checkpoint."
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "rows_per_file", "max_file_age_ms", "max_candidates")
@@ -375,10 +505,14 @@ class LogConfig:
 class MetricsConfig:
     """The Prometheus endpoint and the status file ``encore status`` reads."""
 
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 9464  # 0: any free port
-    refresh_ms: int = 2_000
+    enabled: bool = _key(True, "Serve the daemon's Prometheus endpoint.")
+    host: str = _key("127.0.0.1", "Address the Prometheus endpoint listens on.")
+    port: int = _key(9464, "Port of the Prometheus endpoint; 0: any free port.", "port")
+    refresh_ms: int = _key(
+        2_000,
+        "How often the daemon refreshes its metrics and the status file "
+        "(`<checkpoint.dir>/status.json`) that `encore status` reads.",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "refresh_ms")
@@ -390,30 +524,40 @@ class MetricsConfig:
 class ScaleConfig:
     """Several workers in one group learning one global (linear) policy through deltas."""
 
-    share_deltas: bool = False
-    worker_id: str = ""  # empty: kafka.client_id; must differ between the workers of a group
+    share_deltas: bool = _key(
+        False,
+        "Each worker publishes its policy's additive deltas to `topics.deltas` and folds in "
+        "the others': one global policy (linear policies only).",
+    )
+    worker_id: str = _key(
+        "",
+        "This worker's id among the workers that share deltas, different for each; empty: "
+        "`kafka.client_id`.",
+    )
 
 
 @dataclass(frozen=True)
 class JaxConfig:
-    """How the daemon gets its compiled JAX functions (each costs about a second to compile).
+    """How the daemon gets its compiled JAX functions (each costs about a second to compile)."""
 
-    ``compile_ahead`` compiles every function a step calls on a thread once the first records
-    have arrived, so the first polls do not wait for the compiler. It is off by default: on a
-    loaded 2-core machine that thread kept kafka-python's network loop from running long enough
-    for the group to rebalance, and the consumer was then left with no partitions (seen once in a
-    full daemon benchmark run). ``compilation_cache``
-    keeps compiled functions in JAX's persistent cache, so a restarted worker loads them instead
-    of compiling again; ``compilation_cache_dir`` (empty: ``<checkpoint.dir>/jax-cache``, beside
-    the state it serves) is where. The cache holds native code that JAX runs: keep the directory
-    writable by the worker's user only, like the checkpoints. The cache directory is a process-wide
-    JAX setting: the first worker of a process that opens sets it (unless the embedding program
-    set one), and it is unset again when that worker closes.
-    """
-
-    compile_ahead: bool = False
-    compilation_cache: bool = True
-    compilation_cache_dir: str = ""
+    compile_ahead: bool = _key(
+        False,
+        "Compile every function a step calls on a thread once the first records arrive, so the "
+        "first polls do not wait for the compiler; off by default because on a small, loaded "
+        "machine that thread can hold up kafka-python's network loop long enough to lose the "
+        "group's partitions.",
+    )
+    compilation_cache: bool = _key(
+        True,
+        "Keep compiled functions in JAX's persistent cache, so a restarted worker loads them "
+        "instead of compiling again.",
+    )
+    compilation_cache_dir: str = _key(
+        "",
+        "Folder of that cache, which holds native code JAX runs (keep it writable by the "
+        "worker's user only); empty: `<checkpoint.dir>/jax-cache`. Process-wide: the first "
+        "worker of a process sets it, and unsets it when it closes.",
+    )
 
 
 @dataclass(frozen=True)
@@ -452,6 +596,7 @@ class Config:
         """
         env = os.environ if env is None else env
         layers: dict[str, dict[str, Any]] = {}
+        origins: dict[tuple[str, str], str] = {}  # (section, key) -> where its value came from
         if path is not None:
             try:
                 data = tomllib.loads(Path(path).read_text())
@@ -461,29 +606,40 @@ class Config:
                 if not isinstance(values, dict):
                     raise ConfigError(f"{path}: [{section}] must be a table")
                 layers.setdefault(section, {}).update(typing.cast(dict[str, Any], values))
+                origins.update({(section, key): str(path) for key in values})
         for name, raw in env.items():
             if name.startswith("ENCORE_") and "__" in name:
                 section, _, key = name[len("ENCORE_") :].lower().partition("__")
                 layers.setdefault(section, {})[key] = _EnvString(raw, name)
+                origins[section, key] = name
         for item in overrides:
             lhs, sep, raw = item.partition("=")
             section, dot, key = lhs.strip().partition(".")
             if not sep or not dot:
                 raise ConfigError(f"--set takes section.key=value, got {item!r}")
-            layers.setdefault(section, {})[key] = _EnvString(raw, f"--set {lhs}")
-        return cls._build(layers)
+            layers.setdefault(section, {})[key] = _EnvString(raw, f"--set {lhs.strip()}")
+            origins[section, key] = f"--set {lhs.strip()}"
+        return cls._build(layers, origins)
 
     @classmethod
-    def _build(cls, layers: Mapping[str, Mapping[str, Any]]) -> Self:
+    def _build(
+        cls,
+        layers: Mapping[str, Mapping[str, Any]],
+        origins: Mapping[tuple[str, str], str] | None = None,
+    ) -> Self:
+        origins = origins or {}
         sections = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(layers) - set(sections))
         if unknown:
-            raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(sections)}")
+            given = _given(origins, [(s, k) for s in unknown for k in layers[s]])
+            raise ConfigError(
+                f"unknown config section(s) {unknown}{given}; known: {sorted(sections)}"
+            )
         built: dict[str, Any] = {}
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         for name in sections:
             section_cls = hints[name]
-            built[name] = _build_section(name, section_cls, layers.get(name, {}))
+            built[name] = _build_section(name, section_cls, layers.get(name, {}), origins)
         return cls(**built)
 
     def redacted(self) -> dict[str, Any]:
@@ -516,29 +672,55 @@ class _EnvString(str):
         return obj
 
 
+@functools.cache
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def env_name(section: str, key: str) -> str:
     """The environment variable that sets ``section.key``."""
     return f"ENCORE_{section.upper()}__{key.upper()}"
 
 
-def _build_section(section: str, section_cls: type[Any], values: Mapping[str, Any]) -> Any:
+def _build_section(
+    section: str,
+    section_cls: type[Any],
+    values: Mapping[str, Any],
+    origins: Mapping[tuple[str, str], str],
+) -> Any:
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
+        given = _given(origins, [(section, k) for k in unknown])
         raise ConfigError(
-            f"unknown key(s) {unknown} in [{section}]; known: {sorted(fields)} "
+            f"unknown key(s) {unknown} in [{section}]{given}; known: {sorted(fields)} "
             f"(environment: {env_name(section, '<key>')})"
         )
-    hints = typing.get_type_hints(section_cls)
+    hints = _hints(section_cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+        where = f"{section}.{key}"
+        if not isinstance(value, _EnvString) and (section, key) in origins:
+            where = f"{where} (from {origins[section, key]})"
+        kwargs[key] = _coerce(where, hints[key], value)
     try:
         return section_cls(**kwargs)
-    except ConfigError:
-        raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[{section}]: {exc}") from exc
+        # a range or relation check: say where each value of the section that was set came from
+        given = _given(origins, [(section, k) for k in values])
+        if isinstance(exc, ConfigError):
+            raise ConfigError(f"{exc}{given}") from exc
+        raise ConfigError(f"[{section}]: {exc}{given}") from exc
+
+
+def _given(origins: Mapping[tuple[str, str], str], keys: Sequence[tuple[str, str]]) -> str:
+    """`` (set: a.b by ENCORE_A__B, ...)``: where the values of ``keys`` came from, or ``""``."""
+    known = [
+        f"{s}.{k} by " + ("--set" if origins[s, k] == f"--set {s}.{k}" else origins[s, k])
+        for s, k in keys
+        if (s, k) in origins
+    ]
+    return f" (set: {', '.join(known)})" if known else ""
 
 
 def _coerce(where: str, hint: Any, value: Any) -> Any:
@@ -605,3 +787,158 @@ def _positive(obj: object, *names: str) -> None:
         value = getattr(obj, name)
         if value <= 0:
             raise ConfigError(f"{section}.{name} must be positive, got {value}")
+
+
+def sections() -> dict[str, type[Any]]:
+    """Each section's name and its dataclass, in the order of :class:`Config`."""
+    hints = _hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+class KeyDoc(typing.NamedTuple):
+    """One config key as the reference shows it."""
+
+    section: str
+    key: str
+    type: str  # "integer", "number", "boolean", "string", "table" or "one of ..."
+    default: str  # as TOML writes it
+    unit: str  # "" where the value has none
+    env: str
+    doc: str
+
+
+def key_docs() -> list[KeyDoc]:
+    """Every key of every section with its type, default, unit, variable and description.
+
+    A key's description and unit are its field's metadata (``doc``, ``unit``); the keys of a
+    section defined outside this module (``[join]``) take theirs from the ``Attributes:`` of the
+    section's docstring and units from their names. A unit left unsaid is ``ms`` for a name
+    ending in ``_ms`` and ``bytes`` for one ending in ``_bytes``.
+
+    Raises:
+        ConfigError: a key has no description.
+    """
+    out: list[KeyDoc] = []
+    for section, section_cls in sections().items():
+        hints = _hints(section_cls)
+        attributes = _attributes(section_cls)
+        for f in dataclasses.fields(section_cls):
+            doc = str(f.metadata.get("doc", "")) or attributes.get(f.name, "")
+            if not doc:
+                raise ConfigError(f"{section}.{f.name} has no description")
+            unit = str(f.metadata.get("unit", "")) or _FOREIGN_UNITS.get(section, {}).get(
+                f.name, ""
+            )
+            if not unit:
+                unit = (
+                    "ms" if f.name.endswith("_ms") else "bytes" if f.name.endswith("_bytes") else ""
+                )
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            out.append(
+                KeyDoc(
+                    section,
+                    f.name,
+                    _type_name(hints[f.name]),
+                    _toml_value(default),
+                    unit,
+                    env_name(section, f.name),
+                    doc,
+                )
+            )
+    return out
+
+
+def reference_markdown() -> str:
+    """``docs/configuration.md``: every section and key, rendered from the definitions here.
+
+    Example:
+        >>> "| `window_ms` | integer | `1800000` | ms | `ENCORE_JOIN__WINDOW_MS` |" in reference_markdown()
+        True
+    """
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from streaming/config.py by `encore config reference > "
+        "docs/configuration.md`; edit the definitions there, not this file. -->",
+        "",
+        "Every key can be set in the TOML file given with `--config` (one `[section]` table per "
+        "section), by an environment variable `ENCORE_<SECTION>__<KEY>`, or by "
+        "`--set section.key=value`; each of these overrides the ones before it, and the default "
+        "applies where none sets a key. A variable or flag gives a table as a JSON object and a "
+        "boolean as `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`. An unknown section or "
+        "key, a value of the wrong type and a value out of range are errors that name the key "
+        "and where its value came from.",
+    ]
+    by_section: dict[str, list[KeyDoc]] = {}
+    for k in key_docs():
+        by_section.setdefault(k.section, []).append(k)
+    for section, section_cls in sections().items():
+        lines += ["", f"## `[{section}]`", "", _summary(section_cls), ""]
+        lines += [
+            "| key | type | default | unit | environment variable | description |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for k in by_section[section]:
+            cells = [f"`{k.key}`", k.type, f"`{k.default}`", k.unit, f"`{k.env}`", k.doc]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        if section == "kafka":
+            allowed = ", ".join(f"`{name}`" for name in sorted(CONSUMER_PASSTHROUGH))
+            lines += ["", f"Keys `client_options` accepts: {allowed}."]
+    return "\n".join(lines) + "\n"
+
+
+# Units of the keys of sections defined outside this module, whose fields carry no metadata.
+_FOREIGN_UNITS: Mapping[str, Mapping[str, str]] = {
+    "join": {
+        "max_open": "impressions",
+        "slate_size": "positions",
+        "max_pending": "outcomes",
+        "max_closed_keys": "impressions",
+    }
+}
+
+
+def _attributes(cls: type[Any]) -> dict[str, str]:
+    """The ``Attributes:`` section of a Google-style class docstring, one line per name."""
+    out: dict[str, str] = {}
+    inside, name = False, ""
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        if line.strip() == "Attributes:":
+            inside = True
+        elif inside and line and not line.startswith(" "):
+            break
+        elif inside and (m := re.match(r"^ {4}(\w+): (.*)$", line)):
+            name = m.group(1)
+            out[name] = m.group(2).strip()
+        elif inside and name and line.strip():
+            out[name] += " " + line.strip()
+    return {k: (v[:1].upper() + v[1:]).replace("``", "`") for k, v in out.items()}
+
+
+def _summary(cls: type[Any]) -> str:
+    """The first paragraph of a class docstring, on one line."""
+    doc = inspect.getdoc(cls) or ""
+    return " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in typing.get_args(hint))
+    if hint is Mapping or typing.get_origin(hint) in (Mapping, dict):
+        return "table"
+    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if hint not in names:
+        raise ConfigError(f"no reference name for config type {hint!r}")
+    return names[hint]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return json.dumps(dict(typing.cast(Mapping[str, Any], value)), sort_keys=True)
+    return json.dumps(value)

@@ -3,12 +3,12 @@
 It starts a local broker (unless ``--bootstrap-servers`` names a cluster), creates this run's
 topics, and runs two things side by side for a bounded time:
 
-- simulated listeners (``streaming.simulator``) that send requests to two arms at random: the
+- simulated listeners (``streaming.sim.simulator``) that send requests to two arms at random: the
   *logging* policy (the simulator's popularity-and-taste softmax) and the *learner* (the
   configured bandit policy, re-ranking with the newest snapshot the daemon published). Every
   request's impression (with exact propensities) and the plays that follow go to Kafka, with a
   few malformed messages mixed in;
-- the daemon (``streaming.daemon``), consuming both topics as a consumer group, joining outcomes
+- the daemon (``streaming.worker.daemon``), consuming both topics as a consumer group, joining outcomes
   to impressions, learning, checkpointing and publishing snapshots.
 
 The report compares the arms by the simulator's *true* expected reward of what each showed at
@@ -29,16 +29,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from streaming import listeners
-from streaming.broker import LocalBroker
 from streaming.config import Config
-from streaming.daemon import Daemon
-from streaming.daemon_stats import summary_line
-from streaming.engine import make_engine
+from streaming.core import make_engine
 from streaming.events import FeatureEncoding, key64
-from streaming.kafka_io import ensure_topics, make_producer
-from streaming.rerank import Reranker, SnapshotFollower
-from streaming.simulator import SimConfig, Simulator
+from streaming.kafka.broker import LocalBroker
+from streaming.kafka.clients import ensure_topics, make_producer
+from streaming.serving.reranker import Reranker, SnapshotFollower
+from streaming.sim import traffic as listeners
+from streaming.sim.simulator import SimConfig, Simulator
+from streaming.worker.daemon import Daemon
+from streaming.worker.stats import summary_line
 
 LOGGING = "logging"
 DEMO_GAP_MS = 5_000

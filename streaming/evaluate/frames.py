@@ -53,7 +53,7 @@ def read_log(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise UsageError(f"log file {str(path)!r} does not exist")
     if path.is_dir():
-        from streaming.parquet_log import read_log as read_joined
+        from streaming.worker.parquet_log import read_log as read_joined
 
         return read_joined(path)
     if path.suffix in (".parquet", ".pq"):
@@ -134,7 +134,7 @@ def topic_from_start(servers_flag: str | None, topic: str, flag: str) -> tuple[A
     consumer (``close(autocommit=False)``).
     """
     from streaming.config import Config
-    from streaming.kafka_io import TopicPartition, bootstrap_servers, make_consumer
+    from streaming.kafka.clients import TopicPartition, bootstrap_servers, make_consumer
 
     config = Config.load(
         env={},

@@ -185,7 +185,7 @@ def checkpoint_policy_target(
     """The policy a daemon learned (its newest good checkpoint) as the target, on every row."""
     from bandits import load
     from bandits.registry import POLICIES
-    from streaming import checkpoint
+    from streaming.worker import checkpoint
 
     if args.policy_snapshot:
         from bandits.state import read_header

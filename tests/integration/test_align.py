@@ -1,5 +1,5 @@
 """Event-time alignment against the real broker: a backlog's outcomes do not outrun their
-impressions into the join's pending-buffer limit (streaming.align).
+impressions into the join's pending-buffer limit (streaming.worker.alignment).
 
 The daemons read the same backlog, 100 records per poll, with a pending buffer of 300 outcomes
 per partition. Kafka's first fetch (1 MiB per partition, set here: the daemon's default of 4 MiB
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from streaming.daemon import Daemon
 from streaming.demo import produce_simulated
-from streaming.kafka_io import ensure_topics
+from streaming.kafka.clients import ensure_topics
+from streaming.worker.daemon import Daemon
 from tests.integration.test_scale_out import config
 
 pytestmark = pytest.mark.integration

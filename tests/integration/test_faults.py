@@ -25,14 +25,14 @@ import jax
 import numpy as np
 import pytest
 
-from streaming import checkpoint, listeners
-from streaming.broker import TEST_SETTINGS, LocalBroker
 from streaming.config import Config
+from streaming.core import WorkerState, from_arrays, join_counters, make_engine
 from streaming.demo import LOGGING, SimulatedStream, produce_simulated
-from streaming.engine import make_engine
-from streaming.kafka_io import ensure_topics, make_consumer, make_producer
-from streaming.simulator import SimConfig, Simulator
-from streaming.step import WorkerState, from_arrays, join_counters
+from streaming.kafka.broker import TEST_SETTINGS, LocalBroker
+from streaming.kafka.clients import ensure_topics, make_consumer, make_producer
+from streaming.sim import traffic as listeners
+from streaming.sim.simulator import SimConfig, Simulator
+from streaming.worker import checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -187,7 +187,7 @@ def assert_same_learning(got: WorkerState, want: WorkerState) -> None:
     assert got.sums["model_rows"] == want.sums["model_rows"]
     assert got.sums["reward_sum"] == pytest.approx(want.sums["reward_sum"], rel=1e-9)
     # The reward model learns the same mini-batches in the same event-time order, however the
-    # polls cut and interleaved the partitions (streaming.learners.release_model_rows), unless
+    # polls cut and interleaved the partitions (streaming.core.learners.release_model_rows), unless
     # its queue reached its cap and released rows early (counted): a restarted worker that reads
     # one partition's backlog far behind the others can get there, and from then on the order
     # depends on timing (docs/reliability.md).
@@ -294,7 +294,7 @@ def test_kill_minus_nine_ten_times_learns_what_an_uninterrupted_run_learns(
     fresh checkpoint folder) runs meanwhile; both end once idle and caught up.
     """
     topics = fresh_topics()
-    # The watchdogs (streaming.liveness, Daemon.stalled) act well inside the 90 s a restart
+    # The watchdogs (streaming.worker.liveness, Daemon.stalled) act well inside the 90 s a restart
     # gets: a CI run once saw restart 0 sit at "0 events" for all of them.
     watchdogs = "rejoin_unassigned_ms = 10000\nstall_restart_ms = 30000"
     killed = write_config(

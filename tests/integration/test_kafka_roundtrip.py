@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from streaming import listeners
 from streaming.config import Config
 from streaming.events import Limits, decode_impressions, decode_outcomes
-from streaming.kafka_io import ensure_topics, make_consumer, make_producer
-from streaming.simulator import SimConfig, Simulator
+from streaming.kafka.clients import ensure_topics, make_consumer, make_producer
+from streaming.sim import traffic as listeners
+from streaming.sim.simulator import SimConfig, Simulator
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
-from streaming import daemon as daemon_module
 from streaming.config import Config
-from streaming.daemon import Daemon
+from streaming.core import join_counters
 from streaming.demo import produce_simulated
-from streaming.kafka_io import (
+from streaming.kafka.clients import (
     LeanRecord,
     TopicPartition,
     ensure_topics,
@@ -30,7 +29,8 @@ from streaming.kafka_io import (
     use_lean_records,
     uses_lean_records,
 )
-from streaming.step import join_counters
+from streaming.worker import daemon as daemon_module
+from streaming.worker.daemon import Daemon
 from tests.integration.test_scale_out import assert_same_statistics
 from tests.integration.test_scale_out import config as scale_config
 

@@ -12,9 +12,9 @@ import pytest
 
 from streaming import evaluate
 from streaming.config import Config
-from streaming.daemon import Daemon
 from streaming.demo import produce_simulated
-from streaming.kafka_io import ensure_topics
+from streaming.kafka.clients import ensure_topics
+from streaming.worker.daemon import Daemon
 
 pytestmark = pytest.mark.integration
 

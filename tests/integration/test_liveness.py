@@ -22,11 +22,11 @@ import pytest
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
 
-from streaming import daemon as daemon_module
 from streaming.config import Config
-from streaming.daemon import Daemon
 from streaming.demo import produce_simulated
-from streaming.kafka_io import TopicPartition, ensure_topics, make_consumer
+from streaming.kafka.clients import TopicPartition, ensure_topics, make_consumer
+from streaming.worker import daemon as daemon_module
+from streaming.worker.daemon import Daemon
 from tests.integration.test_faults import (
     ROOT,
     SLATE,
@@ -195,7 +195,7 @@ def test_a_consumer_that_stops_fetching_is_replaced_and_the_stream_read_once(
 HOLDER = """
 import sys, time
 from streaming.config import Config
-from streaming.kafka_io import make_consumer
+from streaming.kafka.clients import make_consumer
 servers, group, *topics = sys.argv[1:]
 cfg = Config.load(env={}, overrides=["kafka.client_id=a", "kafka.session_timeout_ms=10000"])
 c = make_consumer(cfg.kafka, servers, group_id=group, topics=topics)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from streaming.daemon import Daemon
+from streaming.core import join_counters
 from streaming.demo import SimulatedStream
-from streaming.kafka_io import ensure_topics
-from streaming.step import join_counters
+from streaming.kafka.clients import ensure_topics
+from streaming.worker.daemon import Daemon
 from tests.integration.test_scale_out import all_deltas, assert_same_statistics, config
 
 pytestmark = pytest.mark.integration

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from streaming import checkpoint
 from streaming.cli import EXIT_CHECKPOINT_WRITE
 from streaming.demo import produce_simulated
-from streaming.kafka_io import ensure_topics
+from streaming.kafka.clients import ensure_topics
+from streaming.worker import checkpoint
 from tests.integration.test_faults import (
     RUN_TIMEOUT_S,
     SLATE,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from streaming.config import Config
-from streaming.daemon import Daemon
-from streaming.deltas import WorkerIdConflictError
 from streaming.demo import produce_simulated
-from streaming.kafka_io import TopicPartition, ensure_topics, make_consumer
+from streaming.kafka.clients import TopicPartition, ensure_topics, make_consumer
+from streaming.worker.daemon import Daemon
+from streaming.worker.deltas import WorkerIdConflictError
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaming import handoff, handoff_io, join
+from streaming import join
 from streaming.config import Config
-from streaming.daemon import Daemon
+from streaming.core import WorkerState, join_counters
 from streaming.demo import SimulatedStream
-from streaming.kafka_io import HANDOFF_MAX_BYTES, TopicPartition, ensure_topics, make_consumer
-from streaming.step import WorkerState, join_counters
+from streaming.kafka.clients import HANDOFF_MAX_BYTES, TopicPartition, ensure_topics, make_consumer
+from streaming.worker import handoff
+from streaming.worker import handoff_topic as handoff_io
+from streaming.worker.daemon import Daemon
 from tests.integration.test_faults import (
     SLATE,
     Topics,

@@ -28,14 +28,14 @@ import pytest
 from bandits import POLICIES, Feedback, Policy, save
 from streaming.config import Config
 from streaming.events import Impression, decode_impression, key64
-from streaming.kafka_io import (
+from streaming.kafka.clients import (
     ensure_topics,
     make_consumer,
     make_producer,
     partitions_of,
     topic_specs,
 )
-from streaming.serve import MissingTopicError, RankError, RerankService
+from streaming.serving.service import MissingTopicError, RankError, RerankService
 
 pytestmark = pytest.mark.integration
 
@@ -315,7 +315,7 @@ def test_encore_rerank_process_serves_and_stops_on_sigterm(
     argv = [
         sys.executable,
         "-c",
-        "import sys; from streaming.serve import main; sys.exit(main(sys.argv[1:]))",
+        "import sys; from streaming.serving.service import main; sys.exit(main(sys.argv[1:]))",
         "--bootstrap-servers",
         servers,
         "--port",
@@ -432,7 +432,7 @@ def test_a_send_the_broker_refuses_is_counted_and_later_sends_still_log(
 ) -> None:
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from streaming.kafka_io import make_admin
+    from streaming.kafka.clients import make_admin
 
     cfg, service = limited_service(kafka_broker)
     with service:

@@ -25,19 +25,19 @@ from typing import Any, cast
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from streaming import listeners
-from streaming.broker import TEST_SETTINGS, LocalBroker
 from streaming.cli import EXIT_SIDE_REFUSED
 from streaming.config import Config
 from streaming.demo import LOGGING
-from streaming.kafka_io import (
+from streaming.kafka.broker import TEST_SETTINGS, LocalBroker
+from streaming.kafka.clients import (
     ensure_topics,
     make_admin,
     make_consumer,
     make_producer,
     topic_specs,
 )
-from streaming.simulator import SimConfig, Simulator
+from streaming.sim import traffic as listeners
+from streaming.sim.simulator import SimConfig, Simulator
 from tests.integration.test_faults import (
     SLATE,
     Topics,

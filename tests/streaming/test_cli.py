@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streaming.cli import main
-from streaming.dirlock import DirLock
+from streaming.worker.lock import DirLock
 
 COMMANDS = (
     "demo",

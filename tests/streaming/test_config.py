@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from streaming.config import Config, ConfigError, env_name
+from streaming.config import (
+    Config,
+    ConfigError,
+    env_name,
+    key_docs,
+    reference_markdown,
+    sections,
+)
 
 
 def test_defaults_are_valid() -> None:
@@ -46,7 +53,7 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
     [
         ("[nope]\na = 1\n", {}, [], "unknown config section"),
         ("[join]\nwindow = 1\n", {}, [], "unknown key(s) ['window'] in [join]"),
-        ("[join]\nwindow_ms = '10'\n", {}, [], "join.window_ms must be an integer"),
+        ("[join]\nwindow_ms = '10'\n", {}, [], "c.toml) must be an integer"),
         ("", {"ENCORE_JOIN__WINDOW_MS": "ten"}, [], "ENCORE_JOIN__WINDOW_MS"),
         ("", {}, ["join.window_ms=0"], "JoinConfig.window_ms must be in"),
         ("", {}, ["join.aggregate=mean"], "must be one of"),
@@ -93,3 +100,48 @@ def test_topics_for_a_run_rename_every_topic_and_keep_the_counts() -> None:
         if isinstance(getattr(mine, f.name), str)
     ]
     assert all(n.endswith(".r1") for n in names) and len(set(names)) == len(names)
+
+
+def test_every_key_has_a_description_and_the_reference_covers_it() -> None:
+    docs = key_docs()
+    keys = {(k.section, k.key) for k in docs}
+    assert all(k.doc and k.type and k.env == env_name(k.section, k.key) for k in docs)
+    for section, section_cls in sections().items():
+        assert {(section, f.name) for f in dataclasses.fields(section_cls)} <= keys
+    text = reference_markdown()
+    assert all(f"| `{k.key}` |" in text and f"`{k.env}`" in text for k in docs)
+
+
+def test_docs_configuration_md_is_the_generated_reference() -> None:
+    path = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert path.read_text() == reference_markdown(), (
+        "docs/configuration.md is stale: run `encore config reference > docs/configuration.md`"
+    )
+
+
+def test_cli_prints_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
+    from streaming.cli import main
+
+    assert main(["config", "reference"]) == 0
+    assert capsys.readouterr().out == reference_markdown()
+
+
+def test_errors_say_where_a_value_came_from(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[rerank]\nport = 70000\n[join]\nwindow_ms = '10'\n")
+    with pytest.raises(ConfigError, match=r"join\.window_ms \(from .*c\.toml\) must be an integer"):
+        Config.load(f, env={})
+    f.write_text("[rerank]\nport = 70000\n")
+    with pytest.raises(ConfigError, match=r"rerank\.port must be in .* \(set: rerank\.port by "):
+        Config.load(f, env={})
+    with pytest.raises(ConfigError, match=r"\(set: join\.window by ENCORE_JOIN__WINDOW\)"):
+        Config.load(env={"ENCORE_JOIN__WINDOW": "1"})
+
+
+def test_the_worker_trains_every_registered_reward_model_but_the_session_model() -> None:
+    import rewards
+    from streaming.config import REWARD_MODELS
+
+    assert set(rewards.MODELS) - set(REWARD_MODELS) == {"session"}
+    with pytest.raises(ConfigError, match="listening history"):
+        Config.load(env={}, overrides=["reward.model=session"])

@@ -1,0 +1,373 @@
+"""What the core asks of the learners: predictions, rewards, and reward-model and policy updates.
+
+- ``predict_model`` and ``slate_features``: the reward model's prequential predictions of shown tracks
+  (made at impression time, before any outcome), on the interaction features of every shown
+  position, in padded chunks so that jit compiles two sizes in all;
+- ``raw_rewards``: each play's composite reward from its outcome alone (what the join
+  aggregates); ``final_rewards``: the composite reward per closed impression and position, and
+  which positions the policy learns from (censored plays are left out);
+- ``joined_model_rows``, ``release_model_rows`` and ``update_model``: the reward model's training rows
+  for the joined plays, released in event-time order and learned in fixed ``MODEL_BATCH``
+  mini-batches (the same updates however the stream was cut, so reproducible after a restart);
+- ``update_policy``: feedback in padded ``UPDATE_CHUNK`` chunks, its linear statistics also summed
+  into a ``LinearDelta`` for the other workers of a scaled-out group (``zero_delta``,
+  ``merge_delta``);
+- ``warm_up``: compiles all of the above at the padded sizes ``step`` calls them with.
+
+Names with a leading underscore are the core's internals: they are in ``__all__`` because
+``streaming.core.tables`` or ``streaming.core.step`` use them, and ``streaming.core.step`` re-exports them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy.typing as npt
+
+import rewards
+from bandits import Feedback, linear
+from rewards.features import N_POSITIONS
+from streaming import join
+from streaming.core.state import F32, Engine, ModelRows, Plays, Side, WorkerState
+
+__all__ = [
+    "MODEL_BATCH",
+    "MODEL_CHUNK",
+    "MODEL_QUEUE_MAX",
+    "NOMINAL_DURATION_MS",
+    "PREDICT_SMALL",
+    "UPDATE_CHUNK",
+    "merge_delta",
+    "raw_rewards",
+    "release_model_rows",
+    "slate_features",
+    "update_policy",
+    "warm_up",
+    "zero_delta",
+]
+
+UPDATE_CHUNK = 2048
+"""Feedback rows per policy update call; the last chunk is padded, so jit compiles once."""
+MODEL_CHUNK = 4096
+"""Rows per reward-model predict call (padded likewise)."""
+MODEL_BATCH = 1024
+"""Rows per reward-model update. Joined plays are released in one order that does not depend on
+how the streams were cut into batches (``release_model_rows``) and every full mini-batch is one
+update, so the model's state is reproducible too: a restarted worker makes exactly the updates an
+uninterrupted one made."""
+MODEL_QUEUE_MAX = 65_536
+"""Joined plays that may wait for the event-time frontier (``release_model_rows``) before the
+oldest are released early."""
+NOMINAL_DURATION_MS = 210_000
+"""Impressions carry no durations: predictions at impression time assume the catalogue median."""
+
+
+PREDICT_SMALL = 1024
+"""Predict calls of at most this many rows are padded to it, larger ones to ``MODEL_CHUNK``: two
+compilations in all (each costs about as much as a few hundred padded predictions)."""
+
+
+def _bucket(n: int, chunk: int) -> int:
+    return PREDICT_SMALL if n <= PREDICT_SMALL else chunk
+
+
+def predict_model(
+    engine: Engine, state: Any, x: F32, track_id: npt.NDArray[np.int32]
+) -> rewards.Predictions:
+    """The model's predictions for ``x``, in padded chunks (few compilations)."""
+    n = x.shape[0]
+    skip = np.zeros((n, 3), np.float32)
+    complete = np.zeros(n, np.float32)
+    for lo in range(0, n, MODEL_CHUNK):
+        part = x[lo : lo + MODEL_CHUNK]
+        m = part.shape[0]
+        size = _bucket(m, MODEL_CHUNK)
+        if m == size and part.dtype == np.float32 and part.flags.c_contiguous:  # no padding
+            xp = part
+        else:
+            xp = np.zeros((size, x.shape[1]), np.float32)
+            xp[:m] = part
+        ids = np.zeros(size, np.int32)
+        ids[:m] = track_id[lo : lo + m]
+        dur = np.full(size, NOMINAL_DURATION_MS, np.int64)
+        pred = engine.reward_model.predict(state, rewards.Inputs(xp, dur, ids))
+        skip[lo : lo + m] = np.asarray(pred.skip)[:m]
+        complete[lo : lo + m] = np.asarray(pred.complete)[:m]
+    return rewards.Predictions(skip=skip, complete=complete)  # type: ignore[arg-type]
+
+
+def warm_up(engine: Engine, state: WorkerState) -> None:
+    """Compile every jitted function ``step`` calls, at the padded sizes it calls them with.
+
+    Runs the reward model's two predict sizes (with the ``denoised`` composite, the only one
+    that predicts), one model update and two policy updates (the second on the first's output,
+    in case its array types differ from the initial state's) on throwaway all-padding inputs; ``state`` is only read and every result is dropped. A daemon
+    runs it on a thread while it connects and joins its group, so its first polls do not wait
+    for the compiler (JAX compiles a function once even when two threads call it together).
+
+    Args:
+        engine: the worker's static parts.
+        state: the state the first steps will start from (its arrays give the shapes).
+    """
+    f = engine.n_model_features
+    predicts = engine.composite.kind == "denoised"  # only then does a step predict (side_table)
+    for n in (1, PREDICT_SMALL + 1) if predicts else ():  # one call per predict size (_bucket)
+        predict_model(engine, state.model, np.zeros((n, f), np.float32), np.zeros(n, np.int32))
+    b = MODEL_BATCH
+    rows = ModelRows(
+        features=np.zeros((b, f), np.float32),
+        ms_played=np.zeros(b, np.int64),
+        duration_ms=np.full(b, NOMINAL_DURATION_MS, np.int64),
+        reason_end=np.zeros(b, np.int8),
+        saved=np.zeros(b, bool),
+        position=np.zeros(b, np.int32),
+        censored=np.zeros(b, bool),
+        track_id=np.zeros(b, np.int32),
+        end_ms=np.zeros(b, np.int64),
+        partition=np.zeros(b, np.int32),
+        request_key=np.zeros(b, np.uint64),
+        ts_ms=np.zeros(b, np.int64),
+    )
+    model, *_ = update_model(engine, state.model, rows)
+    if predicts:
+        predict_model(engine, model, np.zeros((1, f), np.float32), np.zeros(1, np.int32))
+    columns: list[np.ndarray] = [
+        np.zeros((1, engine.d_user), np.float32),
+        np.zeros((1, engine.d_track), np.float32),
+        np.zeros(1, np.int32),
+        np.zeros(1, np.int32),
+        np.zeros(1, np.float32),
+        np.ones(1, np.float32),
+        np.zeros(1, bool),  # masked out: the update changes nothing
+    ]
+    policy, pending = update_policy(engine, state.policy, columns, state.pending)
+    policy, _ = update_policy(engine, policy, columns, pending)
+    jax.block_until_ready(policy)
+
+
+def slate_features(context: F32, features: F32) -> F32:
+    """``rewards.interaction_features`` of every shown position of ``n`` slates, row-major.
+
+    The same values bit for bit as ``interaction_features(np.repeat(context, s, axis=0),
+    features.reshape(n * s, -1), np.tile(np.arange(s), n))`` (tested), written straight into one
+    buffer: no repeated contexts, outer-product temporaries or final concatenation (about 3x
+    faster; this runs on every shown track of every impression).
+
+    Args:
+        context: ``(n, d_user)`` float32 request contexts.
+        features: ``(n, s, d_track)`` float32 features of the shown tracks.
+
+    Returns:
+        ``(n * s, n_interaction_features(d_user, d_track))`` float32.
+    """
+    n, s, dt = features.shape
+    du = context.shape[1]
+    outer_at, onehot_at = du + dt, du + dt + du * dt
+    out = np.empty((n, s, onehot_at + N_POSITIONS), np.float32)
+    out[:, :, :du] = context[:, None, :]
+    out[:, :, du:outer_at] = features
+    outer = out[:, :, outer_at:onehot_at].reshape(n, s, du, dt)  # a view: one axis split
+    # The products in a contiguous temporary, then scaled into the strided block: one pass over
+    # the block instead of a write and a read-modify-write (the same two float32 roundings).
+    product = np.multiply(
+        np.asarray(context, np.float32)[:, None, :, None],
+        np.asarray(features, np.float32)[:, :, None, :],
+    )
+    np.multiply(product, np.float32(np.sqrt(du)), out=outer)
+    out[:, :, onehot_at:] = 0.0
+    positions = np.arange(s)
+    out[:, positions, onehot_at + np.minimum(positions, N_POSITIONS - 1)] = 1.0
+    return out.reshape(n * s, -1)
+
+
+def raw_rewards(engine: Engine, plays: Plays) -> F32:
+    """Each play's composite reward from the outcome alone (what the join aggregates)."""
+    o = rewards.Outcomes(
+        features=np.zeros((plays.payload.size, 1), np.float32),
+        ms_played=plays.ms_played,
+        duration_ms=plays.duration_ms,
+        reason_end=plays.reason_end,
+        saved=plays.saved,
+        position=np.zeros(plays.payload.size, np.int32),
+        censored=plays.censored,
+        mask=np.ones(plays.payload.size, bool),
+    )
+    return np.asarray(engine.composite.raw(o), np.float32)
+
+
+_FILL = (0.0, 0.0, 0, 0, 0.0, 1.0, False)  # per Feedback field: padding rows are masked out
+
+
+_delta = jax.jit(linear.delta)
+_add = jax.jit(linear.add_deltas)
+merge_delta = jax.jit(linear.merge)
+
+
+def zero_delta(policy_state: Any) -> Any:
+    """An empty delta shaped like ``policy_state``'s statistics (linear policies only)."""
+    return linear.LinearDelta(
+        precision=jnp.zeros_like(policy_state.precision),
+        b=jnp.zeros_like(policy_state.b),
+        id_count=jnp.zeros_like(policy_state.id_count),
+        id_resid=jnp.zeros_like(policy_state.id_resid),
+        n=jnp.zeros((), jnp.int32),
+    )
+
+
+def update_policy(
+    engine: Engine, policy_state: Any, columns: list[np.ndarray], pending: Any = None
+) -> tuple[Any, Any]:
+    """Apply feedback in chunks of ``UPDATE_CHUNK`` rows, padded in numpy so jit compiles once.
+
+    With ``pending`` (a ``LinearDelta``), each chunk's additive statistics are added to it too,
+    for the other workers of a scaled-out group; returns ``(policy_state, pending)``.
+    """
+    n = int(columns[-1].shape[0])
+    for lo in range(0, n, UPDATE_CHUNK):
+        chunk = []
+        for col, fill in zip(columns, _FILL, strict=True):
+            part = col[lo : lo + UPDATE_CHUNK]
+            if part.shape[0] < UPDATE_CHUNK:
+                pad = np.full(
+                    (UPDATE_CHUNK - part.shape[0], *part.shape[1:]), fill, dtype=part.dtype
+                )
+                part = np.concatenate([part, pad])
+            chunk.append(part)  # numpy: checked on the host as it is, moved once by jit
+        fb = Feedback(*chunk)
+        if pending is not None:
+            pending = _add(pending, _delta(policy_state, fb))
+        policy_state = engine.policy.update(policy_state, fb)
+    return policy_state, pending
+
+
+def joined_model_rows(
+    side: Side,
+    side_rows: npt.NDArray[np.int64],
+    closed: join.Closed,
+    joined: join.JoinedOutcomes,
+    plays: Plays,
+    *,
+    partition: int,
+    window_ms: int,
+) -> ModelRows:
+    """The reward model's training rows for the joined plays of one closed batch."""
+    r = side_rows[joined.row]
+    pos = joined.position.astype(np.int64)
+    p = np.searchsorted(plays.payload, joined.payload)
+    x = rewards.interaction_features(side.context[r], side.features[r, pos], pos.astype(np.int32))
+    return ModelRows(
+        features=x,
+        ms_played=plays.ms_played[p],
+        duration_ms=plays.duration_ms[p],
+        reason_end=plays.reason_end[p],
+        saved=plays.saved[p],
+        position=pos.astype(np.int32),
+        censored=plays.censored[p],
+        track_id=side.action[r, pos],
+        end_ms=closed.ts_ms[joined.row].astype(np.int64) + np.int64(window_ms),
+        partition=np.full(pos.size, partition, np.int32),
+        request_key=joined.request_key.astype(np.uint64),
+        ts_ms=joined.ts_ms.astype(np.int64),
+    )
+
+
+def release_model_rows(rows: ModelRows, frontier_ms: int) -> tuple[ModelRows, ModelRows, int]:
+    """Split queued rows into those event time has released, in learning order, and the rest.
+
+    A row is released once ``frontier_ms``, the smallest join watermark of the worker's
+    partitions, has reached the end of its impression's window. Every row whose window ends at or
+    before the frontier has closed by then in its partition, and none can close later (its
+    impression or outcome would be late), so the released rows, sorted by (window end, partition,
+    impression key, position, outcome time), always continue one and the same sequence: the
+    reward model's mini-batches do not depend on how the partitions' streams were cut into polls
+    or interleaved. Rows beyond ``MODEL_QUEUE_MAX`` are released early, oldest window first, and
+    counted (a partition that stays idle holds the frontier back; only then can the order depend
+    on timing, as the join's own capacity limits can).
+
+    Returns:
+        ``(released, still_queued, released_early)``.
+    """
+    n = rows.end_ms.size
+    ready = rows.end_ms <= frontier_ms
+    early = 0
+    waiting = n - int(ready.sum())
+    if waiting > MODEL_QUEUE_MAX:
+        early = waiting - MODEL_QUEUE_MAX
+        order = np.lexsort((rows.request_key, rows.partition, rows.end_ms))
+        held = order[~ready[order]][:early]
+        ready[held] = True
+    take = np.flatnonzero(ready)
+    order = np.lexsort(
+        (
+            rows.ts_ms[take],
+            rows.position[take],
+            rows.request_key[take],
+            rows.partition[take],
+            rows.end_ms[take],
+        )
+    )
+    released = ModelRows._make(x[take[order]] for x in rows)
+    rest = ModelRows._make(x[~ready] for x in rows)
+    return released, rest, early
+
+
+def update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, ModelRows, float, int]:
+    """One update per full ``MODEL_BATCH`` of queued rows; returns the rest still queued."""
+    n = rows.ms_played.shape[0]
+    full = n - n % MODEL_BATCH
+    loss_sum, used = 0.0, 0
+    metrics_of_each: list[tuple[Any, Any]] = []
+    for lo in range(0, full, MODEL_BATCH):
+        sl = slice(lo, lo + MODEL_BATCH)
+        batch = rewards.Outcomes(
+            features=rows.features[sl],
+            ms_played=rows.ms_played[sl],
+            duration_ms=rows.duration_ms[sl],
+            reason_end=rows.reason_end[sl],
+            saved=rows.saved[sl],
+            position=rows.position[sl],
+            censored=rows.censored[sl],
+            mask=np.ones(MODEL_BATCH, bool),
+            track_id=rows.track_id[sl],
+        )
+        model, metrics = engine.reward_model.update(model, batch)
+        metrics_of_each.append((metrics.loss, metrics.n_used))
+    # Read once after every update is dispatched (each read waits for XLA): the same sums, in
+    # the same order, as reading each batch's metrics after its update.
+    for loss, k in jax.device_get(metrics_of_each):
+        loss_sum += float(loss) * int(k)
+        used += int(k)
+    rest = ModelRows._make(x[full:] for x in rows)
+    return model, rest, loss_sum, used
+
+
+def final_rewards(
+    engine: Engine,
+    side: Side,
+    side_rows: npt.NDArray[np.int64],
+    closed: join.Closed,
+    joined: join.JoinedOutcomes,
+    plays: Plays,
+) -> tuple[F32, npt.NDArray[np.bool_]]:
+    """The composite reward per (closed impression, position), and which positions to learn from.
+
+    A position whose play was censored (logout, session end, error) is left out: the listener
+    did not choose how it ended, so it says nothing of their taste (and leaving it out, rather
+    than substituting a model guess, keeps the policy's statistics exactly reproducible).
+    """
+    reward = closed.reward.astype(np.float32).copy()
+    has = ~closed.defaulted
+    censored = np.zeros(reward.shape, bool)
+    if joined.payload.size:
+        p = np.searchsorted(plays.payload, joined.payload)
+        np.logical_or.at(
+            censored, (joined.row, joined.position.astype(np.int64)), plays.censored[p]
+        )
+    if engine.composite.kind == "denoised":
+        prov = side.provisional[side_rows]
+        mixed = engine.composite.shrink * reward + (1.0 - engine.composite.shrink) * prov
+        reward = np.where(has, mixed, reward)
+    return reward, side.shown[side_rows] & ~censored

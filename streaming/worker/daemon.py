@@ -1,0 +1,1219 @@
+"""The imperative shell around ``step``: poll, decode, step, emit, checkpoint, publish.
+
+``Daemon.run`` loops until ``stop`` is set: poll (never longer than ``poll_timeout_ms``) ->
+decode to columns (malformed messages to the dead-letter topic, with the reason, the original
+bytes and where they came from) -> ``step`` -> late rows to the late topic -> checkpoint when due
+(state and offsets together, atomically; then the offsets are committed to Kafka so lag shows in
+the usual tools) -> snapshot when due. On start it loads the newest good checkpoint and seeks every
+assigned partition to the offset stored with it, so a kill at any instant replays exactly the
+events the state has not yet seen. Signal handlers only set ``stop``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bandits import save
+from streaming import join
+from streaming.config import Config
+from streaming.core import (
+    WorkerState,
+    from_arrays,
+    init,
+    join_counters,
+    limits,
+    make_engine,
+    merge_delta,
+    step,
+    to_arrays,
+    warm_up,
+    zero_delta,
+)
+from streaming.events import Reject, key64
+from streaming.events.process import Decoded, Decoding
+from streaming.kafka.clients import (
+    HANDOFF_MAX_BYTES,
+    UNREACHABLE,
+    OffsetAndMetadata,
+    TopicPartition,
+    describe_group,
+    make_consumer,
+    member_id,
+    partitions_of,
+    passing,
+    reachable,
+    rejoin,
+    serve_parked,
+    use_lean_records,
+)
+from streaming.kafka.polled import Polled, good_partitions
+from streaming.kafka.rebalance import OffLoopListener
+from streaming.worker import checkpoint, deltas, handoff, side_topics
+from streaming.worker import handoff_topic as handoff_io
+from streaming.worker.compile_cache import restore_compilation_cache, use_compilation_cache
+from streaming.worker.connections import Connections
+from streaming.worker.gc_tuning import quiet_gc
+from streaming.worker.liveness import GroupWatch
+from streaming.worker.lock import DirLock
+from streaming.worker.metrics import Metrics, MetricsServer, status_path, write_status
+from streaming.worker.outbound import Outbound, SideOutputRefusedError
+from streaming.worker.parquet_log import BackgroundLog, LogWriteError, ParquetLog
+from streaming.worker.pausing import Aligner
+from streaming.worker.schedule import Schedule
+from streaming.worker.stats import Stats, metrics_snapshot
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+FORMAT = "encore.worker/1"
+AWAY_WARN_EVERY_S = 30.0  # at most one warning per this long while the broker does not answer
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def monotonic_ms() -> int:
+    """Milliseconds on a clock that never steps (intervals; not a date)."""
+    return time.monotonic_ns() // 1_000_000
+
+
+@dataclass
+class _Batch:
+    """One poll's records, by topic, and the offset after each partition's last record."""
+
+    impressions: Polled
+    outcomes: Polled
+    offsets: dict[tuple[str, int], int]
+
+
+class Daemon:
+    """One worker of the consumer group. Build it, then call ``run(stop)``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        servers: str,
+        clock: Clock = wall_clock_ms,
+        ticks: Clock = monotonic_ms,
+        policy_names: Iterable[str] = (),
+        connections: Connections | None = None,
+    ) -> None:
+        """Args:
+        config: the worker's configuration.
+        servers: the Kafka bootstrap servers.
+        clock: wall-clock ms (dates: stats, checkpoint headers, handoff records, status).
+        ticks: monotonic ms (intervals: schedules, stall and idle detection, alignment).
+        policy_names: logging policies' names, to report rewards by name, not by key.
+        connections: the Kafka clients to use; any left None is opened by ``open`` from
+            the configuration (tests pass a fake source and fake sinks here).
+        """
+        self.config = config
+        self.servers = servers
+        self.clock = clock  # dates: stats, checkpoint headers, handoff records, status
+        self.ticks = ticks  # intervals: the loop's schedules, stall and idle detection, alignment
+        self.engine = make_engine(config)
+        self.limits = limits(config)
+        self.ckpt_dir = Path(config.checkpoint.dir)
+        self.lineage = (
+            ""  # this worker's lineage (streaming.worker.deltas), set with the state below
+        )
+        self.lineage_born_ms = 0  # when it was drawn (wall clock)
+        self.ckpt_seq = 0  # the checkpoint the state was loaded from or last written as
+        self.durable_seq = 0  # the newest checkpoint of this lineage whose learning survives
+        self._delivered = False  # a poll returned records since the last lag refresh
+        self._lag_unknown = ""  # why the last lag refresh failed ("": it did not)
+        self._away_since: float | None = None  # the broker stopped answering the loop (monotonic)
+        self._away_warned = -AWAY_WARN_EVERY_S  # when the loop last said so
+        self._away_refreshed = 0  # when the loop last refreshed the metrics while it was away
+        # held from before the state is read until close: one worker per checkpoint directory
+        self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
+        self.state: WorkerState = self._lock_and_load()
+        self.revoked: set[tuple[str, int]] = set()
+        self.stats = Stats(started_ms=clock())
+        self._names = {
+            int(k): n for k, n in zip(key64(list(policy_names)), policy_names, strict=True)
+        }
+        self.links = connections if connections is not None else Connections()
+        self._handoff_parts: list[int] = [0]
+        self.log: ParquetLog | BackgroundLog | None = None
+        if config.log.dir:
+            parquet = ParquetLog(
+                config.log.dir,
+                rows_per_file=config.log.rows_per_file,
+                max_file_age_ms=config.log.max_file_age_ms,
+                clock=clock,
+                writer=config.scale.worker_id or config.kafka.client_id,
+            )
+            self.log = BackgroundLog(parquet) if config.log.background else parquet
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_port: int | None = None
+        self._compiling: threading.Thread | None = None
+        self.watch: GroupWatch | None = None
+        self._consumer_since = 0  # when the group consumer was opened
+        self._cache_set: tuple[Any, Any] | None = None  # JAX's cache settings before open set them
+        t = config.topics
+        self.aligner = Aligner(t.impressions, t.outcomes, config.kafka.align_ms)
+        # decoding in this process until open() starts the decoding process
+        self.decoding = Decoding(self.limits, process=False)
+        self._pending: _Batch | None = None  # polled, decoding in the other process, not stepped
+        self._ckpt_failed = False  # a checkpoint write failed: the worker is stopping
+
+    # ------------------------------------------------------------------ clients
+    @property
+    def consumer(self) -> Any:
+        """The group consumer: the source of records."""
+        return self.links.source
+
+    @consumer.setter
+    def consumer(self, value: Any) -> None:
+        self.links.source = value
+
+    @property
+    def producer(self) -> Any:
+        """The side producer: dead letters, late rows, joined records."""
+        return self.links.side
+
+    @property
+    def handoff_producer(self) -> Any:
+        """The state producer: partition records, deltas, snapshots."""
+        return self.links.state
+
+    @property
+    def handoff_consumer(self) -> Any:
+        return self.links.handoff_reader
+
+    @handoff_consumer.setter
+    def handoff_consumer(self, value: Any) -> None:
+        self.links.handoff_reader = value
+
+    @property
+    def delta_consumer(self) -> Any:
+        return self.links.delta_reader
+
+    @delta_consumer.setter
+    def delta_consumer(self, value: Any) -> None:
+        self.links.delta_reader = value
+
+    # ------------------------------------------------------------------ state
+    def _lock_and_load(self) -> WorkerState:
+        """Hold the checkpoint directory, then read its state (let go if that is refused)."""
+        try:
+            self._ckpt_lock.acquire()
+        except OSError as exc:  # not creatable, not writable, not a directory
+            raise checkpoint.CheckpointWriteError(self.ckpt_dir, exc) from exc
+        try:
+            return self._load_or_init()
+        except BaseException:
+            self._ckpt_lock.release()
+            raise
+
+    def _load_or_init(self) -> WorkerState:
+        found = checkpoint.load_latest(self.ckpt_dir, remove_temps=True)  # the lock is held
+        self.ckpt_seq = self.durable_seq = 0 if found is None else int(found[1]["sequence"])
+        if found is None:
+            self.lineage = os.urandom(
+                8
+            ).hex()  # this worker's, from now on (streaming.worker.deltas)
+            self.lineage_born_ms = self.clock()
+            return init(self.engine)
+        arrays, header = found
+        if header.get("lineage"):
+            self.lineage = str(header["lineage"])
+            self.lineage_born_ms = int(header.get("lineage_born_ms", 0))
+        else:  # a checkpoint from before lineages: the same one on every restart until stored
+            where = f"{socket.gethostname()}:{self.ckpt_dir.resolve()}:{self.worker_id}"
+            self.lineage = hashlib.sha256(where.encode()).hexdigest()[:16]
+            self.lineage_born_ms = 0
+        if header.get("format") != FORMAT:
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt_dir}: checkpoint format {header.get('format')!r} is not {FORMAT!r}"
+            )
+        spec = header.get("policy_spec", {})
+        if spec.get("name") != self.engine.policy.spec.name:
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt_dir} holds state of policy {spec.get('name')!r}, but the config "
+                f"runs {self.engine.policy.spec.name!r}: use another checkpoint.dir"
+            )
+        state = from_arrays(self.engine, arrays, header["worker"])
+        theirs = {t for t, _ in state.offsets}
+        if theirs and not theirs & set(self._pair):
+            # Its windows and watermarks are those topics' event times: against other topics
+            # every event would count as late, and its offsets would never be read again.
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt_dir} holds the state of topics {', '.join(sorted(theirs))}, but the "
+                f"config reads {self._pair[0]} and {self._pair[1]}: use another checkpoint.dir"
+            )
+        log.info(
+            "resumed from checkpoint: %d offsets, counters %s", len(state.offsets), state.counters
+        )
+        return state
+
+    def write_checkpoint(self) -> Path:
+        self._flush_side_outputs()  # the outputs of the events it moves past: at-least-once
+        if self.log is not None:
+            self.log.flush()  # every record of a closed impression is durable before the state
+        st = self.state
+        if st.pending is not None and st.outbox is None and int(st.pending.n) > 0:
+            # Seal what was learned since the last delta; it is published once it is durable.
+            self.state = st._replace(
+                outbox=st.pending, pending=zero_delta(st.policy), delta_seq=st.delta_seq + 1
+            )
+        arrays, worker = to_arrays(self.engine, self.state)
+        header = {
+            "format": FORMAT,
+            "created_ms": self.clock(),
+            "config": self.config.redacted(),
+            "policy_spec": {
+                "name": self.engine.policy.spec.name,
+                "version": self.engine.policy.spec.version,
+                "params": dict(self.engine.policy.spec.params),
+            },
+            "reward": self.engine.composite.to_spec(),
+            "reward_model": {
+                "name": self.engine.reward_model.spec.name,
+                "version": self.engine.reward_model.spec.version,
+            },
+            "worker": worker,
+            "lineage": self.lineage,
+            "lineage_born_ms": self.lineage_born_ms,
+        }
+        try:
+            path = checkpoint.write(self.ckpt_dir, arrays, header, keep=self.config.checkpoint.keep)
+        except checkpoint.CheckpointWriteError:
+            # Nothing after this may act as if the state were durable: no offset commit, no
+            # delta, no handoff (a revocation while closing skips its checkpoint and handoff).
+            self._ckpt_failed = True
+            raise
+        self.ckpt_seq = self.durable_seq = checkpoint.sequence_of(path)
+        self.stats.checkpoints += 1
+        self.stats.last_checkpoint_ms = self.clock()
+        # What the group may build on, in this order: every held partition's record (its next
+        # owner resumes from it), the sealed delta, then the offsets. Whenever this worker stops,
+        # the newest records are at least as far as the committed offsets.
+        if self.handoff_producer is not None:
+            self.hand_off(self.held_partitions())
+        self.publish_outbox()
+        if self.consumer is not None and self.state.offsets:
+            owned = self.consumer.assignment()
+            meta = handoff.commit_metadata(self.lineage, self.ckpt_seq)
+            commit = {
+                TopicPartition(t, p): OffsetAndMetadata(o, meta, -1)
+                for (t, p), o in self.state.offsets.items()
+                if TopicPartition(t, p) in owned
+            }
+            if commit:
+                try:
+                    self.consumer.commit(commit)
+                except Exception as exc:  # the records published above carry the same offsets
+                    log.warning("offset commit after checkpoint failed: %s", exc)
+        return path
+
+    # ------------------------------------------------------------------ scale-out
+    @property
+    def worker_id(self) -> str:
+        return self.config.scale.worker_id or self.config.kafka.client_id
+
+    def publish_outbox(self) -> None:
+        """Send the sealed delta (if any) and forget it once the broker has it.
+
+        Sent by the state producer, which waits out a broker outage however long. A delta the
+        broker refuses (one over the topic's max.message.bytes, say) stays sealed in the state,
+        is sent again after the next checkpoint, and counts toward ``kafka.side_max_refused``.
+        """
+        st = self.state
+        out = self.handoff_producer
+        if st.outbox is None or out is None:
+            return
+        spec = self.engine.policy.spec
+        value = deltas.encode(
+            self.worker_id,
+            st.delta_seq,
+            spec.name,
+            spec.version,
+            st.outbox,
+            self.lineage,
+            self.clock(),
+        )
+        sent = out.send(self.config.topics.deltas, key=self.worker_id.encode(), value=value)
+        out.flush()
+        if isinstance(out, Outbound) and sent.state != "acked":
+            return  # refused: logged and counted by the outbound; sent again next time
+        self.state = self.state._replace(outbox=None)
+        self.stats.deltas_published += 1
+
+    def absorb_deltas(self, values: Iterable[bytes]) -> int:
+        """Fold in other workers' deltas not folded in before; returns how many were."""
+        folded = 0
+        spec = self.engine.policy.spec
+        for value in values:
+            try:
+                d = deltas.decode(value)
+            except ValueError as exc:
+                log.warning("skipping a malformed delta: %s", exc)
+                continue
+            deltas.check_own(
+                d, self.worker_id, self.lineage, self.lineage_born_ms, self.config.topics.deltas
+            )
+            if d.worker == self.worker_id or d.seq <= self.state.seen.get(d.worker, 0):
+                continue
+            if (d.policy, d.version) != (spec.name, spec.version):
+                log.warning("skipping a delta of policy %s v%d", d.policy, d.version)
+                continue
+            self.state = self.state._replace(
+                policy=merge_delta(self.state.policy, d.stats),
+                seen={**self.state.seen, d.worker: d.seq},
+            )
+            folded += 1
+        self.stats.deltas_merged += folded
+        return folded
+
+    def poll_deltas(self) -> int:
+        if self.delta_consumer is None:
+            return 0
+        polled = self.delta_consumer.poll(timeout_ms=0, max_records=1000)
+        return self.absorb_deltas(r.value for recs in polled.values() for r in recs if r.value)
+
+    # ------------------------------------------------------------------ partition handoff
+    @property
+    def _pair(self) -> tuple[str, str]:
+        return (self.config.topics.impressions, self.config.topics.outcomes)
+
+    def _numbers(self, tps: Iterable[TopicPartition]) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic in self._pair}
+
+    def held_partitions(self) -> set[int]:
+        """Partition numbers this worker's state holds anything of (windows or offsets)."""
+        pair = self._pair
+        return set(self.state.join) | {p for t, p in self.state.offsets if t in pair}
+
+    def hand_off(self, partitions: Iterable[int]) -> int:
+        """Publish the state of ``partitions`` to the handoff topic; returns once it is durable."""
+        records = (
+            handoff.extract(
+                self.state,
+                p,
+                self._pair,
+                self.worker_id,
+                lineage=self.lineage,
+                sequence=self.ckpt_seq,
+            )
+            for p in sorted(partitions)
+        )
+        sent = handoff_io.publish(
+            self.handoff_producer,
+            self.config.topics.handoff,
+            self.config.kafka.group_id,
+            records,
+            self.clock(),
+        )
+        self.stats.handoffs_published += sent
+        return sent
+
+    def read_handoffs(
+        self, partitions: Iterable[int], timeout_s: float = 60.0
+    ) -> dict[int, handoff.PartitionRecord]:
+        """The newest published record of each of ``partitions`` (damaged ones are logged, skipped)."""
+        return handoff_io.read_newest(
+            self.handoff_consumer,
+            self.config.topics.handoff,
+            self._handoff_parts,
+            self.config.kafka.group_id,
+            partitions,
+            timeout_s,
+        )
+
+    def on_revoked(self, tps: list[TopicPartition]) -> None:
+        """Step the batch in flight, checkpoint, then publish the revoked partitions' windows
+        for their next owner."""
+        if self._ckpt_failed:  # the state cannot be made durable: learn and hand off nothing
+            self._pending = None
+            return
+        self._drain(align=False)  # polled before the revocation: ours to learn
+        self.revoked.update((tp.topic, tp.partition) for tp in tps)
+        numbers = self._numbers(tps) & self.held_partitions()
+        if not numbers:
+            return
+        self.write_checkpoint()  # with the records of every held partition, these included
+        log.info("handed off partitions %s", sorted(numbers))
+
+    def on_assigned(self, tps: list[TopicPartition]) -> None:
+        """Keep, take over or start each assigned partition, drop the others, seek, checkpoint."""
+        self._drain(align=False)  # (on_revoked did, unless the client skipped it)
+        pair = self._pair
+        self.aligner.assigned(tps)
+        numbers = self._numbers(tps)
+        before = self.held_partitions()
+        published = self.read_handoffs(numbers)
+        committed = self._committed(self.consumer, numbers)
+        taken = handoff.take_over(
+            self.state,
+            numbers,
+            before,
+            published,
+            committed,
+            pair,
+            self.worker_id,
+            durable=(self.lineage, self.durable_seq),
+        )
+        for record in taken.installed:
+            log.info(
+                "took over partition %d from %s at offsets %s",
+                record.partition,
+                record.worker,
+                record.offsets,
+            )
+        for p, record, floor in taken.fresh:
+            log.warning(
+                "partition %d: the newest handed-off state %s is behind the committed "
+                "offsets %s (its owner stopped between a checkpoint and its handoff); "
+                "starting fresh there: its open windows are lost",
+                p,
+                record.offsets if record is not None else None,
+                floor,
+            )
+        self.stats.handoffs_installed += len(taken.installed)
+        self.stats.partitions_started_fresh += len(taken.fresh)
+        self.state = taken.state
+        for tp in tps:
+            stored = self.state.offsets.get((tp.topic, tp.partition))
+            if stored is not None:
+                self.consumer.seek(tp, stored)
+            elif tp.topic in pair and self._void_commit(tp.partition, committed, published):
+                # The state never read this topic of the partition and the committed offset is
+                # one of a lost checkpoint: read it from its beginning, as that state would.
+                self.consumer.seek_to_beginning(tp)
+        self.revoked.difference_update((tp.topic, tp.partition) for tp in tps)
+        if self.held_partitions() != before or taken.installed:
+            self.write_checkpoint()
+
+    def _committed(self, consumer: Any, numbers: Iterable[int]) -> dict[int, handoff.Commit]:
+        """Each partition's committed offsets on both topics, with the checkpoint they name."""
+        pair = self._pair
+        out: dict[int, handoff.Commit] = {}
+        for p in numbers:
+            got = [consumer.committed(TopicPartition(t, p), metadata=True) for t in pair]
+            meta = next((g.metadata for g in got if g is not None), None)
+            lineage, seq = handoff.parse_commit_metadata(meta)
+            offsets = (
+                None if got[0] is None else int(got[0].offset),
+                None if got[1] is None else int(got[1].offset),
+            )
+            out[p] = handoff.Commit(offsets, lineage, seq)
+        return out
+
+    def _void_commit(
+        self,
+        p: int,
+        committed: Mapping[int, handoff.Commit],
+        published: Mapping[int, handoff.PartitionRecord],
+    ) -> bool:
+        commit = committed.get(p)
+        if commit is None or commit.offsets == (None, None):
+            return False
+        durable = (self.lineage, self.durable_seq)
+        chosen = published.get(p)
+        if chosen is not None and handoff.beyond(chosen.lineage, chosen.sequence, durable):
+            chosen = None
+        return handoff.commit_void(commit, chosen, durable)
+
+    def _record(self, p: int) -> handoff.PartitionRecord:
+        return handoff.extract(
+            self.state, p, self._pair, self.worker_id, lineage=self.lineage, sequence=self.ckpt_seq
+        )
+
+    def reconcile(self) -> int:
+        """Before joining the group: make what the group sees of this worker's partitions agree
+        with the state it resumes from; returns the number of records published.
+
+        - Records or commits this lineage made after a checkpoint newer than the loaded one
+          (damaged or lost since) are void: the loaded checkpoint's records replace them, and the
+          events between are read again (counted in ``events_reread``).
+        - Records of the loaded checkpoint that never reached the topic (a stop between the
+          checkpoint and its records) are published. With shared statistics, if another worker
+          has meanwhile taken one of those partitions from an older record, the loaded
+          checkpoint's sealed delta would count that interval twice: the worker resumes from the
+          checkpoint before it instead.
+        """
+        held = self.held_partitions()
+        if not held:
+            return 0
+        published = self.read_handoffs(held)
+        kc = self.config.kafka
+        probe = make_consumer(kc, self.servers, group_id=kc.group_id)  # reads, never joins
+        try:
+            committed = self._committed(probe, held)
+        finally:
+            probe.close(autocommit=False)
+        if self.engine.share_deltas and self.state.outbox is not None:
+            # Records go out before the delta: a published delta means published records.
+            taken = sorted(
+                p for p in held if p in published and published[p].lineage != self.lineage
+            )
+            earlier = (
+                checkpoint.load_latest(self.ckpt_dir, before=self.ckpt_seq)
+                if taken and not self._own_delta_published(self.state.delta_seq)
+                else None
+            )
+            if earlier is not None:
+                log.warning(
+                    "checkpoint %d's partition records never reached %s and partitions %s were "
+                    "taken over from older ones: resuming from checkpoint %d instead, so its "
+                    "sealed delta is not counted twice",
+                    self.ckpt_seq,
+                    self.config.topics.handoff,
+                    taken,
+                    int(earlier[1]["sequence"]),
+                )
+                self.state = self._install_checkpoint(*earlier)
+                return self.reconcile()
+        durable = (self.lineage, self.durable_seq)
+        mine = {p: self._record(p) for p in held}
+        lost: dict[int, tuple[int, int]] = {}
+        for p in held:
+            ahead: list[tuple[int, int]] = []
+            rec = published.get(p)
+            if rec is not None and handoff.beyond(rec.lineage, rec.sequence, durable):
+                ahead.append(rec.offsets)
+            c = committed[p]
+            if handoff.beyond(c.lineage, c.sequence, durable):
+                ahead.append((c.offsets[0] or 0, c.offsets[1] or 0))
+            if ahead:
+                lost[p] = (max(a[0] for a in ahead), max(a[1] for a in ahead))
+        if lost:
+            again = sum(
+                max(0, far - at)
+                for p, fars in lost.items()
+                for far, at in zip(fars, mine[p].offsets, strict=True)
+            )
+            log.warning(
+                "resuming from checkpoint %d, the newest in %s that verifies; a later one had "
+                "reached partitions %s further and is damaged or missing: reading again the %d "
+                "events it had learned",
+                self.ckpt_seq,
+                self.ckpt_dir,
+                sorted(lost),
+                again,
+            )
+            self.state = self.state._replace(
+                counters={
+                    **self.state.counters,
+                    "events_reread": self.state.counters.get("events_reread", 0) + again,
+                }
+            )
+            if self.engine.share_deltas:
+                log.error(
+                    "with shared statistics, the deltas this worker published from the lost "
+                    "checkpoint stay folded in by the other workers: those %d events count twice "
+                    "in the group's policy",
+                    again,
+                )
+        publish = {
+            p
+            for p in held
+            if p not in published
+            or p in lost
+            or handoff.newer(mine[p].offsets, published[p].offsets)
+        }
+        return self.hand_off(publish) if publish else 0
+
+    def _own_delta_published(self, seq: int) -> bool:
+        """Whether this lineage's delta ``seq`` is on the deltas topic (read to its end)."""
+        topic = self.config.topics.deltas
+        reader = make_consumer(self.config.kafka, self.servers, group_id=None)
+        try:
+            tps = [
+                TopicPartition(topic, q) for q in sorted(reader.partitions_for_topic(topic) or {0})
+            ]
+            reader.assign(tps)
+            reader.seek_to_beginning(*tps)
+            ends = reader.end_offsets(tps)
+            deadline = time.monotonic() + 60
+            while any((reader.position(tp) or 0) < ends[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read {topic} to its end")
+                for records in reader.poll(timeout_ms=200).values():
+                    for r in records:
+                        try:
+                            d = deltas.decode(r.value)
+                        except ValueError:
+                            continue
+                        if (d.worker, d.lineage, d.seq) == (self.worker_id, self.lineage, seq):
+                            return True
+            return False
+        finally:
+            reader.close(autocommit=False)
+
+    def _install_checkpoint(self, arrays: dict[str, Any], header: dict[str, Any]) -> WorkerState:
+        """The state of an older checkpoint of this worker's directory (same checks as at start)."""
+        self.ckpt_seq = self.durable_seq = int(header["sequence"])
+        return from_arrays(self.engine, arrays, header["worker"])
+
+    def snapshot_bytes(self) -> bytes:
+        return save(self.engine.policy, self.state.policy)
+
+    # ------------------------------------------------------------------ loop
+    def open(self) -> None:
+        if not self._ckpt_lock.held:  # opened again after close: resume as a new worker would
+            self.state = self._lock_and_load()
+        self._use_cache()
+        topics = self.config.topics
+        # started first: the child imports while the clients connect
+        self.decoding = Decoding(self.limits, process=self.config.events.decode_process)
+        self.links.open_sinks(self.config, self.servers)
+        if self.handoff_consumer is None:
+            self.handoff_consumer = make_consumer(
+                self.config.kafka,
+                self.servers,
+                group_id=None,
+                max_partition_fetch_bytes=HANDOFF_MAX_BYTES + 1024 * 1024,
+            )
+        self._handoff_parts = sorted(
+            self.handoff_consumer.partitions_for_topic(topics.handoff) or {0}
+        )
+        self.handoff_consumer.assign(
+            [TopicPartition(topics.handoff, q) for q in self._handoff_parts]
+        )
+        self.reconcile()
+        if self.consumer is None:
+            self._open_group_consumer()
+        if self.engine.share_deltas and self.delta_consumer is None:
+            self.delta_consumer = make_consumer(self.config.kafka, self.servers, group_id=None)
+            parts = self.delta_consumer.partitions_for_topic(topics.deltas) or {0}
+            tps = [TopicPartition(topics.deltas, p) for p in sorted(parts)]
+            self.delta_consumer.assign(tps)
+            self.delta_consumer.seek_to_beginning(*tps)
+            self.publish_outbox()  # a delta sealed before a crash and maybe never sent
+        m = self.config.metrics
+        if m.enabled:
+            try:
+                self.metrics_server, self.metrics_port = self.metrics.serve(m.host, m.port)
+                log.info("metrics on http://%s:%d/metrics", m.host, self.metrics_port)
+            except OSError as exc:  # a busy port must not stop the learning
+                log.warning("no metrics endpoint on %s:%d: %s", m.host, m.port, exc)
+
+    def _flush_side_outputs(self) -> None:
+        """Wait until every dead letter, late row and joined record sent so far is acknowledged
+        by the broker (or refused and counted), however long the broker is away.
+
+        ``write_checkpoint`` calls it first: a checkpoint moves the stored offsets past the
+        events these records came from, so a crash after it must not lose them. Raises
+        ``SideOutputRefusedError`` once more records were refused than allowed (by either
+        producer): then no checkpoint is written.
+        """
+        if isinstance(self.handoff_producer, Outbound):
+            self.handoff_producer.poll()
+        if isinstance(self.producer, Outbound):
+            self.producer.flush()
+
+    def _open_group_consumer(self) -> None:
+        """The group's consumer (with the rebalance listener) and its watchdog."""
+        pair = [self.config.topics.impressions, self.config.topics.outcomes]
+        kc = self.config.kafka
+        listener = OffLoopListener(
+            self.on_revoked, self.on_assigned, lambda: getattr(self.consumer, "_net", None)
+        )
+        consumer = make_consumer(
+            kc, self.servers, group_id=kc.group_id, topics=pair, listener=listener
+        )
+        self.consumer = consumer
+        self._consumer_since = self.ticks()
+        self.aligner.new_consumer()
+        if kc.rejoin_unassigned_ms:
+            self.watch = GroupWatch(
+                kc.rejoin_unassigned_ms,
+                assigned=consumer.assignment,
+                describe=lambda: describe_group(kc, self.servers, kc.group_id),
+                partitions=lambda: [
+                    (tp.topic, tp.partition) for tp in partitions_of(consumer, pair)
+                ],
+                rejoin=lambda: rejoin(consumer, pair, listener),
+                member_id=lambda: member_id(consumer),
+                restart=self.restart_consumer,
+            )
+
+    def stalled(self, now: int, last_got: int) -> bool:
+        """True when the group consumer has returned nothing for ``kafka.stall_restart_ms``
+        although a partition it holds has records left (its lag, refreshed every tick), or
+        although it holds partitions whose lag could not be read at the last refresh (a client
+        that cannot reach its positions or the partitions' ends is not fetching either)."""
+        limit = self.config.kafka.stall_restart_ms
+        if limit <= 0 or now - max(last_got, self._consumer_since) < limit:
+            return False
+        if any(lag > 0 for lag in self.stats.lag.values()):
+            log.warning(
+                "no records for %d ms although the held partitions have %d left (lag); "
+                "closing the consumer and opening a new one",
+                limit,
+                sum(self.stats.lag.values()),
+            )
+            return True
+        if self._lag_unknown and self.stats.held:
+            log.warning(
+                "no records for %d ms and the lag of the %d held partitions is unknown (%s); "
+                "closing the consumer and opening a new one",
+                limit,
+                self.stats.held,
+                self._lag_unknown,
+            )
+            return True
+        return False
+
+    def restart_consumer(self) -> None:
+        """Close the group consumer (its revoke checkpoints and hands off what it holds) and
+        open a new one, which joins the group and seeks to the state's offsets on assignment.
+
+        The way out of a client that stopped fetching: kafka-python 3.0.12 has been seen to spin
+        in ``poll`` for minutes, unable to find its coordinator, with all the lag left; and of one
+        the group watch (``streaming.worker.liveness``) found holding nothing it should.
+        """
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:  # a broken client may fail to close; the new one replaces it
+            log.warning("closing the stalled consumer failed: %s", exc)
+        self.stats.consumer_restarts += 1
+        self.stats.lag = {}
+        self._lag_unknown = ""
+        self._open_group_consumer()
+
+    def _use_cache(self) -> None:
+        """Point JAX at the persistent compilation cache (see ``JaxConfig``)."""
+        jc = self.config.jax
+        if jc.compilation_cache and self._cache_set is None:
+            where = Path(jc.compilation_cache_dir or self.ckpt_dir / "jax-cache")
+            self._cache_set = use_compilation_cache(where)
+
+    def _start_compiling(self) -> None:
+        """Compile the step's functions on a thread (``run`` calls it once records arrived).
+
+        Not earlier: a thread that holds the GIL while the consumer joins its group starves
+        kafka-python's IO loop, and twice in about twenty starts on a loaded two-core machine
+        the consumer then never fetched a record.
+        """
+        if self.config.jax.compile_ahead and self._compiling is None:
+            state = self.state
+            self._compiling = threading.Thread(
+                target=self._compile, args=(state,), name="encore-compile-ahead", daemon=True
+            )
+            self._compiling.start()
+
+    def _compile(self, state: WorkerState) -> None:
+        started = time.perf_counter()
+        try:
+            warm_up(self.engine, state)
+        except Exception:  # the first steps compile what is missing (and raise real errors)
+            log.exception("compiling ahead failed")
+        else:
+            log.info("compiled the step's functions in %.1f s", time.perf_counter() - started)
+
+    def close(self) -> None:
+        try:
+            if self._compiling is not None:
+                self._compiling.join()
+                self._compiling = None
+            if self._cache_set is not None:
+                restore_compilation_cache(self._cache_set)
+                self._cache_set = None
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                self.metrics_server = None
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)  # revokes: checkpoint + handoff
+                self.consumer = None
+            if self.log is not None:
+                self.log.close()
+            self.links.close()
+        finally:
+            self._pending = None  # (stepped by the revoke; dropped after a failure)
+            try:
+                self.decoding.close()  # even when closing a client failed: no child left behind
+                self.decoding = Decoding(self.limits, process=False)
+            finally:
+                self._ckpt_lock.release()
+
+    def poll_once(self) -> int:
+        """One poll -> decode -> step -> emit round; returns the number of records consumed.
+
+        With the decoding process, a batch is stepped one round later: this round hands the
+        records just polled to the decoding process and steps the batch before them
+        (``_pending``) meanwhile. A rebalance steps the batch in flight before it checkpoints
+        (``on_revoked``), and so does a round that polls nothing, and the end of ``run``.
+        """
+        cfg = self.config
+        if cfg.kafka.lean_records:
+            # (offset, key, value) records parsed in one loop; idempotent, warns once if refused
+            use_lean_records(self.consumer)
+        if self.aligner.active and not serve_parked(self.consumer):
+            self.aligner.off = True  # pausing needs serve_parked's fix to resume reliably
+            log.warning("event-time alignment off: kafka-python is not the version it was made for")
+        polled = self.consumer.poll(
+            timeout_ms=cfg.kafka.poll_timeout_ms, max_records=cfg.kafka.max_poll_records
+        )
+        batch = _Batch(Polled(cfg.topics.impressions), Polled(cfg.topics.outcomes), {})
+        for tp, records in polled.items():
+            if not records or (tp.topic, tp.partition) in self.revoked:
+                continue
+            where = batch.impressions if tp.topic == cfg.topics.impressions else batch.outcomes
+            where.add(tp.partition, records)
+            batch.offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+        n = batch.impressions.n + batch.outcomes.n
+        self._delivered = self._delivered or n > 0
+        if n == 0:
+            self._drain()  # nothing to decode meanwhile
+            self._align(batch.offsets)
+            return 0
+        previous, self._pending = self._pending, None
+        done = self.decoding.result() if previous is not None else None  # before the next submit
+        imp, out = batch.impressions, batch.outcomes
+        self.decoding.submit(imp.values(), out.values(), imp.timestamps(), out.timestamps())
+        if previous is not None and done is not None:
+            self._apply(previous, done)
+        if self.decoding.in_process:  # decoded already: step it now
+            self._apply(batch, self.decoding.result())
+        else:
+            self._pending = batch  # stepped next round, while the one after decodes
+        return n
+
+    def _drain(self, *, align: bool = True) -> None:
+        """Step the batch in flight, if any (``align=False``: off the loop's thread)."""
+        batch, self._pending = self._pending, None
+        if batch is not None:
+            self._apply(batch, self.decoding.result(), align=align)
+
+    def _apply(self, batch: _Batch, decoded: Decoded, *, align: bool = True) -> None:
+        """Dead letters, step, late rows, alignment, counts and the log of one decoded batch."""
+        imp, out = batch.impressions, batch.outcomes
+        imps, imp_rej, outs, out_rej = decoded
+        self._dead_letters(imp_rej, imp)
+        self._dead_letters(out_rej, out)
+        imp_part, out_part = good_partitions(imp, imp_rej), good_partitions(out, out_rej)
+        self.state, effects = step(
+            self.engine,
+            self.state,
+            imps,
+            outs,
+            offsets=batch.offsets,
+            impression_partition=imp_part,
+            outcome_partition=out_part,
+        )
+        self._late(effects.rejected_impressions, effects.rejected_outcomes)
+        if align:
+            self._align(
+                batch.offsets, (imp.topic, imps.ts_ms, imp_part), (out.topic, outs.ts_ms, out_part)
+            )
+        self.stats.events += imp.n + out.n
+        for topic, count in ((imp.topic, imp.n), (out.topic, out.n)):
+            self.stats.events_by_topic[topic] = self.stats.events_by_topic.get(topic, 0) + count
+        if self.log is not None:
+            for records in effects.records:
+                self.log.append(records)
+                if self.config.log.publish_joined:
+                    side_topics.send_joined(self.producer, self.config.topics.joined, records)
+
+    def _align(
+        self,
+        offsets: Mapping[tuple[str, int], int],
+        *read: tuple[str, npt.NDArray[np.int64], npt.NDArray[np.int32]],
+    ) -> None:
+        """Pause the partitions read too far ahead in event time, resume the rest."""
+        if self.aligner.active:
+            self.stats.align_pauses += self.aligner.update(
+                self.consumer, self.ticks(), offsets, *read
+            )
+
+    def _dead_letters(self, rejects: list[Reject], where: Polled) -> None:
+        """Each reject to the dead-letter topic, keyed by where it came from; one too large for
+        the topic goes truncated, with the original's size and SHA-256."""
+        side_topics.send_dead_letters(
+            self.producer,
+            self.config.topics.dlq,
+            rejects,
+            where,
+            prefix_bytes=self.config.kafka.dead_letter_prefix_bytes,
+        )
+        self.stats.dead_letters += len(rejects)
+        for r in rejects:
+            self.stats.dead_by_code[r.code] = self.stats.dead_by_code.get(r.code, 0) + 1
+
+    def _late(self, imps: join.RejectedImpressions, outs: join.RejectedOutcomes) -> None:
+        kinds = side_topics.send_late(self.producer, self.config.topics.late, imps, outs)
+        self.stats.late += len(kinds)
+        for kind in kinds:
+            self.stats.late_by_kind[kind] = self.stats.late_by_kind.get(kind, 0) + 1
+
+    def caught_up(self) -> bool:
+        """True when the consumer owns partitions, has read every one of them to its end, and
+        has stepped every batch it read."""
+        owned = self.consumer.assignment()
+        if not owned or self._pending is not None or self._away_since is not None:
+            return False  # (with the broker away, asking for the end offsets would wait on it)
+        ends = self.consumer.end_offsets(list(owned))
+        return all(self.consumer.position(tp) >= end for tp, end in ends.items())
+
+    def publish_snapshot(self) -> None:
+        """Send the policy to the compacted snapshot topic, keyed by its name (state producer).
+
+        Each snapshot replaces the last, so while two wait for the broker (an outage) a newer
+        one is not queued behind them, and one that failed is not sent again once a newer one
+        is on its way: the newest always reaches the topic, and an outage holds two at most.
+        """
+        out = self.handoff_producer if self.handoff_producer is not None else self.producer
+        topic, key = self.config.topics.snapshots, self.engine.policy.spec.name.encode()
+        if isinstance(out, Outbound):
+            if out.pending_of(topic, key) >= 2:
+                return
+            out.send(topic, key=key, value=self.snapshot_bytes(), newest=True)
+        else:
+            out.send(topic, key=key, value=self.snapshot_bytes())
+        self.stats.snapshots += 1
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        on_tick: Callable[[Daemon], None] | None = None,
+        tick_ms: int = 2000,
+        exit_when_idle_ms: int | None = None,
+    ) -> Stats:
+        """Loop until ``stop`` is set; then finish the batch, checkpoint and close.
+
+        Args:
+            stop: set it (from a signal handler, say) to stop after the current batch.
+            on_tick: called every ``tick_ms`` with the daemon (live counts).
+            tick_ms: how often ``on_tick`` is called.
+            exit_when_idle_ms: also stop once nothing arrived for this long and every assigned
+                partition is read to its end (batch jobs and tests); None runs until ``stop``.
+        """
+        cc = self.config.checkpoint
+        failed: BaseException | None = None  # what ended the run, if not a stop
+        try:
+            self.open()  # inside: a failed open still closes what it opened, and the locks
+            start = self.ticks()
+            # start-up objects frozen, young collections rarer, a full collection every 5 s
+            schedule = Schedule(
+                start_ms=start,
+                checkpoint_every_ms=cc.every_ms,
+                checkpoint_every_events=cc.every_events,
+                snapshot_every_ms=self.config.rerank.snapshot_every_ms,
+                tick_every_ms=min(tick_ms, self.config.metrics.refresh_ms),
+            )
+            schedule.start_counting(self.stats.events)
+            # start-up objects frozen, young collections rarer, a full collection every 5 s
+            with quiet_gc(now_ms=start) as collector:
+                while not stop.is_set():
+                    try:
+                        got = self.poll_once()
+                        self.poll_deltas()
+                        now = self.ticks()
+                        if self.watch is not None and self.watch.tick(now):
+                            self.stats.rejoins += 1
+                        if got:
+                            schedule.got_records(now)
+                            if self._compiling is None:
+                                self._start_compiling()  # the learners, while the next polls decode
+                        elif (
+                            exit_when_idle_ms is not None
+                            and schedule.idle_for(now) >= exit_when_idle_ms
+                        ):
+                            if self.caught_up():
+                                break
+                            schedule.looked_idle(now)
+                        if schedule.checkpoint_due(now, self.stats.events):
+                            if self.stats.events > schedule.events_at_checkpoint:
+                                self.write_checkpoint()
+                            schedule.checkpointed(now, self.stats.events)
+                        if schedule.snapshot_due(now):
+                            self.publish_snapshot()
+                            schedule.snapshotted(now)
+                        if collector.tick(now):
+                            self.stats.gc_collections = collector.collections
+                            self.stats.gc_seconds = collector.seconds
+                        if schedule.tick_due(now):
+                            self._refresh_stats()
+                            self.publish_metrics()
+                            if self.stalled(now, schedule.last_got_ms):
+                                self.restart_consumer()
+                            if self.log is not None:
+                                self.log.roll_if_due()
+                            if on_tick is not None:
+                                on_tick(self)
+                            schedule.ticked(now)
+                    except UNREACHABLE as exc:  # the broker is away: wait, then poll again
+                        self._broker_away(exc)
+                self._drain()  # the batch in flight: finish it before the last checkpoint
+                self.write_checkpoint()
+                self.publish_snapshot()
+                self._refresh_stats()
+                self.publish_metrics()
+                return self.stats
+        except BaseException as exc:
+            self._pending = None  # not learned, not checkpointed: read again by the next start
+            failed = exc
+            if isinstance(exc, checkpoint.CheckpointWriteError | LogWriteError):
+                self._ckpt_failed = True  # closing checkpoints and hands off nothing
+            refused = _refusal_in(exc)
+            if refused is not None and refused is not exc:
+                raise refused from exc  # raised in a rebalance listener, wrapped by kafka-python
+            raise
+        finally:
+            self._close_after(failed)
+
+    def _close_after(self, failed: BaseException | None) -> None:
+        """``close()`` at the end of ``run``. After more refusals than allowed, closing runs
+        the revocation's checkpoint, which meets the same refusal and writes nothing: that
+        failure is logged, not raised in place of the refusal ``encore run`` reports."""
+        try:
+            self.close()
+        except Exception:
+            if failed is None or _refusal_in(failed) is None:
+                raise
+            log.info("closing after the refusal: the revocation's checkpoint was refused too")
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The daemon's numbers in the form ``streaming.worker.metrics`` and ``encore status`` take."""
+        model = self.engine.reward_model.spec.name
+        return metrics_snapshot(self.stats, self.state.sums, model, self.clock())
+
+    def publish_metrics(self) -> None:
+        """Refresh the Prometheus numbers and the status file ``encore status`` reads.
+
+        While the broker is away (nothing accepts a connection at its address) the lag is
+        unknown, not stuck: it is left empty, so that the stall watchdog does not replace a
+        consumer that merely waits for the broker, and ``broker_away_seconds`` grows.
+        """
+        if self.consumer is not None:
+            self.stats.held = len(self.consumer.assignment())
+            if self._away_since is not None and reachable(self.servers):
+                self._back()
+            if self._away_since is not None:  # still away: nothing to ask
+                self.stats.lag, self._lag_unknown = {}, ""
+            else:
+                try:
+                    self.stats.lag = self._lag()
+                    self._lag_unknown = ""
+                except Exception as exc:  # lag is best effort: never stop learning for it
+                    log.debug("consumer lag unavailable: %s", exc)
+                    if passing(exc) and not reachable(self.servers):
+                        self._note_away()
+                        self.stats.lag, self._lag_unknown = {}, ""
+                    else:
+                        self._lag_unknown = f"{type(exc).__name__}: {exc}"
+        self._side_stats()
+        self.metrics.update_from(self.metrics_snapshot())
+        write_status(status_path(self.config), self.metrics.snapshot())
+
+    def _side_stats(self) -> None:
+        """The outbounds' counts into ``stats``, and how long the broker has not answered."""
+        outs = [o for o in (self.producer, self.handoff_producer) if isinstance(o, Outbound)]
+        if outs:
+            counts = outs[0].counts  # shared by both (``Connections.open_sinks``)
+            self.stats.side_pending = sum(o.pending for o in outs)
+            self.stats.side_resent = counts.resent
+            self.stats.side_truncated = dict(counts.truncated)
+            self.stats.side_refused = dict(counts.refused)
+        waits = [o.waiting_s() for o in outs]
+        if self._away_since is not None:
+            waits.append(time.monotonic() - self._away_since)
+        self.stats.broker_away_s = max(waits, default=0.0)
+
+    def _note_away(self) -> None:
+        """The broker does not answer: remember since when, and say so once per 30 s."""
+        now = time.monotonic()
+        if self._away_since is None:
+            self._away_since = now
+        self._warn_away(
+            f"the broker at {self.servers} has not answered for {now - self._away_since:.0f} s; "
+            "waiting for it (nothing read, outputs queued, the state kept)"
+        )
+
+    def _warn_away(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._away_warned >= AWAY_WARN_EVERY_S:
+            self._away_warned = now
+            log.warning("%s", message)
+
+    def _back(self) -> None:
+        """The broker accepts connections again: the stall watchdog's clock starts over (no
+        consumer could fetch while it was away, and the clients reconnect with a backoff)."""
+        log.warning(
+            "the broker at %s answers again after %.0f s",
+            self.servers,
+            time.monotonic() - (self._away_since or time.monotonic()),
+        )
+        self._away_since = None
+        self._consumer_since = self.ticks()
+
+    def _broker_away(self, exc: BaseException) -> None:
+        """A round of the loop met a broker that does not answer (a timeout, a lost
+        connection): note it, refresh the metrics and status (at most once per refresh
+        interval), and wait a poll's time before the next round."""
+        why = f"{type(exc).__name__}: {exc}"
+        log.debug("the broker did not answer: %s", why)
+        if reachable(self.servers):  # up, and the client not reconnected yet (its backoff)
+            self._warn_away(f"a request to the broker at {self.servers} failed ({why}); retrying")
+        else:
+            self._note_away()
+        now = self.ticks()
+        if now - self._away_refreshed >= self.config.metrics.refresh_ms:
+            self._away_refreshed = now
+            self._refresh_stats()
+            self.publish_metrics()
+        time.sleep(self.config.kafka.poll_timeout_ms / 1000)
+
+    def _lag(self) -> dict[str, int]:
+        """Records left per owned partition: the end of the partition less the position.
+
+        While records flow, the end is the high watermark each fetch response carries (no request
+        of its own: asking the broker, ``end_offsets``, cost the loop about 30 ms every refresh),
+        so a paused partition's lag is as of its last fetch. Once a refresh interval went by with
+        nothing read (a consumer that stopped fetching, which ``stalled`` must see), under
+        ``read_committed`` (where the readable end is the last stable offset, not the high
+        watermark) and for a partition no fetch response covered yet, the broker is asked.
+        """
+        c = self.consumer
+        committed = self.config.kafka.client_options.get("isolation_level") == "read_committed"
+        fast = self._delivered and not committed
+        self._delivered = False
+        owned = list(c.assignment())
+        ends: dict[Any, int | None] = {tp: c.highwater(tp) if fast else None for tp in owned}
+        unknown = [tp for tp, end in ends.items() if end is None]
+        if unknown:
+            ends.update(c.end_offsets(unknown))
+        return {
+            f"{tp.topic}/{tp.partition}": max(int(end) - int(c.position(tp)), 0)
+            for tp, end in ends.items()
+            if end is not None
+        }
+
+    def _refresh_stats(self) -> None:
+        self.stats.counters = {**self.state.counters, **join_counters(self.state)}
+        self.stats.reward_by_policy = {
+            self._names.get(k, str(k)): v for k, v in self.state.reward_by_policy.items()
+        }
+
+
+def _refusal_in(exc: BaseException) -> SideOutputRefusedError | None:
+    """``exc`` if it is a :class:`SideOutputRefusedError`, else the first one among its causes
+    (kafka-python wraps what a rebalance listener raised in a ``KafkaError``)."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, SideOutputRefusedError):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None

@@ -1,0 +1,381 @@
+"""The daemon's functional core: join + learning without a broker or a clock."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandits import POLICIES
+from streaming import join
+from streaming.core import (
+    Engine,
+    WorkerState,
+    from_arrays,
+    init,
+    join_counters,
+    slate_features,
+    step,
+    to_arrays,
+    warm_up,
+)
+from streaming.events import Limits, decode_impressions, decode_outcomes, encode, key64
+from streaming.sim import traffic as listeners
+from streaming.sim.simulator import SimConfig, Simulator
+
+LIM = Limits(d_user=16, d_track=16)
+
+
+def engine(policy: str = "linucb") -> Engine:
+    cfg = join.JoinConfig(window_ms=1_800_000, allowed_lateness_ms=600_000, slate_size=3)
+    return Engine(policy=POLICIES[policy](), join_config=cfg, d_user=16, d_track=16)
+
+
+def traffic(n: int, seed: int = 0) -> tuple[list[bytes], list[bytes]]:
+    sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+    req = sim.requests(n)
+    sl = sim.log_slates(req, 3)
+    plays = sim.play(req, sl.shown)
+    imps = [
+        encode(e) for e in listeners.impressions(req, sl.shown, sl.propensity, policy="logging")
+    ]
+    release = listeners.EventTimeRelease()
+    release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
+    outs = [w.value for w in release.release()]
+    return imps, outs
+
+
+def run(
+    eng: Engine, imps: list[bytes], outs: list[bytes], cuts: int
+) -> tuple[WorkerState, dict[str, int]]:
+    state = init(eng)
+    bi = np.array_split(np.arange(len(imps)), cuts)
+    bo = np.array_split(np.arange(len(outs)), cuts)
+    for ii, oo in zip(bi, bo, strict=True):
+        ib, _ = decode_impressions([imps[i] for i in ii], LIM)
+        ob, _ = decode_outcomes([outs[i] for i in oo], LIM)
+        state, _ = step(eng, state, ib, ob)
+    state, _ = step(eng, state, None, None, watermark_ms=join.MAX_TIME_MS)
+    return state, {**state.counters, **join_counters(state)}
+
+
+def test_every_impression_closes_once_and_feeds_the_policy() -> None:
+    eng = engine()
+    imps, outs = traffic(600)
+    state, c = run(eng, imps, outs, cuts=1)
+    assert c["impressions"] == 600 and c["closed"] == 600
+    assert c["joined"] == len(outs)
+    censored = sum(b'"reason_end":"logout"' in o for o in outs)
+    assert c["feedback_rows"] == 600 * 3 - censored  # censored plays teach the policy nothing
+    assert state.sums["model_rows"] == (len(outs) // 1024) * 1024  # full mini-batches only
+    assert state.side.payload.size == 0  # nothing left behind once everything closed
+    stable = join_counters(state, cut_dependent=False)
+    assert set(join_counters(state)) - set(stable) == join.CUT_DEPENDENT
+
+
+@pytest.mark.parametrize("cuts", [2, 7, 31])
+def test_learned_state_does_not_depend_on_batch_cuts(cuts: int) -> None:
+    eng = engine()
+    imps, outs = traffic(1500, seed=1)
+    whole, c1 = run(eng, imps, outs, cuts=1)
+    cut, c2 = run(eng, imps, outs, cuts=cuts)
+    assert c1 == c2
+    from bandits import save
+
+    a = np.frombuffer(save(eng.policy, whole.policy), np.uint8)
+    b = np.frombuffer(save(eng.policy, cut.policy), np.uint8)
+    assert a.size == b.size
+    for x, y in zip(whole.policy, cut.policy, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
+    # The reward model makes the same mini-batch updates however the stream was cut.
+    import jax
+
+    for x, y in zip(jax.tree.leaves(whole.model), jax.tree.leaves(cut.model), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_state_round_trips_through_arrays() -> None:
+    eng = engine()
+    imps, outs = traffic(200, seed=2)
+    state = init(eng)
+    ib, _ = decode_impressions(imps, LIM)
+    ob, _ = decode_outcomes(outs[: len(outs) // 2], LIM)
+    state, _ = step(eng, state, ib, ob, offsets={("encore.impressions", 0): 200})
+    arrays, header = to_arrays(eng, state)
+    back = from_arrays(eng, arrays, header)
+    assert back.offsets == {("encore.impressions", 0): 200}
+    assert back.counters == state.counters and back.next_payload == state.next_payload
+    a2, _ = to_arrays(eng, back)
+    assert a2.keys() == arrays.keys()
+    for name in arrays:
+        np.testing.assert_array_equal(a2[name], arrays[name], err_msg=name)
+    for x, y in zip(back.policy, state.policy, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_closed_impressions_become_parquet_log_records(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from streaming.worker.parquet_log import ParquetLog, read_log
+
+    eng = dataclasses.replace(engine(), log_candidates=20)
+    imps, outs = traffic(300, seed=4)
+    state = init(eng)
+    ib, _ = decode_impressions(imps, LIM)
+    ob, _ = decode_outcomes(outs, LIM)
+    state, eff = step(eng, state, ib, ob, watermark_ms=join.MAX_TIME_MS)
+    assert sum(r.n_rows for r in eff.records) == 300
+    out = Path(str(tmp_path))
+    with ParquetLog(out / "log") as log:
+        for r in eff.records:
+            log.append(r)
+    frame = read_log(out / "log")
+    assert len(frame) == 300 and frame["request_id"].is_unique
+    assert set(frame["policy"]) == {"logging"}
+    assert all(len(c) == 20 for c in frame["candidate_key"])
+    assert all(len(s) == 3 for s in frame["shown"])
+
+
+def test_log_keeps_each_impressions_candidates_when_batch_widths_differ(tmp_path: object) -> None:
+    """Side rows keep candidates as wide as their batch; later, wider batches pad the older rows."""
+    import base64
+    import json
+    from pathlib import Path
+
+    from streaming.worker.parquet_log import ParquetLog, read_log
+
+    eng = dataclasses.replace(engine(), log_candidates=8)
+    imps, outs = traffic(40, seed=5)
+
+    def cut(value: bytes, k: int) -> bytes:  # keep k candidates (the shown ones are among them)
+        d = json.loads(value)
+        keep = sorted(set(d["shown"]) | set(range(k)))[:k]
+        if not set(d["shown"]) <= set(keep):
+            keep = sorted(d["shown"])
+        at = {old: new for new, old in enumerate(keep)}
+        feats = d["candidate_features"]
+        if isinstance(feats, str):  # base64 float32 (impression/2): keep rows of the array
+            rows = np.frombuffer(base64.b64decode(feats), "<f4").reshape(len(d["candidates"]), -1)
+            d["candidate_features"] = base64.b64encode(rows[keep].tobytes()).decode()
+        else:
+            d["candidate_features"] = [feats[i] for i in keep]
+        d["candidates"] = [d["candidates"][i] for i in keep]
+        d["shown"] = [at[i] for i in d["shown"]]
+        return json.dumps(d).encode()
+
+    narrow = [cut(v, 3) for v in imps[:20]]  # 3 candidates each
+    wide = list(imps[20:])  # 20 candidates each, cut to 8 by log_candidates
+    state = init(eng)
+    ib, _ = decode_impressions(narrow, LIM)
+    state, first = step(eng, state, ib, None)
+    assert state.side.log.candidate_key.shape[1] == 3
+    ib, _ = decode_impressions(wide, LIM)
+    state, second = step(eng, state, ib, None)
+    assert state.side.log.candidate_key.shape[1] == 8
+    arrays, header = to_arrays(eng, state)
+    state = from_arrays(eng, arrays, header)
+    ob, _ = decode_outcomes(outs, LIM)
+    state, last = step(eng, state, None, ob, watermark_ms=join.MAX_TIME_MS)
+    out = Path(str(tmp_path))
+    with ParquetLog(out / "log") as log:
+        for r in [*first.records, *second.records, *last.records]:
+            log.append(r)
+    frame = read_log(out / "log").set_index("request_id")
+    assert len(frame) == 40
+    for value in narrow:
+        d = json.loads(value)
+        assert len(frame.loc[d["request_id"], "candidate_key"]) == 3
+        assert list(frame.loc[d["request_id"], "shown"]) == d["shown"]
+    for value in wide:
+        d = json.loads(value)
+        assert len(frame.loc[d["request_id"], "candidate_key"]) == 8
+
+
+def test_evaluate_the_policy_a_checkpoint_holds_on_the_daemon_log(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from streaming import evaluate
+    from streaming.worker import checkpoint
+    from streaming.worker.parquet_log import ParquetLog
+
+    eng = dataclasses.replace(engine(), log_candidates=20)
+    imps, outs = traffic(400, seed=5)
+    ib, _ = decode_impressions(imps, LIM)
+    ob, _ = decode_outcomes(outs, LIM)
+    state, eff = step(eng, init(eng), ib, ob, watermark_ms=join.MAX_TIME_MS)
+    out = Path(str(tmp_path))
+    with ParquetLog(out / "log") as log:
+        for r in eff.records:
+            log.append(r)
+    arrays, worker = to_arrays(eng, state)
+    spec = eng.policy.spec
+    checkpoint.write(
+        out / "ckpt",
+        arrays,
+        {
+            "policy_spec": {
+                "name": spec.name,
+                "version": spec.version,
+                "params": dict(spec.params),
+            },
+            "worker": worker,
+        },
+    )
+    rc = evaluate.main(
+        [
+            str(out / "log"),
+            "--column-map",
+            "action=shown[0],reward=reward[0],propensity=propensity[0]",
+            "--context-columns",
+            "context",
+            "--candidate-features-column",
+            "candidate_features",
+            "--policy-checkpoint",
+            str(out / "ckpt"),
+            "--estimators",
+            "ips,snips,dr",
+            "--policy-samples",
+            "8",
+            "--n-bootstrap",
+            "50",
+            "--no-progress",
+            "--out",
+            str(out / "eval"),
+        ]
+    )
+    assert rc == 0
+    report = (out / "eval" / "report.md").read_text()
+    assert "linucb learned by the daemon" in report and "| snips" in report.lower()
+
+
+def test_a_checkpoint_of_other_reward_model_params_is_refused_clearly() -> None:
+    from rewards.survival import survival_model
+
+    eng = engine()
+    arrays, header = to_arrays(eng, init(eng))
+    averaged = dataclasses.replace(eng, reward_model=survival_model(average=0.99))
+    with pytest.raises(ValueError, match=r"reward\.model_params changed"):
+        from_arrays(averaged, arrays, header)
+
+
+@pytest.mark.parametrize("kind", ["stream30", "denoised"])
+def test_warm_up_compiles_everything_a_step_runs_and_changes_nothing(kind: str) -> None:
+    from jax._src import monitoring
+
+    import rewards
+
+    def engine_of_kind() -> Engine:
+        composite = rewards.CompositeReward(kind=kind, shrink=0.5 if kind == "denoised" else 0.0)
+        return dataclasses.replace(engine(), composite=composite)
+
+    imps, outs = traffic(600)
+    compiled: list[str] = []
+
+    def count(event: str, duration: float, **kwargs: Any) -> None:
+        if event.endswith("backend_compile_duration"):
+            compiled.append(event)
+
+    monitoring.register_event_duration_secs_listener(count)  # pyright: ignore[reportArgumentType]
+    try:
+        cold, c_cold = run(engine_of_kind(), imps, outs, cuts=7)
+        assert compiled  # a fresh engine compiles on its first steps (what is not cached yet)
+        eng = engine_of_kind()
+        warm_up(eng, init(eng))
+        compiled.clear()
+        warmed, c = run(eng, imps, outs, cuts=7)
+    finally:
+        monitoring.unregister_event_duration_listener(count)  # pyright: ignore[reportArgumentType]
+    assert compiled == []  # every padded size and both learners were compiled ahead
+    assert c == c_cold
+    a, b = to_arrays(eng, warmed)[0], to_arrays(eng, cold)[0]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_only_the_denoised_reward_predicts_at_impression_time() -> None:
+    """The provisional reward (the model's expectation when the slate is shown) is mixed into
+    the final reward by the denoised kind only; no other kind computes it."""
+    import rewards
+
+    imps, _ = traffic(40)
+    batch, _ = decode_impressions(imps, LIM)
+    for kind, shrink in (("stream30", 0.0), ("linear", 0.0), ("denoised", 0.5)):
+        eng = dataclasses.replace(
+            engine(), composite=rewards.CompositeReward(kind=kind, shrink=shrink)
+        )
+        state, _ = step(eng, init(eng), batch, None)
+        prov = state.side.provisional
+        assert prov.shape == (40, 3)
+        if kind == "denoised":
+            assert np.all(prov != 0.0) and np.all(np.isfinite(prov))  # the model's guesses
+        else:
+            assert not prov.any()
+
+
+@pytest.mark.parametrize(("n", "s"), [(1, 1), (37, 3), (5, 12)])
+def test_slate_features_equal_interaction_features_bit_for_bit(n: int, s: int) -> None:
+    from rewards import interaction_features
+
+    rng = np.random.default_rng(n * s)
+    context = rng.standard_normal((n, 16)).astype(np.float32)
+    shown = rng.standard_normal((n, s, 16)).astype(np.float32)
+    want = interaction_features(
+        np.repeat(context, s, axis=0), shown.reshape(n * s, -1), np.tile(np.arange(s), n)
+    )
+    got = slate_features(context, shown)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+
+
+def run_partitioned(
+    eng: Engine, imps: list[bytes], outs: list[bytes], parts: int, seed: int | None
+) -> WorkerState:
+    """Feed the streams as ``parts`` partitions keyed by user; ``seed`` None: whole partitions
+    in one step, else each step takes a random share of each partition's remaining events."""
+    ib, _ = decode_impressions(imps, LIM)
+    ob, _ = decode_outcomes(outs, LIM)
+    ip = (key64(ib.user_id.tolist()) % np.uint64(parts)).astype(np.int32)
+    op = (key64(ob.user_id.tolist()) % np.uint64(parts)).astype(np.int32)
+    imp_rows = [np.flatnonzero(ip == p) for p in range(parts)]
+    out_rows = [np.flatnonzero(op == p) for p in range(parts)]
+    state = init(eng)
+    rng = np.random.default_rng(seed)
+    at_i, at_o = [0] * parts, [0] * parts
+    while any(at_i[p] < imp_rows[p].size or at_o[p] < out_rows[p].size for p in range(parts)):
+        take_i: list[np.ndarray] = []
+        take_o: list[np.ndarray] = []
+        for p in rng.permutation(parts).tolist() if seed is not None else range(parts):
+            ki = imp_rows[p].size if seed is None else int(rng.integers(0, 200))
+            ko = out_rows[p].size if seed is None else int(rng.integers(0, 300))
+            take_i.append(imp_rows[p][at_i[p] : at_i[p] + ki])
+            take_o.append(out_rows[p][at_o[p] : at_o[p] + ko])
+            at_i[p] += ki
+            at_o[p] += ko
+        si, so = np.concatenate(take_i), np.concatenate(take_o)
+        state, _ = step(
+            eng,
+            state,
+            type(ib)(*(c[si] for c in ib)) if si.size else None,
+            type(ob)(*(c[so] for c in ob)) if so.size else None,
+            impression_partition=ip[si],
+            outcome_partition=op[so],
+        )
+    state, _ = step(eng, state, None, None, watermark_ms=join.MAX_TIME_MS)
+    return state
+
+
+def test_reward_model_does_not_depend_on_how_partitions_interleave() -> None:
+    """Partitions consumed unevenly and in varying order: the same reward-model updates."""
+    import jax
+
+    cfg = join.JoinConfig(window_ms=120_000, allowed_lateness_ms=30_000, slate_size=3)
+    eng = dataclasses.replace(engine(), join_config=cfg)
+    imps, outs = traffic(4000, seed=4)
+    whole = run_partitioned(eng, imps, outs, parts=4, seed=None)
+    assert whole.sums["model_rows"] >= 3 * 1024
+    for seed in (1, 2):
+        uneven = run_partitioned(eng, imps, outs, parts=4, seed=seed)
+        assert uneven.sums["model_rows"] == whole.sums["model_rows"]
+        for x, y in zip(jax.tree.leaves(whole.model), jax.tree.leaves(uneven.model), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,0 +1,89 @@
+"""The simulator: seeded, consistent with its own truth, and near its documented marginals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streaming.sim.simulator import REASONS, SimConfig, Simulator, describe
+
+
+def test_same_seed_same_world_and_traffic() -> None:
+    a, b = Simulator(SimConfig(seed=3)), Simulator(SimConfig(seed=3))
+    ra, rb = a.requests(50), b.requests(50)
+    np.testing.assert_array_equal(ra.candidates, rb.candidates)
+    pa = a.play(ra, a.log_slates(ra, 3).shown)
+    pb = b.play(rb, b.log_slates(rb, 3).shown)
+    np.testing.assert_array_equal(pa.ms_played, pb.ms_played)
+
+
+def test_candidates_distinct_and_shapes() -> None:
+    sim = Simulator(SimConfig(n_tracks=50, n_candidates=20, seed=1))
+    req = sim.requests(200)
+    assert req.candidate_features.shape == (200, 20, 16)
+    assert all(len(set(row)) == 20 for row in req.candidates.tolist())
+    assert (np.diff(req.t_ms) >= 0).all()
+
+
+def test_expected_reward_matches_empirical_stream_rate() -> None:
+    sim = Simulator(SimConfig(seed=2, logout_prob=0.0))
+    req = sim.requests(40_000)
+    shown = np.zeros((40_000, 1), dtype=np.int64)
+    p = sim.expected_reward(req)[:, 0]
+    plays = sim.play(req, shown)
+    assert abs(plays.stream30[:, 0].mean() - p.mean()) < 0.01
+    np.testing.assert_allclose(plays.p_stream30[:, 0], p)
+
+
+def test_logging_propensities_are_exact_plackett_luce() -> None:
+    sim = Simulator(SimConfig(n_candidates=4, seed=4))
+    req = sim.requests(1)
+    many = req._replace(**{f: np.repeat(getattr(req, f), 20_000, axis=0) for f in req._fields})
+    sl = sim.log_slates(many, 2)
+    first = np.bincount(sl.shown[:, 0], minlength=4) / 20_000
+    np.testing.assert_allclose(first, sim.logging_probs(req)[0], atol=0.015)
+    assert ((sl.propensity > 0) & (sl.propensity <= 1)).all()
+
+
+def test_marginals_are_in_the_documented_ranges() -> None:
+    d = describe(Simulator(SimConfig(seed=0)), n_requests=5000)
+    assert 0.27 < d["reward_random_top1"] < 0.33 and 0.68 < d["reward_oracle_top1"] < 0.76
+    assert d["reward_random_top1"] < d["reward_logging_top1"] < d["reward_oracle_top1"]
+    assert 0.0 < d["censored_rate"] < 0.03 and 0.0 < d["save_rate"] < 0.1
+    assert d["skip_rate_5s"] < d["skip_rate_30s"] < d["skip_before_end_rate"]
+    # Production-like candidates (a recall stage) land near the published skip figures.
+    r = describe(Simulator(SimConfig(seed=0, candidate_source="recall")), n_requests=5000)
+    assert 0.18 < r["skip_rate_5s"] < 0.30 and 0.40 < r["skip_before_end_rate"] < 0.55
+    assert r["reward_logging_top1"] < r["reward_oracle_top1"]
+
+
+def test_skips_come_in_runs() -> None:
+    sim = Simulator(SimConfig(seed=5))
+    req = sim.requests(20_000)
+    plays = sim.play(req, sim.log_slates(req, 5).shown)
+    heard = plays.heard[:, 1:]
+    skipped = ~plays.stream30[:, 1:] & ~plays.censored[:, 1:]
+    after_skip = skipped[heard & plays.prev_skipped[:, 1:]].mean()
+    after_play = skipped[heard & ~plays.prev_skipped[:, 1:]].mean()
+    assert after_skip > after_play + 0.05
+
+
+def test_drift_changes_tastes_over_time() -> None:
+    sim = Simulator(SimConfig(seed=6, drift=3.0))
+    early = sim.requests(10)
+    sim.requests(200_000)
+    late = sim.requests(10)
+    late = late._replace(
+        user_id=early.user_id,
+        context=early.context,
+        candidates=early.candidates,
+        candidate_features=early.candidate_features,
+        mood=early.mood,
+    )
+    assert not np.allclose(sim.affinity(early), sim.affinity(late))
+
+
+def test_invalid_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="n_candidates"):
+        SimConfig(n_tracks=5, n_candidates=10)
+    assert REASONS[0] == "trackdone"

@@ -1,0 +1,80 @@
+"""Saved state reads as written: a checkpoint kept in ``tests/data`` loads, and it equals what the
+same seeded stream teaches the worker's core today, array for array and bit for bit.
+
+``tests/data/worker-linucb.ckpt`` was written by ``state_from_stream`` below (through
+``checkpoint.write``) with the checkpoint format this module names. A change that moves modules,
+renames them or rewrites the core without meaning to change what a worker learns must keep both
+tests passing; a deliberate change of the format or of the learned state replaces the file and
+says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bandits import POLICIES
+from streaming import join
+from streaming.core import Engine, WorkerState, from_arrays, init, step, to_arrays
+from streaming.events import Limits, decode_impressions, decode_outcomes, encode
+from streaming.sim import EventTimeRelease, SimConfig, Simulator, impressions, outcomes, wire
+from streaming.worker import checkpoint
+
+FIXTURE = Path(__file__).resolve().parents[2] / "data" / "worker-linucb.ckpt"
+D = 4
+
+
+def engine() -> Engine:
+    cfg = join.JoinConfig(window_ms=1_800_000, allowed_lateness_ms=600_000, slate_size=3)
+    return Engine(policy=POLICIES["linucb"](), join_config=cfg, d_user=D, d_track=D, id_space=64)
+
+
+def state_from_stream(eng: Engine) -> WorkerState:
+    """40 simulated requests (two minutes apart, so some windows close), stepped in two polls."""
+    lim = Limits(d_user=D, d_track=D)
+    sim = Simulator(
+        SimConfig(seed=7, request_gap_ms=120_000, d_user=D, d_track=D, n_tracks=60, n_candidates=10)
+    )
+    req = sim.requests(40)
+    slates = sim.log_slates(req, 3)
+    plays = sim.play(req, slates.shown)
+    imps = [encode(e) for e in impressions(req, slates.shown, slates.propensity, policy="logging")]
+    release = EventTimeRelease()
+    release.hold(list(wire([], outcomes(req, plays))))
+    outs = [w.value for w in release.release()]
+    state = init(eng)
+    halves = zip(
+        np.array_split(np.arange(len(imps)), 2),
+        np.array_split(np.arange(len(outs)), 2),
+        strict=True,
+    )
+    for ii, oo in halves:
+        ib, _ = decode_impressions([imps[i] for i in ii], lim)
+        ob, _ = decode_outcomes([outs[i] for i in oo], lim)
+        state, _ = step(eng, state, ib, ob)
+    return state
+
+
+def test_the_kept_checkpoint_loads_and_writes_back_the_same_arrays() -> None:
+    arrays, header = checkpoint.load(FIXTURE)
+    assert header["format_version"] == checkpoint.FORMAT_VERSION
+    eng = engine()
+    state = from_arrays(eng, arrays, header)
+    assert state.counters["impressions"] == 40 and state.counters["closed"] > 0
+    again, _ = to_arrays(eng, state)
+    assert sorted(again) == sorted(arrays)
+    for name, value in arrays.items():
+        assert again[name].dtype == value.dtype, name
+        assert again[name].tobytes() == value.tobytes(), name
+
+
+def test_the_same_stream_teaches_todays_core_the_kept_state_bit_for_bit() -> None:
+    eng = engine()
+    kept, kept_header = checkpoint.load(FIXTURE)
+    now, now_header = to_arrays(eng, state_from_stream(eng))
+    assert sorted(now) == sorted(kept)
+    for name, value in kept.items():
+        assert now[name].tobytes() == value.tobytes(), name
+    assert now_header == {k: kept_header[k] for k in now_header}
+    assert set(kept_header) - set(now_header) == {"created_at_ms", "format_version", "sequence"}
