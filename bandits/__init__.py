@@ -1,7 +1,9 @@
 """Contextual bandit policies as pure JAX functions, slate re-ranking, and off-policy evaluation.
 
 A policy is ``Policy(init, score, rank, update, spec, prepare)``: pure functions over an explicit state
-(a NamedTuple of arrays), built by a factory in :data:`bandits.registry.POLICIES`:
+(a NamedTuple of arrays). A policy is built by calling its factory with its hyperparameters, the
+way ``optax.adam(1e-3)`` builds an optimiser: ``bandits.linucb(alpha=1.0)``. The factories,
+also found by name in :data:`bandits.registry.POLICIES` (``POLICIES["linucb"](alpha=1.0)``), are:
 
 - ``linucb``, ``lin_ts``, ``squarecb``, ``epsilon_greedy``, ``softmax``: one shared ridge model
   over joint user x track features plus a hashed per-track bias (``bandits.linear``), so unseen
@@ -19,9 +21,10 @@ Propensities are exact for all but the Thompson-sampling family (``lin_ts``, ``l
 How a caller (the daemon, the re-ranker, a replay) uses one::
 
     import jax, numpy as np
-    from bandits import Candidates, Feedback, POLICIES, pad, save, load
+    import bandits
+    from bandits import Feedback, pad, save, load
 
-    policy = POLICIES["linucb"](alpha=1.0)            # hyperparameters as keyword arguments
+    policy = bandits.linucb(alpha=1.0)                # or bandits.POLICIES[name](**params)
     state = policy.init(d_user, d_track)              # e.g. 16, 16
 
     # Re-rank one request: pad the k candidates to a bucket so jit compiles once per bucket.
@@ -64,19 +67,42 @@ called on concrete arrays; :func:`bandits.checks.check_request` and
 :func:`bandits.checks.check_feedback` do the value checks for callers that jit themselves.
 
 Off-policy estimators live in the subpackage ``bandits.ope`` (``import bandits.ope``); it is not
-imported here, so the policies do not depend on it.
+imported here, so the policies do not depend on it. Every estimator returns an
+:class:`Estimate` (value, interval, rounds used and weight :class:`Diagnostics`).
+
+Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> import bandits
+    >>> policy = bandits.linucb(alpha=1.0, n_ids=0)
+    >>> policy.spec.name, policy.spec.params["alpha"]
+    ('linucb', 1.0)
+    >>> state = policy.init(2, 3)
+    >>> cands, mask = bandits.pad(np.ones((5, 3), np.float32), np.arange(5))
+    >>> ranked = policy.rank(state, jnp.ones(2), cands, mask, key=jax.random.key(0), slate_size=2)
+    >>> ranked.order.shape, ranked.propensity.tolist()
+    ((2,), [1.0, 1.0])
 """
 
 from bandits.checks import check_feedback, check_request
+from bandits.disjoint import disjoint_linucb
+from bandits.epsilon_greedy import epsilon_greedy
+from bandits.linucb import linucb
+from bandits.logistic_ts import logistic_ts
+from bandits.neural_linear import neural_linear
 from bandits.policy import Policy, PolicySpec
 from bandits.registry import POLICIES
 from bandits.slates import pad
+from bandits.softmax import softmax
+from bandits.squarecb import squarecb
 from bandits.state import StateFormatError, load, save
-from bandits.types import Candidates, Estimate, Feedback, Ranked
+from bandits.thompson import lin_ts
+from bandits.types import Candidates, Diagnostics, Estimate, Feedback, Ranked
+from bandits.uniform import uniform
 
 __all__ = [
     "POLICIES",
     "Candidates",
+    "Diagnostics",
     "Estimate",
     "Feedback",
     "Policy",
@@ -85,7 +111,16 @@ __all__ = [
     "StateFormatError",
     "check_feedback",
     "check_request",
+    "disjoint_linucb",
+    "epsilon_greedy",
+    "lin_ts",
+    "linucb",
     "load",
+    "logistic_ts",
+    "neural_linear",
     "pad",
     "save",
+    "softmax",
+    "squarecb",
+    "uniform",
 ]

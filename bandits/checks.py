@@ -5,7 +5,9 @@ Shapes and dtypes are checked whenever a policy function is called, also under `
 valid candidates, propensities outside ``(0, 1]``) can only be checked on concrete arrays, so the
 policy functions check them when called eagerly and skip them while being traced. A caller that
 jits ``rank`` or ``update`` itself should call :func:`check_request` / :func:`check_feedback`
-on the host first (``streaming`` does).
+on the host first (``streaming`` does). A raw array where ``Candidates`` or ``Feedback`` belongs
+is a ``TypeError`` that says how to build one (:func:`require_candidates`,
+:func:`require_feedback`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import numpy as np
 
 from bandits.types import Candidates, Feedback
 
-__all__ = ["check_feedback", "check_request", "is_concrete"]
+__all__ = [
+    "check_feedback",
+    "check_request",
+    "is_concrete",
+    "require_candidates",
+    "require_feedback",
+]
 
 
 def is_concrete(*arrays: Any) -> bool:
@@ -30,6 +38,41 @@ def _rows(bad: Any, limit: int = 5) -> str:
     idx = np.flatnonzero(bad)
     more = f" (and {idx.size - limit} more)" if idx.size > limit else ""
     return f"rows {idx[:limit].tolist()}{more}"
+
+
+def _described(x: object) -> str:
+    """``"an array of shape (5, 2)"``, ``"a tuple"``: what a caller handed in."""
+    if isinstance(x, np.ndarray | jax.Array):
+        return f"an array of shape {tuple(x.shape)}"
+    return f"a {type(x).__module__}.{type(x).__qualname__}".replace("a builtins.", "a ")
+
+
+def require_candidates(candidates: object) -> None:
+    """Raise a ``TypeError`` that says how to build ``Candidates`` unless it is one.
+
+    Raises:
+        TypeError: ``candidates`` is a raw array (or anything else) instead of ``Candidates``.
+    """
+    if not isinstance(candidates, Candidates):
+        raise TypeError(
+            f"candidates must be bandits.types.Candidates, got {_described(candidates)}; "
+            "build one with bandits.Candidates(features=(k, d_track) float32, ids=(k,) int32), "
+            "or pad raw arrays with bandits.pad(features, ids), which also returns the mask"
+        )
+
+
+def require_feedback(feedback: object) -> None:
+    """Raise a ``TypeError`` that says how to build ``Feedback`` unless it is one.
+
+    Raises:
+        TypeError: ``feedback`` is a raw array (or anything else) instead of ``Feedback``.
+    """
+    if not isinstance(feedback, Feedback):
+        raise TypeError(
+            f"feedback must be bandits.types.Feedback, got {_described(feedback)}; build one "
+            "with bandits.Feedback(context=(n, d_user), features=(n, d_track), action=(n,), "
+            "position=(n,), reward=(n,), propensity=(n,), mask=(n,)), one row per shown item"
+        )
 
 
 def _kind(name: str, x: Any, kind: str) -> None:
@@ -52,8 +95,7 @@ def check_request_shapes(
     slate_size: int | None,
 ) -> None:
     """Static checks of one ``rank``/``score`` request (work under jit and vmap)."""
-    if not isinstance(candidates, Candidates):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"candidates must be bandits.types.Candidates, got {type(candidates)}")
+    require_candidates(candidates)
     if context.shape != (d_user,):
         raise ValueError(f"context must have shape ({d_user},), got {tuple(context.shape)}")
     feats, ids = candidates.features, candidates.ids
@@ -116,8 +158,7 @@ def check_request(
 
 def check_feedback_shapes(fb: Feedback, d_user: int, d_track: int) -> None:
     """Static checks of a ``Feedback`` batch (work under jit)."""
-    if not isinstance(fb, Feedback):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"feedback must be bandits.types.Feedback, got {type(fb)}")
+    require_feedback(fb)
     n = fb.reward.shape[0] if fb.reward.ndim == 1 else -1
     expect = {
         "context": (n, d_user),

@@ -157,16 +157,19 @@ def disjoint_linucb(
                 )
 
     def score_fn(state: Any, context: Any, candidates: Any, mask: Any) -> Any:
+        checks.require_candidates(candidates)
         _check_ids("candidates.ids", candidates.ids, mask)
         return base.score(state, context, candidates, mask)
 
     def rank_fn(
         state: Any, context: Any, candidates: Any, mask: Any, *, key: Array, slate_size: int = 1
     ) -> Ranked:
+        checks.require_candidates(candidates)
         _check_ids("candidates.ids", candidates.ids, mask)
         return base.rank(state, context, candidates, mask, key=key, slate_size=slate_size)
 
     def update_fn(state: Any, feedback: Feedback) -> Any:
+        checks.require_feedback(feedback)
         _check_ids("Feedback.action", feedback.action, feedback.mask)
         return base.update(state, feedback)
 

@@ -1,6 +1,13 @@
-"""Every policy by name: an explicit dict, no introspection.
+"""Every policy factory by name: an explicit dict, no introspection.
 
-``streaming`` builds the configured policy with ``POLICIES[config.policy.name](**params)``.
+The values are the factories themselves (``POLICIES["linucb"] is bandits.linucb``), so a
+configuration builds its policy with ``POLICIES[config.policy.name](**params)``, and the name is
+the factory's ``spec.name``.
+
+Example:
+    >>> import bandits
+    >>> POLICIES["linucb"] is bandits.linucb, POLICIES["squarecb"](gamma_scale=5.0).spec.name
+    (True, 'squarecb')
 """
 
 from __future__ import annotations

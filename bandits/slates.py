@@ -6,8 +6,8 @@ probability of the ordered slate. It is exact for greedy, Plackett-Luce and the 
 samplers (epsilon mixtures, inverse gap weighting) and a Monte Carlo estimate for Thompson
 sampling (:func:`monte_carlo`).
 
-:func:`pad` pads a request's candidates to a bucket size, so a jitted ``rank`` compiles once
-per bucket instead of once per candidate count.
+:func:`pad` pads candidate sets (one request's, or a batch's) to a bucket size (:func:`bucket`),
+so a jitted ``rank`` compiles once per bucket instead of once per candidate count.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from typing import Any, cast
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jaxtyping import Array, Bool, Float, Int
 
 from bandits.types import Candidates, Ranked
 
 __all__ = [
-    "BUCKETS",
+    "MIN_BUCKET",
+    "bucket",
     "epsilon_probs",
     "greedy",
     "igw_probs",
@@ -34,8 +36,8 @@ __all__ = [
     "sequential",
 ]
 
-BUCKETS: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-"""Default candidate-count buckets for :func:`pad`."""
+MIN_BUCKET = 8
+"""The smallest default bucket of :func:`bucket` (and so of :func:`pad`)."""
 
 ProbsFn = Callable[[Float[Array, " k"], Bool[Array, " k"]], Float[Array, " k"]]
 
@@ -178,39 +180,78 @@ def monte_carlo(
     return Ranked(order.astype(jnp.int32), prop)
 
 
-def pad(
-    features: np.ndarray, ids: np.ndarray, *, buckets: Sequence[int] = BUCKETS
-) -> tuple[Candidates, np.ndarray]:
-    """Pad ``k`` candidates to the smallest bucket ``>= k`` with zero rows and a False mask.
+def bucket(size: int, buckets: Sequence[int] | None = None) -> int:
+    """The padded length for ``size`` rows: the smallest of ``buckets`` that holds them.
 
     Args:
-        features: ``(k, d_track)`` float32 candidate features.
-        ids: ``(k,)`` integer candidate ids.
-        buckets: increasing bucket sizes.
-
-    Returns:
-        ``(Candidates(features, ids), mask)`` with ``bucket`` rows; ``mask[:k]`` is True.
+        size: rows to hold (candidates of a request, or requests of a batch), ``>= 1``.
+        buckets: increasing bucket sizes; None: the powers of two from :data:`MIN_BUCKET` up.
 
     Raises:
-        ValueError: no candidate, mismatched lengths, or ``k`` above the largest bucket.
+        ValueError: ``size < 1``, or ``size`` above the largest of ``buckets``.
 
     Example:
-        >>> c, m = pad(np.ones((3, 2), np.float32), np.arange(3))
+        >>> bucket(5), bucket(9), bucket(1000), bucket(5, buckets=(6, 12))
+        (8, 16, 1024, 6)
+    """
+    if size < 1:
+        raise ValueError(f"bucket size must be >= 1, got {size}")
+    if buckets is None:
+        return max(MIN_BUCKET, 1 << (size - 1).bit_length())
+    found = next((b for b in buckets if b >= size), None)
+    if found is None:
+        raise ValueError(f"{size} rows exceed the largest bucket ({max(buckets)})")
+    return found
+
+
+def pad(
+    features: npt.ArrayLike, ids: npt.ArrayLike, *, buckets: Sequence[int] | None = None
+) -> tuple[Candidates, np.ndarray]:
+    """Pad candidate sets to a bucket size with zero rows and a False mask.
+
+    Pass one request's ``k`` candidates, or a batch of ``n`` requests with ``k`` candidates
+    each; the candidate axis is padded to ``kb = bucket(k, buckets)``, so a jitted ``rank``
+    compiles once per bucket, not once per candidate count. Leading (request) axes are kept.
+
+    Args:
+        features: ``(k, d_track)`` or ``(n, k, d_track)`` candidate features (stored float32).
+        ids: ``(k,)`` or ``(n, k)`` integer candidate ids (stored int32).
+        buckets: increasing bucket sizes; None: powers of two from :data:`MIN_BUCKET` up
+            (see :func:`bucket`).
+
+    Returns:
+        ``(Candidates(features, ids), mask)``: features ``(..., kb, d_track)`` float32, ids
+        ``(..., kb)`` int32 and mask ``(..., kb)`` bool with ``mask[..., :k]`` True.
+
+    Raises:
+        ValueError: no candidate, features not 2-D or 3-D, ids not matching features, or ``k``
+            above the largest of ``buckets``.
+
+    Example:
+        >>> import bandits
+        >>> c, m = bandits.pad(np.ones((3, 2), np.float32), np.arange(3))
         >>> c.features.shape, int(m.sum())
         ((8, 2), 3)
+        >>> c, m = bandits.pad(np.ones((4, 9, 2), np.float32), np.zeros((4, 9), np.int32))
+        >>> c.ids.shape, m.shape, bool(m[:, :9].all())
+        ((4, 16), (4, 16), True)
     """
-    k = features.shape[0]
+    features = np.asarray(features)
+    ids = np.asarray(ids)
+    if features.ndim not in (2, 3):
+        raise ValueError(
+            f"features must have shape (k, d_track) or (n, k, d_track), got {features.shape}"
+        )
+    *lead, k, d_track = features.shape
     if k == 0:
         raise ValueError("empty candidate set: features has 0 rows")
-    if ids.shape != (k,):
-        raise ValueError(f"ids must have shape ({k},), got {ids.shape}")
-    size = next((b for b in buckets if b >= k), None)
-    if size is None:
-        raise ValueError(f"{k} candidates exceed the largest bucket ({max(buckets)})")
-    f = np.zeros((size, features.shape[1]), np.float32)
-    f[:k] = features
-    i = np.zeros((size,), np.int32)
-    i[:k] = ids
-    m = np.zeros((size,), np.bool_)
-    m[:k] = True
+    if ids.shape != (*lead, k):
+        raise ValueError(f"ids must have shape {(*lead, k)}, got {ids.shape}")
+    size = bucket(k, buckets)
+    f = np.zeros((*lead, size, d_track), np.float32)
+    f[..., :k, :] = features
+    i = np.zeros((*lead, size), np.int32)
+    i[..., :k] = ids
+    m = np.zeros((*lead, size), np.bool_)
+    m[..., :k] = True
     return Candidates(cast(Any, f), cast(Any, i)), m

@@ -1,4 +1,4 @@
-"""The inputs and outputs of every policy: plain NamedTuples of arrays.
+"""The inputs and outputs of every policy, and the result of every off-policy estimator.
 
 ``bandits`` owns these types; ``streaming`` adapts its decoded events into them. Dimension names
 are used the same way everywhere: ``n`` rounds, ``k`` candidates, ``s`` slate length,
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["Candidates", "Estimate", "Feedback", "Ranked"]
+__all__ = ["Candidates", "Diagnostics", "Estimate", "Feedback", "Ranked"]
 
 
 class Candidates(NamedTuple):
@@ -71,10 +71,45 @@ class Ranked(NamedTuple):
     propensity: Float[Array, " s"]
 
 
-class Estimate(NamedTuple):
-    """An off-policy estimate with its interval (used by ``bandits.ope``)."""
+class Diagnostics(NamedTuple):
+    """How far an off-policy estimate can be trusted, from the importance weights of the log.
 
-    value: Float[Array, ""]
-    lower: Float[Array, ""]
-    upper: Float[Array, ""]
-    n: Int[Array, ""]
+    Attributes:
+        ess: effective sample size ``(sum w)^2 / sum w^2``.
+        max_weight: largest importance weight.
+        mean_weight: mean importance weight (near 1 when propensities and target agree).
+        unsupported_share: share of logged rounds whose action the target would never take.
+        warning: True when the estimate should not be trusted.
+        reason: why (empty when ``warning`` is False).
+    """
+
+    ess: float
+    max_weight: float
+    mean_weight: float
+    unsupported_share: float
+    warning: bool
+    reason: str
+
+
+class Estimate(NamedTuple):
+    """An off-policy estimate of a policy's value, with its interval (what ``bandits.ope``
+    estimators return).
+
+    Attributes:
+        value: the point estimate.
+        lower: lower end of the interval.
+        upper: upper end of the interval.
+        n: rounds it used.
+        diagnostics: weight diagnostics and the trust warning.
+
+    Example:
+        >>> e = Estimate(0.5, 0.4, 0.6, 100, Diagnostics(90.0, 3.0, 1.0, 0.0, False, ""))
+        >>> e.lower <= e.value <= e.upper, e.diagnostics.warning
+        (True, False)
+    """
+
+    value: float
+    lower: float
+    upper: float
+    n: int
+    diagnostics: Diagnostics

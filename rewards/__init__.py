@@ -8,7 +8,7 @@ How a caller (the streaming daemon) uses it::
     import numpy as np, jax
     import rewards
 
-    model = rewards.survival_model(n_id_buckets=4096)         # or skip_model(), session_model()
+    model = rewards.survival_model(n_id_buckets=4096)         # or rewards.MODELS[name](**params)
     reward = rewards.CompositeReward(kind="linear")            # from the config file
     reward.check(model.spec)                                   # the model predicts what it needs
     state = model.init(jax.random.key(0), n_features)
@@ -29,6 +29,11 @@ How a caller (the streaming daemon) uses it::
     r_final = reward.final(pred_padded, batch)                 # (size,) use the first n
     state, metrics = model.update(state, batch)                # metrics.loss is prequential
 
+Every model is built by a factory (``survival_model``, ``session_model``, ``skip_model``,
+``completion_model``, ``direct_model``), also found by name in :data:`MODELS`, so a configuration
+chooses any of them by name. ``predict`` takes :class:`Inputs` and ``update`` takes
+:class:`Outcomes`; anything else (a raw array) is a ``TypeError`` that says how to build them.
+
 Session model: keep each listener's last ``h`` plays with :func:`history_entries` and
 :func:`push_history` (only outcomes already joined), and pass them as ``history``; the shapes and
 a runnable example are in :mod:`rewards.session`.
@@ -39,7 +44,8 @@ default 0 serves the last iterate and keeps the state layout of earlier checkpoi
 
 Offline: ``rewards.fit(model, state, frame_or_parquet_path, key=...)`` loops the same ``update``
 with early stopping; ``on_epoch`` / ``on_batch`` callbacks report progress (no I/O here).
-Reports: :func:`prequential` and :func:`score_heads` give log loss, AUC and ECE per head.
+Reports: :func:`prequential` and :func:`score_heads` give log loss, AUC and ECE per head;
+:func:`plot_reliability` draws :func:`reliability_table` curves on a matplotlib ``Axes``.
 
 Codes of ``reason_end`` are indices into :data:`REASONS`. ``update`` drops invalid rows (and
 counts them in ``metrics.n_dropped``) and refuses a step whose gradient is not finite, so one bad
@@ -52,6 +58,7 @@ from rewards.calibration import (
     auc,
     ece,
     log_loss,
+    plot_reliability,
     prediction_columns,
     prequential,
     reliability_table,
@@ -73,6 +80,7 @@ from rewards.labels import (
     valid_rows,
 )
 from rewards.model import RewardModel, pad, take
+from rewards.registry import MODELS
 from rewards.session import history_entries, push_history, session_model, slate_history
 from rewards.survival import survival_model
 from rewards.types import (
@@ -90,6 +98,7 @@ from rewards.validate import check_outcomes, invalid_rows
 __all__ = [
     "HEADS",
     "KINDS",
+    "MODELS",
     "REASONS",
     "REWARD_VERSION",
     "CompositeReward",
@@ -122,6 +131,7 @@ __all__ = [
     "n_interaction_features",
     "outcomes_from_frame",
     "pad",
+    "plot_reliability",
     "prediction_columns",
     "prequential",
     "push_history",

@@ -5,7 +5,8 @@ is made when the impression is seen, with the state as it was then, and scored o
 outcome arrives; only then does the outcome enter ``update``. :func:`prequential` runs exactly
 that over a stream of batches; :func:`score_heads` scores stored predictions against outcomes.
 
-Everything here is numpy on the host (reports, not training).
+Everything here is numpy on the host (reports, not training); :func:`plot_reliability` draws
+reliability tables on an ``Axes`` it is given.
 
 References:
     Dawid (1984), "Present position and potential developments: the prequential approach";
@@ -15,7 +16,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -107,6 +108,44 @@ def reliability_table(
         mean_p = np.where(count > 0, sum_p / np.maximum(count, 1), np.nan)
         frac = np.where(count > 0, sum_y / np.maximum(count, 1), np.nan)
     return ReliabilityTable(edges[:-1], edges[1:], mean_p, frac, count.astype(np.int64))
+
+
+def plot_reliability(
+    ax: Any, tables: Mapping[str, ReliabilityTable], *, title: str = "", legend_size: int = 7
+) -> None:
+    """Draw reliability curves on a matplotlib ``Axes``: one line per table, labelled by its key.
+
+    Each line joins the non-empty bins' ``(mean_predicted, fraction_positive)``; the dashed
+    diagonal is perfect calibration. Only ``ax``'s methods are called, so ``rewards`` itself
+    needs no plotting library.
+
+    Args:
+        ax: a ``matplotlib.axes.Axes``.
+        tables: label -> :func:`reliability_table` (for example one per model, or per model
+            and head).
+        title: the axes' title.
+        legend_size: font size of the legend.
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> ax = Figure().add_subplot()
+        >>> t = reliability_table(np.array([0.1, 0.9, 0.8]), np.array([False, True, True]))
+        >>> plot_reliability(ax, {"survival": t}, title="complete")
+        >>> [line.get_label() for line in ax.get_lines()][1:], ax.get_title()
+        (['survival'], 'complete')
+    """
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    for label, t in tables.items():
+        used = t.counts > 0
+        ax.plot(
+            t.mean_predicted[used], t.fraction_positive[used], marker="o", ms=3, lw=1, label=label
+        )
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed frequency")
+    if title:
+        ax.set_title(title)
+    if tables:
+        ax.legend(fontsize=legend_size)
 
 
 def ece(p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15) -> float:

@@ -20,6 +20,7 @@ from rewards.model import (
     head_logits,
     init_head,
     initial_state,
+    jit_predict,
     make_optimizer,
     make_update,
 )
@@ -110,7 +111,7 @@ def direct_model(
         },
     )
     return RewardModel(
-        init=init, predict=jax.jit(predict), update=make_update(row_loss, optimizer), spec=spec
+        init=init, predict=jit_predict(predict), update=make_update(row_loss, optimizer), spec=spec
     )
 
 

@@ -19,6 +19,10 @@ in adaptivity beyond a lag of about ``1 / (1 - average)`` updates.
 and counted, and a step whose loss or gradient is not finite is refused (the state comes back
 unchanged, ``metrics.accepted`` is False), so one bad batch cannot poison the parameters.
 
+``predict`` takes :class:`~rewards.types.Inputs` and ``update`` takes
+:class:`~rewards.types.Outcomes`; anything else (a raw numpy or jax array) is a ``TypeError``
+that says how to build them (:class:`Guarded`).
+
 Shapes are static under ``jit``: pad batches to a few fixed sizes with :func:`pad` to avoid a
 recompilation per batch size.
 """
@@ -26,7 +30,7 @@ recompilation per batch size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +42,8 @@ from rewards.labels import valid_rows
 from rewards.types import Inputs, ModelSpec, ModelState, Outcomes, Predictions, UpdateMetrics
 
 Params = dict[str, Array]
+X = TypeVar("X")
+Y = TypeVar("Y")
 RowLoss = Callable[[Params, Outcomes], Float[Array, " n"]]
 
 
@@ -61,6 +67,76 @@ class AveragedState(NamedTuple):
 
     inner: Any
     raw: Any
+
+
+def _described(x: object) -> str:
+    """``"an array of shape (5, 2)"``, ``"a tuple"``: what a caller handed in."""
+    if isinstance(x, np.ndarray | jax.Array):
+        return f"an array of shape {tuple(x.shape)}"
+    return f"a {type(x).__module__}.{type(x).__qualname__}".replace("a builtins.", "a ")
+
+
+def require_inputs(inputs: object) -> None:
+    """Raise a ``TypeError`` that says how to build ``Inputs`` unless it is one.
+
+    Raises:
+        TypeError: ``inputs`` is a raw array, an ``Outcomes`` batch or anything else.
+    """
+    if isinstance(inputs, Inputs):
+        return
+    hint = " (an Outcomes batch gives its Inputs as outcomes.inputs)"
+    raise TypeError(
+        f"predict takes rewards.Inputs, got {_described(inputs)}; build it with "
+        "rewards.Inputs(features=(n, d) float32, duration_ms=(n,) int, track_id=(n,) int or None, "
+        f"history=(n, h, e) float32 or None){hint if isinstance(inputs, Outcomes) else ''}"
+    )
+
+
+def require_outcomes(outcomes: object) -> None:
+    """Raise a ``TypeError`` that says how to build ``Outcomes`` unless it is one.
+
+    Raises:
+        TypeError: ``outcomes`` is a raw array or anything else.
+    """
+    if not isinstance(outcomes, Outcomes):
+        raise TypeError(
+            f"update takes rewards.Outcomes, got {_described(outcomes)}; build it with "
+            "rewards.Outcomes(features, ms_played, duration_ms, reason_end, saved, position, "
+            "censored, mask), one row per play, or rewards.outcomes_from_frame(frame), then "
+            "pad it to a fixed size with rewards.pad(outcomes, size)"
+        )
+
+
+class Guarded(Generic[X, Y]):
+    """A jitted ``fn(state, x)`` behind a check of ``x`` that runs on the host, before tracing.
+
+    Every attribute of the jitted function (``lower``, ``_cache_size``, ...) stays reachable,
+    and the check is one ``isinstance``, so the guard costs nothing next to the dispatch.
+
+    Args:
+        fn: the jitted function.
+        require: raises a ``TypeError`` that says how to build the right ``x``.
+    """
+
+    def __init__(self, fn: Callable[[ModelState, X], Y], require: Callable[[object], None]):
+        self._fn = fn
+        self._require = require
+
+    def __call__(self, state: ModelState, x: X) -> Y:
+        self._require(x)
+        return self._fn(state, x)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_fn", "_require"):
+            raise AttributeError(name)
+        return getattr(self._fn, name)
+
+
+def jit_predict(
+    predict: Callable[[ModelState, Inputs], Predictions],
+) -> Guarded[Inputs, Predictions]:
+    """``jax.jit(predict)`` that refuses anything but :class:`~rewards.types.Inputs`."""
+    return Guarded(jax.jit(predict), require_inputs)
 
 
 def clean(outcomes: Outcomes) -> tuple[Outcomes, Array]:
@@ -163,7 +239,7 @@ def make_update(
         new_state = ModelState(new_params, new_opt, state.step + ok.astype(jnp.int32))
         return new_state, UpdateMetrics(loss, n_used, n_dropped, ok, grad_norm)
 
-    return jax.jit(update)
+    return Guarded(jax.jit(update), require_outcomes)
 
 
 def check_average(average: float) -> None:

@@ -63,6 +63,7 @@ from rewards.model import (
     check_average,
     head_logits,
     initial_state,
+    jit_predict,
     make_optimizer,
     make_update,
 )
@@ -298,7 +299,7 @@ def session_model(
     )
     return RewardModel(
         init=init,
-        predict=jax.jit(predict),
+        predict=jit_predict(predict),
         update=make_update(row_loss, optimizer, average=average),
         spec=spec,
     )

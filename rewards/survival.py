@@ -39,6 +39,7 @@ from rewards.model import (
     head_logits,
     init_head,
     initial_state,
+    jit_predict,
     make_optimizer,
     make_update,
 )
@@ -161,7 +162,7 @@ def survival_model(
     )
     return RewardModel(
         init=init,
-        predict=jax.jit(predict),
+        predict=jit_predict(predict),
         update=make_update(row_loss, optimizer, average=average),
         spec=spec,
     )

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 REASONS: tuple[str, ...] = ("trackdone", "fwdbtn", "backbtn", "endplay", "logout")
-"""Codes of ``reason_end`` by index (the same order as ``streaming.simulator.REASONS``).
+"""Codes of ``reason_end`` by index (the same order as ``streaming.sim.simulator.REASONS``).
 
 ``reason_end`` outside ``[0, len(REASONS))`` is invalid (see :mod:`rewards.validate`).
 """

@@ -15,7 +15,9 @@ from bandits.ope.base import (
     AbstractEstimator,
     AbstractSingleActionEstimator,
     AbstractSlateEstimator,
+    doubly_robust,
     estimate_all,
+    importance_weight,
 )
 from bandits.ope.clipped_ips import ClippedIPS
 from bandits.ope.dm import DirectMethod
@@ -87,7 +89,9 @@ __all__ = [
     "confidence_sequence",
     "cross_fit_q_hat",
     "cross_fit_slate_q_hat",
+    "doubly_robust",
     "estimate_all",
+    "importance_weight",
     "moments_init",
     "moments_merge",
     "moments_of",

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bandits.ope import intervals
+from bandits.ope._common import ones
 from bandits.ope.diagnostics import weight_diagnostics
 from bandits.ope.types import (
     Diagnostics,
@@ -41,6 +42,42 @@ def logged_target_prob(log: LoggedFeedback, target: TargetProbs) -> FloatN:
     """``(n,)`` target probability of each logged action, gathered without an ``(n, k)`` copy."""
     t = target.target_prob
     return np.take_along_axis(t, log.action[:, None], axis=1)[:, 0].astype(np.float64)
+
+
+def importance_weight(log: LoggedFeedback, target: TargetProbs) -> FloatN:
+    """``(n,)`` ``w_i = target_prob[i, a_i] / propensity_i``, the weight of each logged round."""
+    return logged_target_prob(log, target) / log.propensity
+
+
+def doubly_robust(
+    log: LoggedFeedback, target: TargetProbs, weight: FloatN, *, self_normalised: bool = False
+) -> RoundValues:
+    """Per-round values of the doubly robust family: ``baseline + weight x residual``.
+
+    ``baseline_i = sum_a target_prob[i, a] q_hat[i, a]`` and ``residual_i = r_i - q_hat[i, a_i]``;
+    each estimator of the family only chooses ``weight``.
+
+    Args:
+        log: the checked log, with ``q_hat``.
+        target: the checked target probabilities.
+        weight: ``(n,)`` the weight of each residual (``importance_weight`` for plain DR).
+        self_normalised: divide the weighted residuals by ``sum(weight)`` instead of ``n``.
+
+    Raises:
+        TypeError: the log has no ``q_hat``.
+
+    Example:
+        >>> log = LoggedFeedback(np.array([0, 1]), np.array([1.0, 0.0]), np.array([0.5, 0.5]),
+        ...                      q_hat=np.array([[0.75, 0.25], [0.5, 0.0]]))
+        >>> target = TargetProbs(np.array([[1.0, 0.0], [1.0, 0.0]]))
+        >>> rv = doubly_robust(log, target, importance_weight(log, target))
+        >>> rv.direct.tolist(), rv.weighted.tolist()
+        ([0.75, 0.5], [0.5, 0.0])
+    """
+    baseline = expected_q(require_q_hat(log), target.target_prob)
+    residual = log.reward - logged_q(log)
+    normaliser = weight if self_normalised else ones(log.n)
+    return RoundValues(direct=baseline, weighted=weight * residual, normaliser=normaliser)
 
 
 def expected_q(q_hat: np.ndarray, target_prob: np.ndarray) -> FloatN:

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from bandits.ope._common import ones, zeros
-from bandits.ope.base import AbstractSingleActionEstimator, logged_target_prob
+from bandits.ope.base import AbstractSingleActionEstimator, importance_weight
 from bandits.ope.types import LoggedFeedback, RoundValues, TargetProbs
 
 
@@ -37,5 +37,5 @@ class ClippedIPS(AbstractSingleActionEstimator):
             raise ValueError(f"ClippedIPS.max_weight must be positive, got {self.max_weight}")
 
     def round_values(self, log: LoggedFeedback, target: TargetProbs) -> RoundValues:
-        w = np.minimum(logged_target_prob(log, target) / log.propensity, self.max_weight)
+        w = np.minimum(importance_weight(log, target), self.max_weight)
         return RoundValues(direct=zeros(log.n), weighted=w * log.reward, normaliser=ones(log.n))

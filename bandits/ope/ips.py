@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bandits.ope._common import ones, zeros
-from bandits.ope.base import AbstractSingleActionEstimator, logged_target_prob
+from bandits.ope.base import AbstractSingleActionEstimator, importance_weight
 from bandits.ope.types import LoggedFeedback, RoundValues, TargetProbs
 
 
@@ -33,5 +33,5 @@ class InverseProbabilityWeighting(AbstractSingleActionEstimator):
     name: ClassVar[str] = "ips"
 
     def round_values(self, log: LoggedFeedback, target: TargetProbs) -> RoundValues:
-        w = logged_target_prob(log, target) / log.propensity
+        w = importance_weight(log, target)
         return RoundValues(direct=zeros(log.n), weighted=w * log.reward, normaliser=ones(log.n))

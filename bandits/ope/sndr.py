@@ -5,13 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bandits.ope.base import (
-    AbstractSingleActionEstimator,
-    expected_q,
-    logged_q,
-    logged_target_prob,
-    require_q_hat,
-)
+from bandits.ope.base import AbstractSingleActionEstimator, doubly_robust, importance_weight
 from bandits.ope.types import LoggedFeedback, RoundValues, TargetProbs
 
 
@@ -31,6 +25,4 @@ class SelfNormalizedDR(AbstractSingleActionEstimator):
     name: ClassVar[str] = "sndr"
 
     def round_values(self, log: LoggedFeedback, target: TargetProbs) -> RoundValues:
-        baseline = expected_q(require_q_hat(log), target.target_prob)
-        w = logged_target_prob(log, target) / log.propensity
-        return RoundValues(direct=baseline, weighted=w * (log.reward - logged_q(log)), normaliser=w)
+        return doubly_robust(log, target, importance_weight(log, target), self_normalised=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bandits.ope._common import zeros
-from bandits.ope.base import AbstractSingleActionEstimator, logged_target_prob
+from bandits.ope.base import AbstractSingleActionEstimator, importance_weight
 from bandits.ope.types import LoggedFeedback, RoundValues, TargetProbs
 
 
@@ -26,5 +26,5 @@ class SelfNormalizedIPS(AbstractSingleActionEstimator):
     name: ClassVar[str] = "snips"
 
     def round_values(self, log: LoggedFeedback, target: TargetProbs) -> RoundValues:
-        w = logged_target_prob(log, target) / log.propensity
+        w = importance_weight(log, target)
         return RoundValues(direct=zeros(log.n), weighted=w * log.reward, normaliser=w)

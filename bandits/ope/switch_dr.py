@@ -7,14 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bandits.ope._common import ones
-from bandits.ope.base import (
-    AbstractSingleActionEstimator,
-    expected_q,
-    logged_q,
-    logged_target_prob,
-    require_q_hat,
-)
+from bandits.ope.base import AbstractSingleActionEstimator, doubly_robust, importance_weight
 from bandits.ope.types import LoggedFeedback, RoundValues, TargetProbs
 
 
@@ -43,9 +36,5 @@ class SwitchDR(AbstractSingleActionEstimator):
             raise ValueError(f"SwitchDR.max_weight must be >= 0, got {self.max_weight}")
 
     def round_values(self, log: LoggedFeedback, target: TargetProbs) -> RoundValues:
-        baseline = expected_q(require_q_hat(log), target.target_prob)
-        w = logged_target_prob(log, target) / log.propensity
-        w = np.where(w <= self.max_weight, w, 0.0)
-        return RoundValues(
-            direct=baseline, weighted=w * (log.reward - logged_q(log)), normaliser=ones(log.n)
-        )
+        w = importance_weight(log, target)
+        return doubly_robust(log, target, np.where(w <= self.max_weight, w, 0.0))

@@ -4,6 +4,9 @@
 to them. Nothing here knows about policies: a target policy reaches an estimator only as the
 per-row probabilities it gives every action (``TargetProbs``).
 
+The result of every estimator is :class:`bandits.types.Estimate` (also ``bandits.Estimate``),
+re-exported here with its :class:`~bandits.types.Diagnostics`.
+
 Validation happens once, in ``check()``, and every error names the type, the column and the
 offending rows, so a bad log is fixed at its source.
 """
@@ -16,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 from jaxtyping import Float, Int
+
+from bandits.types import Diagnostics, Estimate
 
 # Array shapes, named as in the docstrings (n rounds, k actions, s positions, d features).
 FloatN = Float[np.ndarray, "n"]
@@ -379,44 +384,6 @@ class RoundValues(NamedTuple):
     direct: FloatN
     weighted: FloatN
     normaliser: FloatN
-
-
-class Diagnostics(NamedTuple):
-    """How far the estimate can be trusted, from the importance weights of the log and target.
-
-    Attributes:
-        ess: effective sample size ``(sum w)^2 / sum w^2``.
-        max_weight: largest importance weight.
-        mean_weight: mean importance weight (near 1 when propensities and target agree).
-        unsupported_share: share of logged rounds whose action the target would never take.
-        warning: True when the estimate should not be trusted.
-        reason: why (empty when ``warning`` is False).
-    """
-
-    ess: float
-    max_weight: float
-    mean_weight: float
-    unsupported_share: float
-    warning: bool
-    reason: str
-
-
-class Estimate(NamedTuple):
-    """A policy value with its interval.
-
-    Attributes:
-        value: the point estimate.
-        lower: lower end of the interval.
-        upper: upper end of the interval.
-        n: rounds it used.
-        diagnostics: weight diagnostics and the trust warning.
-    """
-
-    value: float
-    lower: float
-    upper: float
-    n: int
-    diagnostics: Diagnostics
 
 
 __all__ = [

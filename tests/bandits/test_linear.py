@@ -11,6 +11,8 @@ from bandits import linear
 from bandits.linucb import linucb
 from bandits.types import Candidates, Feedback
 
+pytestmark = pytest.mark.slow  # long update sequences and many compiled shapes
+
 
 def _batch(key: jax.Array, n: int, du: int, dt: int, *, ids: int = 50) -> Feedback:
     k1, k2, k3, k4 = jax.random.split(key, 4)

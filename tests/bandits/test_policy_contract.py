@@ -16,8 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import bandits
 from bandits import POLICIES, Candidates, Feedback, Policy, load, save
-from streaming.simulator import SimConfig, Simulator
+from streaming.sim.simulator import SimConfig, Simulator
+
+pytestmark = pytest.mark.slow  # every policy jitted, vmapped and sampled: minutes of compilation
 
 # Small hyperparameters per policy, so the battery stays fast. Every registered policy must
 # appear here: a new policy without a row fails test_every_policy_is_in_the_battery.
@@ -45,6 +48,35 @@ SIM = SimConfig(n_users=100, n_tracks=60, d_user=DU, d_track=DT, n_candidates=K,
 
 def test_every_policy_is_in_the_battery() -> None:
     assert set(CASES) == set(POLICIES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_policy_is_a_public_factory(name: str) -> None:
+    factory = getattr(bandits, name)
+    assert POLICIES[name] is factory and name in bandits.__all__
+    policy = factory(**CASES[name])
+    assert isinstance(policy, Policy) and policy.spec.name == name
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_raw_arrays_are_refused_with_a_type_error(name: str) -> None:
+    policy = _policy(name)
+    state = policy.init(DU, DT)
+    x, c, m = _request()
+    raw = np.asarray(c.features)
+    build = r"build one with bandits\.Candidates\(.*or pad raw arrays with bandits\.pad"
+    with pytest.raises(
+        TypeError,
+        match=rf"^candidates must be bandits\.types\.Candidates, got an array of shape \(8, 4\); {build}",
+    ):
+        policy.rank(state, x, raw, m, key=jax.random.key(0), slate_size=S)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=rf"got an array of shape \(8, 4\); {build}"):
+        policy.score(state, x, jnp.asarray(raw), m)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError,
+        match=r"^feedback must be bandits\.types\.Feedback, got an array of shape \(8, 4\); build one with bandits\.Feedback\(context=",
+    ):
+        policy.update(state, raw)  # type: ignore[arg-type]
 
 
 @functools.cache

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import bandits
 from bandits import POLICIES, Candidates, pad, slates
+from bandits.slates import bucket
 
 
 def test_plackett_luce_propensities_are_the_exact_conditional_softmax(key: jax.Array) -> None:
@@ -136,6 +138,36 @@ def test_pad_fills_the_smallest_bucket() -> None:
         pad(np.ones((0, 3), np.float32), np.arange(0))
     with pytest.raises(ValueError, match="exceed the largest bucket"):
         pad(np.ones((10, 3), np.float32), np.arange(10), buckets=(4, 8))
+
+
+def test_bucket_is_the_next_power_of_two_or_the_smallest_given_bucket() -> None:
+    assert [bucket(k) for k in (1, 8, 9, 16, 17, 5000, 9000)] == [8, 8, 16, 16, 32, 8192, 16384]
+    assert [bucket(k, buckets=(6, 12)) for k in (1, 6, 7, 12)] == [6, 6, 12, 12]
+    with pytest.raises(ValueError, match=r"13 rows exceed the largest bucket \(12\)"):
+        bucket(13, buckets=(6, 12))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        bucket(0)
+
+
+def test_pad_pads_the_candidate_axis_of_a_batch() -> None:
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(3, 9, 2))  # float64 in, float32 out
+    ids = rng.integers(0, 100, size=(3, 9))
+    c, m = bandits.pad(feats, ids)
+    assert c.features.shape == (3, 16, 2) and c.features.dtype == np.float32
+    assert c.ids.shape == (3, 16) and c.ids.dtype == np.int32 and m.shape == (3, 16)
+    assert m[:, :9].all() and not m[:, 9:].any()
+    np.testing.assert_array_equal(c.features[:, :9], feats.astype(np.float32))
+    np.testing.assert_array_equal(c.ids[:, :9], ids)
+    assert not c.features[:, 9:].any() and not c.ids[:, 9:].any()
+    # Each request of the batch is padded exactly as it would be alone.
+    one, one_mask = bandits.pad(feats[1], ids[1])
+    np.testing.assert_array_equal(c.features[1], one.features)
+    np.testing.assert_array_equal(m[1], one_mask)
+    with pytest.raises(ValueError, match=r"ids must have shape \(3, 9\)"):
+        bandits.pad(feats, ids[:, :8])
+    with pytest.raises(ValueError, match=r"features must have shape \(k, d_track\) or"):
+        bandits.pad(feats[0, 0], ids[0])
 
 
 def test_one_compilation_per_bucket(key: jax.Array) -> None:

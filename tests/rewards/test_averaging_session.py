@@ -14,6 +14,8 @@ from rewards.model import AveragedState
 from rewards.session import HISTORY_DIM, gru_encode, session_model
 from rewards.survival import survival_model
 
+pytestmark = pytest.mark.slow  # the session model compiled for several shapes
+
 N_FEATURES = 6
 AVERAGE = 0.9
 PLAIN = survival_model(n_id_buckets=64)

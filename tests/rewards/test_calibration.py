@@ -14,6 +14,7 @@ from rewards.calibration import (
     ece,
     head_labels,
     log_loss,
+    plot_reliability,
     prediction_columns,
     prequential,
     reliability_table,
@@ -85,3 +86,28 @@ def test_prequential_predicts_with_the_state_before_each_batch(
         )
         state, _ = model.update(state, chunk)
     assert int(final.step) == 4 and len(seen) == 4
+
+
+def test_plot_reliability_draws_one_line_per_table_over_the_diagonal() -> None:
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(0)
+    p = rng.random(2_000)
+    y = rng.random(2_000) < p
+    tables = {
+        "calibrated": reliability_table(p, y, 10),
+        "overconfident": reliability_table(p**3, y, 10),
+    }
+    ax = Figure().add_subplot()
+    plot_reliability(ax, tables, title="complete")
+    diagonal, *curves = ax.get_lines()
+    np.testing.assert_array_equal(diagonal.get_xydata(), [[0, 0], [1, 1]])
+    assert [line.get_label() for line in curves] == ["calibrated", "overconfident"]
+    t = tables["overconfident"]
+    used = t.counts > 0
+    np.testing.assert_array_equal(
+        curves[1].get_xydata(), np.stack([t.mean_predicted[used], t.fraction_positive[used]], 1)
+    )
+    assert ax.get_title() == "complete" and ax.get_xlabel() == "mean predicted probability"
+    legend = ax.get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == list(tables)

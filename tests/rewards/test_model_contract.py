@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import rewards
 from rewards import (
     Inputs,
     ModelState,
@@ -42,6 +43,41 @@ IDS = [name for name, _ in MODELS]
 FACTORIES = [lambda m=m: m for _, m in MODELS]
 SURVIVAL_FREE = survival_model(proportional=False, hidden=4)
 SESSION_SMALL = session_model(gru_units=3)
+
+
+def test_every_registered_model_is_in_the_battery() -> None:
+    assert {model.spec.name for _, model in MODELS} == set(rewards.MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(rewards.MODELS))
+def test_the_registry_builds_each_model_by_its_name(name: str) -> None:
+    factory = rewards.MODELS[name]
+    assert getattr(rewards, f"{name}_model") is factory and "MODELS" in rewards.__all__
+    assert factory().spec.name == name
+
+
+@pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
+def test_raw_arrays_are_refused_with_a_type_error(
+    factory: Callable[[], RewardModel], key: jax.Array, batch: Outcomes
+) -> None:
+    model = factory()
+    state = model.init(key, N_FEATURES)
+    x = np.asarray(batch.features)
+    for raw in (x, jnp.asarray(x)):
+        with pytest.raises(
+            TypeError,
+            match=r"^predict takes rewards\.Inputs, got an array of shape \(256, 6\); "
+            r"build it with rewards\.Inputs\(features=",
+        ):
+            model.predict(state, raw)  # type: ignore[arg-type]
+        with pytest.raises(
+            TypeError,
+            match=r"^update takes rewards\.Outcomes, got an array of shape \(256, 6\); "
+            r"build it with rewards\.Outcomes\(features, .*rewards\.pad\(outcomes, size\)$",
+        ):
+            model.update(state, raw)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got a rewards\.types\.Outcomes; .*outcomes\.inputs"):
+        model.predict(state, batch)  # type: ignore[arg-type]
 
 
 def _leaves(state: ModelState) -> list[np.ndarray]:

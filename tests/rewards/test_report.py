@@ -11,8 +11,10 @@ import pytest
 from rich.console import Console
 
 from rewards import REASONS
-from streaming.rewards_report import SimStream, report
-from streaming.simulator import SimConfig
+from streaming.evaluate.reward_models import SimStream, report
+from streaming.sim.simulator import SimConfig
+
+pytestmark = pytest.mark.slow  # a prequential report over simulated plays
 
 
 def test_sim_stream_histories_follow_each_listener() -> None:

@@ -10,20 +10,29 @@ import jax
 import numpy as np
 import pytest
 
+import bandits
 from bandits.ope import (
     ESTIMATORS,
     NEEDS_Q_HAT,
     SLATE_ESTIMATORS,
+    Diagnostics,
+    DirectMethod,
     DoublyRobust,
+    DROptimisticShrinkage,
+    Estimate,
     InvalidLogError,
     InverseProbabilityWeighting,
     LoggedFeedback,
     LoggedSlates,
+    SelfNormalizedDR,
     SelfNormalizedIPS,
     SlateTargetProbs,
+    SwitchDR,
     TargetProbs,
     cross_fit_slate_q_hat,
+    doubly_robust,
     estimate_all,
+    importance_weight,
     with_q_hat,
 )
 
@@ -124,6 +133,42 @@ def test_same_key_same_interval_and_estimate_all_matches_one_by_one() -> None:
         assert together[name] == alone
     again = estimate_all(ests, case.log, case.target, key=key)
     assert again == together
+
+
+def test_every_estimator_returns_the_one_estimate_type() -> None:
+    assert bandits.Estimate is Estimate and bandits.Diagnostics is Diagnostics
+    case = _fitted(500, 3, "softmax", "close")
+    for name in sorted(ESTIMATORS):
+        est = ESTIMATORS[name]().estimate(case.log, case.target, interval="normal")
+        assert type(est) is bandits.Estimate and type(est.diagnostics) is bandits.Diagnostics
+        assert est.n == 500 and est.lower <= est.value <= est.upper
+
+
+def test_doubly_robust_family_is_baseline_plus_weight_times_residual() -> None:
+    case = _fitted(1_000, 4, "softmax", "far")
+    log, target = case.log, case.target
+    assert log.q_hat is not None
+    rows = np.arange(log.n)
+    w = target.target_prob[rows, log.action] / log.propensity
+    baseline = (target.target_prob * log.q_hat).sum(axis=1)
+    residual = log.reward - log.q_hat[rows, log.action]
+    rv = doubly_robust(log, target, importance_weight(log, target))
+    np.testing.assert_allclose(rv.direct, baseline, rtol=1e-12)
+    np.testing.assert_allclose(rv.weighted, w * residual, rtol=1e-12)
+    assert (rv.normaliser == 1.0).all()
+    sn = doubly_robust(log, target, w, self_normalised=True)
+    np.testing.assert_array_equal(sn.normaliser, w)
+    # Each estimator of the family only chooses the weight of the residual.
+    dr = DoublyRobust().round_values(log, target)
+    for same_as_dr in (SwitchDR(max_weight=np.inf), DROptimisticShrinkage(shrinkage=np.inf)):
+        for a, b in zip(same_as_dr.round_values(log, target), dr, strict=True):
+            np.testing.assert_array_equal(a, b)
+    dm = DirectMethod().estimate(log, target, interval="normal").value
+    assert SwitchDR(max_weight=0.0).estimate(log, target, interval="normal").value == dm
+    for a, b in zip(SelfNormalizedDR().round_values(log, target), sn, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match=r"LoggedFeedback\.q_hat is None"):
+        doubly_robust(log._replace(q_hat=None), target, w)
 
 
 def test_estimators_that_need_a_reward_model_say_so() -> None:

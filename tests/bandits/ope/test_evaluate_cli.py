@@ -177,7 +177,7 @@ def test_live_consume_skips_bad_batches_and_reports() -> None:
 
 def test_evaluate_reads_the_daemon_log_folder(tmp_path: Path, capsys) -> None:
     """The daemon's joined-records log: list columns picked by element, candidate features per row."""
-    from streaming.parquet_log import ParquetLog, example_records
+    from streaming.worker.parquet_log import ParquetLog, example_records
 
     folder = tmp_path / "joined"
     writer = ParquetLog(folder, clock=lambda: 0)
