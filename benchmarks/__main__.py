@@ -1,4 +1,8 @@
-"""``python -m benchmarks NAME [--quick] [--out DIR]``: run one suite, or ``all``."""
+"""``python -m benchmarks NAME [--quick] [--out DIR]``: run one suite, or ``all``.
+
+``python -m benchmarks report DIR [--to PATH]`` renders the suites' JSON files in DIR as one
+markdown page (``all`` does that at its end, into ``DIR/README.md``).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,33 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks._runner import SUITES, run_suite
+from benchmarks._runner import SUITES, command_line, run_suite
+from benchmarks.report import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("name", choices=[*SUITES, "all"], help="suite to run")
-    parser.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
-    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
+    commands = parser.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name in [*SUITES, "all"]:
+        sub = commands.add_parser(
+            name, help="every suite" if name == "all" else f"the {name} suite"
+        )
+        sub.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+        sub.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
+    report = commands.add_parser("report", help="render DIR's suite JSON files as markdown")
+    report.add_argument("dir", type=Path, help="a folder that `--out` wrote")
+    report.add_argument("--to", type=Path, default=None, help="markdown file (DIR/README.md)")
     args = parser.parse_args(argv)
+    if args.name == "report":
+        path = write_report(args.dir, to=args.to)
+        print(f"wrote {path}")
+        return 0
     names = list(SUITES) if args.name == "all" else [args.name]
+    command = command_line(args.name, quick=args.quick, out=args.out)
     for name in names:
-        run_suite(name, quick=args.quick, out=args.out)
+        run_suite(name, quick=args.quick, out=args.out, command=command)
+    if args.name == "all":
+        print(f"wrote {write_report(args.out)}")
     return 0
 
 

@@ -4,7 +4,9 @@ A suite is a module in ``SUITES`` with ``run(ctx: Context) -> list[Row]``. A row
 mapping that names what it measured (``system``) and carries metrics with units in their
 names (``rounds_per_s``, ``cum_regret``, ``p99_ms``, ``peak_rss_mb``). Suites may add a free
 text ``notes`` list and PNG plots through ``ctx``. The runner writes ``NAME.json`` (rows, the
-machine, the versions of every peer), ``NAME.md`` (the table) and prints the table.
+machine, the versions of encore's dependencies and of every peer, the command and the time it
+finished), ``NAME.md`` (the table) and prints the table. ``benchmarks.report`` renders a
+folder of those JSON files as one page.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ SUITES: dict[str, str] = {
     "fuzz": "benchmarks.fuzz",
 }
 
+# encore's own runtime dependencies are added from its installed metadata (see versions()).
 PEERS = (
     "encore",
     "jax",
@@ -92,14 +97,44 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "ram_gib": _ram_gib(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
 
 
+def _ram_gib() -> float | None:
+    """Total memory in GiB, from ``/proc/meminfo`` (kB); None where that file is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _runtime_dependencies() -> list[str]:
+    """The distribution names encore requires outside its extras, as installed metadata says."""
+    try:
+        requires = importlib.metadata.requires("encore") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    names = []
+    for req in requires:
+        if "extra ==" in req:
+            continue
+        match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", req)
+        if match:
+            names.append(match.group(0))
+    return names
+
+
 def versions() -> dict[str, str]:
+    """Installed versions of encore, its runtime dependencies and the peers; absent ones omitted."""
     found: dict[str, str] = {}
-    for name in PEERS:
+    for name in dict.fromkeys([*PEERS, *_runtime_dependencies()]):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -107,7 +142,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A table cell: floats to about four significant figures, NaN as n/a, ``|`` escaped."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1000:
+        return f"{value:,}"
     if isinstance(value, float):
         if value != value:  # NaN
             return "n/a"
@@ -116,7 +154,7 @@ def _fmt(value: Any) -> str:
         if abs(value) >= 10:
             return f"{value:.1f}"
         return f"{value:.4g}"
-    return str(value)
+    return str(value).replace("|", "\\|")
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -128,21 +166,33 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 columns.append(key)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(format_value(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
 
 
-def run_suite(name: str, *, quick: bool, out: Path) -> list[Row]:
+def command_line(name: str, *, quick: bool, out: Path) -> str:
+    """The command that runs suite ``name`` (or ``all``) at this size into ``out``."""
+    return f"python -m benchmarks {name}{' --quick' if quick else ''} --out {out}"
+
+
+def run_suite(name: str, *, quick: bool, out: Path, command: str | None = None) -> list[Row]:
+    """Run one suite and write its JSON and markdown; ``command`` is recorded as what ran it."""
     module = importlib.import_module(SUITES[name])
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(quick=quick, out=out)
+    load_start = os.getloadavg()[0]
     started = time.perf_counter()
     rows: list[Row] = module.run(ctx)
     elapsed_s = time.perf_counter() - started
-    report = {
+    report: dict[str, Any] = {
         "suite": name,
         "quick": quick,
         "elapsed_s": round(elapsed_s, 2),
+        # other work on the machine shares its cores with the suite: the 1-minute load average
+        "load_1m_start": round(load_start, 2),
+        "load_1m_end": round(os.getloadavg()[0], 2),
+        "finished_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        "command": command or command_line(name, quick=quick, out=out),
         "machine": machine(),
         "versions": versions(),
         "rows": rows,
