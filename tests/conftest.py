@@ -32,7 +32,7 @@ def kafka_broker() -> Iterator[str]:
     if external:
         yield external
         return
-    from streaming.broker import TEST_SETTINGS, LocalBroker
+    from streaming.kafka.broker import TEST_SETTINGS, LocalBroker
 
     with tempfile.TemporaryDirectory(prefix="encore-broker-") as tmp:
         broker = LocalBroker(state_dir=Path(tmp), settings=TEST_SETTINGS)
