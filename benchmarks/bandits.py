@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 
 # OpenBLAS (behind numpy, and behind JAX's LAPACK calls on CPU) spins a thread per core; on a
-# small shared machine that oversubscription makes a 289 x 289 Cholesky 20x slower. One thread
-# for every system in this suite (VW does not use it; MABWiser and encore both do).
+# small shared machine those threads contend for the cores, and a small factorisation such as
+# the policy's 289 x 289 Cholesky spends its time waiting for them. One thread for every
+# system in this suite (VW does not use it; MABWiser and encore both do).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import json
 import subprocess
@@ -950,7 +951,7 @@ def run(ctx: Context) -> list[Row]:
         f"batches of {LATENCY_BATCH} per call, per request. Run in a child process pinned to "
         f"one core (sched_setaffinity) with XLA_FLAGS='{LATENCY_XLA_FLAGS}' and "
         "jax_cpu_enable_async_dispatch off (on one core the default hand-off to a worker "
-        "thread stalls about 1% of calls by 1-8 ms)."
+        "thread waits for the scheduler, and the calls it stalls set the p99)."
     )
     ctx.notes.append(
         "encore rerank HTTP: POST /rank round trips (one keep-alive connection, one request at a "
@@ -1011,7 +1012,8 @@ if __name__ == "__main__":  # the pinned latency child: latency NAMES K D_TRACK 
     jax.config.update("jax_numpy_dtype_promotion", "standard")
     # One core: run each computation on the calling thread. With asynchronous CPU dispatch
     # (JAX's default) every call hands off to a worker thread, and on a single core that
-    # hand-off costs 1-8 ms in about 1% of calls (p99 3.5 ms instead of 0.2 ms for squarecb).
+    # thread must wait to be scheduled: a few calls stall, and the tail latency measures the
+    # scheduler rather than the policy.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     out = latency_child(
         sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 
-# As the `encore` CLI does before numpy loads (streaming/cli.py): OpenBLAS's thread pool on two
-# shared cores made the policy's 289 x 289 Cholesky re-factorisation ~20x slower. The daemon this
-# suite measures runs in this process, so it gets the setting `encore run` would give it.
+# As the `encore` CLI does before numpy loads (streaming/cli.py): OpenBLAS's thread pool
+# oversubscribes a small shared machine, and the policy's 289 x 289 Cholesky re-factorisation
+# waits on its threads. The daemon this suite measures runs in this process, so it gets the
+# setting `encore run` would give it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import dataclasses
@@ -572,8 +573,8 @@ def run(ctx: Context) -> list[Row]:
     )
     ctx.notes.append(
         "events_per_s of the daemon covers its whole run, start-up included (group join, and JAX "
-        "compiling the policy update and the reward model's update, about 1.4 s in all on this "
-        "machine, most of a --quick run); steady_events_per_s is "
+        "compiling the policy update and the reward model's update, which is most of a --quick "
+        "run); steady_events_per_s is "
         "its rate between 20 % and 90 % of the stream (sampled each second), against the "
         "same consume + decode rate; over the same window, steady_cores is the CPU seconds per "
         "second of the daemon's process (all threads) and of its decoding process "

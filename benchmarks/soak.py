@@ -198,8 +198,8 @@ def run(ctx: Context) -> list[Row]:
     ctx.notes.append(
         f"{target_events:,} events streamed by a separate producer process (one simulated block "
         "of 20,000 requests, replayed with event time shifted past the previous block and new "
-        "request ids) while the daemon consumed them live; the rate is the slower of the two "
-        "on this 2-core machine. "
+        "request ids) while the daemon consumed them live; the rate is the slower of the two, "
+        "which share the machine's cores. "
         "The Parquet log keeps candidates without their features, to bound the disk the run "
         "needs; everything else is on."
     )

@@ -40,7 +40,7 @@ a runnable example are in :mod:`rewards.session`.
 
 Iterate averaging: ``survival_model(average=0.99)`` / ``session_model(average=0.99)`` serve an
 exponential moving average of the online iterates (lower log loss and ECE on a long stream; the
-default 0 serves the last iterate and keeps the state layout of earlier checkpoints).
+default 0 serves the last iterate and keeps the plain optimiser state, with no averaged copy).
 
 Offline: ``rewards.fit(model, state, frame_or_parquet_path, key=...)`` loops the same ``update``
 with early stopping; ``on_epoch`` / ``on_batch`` callbacks report progress (no I/O here).

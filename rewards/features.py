@@ -74,7 +74,7 @@ def interaction_features(
     # Written in place, column block by column block: the same float32 operations (product,
     # then the sqrt(du) scale) as building the blocks apart and concatenating them. The products
     # go to a contiguous temporary first, then scaled into the strided block: one strided pass
-    # instead of a write and a read-modify-write (about a third faster; the same two roundings).
+    # instead of a write and a read-modify-write (the same two roundings).
     out[:, :du] = u
     out[:, du:outer_at] = t
     outer = out[:, outer_at:onehot_at].reshape(n, du, dt)  # a view: the last axis split

@@ -195,7 +195,7 @@ def gru_encode(params: Params, history: Float[Array, "n h e"]) -> Float[Array, "
     The recurrence is a ``lax.scan`` over the ``h`` steps in feature-major layout (state
     ``(g, n)``), with the three gates' weights taken apart *before* the loop. That keeps every
     step's gradient a few small matmuls: slicing gates out of one ``(n, 3g)`` projection inside the
-    loop made the backward pass pad and add full-size arrays at every step (5x slower on CPU).
+    loop would make the backward pass pad and add full-size arrays at every step.
     """
     hdim = params["gru_wh"].shape[0]
     e = params["gru_wx"].shape[0]

@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 
-# OpenBLAS's thread pool oversubscribes small machines (a 289 x 289 Cholesky ran 20x slower on
-# two shared cores); encore's matrices are small, so one thread each is faster. Set before numpy
-# loads; an explicit setting in the environment wins.
+# OpenBLAS's thread pool oversubscribes small machines (a 289 x 289 Cholesky spends its time
+# waiting on threads that contend for the same cores); encore's matrices are small, so one
+# thread each is faster. Set before numpy loads; an explicit setting in the environment wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from collections.abc import Callable, Sequence
 from pathlib import Path

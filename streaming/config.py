@@ -1,5 +1,9 @@
 """THE config object: defaults, then a TOML file, then ``ENCORE_<SECTION>__<KEY>`` variables, then flags.
 
+Why one long module: every key is declared here once, with its type, default, unit and
+description, so that the loader, the validation and the generated reference
+(``docs/configuration.md``) read the same definition; most of the length is those declarations.
+
 Unknown sections and keys are errors, every duration is an integer with ``_ms`` in its name, and
 relations between fields are checked when a section is built. ``rewards`` and ``bandits`` never read
 config: ``streaming`` maps these sections to keyword arguments.

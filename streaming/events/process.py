@@ -1,10 +1,10 @@
 """Decoding in a second process: one batch decodes there while the daemon learns from the last.
 
 The daemon's loop is one thread, and decoding a batch (msgspec's parse, the checks, the columns)
-took about a quarter of it in the benchmark's float32 stream. :class:`Decoding` hands each
-polled batch's raw values to a child process (``python -m streaming.events.process``), which
-runs the very same ``decode_impressions`` and ``decode_outcomes`` and sends back the columns and
-each reject's code, reason and row. The daemon polls the next batch and steps the previous one
+is a large share of its work. :class:`Decoding` hands each polled batch's raw values to a
+child process (``python -m streaming.events.process``), which runs the very same
+``decode_impressions`` and ``decode_outcomes`` and sends back the columns and each reject's
+code, reason and row. The daemon polls the next batch and steps the previous one
 meanwhile (``Daemon.poll_once``), so the two cores of a small machine both work.
 
 What crosses between them: the raw values go through a shared memory file (``memfd``), one

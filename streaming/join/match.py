@@ -152,7 +152,7 @@ def add_impressions(
         # Only the impressions opened now can take a pending outcome: every pending outcome was
         # looked up against each impression open before and matched none of them. So the
         # lookup runs on the pending outcomes that share a key with one of them, and the cost
-        # of an add no longer grows with the pending buffer's size times its logarithm (a
+        # of an add does not grow with the pending buffer's size times its logarithm (a
         # backlog where outcomes run ahead of impressions keeps many pending). The same holds
         # across a restart only under the same join.window_ms: a pending outcome outside its
         # impression's old window is not looked up again under a wider one.

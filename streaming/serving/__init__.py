@@ -4,12 +4,15 @@
 module         holds
 =============  ==============================================================================
 ``reranker``   ``Reranker`` (rank candidates with exact propensities) and ``SnapshotFollower``
-``service``    ``RerankService``: the HTTP service with its limits, logging every impression
+``service``    ``RerankService``: rank a request, log the impression it served (or refuse it)
+``http``       the HTTP layer: routes, connection slots, read timeouts, body limits
+``errors``     what the service refuses, and why
 =============  ==============================================================================
 """
 
+from streaming.serving.errors import RankError, UnloggableError
 from streaming.serving.reranker import Reranker, SnapshotFollower
-from streaming.serving.service import RankError, RankRequest, RerankService, UnloggableError
+from streaming.serving.service import RankRequest, RerankService
 
 __all__ = [
     "RankError",

@@ -109,7 +109,7 @@ class Reranker:
             *,
             slate_size: int,
         ) -> tuple[jax.Array, jax.Array]:
-            # fold_in inside the jitted call: outside it is a separate dispatch (~0.1 ms).
+            # fold_in inside the jitted call: outside it is a separate dispatch per request.
             k = jax.random.fold_in(key, index)
             r = policy.rank(
                 serving, ctx, Candidates(feats, ids), mask, key=k, slate_size=slate_size

@@ -36,7 +36,8 @@ def use_compilation_cache(path: Path) -> tuple[Any, Any] | None:
         return None
     before = (current, jax.config.jax_persistent_cache_min_compile_time_secs)  # pyright: ignore[reportAttributeAccessIssue]
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # ours take ~0.3-1.5 s
+    # every function, however fast it compiles: JAX's default skips those under a second
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     log.info("JAX compilation cache at %s", path)
     return before
 

@@ -1,5 +1,12 @@
 """The imperative shell around ``step``: poll, decode, step, emit, checkpoint, publish.
 
+Why one long module: the daemon is where the order of effects is decided (poll, step, emit,
+checkpoint, hand off, commit, the rebalance callbacks), and that order is its correctness; it is
+kept in one class so it reads top to bottom. What stands alone lives beside it: the clients
+(``connections``), the timers (``schedule``), the delta exchange (``sharing``), the partition
+records (``handoff``, ``handoff_topic``), the broker and group watches (``liveness``), the
+alignment (``pausing``) and the counts (``stats``).
+
 ``Daemon.run`` loops until ``stop`` is set: poll (never longer than ``poll_timeout_ms``) ->
 decode to columns (malformed messages to the dead-letter topic, with the reason, the original
 bytes and where they came from) -> ``step`` -> late rows to the late topic -> checkpoint when due
@@ -35,7 +42,6 @@ from streaming.core import (
     join_counters,
     limits,
     make_engine,
-    merge_delta,
     step,
     to_arrays,
     warm_up,
@@ -60,18 +66,19 @@ from streaming.kafka.clients import (
 )
 from streaming.kafka.polled import Polled, good_partitions
 from streaming.kafka.rebalance import OffLoopListener
-from streaming.worker import checkpoint, deltas, handoff, side_topics
+from streaming.worker import checkpoint, handoff, side_topics
 from streaming.worker import handoff_topic as handoff_io
 from streaming.worker.compile_cache import restore_compilation_cache, use_compilation_cache
 from streaming.worker.connections import Connections
 from streaming.worker.gc_tuning import quiet_gc
-from streaming.worker.liveness import GroupWatch
+from streaming.worker.liveness import BrokerAway, GroupWatch
 from streaming.worker.lock import DirLock
 from streaming.worker.metrics import Metrics, MetricsServer, status_path, write_status
 from streaming.worker.outbound import Outbound, SideOutputRefusedError
 from streaming.worker.parquet_log import BackgroundLog, LogWriteError, ParquetLog
 from streaming.worker.pausing import Aligner
 from streaming.worker.schedule import Schedule
+from streaming.worker.sharing import DeltaSharing
 from streaming.worker.stats import Stats, metrics_snapshot
 
 log = logging.getLogger(__name__)
@@ -136,8 +143,7 @@ class Daemon:
         self.durable_seq = 0  # the newest checkpoint of this lineage whose learning survives
         self._delivered = False  # a poll returned records since the last lag refresh
         self._lag_unknown = ""  # why the last lag refresh failed ("": it did not)
-        self._away_since: float | None = None  # the broker stopped answering the loop (monotonic)
-        self._away_warned = -AWAY_WARN_EVERY_S  # when the loop last said so
+        self.away = BrokerAway(servers, warn_every_s=AWAY_WARN_EVERY_S)
         self._away_refreshed = 0  # when the loop last refreshed the metrics while it was away
         # held from before the state is read until close: one worker per checkpoint directory
         self._ckpt_lock = DirLock(self.ckpt_dir / "LOCK", f"checkpoint.dir {self.ckpt_dir}")
@@ -148,6 +154,7 @@ class Daemon:
             int(k): n for k, n in zip(key64(list(policy_names)), policy_names, strict=True)
         }
         self.links = connections if connections is not None else Connections()
+        self.sharing = DeltaSharing(config, self.engine, servers, self.links, self.stats, clock)
         self._handoff_parts: list[int] = [0]
         self.log: ParquetLog | BackgroundLog | None = None
         if config.log.dir:
@@ -329,64 +336,19 @@ class Daemon:
         return self.config.scale.worker_id or self.config.kafka.client_id
 
     def publish_outbox(self) -> None:
-        """Send the sealed delta (if any) and forget it once the broker has it.
-
-        Sent by the state producer, which waits out a broker outage however long. A delta the
-        broker refuses (one over the topic's max.message.bytes, say) stays sealed in the state,
-        is sent again after the next checkpoint, and counts toward ``kafka.side_max_refused``.
-        """
-        st = self.state
-        out = self.handoff_producer
-        if st.outbox is None or out is None:
-            return
-        spec = self.engine.policy.spec
-        value = deltas.encode(
-            self.worker_id,
-            st.delta_seq,
-            spec.name,
-            spec.version,
-            st.outbox,
-            self.lineage,
-            self.clock(),
-        )
-        sent = out.send(self.config.topics.deltas, key=self.worker_id.encode(), value=value)
-        out.flush()
-        if isinstance(out, Outbound) and sent.state != "acked":
-            return  # refused: logged and counted by the outbound; sent again next time
-        self.state = self.state._replace(outbox=None)
-        self.stats.deltas_published += 1
+        """Send the sealed delta, if any (``DeltaSharing.publish``)."""
+        self.state = self.sharing.publish(self.state, (self.lineage, self.lineage_born_ms))
 
     def absorb_deltas(self, values: Iterable[bytes]) -> int:
         """Fold in other workers' deltas not folded in before; returns how many were."""
-        folded = 0
-        spec = self.engine.policy.spec
-        for value in values:
-            try:
-                d = deltas.decode(value)
-            except ValueError as exc:
-                log.warning("skipping a malformed delta: %s", exc)
-                continue
-            deltas.check_own(
-                d, self.worker_id, self.lineage, self.lineage_born_ms, self.config.topics.deltas
-            )
-            if d.worker == self.worker_id or d.seq <= self.state.seen.get(d.worker, 0):
-                continue
-            if (d.policy, d.version) != (spec.name, spec.version):
-                log.warning("skipping a delta of policy %s v%d", d.policy, d.version)
-                continue
-            self.state = self.state._replace(
-                policy=merge_delta(self.state.policy, d.stats),
-                seen={**self.state.seen, d.worker: d.seq},
-            )
-            folded += 1
-        self.stats.deltas_merged += folded
+        self.state, folded = self.sharing.absorb(
+            self.state, (self.lineage, self.lineage_born_ms), values
+        )
         return folded
 
     def poll_deltas(self) -> int:
-        if self.delta_consumer is None:
-            return 0
-        polled = self.delta_consumer.poll(timeout_ms=0, max_records=1000)
-        return self.absorb_deltas(r.value for recs in polled.values() for r in recs if r.value)
+        self.state, folded = self.sharing.poll(self.state, (self.lineage, self.lineage_born_ms))
+        return folded
 
     # ------------------------------------------------------------------ partition handoff
     @property
@@ -493,7 +455,11 @@ class Daemon:
             stored = self.state.offsets.get((tp.topic, tp.partition))
             if stored is not None:
                 self.consumer.seek(tp, stored)
-            elif tp.topic in pair and self._void_commit(tp.partition, committed, published):
+            elif tp.topic in pair and handoff.read_from_beginning(
+                committed.get(tp.partition),
+                published.get(tp.partition),
+                (self.lineage, self.durable_seq),
+            ):
                 # The state never read this topic of the partition and the committed offset is
                 # one of a lost checkpoint: read it from its beginning, as that state would.
                 self.consumer.seek_to_beginning(tp)
@@ -502,34 +468,7 @@ class Daemon:
             self.write_checkpoint()
 
     def _committed(self, consumer: Any, numbers: Iterable[int]) -> dict[int, handoff.Commit]:
-        """Each partition's committed offsets on both topics, with the checkpoint they name."""
-        pair = self._pair
-        out: dict[int, handoff.Commit] = {}
-        for p in numbers:
-            got = [consumer.committed(TopicPartition(t, p), metadata=True) for t in pair]
-            meta = next((g.metadata for g in got if g is not None), None)
-            lineage, seq = handoff.parse_commit_metadata(meta)
-            offsets = (
-                None if got[0] is None else int(got[0].offset),
-                None if got[1] is None else int(got[1].offset),
-            )
-            out[p] = handoff.Commit(offsets, lineage, seq)
-        return out
-
-    def _void_commit(
-        self,
-        p: int,
-        committed: Mapping[int, handoff.Commit],
-        published: Mapping[int, handoff.PartitionRecord],
-    ) -> bool:
-        commit = committed.get(p)
-        if commit is None or commit.offsets == (None, None):
-            return False
-        durable = (self.lineage, self.durable_seq)
-        chosen = published.get(p)
-        if chosen is not None and handoff.beyond(chosen.lineage, chosen.sequence, durable):
-            chosen = None
-        return handoff.commit_void(commit, chosen, durable)
+        return handoff_io.committed(consumer, self._pair, numbers)
 
     def _record(self, p: int) -> handoff.PartitionRecord:
         return handoff.extract(
@@ -566,7 +505,7 @@ class Daemon:
             )
             earlier = (
                 checkpoint.load_latest(self.ckpt_dir, before=self.ckpt_seq)
-                if taken and not self._own_delta_published(self.state.delta_seq)
+                if taken and not self.sharing.published(self.lineage, self.state.delta_seq)
                 else None
             )
             if earlier is not None:
@@ -583,17 +522,7 @@ class Daemon:
                 return self.reconcile()
         durable = (self.lineage, self.durable_seq)
         mine = {p: self._record(p) for p in held}
-        lost: dict[int, tuple[int, int]] = {}
-        for p in held:
-            ahead: list[tuple[int, int]] = []
-            rec = published.get(p)
-            if rec is not None and handoff.beyond(rec.lineage, rec.sequence, durable):
-                ahead.append(rec.offsets)
-            c = committed[p]
-            if handoff.beyond(c.lineage, c.sequence, durable):
-                ahead.append((c.offsets[0] or 0, c.offsets[1] or 0))
-            if ahead:
-                lost[p] = (max(a[0] for a in ahead), max(a[1] for a in ahead))
+        lost = handoff.lost_offsets(held, published, committed, durable)
         if lost:
             again = sum(
                 max(0, far - at)
@@ -630,33 +559,6 @@ class Daemon:
             or handoff.newer(mine[p].offsets, published[p].offsets)
         }
         return self.hand_off(publish) if publish else 0
-
-    def _own_delta_published(self, seq: int) -> bool:
-        """Whether this lineage's delta ``seq`` is on the deltas topic (read to its end)."""
-        topic = self.config.topics.deltas
-        reader = make_consumer(self.config.kafka, self.servers, group_id=None)
-        try:
-            tps = [
-                TopicPartition(topic, q) for q in sorted(reader.partitions_for_topic(topic) or {0})
-            ]
-            reader.assign(tps)
-            reader.seek_to_beginning(*tps)
-            ends = reader.end_offsets(tps)
-            deadline = time.monotonic() + 60
-            while any((reader.position(tp) or 0) < ends[tp] for tp in tps):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {topic} to its end")
-                for records in reader.poll(timeout_ms=200).values():
-                    for r in records:
-                        try:
-                            d = deltas.decode(r.value)
-                        except ValueError:
-                            continue
-                        if (d.worker, d.lineage, d.seq) == (self.worker_id, self.lineage, seq):
-                            return True
-            return False
-        finally:
-            reader.close(autocommit=False)
 
     def _install_checkpoint(self, arrays: dict[str, Any], header: dict[str, Any]) -> WorkerState:
         """The state of an older checkpoint of this worker's directory (same checks as at start)."""
@@ -801,8 +703,8 @@ class Daemon:
         """Compile the step's functions on a thread (``run`` calls it once records arrived).
 
         Not earlier: a thread that holds the GIL while the consumer joins its group starves
-        kafka-python's IO loop, and twice in about twenty starts on a loaded two-core machine
-        the consumer then never fetched a record.
+        kafka-python's IO loop, and on a loaded machine the consumer can then join without ever
+        fetching a record.
         """
         if self.config.jax.compile_ahead and self._compiling is None:
             state = self.state
@@ -959,7 +861,7 @@ class Daemon:
         """True when the consumer owns partitions, has read every one of them to its end, and
         has stepped every batch it read."""
         owned = self.consumer.assignment()
-        if not owned or self._pending is not None or self._away_since is not None:
+        if not owned or self._pending is not None or self.away.since is not None:
             return False  # (with the broker away, asking for the end offsets would wait on it)
         ends = self.consumer.end_offsets(list(owned))
         return all(self.consumer.position(tp) >= end for tp, end in ends.items())
@@ -1003,7 +905,6 @@ class Daemon:
         try:
             self.open()  # inside: a failed open still closes what it opened, and the locks
             start = self.ticks()
-            # start-up objects frozen, young collections rarer, a full collection every 5 s
             schedule = Schedule(
                 start_ms=start,
                 checkpoint_every_ms=cc.every_ms,
@@ -1012,7 +913,7 @@ class Daemon:
                 tick_every_ms=min(tick_ms, self.config.metrics.refresh_ms),
             )
             schedule.start_counting(self.stats.events)
-            # start-up objects frozen, young collections rarer, a full collection every 5 s
+            # start-up objects frozen, young collections rarer, full ones on a timer (gc_tuning)
             with quiet_gc(now_ms=start) as collector:
                 while not stop.is_set():
                     try:
@@ -1097,9 +998,9 @@ class Daemon:
         """
         if self.consumer is not None:
             self.stats.held = len(self.consumer.assignment())
-            if self._away_since is not None and reachable(self.servers):
+            if self.away.since is not None and reachable(self.servers):
                 self._back()
-            if self._away_since is not None:  # still away: nothing to ask
+            if self.away.since is not None:  # still away: nothing to ask
                 self.stats.lag, self._lag_unknown = {}, ""
             else:
                 try:
@@ -1108,7 +1009,7 @@ class Daemon:
                 except Exception as exc:  # lag is best effort: never stop learning for it
                     log.debug("consumer lag unavailable: %s", exc)
                     if passing(exc) and not reachable(self.servers):
-                        self._note_away()
+                        self.away.note()
                         self.stats.lag, self._lag_unknown = {}, ""
                     else:
                         self._lag_unknown = f"{type(exc).__name__}: {exc}"
@@ -1125,36 +1026,12 @@ class Daemon:
             self.stats.side_resent = counts.resent
             self.stats.side_truncated = dict(counts.truncated)
             self.stats.side_refused = dict(counts.refused)
-        waits = [o.waiting_s() for o in outs]
-        if self._away_since is not None:
-            waits.append(time.monotonic() - self._away_since)
-        self.stats.broker_away_s = max(waits, default=0.0)
-
-    def _note_away(self) -> None:
-        """The broker does not answer: remember since when, and say so once per 30 s."""
-        now = time.monotonic()
-        if self._away_since is None:
-            self._away_since = now
-        self._warn_away(
-            f"the broker at {self.servers} has not answered for {now - self._away_since:.0f} s; "
-            "waiting for it (nothing read, outputs queued, the state kept)"
-        )
-
-    def _warn_away(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._away_warned >= AWAY_WARN_EVERY_S:
-            self._away_warned = now
-            log.warning("%s", message)
+        self.stats.broker_away_s = max([self.away.seconds(), *(o.waiting_s() for o in outs)])
 
     def _back(self) -> None:
         """The broker accepts connections again: the stall watchdog's clock starts over (no
         consumer could fetch while it was away, and the clients reconnect with a backoff)."""
-        log.warning(
-            "the broker at %s answers again after %.0f s",
-            self.servers,
-            time.monotonic() - (self._away_since or time.monotonic()),
-        )
-        self._away_since = None
+        self.away.back()
         self._consumer_since = self.ticks()
 
     def _broker_away(self, exc: BaseException) -> None:
@@ -1164,9 +1041,9 @@ class Daemon:
         why = f"{type(exc).__name__}: {exc}"
         log.debug("the broker did not answer: %s", why)
         if reachable(self.servers):  # up, and the client not reconnected yet (its backoff)
-            self._warn_away(f"a request to the broker at {self.servers} failed ({why}); retrying")
+            self.away.warn(f"a request to the broker at {self.servers} failed ({why}); retrying")
         else:
-            self._note_away()
+            self.away.note()
         now = self.ticks()
         if now - self._away_refreshed >= self.config.metrics.refresh_ms:
             self._away_refreshed = now
@@ -1178,7 +1055,7 @@ class Daemon:
         """Records left per owned partition: the end of the partition less the position.
 
         While records flow, the end is the high watermark each fetch response carries (no request
-        of its own: asking the broker, ``end_offsets``, cost the loop about 30 ms every refresh),
+        of its own: asking the broker, ``end_offsets``, costs the loop a round trip every refresh),
         so a paused partition's lag is as of its last fetch. Once a refresh interval went by with
         nothing read (a consumer that stopped fetching, which ``stalled`` must see), under
         ``read_committed`` (where the readable end is the last stable offset, not the high

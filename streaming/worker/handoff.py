@@ -54,8 +54,10 @@ __all__ = [
     "extract",
     "install",
     "key",
+    "lost_offsets",
     "newer",
     "parse_commit_metadata",
+    "read_from_beginning",
     "take_over",
     "without",
 ]
@@ -261,6 +263,42 @@ def commit_void(
     )
 
 
+def read_from_beginning(
+    commit: Commit | None, published: PartitionRecord | None, durable: tuple[str, int]
+) -> bool:
+    """Whether a topic of a partition that the state never read must be read from its beginning:
+    its committed offset is one of a lost checkpoint (``commit_void``), so the state that made
+    it is gone, and the state that survives would have read from the beginning."""
+    if commit is None or commit.offsets == (None, None):
+        return False
+    if published is not None and beyond(published.lineage, published.sequence, durable):
+        published = None
+    return commit_void(commit, published, durable)
+
+
+def lost_offsets(
+    held: Iterable[int],
+    published: Mapping[int, PartitionRecord],
+    committed: Mapping[int, Commit],
+    durable: tuple[str, int],
+) -> dict[int, tuple[int, int]]:
+    """For each held partition that a lost checkpoint of this lineage had moved further (its
+    records or its commit are beyond ``durable``), the furthest offsets it reached on each topic:
+    the events between the surviving checkpoint and those are read again."""
+    lost: dict[int, tuple[int, int]] = {}
+    for p in held:
+        ahead: list[tuple[int, int]] = []
+        rec = published.get(p)
+        if rec is not None and beyond(rec.lineage, rec.sequence, durable):
+            ahead.append(rec.offsets)
+        c = committed[p]
+        if beyond(c.lineage, c.sequence, durable):
+            ahead.append((c.offsets[0] or 0, c.offsets[1] or 0))
+        if ahead:
+            lost[p] = (max(a[0] for a in ahead), max(a[1] for a in ahead))
+    return lost
+
+
 def choose(
     local: PartitionRecord | None,
     remote: PartitionRecord | None,
@@ -365,8 +403,8 @@ def encode(record: PartitionRecord, group: str, created_ms: int) -> bytes:
     """The record as a checksummed, zstd-compressed checkpoint-format message (no pickle).
 
     ``_ZSTD`` then the uncompressed length (uint64 little-endian), then one zstd frame (level 1,
-    through pyarrow: about ten times faster than zlib's fastest level on these arrays, and a
-    record goes out with every checkpoint). ``decode`` also reads zlib-compressed records."""
+    through pyarrow: zstd's fast levels compress far faster than zlib's fastest, and a record
+    goes out with every checkpoint). ``decode`` also reads zlib-compressed records."""
     arrays: dict[str, np.ndarray] = {}
     if record.join is not None:
         arrays.update({f"join/{k}": v for k, v in join.to_arrays(record.join).items()})

@@ -17,7 +17,7 @@ from streaming.worker import checkpoint, handoff
 
 log = logging.getLogger(__name__)
 
-__all__ = ["publish", "read_newest"]
+__all__ = ["committed", "publish", "read_newest"]
 
 
 def publish(
@@ -75,4 +75,22 @@ def read_newest(
             out[p] = handoff.decode(value, f"{topic} record of partition {p}")
         except checkpoint.CheckpointError as exc:
             log.error("ignoring a damaged handoff record: %s", exc)
+    return out
+
+
+def committed(
+    consumer: Any, pair: tuple[str, str], numbers: Iterable[int]
+) -> dict[int, handoff.Commit]:
+    """Each partition's committed offsets on both topics of ``pair``, with the checkpoint they
+    name (``handoff.commit_metadata``)."""
+    out: dict[int, handoff.Commit] = {}
+    for p in numbers:
+        got = [consumer.committed(TopicPartition(t, p), metadata=True) for t in pair]
+        meta = next((g.metadata for g in got if g is not None), None)
+        lineage, seq = handoff.parse_commit_metadata(meta)
+        offsets = (
+            None if got[0] is None else int(got[0].offset),
+            None if got[1] is None else int(got[1].offset),
+        )
+        out[p] = handoff.Commit(offsets, lineage, seq)
     return out

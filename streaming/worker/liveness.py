@@ -17,8 +17,7 @@ next check after a rejoin, or that found the group not stable (empty, rebalancin
 checks in a row, gets its consumer replaced (``restart``), since a client that a rejoin did not
 mend is not trusted to mend itself. A check that learns nothing (the describe failed or was
 refused, or a member's assignment could not be decoded) never counts toward a replacement, so a
-spare worker never sets off rebalances. (A CI run saw a restarted daemon sit at "0 events" for
-90 s.)
+spare worker never sets off rebalances.
 
 The class talks to Kafka only through the callables it is given (the daemon passes its consumer
 and an admin client from ``streaming.kafka.clients``), so its decisions are tested without a broker
@@ -28,6 +27,7 @@ and its effect against the real one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -205,3 +205,59 @@ class GroupWatch:
         self._rejoin()
         self.rejoins += 1
         return True
+
+
+class BrokerAway:
+    """Whether the broker answers the worker's loop: since when it has not, and at most one
+    warning per ``warn_every_s`` while it does not.
+
+    Example:
+        >>> t = [100.0]
+        >>> away = BrokerAway("127.0.0.1:9092", now=lambda: t[0])
+        >>> away.since is None
+        True
+        >>> away.note(); t[0] = 130.0; round(away.seconds(), 1)
+        30.0
+        >>> round(away.back(), 1), away.since
+        (30.0, None)
+    """
+
+    def __init__(
+        self,
+        servers: str,
+        *,
+        warn_every_s: float = 30.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.servers = servers
+        self.warn_every_s = warn_every_s
+        self.now = now
+        self.since: float | None = None  # when the broker stopped answering (``now``'s clock)
+        self._warned = -warn_every_s
+
+    def note(self) -> None:
+        """The broker does not answer: remember since when, and say so (rate-limited)."""
+        now = self.now()
+        if self.since is None:
+            self.since = now
+        self.warn(
+            f"the broker at {self.servers} has not answered for {now - self.since:.0f} s; "
+            "waiting for it (nothing read, outputs queued, the state kept)"
+        )
+
+    def warn(self, message: str) -> None:
+        now = self.now()
+        if now - self._warned >= self.warn_every_s:
+            self._warned = now
+            log.warning("%s", message)
+
+    def seconds(self) -> float:
+        """How long the broker has not answered (0 while it does)."""
+        return 0.0 if self.since is None else self.now() - self.since
+
+    def back(self) -> float:
+        """The broker answers again: forget since when it did not; returns how long that was."""
+        gone = self.seconds()
+        log.warning("the broker at %s answers again after %.0f s", self.servers, gone)
+        self.since = None
+        return gone

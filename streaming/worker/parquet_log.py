@@ -1,5 +1,9 @@
 """The joined-records log: rolling Parquet files of what the daemon learned from.
 
+Why one long module: the writer, its background thread and the reader share one file-naming and
+durability scheme (write under a temporary name, fsync, rename, fsync the directory), which is
+easier to keep right in one place.
+
 One row per closed impression (its window ended, or it was evicted): the request, the context,
 the candidates (keys and, optionally, features), the shown slate with its logging propensities,
 and per shown position the aggregated reward, the number of outcomes joined and whether the
@@ -356,9 +360,10 @@ class BackgroundLog:
 
     ``append`` checks the records' shapes, queues them and returns (it blocks only while
     ``max_pending`` batches are already queued). The thread converts each batch and writes them
-    ``rows_per_write`` rows at a time (fewer, larger row groups; small ones cost about twice as
-    much per row), and whatever is left on ``flush``, ``roll_if_due`` and ``close``. ``flush`` returns once every row
-    appended before it is in a committed file, as ``ParquetLog.flush`` does, so the daemon's
+    ``rows_per_write`` rows at a time (fewer, larger row groups: each group has a fixed cost in
+    metadata and encoding, which small ones pay per few rows), and whatever is left on
+    ``flush``, ``roll_if_due`` and ``close``. ``flush`` returns once every row appended
+    before it is in a committed file, as ``ParquetLog.flush`` does, so the daemon's
     rule (flush, then checkpoint) keeps the log's exactly-once view: a kill loses only rows no
     checkpoint covers, and those come back when the daemon replays. An error in the thread (a
     schema that changed, a full disk) is raised by the next ``append``, ``flush`` or ``close``;

@@ -1,4 +1,4 @@
-"""Fault tests of the daemon against the real broker (issue 5): kill -9, broker restart, bad input.
+"""Fault tests of the daemon against the real broker: kill -9, broker restart, bad input.
 
 Every test runs ``python -m streaming run --config <toml> --exit-when-idle-ms ...`` as a
 subprocess on topics of its own, then reads the daemon's newest checkpoint and compares the
@@ -213,9 +213,10 @@ def assert_same_learning(got: WorkerState, want: WorkerState) -> None:
         if name == "precision":
             # A float32 sum taken in other batches (the polls of a killed run are not those of
             # an uninterrupted one) differs by rounding in proportion to the sum of its terms'
-            # magnitudes, which a cancelling off-diagonal entry does not show (seen: 2.1e-4 on
-            # an entry of -0.746 whose diagonal entries were about 660). Cauchy-Schwarz bounds
-            # that sum by sqrt(A_ii A_jj): the tolerance is 2e-6 of it (about 17 float32 epsilons).
+            # magnitudes, which a cancelling off-diagonal entry does not show (an entry near
+            # -0.75 beside diagonal entries near 660 can differ by 2e-4 from rounding alone).
+            # Cauchy-Schwarz bounds that sum by sqrt(A_ii A_jj): the tolerance is 2e-6 of it
+            # (about 17 float32 epsilons).
             # Events lost or doubled are caught exactly above (counters, offsets, rows).
             scale = np.sqrt(np.outer(np.diag(y), np.diag(y)))
             worst = float(np.max(np.abs(x - y) / (1e-4 + 2e-6 * scale)))
@@ -249,9 +250,9 @@ def test_a_consumer_that_joins_the_group_at_once_gets_its_partitions(
     ``make_consumer`` subscribes before the client holds the topics' metadata; when the group
     join completes first (the group is empty, as after a clean stop or once a killed member's
     session expired), the range assignor sees "No partition metadata", hands out nothing, and
-    kafka-python 3.0.12 sometimes never rejoins: the consumer stays without partitions. Seen
-    as a daemon stuck at "0 events" after a restart (2 joins in 30, 2 in 40, 0 in 30 on this
-    machine). Fetching the topics' metadata before subscribing avoided it (0 in 40).
+    kafka-python 3.0.12 sometimes never rejoins: the consumer stays without partitions, and a
+    restarted daemon sits at "0 events". Fetching the topics' metadata before subscribing
+    keeps the assignor from seeing a topic without it; ``JOINS`` joins in a row check that.
     """
     topics = fresh_topics()
     cfg = write_config(
@@ -285,17 +286,18 @@ def test_kill_minus_nine_ten_times_learns_what_an_uninterrupted_run_learns(
 ) -> None:
     """SIGKILL at 10 seeded random points of the stream, restart each time; same final state.
 
-    Size: 36,000 simulated requests with slates of 5, about 201,000 impressions and outcomes
-    (the issue's 200,000-event stream).
+    Size: 36,000 simulated requests with slates of 5, about 201,000 impressions and outcomes.
     Each kill lands after the restarted daemon wrote a new checkpoint (every 3,000 events, so
     it is consuming) plus a seeded random delay of up to 0.4 s, so it hits the daemon
     mid-batch, mid-step or mid-checkpoint. Should a restart finish the stream before its kill
-    (a fast, idle machine), the remaining kills are skipped; at least five must have landed. The uninterrupted run (another group, a
-    fresh checkpoint folder) runs meanwhile; both end once idle and caught up.
+    (a fast, idle machine), the remaining kills are skipped; at least five must have landed.
+    The uninterrupted run (another group, a fresh checkpoint folder) runs meanwhile; both end
+    once idle and caught up.
     """
     topics = fresh_topics()
     # The watchdogs (streaming.worker.liveness, Daemon.stalled) act well inside the 90 s a restart
-    # gets: a CI run once saw restart 0 sit at "0 events" for all of them.
+    # gets, so a restarted daemon whose consumer never starts fetching (it sits at "0 events")
+    # is replaced rather than waited on until the restart's time runs out.
     watchdogs = "rejoin_unassigned_ms = 10000\nstall_restart_ms = 30000"
     killed = write_config(
         tmp_path / "killed.toml",
@@ -374,9 +376,9 @@ def test_a_restarted_local_broker_keeps_its_address_after_serving_clients(
 ) -> None:
     """``LocalBroker.start`` on the same state dir must come back on the same ports, or every
     client configured with the old address is lost. The broker closes its clients' connections
-    when it stops, which leaves TIME_WAIT sockets on its port; ``_port_free`` binds without
-    SO_REUSEADDR (the JVM binds with it), sees the port as taken, and picks new ports. Fixed:
-    it binds with SO_REUSEADDR now."""
+    when it stops, which leaves TIME_WAIT sockets on its port; a probe that binds without
+    SO_REUSEADDR (the JVM binds with it) sees the port as taken and would pick new ports, so
+    ``_port_free`` binds with SO_REUSEADDR."""
     broker = LocalBroker(state_dir=tmp_path / "broker", settings=TEST_SETTINGS)
     servers = broker.start().bootstrap_servers
     try:

@@ -271,7 +271,7 @@ def test_a_spare_worker_of_a_group_that_owns_every_partition_does_not_rejoin(
     watchdog asks the group, sees every partition owned, and sets off no rebalance.
 
     The holder is a plain kafka-python consumer in a process of its own. Should the group
-    expel it meanwhile (a loaded machine; kafka-python 3.0.12 has been seen to stall), b
+    expel it meanwhile (a loaded machine; kafka-python 3.0.12 can stall), b
     rightly takes the partitions and the attempt says nothing about spare workers: it is run
     again, at most three times. A rejoin by b fails the test in any attempt.
     """

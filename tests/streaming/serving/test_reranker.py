@@ -15,13 +15,15 @@ import pytest
 
 from bandits import POLICIES, Candidates, Feedback, Policy
 from bandits.slates import bucket
+from streaming.serving.http import (
+    ConnectionSlots,
+    _post_refusal,  # pyright: ignore[reportPrivateUsage]
+)
 from streaming.serving.reranker import Reranker
 from streaming.serving.service import (
     RankError,
     RankRequest,
     _check_id_lengths,  # pyright: ignore[reportPrivateUsage]
-    _Connections,  # pyright: ignore[reportPrivateUsage]
-    _post_refusal,  # pyright: ignore[reportPrivateUsage]
 )
 
 DU, DT = 3, 4
@@ -190,7 +192,7 @@ def test_post_refusal_of_two_lengths() -> None:
 def test_connections_are_capped_replaced_when_stalled_and_expired() -> None:
     pairs = [socket.socketpair() for _ in range(4)]
     try:
-        conns = _Connections(limit=2, read_timeout_s=10.0, evict_waiting_s=1.0)
+        conns = ConnectionSlots(limit=2, read_timeout_s=10.0, evict_waiting_s=1.0)
         a, b, c, d = (p[0] for p in pairs)
         assert conns.admit(a, now=0.0) and conns.admit(b, now=0.5)
         assert not conns.admit(c, now=0.9)  # full, and none has waited over 1 s

@@ -399,7 +399,7 @@ def test_a_checkpoint_whose_records_never_left_falls_back_when_its_partitions_we
         1: taken,
     }
     monkeypatch.setattr("streaming.worker.daemon.make_consumer", lambda *a, **k: FakeConsumer({}))
-    monkeypatch.setattr(b, "_own_delta_published", lambda seq: delta_published)
+    monkeypatch.setattr(b.sharing, "published", lambda lineage, seq: delta_published)
     b.reconcile()
     if delta_published:
         assert b.ckpt_seq == 2 and set(b.state.offsets.values()) == {40}
