@@ -41,7 +41,7 @@ def broker_for_bench() -> Iterator[str]:
 
 def outcome_messages(n: int) -> list[tuple[bytes, bytes]]:
     """``n`` encoded outcome events from the simulator, keyed by user."""
-    from streaming.sim import traffic as listeners
+    from streaming.sim import traffic
     from streaming.sim.simulator import SimConfig, Simulator
 
     sim = Simulator(SimConfig(seed=0, request_gap_ms=1000))
@@ -49,7 +49,7 @@ def outcome_messages(n: int) -> list[tuple[bytes, bytes]]:
     while len(out) < n:
         req = sim.requests(5000)
         plays = sim.play(req, sim.log_slates(req, 5).shown)
-        out.extend((w.key, w.value) for w in listeners.wire([], listeners.outcomes(req, plays)))
+        out.extend((w.key, w.value) for w in traffic.wire([], traffic.outcomes(req, plays)))
     return out[:n]
 
 

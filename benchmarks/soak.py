@@ -52,7 +52,7 @@ def produce_looped(
     from streaming.demo import LOGGING
     from streaming.events import encode
     from streaming.kafka.clients import make_producer
-    from streaming.sim import traffic as listeners
+    from streaming.sim import traffic
     from streaming.sim.simulator import SimConfig, Simulator
 
     cfg = Config.load(env={}, overrides=overrides)
@@ -60,9 +60,9 @@ def produce_looped(
     req = sim.requests(block)
     sl = sim.log_slates(req, 5)
     plays = sim.play(req, sl.shown)
-    release = listeners.EventTimeRelease()
-    imps = listeners.impressions(req, sl.shown, sl.propensity, policy=LOGGING, run_id="r")
-    release.hold(listeners.wire(imps, listeners.outcomes(req, plays, run_id="r")))
+    release = traffic.EventTimeRelease()
+    imps = traffic.impressions(req, sl.shown, sl.propensity, policy=LOGGING, run_id="r")
+    release.hold(traffic.wire(imps, traffic.outcomes(req, plays, run_id="r")))
     messages = release.release()
     span = messages[-1].ts_ms - messages[0].ts_ms + 60_000
     topics = {"impressions": cfg.topics.impressions, "outcomes": cfg.topics.outcomes}

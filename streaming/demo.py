@@ -35,7 +35,7 @@ from streaming.events import FeatureEncoding, key64
 from streaming.kafka.broker import LocalBroker
 from streaming.kafka.clients import ensure_topics, make_producer
 from streaming.serving.reranker import Reranker, SnapshotFollower
-from streaming.sim import traffic as listeners
+from streaming.sim import traffic
 from streaming.sim.simulator import SimConfig, Simulator
 from streaming.worker.daemon import Daemon
 from streaming.worker.stats import summary_line
@@ -96,7 +96,7 @@ class SimulatedStream:
         self.slate_size, self.run_id = slate_size, run_id
         self.producer = make_producer(config.kafka, servers)
         self.topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
-        self.release = listeners.EventTimeRelease()
+        self.release = traffic.EventTimeRelease()
         self.feature_encoding: FeatureEncoding = config.events.feature_encoding
 
     def produce(self, n_requests: int, *, last: bool = True, batch: int = 1000) -> int:
@@ -106,7 +106,7 @@ class SimulatedStream:
             req = self.sim.requests(min(batch, n_requests - lo))
             sl = self.sim.log_slates(req, self.slate_size)
             plays = self.sim.play(req, sl.shown)
-            imps = listeners.impressions(
+            imps = traffic.impressions(
                 req,
                 sl.shown,
                 sl.propensity,
@@ -115,11 +115,11 @@ class SimulatedStream:
                 feature_encoding=self.feature_encoding,
             )
             self.release.hold(
-                list(listeners.wire([], listeners.outcomes(req, plays, run_id=self.run_id)))
+                list(traffic.wire([], traffic.outcomes(req, plays, run_id=self.run_id)))
             )
             final = last and lo + len(req.t_ms) >= n_requests
             now = None if final else int(req.t_ms[-1])
-            for w in [*listeners.wire(imps, []), *self.release.release(now)]:
+            for w in [*traffic.wire(imps, []), *self.release.release(now)]:
                 self.producer.send(self.topics[w.role], key=w.key, value=w.value)
                 sent += 1
         self.producer.flush(timeout=60)
@@ -170,7 +170,7 @@ class Listeners:
         )
         self.producer = make_producer(config.kafka, servers)
         self.key = jax.random.key(opts.seed)
-        self.release = listeners.EventTimeRelease()
+        self.release = traffic.EventTimeRelease()
         self.topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
         self.sent = 0
         self.malformed = 0
@@ -188,7 +188,7 @@ class Listeners:
         if learner.any():
             self.key, sub = jax.random.split(self.key)
             # The same ids the daemon learns from: key64 of the track id string, hashed.
-            names = [listeners.track_id(t) for t in req.candidates[learner].ravel().tolist()]
+            names = [traffic.track_id(t) for t in req.candidates[learner].ravel().tolist()]
             ids = (key64(names) % np.uint64(self.engine.id_space)).astype(np.int32)
             ids = ids.reshape(req.candidates[learner].shape)
             o, p = self.reranker.rank_many(
@@ -204,7 +204,7 @@ class Listeners:
                     (t_s, arm, float(top[sel].mean()) * int(sel.sum()), float(sel.sum()))
                 )
         names = np.where(learner, self.engine.policy.spec.name, LOGGING)
-        imps = listeners.impressions(
+        imps = traffic.impressions(
             req,
             shown,
             prop,
@@ -212,12 +212,10 @@ class Listeners:
             run_id=self.run_id,
             feature_encoding=self.config.events.feature_encoding,
         )
-        self.release.hold(
-            list(listeners.wire([], listeners.outcomes(req, plays, run_id=self.run_id)))
-        )
-        self._send([*listeners.wire(imps, []), *self.release.release(int(req.t_ms[-1]))])
+        self.release.hold(list(traffic.wire([], traffic.outcomes(req, plays, run_id=self.run_id))))
+        self._send([*traffic.wire(imps, []), *self.release.release(int(req.t_ms[-1]))])
 
-    def _send(self, messages: list[listeners.Wire]) -> None:
+    def _send(self, messages: list[traffic.Wire]) -> None:
         for w in messages:
             value = w.value
             if self.rng.random() * 10_000 < self.opts.malformed_per_10k:

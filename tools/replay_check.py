@@ -44,21 +44,19 @@ def build_polls(
     from streaming.demo import LOGGING
 
     try:
-        from streaming.sim import traffic as listeners
+        from streaming.sim import traffic
         from streaming.sim.simulator import SimConfig, Simulator
     except ImportError:  # a checkout whose streaming package is one flat folder of modules
         from streaming.simulator import SimConfig, Simulator  # type: ignore[no-redef]
 
-        from streaming import listeners  # type: ignore[no-redef]
-
     sim = Simulator(SimConfig(seed=0, request_gap_ms=1000))
-    release = listeners.EventTimeRelease()
+    release = traffic.EventTimeRelease()
     messages: list[tuple[str, int, bytes]] = []
     for lo in range(0, n_requests, 1000):
         req = sim.requests(min(1000, n_requests - lo))
         slates = sim.log_slates(req, 5)
         plays = sim.play(req, slates.shown)
-        imps = listeners.impressions(
+        imps = traffic.impressions(
             req,
             slates.shown,
             slates.propensity,
@@ -66,9 +64,9 @@ def build_polls(
             run_id="sim",
             feature_encoding=encoding,  # type: ignore[arg-type]
         )
-        release.hold(list(listeners.wire([], listeners.outcomes(req, plays, run_id="sim"))))
+        release.hold(list(traffic.wire([], traffic.outcomes(req, plays, run_id="sim"))))
         last = lo + len(req.t_ms) >= n_requests
-        for w in [*listeners.wire(imps, []), *release.release(None if last else int(req.t_ms[-1]))]:
+        for w in [*traffic.wire(imps, []), *release.release(None if last else int(req.t_ms[-1]))]:
             messages.append((w.role, (murmur2(w.key) & 0x7FFFFFFF) % partitions, w.value))
     polls: list[Poll] = []
     ends: dict[tuple[str, int], int] = {}

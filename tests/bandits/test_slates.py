@@ -41,6 +41,7 @@ def test_epsilon_probabilities() -> None:
     np.testing.assert_allclose(p, [0.1, 0.8, 0.1], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sequential_propensities_match_frequencies() -> None:
     scores = jnp.array([0.9, 0.5, 0.7, 0.1], jnp.float32)
     mask = jnp.ones((4,), jnp.bool_)
@@ -56,6 +57,7 @@ def test_sequential_propensities_match_frequencies() -> None:
         )
 
 
+@pytest.mark.slow
 def test_monte_carlo_propensity_is_within_its_stated_error() -> None:
     mean = jnp.array([0.2, 0.0, 0.1, -0.1], jnp.float32)
 
@@ -76,6 +78,7 @@ def test_monte_carlo_propensity_is_within_its_stated_error() -> None:
     assert abs(err.mean()) < 0.01  # and nearly unbiased
 
 
+@pytest.mark.slow
 def test_monte_carlo_counts_match_the_position_by_position_argmax(key: jax.Array) -> None:
     # The vectorised count equals the definition: for each position j, the draws whose best
     # candidate outside order[:j] is order[j].
@@ -108,6 +111,7 @@ def test_inverse_cdf_never_picks_a_zero_weight() -> None:
     np.testing.assert_allclose([(picks == a).mean() for a in (1, 3, 4)], [0.2, 0.3, 0.5], atol=2e-3)
 
 
+@pytest.mark.slow
 def test_sequential_slate_probability_is_the_product_of_propensities() -> None:
     # Joint frequencies of whole ordered slates of 3 match prod(propensity): each position's
     # propensity is exact given the positions above it.

@@ -30,7 +30,7 @@ from streaming.core import WorkerState, from_arrays, join_counters, make_engine
 from streaming.demo import LOGGING, SimulatedStream, produce_simulated
 from streaming.kafka.broker import TEST_SETTINGS, LocalBroker
 from streaming.kafka.clients import ensure_topics, make_consumer, make_producer
-from streaming.sim import traffic as listeners
+from streaming.sim import traffic
 from streaming.sim.simulator import SimConfig, Simulator
 from streaming.worker import checkpoint
 
@@ -470,10 +470,10 @@ def test_one_percent_malformed_all_reach_the_dead_letter_topic_and_the_rest_is_l
     req = sim.requests(MALFORMED_REQUESTS)
     sl = sim.log_slates(req, SLATE)
     plays = sim.play(req, sl.shown)
-    imps = listeners.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
-    release = listeners.EventTimeRelease()
-    release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
-    messages = [*listeners.wire(imps, []), *release.release()]
+    imps = traffic.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
+    release = traffic.EventTimeRelease()
+    release.hold(list(traffic.wire([], traffic.outcomes(req, plays))))
+    messages = [*traffic.wire(imps, []), *release.release()]
     role_topic = {"impressions": topics.impressions, "outcomes": topics.outcomes}
     producer = make_producer(cfg.kafka, kafka_broker)
     bad: dict[tuple[str, int, int], tuple[bytes, str]] = {}
@@ -527,7 +527,7 @@ POISON_REQUESTS = 3_000
 YEAR_3000_MS = 32_503_680_000_000
 
 
-def nested_impression(w: listeners.Wire) -> tuple[bytes, str]:
+def nested_impression(w: traffic.Wire) -> tuple[bytes, str]:
     """The impression with its ``context`` nested 100,000 arrays deep (200 KB: not too large)."""
     obj = json.loads(w.value)
     obj["context"] = "@"
@@ -535,14 +535,14 @@ def nested_impression(w: listeners.Wire) -> tuple[bytes, str]:
     return json.dumps(obj).encode().replace(b'"@"', deep), "too_deep"
 
 
-def tiny_propensity(w: listeners.Wire) -> tuple[bytes, str]:
+def tiny_propensity(w: traffic.Wire) -> tuple[bytes, str]:
     """The impression with its first propensity 1e-50 (0 in float32, which policies refuse)."""
     obj = json.loads(w.value)
     obj["propensities"][0] = 1e-50
     return json.dumps(obj).encode(), "low_propensity"
 
 
-def year_3000(w: listeners.Wire) -> tuple[bytes, str]:
+def year_3000(w: traffic.Wire) -> tuple[bytes, str]:
     """The event stamped in the year 3000 (its record's CreateTime is the time it is sent)."""
     obj = json.loads(w.value)
     obj["ts"] = YEAR_3000_MS
@@ -560,20 +560,20 @@ POISONS = {
 }
 
 
-def simulated_wire(seed: int) -> list[listeners.Wire]:
+def simulated_wire(seed: int) -> list[traffic.Wire]:
     """The malformed test's stream: impressions, then outcomes released in event-time order."""
     sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
     req = sim.requests(POISON_REQUESTS)
     sl = sim.log_slates(req, SLATE)
     plays = sim.play(req, sl.shown)
-    imps = listeners.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
-    release = listeners.EventTimeRelease()
-    release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
-    return [*listeners.wire(imps, []), *release.release()]
+    imps = traffic.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
+    release = traffic.EventTimeRelease()
+    release.hold(list(traffic.wire([], traffic.outcomes(req, plays))))
+    return [*traffic.wire(imps, []), *release.release()]
 
 
 def produce_wire(
-    cfg: Config, servers: str, topics: Topics, messages: list[tuple[listeners.Wire, bytes]]
+    cfg: Config, servers: str, topics: Topics, messages: list[tuple[traffic.Wire, bytes]]
 ) -> list[tuple[str, int, int]]:
     """Send ``(wire, value)`` pairs in order; each one's ``(topic, partition, offset)``."""
     role_topic = {"impressions": topics.impressions, "outcomes": topics.outcomes}

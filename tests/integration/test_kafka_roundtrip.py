@@ -14,7 +14,7 @@ import pytest
 from streaming.config import Config
 from streaming.events import Limits, decode_impressions, decode_outcomes
 from streaming.kafka.clients import ensure_topics, make_consumer, make_producer
-from streaming.sim import traffic as listeners
+from streaming.sim import traffic
 from streaming.sim.simulator import SimConfig, Simulator
 
 pytestmark = pytest.mark.integration
@@ -37,12 +37,12 @@ def produce(
     req = sim.requests(n_requests)
     sl = sim.log_slates(req, 3)
     plays = sim.play(req, sl.shown)
-    imps = listeners.impressions(req, sl.shown, sl.propensity, policy="logging")
-    outs = listeners.outcomes(req, plays)
+    imps = traffic.impressions(req, sl.shown, sl.propensity, policy="logging")
+    outs = traffic.outcomes(req, plays)
     producer = make_producer(cfg.kafka, servers)
     sent_i: list[bytes] = []
     sent_o: list[bytes] = []
-    for w in listeners.wire(imps, outs):
+    for w in traffic.wire(imps, outs):
         topic = cfg.topics.impressions if w.role == "impressions" else cfg.topics.outcomes
         producer.send(topic, key=w.key, value=w.value)
         (sent_i if w.role == "impressions" else sent_o).append(w.value)

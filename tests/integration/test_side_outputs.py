@@ -36,7 +36,7 @@ from streaming.kafka.clients import (
     make_producer,
     topic_specs,
 )
-from streaming.sim import traffic as listeners
+from streaming.sim import traffic
 from streaming.sim.simulator import SimConfig, Simulator
 from tests.integration.test_faults import (
     SLATE,
@@ -91,16 +91,16 @@ def read_all(config: Config, servers: str, topic: str, *, idle_s: float = 3.0) -
     return out
 
 
-def stream_messages(n_requests: int, seed: int) -> list[listeners.Wire]:
+def stream_messages(n_requests: int, seed: int) -> list[traffic.Wire]:
     """Simulated impressions and outcomes in wire order (outcomes released in event time)."""
     sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
     req = sim.requests(n_requests)
     sl = sim.log_slates(req, SLATE)
     plays = sim.play(req, sl.shown)
-    imps = listeners.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
-    release = listeners.EventTimeRelease()
-    release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
-    return [*listeners.wire(imps, []), *release.release()]
+    imps = traffic.impressions(req, sl.shown, sl.propensity, policy=LOGGING)
+    release = traffic.EventTimeRelease()
+    release.hold(list(traffic.wire([], traffic.outcomes(req, plays))))
+    return [*traffic.wire(imps, []), *release.release()]
 
 
 def produce(

@@ -66,6 +66,7 @@ def test_frame_errors_name_the_columns(batch: Outcomes) -> None:
         )
 
 
+@pytest.mark.slow
 def test_fit_on_parquet_equals_fit_on_the_frame(batch: Outcomes, tmp_path: Path) -> None:
     frame = to_frame(batch)
     path = tmp_path / "plays.parquet"

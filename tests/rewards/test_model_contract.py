@@ -95,6 +95,7 @@ def _columns(model: RewardModel, state: ModelState, inputs: Inputs) -> np.ndarra
     return np.concatenate([np.asarray(p.skip), np.asarray(p.complete)[:, None]], axis=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
 def test_update_lowers_loss_on_a_fixed_batch(
     factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
@@ -127,6 +128,7 @@ def test_predictions_are_probabilities(
     assert np.all(np.isnan(cols[:, unmodelled]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
 def test_fit_equals_repeated_update(
     factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
@@ -150,6 +152,7 @@ def test_fit_equals_repeated_update(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
 def test_padding_does_not_change_the_update(
     factory: Callable[[], RewardModel], batch: Outcomes, key: jax.Array
@@ -298,6 +301,7 @@ def test_learns_the_synthetic_process(
     assert scores["complete"].auc > 0.75
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

@@ -39,6 +39,7 @@ def test_simulate_describe_prints_the_marginals(capsys: pytest.CaptureFixture[st
     assert "skip_rate_5s" in out and "Lamere" in out and "reward_oracle_top1" in out
 
 
+@pytest.mark.slow
 def test_rewards_report_on_simulated_plays(tmp_path: Path) -> None:
     png = tmp_path / "rel.png"
     assert main(["rewards", "report", "--simulate-plays", "3000", "--out", str(png)]) == 0

@@ -123,6 +123,7 @@ def test_bucketed_bootstrap_matches_normal_on_large_log() -> None:
     assert abs((boot.upper + boot.lower) / 2 - normal.value) < 0.25 * (normal.upper - normal.lower)
 
 
+@pytest.mark.slow
 def test_same_key_same_interval_and_estimate_all_matches_one_by_one() -> None:
     case = _fitted(2_000, 5, "softmax", "close")
     ests = {name: ESTIMATORS[name]() for name in ESTIMATORS}

@@ -120,6 +120,7 @@ def test_evaluate_input_errors(logged, capsys, extra: list[str], message: str) -
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_fits_a_registry_policy(logged, tmp_path: Path) -> None:
     path, _ = logged
     code = main(

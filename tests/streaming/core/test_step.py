@@ -22,7 +22,7 @@ from streaming.core import (
     warm_up,
 )
 from streaming.events import Limits, decode_impressions, decode_outcomes, encode, key64
-from streaming.sim import traffic as listeners
+from streaming.sim import traffic as sim_traffic
 from streaming.sim.simulator import SimConfig, Simulator
 
 LIM = Limits(d_user=16, d_track=16)
@@ -39,10 +39,10 @@ def traffic(n: int, seed: int = 0) -> tuple[list[bytes], list[bytes]]:
     sl = sim.log_slates(req, 3)
     plays = sim.play(req, sl.shown)
     imps = [
-        encode(e) for e in listeners.impressions(req, sl.shown, sl.propensity, policy="logging")
+        encode(e) for e in sim_traffic.impressions(req, sl.shown, sl.propensity, policy="logging")
     ]
-    release = listeners.EventTimeRelease()
-    release.hold(list(listeners.wire([], listeners.outcomes(req, plays))))
+    release = sim_traffic.EventTimeRelease()
+    release.hold(list(sim_traffic.wire([], sim_traffic.outcomes(req, plays))))
     outs = [w.value for w in release.release()]
     return imps, outs
 
@@ -75,6 +75,7 @@ def test_every_impression_closes_once_and_feeds_the_policy() -> None:
     assert set(join_counters(state)) - set(stable) == join.CUT_DEPENDENT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cuts", [2, 7, 31])
 def test_learned_state_does_not_depend_on_batch_cuts(cuts: int) -> None:
     eng = engine()
@@ -193,6 +194,7 @@ def test_log_keeps_each_impressions_candidates_when_batch_widths_differ(tmp_path
         assert len(frame.loc[d["request_id"], "candidate_key"]) == 8
 
 
+@pytest.mark.slow
 def test_evaluate_the_policy_a_checkpoint_holds_on_the_daemon_log(tmp_path: object) -> None:
     from pathlib import Path
 
@@ -260,6 +262,7 @@ def test_a_checkpoint_of_other_reward_model_params_is_refused_clearly() -> None:
         from_arrays(averaged, arrays, header)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["stream30", "denoised"])
 def test_warm_up_compiles_everything_a_step_runs_and_changes_nothing(kind: str) -> None:
     from jax._src import monitoring

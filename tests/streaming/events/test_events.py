@@ -618,7 +618,7 @@ def test_batch_rejects_non_finite_rows_in_order_and_pads_to_the_rest() -> None:
 
 
 def test_simulated_listeners_encode_the_same_batch_either_way_at_a_third_of_the_size() -> None:
-    from streaming.sim import traffic as listeners
+    from streaming.sim import traffic
     from streaming.sim.simulator import SimConfig, Simulator
 
     sim = Simulator(SimConfig(seed=3, n_users=50, n_tracks=100))
@@ -627,9 +627,7 @@ def test_simulated_listeners_encode_the_same_batch_either_way_at_a_third_of_the_
     sizes: dict[str, float] = {}
     batches = []
     for form in ("json", "float32"):
-        imps = listeners.impressions(
-            req, sl.shown, sl.propensity, policy="p", feature_encoding=form
-        )
+        imps = traffic.impressions(req, sl.shown, sl.propensity, policy="p", feature_encoding=form)
         raws = [ev.encode(e) for e in imps]
         sizes[form] = float(np.mean([len(r) for r in raws]))
         batch, rejects = ev.decode_impressions(raws)

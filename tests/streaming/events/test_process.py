@@ -15,7 +15,7 @@ import pytest
 
 from streaming.events import Limits
 from streaming.events.process import Decoded, Decoding, decode_here
-from streaming.sim import traffic as listeners
+from streaming.sim import traffic
 from streaming.sim.simulator import SimConfig, Simulator
 from tests.streaming.events.test_events import (
     IMPRESSION_CASES,
@@ -29,14 +29,14 @@ from tests.streaming.events.test_events import (
 SIM_LIMITS = Limits()
 
 
-def simulated(n: int, seed: int, encoding: listeners.FeatureEncoding) -> tuple[list[bytes], ...]:
+def simulated(n: int, seed: int, encoding: traffic.FeatureEncoding) -> tuple[list[bytes], ...]:
     sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
     req = sim.requests(n)
     sl = sim.log_slates(req, 5)
-    imps = listeners.impressions(
+    imps = traffic.impressions(
         req, sl.shown, sl.propensity, policy="logging", feature_encoding=encoding
     )
-    wire = list(listeners.wire(imps, listeners.outcomes(req, sim.play(req, sl.shown))))
+    wire = list(traffic.wire(imps, traffic.outcomes(req, sim.play(req, sl.shown))))
     return (
         [w.value for w in wire if w.role == "impressions"],
         [w.value for w in wire if w.role == "outcomes"],
@@ -63,7 +63,7 @@ def decoding() -> Iterator[Decoding]:
 
 @pytest.mark.parametrize("encoding", ["float32", "json"])
 def test_simulated_batches_decode_there_as_here(
-    decoding: Decoding, encoding: listeners.FeatureEncoding
+    decoding: Decoding, encoding: traffic.FeatureEncoding
 ) -> None:
     for seed in range(3):  # the same child, batch after batch
         imps, outs = simulated(300, seed, encoding)
@@ -144,7 +144,7 @@ def test_batches_beyond_the_shared_areas_first_size_grow_them(decoding: Decoding
     sl = sim.log_slates(req, 5)
     wide = [
         w.value
-        for w in listeners.wire(listeners.impressions(req, sl.shown, sl.propensity, policy="p"), [])
+        for w in traffic.wire(traffic.impressions(req, sl.shown, sl.propensity, policy="p"), [])
     ]
     decoding.submit(wide, [])
     got = decoding.result()

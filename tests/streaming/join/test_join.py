@@ -614,6 +614,7 @@ def without_sizes(state: JoinState) -> dict[str, int]:
     return c
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(events=streams(), data=st.data(), aggregate=st.sampled_from(["first", "max", "sum"]))
 def test_any_batch_cut_matches_the_reference(

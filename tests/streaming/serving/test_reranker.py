@@ -80,6 +80,7 @@ def _direct(
     return np.asarray(r.order), np.asarray(r.propensity)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "params"),
     [

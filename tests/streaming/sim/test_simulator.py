@@ -68,6 +68,7 @@ def test_skips_come_in_runs() -> None:
     assert after_skip > after_play + 0.05
 
 
+@pytest.mark.slow
 def test_drift_changes_tastes_over_time() -> None:
     sim = Simulator(SimConfig(seed=6, drift=3.0))
     early = sim.requests(10)

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from streaming.config import Config
-from streaming.sim import traffic as listeners
+from streaming.sim import traffic as sim_traffic
 from streaming.sim.simulator import SimConfig, Simulator
 from streaming.worker.connections import Connections
 from streaming.worker.daemon import Daemon
@@ -79,9 +79,9 @@ def traffic(n: int, seed: int) -> tuple[list[bytes], list[bytes]]:
     req = sim.requests(n)
     sl = sim.log_slates(req, 3)
     wire = list(
-        listeners.wire(
-            listeners.impressions(req, sl.shown, sl.propensity, policy="logging"),
-            listeners.outcomes(req, sim.play(req, sl.shown)),
+        sim_traffic.wire(
+            sim_traffic.impressions(req, sl.shown, sl.propensity, policy="logging"),
+            sim_traffic.outcomes(req, sim.play(req, sl.shown)),
         )
     )
     return (
