@@ -1,5 +1,9 @@
 """Decoding in a second process: one batch decodes there while the daemon learns from the last.
 
+Why one long module: the parent's side (submit, result, close) and the child's (its loop, the
+shared-memory area the decoded arrays travel through, the framing of its pipe) are one protocol,
+kept in one file so both ends change together.
+
 The daemon's loop is one thread, and decoding a batch (msgspec's parse, the checks, the columns)
 is a large share of its work. :class:`Decoding` hands each polled batch's raw values to a
 child process (``python -m streaming.events.process``), which runs the very same

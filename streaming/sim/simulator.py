@@ -1,5 +1,8 @@
 """A seeded simulator of listening sessions: the one source of synthetic traffic.
 
+Why one long module: users, tracks, moods, slates and the hazard of skipping are one generative
+model whose parts share their random streams; split, its seeds would no longer say what they do.
+
 It feeds the demo, the tests and the benchmarks, and it knows the true expected reward of every
 candidate, so regret and the true value of any policy are exact. Everything is numpy, seeded, and
 vectorised over requests.

@@ -1,5 +1,9 @@
 """Moving one partition's open join windows from one worker to another, through Kafka.
 
+Why one long module: what a partition record holds, how it is encoded, and the rules that
+decide whose record a new owner installs (``choose``, ``take_over``, ``beyond``) are read
+together whenever one of them changes.
+
 A partition number ``p`` of the co-partitioned impressions and outcomes topics owns, in a worker's
 state, a join buffer (open impressions, outcomes waiting for them, recently closed keys,
 watermarks, counters), the side-table rows its open impressions and outcomes refer to, and the

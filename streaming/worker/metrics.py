@@ -1,5 +1,8 @@
 """Observability: a Prometheus endpoint, a status file and the ``encore status`` table.
 
+Why one long module: the Prometheus names, the status file and the ``encore status`` table are
+three views of the same numbers (``KNOWN_KEYS``), kept together so none of them drifts.
+
 The daemon keeps cumulative counts; every tick it maps them to one plain *snapshot* dict and
 hands it to ``Metrics.update_from``. The endpoint then exposes exactly that snapshot (a custom
 collector on its own ``CollectorRegistry``, so totals are reported as the daemon counted them,
