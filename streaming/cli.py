@@ -1,24 +1,36 @@
 """``encore``: one console script for the broker, topics, simulator, daemon, demo and tools.
 
-Each subcommand imports what it needs when it runs, so ``encore --help`` answers at once.
-Configuration comes from ``--config FILE``, ``ENCORE_<SECTION>__<KEY>`` variables and
-``--set section.key=value`` flags, in that order (see ``streaming.config``).
+Each subcommand imports what it needs when it runs, so ``encore --help`` and a mistyped
+command line answer at once, without loading JAX. Configuration comes from ``--config FILE``,
+``ENCORE_<SECTION>__<KEY>`` variables and ``--set section.key=value`` flags, in that order (see
+``streaming.config``).
+
+Exit statuses: 0 done; 2 a mistake the user can fix (an argument, the configuration, a broker
+that does not answer, a policy that does not exist), told in one line on stderr (``-v`` adds
+the traceback); 130 interrupted (Ctrl-C); 73 and 74 as ``EXIT_SIDE_REFUSED`` and
+``EXIT_CHECKPOINT_WRITE`` say.
+
+Why one long module: every subcommand's parser and its few lines of glue sit side by side, so
+the command line reads as one table; the work of each command lives in its own package.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
+import threading
+import traceback
 
 # OpenBLAS's thread pool oversubscribes small machines (a 289 x 289 Cholesky spends its time
 # waiting on threads that contend for the same cores); encore's matrices are small, so one
 # thread each is faster. Set before numpy loads; an explicit setting in the environment wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -32,10 +44,46 @@ letters, late rows, joined records, snapshots, deltas, handoffs) than ``kafka.si
 allows: sysexits' EX_CANTCREAT. No checkpoint is written after the refusal that crossed the
 limit, so a restart (once the topic takes the records) reads those events again."""
 
+EXIT_USAGE = 2
+"""Exit status of a mistake the user can fix; argparse uses it for argument errors too."""
+
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (KeyboardInterrupt): 128 + SIGINT, as shells report it."""
+
+CONNECT_TIMEOUT_S = 2.0
+"""How long the commands that talk to Kafka wait for a TCP connection to one of the bootstrap
+servers before saying that no broker answers (kafka-python's own clients would wait a minute)."""
+
 EPILOG = (
     "Configuration: --config FILE (TOML), then ENCORE_<SECTION>__<KEY> environment variables "
     "(e.g. ENCORE_KAFKA__BOOTSTRAP_SERVERS), then --set section.key=value."
 )
+
+
+class CommandError(Exception):
+    """A mistake the user can fix; ``main`` prints the message as one line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser that takes long options only as written: ``--request`` is an error, not
+    ``--requests``, so that adding an option never changes what an existing command line means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+class _CommandParser(_Parser):
+    """A subcommand's parser: an argument it does not know is an error shown with its own usage
+    (argparse would hand it up to ``encore``'s parser, whose usage does not list the options)."""
+
+    def parse_known_args(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -51,6 +99,41 @@ def _servers(args: argparse.Namespace, config: Any) -> str:
     from streaming.kafka.clients import bootstrap_servers
 
     return bootstrap_servers(config.kafka, Path(args.state_dir) if args.state_dir else None)
+
+
+def _broker(args: argparse.Namespace, config: Any) -> str:
+    """The bootstrap servers, once one of them accepts a connection.
+
+    Raises:
+        CommandError: none of them answers within ``CONNECT_TIMEOUT_S``.
+    """
+    from streaming.kafka.clients import reachable
+
+    servers = _servers(args, config)
+    if not reachable(servers, timeout_s=CONNECT_TIMEOUT_S):
+        raise CommandError(_no_broker_message(servers))
+    return servers
+
+
+def _no_broker_message(servers: str) -> str:
+    """What to say when no broker answers at ``servers``, and what to do about it."""
+    return (
+        f"no Kafka broker answers at {servers}; start one with `encore broker start` "
+        "or pass --bootstrap-servers HOST:PORT"
+    )
+
+
+def _check_policy(config: Any) -> None:
+    """Raises CommandError if ``policy.name`` is not in ``bandits.registry.POLICIES``."""
+    from bandits.registry import POLICIES
+
+    name = str(config.policy.name)
+    if name not in POLICIES:
+        close = difflib.get_close_matches(name, list(POLICIES), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CommandError(
+            f"unknown policy {name!r} in policy.name{hint}; known: {', '.join(sorted(POLICIES))}"
+        )
 
 
 def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
@@ -101,7 +184,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from streaming.kafka.clients import ensure_topics, topic_specs
 
     config = _config(args)
-    servers = _servers(args, config)
+    servers = _broker(args, config)
     result = ensure_topics(config, servers)
     specs = topic_specs(config.topics)
     for name, what in result.items():
@@ -153,7 +236,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = _config(args)
     n = produce_simulated(
         config,
-        _servers(args, config),
+        _broker(args, config),
         n_requests=args.requests,
         slate_size=args.slate_size,
         seed=args.seed,
@@ -164,8 +247,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
-    import threading
 
+    config = _config(args)
+    _check_policy(config)
+    servers = _broker(args, config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()  # the loop finishes its batch, checkpoints and closes
+
+    # Ctrl-C and SIGTERM stop the daemon the same way; the handlers before are back on return.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _run_daemon(config, servers, stop, args.exit_when_idle_ms)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_daemon(
+    config: Any, servers: str, stop: threading.Event, exit_when_idle_ms: int | None
+) -> int:
     from streaming.worker.checkpoint import CheckpointWriteError
     from streaming.worker.daemon import Daemon
     from streaming.worker.deltas import WorkerIdConflictError
@@ -173,15 +275,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streaming.worker.parquet_log import LogWriteError
     from streaming.worker.stats import summary_line
 
-    config = _config(args)
-    servers = _servers(args, config)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()  # the loop finishes its batch, checkpoints and closes
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
     try:
         daemon = Daemon(config, servers=servers)
     except (CheckpointWriteError, LogWriteError) as exc:
@@ -196,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(summary_line(d.stats, d.clock()), flush=True)
 
     try:
-        daemon.run(stop, on_tick=tick, exit_when_idle_ms=args.exit_when_idle_ms)
+        daemon.run(stop, on_tick=tick, exit_when_idle_ms=exit_when_idle_ms)
     except WorkerIdConflictError as exc:  # closed and checkpointed; the config must change
         print(f"encore: {exc}", file=sys.stderr)
         return 2
@@ -214,6 +307,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streaming.demo import DemoOptions, run_demo
 
     config = _config(args)
+    _check_policy(config)
+    if config.kafka.bootstrap_servers:
+        _broker(args, config)
     return run_demo(
         config,
         DemoOptions(
@@ -235,14 +331,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="encore",
         description="Reward signals and contextual bandits for music personalization, "
         "learned live from Kafka.",
         epilog=EPILOG,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     p = sub.add_parser(
         "demo",
@@ -307,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
+    for command in sub.choices.values():
+        # -v after the command too (the commands below take their own flags as they are)
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+
     _optional(
         sub,
         "streaming.worker.metrics",
@@ -318,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "streaming.serving.service",
         "rerank",
         "the re-ranking service: follows the newest snapshot, ranks over HTTP, logs impressions",
+        precheck=_precheck_rerank,
     )
     _optional(
         sub, "streaming.evaluate", "evaluate", "off-policy evaluation of a policy on logged records"
@@ -331,10 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _optional(sub: Any, module: str, name: str, help_text: str) -> None:
+def _optional(
+    sub: Any,
+    module: str,
+    name: str,
+    help_text: str,
+    *,
+    precheck: Callable[[Sequence[str]], None] | None = None,
+) -> None:
     """A subcommand whose implementation lives in its own module, imported only when it runs.
 
     The module offers ``main(argv) -> int``, or ``add_parser(subparsers)`` that sets ``func``.
+    ``precheck(argv)``, if given, runs first, before the module (and JAX) loads: it raises
+    CommandError for a mistake it can tell from the arguments and configuration alone.
     """
     p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -342,11 +454,13 @@ def _optional(sub: Any, module: str, name: str, help_text: str) -> None:
     def run(args: argparse.Namespace) -> int:
         import importlib
 
+        if precheck is not None and not {"-h", "--help"} & set(args.rest):
+            precheck(list(args.rest))
         mod = importlib.import_module(module)
         if hasattr(mod, "main"):
             return int(mod.main(list(args.rest)) or 0)
-        inner = argparse.ArgumentParser(prog="encore")
-        inner_sub = inner.add_subparsers(dest="command", required=True)
+        inner = _Parser(prog="encore")
+        inner_sub = inner.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
         mod.add_parser(inner_sub)
         inner_args = inner.parse_args([name, *args.rest])
         return int(inner_args.func(inner_args) or 0)
@@ -354,25 +468,92 @@ def _optional(sub: Any, module: str, name: str, help_text: str) -> None:
     p.set_defaults(func=run)
 
 
+class _PrecheckSkipped(Exception):
+    """The arguments do not parse here; the command's own parser will say why."""
+
+
+class _LenientParser(_Parser):
+    """A parser whose errors skip a precheck instead of ending the process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _PrecheckSkipped(message)
+
+
+def _precheck_rerank(argv: Sequence[str]) -> None:
+    """``encore rerank``: the configuration loads, its policy exists and a broker answers."""
+    pre = _LenientParser(prog="encore rerank", add_help=False)
+    _add_common(pre)
+    for flag in ("--host", "--port", "--refresh-ms"):  # its other flags, taken as they are
+        pre.add_argument(flag)
+    try:
+        args = pre.parse_args(argv)
+    except _PrecheckSkipped:  # any other argument: `encore rerank`'s own parser says why
+        return
+    config = _config(args)
+    _check_policy(config)
+    _broker(args, config)
+
+
+# The errors a user can fix by changing a flag, the configuration or the machine, by module and
+# name: each is matched only if its module has been imported, so matching imports nothing.
+_USER_ERRORS = (
+    ("streaming.config", "ConfigError"),
+    ("streaming.kafka.broker", "BrokerError"),
+    ("streaming.kafka.clients", "NoClusterError"),
+    ("streaming.worker.checkpoint", "CheckpointError"),
+    ("streaming.worker.lock", "InUseError"),
+)
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The line to print for an error the user can fix, or None for one that is a bug."""
+    if isinstance(exc, CommandError):
+        return str(exc)
+    for module, name in _USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return str(exc)
+    errors = sys.modules.get("kafka.errors")
+    if errors is not None and isinstance(
+        exc, (errors.KafkaConnectionError, errors.KafkaTimeoutError)
+    ):
+        return (
+            f"Kafka stopped answering ({type(exc).__name__}: {exc}); check the broker "
+            "(`encore broker status`) or --bootstrap-servers, then run again"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``encore`` command; returns its exit status.
+
+    With no command, the list of commands goes to stderr and the status is 2: a script that
+    forgets the command fails, as it does for any other missing argument.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from streaming.config import ConfigError
-    from streaming.kafka.broker import BrokerError
-    from streaming.worker.checkpoint import CheckpointError
-    from streaming.worker.lock import InUseError
-
     try:
         return int(args.func(args))
-    except (BrokerError, CheckpointError, ConfigError, InUseError) as exc:
-        print(f"encore: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        return 130
+        if args.verbose:
+            traceback.print_exc()
+        print("encore: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"encore: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

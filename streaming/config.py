@@ -17,6 +17,7 @@ as ``docs/configuration.md`` (``encore config reference`` prints it). The ``[joi
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 import json
@@ -636,8 +637,9 @@ class Config:
         unknown = sorted(set(layers) - set(sections))
         if unknown:
             given = _given(origins, [(s, k) for s in unknown for k in layers[s]])
+            hint = _did_you_mean_section(unknown, layers, origins)
             raise ConfigError(
-                f"unknown config section(s) {unknown}{given}; known: {sorted(sections)}"
+                f"unknown config section(s) {unknown}{hint}{given}; known: {sorted(sections)}"
             )
         built: dict[str, Any] = {}
         hints = _hints(cls)
@@ -696,8 +698,14 @@ def _build_section(
     unknown = sorted(set(values) - set(fields))
     if unknown:
         given = _given(origins, [(section, k) for k in unknown])
+        guesses = [
+            ((section, k), (section, close[0]))
+            for k in unknown
+            if (close := difflib.get_close_matches(k, list(fields), n=1))
+        ]
         raise ConfigError(
-            f"unknown key(s) {unknown} in [{section}]{given}; known: {sorted(fields)} "
+            f"unknown key(s) {unknown} in [{section}]{_did_you_mean(guesses, origins)}{given}; "
+            f"known: {sorted(fields)} "
             f"(environment: {env_name(section, '<key>')})"
         )
     hints = _hints(section_cls)
@@ -715,6 +723,56 @@ def _build_section(
         if isinstance(exc, ConfigError):
             raise ConfigError(f"{exc}{given}") from exc
         raise ConfigError(f"[{section}]: {exc}{given}") from exc
+
+
+def _did_you_mean(
+    guesses: Sequence[tuple[tuple[str, str], tuple[str, str]]],
+    origins: Mapping[tuple[str, str], str],
+) -> str:
+    """`` (did you mean join.window_ms?)``: the known key closest to each unknown one, or ``""``.
+
+    Each guess is ``((section, key) given, (section, key) known)``, and is written the way its
+    value was given: a variable's name for a value from a variable, ``section.key`` otherwise.
+    """
+
+    def spelled(section: str, key: str, origin: str) -> str:
+        if not key:
+            return f"[{section}]"
+        return env_name(section, key) if origin.startswith("ENCORE_") else f"{section}.{key}"
+
+    named: list[tuple[str, str]] = []
+    for given, known in guesses:
+        origin = origins.get(given, "")
+        pair = (spelled(*given, origin), spelled(*known, origin))
+        if pair not in named:
+            named.append(pair)
+    if not named:
+        return ""
+    if len(named) == 1:
+        return f" (did you mean {named[0][1]}?)"
+    return " (did you mean " + ", ".join(f"{k} for {g}" for g, k in named) + "?)"
+
+
+def _did_you_mean_section(
+    unknown: Sequence[str],
+    layers: Mapping[str, Mapping[str, Any]],
+    origins: Mapping[tuple[str, str], str],
+) -> str:
+    """:func:`_did_you_mean` for unknown sections: the closest section, with the key if it has it."""
+    known = sections()
+    guesses: list[tuple[tuple[str, str], tuple[str, str]]] = []
+    for section in unknown:
+        close = difflib.get_close_matches(section, list(known), n=1)
+        if not close:
+            continue
+        fields = [f.name for f in dataclasses.fields(known[close[0]])]
+        for key in layers[section] or [""]:
+            if key and key not in fields:
+                near = difflib.get_close_matches(key, fields, n=1)
+                guesses.append(((section, key), (close[0], near[0] if near else "")))
+            else:
+                guesses.append(((section, key), (close[0], key)))
+    return _did_you_mean(guesses, origins)
 
 
 def _given(origins: Mapping[tuple[str, str], str], keys: Sequence[tuple[str, str]]) -> str:

@@ -145,3 +145,37 @@ def test_the_worker_trains_every_registered_reward_model_but_the_session_model()
     assert set(rewards.MODELS) - set(REWARD_MODELS) == {"session"}
     with pytest.raises(ConfigError, match="listening history"):
         Config.load(env={}, overrides=["reward.model=session"])
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "overrides", "message"),
+    [
+        ("[join]\nwindw_ms = 1\n", {}, [], "in [join] (did you mean join.window_ms?)"),
+        ("", {"ENCORE_JOIN__WINDW_MS": "1"}, [], "(did you mean ENCORE_JOIN__WINDOW_MS?)"),
+        ("", {}, ["join.windw_ms=1"], "in [join] (did you mean join.window_ms?) (set: "),
+        ("[jion]\nwindow_ms = 1\n", {}, [], "['jion'] (did you mean join.window_ms?)"),
+        ("[jion]\n", {}, [], "['jion'] (did you mean [join]?)"),
+        ("", {"ENCORE_JION__WINDW_MS": "1"}, [], "(did you mean ENCORE_JOIN__WINDOW_MS?)"),
+        (
+            "",
+            {},
+            ["join.windw_ms=1", "join.agregate=sum"],
+            "(did you mean join.aggregate for join.agregate, join.window_ms for join.windw_ms?)",
+        ),
+    ],
+)
+def test_an_unknown_key_names_the_closest_known_one(
+    tmp_path: Path, text: str, env: dict[str, str], overrides: list[str], message: str
+) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Config.load(f, env=env, overrides=overrides)
+    assert message in str(info.value)
+
+
+def test_an_unknown_key_far_from_every_known_one_has_no_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.load(env={}, overrides=["join.zzzz=1"])
+    assert "did you mean" not in str(info.value)
+    assert str(info.value).startswith("unknown key(s) ['zzzz'] in [join] (set: join.zzzz by --set)")
