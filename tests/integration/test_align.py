@@ -51,6 +51,10 @@ def test_aligned_reading_of_a_backlog_overflows_nothing(kafka_broker: str, tmp_p
         "unaligned": daemon("unaligned", 0, 300),
         "aligned": daemon("aligned", 1_000, 300),
     }
+    # The impressions it waits on always deliver here: on a loaded machine a fetch can take
+    # longer than the stall limit, which would release the outcomes (streaming.worker.pausing
+    # tests that release); this test is about what alignment holds back.
+    runs["aligned"].aligner.stall_ms = 120_000
     for d in runs.values():
         d.run(threading.Event(), exit_when_idle_ms=3000)
         assert d.stats.events == n
