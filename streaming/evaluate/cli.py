@@ -28,6 +28,7 @@ from streaming.evaluate.report import estimator_set, markdown_report, plot_estim
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="encore evaluate",
+        allow_abbrev=False,
         description="Off-policy evaluation of a target policy on logged records.",
     )
     p.add_argument(

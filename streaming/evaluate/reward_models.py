@@ -285,10 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``encore rewards report [LOG] [--simulate-plays N] [--out PNG]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="encore rewards", description="reward-model tools")
+    parser = argparse.ArgumentParser(
+        prog="encore rewards", description="reward-model tools", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser(
         "report",
+        allow_abbrev=False,
         help="prequential log loss, AUC and ECE per model and horizon, and a reliability plot",
     )
     p.add_argument(

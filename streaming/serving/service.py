@@ -686,6 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="encore rerank",
+        allow_abbrev=False,
         description="Re-rank candidates with the newest policy snapshot over HTTP, logging "
         "every served impression to the impressions topic.",
     )

@@ -439,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         0, or 3 when there is no status file yet.
     """
     parser = argparse.ArgumentParser(
-        prog="encore status", description="What the daemon last reported (no Kafka needed)."
+        prog="encore status",
+        description="What the daemon last reported (no Kafka needed).",
+        allow_abbrev=False,
     )
     parser.add_argument("--config", type=Path, help="TOML config file")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[])

@@ -120,6 +120,27 @@ def test_option_prefixes_are_not_expanded(capsys: pytest.CaptureFixture[str]) ->
     assert all(not p.allow_abbrev for p in parsers)  # pyright: ignore[reportUnknownMemberType]
 
 
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("streaming.worker.metrics", ["--conf", "x.toml"]),
+        ("streaming.serving.service", ["--conf", "x.toml"]),
+        ("streaming.evaluate.cli", ["x.parquet", "--se", "1"]),
+        ("streaming.evaluate.reward_models", ["report", "--se", "1"]),
+    ],
+)
+def test_the_tools_own_parsers_do_not_expand_prefixes_either(
+    module: str, args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    tool = importlib.import_module(module)
+    with pytest.raises(SystemExit) as info:
+        tool.main(args)
+    assert info.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_verbose_is_taken_before_and_after_the_command() -> None:
     parser = build_parser()
     assert parser.parse_args(["-v", "run"]).verbose
