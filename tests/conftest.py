@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the encore CLI does (see streaming/cli.py)
+# The workers the tests run register for `encore status` here, not in the user's home.
+os.environ.setdefault(
+    "ENCORE_WORKERS_DIR", __import__("tempfile").mkdtemp(prefix="encore-workers-")
+)
 
 import tempfile
 from collections.abc import Iterator

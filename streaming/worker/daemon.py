@@ -73,7 +73,15 @@ from streaming.worker.connections import Connections
 from streaming.worker.gc_tuning import quiet_gc
 from streaming.worker.liveness import BrokerAway, GroupWatch
 from streaming.worker.lock import DirLock
-from streaming.worker.metrics import Metrics, MetricsServer, status_path, write_status
+from streaming.worker.metrics import (
+    Metrics,
+    MetricsServer,
+    process_fields,
+    register,
+    status_path,
+    unregister,
+    write_status,
+)
 from streaming.worker.outbound import Outbound, SideOutputRefusedError
 from streaming.worker.parquet_log import BackgroundLog, LogWriteError, ParquetLog
 from streaming.worker.pausing import Aligner
@@ -179,6 +187,7 @@ class Daemon:
         self.decoding = Decoding(self.limits, process=False)
         self._pending: _Batch | None = None  # polled, decoding in the other process, not stepped
         self._ckpt_failed = False  # a checkpoint write failed: the worker is stopping
+        self._registered: Path | None = None  # this worker's pointer for `encore status`
 
     # ------------------------------------------------------------------ clients
     @property
@@ -607,6 +616,7 @@ class Daemon:
                 log.info("metrics on http://%s:%d/metrics", m.host, self.metrics_port)
             except OSError as exc:  # a busy port must not stop the learning
                 log.warning("no metrics endpoint on %s:%d: %s", m.host, m.port, exc)
+        self._registered = register(status_path(self.config))  # `encore status` finds it
 
     def _flush_side_outputs(self) -> None:
         """Wait until every dead letter, late row and joined record sent so far is acknowledged
@@ -733,6 +743,8 @@ class Daemon:
             if self.metrics_server is not None:
                 self.metrics_server.close()
                 self.metrics_server = None
+            unregister(self._registered)
+            self._registered = None
             if self.consumer is not None:
                 self.consumer.close(autocommit=False)  # revokes: checkpoint + handoff
                 self.consumer = None
@@ -1015,7 +1027,10 @@ class Daemon:
                         self._lag_unknown = f"{type(exc).__name__}: {exc}"
         self._side_stats()
         self.metrics.update_from(self.metrics_snapshot())
-        write_status(status_path(self.config), self.metrics.snapshot())
+        write_status(
+            status_path(self.config),
+            {**self.metrics.snapshot(), **process_fields(self.config.metrics.refresh_ms)},
+        )
 
     def _side_stats(self) -> None:
         """The outbounds' counts into ``stats``, and how long the broker has not answered."""

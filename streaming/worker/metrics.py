@@ -74,9 +74,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -380,6 +383,8 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
     table = Table(title="encore status")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if "pid" in snapshot:
+        table.add_row("state", worker_state(snapshot, now_ms=now_ms))
     if now_ms is not None and "now_ms" in snapshot:
         table.add_row("status age (s)", f"{max(0, now_ms - snapshot['now_ms']) / 1e3:.1f}")
     if "started_ms" in snapshot and "now_ms" in snapshot:
@@ -432,6 +437,85 @@ def status_path(config: Config) -> Path:
     return Path(config.checkpoint.dir) / "status.json"
 
 
+STALE_REFRESHES = 3  # a status not rewritten for this many refresh intervals is stale
+
+
+def process_fields(refresh_ms: int) -> dict[str, Any]:
+    """What the status file says of the process writing it, so a reader can tell it stopped."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "refresh_ms": int(refresh_ms)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+def worker_state(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> str:
+    """``running``, ``stopped (...)`` or ``stale (...)`` for a status written with
+    ``process_fields``: stopped when its process is gone (same host), stale when it has not been
+    rewritten for ``STALE_REFRESHES`` refresh intervals."""
+    pid, host = snapshot.get("pid"), snapshot.get("host")
+    if isinstance(pid, int) and host == socket.gethostname() and not _alive(pid):
+        return f"stopped (process {pid} is not running)"
+    refresh = snapshot.get("refresh_ms")
+    written = snapshot.get("now_ms")
+    if now_ms is not None and isinstance(refresh, int) and isinstance(written, int):
+        age = now_ms - written
+        if age > STALE_REFRESHES * refresh:
+            return f"stale (not rewritten for {age / 1e3:.0f} s)"
+    return "running"
+
+
+def workers_dir() -> Path:
+    """Where running workers leave a pointer to their status file, so ``encore status`` finds
+    them without their flags: ``$ENCORE_WORKERS_DIR``, else ``~/.local/state/encore/workers``."""
+    found = os.environ.get("ENCORE_WORKERS_DIR")
+    return Path(found) if found else Path.home() / ".local" / "state" / "encore" / "workers"
+
+
+def register(status_file: str | Path) -> Path | None:
+    """Leave a pointer to ``status_file`` in ``workers_dir()``; returns it (None if it cannot be
+    written: finding workers is a convenience, never a reason to stop one)."""
+    target = Path(status_file).resolve()
+    entry = workers_dir() / f"{hashlib.sha256(str(target).encode()).hexdigest()[:16]}.json"
+    try:
+        write_status(entry, {"status_file": str(target), **process_fields(0)})
+    except OSError:
+        return None
+    return entry
+
+
+def unregister(entry: Path | None) -> None:
+    if entry is not None:
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
+def registered_status_files() -> list[Path]:
+    """The status files of the workers registered on this host whose process still runs; the
+    pointers of those that stopped without removing theirs are removed."""
+    found: list[Path] = []
+    here = socket.gethostname()
+    for entry in sorted(workers_dir().glob("*.json")):
+        try:
+            data = read_status(entry)
+        except (OSError, ValueError):
+            continue
+        pid = data.get("pid")
+        if data.get("host") == here and isinstance(pid, int) and not _alive(pid):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+            continue
+        if isinstance(data.get("status_file"), str):
+            found.append(Path(data["status_file"]))
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``encore status``: print the status a running daemon last wrote, as a table (or JSON).
 
@@ -450,16 +534,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
     args = parser.parse_args(argv)
-    path = args.status_file or status_path(Config.load(args.config, overrides=args.set))
-    try:
-        snapshot = read_status(path)
-    except FileNotFoundError as exc:
-        print(f"encore status: {exc}")
-        return 3
+    paths: list[Path]
+    if args.status_file is not None:
+        paths = [Path(args.status_file)]
+    elif args.config is not None or args.set:
+        paths = [status_path(Config.load(args.config, overrides=args.set))]
+    else:  # no flags: the default config's status file, and every running worker's
+        default = status_path(Config.load())
+        found = [default] if default.exists() else []
+        paths = [p for p in dict.fromkeys([*found, *registered_status_files()])]
+        if not paths:
+            print(
+                f"encore status: no status file at {default} and no running worker registered "
+                f"in {workers_dir()}; pass --config (the run's) or --status-file"
+            )
+            return 3
+    now_ms = time.time_ns() // 1_000_000
+    snapshots: list[tuple[Path, dict[str, Any]]] = []
+    for path in paths:
+        try:
+            snapshots.append((path, read_status(path)))
+        except FileNotFoundError as exc:
+            print(f"encore status: {exc}")
+            return 3
     if args.json:
-        print(json.dumps(snapshot, indent=1, sort_keys=True))
+        for _, snapshot in snapshots:
+            print(json.dumps(snapshot, indent=1, sort_keys=True))
         return 0
     from rich.console import Console
 
-    Console().print(status_table(snapshot, now_ms=time.time_ns() // 1_000_000))
+    console = Console()
+    for path, snapshot in snapshots:
+        if len(snapshots) > 1:
+            console.print(f"{path}:")
+        console.print(status_table(snapshot, now_ms=now_ms))
     return 0

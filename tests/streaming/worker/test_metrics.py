@@ -225,3 +225,68 @@ def test_encore_status_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "snapshots_total" in out
     assert main(["--status-file", str(tmp_path / "ckpt" / "status.json"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == SNAPSHOT
+
+
+def test_a_status_says_whether_its_worker_runs_has_stopped_or_went_quiet() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from streaming.worker.metrics import process_fields, worker_state
+
+    live = {"now_ms": 10_000, **process_fields(refresh_ms=1_000)}
+    assert worker_state(live, now_ms=12_000) == "running"
+    assert worker_state(live, now_ms=14_000).startswith("stale (not rewritten for 4 s)")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = {**live, "pid": int(gone.stdout)}
+    assert worker_state(dead, now_ms=10_500) == f"stopped (process {dead['pid']} is not running)"
+    elsewhere = {**dead, "host": "another-host"}
+    assert worker_state(elsewhere, now_ms=10_500) == "running"  # its pid says nothing here
+    assert os.getpid() == live["pid"]
+
+
+def test_encore_status_without_flags_finds_the_running_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streaming.worker.metrics import (
+        process_fields,
+        register,
+        registered_status_files,
+        unregister,
+        workers_dir,
+    )
+
+    monkeypatch.setenv("ENCORE_WORKERS_DIR", str(tmp_path / "workers"))
+    monkeypatch.chdir(tmp_path)  # the default config's checkpoint.dir is relative: nothing there
+    assert main([]) == 3
+    said = capsys.readouterr().out
+    assert "no running worker registered" in said and str(workers_dir()) in said
+    status = tmp_path / "elsewhere" / "status.json"
+    write_status(status, {**SNAPSHOT, **process_fields(refresh_ms=1_000)})
+    entry = register(status)
+    assert registered_status_files() == [status.resolve()]
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "snapshots_total" in out and "state" in out
+    # A pointer left by a worker that died is dropped when read.
+    import subprocess
+    import sys
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    stale = workers_dir() / "0000000000000000.json"
+    write_status(
+        stale, {"status_file": str(status), "pid": int(gone.stdout), "host": socket.gethostname()}
+    )
+    assert registered_status_files() == [status.resolve()] and not stale.exists()
+    unregister(entry)
+    assert registered_status_files() == []
