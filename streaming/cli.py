@@ -231,17 +231,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             table.add_row(k, pattern.format(v), pattern.format(unif[k]), refs.get(k, ""))
         Console(width=140).print(table)
         return 0
-    from streaming.demo import produce_simulated
+    from streaming.demo import newest_event_ms, produce_simulated
 
     config = _config(args)
+    servers = _broker(args, config)
+    newest = newest_event_ms(config, servers)
+    if args.start_ms is None:  # continue the stream: a running daemon counts nothing late
+        start = 0 if newest is None else newest + 1_000
+    else:
+        start = args.start_ms
+        if newest is not None and start <= newest:
+            print(
+                f"encore simulate: warning: the topics' newest event is at {newest} ms and these "
+                f"start at {start} ms: a daemon that has read the stream counts the ones behind "
+                "its watermark late (leave --start-ms out to continue the stream)",
+                file=sys.stderr,
+            )
     n = produce_simulated(
         config,
-        _broker(args, config),
+        servers,
         n_requests=args.requests,
         slate_size=args.slate_size,
         seed=args.seed,
+        run_id=f"sim{start}",  # request ids of their own: never duplicates of an earlier run's
+        start_ms=start,
     )
-    print(f"produced {n:,} events")
+    print(f"produced {n:,} events from event time {start} ms")
     return 0
 
 
@@ -387,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slate-size", type=int, default=5)
     p.add_argument("--drift", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--start-ms",
+        type=int,
+        default=None,
+        help="event time of the first request (default: just after the newest event in the "
+        "topics, or 0 when they are empty)",
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(

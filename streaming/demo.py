@@ -33,7 +33,7 @@ from streaming.config import Config
 from streaming.core import make_engine
 from streaming.events import FeatureEncoding, key64
 from streaming.kafka.broker import LocalBroker
-from streaming.kafka.clients import ensure_topics, make_producer
+from streaming.kafka.clients import TopicPartition, ensure_topics, make_consumer, make_producer
 from streaming.serving.reranker import Reranker, SnapshotFollower
 from streaming.sim import traffic
 from streaming.sim.simulator import SimConfig, Simulator
@@ -90,9 +90,16 @@ class SimulatedStream:
     """
 
     def __init__(
-        self, config: Config, servers: str, *, slate_size: int, seed: int, run_id: str = "sim"
+        self,
+        config: Config,
+        servers: str,
+        *,
+        slate_size: int,
+        seed: int,
+        run_id: str = "sim",
+        start_ms: int = 0,
     ) -> None:
-        self.sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000))
+        self.sim = Simulator(SimConfig(seed=seed, request_gap_ms=1000, start_ms=start_ms))
         self.slate_size, self.run_id = slate_size, run_id
         self.producer = make_producer(config.kafka, servers)
         self.topics = {"impressions": config.topics.impressions, "outcomes": config.topics.outcomes}
@@ -138,16 +145,60 @@ def produce_simulated(
     seed: int,
     run_id: str = "sim",
     batch: int = 1000,
+    start_ms: int = 0,
 ) -> int:
     """Produce ``n_requests`` requests served by the logging policy, with their plays.
 
-    Impressions carry their features as ``config.events.feature_encoding`` says.
+    Impressions carry their features as ``config.events.feature_encoding`` says; simulated time
+    starts at ``start_ms`` (``newest_event_ms`` continues a stream already in the topics).
     """
-    stream = SimulatedStream(config, servers, slate_size=slate_size, seed=seed, run_id=run_id)
+    stream = SimulatedStream(
+        config, servers, slate_size=slate_size, seed=seed, run_id=run_id, start_ms=start_ms
+    )
     try:
         return stream.produce(n_requests, batch=batch)
     finally:
         stream.close()
+
+
+def newest_event_ms(config: Config, servers: str, timeout_s: float = 10.0) -> int | None:
+    """The largest event time (``ts``) among the last record of every partition of the
+    impressions and outcomes topics; None when they hold nothing (or nothing readable)."""
+    import msgspec
+
+    topics = [config.topics.impressions, config.topics.outcomes]
+    reader = make_consumer(config.kafka, servers, group_id=None)
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(reader.partitions_for_topic(t) or [])
+        ]
+        if not tps:
+            return None
+        ends = reader.end_offsets(tps)
+        held = [tp for tp in tps if ends[tp] > 0]
+        if not held:
+            return None
+        reader.assign(held)
+        for tp in held:
+            reader.seek(tp, ends[tp] - 1)
+        newest: int | None = None
+        waiting = set(held)
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            for tp, records in reader.poll(timeout_ms=200).items():
+                waiting.discard(tp)
+                for r in records:
+                    try:
+                        ts = msgspec.json.decode(r.value)["ts"]
+                    except Exception:  # a malformed message says nothing of the stream's time
+                        continue
+                    if isinstance(ts, int) and (newest is None or ts > newest):
+                        newest = ts
+        return newest
+    finally:
+        reader.close(autocommit=False)
 
 
 class Listeners:

@@ -74,6 +74,8 @@ class SimConfig:
         request_gap_ms: mean simulated gap between requests of the whole population.
         logging_temperature: temperature of the logging policy's softmax.
         seed: the world's seed; requests and plays use streams derived from it.
+        start_ms: the simulated clock's start (event time of ms 0 of the simulation), so a
+            simulation can continue a stream already in a topic.
     """
 
     n_users: int = 1000
@@ -96,8 +98,11 @@ class SimConfig:
     recall_pool: int = 200
     recall_noise: float = 0.5
     seed: int = 0
+    start_ms: int = 0
 
     def __post_init__(self) -> None:
+        if self.start_ms < 0:
+            raise ValueError(f"SimConfig.start_ms must be >= 0, got {self.start_ms}")
         for name in ("n_users", "n_tracks", "d_user", "d_track", "n_candidates", "request_gap_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SimConfig.{name} must be positive, got {getattr(self, name)}")
@@ -225,8 +230,8 @@ class Simulator:
         )
         self._pop_z = (pop_logit - pop_logit.mean()) / pop_logit.std()
         self._mood = np.zeros(cfg.n_users)
-        self._mood_t_ms = np.zeros(cfg.n_users, dtype=np.int64)
-        self._now_ms = np.int64(0)
+        self._mood_t_ms = np.full(cfg.n_users, cfg.start_ms, dtype=np.int64)
+        self._now_ms = np.int64(cfg.start_ms)
         self._next_id = np.int64(0)
 
     # ----------------------------------------------------------------------------- requests

@@ -88,3 +88,12 @@ def test_invalid_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="n_candidates"):
         SimConfig(n_tracks=5, n_candidates=10)
     assert REASONS[0] == "trackdone"
+
+
+def test_the_clock_starts_where_it_is_told_and_the_rest_follows() -> None:
+    at_zero = Simulator(SimConfig(seed=3, request_gap_ms=1000)).requests(50)
+    later = Simulator(SimConfig(seed=3, request_gap_ms=1000, start_ms=10**12)).requests(50)
+    assert (later.t_ms - at_zero.t_ms == 10**12).all()
+    assert (later.user_id == at_zero.user_id).all()
+    with pytest.raises(ValueError, match="start_ms must be >= 0"):
+        SimConfig(start_ms=-1)
