@@ -334,6 +334,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             bootstrap_servers=config.kafka.bootstrap_servers or None,
             out=Path(args.out),
+            state_dir=Path(args.state_dir) if args.state_dir else None,
         ),
     )
 

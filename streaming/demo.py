@@ -32,7 +32,7 @@ import numpy as np
 from streaming.config import Config
 from streaming.core import make_engine
 from streaming.events import FeatureEncoding, key64
-from streaming.kafka.broker import LocalBroker
+from streaming.kafka.broker import LocalBroker, default_state_dir
 from streaming.kafka.clients import TopicPartition, ensure_topics, make_consumer, make_producer
 from streaming.serving.reranker import Reranker, SnapshotFollower
 from streaming.sim import traffic
@@ -53,6 +53,7 @@ class DemoOptions:
     seed: int = 0
     bootstrap_servers: str | None = None
     out: Path = Path("demo-out")
+    state_dir: Path | None = None  # the local broker's folder: None is ENCORE_STATE_DIR or .encore
     malformed_per_10k: int = 20
     learner_share: float = 0.5
 
@@ -314,7 +315,7 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
     servers = opts.bootstrap_servers
     t0 = time.perf_counter()
     if not servers:
-        broker = LocalBroker(state_dir=Path(".encore") / "demo-broker")
+        broker = LocalBroker(state_dir=(opts.state_dir or default_state_dir()) / "demo-broker")
         broker.wipe()
         console.print(
             "[bold]encore demo[/bold]: starting a local Apache Kafka broker "

@@ -255,3 +255,32 @@ def test_a_second_worker_on_one_checkpoint_dir_is_a_clear_error(
     assert main([*args, f"checkpoint.dir={tmp_path / 'ckpt'}"]) == 2
     assert "is in use by another worker" in capsys.readouterr().err
     held.release()
+
+
+def test_the_demo_keeps_its_broker_in_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's local broker lives under ENCORE_STATE_DIR (or --state-dir), like every
+    other command's; the broker itself is not started here (it stops at its first step)."""
+    import streaming.demo as demo
+
+    seen: list[Path] = []
+
+    class Stop(Exception):
+        pass
+
+    class Recorder:
+        def __init__(self, state_dir: Path) -> None:
+            seen.append(state_dir)
+
+        def wipe(self) -> None:
+            raise Stop
+
+    monkeypatch.setattr(demo, "LocalBroker", Recorder)
+    monkeypatch.setenv("ENCORE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("ENCORE_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    with pytest.raises(Stop):
+        main(["demo", "--out", str(tmp_path / "out")])
+    with pytest.raises(Stop):
+        main(["demo", "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "other")])
+    assert seen == [tmp_path / "state" / "demo-broker", tmp_path / "other" / "demo-broker"]
