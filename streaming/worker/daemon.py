@@ -158,6 +158,7 @@ class Daemon:
         self.state: WorkerState = self._lock_and_load()
         self.revoked: set[tuple[str, int]] = set()
         self.stats = Stats(started_ms=clock())
+        self._named: set[str] = set(policy_names)
         self._names = {
             int(k): n for k, n in zip(key64(list(policy_names)), policy_names, strict=True)
         }
@@ -825,6 +826,7 @@ class Daemon:
             outcome_partition=out_part,
         )
         self._late(effects.rejected_impressions, effects.rejected_outcomes)
+        self._learn_names(imps.policy)
         if align:
             self._align(
                 batch.offsets, (imp.topic, imps.ts_ms, imp_part), (out.topic, outs.ts_ms, out_part)
@@ -837,6 +839,18 @@ class Daemon:
                 self.log.append(records)
                 if self.config.log.publish_joined:
                     side_topics.send_joined(self.producer, self.config.topics.joined, records)
+
+    def _learn_names(self, policies: npt.NDArray[np.str_]) -> None:
+        """Remember the name behind each logging policy's key, so counts and labels show names."""
+        if policies.size:
+            new = [n for n in set(policies.tolist()) if n not in self._named]
+            if new:
+                self._named.update(new)
+                self._names.update((int(k), n) for k, n in zip(key64(new), new, strict=True))
+
+    def policy_name(self, key: int) -> str:
+        """The logging policy's name for its key (``streaming.events.key64``), else the key."""
+        return self._names.get(int(key), str(key))
 
     def _align(
         self,
@@ -1094,7 +1108,7 @@ class Daemon:
     def _refresh_stats(self) -> None:
         self.stats.counters = {**self.state.counters, **join_counters(self.state)}
         self.stats.reward_by_policy = {
-            self._names.get(k, str(k)): v for k, v in self.state.reward_by_policy.items()
+            self.policy_name(k): v for k, v in self.state.reward_by_policy.items()
         }
 
 

@@ -315,3 +315,22 @@ def test_with_the_decoding_process_a_batch_is_stepped_one_round_later_and_nothin
         assert d.stats.events_by_topic == here.stats.events_by_topic
     finally:
         d.decoding.close()
+
+
+def test_the_daemon_names_each_logging_policy_it_reads(tmp_path: Path) -> None:
+    from streaming.events import key64
+
+    imps, _ = traffic(4, seed=5)
+    tp = TP(TOPICS.impressions, 0)
+    d = daemon(
+        tmp_path,
+        Connections(
+            source=FakeConsumer([{tp: [Record(i, v) for i, v in enumerate(imps)]}]),
+            side=FakeProducer(),
+        ),
+    )
+    key = int(key64(["logging"])[0])
+    assert d.policy_name(key) == str(key)  # nothing read yet: the key is all it has
+    d.poll_once()
+    d.poll_once()  # (stepped one round later with the decoding process)
+    assert d.policy_name(key) == "logging"
