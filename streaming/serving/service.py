@@ -42,10 +42,12 @@ HTTP (``streaming.serving.http``: the standard library's ``ThreadingHTTPServer``
     to log (``too_large``); 415 a ``Content-Type`` other than ``application/json``
     (``unsupported_media_type``); 503 the impression could not be sent (``log_unavailable``).
 ``GET /healthz``
-    ``200 {"ok", "status": "ok" | "degraded", "policy", "snapshot_version", "unlogged",
-    "refused_unloggable", "last_log_error", "last_log_error_age_ms"}``; ``degraded`` (and
-    ``ok`` false) while a served impression went unlogged, or a send failed, within
-    ``rerank.health_degraded_ms``.
+    ``200 {"ok", "status": "ok" | "degraded", "policy", "ope_ready", "snapshot_version",
+    "unlogged", "refused_unloggable", "last_log_error", "last_log_error_age_ms"}``; ``degraded``
+    (and ``ok`` false) while a served impression went unlogged, or a send failed, within
+    ``rerank.health_degraded_ms``. ``ope_ready`` is false for a policy that ranks
+    deterministically (every propensity 1.0, as greedy LinUCB does): its log cannot support
+    off-policy evaluation, which the service also says when it starts.
 ``GET /metrics-lite``
     ``200`` with the counts of ``RerankService.counts()``.
 
@@ -179,6 +181,15 @@ class RerankService:
         # (re-ranker, snapshot version), swapped whole; copies share one jitted rank function.
         self._current = (Reranker(self.policy, self.policy.init(d_user, d_track)), 0)
         self._key = jax.random.key(seed)
+        self.ope_ready = explores(self._current[0], d_user, d_track)
+        if not self.ope_ready:
+            log.warning(
+                "policy %s ranks deterministically (every propensity is 1.0): the impressions "
+                "this service logs cannot support off-policy evaluation of another policy; "
+                "serve an exploring policy (policy.name = squarecb, softmax, epsilon_greedy or "
+                "lin_ts) to evaluate new policies on this traffic",
+                self.policy_name,
+            )
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._n = 0
@@ -534,6 +545,7 @@ class RerankService:
             "ok": not degraded,
             "status": "degraded" if degraded else "ok",
             "policy": self.policy_name,
+            "ope_ready": self.ope_ready,
             "snapshot_version": self.snapshot_version,
             "unlogged": unlogged,
             "refused_unloggable": refused,
@@ -596,6 +608,21 @@ class RerankService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def explores(reranker: Reranker, d_user: int, d_track: int) -> bool:
+    """Whether the policy's choices are random (some propensity below 1), so that what it logs
+    supports off-policy evaluation: one probe request of 8 seeded random candidates, slate of 2.
+    A greedy policy (LinUCB) shows every track with propensity 1.0 and does not."""
+    rng = np.random.default_rng(0)
+    _, propensity = reranker.rank(
+        rng.normal(0, 0.5, d_user).astype(np.float32),
+        rng.normal(0, 0.5, (8, d_track)).astype(np.float32),
+        np.arange(8, dtype=np.int32),
+        slate_size=2,
+        key=jax.random.key(0),
+    )
+    return bool((propensity < 1.0).any())
 
 
 _F32_MAX = float(np.finfo(np.float32).max)

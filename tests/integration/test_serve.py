@@ -624,3 +624,18 @@ def test_a_slate_the_daemon_could_not_learn_from_is_not_served(kafka_broker: str
     finally:
         service.close()
     assert logged_impressions(cfg, kafka_broker, expected=1, timeout_s=3.0) == []
+
+
+@pytest.mark.parametrize(("policy", "ready"), [("linucb", False), ("softmax", True)])
+def test_a_service_whose_log_cannot_support_evaluation_says_so(
+    kafka_broker: str, policy: str, ready: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = dataclasses.replace(
+        fresh_config(kafka_broker),
+        policy=dataclasses.replace(fresh_config(kafka_broker).policy, name=policy),
+    )
+    ensure_topics(cfg, kafka_broker)
+    with caplog.at_level("WARNING"), RerankService(cfg, kafka_broker) as service:
+        assert service.health()["ope_ready"] is ready
+    warned = "cannot support off-policy evaluation" in caplog.text
+    assert warned is not ready
