@@ -7,11 +7,24 @@ markdown page (``all`` does that at its end, into ``DIR/README.md``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
 from benchmarks._runner import SUITES, command_line, run_suite
 from benchmarks.report import write_report
+
+# The peers each suite runs beside encore (module names), from the `bench` extra.
+PEER_MODULES: dict[str, tuple[str, ...]] = {
+    "bandits": ("vowpalwabbit", "mabwiser"),
+    "rewards": ("river", "sklearn"),
+}
+
+
+def missing_peers(names: list[str]) -> list[str]:
+    """The peer modules the suites ``names`` need that are not installed."""
+    wanted = dict.fromkeys(m for n in names for m in PEER_MODULES.get(n, ()))
+    return [m for m in wanted if importlib.util.find_spec(m) is None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
     names = list(SUITES) if args.name == "all" else [args.name]
+    missing = missing_peers(names)
+    if missing:
+        print(
+            f"python -m benchmarks: {', '.join(missing)} not installed; the suites compare encore "
+            "with these peers in the same run: pip install -e '.[bench]' (`make bench` does)",
+            file=sys.stderr,
+        )
+        return 2
     command = command_line(args.name, quick=args.quick, out=args.out)
     for name in names:
         run_suite(name, quick=args.quick, out=args.out, command=command)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.__main__ import main
 from benchmarks.report import load, render, write_report
 
@@ -413,3 +415,23 @@ def test_old_reports_without_date_or_ram_still_render(tmp_path: Path) -> None:
     assert "RAM not recorded" in page
     assert f"`python -m benchmarks kafka --quick --out {tmp_path}`" in page
     assert "- Date: " in page and "UTC" in page
+
+
+def test_a_suite_whose_peers_are_missing_says_which_extra_installs_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from benchmarks import __main__ as runner
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("vowpalwabbit", "river") else real(name, *a),
+    )
+    assert runner.missing_peers(["bandits", "ope"]) == ["vowpalwabbit"]
+    assert runner.main(["bandits", "--quick", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "vowpalwabbit not installed" in err and "pip install -e '.[bench]'" in err
+    assert runner.missing_peers(["all", *runner.SUITES]) == ["vowpalwabbit", "river"]
