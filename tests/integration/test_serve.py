@@ -325,11 +325,14 @@ def test_encore_rerank_process_serves_and_stops_on_sigterm(
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "encore rerank printed nothing in 60 s"
-        line = proc.stdout.readline()
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-        assert match, line
+        said: list[str] = []  # warnings first (the default policy's), then where it listens
+        match = None
+        while match is None and len(said) < 20:
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready, f"encore rerank printed no address in 60 s: {said}"
+            said.append(proc.stdout.readline())
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", said[-1])
+        assert match, said
         status, answer = post(int(match.group(1)), json.dumps(body()).encode())
         assert status == 200, answer
         assert len(set(answer["shown"])) == 3
