@@ -563,11 +563,16 @@ def _http_round_trips(
     before = os.sched_getaffinity(0) if others else set[int]()
     try:
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 120)
-        line = proc.stdout.readline() if ready else ""
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        said: list[str] = []  # start-up warnings may come before the address
+        match = None
+        while match is None and len(said) < 20:
+            ready, _, _ = select.select([proc.stdout], [], [], 120)
+            said.append(proc.stdout.readline() if ready else "")
+            if not said[-1]:
+                break
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", said[-1])
         if not match:
-            raise RuntimeError(f"encore rerank did not start: {line!r}")
+            raise RuntimeError(f"encore rerank did not start: {said!r}")
         if others:
             os.sched_setaffinity(0, set(others))
         conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=60)
