@@ -52,8 +52,10 @@ __all__ = [
     "OffsetAndMetadata",
     "TopicPartition",
     "bootstrap_servers",
+    "client_state",
     "describe_group",
     "ensure_topics",
+    "group_line",
     "make_admin",
     "make_consumer",
     "make_producer",
@@ -132,6 +134,45 @@ def serve_parked(consumer: Any) -> bool:
     if slot is not None and not slot and getattr(fetcher, "_paused_partition_records", None):
         cast(Any, fetcher)._next_partition_records = None
     return True
+
+
+def client_state(consumer: Any) -> str:
+    """One line on where a group consumer stands, for a warning about one that stopped fetching:
+    its coordinator and membership (state, generation, a join in flight), its assignment (how
+    many partitions paused, how many fetchable: unpaused, positioned, not being revoked) and its fetcher (nodes with
+    a fetch in flight, responses waiting, records parked for paused partitions).
+
+    Reads kafka-python 3's internals where they are; what a client lacks reads ``?``. Never
+    raises: it is only ever called on a client already in trouble.
+    """
+
+    def read(get: Any) -> object:
+        try:
+            return get()
+        except Exception:
+            return "?"
+
+    c: Any = consumer
+    co: Any = getattr(c, "_coordinator", None)
+    fe: Any = getattr(c, "_fetcher", None)
+    sub: Any = getattr(c, "_subscription", None)
+    join = read(lambda: co._join_task is not None and not co._join_task.is_done)
+    fields = {
+        "coordinator": read(lambda: co.coordinator_id),
+        "member": read(lambda: co.state),
+        "generation": read(lambda: co._generation.generation_id),
+        "rejoin needed": read(co.need_rejoin) if co is not None else "?",
+        "join in flight": join,
+        "assigned": read(lambda: len(c.assignment())),
+        "paused": read(lambda: len(c.paused())),
+        "fetchable": read(lambda: sum(bool(s.is_fetchable()) for s in sub.assignment.values())),
+        "fetching from": read(lambda: sorted(fe._nodes_with_pending_fetch_requests)),
+        "responses waiting": read(lambda: len(fe._completed_fetches)),
+        "parked": read(
+            lambda: len(fe._paused_partition_records) + len(fe._paused_completed_fetches)
+        ),
+    }
+    return ", ".join(f"{k} {v}" for k, v in fields.items())
 
 
 class NoClusterError(RuntimeError):
@@ -251,6 +292,23 @@ def describe_group(kafka: KafkaConfig, servers: str, group_id: str) -> dict[str,
         return dict(described[group_id])
     finally:
         admin.close()
+
+
+def group_line(kafka: KafkaConfig, servers: str, group_id: str) -> str:
+    """The group as its coordinator sees it, in one line: its state and each member (id, client,
+    host). For a warning about a consumer that stopped fetching; never raises."""
+    if not reachable(servers):
+        return "not described (no broker answers)"
+    try:
+        group = describe_group(kafka, servers, group_id)
+    except Exception as exc:
+        return f"not described ({type(exc).__name__}: {exc})"
+    members = [
+        f"{m.get('member_id')} ({m.get('client_id')} on {m.get('client_host')})"
+        for m in group.get("members") or []
+    ]
+    error = f", error {group['error']}" if group.get("error") else ""
+    return f"{group.get('group_state')}, members [{', '.join(members)}]{error}"
 
 
 def _compacted(topics: Topics, max_message_bytes: int) -> dict[str, Any]:

@@ -54,7 +54,9 @@ from streaming.kafka.clients import (
     UNREACHABLE,
     OffsetAndMetadata,
     TopicPartition,
+    client_state,
     describe_group,
+    group_line,
     make_consumer,
     member_id,
     partitions_of,
@@ -670,21 +672,30 @@ class Daemon:
         if any(lag > 0 for lag in self.stats.lag.values()):
             log.warning(
                 "no records for %d ms although the held partitions have %d left (lag); "
-                "closing the consumer and opening a new one",
+                "closing the consumer and opening a new one (client: %s; group: %s)",
                 limit,
                 sum(self.stats.lag.values()),
+                client_state(self.consumer),
+                self._group_line(),
             )
             return True
         if self._lag_unknown and self.stats.held:
             log.warning(
                 "no records for %d ms and the lag of the %d held partitions is unknown (%s); "
-                "closing the consumer and opening a new one",
+                "closing the consumer and opening a new one (client: %s; group: %s)",
                 limit,
                 self.stats.held,
                 self._lag_unknown,
+                client_state(self.consumer),
+                self._group_line(),
             )
             return True
         return False
+
+    def _group_line(self) -> str:
+        """The consumer group as its coordinator describes it (``group_line``)."""
+        kc = self.config.kafka
+        return group_line(kc, self.servers, kc.group_id)
 
     def restart_consumer(self) -> None:
         """Close the group consumer (its revoke checkpoints and hands off what it holds) and
