@@ -286,6 +286,7 @@ def _run_daemon(
     from streaming.worker.checkpoint import CheckpointWriteError
     from streaming.worker.daemon import Daemon
     from streaming.worker.deltas import WorkerIdConflictError
+    from streaming.worker.membership import GroupSharedError
     from streaming.worker.outbound import SideOutputRefusedError
     from streaming.worker.parquet_log import LogWriteError
     from streaming.worker.stats import summary_line
@@ -305,7 +306,7 @@ def _run_daemon(
 
     try:
         daemon.run(stop, on_tick=tick, exit_when_idle_ms=exit_when_idle_ms)
-    except WorkerIdConflictError as exc:  # closed and checkpointed; the config must change
+    except (WorkerIdConflictError, GroupSharedError) as exc:  # closed; the config must change
         print(f"encore: {exc}", file=sys.stderr)
         return 2
     except (CheckpointWriteError, LogWriteError) as exc:  # the newest checkpoint is untouched

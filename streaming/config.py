@@ -539,6 +539,12 @@ class ScaleConfig:
         "This worker's id among the workers that share deltas, different for each; empty: "
         "`kafka.client_id`.",
     )
+    independent_workers: bool = _key(
+        False,
+        "Several workers of one group each learn a policy of their own from the partitions they "
+        "hold. Without it (or `share_deltas`), a worker refuses to join a group another worker "
+        "is in.",
+    )
 
 
 @dataclass(frozen=True)

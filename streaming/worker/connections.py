@@ -6,7 +6,9 @@
 - ``state``: the state producer (partition records, deltas, snapshots), one request in flight so
   each key's records land in the order sent;
 - ``handoff_reader`` and ``delta_reader``: consumers outside the group that read the handoff
-  and delta topics.
+  and delta topics;
+- ``group``: describes the worker's consumer group (who else is in it,
+  ``streaming.worker.membership``); asked before the source is opened and at each assignment.
 
 Whatever is given when the worker is built is used as it is (tests pass fakes here); whatever is
 None is opened from the configuration when the worker opens.
@@ -15,6 +17,7 @@ None is opened from the configuration when the worker opens.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +46,7 @@ class Connections:
     state: Any = None
     handoff_reader: Any = None
     delta_reader: Any = None
+    group: Callable[[], Mapping[str, Any]] | None = None
 
     def open_sinks(self, config: Config, servers: str) -> None:
         """Open the producers not given, each wrapped in an ``Outbound``.

@@ -75,6 +75,7 @@ from streaming.worker.connections import Connections
 from streaming.worker.gc_tuning import quiet_gc
 from streaming.worker.liveness import BrokerAway, GroupWatch
 from streaming.worker.lock import DirLock
+from streaming.worker.membership import GroupSharedError, refusal, strangers, worker_token
 from streaming.worker.metrics import (
     Metrics,
     MetricsServer,
@@ -165,6 +166,7 @@ class Daemon:
             int(k): n for k, n in zip(key64(list(policy_names)), policy_names, strict=True)
         }
         self.links = connections if connections is not None else Connections()
+        self.token = worker_token(self.ckpt_dir)  # in the group consumer's client id
         self.sharing = DeltaSharing(config, self.engine, servers, self.links, self.stats, clock)
         self._handoff_parts: list[int] = [0]
         self.log: ParquetLog | BackgroundLog | None = None
@@ -428,6 +430,7 @@ class Daemon:
     def on_assigned(self, tps: list[TopicPartition]) -> None:
         """Keep, take over or start each assigned partition, drop the others, seek, checkpoint."""
         self._drain(align=False)  # (on_revoked did, unless the client skipped it)
+        self._check_group(refuse=False)  # one that joined at the same moment as this one
         pair = self._pair
         self.aligner.assigned(tps)
         numbers = self._numbers(tps)
@@ -584,6 +587,10 @@ class Daemon:
     def open(self) -> None:
         if not self._ckpt_lock.held:  # opened again after close: resume as a new worker would
             self.state = self._lock_and_load()
+        if self.consumer is None and self.links.group is None:
+            kc = self.config.kafka
+            self.links.group = lambda: describe_group(kc, self.servers, kc.group_id)
+        self._check_group(refuse=True)  # before anything starts: a refusal leaves nothing behind
         self._use_cache()
         topics = self.config.topics
         # started first: the child imports while the clients connect
@@ -621,6 +628,37 @@ class Daemon:
                 log.warning("no metrics endpoint on %s:%d: %s", m.host, m.port, exc)
         self._registered = register(status_path(self.config))  # `encore status` finds it
 
+    def _check_group(self, *, refuse: bool) -> None:
+        """Whether another worker is in the group while scale-out is not configured
+        (``streaming.worker.membership``): ``refuse`` raises ``GroupSharedError`` (before
+        joining), else a warning names them (at an assignment). A group that cannot be described
+        is let be, with a warning."""
+        sc = self.config.scale
+        if self.links.group is None or sc.share_deltas or sc.independent_workers:
+            return
+        group_id = self.config.kafka.group_id
+        try:
+            group = self.links.group()
+        except Exception as exc:  # never a reason to stop: the group itself still works
+            log.warning(
+                "could not describe consumer group %r to see who is in it: %s", group_id, exc
+            )
+            return
+        if group.get("error"):
+            log.warning("could not describe consumer group %r: %s", group_id, group["error"])
+            return
+        others = strangers(group, self.token)
+        if not others:
+            return
+        if refuse:
+            raise GroupSharedError(refusal(group_id, others))
+        log.warning(
+            "another worker joined consumer group %r without shared statistics: %s; this worker "
+            "learns from its own partitions only (see scale.share_deltas)",
+            group_id,
+            "; ".join(str(m) for m in others),
+        )
+
     def _flush_side_outputs(self) -> None:
         """Wait until every dead letter, late row and joined record sent so far is acknowledged
         by the broker (or refused and counted), however long the broker is away.
@@ -643,7 +681,12 @@ class Daemon:
             self.on_revoked, self.on_assigned, lambda: getattr(self.consumer, "_net", None)
         )
         consumer = make_consumer(
-            kc, self.servers, group_id=kc.group_id, topics=pair, listener=listener
+            kc,
+            self.servers,
+            group_id=kc.group_id,
+            topics=pair,
+            listener=listener,
+            client_id=f"{kc.client_id}-consumer-{self.token}",  # which member is this worker
         )
         self.consumer = consumer
         self._consumer_since = self.ticks()

@@ -256,7 +256,11 @@ def test_a_consumer_that_joins_the_group_at_once_gets_its_partitions(
     """
     topics = fresh_topics()
     cfg = write_config(
-        tmp_path / "j.toml", kafka_broker, topics, group="j", ckpt_dir=tmp_path / "ck"
+        tmp_path / "j.toml",
+        kafka_broker,
+        topics,
+        group=f"j-{uuid.uuid4().hex[:6]}",
+        ckpt_dir=tmp_path / "ck",
     )
     ensure_topics(cfg, kafka_broker)
     group = f"join-{uuid.uuid4().hex[:6]}"
@@ -383,7 +387,11 @@ def test_a_restarted_local_broker_keeps_its_address_after_serving_clients(
     servers = broker.start().bootstrap_servers
     try:
         cfg = write_config(
-            tmp_path / "r.toml", servers, fresh_topics(), group="r", ckpt_dir=tmp_path / "ck"
+            tmp_path / "r.toml",
+            servers,
+            fresh_topics(),
+            group=f"r-{uuid.uuid4().hex[:6]}",
+            ckpt_dir=tmp_path / "ck",
         )
         ensure_topics(cfg, servers)
         consumer = make_consumer(cfg.kafka, servers, group_id=None, topics=[cfg.topics.impressions])
@@ -408,7 +416,11 @@ def test_broker_stop_and_restart_mid_stream_loses_and_doubles_nothing(
     try:
         topics = fresh_topics()
         cfg = write_config(
-            tmp_path / "a.toml", servers, topics, group="a", ckpt_dir=tmp_path / "ck-a"
+            tmp_path / "a.toml",
+            servers,
+            topics,
+            group=f"a-{uuid.uuid4().hex[:6]}",
+            ckpt_dir=tmp_path / "ck-a",
         )
         ensure_topics(cfg, servers)
         halves = produce_halves(cfg, servers, BROKER_REQUESTS, seed=4)
@@ -428,7 +440,11 @@ def test_broker_stop_and_restart_mid_stream_loses_and_doubles_nothing(
         got = final_state(cfg)
         assert events_counted(got) == sent
         plain = write_config(
-            tmp_path / "b.toml", servers, topics, group="b", ckpt_dir=tmp_path / "ck-b"
+            tmp_path / "b.toml",
+            servers,
+            topics,
+            group=f"b-{uuid.uuid4().hex[:6]}",
+            ckpt_dir=tmp_path / "ck-b",
         )
         procs.append(proc := start_daemon(tmp_path / "b.toml", tmp_path / "b.log"))
         wait_done(proc, tmp_path / "b.log")
@@ -463,7 +479,11 @@ def test_one_percent_malformed_all_reach_the_dead_letter_topic_and_the_rest_is_l
 ) -> None:
     topics = fresh_topics()
     cfg = write_config(
-        tmp_path / "m.toml", kafka_broker, topics, group="m", ckpt_dir=tmp_path / "ck-m"
+        tmp_path / "m.toml",
+        kafka_broker,
+        topics,
+        group=f"m-{uuid.uuid4().hex[:6]}",
+        ckpt_dir=tmp_path / "ck-m",
     )
     ensure_topics(cfg, kafka_broker)
     sim = Simulator(SimConfig(seed=8, request_gap_ms=1000))

@@ -38,6 +38,8 @@ def config(
             "join.allowed_lateness_ms=60000",
             "join.slate_size=5",
             f"scale.share_deltas={'true' if share else 'false'}",
+            # several workers of a group without shared statistics, on purpose
+            f"scale.independent_workers={'false' if share else 'true'}",
             f"scale.worker_id={name}",
             *extra,
         ],

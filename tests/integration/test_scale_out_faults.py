@@ -63,6 +63,7 @@ def worker_config(tmp: Path, servers: str, topics: Topics, name: str, group: str
     share = "true" if group.startswith("g-") else "false"
     with toml.open("a") as out:
         out.write(f'\n[scale]\nshare_deltas = {share}\nworker_id = "{name}"\n')
+        out.write(f"independent_workers = {'false' if share == 'true' else 'true'}\n")
     return Config.load(toml, env={})
 
 

@@ -158,7 +158,11 @@ def _oversized_run(
     the damaged ones (where -> bytes) and the big one's index."""
     topics = fresh_topics()
     cfg = write_config(
-        tmp_path / f"{name}.toml", servers, topics, group=name, ckpt_dir=tmp_path / f"ck-{name}"
+        tmp_path / f"{name}.toml",
+        servers,
+        topics,
+        group=f"{name}-{uuid.uuid4().hex[:6]}",
+        ckpt_dir=tmp_path / f"ck-{name}",
     )
     extra: dict[str, Any] = {}
     if topic_max_bytes is not None:
@@ -300,7 +304,11 @@ def test_a_broker_outage_longer_than_the_producer_timeouts_pauses_the_daemon(
     try:
         topics = fresh_topics()
         cfg = write_config(
-            tmp_path / "a.toml", servers, topics, group="a", ckpt_dir=tmp_path / "ck-a"
+            tmp_path / "a.toml",
+            servers,
+            topics,
+            group=f"a-{uuid.uuid4().hex[:6]}",
+            ckpt_dir=tmp_path / "ck-a",
         )
         ensure_topics(cfg, servers)
         halves = produce_halves(cfg, servers, OUTAGE_REQUESTS, seed=6)
@@ -345,7 +353,11 @@ def test_a_broker_outage_longer_than_the_producer_timeouts_pauses_the_daemon(
             topics, **{f: f"{getattr(topics, f)}-b{run}" for f in SIDE_FIELDS}
         )
         plain = write_config(
-            tmp_path / "b.toml", servers, other, group="b", ckpt_dir=tmp_path / "ck-b"
+            tmp_path / "b.toml",
+            servers,
+            other,
+            group=f"b-{uuid.uuid4().hex[:6]}",
+            ckpt_dir=tmp_path / "ck-b",
         )
         ensure_topics(plain, servers)
         procs.append(proc := start_daemon(tmp_path / "b.toml", tmp_path / "b.log"))
@@ -375,7 +387,7 @@ def test_records_refused_past_the_limit_stop_the_daemon_with_its_exit_code(
         tmp_path / "r.toml",
         kafka_broker,
         topics,
-        group="r",
+        group=f"r-{uuid.uuid4().hex[:6]}",
         ckpt_dir=tmp_path / "ck-r",
         kafka=f"side_max_refused = {REFUSED_LIMIT}",
     )
@@ -417,7 +429,11 @@ def test_records_refused_past_the_limit_stop_the_daemon_with_its_exit_code(
     run = uuid.uuid4().hex[:8]
     other = dataclasses.replace(topics, **{f: f"{getattr(topics, f)}-b{run}" for f in SIDE_FIELDS})
     plain = write_config(
-        tmp_path / "p.toml", kafka_broker, other, group="p", ckpt_dir=tmp_path / "ck-p"
+        tmp_path / "p.toml",
+        kafka_broker,
+        other,
+        group=f"p-{uuid.uuid4().hex[:6]}",
+        ckpt_dir=tmp_path / "ck-p",
     )
     ensure_topics(plain, kafka_broker)
     proc = start_daemon(tmp_path / "p.toml", tmp_path / "p.log")
