@@ -45,7 +45,9 @@ default 0 serves the last iterate and keeps the plain optimiser state, with no a
 Offline: ``rewards.fit(model, state, frame_or_parquet_path, key=...)`` loops the same ``update``
 with early stopping; ``on_epoch`` / ``on_batch`` callbacks report progress (no I/O here).
 Reports: :func:`prequential` and :func:`score_heads` give log loss, AUC and ECE per head;
-:func:`plot_reliability` draws :func:`reliability_table` curves on a matplotlib ``Axes``.
+:func:`plot_reliability` draws :func:`reliability_table` curves on a matplotlib ``Axes``, and
+:func:`plot_reliability_panels` one panel per head on a ``Figure``, with the plays per bin under
+each panel, one colour per model and one legend.
 
 Codes of ``reason_end`` are indices into :data:`REASONS`. ``update`` drops invalid rows (and
 counts them in ``metrics.n_dropped``) and refuses a step whose gradient is not finite, so one bad
@@ -59,6 +61,7 @@ from rewards.calibration import (
     ece,
     log_loss,
     plot_reliability,
+    plot_reliability_panels,
     prediction_columns,
     prequential,
     reliability_table,
@@ -132,6 +135,7 @@ __all__ = [
     "outcomes_from_frame",
     "pad",
     "plot_reliability",
+    "plot_reliability_panels",
     "prediction_columns",
     "prequential",
     "push_history",

@@ -6,7 +6,8 @@ outcome arrives; only then does the outcome enter ``update``. :func:`prequential
 that over a stream of batches; :func:`score_heads` scores stored predictions against outcomes.
 
 Everything here is numpy on the host (reports, not training); :func:`plot_reliability` draws
-reliability tables on an ``Axes`` it is given.
+reliability tables on an ``Axes`` it is given, and :func:`plot_reliability_panels` lays out one
+panel per target on a ``Figure``, with the plays per bin under each panel and one legend.
 
 References:
     Dawid (1984), "Present position and potential developments: the prequential approach";
@@ -110,13 +111,28 @@ def reliability_table(
     return ReliabilityTable(edges[:-1], edges[1:], mean_p, frac, count.astype(np.int64))
 
 
+def _colours(labels: Iterable[str]) -> dict[str, str]:
+    """Matplotlib's colour cycle (``"C0"``, ``"C1"``, ...) in the order labels first appear."""
+    out: dict[str, str] = {}
+    for label in labels:
+        out.setdefault(label, f"C{len(out) % 10}")
+    return out
+
+
 def plot_reliability(
-    ax: Any, tables: Mapping[str, ReliabilityTable], *, title: str = "", legend_size: int = 7
+    ax: Any,
+    tables: Mapping[str, ReliabilityTable],
+    *,
+    title: str = "",
+    legend_size: int = 7,
+    colors: Mapping[str, str] | None = None,
+    counts_ax: Any = None,
+    legend: bool = True,
 ) -> None:
     """Draw reliability curves on a matplotlib ``Axes``: one line per table, labelled by its key.
 
     Each line joins the non-empty bins' ``(mean_predicted, fraction_positive)``; the dashed
-    diagonal is perfect calibration. Only ``ax``'s methods are called, so ``rewards`` itself
+    diagonal is perfect calibration. Only the axes' methods are called, so ``rewards`` itself
     needs no plotting library.
 
     Args:
@@ -125,6 +141,12 @@ def plot_reliability(
             and head).
         title: the axes' title.
         legend_size: font size of the legend.
+        colors: label -> matplotlib colour, to keep one colour per label across several axes
+            (default: the colour cycle in the order of ``tables``).
+        counts_ax: an ``Axes`` (usually a short strip under ``ax``, sharing its x axis) on which
+            to draw the plays per bin of every table as a step outline on a log scale (an empty
+            bin drops to the baseline, 0.5); the x axis label moves to it.
+        legend: draw a legend on ``ax`` (off when the figure has one shared legend).
 
     Example:
         >>> from matplotlib.figure import Figure
@@ -134,18 +156,124 @@ def plot_reliability(
         >>> [line.get_label() for line in ax.get_lines()][1:], ax.get_title()
         (['survival'], 'complete')
     """
+    colour = {**_colours(tables), **(colors or {})}
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     for label, t in tables.items():
         used = t.counts > 0
         ax.plot(
-            t.mean_predicted[used], t.fraction_positive[used], marker="o", ms=3, lw=1, label=label
+            t.mean_predicted[used],
+            t.fraction_positive[used],
+            marker="o",
+            ms=3,
+            lw=1,
+            color=colour[label],
+            label=label,
         )
-    ax.set_xlabel("mean predicted probability")
+    ax.set_xlabel("mean predicted probability" if counts_ax is None else "")
     ax.set_ylabel("observed frequency")
     if title:
         ax.set_title(title)
-    if tables:
+    if legend and tables:
         ax.legend(fontsize=legend_size)
+    if counts_ax is not None:
+        for label, t in tables.items():
+            if t.counts.any():
+                edges = np.append(t.lower, t.upper[-1:])
+                counts_ax.stairs(
+                    np.maximum(t.counts, 0.5), edges, baseline=0.5, color=colour[label], lw=1
+                )
+        counts_ax.set_yscale("log")
+        counts_ax.set_ylabel("plays per bin")
+        counts_ax.set_xlabel("mean predicted probability")
+
+
+def plot_reliability_panels(
+    fig: Any,
+    tables: Mapping[str, Mapping[str, ReliabilityTable]],
+    *,
+    titles: Mapping[str, str] | None = None,
+    legend_size: int = 8,
+) -> list[tuple[Any, Any]]:
+    """One reliability panel per target, with a strip of plays per bin under each, on ``fig``.
+
+    Panels share their limits (``[0, 1]`` on both axes) and the strips share a log-scale count
+    axis, so targets and models compare at a glance; a model keeps one colour in every panel,
+    and one legend for the whole figure sits under the panels. Each panel also lists every
+    model's ECE in its colour. Only the figure's and axes' methods are called.
+
+    Args:
+        fig: a ``matplotlib.figure.Figure`` (constrained layout keeps the legend clear of the
+            panels: ``Figure(layout="constrained")``).
+        tables: target (for example ``"complete"``) -> model -> :func:`reliability_table`.
+        titles: target -> panel title (default: the target's name).
+        legend_size: font size of the legend and of the ECE lists.
+
+    Returns:
+        ``(panel, strip)`` axes per target, in the order of ``tables``.
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> t = reliability_table(np.array([0.1, 0.9, 0.8]), np.array([False, True, True]))
+        >>> axes = plot_reliability_panels(Figure(), {"skip_1": {"a": t}, "complete": {"a": t}})
+        >>> [panel.get_title() for panel, _ in axes], axes[0][0].get_xlim() == (0.0, 1.0)
+        (['skip_1', 'complete'], True)
+    """
+    colour = _colours(m for by_model in tables.values() for m in by_model)
+    grid = fig.add_gridspec(2, max(len(tables), 1), height_ratios=(4, 1))
+    out: list[tuple[Any, Any]] = []
+    for j, (target, by_model) in enumerate(tables.items()):
+        first = out[0] if out else (None, None)
+        panel = fig.add_subplot(grid[0, j], sharey=first[0])
+        strip = fig.add_subplot(grid[1, j], sharex=panel, sharey=first[1])
+        plot_reliability(
+            panel,
+            by_model,
+            title=(titles or {}).get(target, target),
+            colors=colour,
+            counts_ax=strip,
+            legend=False,
+        )
+        panel.set_xlim(0.0, 1.0)
+        panel.set_ylim(0.0, 1.0)
+        panel.tick_params(labelbottom=False)
+        panel.grid(alpha=0.3)
+        strip.grid(alpha=0.3)
+        if j:
+            panel.set_ylabel("")
+            strip.set_ylabel("")
+            panel.tick_params(labelleft=False)
+            strip.tick_params(labelleft=False)
+        for i, (model, t) in enumerate(by_model.items()):
+            err = _table_ece(t)
+            panel.text(
+                0.03,
+                0.97 - 0.07 * i,
+                f"{model}: " + ("no plays" if np.isnan(err) else f"ECE {err:.3f}"),
+                transform=panel.transAxes,
+                color=colour[model],
+                fontsize=legend_size,
+                va="top",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+            )
+        out.append((panel, strip))
+    if out:
+        # The first line of every panel is its diagonal; then one line per model, in any panel.
+        handles = [out[0][0].get_lines()[0]]
+        labels = ["perfect calibration"]
+        for model in colour:
+            handles += [
+                line for panel, _ in out for line in panel.get_lines() if line.get_label() == model
+            ][:1]
+            labels.append(model)
+        fig.legend(
+            handles=handles,
+            labels=labels,
+            loc="outside lower center",
+            ncol=len(handles),
+            fontsize=legend_size,
+            frameon=False,
+        )
+    return out
 
 
 def ece(p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int = 15) -> float:
@@ -154,7 +282,10 @@ def ece(p: Float[NDArray[Any], " n"], y: Bool[NDArray[Any], " n"], n_bins: int =
     >>> ece(np.array([0.2, 0.2, 0.2, 0.2, 0.2]), np.array([True, False, False, False, False]))
     0.0
     """
-    t = reliability_table(p, y, n_bins)
+    return _table_ece(reliability_table(p, y, n_bins))
+
+
+def _table_ece(t: ReliabilityTable) -> float:
     used = t.counts > 0
     if not used.any():
         return float("nan")

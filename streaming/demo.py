@@ -12,7 +12,9 @@ topics, and runs two things side by side for a bounded time:
   to impressions, learning, checkpointing and publishing snapshots.
 
 The report compares the arms by the simulator's *true* expected reward of what each showed at
-the top of the slate (P(stream >= 30 s)), over time, next to what the daemon measured.
+the top of the slate (P(stream >= 30 s)), over time, next to what the daemon measured, and
+against two references computed from the same truth on the same requests: the oracle (the best
+candidate on top of every slate) and a uniformly random slate (:func:`reference_top_reward`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
+import numpy.typing as npt
 
 from streaming.config import Config
 from streaming.core import make_engine
@@ -40,9 +43,65 @@ from streaming.sim.simulator import SimConfig, Simulator
 from streaming.worker.daemon import Daemon
 from streaming.worker.stats import summary_line
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from rich.console import Console
+
 LOGGING = "logging"
+ORACLE = "oracle"
+"""Reference arm: the candidate with the highest true reward on top of every slate."""
+RANDOM = "random"
+"""Reference arm: a uniformly random slate (its top track is any candidate, equally likely)."""
 DEMO_GAP_MS = 5_000
 """Simulated time between two requests of the whole population in the demo."""
+
+
+class TopReward(NamedTuple):
+    """True P(stream >= 30 s) of the top track of each request under the two reference policies."""
+
+    oracle: npt.NDArray[np.float64]  # (n,) the best candidate on top: no slate does better
+    random: npt.NDArray[np.float64]  # (n,) expected over a uniformly random slate
+
+
+def reference_top_reward(expected_reward: npt.ArrayLike) -> TopReward:
+    """The oracle's and a uniformly random slate's true top-track reward, per request.
+
+    The demo scores an arm by the true reward of the track it puts on top, so the best slate of
+    a request is any slate that starts with its best candidate, and a uniformly random slate's
+    top track is each candidate with probability ``1 / k``.
+
+    Args:
+        expected_reward: ``(n, k)`` the simulator's true P(stream >= 30 s) of each candidate on
+            top (:meth:`streaming.sim.simulator.Simulator.expected_reward`).
+
+    Returns:
+        ``TopReward(oracle=(n,), random=(n,))``.
+
+    Example:
+        >>> reference_top_reward(np.array([[0.25, 0.75, 0.5]]))
+        TopReward(oracle=array([0.75]), random=array([0.5]))
+    """
+    er = np.asarray(expected_reward, dtype=np.float64)
+    if er.ndim != 2 or er.shape[1] == 0:
+        raise ValueError(f"expected_reward must be (n, k) with k >= 1, got shape {er.shape}")
+    return TopReward(oracle=er.max(axis=1), random=er.mean(axis=1))
+
+
+def demo_console(file: IO[str] | None = None) -> Console:
+    """The demo's console (stdout by default), in soft-wrap mode.
+
+    When its output is not a terminal, rich renders at 80 columns and would break a long progress
+    line (the daemon's summary line) in two; with soft wrap every printed line stays one line.
+    Tables still fit the console's width.
+    """
+    from rich.console import Console
+
+    return Console(file=file, soft_wrap=True)
+
+
+def progress(console: Console, line: str) -> None:
+    """Print one progress line as it is: never wrapped, and brackets in it are not markup."""
+    console.print(line, markup=False, soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -227,9 +286,10 @@ class Listeners:
         self.sent = 0
         self.malformed = 0
         self.snapshots_used = 0
-        self.truth: list[
-            tuple[float, str, float, float]
-        ] = []  # (t_s, arm, top p30, slate mean p30)
+        # (t_s, arm, sum of the true top-track P(stream >= 30 s), requests) per tick and arm
+        self.truth: list[tuple[float, str, float, float]] = []
+        # the same for the reference arms (ORACLE, RANDOM), over every request of the tick
+        self.reference: list[tuple[float, str, float, float]] = []
 
     def tick(self, n: int, t_s: float) -> None:
         req = self.sim.requests(n)
@@ -250,6 +310,11 @@ class Listeners:
         plays = self.sim.play(req, shown)
         er = self.sim.expected_reward(req)
         top = np.take_along_axis(er, shown[:, :1], axis=1)[:, 0]
+        ref = reference_top_reward(er)
+        self.reference += [
+            (t_s, ORACLE, float(ref.oracle.sum()), float(n)),
+            (t_s, RANDOM, float(ref.random.sum()), float(n)),
+        ]
         for arm, sel in ((LOGGING, ~learner), (self.engine.policy.spec.name, learner)):
             if sel.any():
                 self.truth.append(
@@ -304,11 +369,20 @@ def _curve(
     return out
 
 
+def run_means(truth: list[tuple[float, str, float, float]]) -> dict[str, float]:
+    """Each arm's mean over the whole run (weighted by requests)."""
+    sums: dict[str, list[float]] = {}
+    for _, arm, total, count in truth:
+        acc = sums.setdefault(arm, [0.0, 0.0])
+        acc[0] += total
+        acc[1] += count
+    return {arm: total / max(count, 1.0) for arm, (total, count) in sorted(sums.items())}
+
+
 def run_demo(config: Config, opts: DemoOptions) -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = demo_console()
     run_id = f"demo{int(time.time())}"
     opts.out.mkdir(parents=True, exist_ok=True)
     broker: LocalBroker | None = None
@@ -322,7 +396,7 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
             "(the first run fetches it from Maven Central)..."
         )
         servers = broker.start().bootstrap_servers
-        console.print(f"broker up at {servers} in {time.perf_counter() - t0:.1f} s")
+        progress(console, f"broker up at {servers} in {time.perf_counter() - t0:.1f} s")
     try:
         cfg = demo_config(config, run_id, servers, opts)
         ensure_topics(cfg, servers)
@@ -335,8 +409,8 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
             try:
                 result["stats"] = daemon.run(
                     stop,
-                    on_tick=lambda d: console.print(
-                        "  daemon: " + summary_line(d.stats, d.clock())
+                    on_tick=lambda d: progress(
+                        console, "  daemon: " + summary_line(d.stats, d.clock())
                     ),
                 )
             except BaseException as exc:
@@ -346,9 +420,10 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
         thread = threading.Thread(target=work, name="encore-daemon", daemon=True)
         thread.start()
         lst = Listeners(cfg, servers, opts, run_id)
-        console.print(
+        progress(
+            console,
             f"listeners: {opts.rate} requests/s for {opts.duration_s:.0f} s, slates of "
-            f"{opts.slate_size} from 20 candidates; arms: {LOGGING} vs {learner_name}"
+            f"{opts.slate_size} from 20 candidates; arms: {LOGGING} vs {learner_name}",
         )
         start = time.perf_counter()
         tick_s = 0.1
@@ -379,6 +454,8 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
             raise RuntimeError("the daemon failed") from result["error"]
         stats = daemon.stats
         curve = _curve(lst.truth, produce_s)
+        reference_curve = _curve(lst.reference, produce_s)
+        reference = run_means(lst.reference)
         report = {
             "run_id": run_id,
             "bootstrap_servers": servers,
@@ -397,6 +474,8 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
             "gc_collections": stats.gc_collections,
             "counters": stats.counters,
             "true_top_reward_by_period": curve,
+            "true_top_reward_reference": reference,
+            "true_top_reward_reference_by_period": reference_curve,
             "daemon_top_reward": {
                 k: v[0] / max(v[1], 1) for k, v in stats.reward_by_policy.items()
             },
@@ -405,7 +484,7 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
             k: v[0] / max(v[1], 1) for k, v in stats.reward_by_policy.items()
         }
         (opts.out / "report.json").write_text(json.dumps(report, indent=2))
-        _plot(curve, produce_s, opts.out / "learning.png")
+        _plot(curve, produce_s, reference, opts.out / "learning.png")
         table = Table(title=f"encore demo report ({run_id})")
         table.add_column("measure")
         table.add_column("value", justify="right")
@@ -436,11 +515,16 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
                 *(f"{v:.3f}" for v in vals),
                 f"{daemon_top.get(arm, float('nan')):.3f}",
             )
+        for arm, vals in reference_curve.items():
+            arms.add_row(f"[dim]{arm}[/dim]", *(f"[dim]{v:.3f}[/dim]" for v in vals), "")
         console.print(arms)
         lift = curve[learner_name][-1] - curve[LOGGING][-1]
-        console.print(
+        progress(
+            console,
             f"learner vs logging in the last sixth: {lift:+.3f} "
-            f"({'ahead' if lift > 0 else 'behind'}); report in {opts.out}/report.json, plot {opts.out}/learning.png"
+            f"({'ahead' if lift > 0 else 'behind'}); over the run the oracle reaches "
+            f"{reference[ORACLE]:.3f} and a uniformly random slate {reference[RANDOM]:.3f}; "
+            f"report in {opts.out}/report.json, plot {opts.out}/learning.png",
         )
         return 0
     finally:
@@ -448,20 +532,43 @@ def run_demo(config: Config, opts: DemoOptions) -> int:
             broker.wipe()
 
 
-def _plot(curve: dict[str, list[float]], duration_s: float, path: Path) -> None:
-    import matplotlib
+def learning_figure(
+    curve: dict[str, list[float]], duration_s: float, reference: dict[str, float]
+) -> Figure:
+    """The demo's plot: each arm's true top-track reward per period, between the references.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        curve: arm -> its true P(stream >= 30 s) of the top track in each equal period of the run.
+        duration_s: the run's length; the periods split it evenly.
+        reference: the whole run's :data:`ORACLE` and :data:`RANDOM` values (others are ignored).
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(8, 4.2))
+    ax = fig.subplots()
     for arm, vals in curve.items():
         xs = (np.arange(len(vals)) + 0.5) * duration_s / len(vals)
-        ax.plot(xs, vals, marker="o", label=arm)
+        ax.plot(xs, vals, marker="o", lw=2, label=arm)
+    styles = {
+        ORACLE: ("oracle (best track on top)", "black", "--"),
+        RANDOM: ("uniformly random slate", "grey", ":"),
+    }
+    for arm, (name, colour, ls) in styles.items():
+        if arm in reference:
+            v = reference[arm]
+            ax.axhline(v, color=colour, ls=ls, lw=1.5, label=f"{name}: {v:.3f}")
+    ax.set_xlim(0, duration_s)
+    ax.set_ylim(0, 1)
     ax.set_xlabel("seconds into the demo")
-    ax.set_ylabel("true P(stream >= 30 s), top track")
-    ax.legend()
+    ax.set_ylabel("true P(stream >= 30 s) of the top track")
+    ax.set_title("True reward of the top track by arm, between oracle and random")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def _plot(
+    curve: dict[str, list[float]], duration_s: float, reference: dict[str, float], path: Path
+) -> None:
+    learning_figure(curve, duration_s, reference).savefig(path, dpi=110)

@@ -11,20 +11,30 @@ Two sources:
   reward model is run prequentially (predict each batch with the state before it, then update).
 
 It prints one rich table (model x head: plays, base rate, log loss, AUC, ECE, Brier) and writes a
-reliability plot (one panel per head, one line per model) to ``out_png``.
+reliability plot to ``out_png``: one panel per head with the same limits, one colour per model in
+every panel and one legend, each model's ECE in its panel, and the plays per bin in a strip under
+each panel. The prequential pass reports its progress (plays done of the total) on stderr: one
+line rewritten in place on a terminal, whole lines otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
 
 import rewards as R
-from rewards.calibration import head_labels, plot_reliability, prequential, reliability_table
+from rewards.calibration import (
+    ReliabilityTable,
+    head_labels,
+    plot_reliability_panels,
+    prequential,
+    reliability_table,
+)
 from rewards.calibration import score as score_one
 from rewards.fit import outcomes_from_frame
 from rewards.session import HISTORY_DIM, history_entries, push_history, session_model, slate_history
@@ -32,8 +42,76 @@ from rewards.survival import survival_model
 from rewards.types import HEADS
 from streaming.sim.simulator import SimConfig, Simulator
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 BATCH = 1024
 REQUESTS_PER_CHUNK = 200
+
+HEAD_TITLES = {
+    "skip_1": "p_skip_1: skipped within 5 s",
+    "skip_2": "p_skip_2: skipped before 30 s",
+    "skip_3": "p_skip_3: skipped before the end",
+    "complete": "p_complete: played to the end",
+}
+"""Panel titles of the reliability plot: the file's column and what the head predicts."""
+
+ProgressFn = Callable[[str, int, int], None]
+"""``progress(label, done, total)``: ``done`` of ``total`` plays of the phase ``label``."""
+
+
+class Progress:
+    """Plays done of a total, per phase, written to a text stream (stderr by default).
+
+    On a terminal the phase's line is rewritten in place (carriage return) and ended when the
+    phase completes. Anywhere else (a pipe, a log file) every report is a whole line, at the
+    start of a phase, at each ``1 / steps`` of it and at its end, with no carriage returns.
+
+    Args:
+        stream: where to write (default ``sys.stderr``, looked up when a line is written).
+        steps: whole lines per phase off a terminal, besides the first.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> progress = Progress(out, steps=2)
+        >>> for done in (0, 20, 50, 70, 100):
+        ...     progress("pass", done, 100)
+        >>> print(out.getvalue(), end="")
+        pass: 0 / 100 plays
+        pass: 50 / 100 plays
+        pass: 100 / 100 plays
+    """
+
+    def __init__(self, stream: IO[str] | None = None, *, steps: int = 10) -> None:
+        if steps <= 0:
+            raise ValueError(f"steps must be positive, got {steps}")
+        self._stream, self.steps = stream, steps
+        self._label: str | None = None
+        self._step = -1
+        self._width = 0
+
+    @property
+    def stream(self) -> IO[str]:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label != self._label:
+            self._label, self._step, self._width = label, -1, 0
+        total = max(total, 1)
+        done = min(max(done, 0), total)
+        text = f"{label}: {done:,} / {total:,} plays"
+        out = self.stream
+        if out.isatty():
+            self._width = max(self._width, len(text))
+            out.write("\r" + text.ljust(self._width) + ("\n" if done == total else ""))
+        else:
+            step = done * self.steps // total
+            if step <= self._step:
+                return
+            self._step = step
+            out.write(text + "\n")
+        out.flush()
 
 
 class SimBatch(NamedTuple):
@@ -109,20 +187,29 @@ def concat_outcomes(batches: list[R.Outcomes]) -> R.Outcomes:
 
 
 def simulated_predictions(
-    n_plays: int, *, seed: int = 0
+    n_plays: int, *, seed: int = 0, progress: ProgressFn | None = None
 ) -> tuple[dict[str, np.ndarray], R.Outcomes]:
     """Prequential predictions of every model on ``n_plays`` simulated plays.
+
+    Args:
+        n_plays: plays to simulate (whole chunks of requests: a few more may come).
+        seed: simulator and model seed.
+        progress: called as ``progress(phase, plays done, plays in the phase)`` while the plays
+            are simulated and after every batch of each model's prequential pass.
 
     Returns:
         ``({model name: (n, 4) predictions}, the outcomes of the same rows)``.
     """
+    report_progress: ProgressFn = progress or (lambda label, done, total: None)
     stream = SimStream(SimConfig(seed=seed))
     chunks: list[R.Outcomes] = []
     n = 0
+    report_progress("simulating", 0, n_plays)
     while n < n_plays:
         o = stream.next(REQUESTS_PER_CHUNK).outcomes
         chunks.append(o)
         n += int(np.size(o.mask))
+        report_progress("simulating", n, n_plays)
     ids = 2048
     models = {
         "skip (direct)": R.skip_model(n_id_buckets=ids),
@@ -130,15 +217,28 @@ def simulated_predictions(
         "session (GRU)": session_model(n_id_buckets=ids),
     }
     d = int(np.shape(chunks[0].features)[1])
+    sizes = [int(np.size(c.mask)) for c in chunks]
     preds: dict[str, np.ndarray] = {}
-    for name, model in models.items():
+    for i, (name, model) in enumerate(models.items()):
         state = model.init(jax.random.key(seed), d)
-        padded = (R.pad(c, BATCH) for c in chunks)
+        label = f"prequential {name} [{i + 1}/{len(models)}]"
+        padded = _padded(chunks, label, report_progress)
         _, cols, _ = prequential(model, state, padded)
-        sizes = [int(np.size(c.mask)) for c in chunks]
         parts = np.split(cols, np.arange(1, len(chunks)) * BATCH)
         preds[name] = np.concatenate([p[:k] for p, k in zip(parts, sizes, strict=True)])
     return preds, concat_outcomes(chunks)
+
+
+def _padded(chunks: list[R.Outcomes], label: str, progress: ProgressFn) -> Iterator[R.Outcomes]:
+    """Each chunk padded to :data:`BATCH`, reporting the plays done once the consumer (the
+    prequential pass) has predicted and learned from it and asks for the next one."""
+    total = sum(int(np.size(c.mask)) for c in chunks)
+    done = 0
+    progress(label, 0, total)
+    for c in chunks:
+        yield R.pad(c, BATCH)
+        done += int(np.size(c.mask))
+        progress(label, done, total)
 
 
 def file_predictions(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, R.Outcomes]]:
@@ -173,9 +273,9 @@ def file_predictions(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
 
 def score_table(
     preds: dict[str, np.ndarray], outcomes: dict[str, R.Outcomes], n_bins: int
-) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Any]]:
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], ReliabilityTable]]:
     rows: list[dict[str, Any]] = []
-    tables: dict[tuple[str, str], Any] = {}
+    tables: dict[tuple[str, str], ReliabilityTable] = {}
     for name, cols in preds.items():
         y, k = head_labels(outcomes[name])
         for j, head in enumerate(HEADS):
@@ -207,6 +307,7 @@ def report(
     n_bins: int = 15,
     seed: int = 0,
     console: Any = None,
+    progress: ProgressFn | None = None,
 ) -> list[dict[str, Any]]:
     """Score stored (or simulated) predictions, print a table and write a reliability PNG.
 
@@ -219,6 +320,8 @@ def report(
         n_bins: equal-width bins for the ECE and the plot.
         seed: simulator and model seed.
         console: a ``rich.console.Console`` (default: a new one on stdout).
+        progress: reports the plays done of the prequential pass (default: :class:`Progress`
+            on stderr).
 
     Returns:
         One dict per (model, head): plays, base_rate, log_loss, auc, ece, brier.
@@ -232,7 +335,9 @@ def report(
     if (path is None) == (simulate_plays <= 0):
         raise ValueError("give either a file path or simulate_plays > 0 (not both)")
     if path is None:
-        preds, sim_outcomes = simulated_predictions(simulate_plays, seed=seed)
+        preds, sim_outcomes = simulated_predictions(
+            simulate_plays, seed=seed, progress=progress or Progress()
+        )
         outcomes = dict.fromkeys(preds, sim_outcomes)
         source = f"{simulate_plays:,} simulated plays (prequential)"
     else:
@@ -240,9 +345,12 @@ def report(
         source = str(path)
     rows, tables = score_table(preds, outcomes, n_bins)
     console = console or Console()
-    table = Table(title=f"reward models on {source}")
+    # No outer edge, and names kept whole: a row stays one line in the 80 columns rich uses
+    # off a terminal (headers wrap instead).
+    table = Table(title=f"reward models on {source}", show_edge=False)
     for col in ("model", "head", "plays", "base rate", "log loss", "AUC", "ECE", "Brier"):
-        table.add_column(col, justify="left" if col in ("model", "head") else "right")
+        name = col in ("model", "head")
+        table.add_column(col, justify="left" if name else "right", no_wrap=name)
     for r in rows:
         table.add_row(
             r["model"],
@@ -255,30 +363,48 @@ def report(
             f"{r['brier']:.4f}",
         )
     console.print(table)
-    _plot(tables, Path(out_png))
+    _plot(tables, Path(out_png), source)
     console.print(f"reliability plot written to {out_png}")
     return rows
 
 
-def _plot(tables: dict[tuple[str, str], Any], out: Path) -> None:
-    import matplotlib
+def reliability_figure(tables: dict[tuple[str, str], ReliabilityTable], source: str = "") -> Figure:
+    """The report's plot: one reliability panel per head (in :data:`rewards.HEADS` order), with
+    the plays per bin under it, a colour per model and one legend.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        tables: ``(model, head)`` -> :func:`rewards.reliability_table`.
+        source: what was scored, for the title.
+    """
+    from matplotlib.figure import Figure
 
     heads = [h for h in HEADS if any(k[1] == h for k in tables)]
-    fig, axes = plt.subplots(
-        1, max(len(heads), 1), figsize=(4 * max(len(heads), 1), 4), squeeze=False
+    by_head = {h: {m: t for (m, hh), t in tables.items() if hh == h} for h in heads}
+    fig = Figure(figsize=(3.6 * max(len(heads), 1) + 0.4, 5.0), layout="constrained")
+    plot_reliability_panels(fig, by_head, titles=HEAD_TITLES)
+    fig.suptitle(
+        "Reliability of the reward models"
+        + (f" on {source}" if source else "")
+        + ": observed frequency against mean prediction per bin, plays per bin below"
     )
-    for ax, head in zip(axes[0], heads, strict=False):
-        plot_reliability(ax, {m: t for (m, h), t in tables.items() if h == head}, title=head)
-    fig.tight_layout()
+    return fig
+
+
+def _plot(tables: dict[tuple[str, str], ReliabilityTable], out: Path, source: str = "") -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    reliability_figure(tables, source).savefig(out, dpi=110)
 
 
-__all__ = ["SimBatch", "SimStream", "concat_outcomes", "report", "simulated_predictions"]
+__all__ = [
+    "HEAD_TITLES",
+    "Progress",
+    "SimBatch",
+    "SimStream",
+    "concat_outcomes",
+    "reliability_figure",
+    "report",
+    "simulated_predictions",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

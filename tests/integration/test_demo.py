@@ -29,4 +29,8 @@ def test_demo_learns_to_beat_the_logging_policy(kafka_broker: str, tmp_path: Pat
     learner, logging = curve[config.policy.name], curve[LOGGING]
     assert learner[-1] > learner[0] + 0.1  # it learned
     assert sum(learner[-2:]) > sum(logging[-2:])  # and ends ahead of the logging policy
+    # The references from the simulator's truth bracket the logging policy.
+    ref = report["true_top_reward_reference"]
+    assert 0 < ref["random"] < sum(logging) / len(logging) < ref["oracle"] < 1
+    assert len(report["true_top_reward_reference_by_period"]["oracle"]) == len(logging)
     assert (tmp_path / "learning.png").stat().st_size > 0

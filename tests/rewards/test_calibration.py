@@ -10,11 +10,13 @@ import pytest
 
 from rewards import Outcomes, skip_model
 from rewards.calibration import (
+    ReliabilityTable,
     auc,
     ece,
     head_labels,
     log_loss,
     plot_reliability,
+    plot_reliability_panels,
     prediction_columns,
     prequential,
     reliability_table,
@@ -111,3 +113,80 @@ def test_plot_reliability_draws_one_line_per_table_over_the_diagonal() -> None:
     assert ax.get_title() == "complete" and ax.get_xlabel() == "mean predicted probability"
     legend = ax.get_legend()
     assert legend is not None and [t.get_text() for t in legend.get_texts()] == list(tables)
+
+
+def _three_models(n: int = 3_000) -> dict[str, dict[str, ReliabilityTable]]:
+    rng = np.random.default_rng(2)
+    p = rng.random(n)
+    y = rng.random(n) < p
+    return {
+        target: {
+            "calibrated": reliability_table(p, y, 10),
+            "overconfident": reliability_table(p**3, y, 10),
+            "timid": reliability_table(0.25 + p / 2, y, 10),
+        }
+        for target in ("skip_1", "skip_3", "complete")
+    }
+
+
+def test_plot_reliability_keeps_given_colours_and_draws_counts_on_a_strip() -> None:
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+
+    tables = _three_models()["complete"]
+    fig = Figure()
+    ax, strip = fig.subplots(2, 1, sharex=True)
+    colours = {"calibrated": "C3", "overconfident": "C0", "timid": "C1"}
+    plot_reliability(ax, tables, colors=colours, counts_ax=strip, legend=False)
+    _, *curves = ax.get_lines()
+    assert [line.get_color() for line in curves] == ["C3", "C0", "C1"]
+    assert ax.get_legend() is None
+    steps = strip.patches
+    assert len(steps) == 3
+    for step, (label, t) in zip(steps, tables.items(), strict=True):
+        values, edges = step.get_data()[:2]
+        np.testing.assert_array_equal(values, np.maximum(t.counts, 0.5))
+        np.testing.assert_allclose(edges, np.linspace(0, 1, 11))
+        assert step.get_edgecolor()[:3] == pytest.approx(to_rgb(colours[label]), abs=1e-6)
+    assert strip.get_yscale() == "log" and strip.get_ylabel() == "plays per bin"
+    assert strip.get_xlabel() == "mean predicted probability" and ax.get_xlabel() == ""
+
+
+def test_plot_reliability_panels_compare_models_across_targets() -> None:
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    tables = _three_models()
+    fig = Figure(layout="constrained")
+    axes = plot_reliability_panels(fig, tables, titles={"complete": "p_complete"})
+    assert [panel.get_title() for panel, _ in axes] == ["skip_1", "skip_3", "p_complete"]
+    colours: dict[str, str] = {}
+    for panel, strip in axes:
+        assert panel.get_xlim() == (0.0, 1.0) and panel.get_ylim() == (0.0, 1.0)
+        assert panel.get_legend() is None
+        _, *curves = panel.get_lines()
+        assert [line.get_label() for line in curves] == ["calibrated", "overconfident", "timid"]
+        for line in curves:  # one colour per model in every panel
+            assert colours.setdefault(str(line.get_label()), str(line.get_color())) == str(
+                line.get_color()
+            )
+        # The plays per bin are there, and every strip shares one count axis.
+        assert len(strip.patches) == 3
+        assert strip.get_ylim() == axes[0][1].get_ylim()
+        assert strip.get_shared_y_axes().joined(strip, axes[0][1])
+        # Each model's ECE is written in its colour.
+        texts = {t.get_text(): t.get_color() for t in panel.texts}
+        t = tables["skip_1"]["overconfident"]
+        used = t.counts > 0
+        err = np.sum(np.abs(t.mean_predicted - t.fraction_positive)[used] * t.counts[used])
+        assert texts[f"overconfident: ECE {err / t.counts.sum():.3f}"] == colours["overconfident"]
+    assert len(set(colours.values())) == 3
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "perfect calibration",
+        "calibrated",
+        "overconfident",
+        "timid",
+    ]
+    handles = [h for h in legend.legend_handles[1:] if isinstance(h, Line2D)]
+    assert [h.get_color() for h in handles] == list(colours.values())
