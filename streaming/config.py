@@ -394,7 +394,12 @@ class RewardSpec:
 class PolicySpecConfig:
     """Which policy to run, by its name in ``bandits.registry.POLICIES``, with its parameters."""
 
-    name: str = _key("linucb", "Policy to run: its name in `bandits.registry.POLICIES`.")
+    name: str = _key(
+        "softmax",
+        "Policy to run: its name in `bandits.registry.POLICIES`. The default explores (Plackett-Luce "
+        "over LinUCB's ridge scores, exact propensities), so what `encore rerank` logs supports "
+        "off-policy evaluation; `linucb` ranks greedily (every propensity 1.0).",
+    )
     params: Mapping[str, Any] = _table(
         "Keyword arguments (hyperparameters) of the policy's factory."
     )
