@@ -14,11 +14,20 @@ The target policy is one of
 - ``--policy NAME [--policy-param key=value ...]``: a ``bandits.registry`` policy fitted offline
   on the first ``--train-fraction`` of the log (contexts from ``--context-columns``, each action
   a fixed candidate with one-hot features); the rest of the log is evaluated, with the policy's
-  action probabilities estimated by Monte Carlo over ``--policy-samples`` draws of ``rank``.
+  action probabilities estimated by Monte Carlo over ``--policy-samples`` draws of ``rank``;
+- ``--policy-checkpoint DIR`` or ``--policy-snapshot NAME``: the policy the daemon learned.
+
+Beside the estimates, the table, ``report.md`` and ``estimates.png`` show the logging policy's
+own value (the mean logged reward, with its interval) as a reference and the effective sample
+size of every estimate. Warnings go to stderr, one line each: an effective sample size below
+the floor of ``bandits.ope.diagnostics``, and a target that learned from the rows it evaluates
+(as far as its provenance tells: see ``streaming.evaluate.targets``). Progress goes to stderr as
+well: a bar on a terminal, one plain line per step elsewhere.
 
 Live mode (``--topic``) is fed by the shell through ``live_consume``: it takes an iterable of
 ``(LoggedFeedback, TargetProbs)`` batches and keeps an anytime-valid confidence sequence per
 estimator, so an evaluation can be watched on the stream and stopped whenever it is conclusive.
+See docs/evaluate.md.
 """
 
 from streaming.evaluate.cli import build_parser, main

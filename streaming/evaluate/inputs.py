@@ -21,18 +21,66 @@ from streaming.evaluate.frames import (
     parse_column_map,
     select_columns,
 )
-from streaming.evaluate.targets import checkpoint_policy_target, fit_policy_target
+from streaming.evaluate.targets import (
+    Overlap,
+    Target,
+    checkpoint_policy_target,
+    fit_policy_target,
+)
+
+_NO_PROVENANCE = (
+    "overlap with the rows the target was fitted on: not checked (per-row target columns "
+    "carry no record of what they were fitted on)"
+)
 
 
 @dataclass
 class Inputs:
-    """What the estimators run on, plus what the report should say about it."""
+    """What the estimators run on, plus what the report should say about it.
+
+    Attributes:
+        log: the evaluated rows.
+        target: the target policy's probabilities on them.
+        n_actions: ``k``.
+        target_desc: one line for the report (may name files).
+        target_name: a short name for titles, without file paths.
+        notes: more lines for the report.
+        overlap: evaluated rows the target learned from (see ``streaming.evaluate.targets``),
+            None when that cannot be told.
+    """
 
     log: LoggedFeedback
     target: TargetProbs
     n_actions: int
     target_desc: str
+    target_name: str = "target"
     notes: list[str] = field(default_factory=list)
+    overlap: Overlap | None = None
+
+
+def logging_policy_inputs(log: LoggedFeedback) -> tuple[LoggedFeedback, TargetProbs]:
+    """The logging policy as a target on its own log, for its on-policy value as a reference.
+
+    Each logged action gets its logged propensity and the rest of the mass goes to an action
+    never logged, so every importance weight is exactly 1 and any estimator of the IPS family
+    returns the mean logged reward, with an interval of the same kind as the other estimates'.
+
+    Example:
+        >>> import jax
+        >>> from bandits.ope import InverseProbabilityWeighting
+        >>> log = LoggedFeedback(np.array([0, 1, 1]), np.array([1.0, 0.0, 1.0]),
+        ...                      np.array([0.5, 0.25, 0.25]))
+        >>> bare, target = logging_policy_inputs(log)
+        >>> e = InverseProbabilityWeighting().estimate(bare, target, interval="normal")
+        >>> round(e.value, 4), e.diagnostics.ess
+        (0.6667, 3.0)
+    """
+    bare = LoggedFeedback(log.action, log.reward, log.propensity)
+    k = int(log.action.max()) + 2
+    prob = np.zeros((log.n, k))
+    prob[np.arange(log.n), log.action] = log.propensity
+    prob[:, -1] = 1.0 - log.propensity
+    return bare, TargetProbs(prob)
 
 
 def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) -> Inputs:
@@ -83,11 +131,12 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
             "give exactly one target: --target-prob-columns, --target-action-column, --policy, "
             "--policy-checkpoint or --policy-snapshot"
         )
-    notes: list[str] = []
+    target: Target
     if args.target_prob_columns:
         prob = matrix(frame, args.target_prob_columns, "--target-prob-columns")
         n_actions = args.n_actions or prob.shape[1]
         desc = f"per-row probabilities from {args.target_prob_columns!r} ({prob.shape[1]} actions)"
+        target = Target(prob, f"target {args.target_prob_columns}"[:40], desc, [_NO_PROVENANCE])
     elif args.target_action_column:
         col = select_columns(frame, args.target_action_column, "--target-action-column")[0]
         chosen = frame[col].to_numpy()
@@ -97,13 +146,23 @@ def build_inputs(frame: pd.DataFrame, args: argparse.Namespace, key: jax.Array) 
         prob = np.zeros((log.n, n_actions))
         prob[np.arange(log.n), chosen.astype(np.int64)] = 1.0
         desc = f"deterministic: the action in column {col!r}"
+        target = Target(prob, f"deterministic target {col}"[:40], desc, [_NO_PROVENANCE])
     elif args.policy_checkpoint or args.policy_snapshot:
         n_actions = log.action_features.shape[1] if log.action_features is not None else 0
-        prob, desc, notes = checkpoint_policy_target(frame, log, n_actions, cand_mask, args, key)
+        target = checkpoint_policy_target(frame, log, n_actions, cand_mask, args, key)
     else:
         if log.action_features is not None:
             n_actions = log.action_features.shape[1]
         else:
             n_actions = args.n_actions or int(log.action.max()) + 1
-        log, prob, desc, notes = fit_policy_target(log, n_actions, cand_mask, args, key)
-    return Inputs(log, TargetProbs(prob), n_actions, desc, notes)
+        request_id = frame["request_id"].to_numpy() if "request_id" in frame.columns else None
+        log, target = fit_policy_target(log, n_actions, cand_mask, args, key, request_id)
+    return Inputs(
+        log,
+        TargetProbs(target.prob),
+        n_actions,
+        target.desc,
+        target.name,
+        target.notes,
+        target.overlap,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from bandits.ope import (
     AbstractSingleActionEstimator,
     Estimate,
     InvalidLogError,
+    InverseProbabilityWeighting,
     LoggedFeedback,
     OnlineEvaluation,
     TargetProbs,
@@ -25,8 +27,9 @@ from bandits.ope import (
     with_q_hat,
 )
 from streaming.evaluate.frames import UsageError, topic_from_start
-from streaming.evaluate.inputs import build_inputs
-from streaming.evaluate.report import estimator_set, results_table
+from streaming.evaluate.inputs import build_inputs, logging_policy_inputs
+from streaming.evaluate.report import estimator_set, results_table, run_warnings
+from streaming.evaluate.targets import Overlap
 
 
 @dataclass
@@ -107,7 +110,12 @@ def topic_frames(args: argparse.Namespace) -> Iterable[pd.DataFrame]:
 
 
 def run_live(args: argparse.Namespace, console: Any) -> int:
-    """``encore evaluate --topic``: fold joined records into the confidence sequence as they come."""
+    """``encore evaluate --topic``: fold joined records into the confidence sequence as they come.
+
+    The final table ends with the logging policy's own value (its mean logged reward, in its
+    own confidence sequence); the warnings (the target learned from the evaluated rows, too
+    small an effective sample size) go to stderr once, at the end.
+    """
     if args.policy:
         raise UsageError(
             "--topic needs a fixed target (--policy-checkpoint, --target-prob-columns "
@@ -117,12 +125,22 @@ def run_live(args: argparse.Namespace, console: Any) -> int:
     names = list(estimators)
     key = jax.random.key(args.seed)
     rows = 0
+    on_policy = [InverseProbabilityWeighting()]
+    reference = online_init(1)
+    overlap: Overlap | None = None
 
     def batches() -> Iterable[tuple[LoggedFeedback, TargetProbs]]:
-        nonlocal rows
+        nonlocal rows, reference, overlap
         for i, frame in enumerate(topic_frames(args)):
             inputs = build_inputs(frame, args, jax.random.fold_in(key, i))
             log = inputs.log
+            if inputs.overlap is not None:
+                overlap = inputs.overlap if overlap is None else overlap.plus(inputs.overlap)
+            try:  # a batch live_consume rejects is left out of the reference too
+                inputs.target.check(log.check())
+                reference = online_update(reference, on_policy, *logging_policy_inputs(log))
+            except InvalidLogError:
+                pass
             if NEEDS_Q_HAT & set(estimators) and log.q_hat is None:
                 log = with_q_hat(
                     log,
@@ -148,5 +166,9 @@ def run_live(args: argparse.Namespace, console: Any) -> int:
     final = online_intervals(
         result.state, list(estimators.values()), alpha=args.alpha, t_star=100_000
     )
-    console.print(results_table(dict(zip(names, final, strict=True)), args.alpha, "cs"))
+    results = dict(zip(names, final, strict=True))
+    (ref,) = online_intervals(reference, on_policy, alpha=args.alpha, t_star=100_000)
+    console.print(results_table(results, args.alpha, "cs", reference=ref))
+    for line in run_warnings(results, overlap):
+        print(f"encore evaluate: warning: {line}", file=sys.stderr)
     return 0

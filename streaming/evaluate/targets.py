@@ -1,9 +1,29 @@
-"""Target policies built from a registry policy fitted offline, or a daemon's checkpoint or snapshot."""
+"""Target policies built from a registry policy fitted offline, or a daemon's checkpoint or snapshot.
+
+Each builder also says which evaluated rows the target learned from, as far as its provenance
+tells (``Overlap``): an estimate on rows the target was fitted on is optimistic. What each kind
+of target carries:
+
+- ``--policy``: fitted here on the first ``--train-fraction`` of the rows and evaluated on the
+  rest, so the two parts share no row; a log with a ``request_id`` column is checked for
+  request ids that appear in both parts (a log with duplicated rows). Without that column,
+  duplicated rows cannot be told apart and are not checked.
+- ``--policy-checkpoint``: the checkpoint's join watermarks say up to which event time its
+  impressions had closed, and a closed impression is one the policy learned from; rows of a
+  log with a ``ts_ms`` column at or before that time are counted.
+- ``--policy-snapshot``: a snapshot records no training range, only when it was published (the
+  Kafka record's timestamp); rows whose ``ts_ms`` is before that time may have been learned,
+  if event time follows the wall clock.
+- ``--target-prob-columns`` and ``--target-action-column``: per-row columns carry no record
+  of what produced them, so nothing is checked (the report says so).
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -16,14 +36,191 @@ from bandits.ope import (
 from streaming.evaluate.frames import UsageError, topic_from_start
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """Evaluated rows the target policy learned from, or may have: an estimate on them is
+    optimistic, since the target has already seen their rewards.
+
+    Attributes:
+        rows: evaluated rows the target learned (or may have learned) from.
+        total: evaluated rows checked.
+        how: how those rows were found, as the end of a sentence.
+        remedy: what to evaluate instead.
+        certain: False when the evidence only bounds what the target could have learned.
+
+    Example:
+        >>> print(Overlap(3, 10, "repeat a request_id of the rows it was fitted on",
+        ...               "keep one row per request_id").message())
+        the target was fitted on rows it evaluates: 3 of 10 evaluated rows (30%) repeat a
+        request_id of the rows it was fitted on; keep one row per request_id
+    """
+
+    rows: int
+    total: int
+    how: str
+    remedy: str
+    certain: bool = True
+
+    def message(self) -> str:
+        """The one-line warning."""
+        verb = "was fitted" if self.certain else "may have been fitted"
+        return (
+            f"the target {verb} on rows it evaluates: {self.rows:,} of {self.total:,} evaluated "
+            f"rows ({self.rows / max(self.total, 1):.0%}) {self.how}; {self.remedy}"
+        )
+
+    def plus(self, later: Overlap) -> Overlap:
+        """Both counts together (batches of a stream), described as ``later`` describes them."""
+        return Overlap(
+            self.rows + later.rows, self.total + later.total, later.how, later.remedy, later.certain
+        )
+
+
+@dataclass
+class Target:
+    """A target policy's action probabilities on the evaluated rows, and what to say of it.
+
+    Attributes:
+        prob: ``(n, k)`` probability of each action in each evaluated row.
+        name: a short name for titles (no file paths), e.g. ``"linucb, checkpoint 7"``.
+        desc: one line for the report (may name files).
+        notes: more lines for the report.
+        overlap: the evaluated rows it learned from, when its provenance tells; None when it
+            carries none or the log lacks the column to compare with (a note says so).
+    """
+
+    prob: np.ndarray
+    name: str
+    desc: str
+    notes: list[str] = field(default_factory=list)
+    overlap: Overlap | None = None
+
+
+def _event_times(frame: pd.DataFrame) -> np.ndarray | None:
+    """The frame's ``ts_ms`` column (event time, ms) as int64, or None without a numeric one."""
+    if "ts_ms" not in frame.columns:
+        return None
+    ts = frame["ts_ms"].to_numpy()
+    if not np.issubdtype(ts.dtype, np.integer):
+        return None
+    return ts.astype(np.int64)
+
+
+def _utc(ms: int) -> str:
+    """``ts_ms`` as a UTC time (``1970-01-01T00:00:01Z``), or ``"?"`` beyond the calendar."""
+    try:
+        stamp = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return "?"
+    return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def split_overlap(request_id: np.ndarray | None, n_train: int) -> Overlap | None:
+    """Rows after ``n_train`` whose request id is also among the first ``n_train`` rows.
+
+    Args:
+        request_id: ``(n,)`` the log's ``request_id`` column, or None when it has none.
+        n_train: rows the policy is fitted on (the first ones); the rest are evaluated.
+
+    Returns:
+        None without request ids (rows are then distinct by position: nothing to check).
+
+    Example:
+        >>> ov = split_overlap(np.array(["a", "b", "c", "a", "d"]), 3)
+        >>> ov.rows, ov.total
+        (1, 2)
+    """
+    if request_id is None:
+        return None
+    train, test = request_id[:n_train], request_id[n_train:]
+    seen = np.isin(test, train)
+    return Overlap(
+        int(seen.sum()),
+        int(test.size),
+        f"repeat a request_id of the first {n_train:,} rows, which --policy was fitted on",
+        "keep one row per request_id in the log",
+    )
+
+
+def learned_until_ms(arrays: dict[str, np.ndarray], header: dict[str, Any]) -> int | None:
+    """Event time (ms) up to which a daemon checkpoint's policy had learned every impression.
+
+    An impression closes, and the policy learns it, once its partition's join watermark passes
+    ``ts_ms + window_ms``; this is the largest watermark of the checkpoint's partitions less the
+    reward window (``join.window_ms`` of the config in its header, 0 when the header has none,
+    which counts a window more of rows). Impressions evicted early from a full join buffer are
+    learned before that and are not counted. A worker's checkpoint holds the watermarks of its
+    own partitions only: what other workers taught it through shared statistics is bounded by
+    their own watermarks, which this does not see.
+
+    Returns:
+        The time, ``MAX_TIME_MS`` when the join was flushed (every impression read was learned),
+        or None when the checkpoint holds no join watermark.
+    """
+    from streaming.join import MAX_TIME_MS, NO_TIME_MS
+
+    marks = [
+        int(v)
+        for name, v in arrays.items()
+        if name.startswith("join/") and name.endswith("/watermark_ms")
+    ]
+    marks = [m for m in marks if m > NO_TIME_MS]
+    if not marks:
+        return None
+    if max(marks) >= MAX_TIME_MS:
+        return MAX_TIME_MS
+    window = ((header.get("config") or {}).get("join") or {}).get("window_ms") or 0
+    return max(marks) - int(window)
+
+
+def checkpoint_overlap(ts_ms: np.ndarray, until_ms: int, source: str) -> Overlap:
+    """Rows with ``ts_ms`` at or before ``until_ms`` (``learned_until_ms``) of ``source``."""
+    from streaming.join import MAX_TIME_MS
+
+    if until_ms >= MAX_TIME_MS:
+        how = (
+            f"are within what {source} learned: it flushed its join, so it learned every "
+            "impression it read"
+        )
+        remedy = "evaluate rows logged after it"
+    else:
+        how = (
+            f"have ts_ms <= {until_ms} ({_utc(until_ms)}), up to which {source} had closed and "
+            "learned every impression (its newest join watermark less the reward window)"
+        )
+        remedy = f"evaluate rows with ts_ms > {until_ms}"
+    return Overlap(int(np.count_nonzero(ts_ms <= until_ms)), int(ts_ms.size), how, remedy)
+
+
+def snapshot_overlap(ts_ms: np.ndarray, published_ms: int, source: str) -> Overlap:
+    """Rows with ``ts_ms`` before ``published_ms``, when ``source`` was published.
+
+    A snapshot records no training range: this bound holds when event time follows the wall
+    clock (the daemon cannot have learned an impression before it happened).
+    """
+    return Overlap(
+        int(np.count_nonzero(ts_ms < published_ms)),
+        int(ts_ms.size),
+        f"have ts_ms before {source} was published at {published_ms} ({_utc(published_ms)}), "
+        "and a snapshot does not record which events it learned from",
+        f"evaluate rows with ts_ms >= {published_ms}",
+        certain=False,
+    )
+
+
 def fit_policy_target(
     log: LoggedFeedback,
     n_actions: int,
     cand_mask: np.ndarray | None,
     args: argparse.Namespace,
     key: jax.Array,
-) -> tuple[LoggedFeedback, np.ndarray, str, list[str]]:
-    """Fit a registry policy on the first part of the log; Monte Carlo its action probabilities."""
+    request_id: np.ndarray | None = None,
+) -> tuple[LoggedFeedback, Target]:
+    """Fit a registry policy on the first part of the log; Monte Carlo its action probabilities.
+
+    ``request_id`` (the log's column, if it has one) finds rows of the evaluated part that repeat
+    a request of the fitted part (``split_overlap``).
+    """
     try:
         from bandits.registry import POLICIES
         from bandits.types import Feedback
@@ -102,7 +299,14 @@ def fit_policy_target(
         f"evaluated on the last {n_test:,} rows; action probabilities by Monte Carlo over "
         f"{samples} draws of rank (exact for deterministic policies)"
     ]
-    return log_test, prob, desc, notes
+    overlap = split_overlap(request_id, n_train)
+    if overlap is None:
+        notes.append(
+            "overlap with the fitted rows: none by position; the log has no request_id column "
+            "to find duplicated rows by"
+        )
+    name = f"{policy.spec.name} fitted on {n_train:,} rows"
+    return log_test, Target(prob, name, desc, notes, overlap)
 
 
 def mc_probs(
@@ -151,27 +355,29 @@ def mc_probs(
     return out
 
 
-def newest_snapshot(args: argparse.Namespace) -> bytes:
-    """The newest snapshot of policy ``--policy-snapshot`` on the compacted snapshots topic."""
+def newest_snapshot(args: argparse.Namespace) -> tuple[bytes, int]:
+    """The newest snapshot of policy ``--policy-snapshot`` on the compacted snapshots topic, and
+    when it was published (its record's timestamp, ms since the epoch)."""
     consumer, tps = topic_from_start(
         args.bootstrap_servers, args.snapshots_topic, "--snapshots-topic"
     )
     try:
         ends: dict[Any, int] = {tp: int(o or 0) for tp, o in consumer.end_offsets(tps).items()}
         newest: bytes | None = None
+        published_ms = 0
         name = args.policy_snapshot.encode()
         while any(int(consumer.position(tp) or 0) < ends[tp] for tp in tps):
             for recs in consumer.poll(timeout_ms=500).values():
                 for r in recs:
                     if r.key == name and r.value:
-                        newest = r.value
+                        newest, published_ms = r.value, int(r.timestamp)
     finally:
         consumer.close(autocommit=False)
     if newest is None:
         raise UsageError(
             f"no snapshot of policy {args.policy_snapshot!r} on {args.snapshots_topic!r}"
         )
-    return newest
+    return newest, published_ms
 
 
 def checkpoint_policy_target(
@@ -181,20 +387,28 @@ def checkpoint_policy_target(
     cand_mask: np.ndarray | None,
     args: argparse.Namespace,
     key: jax.Array,
-) -> tuple[np.ndarray, str, list[str]]:
-    """The policy a daemon learned (its newest good checkpoint) as the target, on every row."""
+) -> Target:
+    """The policy a daemon learned (its newest good checkpoint) as the target, on every row.
+
+    Its overlap with the evaluated rows is found by event time (``learned_until_ms``,
+    ``snapshot_overlap``) when the log has a ``ts_ms`` column.
+    """
     from bandits import load
     from bandits.registry import POLICIES
     from streaming.worker import checkpoint
 
+    ts = _event_times(frame)
+    unchecked = "the log has no ts_ms column"
     if args.policy_snapshot:
         from bandits.state import read_header
 
-        blob = newest_snapshot(args)
+        blob, published_ms = newest_snapshot(args)
         spec = read_header(blob).get("spec") or {}
         source = f"snapshot {args.policy_snapshot!r} on {args.snapshots_topic}"
         if spec.get("name") not in POLICIES:
             raise UsageError(f"{source} holds unknown policy {spec.get('name')!r}")
+        name = f"{spec['name']}, newest snapshot"
+        overlap = None if ts is None else snapshot_overlap(ts, published_ms, "the snapshot")
     else:
         found = checkpoint.load_latest(args.policy_checkpoint)
         if found is None:
@@ -207,6 +421,15 @@ def checkpoint_policy_target(
             )
         blob = arrays["policy_blob"].tobytes()
         source = f"checkpoint {header.get('sequence')} in {args.policy_checkpoint}"
+        name = f"{spec['name']}, checkpoint {header.get('sequence')}"
+        until = learned_until_ms(arrays, header)
+        overlap = (
+            None
+            if ts is None or until is None
+            else checkpoint_overlap(ts, until, f"checkpoint {header.get('sequence')}")
+        )
+        if ts is not None and until is None:
+            unchecked = "the checkpoint holds no join watermark"
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("params", {}).items()}
     policy = POLICIES[spec["name"]](**params)
     if log.context is None or log.action_features is None:
@@ -233,4 +456,6 @@ def checkpoint_policy_target(
         f"target: {spec['name']} v{spec.get('version')} {spec.get('params')} from "
         f"{source}; action probabilities by Monte Carlo over {args.policy_samples} draws of rank"
     ]
-    return prob, desc, notes
+    if overlap is None:
+        notes.append(f"overlap with the rows the target learned from: not checked ({unchecked})")
+    return Target(prob, name, desc, notes, overlap)
