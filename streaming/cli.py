@@ -255,6 +255,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         run_id=f"sim{start}",  # request ids of their own: never duplicates of an earlier run's
         start_ms=start,
+        progress=lambda done, events: print(
+            f"encore simulate: {done:,} of {args.requests:,} requests ({events:,} events)",
+            file=sys.stderr,
+            flush=True,
+        ),
     )
     print(f"produced {n:,} events from event time {start} ms")
     return 0

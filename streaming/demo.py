@@ -24,6 +24,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
@@ -206,17 +207,27 @@ def produce_simulated(
     run_id: str = "sim",
     batch: int = 1000,
     start_ms: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Produce ``n_requests`` requests served by the logging policy, with their plays.
 
     Impressions carry their features as ``config.events.feature_encoding`` says; simulated time
     starts at ``start_ms`` (``newest_event_ms`` continues a stream already in the topics).
+    ``progress(requests, events)``: called after each tenth of the requests (each at least
+    ``batch``) with how many requests and events were sent so far.
     """
     stream = SimulatedStream(
         config, servers, slate_size=slate_size, seed=seed, run_id=run_id, start_ms=start_ms
     )
+    chunk = max(batch, -(-n_requests // 10 // batch) * batch)
+    sent = 0
     try:
-        return stream.produce(n_requests, batch=batch)
+        for lo in range(0, n_requests, chunk):
+            n = min(chunk, n_requests - lo)
+            sent += stream.produce(n, batch=batch, last=lo + n >= n_requests)
+            if progress is not None:
+                progress(lo + n, sent)
+        return sent
     finally:
         stream.close()
 

@@ -285,13 +285,19 @@ def _subscribe(consumer: KafkaConsumer, topics: Sequence[str], listener: Any) ->
 
 
 def describe_group(kafka: KafkaConfig, servers: str, group_id: str) -> dict[str, Any]:
-    """The group as the coordinator describes it (members and their decoded assignments)."""
+    """The group as the coordinator describes it (members and their decoded assignments).
+
+    A group no member ever joined (the broker answers ``GroupIdNotFoundError``) is described as
+    an empty, dead one, not as an error: it simply has no members yet."""
     admin = make_admin(kafka, servers)
     try:
         described: dict[str, Any] = cast(Any, admin).describe_groups([group_id])
-        return dict(described[group_id])
+        group = dict(described[group_id])
     finally:
         admin.close()
+    if "GroupIdNotFound" in str(group.get("error") or ""):
+        group.update(error=None, members=[], group_state="Dead")
+    return group
 
 
 def group_line(kafka: KafkaConfig, servers: str, group_id: str) -> str:

@@ -43,6 +43,8 @@ def test_a_second_worker_in_a_running_workers_group_stops_naming_it(
     write_config(tmp_path / "b.toml", kafka_broker, topics, group=group, ckpt_dir=tmp_path / "ck-b")
     ensure_topics(first, kafka_broker)
     produce_simulated(first, kafka_broker, n_requests=200, slate_size=SLATE, seed=5)
+    never_joined = describe_group(first.kafka, kafka_broker, group)  # no error: just empty
+    assert never_joined["error"] is None and never_joined["members"] == []
     proc = start_daemon(tmp_path / "a.toml", tmp_path / "a.log", idle_ms=600_000)
     try:
         deadline = time.monotonic() + 120

@@ -90,7 +90,7 @@ def test_evaluate_a_live_topic_of_joined_records(
             "--candidate-features-column",
             "candidate_features",
             "--policy-snapshot",
-            "linucb",
+            cfg.policy.name,
             "--snapshots-topic",
             cfg.topics.snapshots,
             "--bootstrap-servers",
@@ -107,4 +107,4 @@ def test_evaluate_a_live_topic_of_joined_records(
         ]
     )
     assert rc == 0
-    assert "snapshot 'linucb'" in (tmp_path / "eval" / "report.md").read_text()
+    assert f"snapshot '{cfg.policy.name}'" in (tmp_path / "eval" / "report.md").read_text()

@@ -40,13 +40,18 @@ def test_a_second_simulate_continues_the_streams_event_time(
     flags = ["--bootstrap-servers", kafka_broker, *(a for n in names for a in ("--set", n))]
     cfg = Config.load(env={}, overrides=[f"kafka.bootstrap_servers={kafka_broker}", *names])
     assert main(["topics", "create", *flags]) == 0
-    assert main(["simulate", "--requests", "300", *flags]) == 0
+    assert main(["simulate", "--requests", "3000", *flags]) == 0
     first = _impressions(cfg, kafka_broker)
-    assert "from event time 0 ms" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "from event time 0 ms" in said.out
+    progress = [line for line in said.err.splitlines() if line.startswith("encore simulate: ")]
+    assert [line.split(" requests")[0] for line in progress] == [
+        f"encore simulate: {n:,} of 3,000" for n in (1000, 2000, 3000)
+    ]
     assert main(["simulate", "--requests", "300", *flags]) == 0
     both = _impressions(cfg, kafka_broker)
     second = [e for e in both if e["request_id"] not in {f["request_id"] for f in first}]
-    assert len(first) == len(second) == 300  # no request id of the second run repeats one
+    assert len(first) == 3000 and len(second) == 300  # no request id of the second repeats one
     assert min(int(e["ts"]) for e in second) > max(int(e["ts"]) for e in first)  # type: ignore[call-overload]
     capsys.readouterr()
     assert main(["simulate", "--requests", "10", "--start-ms", "0", *flags]) == 0
