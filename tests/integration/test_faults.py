@@ -71,6 +71,9 @@ def write_config(
 bootstrap_servers = {json.dumps(servers)}
 group_id = {json.dumps(group)}
 session_timeout_ms = 6000
+# A consumer that stops fetching is replaced within a quarter of a run's time limit, so a run
+# sees several attempts (the replacement itself is what these tests exercise, among faults).
+stall_restart_ms = 30000
 {kafka}
 # Smaller polls than the default: more polls, and more checkpoints between them, for the kills
 # to land in (each checkpoint comes after a whole poll).
@@ -299,10 +302,10 @@ def test_kill_minus_nine_ten_times_learns_what_an_uninterrupted_run_learns(
     once idle and caught up.
     """
     topics = fresh_topics()
-    # The watchdogs (streaming.worker.liveness, Daemon.stalled) act well inside the 90 s a restart
-    # gets, so a restarted daemon whose consumer never starts fetching (it sits at "0 events")
-    # is replaced rather than waited on until the restart's time runs out.
-    watchdogs = "rejoin_unassigned_ms = 10000\nstall_restart_ms = 30000"
+    # The watchdogs (streaming.worker.liveness, and Daemon.stalled at write_config's 30 s) act
+    # well inside the 90 s a restart gets, so a restarted daemon whose consumer never starts
+    # fetching (it sits at "0 events") is replaced rather than waited on until its time runs out.
+    watchdogs = "rejoin_unassigned_ms = 10000"
     killed = write_config(
         tmp_path / "killed.toml",
         kafka_broker,
