@@ -395,10 +395,11 @@ class PolicySpecConfig:
     """Which policy to run, by its name in ``bandits.registry.POLICIES``, with its parameters."""
 
     name: str = _key(
-        "softmax",
-        "Policy to run: its name in `bandits.registry.POLICIES`. The default explores (Plackett-Luce "
-        "over LinUCB's ridge scores, exact propensities), so what `encore rerank` logs supports "
-        "off-policy evaluation; `linucb` ranks greedily (every propensity 1.0).",
+        "squarecb",
+        "Policy to run: its name in `bandits.registry.POLICIES`. The default explores (SquareCB: "
+        "inverse-gap weighting over LinUCB's ridge scores, exact propensities well above "
+        "`events.min_propensity`), so what `encore rerank` logs supports off-policy evaluation; "
+        "`linucb` ranks greedily (every propensity 1.0).",
     )
     params: Mapping[str, Any] = _table(
         "Keyword arguments (hyperparameters) of the policy's factory."
@@ -505,6 +506,12 @@ class LogConfig:
     )
     background: bool = _key(
         True, "Write the log on a thread of its own, flushed before every checkpoint."
+    )
+    reward_plays: bool = _key(
+        True,
+        "Also log each play the reward model learns from, with the model's prediction for it "
+        "just before the update that learned it, in `<dir>/reward-plays`: what "
+        "`encore rewards report <dir>` scores.",
     )
 
     def __post_init__(self) -> None:
