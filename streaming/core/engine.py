@@ -42,6 +42,7 @@ def make_engine(config: Config) -> Engine:
         log_candidates=config.log.max_candidates if config.log.dir else 0,
         log_features=config.log.candidate_features,
         share_deltas=_shares(config, policy),
+        log_predictions=bool(config.log.dir) and config.log.reward_plays,
     )
 
 

@@ -31,7 +31,7 @@ import rewards
 from bandits import Feedback, linear
 from rewards.features import N_POSITIONS
 from streaming import join
-from streaming.core.state import F32, Engine, ModelRows, Plays, Side, WorkerState
+from streaming.core.state import F32, Engine, ModelPlays, ModelRows, Plays, Side, WorkerState
 
 __all__ = [
     "MODEL_BATCH",
@@ -314,14 +314,23 @@ def release_model_rows(rows: ModelRows, frontier_ms: int) -> tuple[ModelRows, Mo
     return released, rest, early
 
 
-def update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, ModelRows, float, int]:
-    """One update per full ``MODEL_BATCH`` of queued rows; returns the rest still queued."""
+def update_model(
+    engine: Engine, model: Any, rows: ModelRows, *, predictions: bool = False
+) -> tuple[Any, ModelRows, float, int, ModelPlays | None]:
+    """One update per full ``MODEL_BATCH`` of queued rows; returns the model, the rest still
+    queued, the loss sum and the rows used, and with ``predictions`` the plays it learned from
+    with the model's prediction for each just before its update (else None)."""
     n = rows.ms_played.shape[0]
     full = n - n % MODEL_BATCH
     loss_sum, used = 0.0, 0
     metrics_of_each: list[tuple[Any, Any]] = []
+    predicted: list[tuple[Any, Any]] = []
     for lo in range(0, full, MODEL_BATCH):
         sl = slice(lo, lo + MODEL_BATCH)
+        if predictions:
+            inputs = rewards.Inputs(rows.features[sl], rows.duration_ms[sl], rows.track_id[sl])
+            pred = engine.reward_model.predict(model, inputs)
+            predicted.append((pred.skip, pred.complete))
         batch = rewards.Outcomes(
             features=rows.features[sl],
             ms_played=rows.ms_played[sl],
@@ -341,7 +350,27 @@ def update_model(engine: Engine, model: Any, rows: ModelRows) -> tuple[Any, Mode
         loss_sum += float(loss) * int(k)
         used += int(k)
     rest = ModelRows._make(x[full:] for x in rows)
-    return model, rest, loss_sum, used
+    if not predictions:
+        return model, rest, loss_sum, used, None
+    got = jax.device_get(predicted)
+    plays = ModelPlays(
+        ts_ms=rows.ts_ms[:full],
+        request_key=rows.request_key[:full],
+        position=rows.position[:full],
+        track_id=rows.track_id[:full],
+        ms_played=rows.ms_played[:full],
+        duration_ms=rows.duration_ms[:full],
+        reason_end=rows.reason_end[:full],
+        saved=rows.saved[:full],
+        censored=rows.censored[:full],
+        p_skip=np.concatenate(
+            [np.zeros((0, 3), np.float32), *(np.asarray(a, np.float32) for a, _ in got)]
+        ),
+        p_complete=np.concatenate(
+            [np.zeros(0, np.float32), *(np.asarray(b, np.float32) for _, b in got)]
+        ),
+    )
+    return model, rest, loss_sum, used, plays
 
 
 def final_rewards(

@@ -32,6 +32,7 @@ __all__ = [
     "F32",
     "Effects",
     "Engine",
+    "ModelPlays",
     "ModelRows",
     "Plays",
     "Side",
@@ -61,6 +62,7 @@ class Engine:
     log_candidates: int = 0  # candidates kept per impression for the Parquet log; 0 = no log
     log_features: bool = True  # keep the candidates' features in the log too
     share_deltas: bool = False  # accumulate linear statistics for the other workers (scale-out)
+    log_predictions: bool = False  # return the reward model's plays with their predictions
 
     @property
     def slate_size(self) -> int:
@@ -118,6 +120,25 @@ class ModelRows(NamedTuple):
     ts_ms: npt.NDArray[np.int64]  # the outcome's event time
 
 
+class ModelPlays(NamedTuple):
+    """The plays the reward model learned from in one step, in the order it learned them, each
+    with what the model predicted for it just before the update that learned it (prequential
+    predictions, as ``UpdateMetrics.loss`` is a prequential loss): ``encore rewards report``
+    scores these against the plays' outcomes."""
+
+    ts_ms: npt.NDArray[np.int64]  # the outcome's event time
+    request_key: npt.NDArray[np.uint64]  # its impression's key
+    position: npt.NDArray[np.int32]
+    track_id: npt.NDArray[np.int32]
+    ms_played: npt.NDArray[np.int64]
+    duration_ms: npt.NDArray[np.int64]
+    reason_end: npt.NDArray[np.int8]
+    saved: npt.NDArray[np.bool_]
+    censored: npt.NDArray[np.bool_]
+    p_skip: F32  # (n, 3): P(skip_1), P(skip_2), P(skip_3)
+    p_complete: F32  # (n,)
+
+
 class WorkerState(NamedTuple):
     """Everything a worker checkpoints together, atomically."""
 
@@ -146,6 +167,7 @@ class Effects(NamedTuple):
     closed: int
     feedback_rows: int
     records: list[JoinedRecords]  # the closed impressions, when logging
+    model_plays: ModelPlays | None = None  # the reward model's plays, with engine.log_predictions
 
 
 def join_counters(state: WorkerState, *, cut_dependent: bool = True) -> dict[str, int]:

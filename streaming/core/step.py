@@ -53,6 +53,7 @@ from streaming.core.state import (
     F32,
     Effects,
     Engine,
+    ModelPlays,
     ModelRows,
     Plays,
     Side,
@@ -178,7 +179,7 @@ def step(
     closed = _gather_closed(engine, routed, state.model_rows)
     # The reward model first: reading its metrics waits for it, and the policy update dispatched
     # after it then runs on while the shell polls and decodes the next batch.
-    model, model_rows, sums, counters = _learn_model(
+    model, model_rows, sums, counters, model_plays = _learn_model(
         engine, state.model, closed.model_rows, routed, dict(state.sums)
     )
     policy_state, pending, n_rows, sums = _learn_policy(
@@ -223,6 +224,7 @@ def step(
         closed=n_closed,
         feedback_rows=n_rows,
         records=records,
+        model_plays=model_plays,
     )
 
 
@@ -328,16 +330,19 @@ def _learn_model(
     new_rows: list[ModelRows],
     routed: _Routed,
     sums: dict[str, float],
-) -> tuple[Any, ModelRows, dict[str, float], dict[str, Any]]:
-    """The reward model learns the queued plays whose windows every partition has passed."""
+) -> tuple[Any, ModelRows, dict[str, float], dict[str, Any], ModelPlays | None]:
+    """The reward model learns the queued plays whose windows every partition has passed (with
+    ``engine.log_predictions``, also returned with its prediction for each)."""
     frontier = min((int(js.watermark_ms) for js in routed.joins.values()), default=join.NO_TIME_MS)
     ready, waiting, early = release_model_rows(concat_all_rows(new_rows), frontier)
-    model, rest, loss_sum, used = update_model(engine, model, ready)
+    model, rest, loss_sum, used, plays = update_model(
+        engine, model, ready, predictions=engine.log_predictions
+    )
     sums = _bump(sums, model_loss_sum=loss_sum, model_rows=used)
     counters = routed.counters
     if early:
         counters = _bump(counters, model_rows_released_early=early)
-    return model, concat_all_rows([rest, waiting]), sums, counters
+    return model, concat_all_rows([rest, waiting]), sums, counters, plays
 
 
 def _learn_policy(

@@ -2,11 +2,15 @@
 
 Two sources:
 
-- a file (Parquet or CSV) of joined plays with the predictions the daemon stored when each
-  impression was seen: outcome columns as :func:`rewards.fit.outcomes_from_frame` reads them
-  (``ms_played``, ``duration_ms`` or ``track_duration_ms``, ``reason_end``, optional ``censored``)
-  plus prediction columns ``p_skip_1``, ``p_skip_2``, ``p_skip_3``, ``p_complete`` (any subset)
-  and an optional ``model`` column naming the model of each row (long format);
+- the daemon's own log folder (``log.dir``): the daemon writes every play its reward model
+  learns from, with the model's prediction for it just before the update that learned it, to
+  ``<log.dir>/reward-plays`` (``log.reward_plays``); rows written again after a restart are read
+  once;
+- a file (Parquet or CSV) of joined plays with stored predictions: outcome columns as
+  :func:`rewards.fit.outcomes_from_frame` reads them (``ms_played``, ``duration_ms`` or
+  ``track_duration_ms``, ``reason_end``, optional ``censored``) plus prediction columns
+  ``p_skip_1``, ``p_skip_2``, ``p_skip_3``, ``p_complete`` (any subset) and an optional ``model``
+  column naming the model of each row (long format);
 - or ``simulate_plays > 0``: that many simulated plays under the logging policy, on which every
   reward model is run prequentially (predict each batch with the state before it, then update).
 
@@ -246,7 +250,9 @@ def file_predictions(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     import pandas as pd
 
     path = Path(path)
-    if path.suffix in (".csv", ".tsv"):
+    if path.is_dir():
+        frame = read_plays(path)
+    elif path.suffix in (".csv", ".tsv"):
         frame = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
     else:
         frame = pd.read_parquet(path)
@@ -269,6 +275,36 @@ def file_predictions(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
         preds[str(name)] = cols
         outs[str(name)] = outcomes_from_frame(with_features, feature_columns=[])
     return preds, outs
+
+
+PLAYS_DIR = "reward-plays"  # inside the daemon's log folder (streaming.worker.parquet_log)
+PLAY_KEY = ["request_key", "position", "ts_ms"]  # one play; a restart writes identical copies
+
+
+def read_plays(folder: str | Path) -> Any:
+    """The reward model's plays the daemon logged, in the order it learned them, each once.
+
+    ``folder``: the daemon's ``log.dir`` (its ``reward-plays`` folder is read) or that folder
+    itself.
+
+    Raises:
+        ValueError: no committed file of plays there (with what to set).
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    where = folder / PLAYS_DIR if (folder / PLAYS_DIR).is_dir() else folder
+    files = sorted(where.glob("part-*.parquet"))
+    if not files:
+        raise ValueError(
+            f"{folder}: no reward-model plays (part-*.parquet in {where}); the daemon writes "
+            "them into <log.dir>/reward-plays while log.reward_plays is true, once its reward "
+            "model has learned from its first plays"
+        )
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if all(c in frame.columns for c in PLAY_KEY):
+        frame = frame.drop_duplicates(subset=PLAY_KEY, keep="first", ignore_index=True)
+    return frame
 
 
 def score_table(
@@ -424,8 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log",
         nargs="?",
         default=None,
-        help="Parquet/CSV of joined plays with stored predictions (p_skip_1, p_skip_2, "
-        "p_skip_3, p_complete); omit it with --simulate-plays",
+        help="the daemon's log folder (log.dir: its reward-plays), or a Parquet/CSV of "
+        "joined plays with stored predictions (p_skip_1, p_skip_2, p_skip_3, p_complete); "
+        "omit it with --simulate-plays",
     )
     p.add_argument(
         "--simulate-plays",
@@ -448,6 +485,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
         )
     except (ValueError, FileNotFoundError) as exc:
-        print(f"encore rewards report: {exc}")
+        print(f"encore rewards report: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -86,7 +86,13 @@ from streaming.worker.metrics import (
     write_status,
 )
 from streaming.worker.outbound import Outbound, SideOutputRefusedError
-from streaming.worker.parquet_log import BackgroundLog, LogWriteError, ParquetLog
+from streaming.worker.parquet_log import (
+    PLAYS_DIR,
+    BackgroundLog,
+    LogWriteError,
+    ParquetLog,
+    plays_table,
+)
 from streaming.worker.pausing import Aligner
 from streaming.worker.schedule import Schedule
 from streaming.worker.sharing import DeltaSharing
@@ -179,6 +185,15 @@ class Daemon:
                 writer=config.scale.worker_id or config.kafka.client_id,
             )
             self.log = BackgroundLog(parquet) if config.log.background else parquet
+        self.plays_log: ParquetLog | None = None  # the reward model's plays, for its report
+        if self.engine.log_predictions:
+            self.plays_log = ParquetLog(
+                Path(config.log.dir) / PLAYS_DIR,
+                rows_per_file=config.log.rows_per_file,
+                max_file_age_ms=config.log.max_file_age_ms,
+                clock=clock,
+                writer=config.scale.worker_id or config.kafka.client_id,
+            )
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
         self.metrics_port: int | None = None
@@ -288,6 +303,8 @@ class Daemon:
         self._flush_side_outputs()  # the outputs of the events it moves past: at-least-once
         if self.log is not None:
             self.log.flush()  # every record of a closed impression is durable before the state
+        if self.plays_log is not None:
+            self.plays_log.flush()
         st = self.state
         if st.pending is not None and st.outbox is None and int(st.pending.n) > 0:
             # Seal what was learned since the last delta; it is published once it is durable.
@@ -805,6 +822,8 @@ class Daemon:
                 self.consumer = None
             if self.log is not None:
                 self.log.close()
+            if self.plays_log is not None:
+                self.plays_log.close()
             self.links.close()
         finally:
             self._pending = None  # (stepped by the revoke; dropped after a failure)
@@ -893,6 +912,9 @@ class Daemon:
                 self.log.append(records)
                 if self.config.log.publish_joined:
                     side_topics.send_joined(self.producer, self.config.topics.joined, records)
+        plays = effects.model_plays
+        if self.plays_log is not None and plays is not None and plays.ts_ms.size:
+            self.plays_log.append_table(plays_table(plays, self.engine.reward_model.spec.name))
 
     def _learn_names(self, policies: npt.NDArray[np.str_]) -> None:
         """Remember the name behind each logging policy's key, so counts and labels show names."""
@@ -1030,6 +1052,8 @@ class Daemon:
                                 self.restart_consumer()
                             if self.log is not None:
                                 self.log.roll_if_due()
+                            if self.plays_log is not None:
+                                self.plays_log.roll_if_due()
                             if on_tick is not None:
                                 on_tick(self)
                             schedule.ticked(now)

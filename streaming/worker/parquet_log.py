@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streaming.core import COLUMNS, JoinedRecords
+from streaming.core.state import ModelPlays
 from streaming.worker.lock import DirLock
 
 __all__ = [
@@ -66,9 +67,14 @@ __all__ = [
     "ParquetLog",
     "example_records",
     "log_files",
+    "plays_table",
     "read_log",
     "to_table",
 ]
+
+PLAYS_DIR = "reward-plays"
+"""The folder, inside the log's, of the reward model's plays with its predictions
+(``plays_table``), which ``encore rewards report`` reads."""
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +174,43 @@ def to_table(rec: JoinedRecords) -> ArrowTable:
     table = pa.table(cols)
     assert table.num_rows == n
     return table
+
+
+def plays_table(plays: ModelPlays, model: str) -> ArrowTable:
+    """The reward model's plays of one step as a table for a ``ParquetLog`` in ``PLAYS_DIR``: one
+    row per play (its outcome, ``reason_end`` as its ``rewards.REASONS`` code), ``model`` (the
+    reward model's name) and its predictions ``p_skip_1``, ``p_skip_2``, ``p_skip_3``,
+    ``p_complete``. A play is identified by ``(request_key, position, ts_ms)``: rows written
+    again after a restart from a checkpoint are identical copies.
+
+    >>> import numpy as np
+    >>> from streaming.core.state import ModelPlays
+    >>> p = ModelPlays(np.array([5]), np.array([9], np.uint64), np.array([0], np.int32),
+    ...     np.array([3], np.int32), np.array([40_000]), np.array([200_000]),
+    ...     np.array([1], np.int8), np.array([False]), np.array([False]),
+    ...     np.array([[0.1, 0.2, 0.7]], np.float32), np.array([0.3], np.float32))
+    >>> plays_table(p, "survival").column_names[-5:]
+    ['model', 'p_skip_1', 'p_skip_2', 'p_skip_3', 'p_complete']
+    """
+    n = plays.ts_ms.shape[0]
+    return pa.table(
+        {
+            "ts_ms": pa.array(plays.ts_ms, pa.int64()),
+            "request_key": pa.array(plays.request_key, pa.uint64()),
+            "position": pa.array(plays.position, pa.int32()),
+            "track_id": pa.array(plays.track_id, pa.int32()),
+            "ms_played": pa.array(plays.ms_played, pa.int64()),
+            "duration_ms": pa.array(plays.duration_ms, pa.int64()),
+            "reason_end": pa.array(plays.reason_end, pa.int8()),
+            "saved": pa.array(plays.saved, pa.bool_()),
+            "censored": pa.array(plays.censored, pa.bool_()),
+            "model": pa.array([model] * n, pa.string()),
+            "p_skip_1": pa.array(plays.p_skip[:, 0], pa.float32()),
+            "p_skip_2": pa.array(plays.p_skip[:, 1], pa.float32()),
+            "p_skip_3": pa.array(plays.p_skip[:, 2], pa.float32()),
+            "p_complete": pa.array(plays.p_complete, pa.float32()),
+        }
+    )
 
 
 class ParquetLog:

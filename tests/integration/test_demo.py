@@ -9,6 +9,8 @@ import pytest
 
 from streaming.config import Config
 from streaming.demo import LOGGING, DemoOptions, run_demo
+from streaming.evaluate.reward_models import main as rewards_report
+from streaming.evaluate.reward_models import read_plays
 
 pytestmark = pytest.mark.integration
 
@@ -34,3 +36,7 @@ def test_demo_learns_to_beat_the_logging_policy(kafka_broker: str, tmp_path: Pat
     assert 0 < ref["random"] < sum(logging) / len(logging) < ref["oracle"] < 1
     assert len(report["true_top_reward_reference_by_period"]["oracle"]) == len(logging)
     assert (tmp_path / "learning.png").stat().st_size > 0
+    # The reward model's report reads the daemon's own log.
+    (log_dir,) = (tmp_path / "log").iterdir()
+    assert rewards_report(["report", str(log_dir), "--out", str(tmp_path / "r.png")]) == 0
+    assert len(read_plays(log_dir)) >= report["counters"]["feedback_rows"] // 2

@@ -382,3 +382,37 @@ def test_reward_model_does_not_depend_on_how_partitions_interleave() -> None:
         assert uneven.sums["model_rows"] == whole.sums["model_rows"]
         for x, y in zip(jax.tree.leaves(whole.model), jax.tree.leaves(uneven.model), strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_reward_models_plays_come_out_with_its_predictions_and_change_nothing() -> None:
+    """``log_predictions``: each step returns the plays its reward model learned from, one per
+    learned row, with probabilities; what is learned is the same as without it."""
+    imps, outs = traffic(800)
+    plain, _ = run(engine(), imps, outs, cuts=3)
+    eng = dataclasses.replace(engine(), log_predictions=True)
+    state = init(eng)
+    learned = []
+    for ii, oo in zip(
+        np.array_split(np.arange(len(imps)), 3),
+        np.array_split(np.arange(len(outs)), 3),
+        strict=True,
+    ):
+        ib, _ = decode_impressions([imps[i] for i in ii], LIM)
+        ob, _ = decode_outcomes([outs[i] for i in oo], LIM)
+        state, effects = step(eng, state, ib, ob)
+        learned.append(effects.model_plays)
+    state, effects = step(eng, state, None, None, watermark_ms=join.MAX_TIME_MS)
+    learned.append(effects.model_plays)
+    assert all(p is not None for p in learned)
+    plays = [p for p in learned if p is not None]
+    n = sum(p.ts_ms.size for p in plays)
+    assert n == state.sums["model_rows"] == plain.sums["model_rows"] >= 2 * 1024
+    skip = np.concatenate([p.p_skip for p in plays])
+    complete = np.concatenate([p.p_complete for p in plays])
+    assert skip.shape == (n, 3) and ((skip > 0) & (skip < 1)).all()
+    np.testing.assert_allclose(complete, 1 - skip[:, 2], atol=1e-6)  # the survival model's heads
+    assert (np.diff(skip, axis=1) >= -1e-6).all()  # skipped within 5 s <= before 30 s <= before end
+    (a, _), (b, _) = to_arrays(engine(), plain), to_arrays(eng, state)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from streaming.core import COLUMNS, JoinedRecords, from_impressions
+from streaming.core.state import ModelPlays
 from streaming.worker.lock import InUseError
 from streaming.worker.parquet_log import (
+    PLAYS_DIR,
     BackgroundLog,
     ParquetLog,
     example_records,
     log_files,
+    plays_table,
     read_log,
 )
 
@@ -335,3 +338,62 @@ def test_background_log_reports_a_writer_error_and_checks_shapes_at_once(tmp_pat
     with pytest.raises(RuntimeError, match="writer failed"):
         bg.close()
     ParquetLog(tmp_path, clock=FakeClock()).close()  # the failed writer let go of its id
+
+
+def synthetic_plays(n: int, ts0: int, seed: int) -> ModelPlays:
+    """``n`` plays with outcomes drawn to match their predictions (a calibrated model)."""
+    rng = np.random.default_rng(seed)
+    p = np.sort(rng.uniform(0.05, 0.95, (n, 3)), axis=1).astype(np.float32)
+    u = rng.random(n)
+    duration = np.full(n, 200_000, np.int64)
+    # skipped within 5 s, before 30 s, before the end, or played to the end, per p
+    ms = np.where(
+        u < p[:, 0], 2_000, np.where(u < p[:, 1], 20_000, np.where(u < p[:, 2], 100_000, 200_000))
+    )
+    reason = np.where(ms < 200_000, 1, 0).astype(np.int8)  # rewards.REASONS: 0 trackdone, 1 fwdbtn
+    return ModelPlays(
+        ts_ms=ts0 + np.arange(n, dtype=np.int64),
+        request_key=rng.integers(1, 2**62, n).astype(np.uint64),
+        position=np.zeros(n, np.int32),
+        track_id=rng.integers(0, 100, n).astype(np.int32),
+        ms_played=ms.astype(np.int64),
+        duration_ms=duration,
+        reason_end=reason,
+        saved=np.zeros(n, bool),
+        censored=np.zeros(n, bool),
+        p_skip=p,
+        p_complete=(1 - p[:, 2]).astype(np.float32),
+    )
+
+
+def test_rewards_report_reads_the_daemons_plays_once_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reward model's plays in ``<log.dir>/reward-plays``, some written twice (a restart
+    replays from its checkpoint): ``encore rewards report LOG_DIR`` scores each play once."""
+    from streaming.evaluate.reward_models import main, read_plays
+
+    plays = synthetic_plays(3000, ts0=1_000, seed=4)
+    with ParquetLog(tmp_path / PLAYS_DIR, rows_per_file=1000, clock=lambda: 0) as log:
+        log.append_table(plays_table(plays, "survival"))
+        again = ModelPlays(*(x[2000:] for x in plays))  # replayed after a restart
+        log.append_table(plays_table(again, "survival"))
+    frame = read_plays(tmp_path)
+    assert len(frame) == 3000 and frame["ts_ms"].is_monotonic_increasing
+    assert (frame["model"] == "survival").all()
+    np.testing.assert_allclose(frame["p_skip_2"].to_numpy(), plays.p_skip[:, 1])
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.png")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "survival" in line]
+    assert len(rows) == 4 and all("3,000" in line for line in rows)  # four heads, each play once
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_rewards_report_says_what_to_set_when_the_log_has_no_plays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streaming.evaluate.reward_models import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no reward-model plays" in err and "log.reward_plays" in err
