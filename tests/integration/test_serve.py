@@ -46,7 +46,11 @@ FAVOURITE = 7
 
 def fresh_config(servers: str) -> Config:
     run = uuid.uuid4().hex[:8]
-    cfg = Config.load(env={}, overrides=[f"kafka.bootstrap_servers={servers}"])
+    # Greedy LinUCB: its ranking is a function of the snapshot, so the tests can check exactly
+    # what a snapshot taught; exploring policies are served in test_a_service_whose_log_cannot_support_evaluation_says_so.
+    cfg = Config.load(
+        env={}, overrides=[f"kafka.bootstrap_servers={servers}", "policy.name=linucb"]
+    )
     topics = dataclasses.replace(cfg.topics.for_run(run), partitions=2)
     return dataclasses.replace(cfg, topics=topics)
 
@@ -629,7 +633,9 @@ def test_a_slate_the_daemon_could_not_learn_from_is_not_served(kafka_broker: str
     assert logged_impressions(cfg, kafka_broker, expected=1, timeout_s=3.0) == []
 
 
-@pytest.mark.parametrize(("policy", "ready"), [("linucb", False), ("softmax", True)])
+@pytest.mark.parametrize(
+    ("policy", "ready"), [("linucb", False), ("softmax", True), (Config().policy.name, True)]
+)
 def test_a_service_whose_log_cannot_support_evaluation_says_so(
     kafka_broker: str, policy: str, ready: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
