@@ -77,5 +77,6 @@ def refusal(group_id: str, others: Sequence[Member]) -> str:
         "without shared statistics would take part of the partitions and learn a separate "
         "policy. To run several workers on purpose, set scale.share_deltas = true (one global "
         "policy) or scale.independent_workers = true (a policy per worker); for a separate "
-        "daemon, give it its own kafka.group_id"
+        "daemon, give it its own kafka.group_id. A worker killed a moment ago stays listed "
+        "until its session times out (kafka.session_timeout_ms)"
     )
