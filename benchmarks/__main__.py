@@ -2,17 +2,28 @@
 
 ``python -m benchmarks report DIR [--to PATH]`` renders the suites' JSON files in DIR as one
 markdown page (``all`` does that at its end, into ``DIR/README.md``).
+
+The suites that need a Kafka broker (``BROKER_SUITES``) start a local one each, unless
+``ENCORE_BENCH_BOOTSTRAP`` names one; ``all`` starts one local broker for all of them, so a run
+pays the broker's start-up once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import os
 import sys
+from collections.abc import Generator
 from pathlib import Path
 
 from benchmarks._runner import SUITES, command_line, run_suite
 from benchmarks.report import write_report
+
+BROKER_SUITES = ("kafka", "bandits", "daemon", "soak")
+"""The suites that produce to and consume from a broker
+(``benchmarks.kafka_raw.broker_for_bench``)."""
 
 # The peers each suite runs beside encore (module names), from the `bench` extra.
 PEER_MODULES: dict[str, tuple[str, ...]] = {
@@ -25,6 +36,23 @@ def missing_peers(names: list[str]) -> list[str]:
     """The peer modules the suites ``names`` need that are not installed."""
     wanted = dict.fromkeys(m for n in names for m in PEER_MODULES.get(n, ()))
     return [m for m in wanted if importlib.util.find_spec(m) is None]
+
+
+@contextlib.contextmanager
+def shared_broker(names: list[str]) -> Generator[None]:
+    """One local broker for the suites ``names`` while they run, where more than one of them
+    needs a broker and ``ENCORE_BENCH_BOOTSTRAP`` names none (the suites then use it)."""
+    if sum(n in BROKER_SUITES for n in names) < 2 or os.environ.get("ENCORE_BENCH_BOOTSTRAP"):
+        yield
+        return
+    from benchmarks.kafka_raw import broker_for_bench
+
+    with broker_for_bench() as servers:
+        os.environ["ENCORE_BENCH_BOOTSTRAP"] = servers
+        try:
+            yield
+        finally:
+            del os.environ["ENCORE_BENCH_BOOTSTRAP"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     command = command_line(args.name, quick=args.quick, out=args.out)
-    for name in names:
-        run_suite(name, quick=args.quick, out=args.out, command=command)
+    with shared_broker(names):
+        for name in names:
+            run_suite(name, quick=args.quick, out=args.out, command=command)
     if args.name == "all":
         print(f"wrote {write_report(args.out)}")
     return 0

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bandits import POLICIES, Candidates, Feedback, Policy
-from benchmarks._runner import Context, Row
+from benchmarks._runner import TOO_SHORT, Context, Row, colour, fmt, percentile, rate
 from streaming.sim.simulator import SimConfig, Simulator
 
 D_USER = D_TRACK = 16
@@ -121,14 +122,18 @@ def _metrics(
         "learn_every": batch,
         "cum_regret": float(regret[-1]),
         "avg_reward_last20k": float(got[-last:].mean()),
-        "rounds_per_s": n / res.seconds if res.seconds > 0 else float("nan"),
+        "rounds_per_s": rate(n, res.seconds),
         "peak_rss_mb": _peak_mb(),
     }
     return row, regret
 
 
 # ---------------------------------------------------------------------------------------- encore
-def run_encore(policy: Policy, rounds: Rounds, n: int, batch: int = BATCH, seed: int = 0) -> Result:
+_JITTED: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+"""The jitted choose and update of each encore system, compiled once for all its rows."""
+
+
+def _jitted(policy: Policy) -> tuple[Callable[..., Any], Callable[..., Any]]:
     def choose(state: Any, x: Any, c: Candidates, key: Any) -> Any:
         keys = jax.random.split(key, x.shape[0])
         m = jnp.ones(c.ids.shape, jnp.bool_)
@@ -136,8 +141,25 @@ def run_encore(policy: Policy, rounds: Rounds, n: int, batch: int = BATCH, seed:
             lambda xx, cc, mm, kk: policy.rank(state, xx, cc, mm, key=kk, slate_size=1)
         )(x, c, m, keys).order[:, 0]
 
-    choose_jit = jax.jit(choose)
-    update = jax.jit(policy.update)
+    return jax.jit(choose), jax.jit(policy.update)
+
+
+def run_encore(
+    policy: Policy,
+    rounds: Rounds,
+    n: int,
+    batch: int = BATCH,
+    seed: int = 0,
+    *,
+    system: str | None = None,
+) -> Result:
+    """Choose and learn over the first ``n`` rounds; ``system`` names the policy's factory and
+    settings, so that runs of the same system (stationary and drifting rounds) reuse its
+    compiled functions."""
+    if system is None:
+        choose_jit, update = _jitted(policy)
+    else:
+        choose_jit, update = _JITTED.setdefault(system, _jitted(policy))
     state = policy.init(D_USER, D_TRACK)
     key = jax.random.key(seed)
 
@@ -315,9 +337,10 @@ def _latency_state(policy: Policy, d_track: int, rng: np.random.Generator) -> An
     return jax.block_until_ready(jax.jit(policy.update)(policy.init(D_USER, d_track), fb))
 
 
-def _percentiles(seconds: list[float], per: int = 1) -> tuple[float, float]:
-    ms = np.asarray(seconds) * 1e3 / per
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+def _percentiles(seconds: list[float], per: int = 1) -> tuple[float | str, float | str]:
+    """p50 and p99 in ms per request; a p99 needs 100 calls (see ``_runner.percentile``)."""
+    ms = [s * 1e3 / per for s in seconds]
+    return percentile(ms, 50), percentile(ms, 99)
 
 
 class _Requests(NamedTuple):
@@ -415,7 +438,7 @@ def _latency_one_policy(policy: Policy, state: Any, req: _Requests, reps: int) -
         t_single.append(one(i, single))
         t_prepared.append(one(i, single, serving))
         t_rerank.append(rerank(i))
-    t_checked = [one(i, policy.rank) for i in range(max(reps // 4, 10))]
+    t_checked = [one(i, policy.rank) for i in range(max(reps // 4, 100))]
     t_batch = [batch(i) for i in range(len(bkeys))]
     return _Timings(t_single, t_prepared, t_checked, t_batch, t_rerank)
 
@@ -483,13 +506,18 @@ def _pinned_child(core: int, body: str) -> tuple[dict[str, str], str]:
     return env, f"import os; {pin}; {body}"
 
 
-def latency_rows(names: list[str], k: int, d_track: int, reps: int) -> list[Row]:
-    """Re-rank latency per request, single and batched, in a child pinned to one core.
+LatencyShape = tuple[list[str], int, int]
+"""Policies measured at one request shape: ``(names, k candidates, d_track)``."""
 
-    Returns two rows per policy. The first: ``p50_ms`` / ``p99_ms`` through
-    ``jax.jit(policy.rank)`` on the raw state (jitted once; value checks are the caller's, as in
-    ``streaming``), ``prepared_*`` the same on ``policy.prepare(state)``, ``checked_*`` through
-    ``policy.rank`` itself (host value checks included), and vmapped batches of 32 per call.
+
+def latency_rows(shapes: list[LatencyShape], reps: int) -> list[Row]:
+    """Re-rank latency per request, single and batched, in one child pinned to one core.
+
+    Returns two rows per policy and shape, in the order given. The first: ``p50_ms`` /
+    ``p99_ms`` through ``jax.jit(policy.rank)`` on the raw state (jitted once; value checks are
+    the caller's, as in ``streaming``), ``prepared_*`` the same on ``policy.prepare(state)``,
+    ``checked_*`` through ``policy.rank`` itself (host value checks included), and vmapped
+    batches of 32 per call. A p99 needs 100 calls: with fewer it is TOO_SHORT.
     The second: ``streaming.serving.reranker.Reranker.rank``, the path ``encore rerank`` serves with
     (padding to a candidate bucket, prepared state, randomness folded in per request).
     """
@@ -498,8 +526,8 @@ def latency_rows(names: list[str], k: int, d_track: int, reps: int) -> list[Row]
         core,
         "import runpy; runpy.run_module('benchmarks.bandits', run_name='__main__', alter_sys=True)",
     )
-    cmd = [sys.executable, "-c", boot, "latency", ",".join(names), str(k), str(d_track)]
-    cmd += [str(reps)]
+    cmd = [sys.executable, "-c", boot, "latency", str(reps)]
+    cmd += [f"{','.join(names)}:{k}:{d_track}" for names, k, d_track in shapes]
     done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
     for row in rows:
@@ -650,7 +678,8 @@ def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
     out: list[Row] = []
     for name in ("linucb",) if ctx.quick else ("linucb", "squarecb"):
         policy = POLICIES[name]()
-        update = jax.jit(policy.update)
+        # the same system as the regret rows' `encore NAME`: its compiled update is reused
+        update = _JITTED.setdefault(f"encore {name}", _jitted(policy))[1]
         for b in (100,) if ctx.quick else (100, 1000):
             m = n - n % b
             fb = Feedback(
@@ -679,7 +708,7 @@ def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
                     "system": f"encore {name} update only",
                     "given": f"Feedback arrays, batches of {b} rows (already on device)",
                     "rounds": m,
-                    "examples_per_s": m / sec,
+                    "examples_per_s": rate(m, sec),
                     "peak_rss_mb": _peak_mb(),
                 }
             )
@@ -704,18 +733,22 @@ def update_only_rows(rounds: Rounds, n: int, ctx: Context) -> list[Row]:
             t0 = time.perf_counter()
             subprocess.run([*cmd, str(path)], check=True, capture_output=True)
             sec = time.perf_counter() - t0
+            # Start-up is subtracted only where the examples took longer than it: a smaller
+            # difference of two process timings is mostly their noise.
+            learning = sec - startup
             out.append(
                 {
                     "system": f"vw CLI {args} -d FILE",
                     "given": VW_GIVEN + "; text file (parsing included)",
                     "rounds": n,
-                    "examples_per_s": n / max(sec - startup, 1e-9),
-                    "examples_per_s_incl_startup": n / sec,
+                    "examples_per_s": rate(n, learning) if learning >= startup else TOO_SHORT,
+                    "examples_per_s_incl_startup": rate(n, sec),
                 }
             )
         ctx.notes.append(
             f"Update-only: {n:,} logged rounds (uniform logging, propensity 1/20). "
-            "VW examples/s subtract the CLI's start-up time (a 1-example run); "
+            "VW examples/s subtract the CLI's start-up time (a 1-example run), and are "
+            f"'{TOO_SHORT}' where the examples took less time than that start-up; "
             "encore's input is Feedback arrays already in memory, VW's is its text "
             f"format ({path.stat().st_size / 1e6:.0f} MB), so VW also pays parsing."
         )
@@ -768,7 +801,7 @@ def _suite(
         curves[system] = curve
         print(
             f"  {row['system']}: regret {row['cum_regret']:.0f}, last20k "
-            f"{row['avg_reward_last20k']:.4f}, {row['rounds_per_s']:.0f} r/s",
+            f"{row['avg_reward_last20k']:.4f}, {fmt(row['rounds_per_s'], '.0f')} r/s",
             flush=True,
         )
 
@@ -788,7 +821,8 @@ def _suite(
         )
         curves[system] = regret
     for system, (factory, given) in _encore_systems(ctx.quick, drift).items():
-        add(system, given, run_encore(factory(), rounds, n), f"{BATCH} rounds (rank vmapped)")
+        res = run_encore(factory(), rounds, n, system=system)
+        add(system, given, res, f"{BATCH} rounds (rank vmapped)")
     for system, args in (
         ("vw squarecb (quadratic U x T, track id)", "--cb_explore_adf --squarecb -q UT"),
         ("vw epsilon 0.05 (quadratic U x T, track id)", "--cb_explore_adf --epsilon 0.05 -q UT"),
@@ -839,23 +873,68 @@ def _suite(
     return rows, curves
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _same_curves(curves: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """The curves to draw (the oracle's is 0 throughout), one per distinct curve: systems whose
+    regret is identical round for round share a line and a legend entry that names them all."""
+    drawn: list[tuple[list[str], np.ndarray]] = []
+    for system, curve in curves.items():
+        if system == "oracle":
+            continue
+        same = next((names for names, c in drawn if np.array_equal(c, curve)), None)
+        if same is None:
+            drawn.append(([system], curve))
+        else:
+            same.append(system)
+    return [(_same_label(names), c) for names, c in drawn]
+
+
+def _same_label(names: list[str]) -> str:
+    """``names[0]``, followed by the others without the words they share with it."""
+    if len(names) == 1:
+        return names[0]
+    first = names[0].split(" ")
+    others = []
+    for name in names[1:]:
+        words = name.split(" ")
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(first, words, strict=False)) if a != b),
+            min(len(first), len(words)),
+        )
+        others.append(" ".join(words[shared:]) or name)
+    return f"{names[0]} (and its {', '.join(others)} row: the same choices)"
+
+
 def _plot(ctx: Context, name: str, title: str, curves: dict[str, np.ndarray]) -> None:
+    """Cumulative regret per round, one colour per system (``_runner.colour``): encore's
+    policies solid, the peers and the uniform baseline dashed with markers, staggered so that
+    curves drawn over each other (a peer that ran the first rounds only) stay visible."""
+    shown = sorted(_same_curves(curves), key=lambda sc: -sc[1].shape[0])  # shortest on top
+
     def draw(ax: Any) -> None:
-        for system, curve in curves.items():
-            if system == "oracle":
-                continue
+        for i, (label, curve) in enumerate(shown):
             step = max(1, curve.shape[0] // 500)
+            x = np.arange(curve.shape[0])[::step] + 1
+            ours = label.startswith("encore")
+            every = max(1, x.shape[0] // 6)
             ax.plot(
-                np.arange(curve.shape[0])[::step] + 1,
+                x,
                 curve[::step],
-                label=system,
-                lw=2.0 if system.startswith("encore") else 1.2,
-                ls="-" if system.startswith("encore") else "--",
+                label=label,
+                color=colour(label),
+                lw=2.0 if ours else 1.2,
+                ls="-" if ours else "--",
+                marker=None if ours else _MARKERS[zlib.crc32(colour(label).encode()) % 8],
+                markevery=(every * (i % 5) // 5 + every // 2, every),
+                ms=5,
+                zorder=2 + i,
             )
         ax.set_xlabel("round")
         ax.set_ylabel("cumulative regret (true P(stream >= 30 s))")
         ax.set_title(title)
-        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
 
     ctx.save_plot(name, draw)
 
@@ -935,15 +1014,20 @@ def run(ctx: Context) -> list[Row]:
 
     print("latency ...", flush=True)
     reps = 200 if ctx.quick else 2000
-    rows += latency_rows(
-        ["linucb"] if ctx.quick else ["linucb", "squarecb", "softmax", "lin_ts"],
-        2000,
-        D_TRACK,
-        reps,
+    # --quick: both policies at one request shape (each policy and shape compiles five paths)
+    shapes: list[LatencyShape] = (
+        [(["linucb", "squarecb"], 2000, D_TRACK)]
+        if ctx.quick
+        else [
+            (["linucb", "squarecb", "softmax", "lin_ts"], 2000, D_TRACK),
+            (["linucb", "squarecb"], 500, 64),
+        ]
     )
-    rows += latency_rows(["linucb", "squarecb"], 500, 64, reps)
+    rows += latency_rows(shapes, reps)
     print("rerank over HTTP ...", flush=True)
-    rows += http_latency_rows("linucb", [(20, D_TRACK), (500, 64)], 100 if ctx.quick else 1000)
+    # --quick: the small request only (each shape starts its own `encore rerank` process)
+    http_shapes = [(20, D_TRACK)] if ctx.quick else [(20, D_TRACK), (500, 64)]
+    rows += http_latency_rows("linucb", http_shapes, 100 if ctx.quick else 1000)
     ctx.notes.append(
         "Latency: one request per call = a context and the candidates' features and ids as "
         "numpy arrays on the host -> jax.jit(policy.rank) -> the slate of "
@@ -952,7 +1036,7 @@ def run(ctx: Context) -> list[Row]:
         "policy.prepare(state) (the serving form a re-ranker derives once per snapshot; for "
         "linear policies the covariance packed to its symmetric part); checked_* call "
         "policy.rank itself, "
-        f"which also checks the values on the host (NaN / inf, mask); batched: vmapped "
+        f"which also checks the values on the host (non-finite values, mask); batched: vmapped "
         f"batches of {LATENCY_BATCH} per call, per request. Run in a child process pinned to "
         f"one core (sched_setaffinity) with XLA_FLAGS='{LATENCY_XLA_FLAGS}' and "
         "jax_cpu_enable_async_dispatch off (on one core the default hand-off to a worker "
@@ -1011,16 +1095,17 @@ def _numerics_row() -> Row:
     }
 
 
-if __name__ == "__main__":  # the pinned latency child: latency NAMES K D_TRACK REPS
-    if len(sys.argv) != 6 or sys.argv[1] != "latency":
-        sys.exit("usage: python -m benchmarks.bandits latency NAMES K D_TRACK REPS")
+if __name__ == "__main__":  # the pinned latency child: latency REPS NAMES:K:D_TRACK ...
+    if len(sys.argv) < 4 or sys.argv[1] != "latency":
+        sys.exit("usage: python -m benchmarks.bandits latency REPS NAMES:K:D_TRACK ...")
     jax.config.update("jax_numpy_dtype_promotion", "standard")
     # One core: run each computation on the calling thread. With asynchronous CPU dispatch
     # (JAX's default) every call hands off to a worker thread, and on a single core that
     # thread must wait to be scheduled: a few calls stall, and the tail latency measures the
     # scheduler rather than the policy.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    out = latency_child(
-        sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    )
+    out: list[Row] = []
+    for spec in sys.argv[3:]:
+        names_, k_, d_ = spec.split(":")
+        out += latency_child(names_.split(","), int(k_), int(d_), int(sys.argv[2]))
     print(json.dumps(out))

@@ -6,8 +6,9 @@ numbers (schema impression/1) and once as base64 float32 (impression/2, encore's
 Then, on each stream's topics, the suite measures kafka-python consuming it counting only,
 consuming and decoding it to columns, and the full daemon (decode, validate, per-partition join,
 reward model, composite reward, LinUCB, Parquet log, checkpoints, snapshots, metrics) from a
-fresh consumer group. Resident memory is sampled through each daemon run to show whether it
-stays flat.
+fresh consumer group. Memory is sampled through each daemon run to show whether it stays flat:
+the proportional set size (PSS) of the daemon's process and of its decoding process together,
+so the pages the two share count once.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import dataclasses
 import json
-import math
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,27 +32,98 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from benchmarks._runner import Context, Row, peak_rss_mb
+from benchmarks._runner import (
+    MIN_FIT_POINTS,
+    TOO_SHORT,
+    Context,
+    Row,
+    colour,
+    fit_line,
+    fmt,
+    median,
+    peak_rss_mb,
+    pss_mb,
+    rate,
+    ratio,
+)
 from benchmarks.kafka_raw import broker_for_bench
 
 if TYPE_CHECKING:
     from streaming.events import FeatureEncoding
 
 
-def _rss_mb(pid: int | str = "self") -> float:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-    except OSError:
-        return float("nan")
+MEMORY = "PSS, daemon + decoding process"
+"""What the daemon rows' and plots' memory figures measure (see :func:`daemon_pss_mb`)."""
 
 
-def _daemon_rss_mb(daemon: Any) -> float:
-    """Resident MiB of this process and of the daemon's decoding process, if it has one (the
-    pages of the two shared memory areas both touch are counted in each)."""
+def daemon_pss_mb(daemon: Any) -> float | None:
+    """Proportional set size, in MiB, of this process (the daemon's) and of the daemon's
+    decoding process (``streaming.events.process``), if it has one: the shared memory areas
+    both map, and the libraries, count once between them, where resident sizes count them in
+    each. A decoding process gone counts 0; None where this process's cannot be read."""
+    own = pss_mb()
+    if own is None:
+        return None
     pid = daemon.decoding.child_pid
-    child = _rss_mb(pid) if pid is not None else 0.0
-    return _rss_mb() + (0.0 if math.isnan(child) else child)  # a child gone: this one only
+    child = pss_mb(pid) if pid is not None else None
+    return own + (child or 0.0)
+
+
+Sample = tuple[float, int, float]
+"""``(seconds into the run, events consumed, MiB)``: one memory sample of a daemon run."""
+
+
+def draw_memory(ax: Any, series: dict[str, list[Sample]], title: str) -> None:
+    """Memory against events consumed, one line per series (``_runner.colour``), each with its
+    least-squares line over the second half of its events (dashed, its slope in the legend),
+    or a legend entry saying the half held too few samples to fit one."""
+    for label, samples in series.items():
+        if not samples:
+            continue
+        c = colour(label)
+        ax.plot(
+            [e / 1e6 for _, e, _ in samples],
+            [m for _, _, m in samples],
+            color=c,
+            marker=".",
+            ms=4,
+            label=label,
+        )
+        fit = second_half_fit(samples)
+        if fit is None:
+            ax.plot([], [], color=c, ls="--", label=f"{label}: second half {TOO_SHORT} a slope")
+        else:
+            ax.plot(
+                [fit.x0, fit.x1],
+                [fit.slope * fit.x0 + fit.intercept, fit.slope * fit.x1 + fit.intercept],
+                color=c,
+                ls="--",
+                lw=2.5,
+                alpha=0.7,
+                label=f"{label}: least-squares fit over the second half of the events, "
+                f"{fit.slope:+,.1f} MiB per million events",
+            )
+    ax.set_xlabel("million events consumed")
+    ax.set_ylabel(f"MiB ({MEMORY})")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def second_half_fit(samples: list[Sample]) -> Any:
+    """The least-squares line of MiB against millions of events through the samples of the
+    second half of the events consumed (after start-up's growth), up to the first sample that
+    saw the last event (the samples after it watch the daemon close, not consume); None where
+    too few."""
+    if not samples:
+        return None
+    final = samples[-1][1]
+    later: list[tuple[float, float]] = []
+    for _, e, m in samples:
+        if e >= final / 2 and e > 0:
+            later.append((e / 1e6, m))
+        if e >= final:
+            break
+    return fit_line([x for x, _ in later], [m for _, m in later])
 
 
 class _Consumed:
@@ -70,8 +139,8 @@ class _Consumed:
         return sum(self.events.values())
 
     @property
-    def rate(self) -> float:
-        return self.n / max(self.elapsed_s, 1e-9)
+    def rate(self) -> float | str:
+        return rate(self.n, self.elapsed_s)
 
 
 def _consume(
@@ -131,21 +200,24 @@ _BASE_OVERRIDES = [
 class _Steady(NamedTuple):
     """The daemon between 20 % and 90 % of the stream: after start-up, before the tail."""
 
-    events_per_s: float
-    cores: float  # CPU seconds per wall second of the daemon process and its decoding process
-    cpu_us_per_event: float  # their CPU per event (all threads)
-    main_busy: float  # the main thread's CPU seconds per wall second (1.0: never waits)
+    events_per_s: float | str
+    cores: float | str  # CPU seconds per wall second of the daemon process and its decoding process
+    cpu_us_per_event: float | str  # their CPU per event (all threads)
+    main_busy: float | str  # the main thread's CPU seconds per wall second (1.0: never waits)
+
+
+MIN_STEADY_SAMPLES = 5
+"""The fewest one-second samples between 20 % and 90 % of the stream a steady rate is taken over."""
 
 
 def _steady(progress: list[tuple[float, int, float, float]], total: int) -> _Steady:
     """From ``(wall s, events, process CPU s, main-thread CPU s)`` samples: the rates between
     the samples at 20 % and 90 % of the stream, after start-up (connecting, joining the group,
-    JAX compiling each jitted function once) and before the tail. NaN when the run was too
-    short for two such samples."""
+    JAX compiling each jitted function once) and before the tail. TOO_SHORT when fewer than
+    ``MIN_STEADY_SAMPLES`` samples fall there."""
     mid = [x for x in progress if 0.2 * total <= x[1] <= 0.9 * total]
-    if len(mid) < 2 or mid[-1][0] <= mid[0][0] or mid[-1][1] <= mid[0][1]:
-        nan = float("nan")
-        return _Steady(nan, nan, nan, nan)
+    if len(mid) < MIN_STEADY_SAMPLES or mid[-1][0] <= mid[0][0] or mid[-1][1] <= mid[0][1]:
+        return _Steady(TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT)
     (t0, e0, p0, m0), (t1, e1, p1, m1) = mid[0], mid[-1]
     wall, events = t1 - t0, e1 - e0
     return _Steady(events / wall, (p1 - p0) / wall, 1e6 * (p1 - p0) / events, (m1 - m0) / wall)
@@ -165,22 +237,22 @@ class _Stream(NamedTuple):
     counted: _Consumed
     topics: list[str]
     produce_s: float
-    samples: list[tuple[float, float]]
+    samples: list[Sample]
     events: int
     overrides: list[str]  # the config of this stream's topics, as `encore run` overrides
-    decode_rate: float  # consume + decode on the daemon's record path
+    decode_rate: float | str  # consume + decode on the daemon's record path
 
 
 class _DaemonRun(NamedTuple):
     """One in-process daemon run over a stream, from a fresh group and fresh state."""
 
     stats: Any  # the daemon's final Stats
-    rate: float  # events over the whole run, start-up included
+    rate: float | str  # events over the whole run, start-up included
     steady: _Steady
-    first_event_s: float
-    last_event_s: float
+    first_event_s: float | str
+    last_event_s: float | str
     run_s: float
-    samples: list[tuple[float, float]]  # (seconds into the run, resident MiB)
+    samples: list[Sample]  # PSS of the daemon and its decoding process, each second
 
 
 def _child_cpu_s(daemon: Any) -> float:
@@ -195,8 +267,9 @@ def _child_cpu_s(daemon: Any) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
-    """Run the daemon over ``cfg``'s topics until idle, sampling memory and progress each second."""
+def _daemon_run(cfg: Any, servers: str, idle_ms: int) -> _DaemonRun:
+    """Run the daemon over ``cfg``'s topics until idle for ``idle_ms`` (and caught up), sampling
+    memory and progress each second."""
     from streaming.worker.daemon import Daemon
 
     daemon = Daemon(cfg, servers=servers)
@@ -210,7 +283,7 @@ def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
         return n
 
     daemon.poll_once = timed_poll
-    samples: list[tuple[float, float]] = []
+    samples: list[Sample] = []
     progress: list[tuple[float, int, float, float]] = []
     done = threading.Event()
     main_clock = time.pthread_getcpuclockid(threading.get_ident())  # the thread run() runs on
@@ -218,7 +291,9 @@ def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
     def sample() -> None:
         t0 = time.perf_counter()
         while not done.wait(1.0):
-            samples.append((time.perf_counter() - t0, _daemon_rss_mb(daemon)))
+            mib = daemon_pss_mb(daemon)
+            if mib is not None:
+                samples.append((time.perf_counter() - t0, daemon.stats.events, mib))
             progress.append(
                 (
                     time.perf_counter() - t0,
@@ -231,18 +306,18 @@ def _daemon_run(cfg: Any, servers: str) -> _DaemonRun:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    stats = daemon.run(threading.Event(), exit_when_idle_ms=3000)
-    elapsed = time.perf_counter() - t0 - 3.0  # the idle wait before exiting is not work
+    stats = daemon.run(threading.Event(), exit_when_idle_ms=idle_ms)
+    elapsed = time.perf_counter() - t0 - idle_ms / 1000  # the idle wait before exiting is not work
     done.set()
     sampler.join()
     ended = [t for t, e, _, _ in progress if e >= stats.events]
     return _DaemonRun(
         stats=stats,
-        rate=stats.events / max(elapsed, 1e-9),
+        rate=rate(stats.events, elapsed),
         steady=_steady(progress, stats.events),
-        first_event_s=first_done[0] - t0 if first_done else float("nan"),
-        last_event_s=ended[0] if ended else float("nan"),
-        run_s=elapsed + 3.0,
+        first_event_s=first_done[0] - t0 if first_done else TOO_SHORT,
+        last_event_s=ended[0] if ended else TOO_SHORT,
+        run_s=elapsed + idle_ms / 1000,
         samples=samples,
     )
 
@@ -256,13 +331,14 @@ _PASSES: tuple[tuple[bool, str], ...] = (
 """The consumer passes of a round, in order: (decode to columns?, record path)."""
 
 
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
+def _mb_per_s(events_per_s: float | str, event_bytes: float) -> float | str:
+    """Payload MB/s at ``events_per_s`` events of ``event_bytes`` bytes (TOO_SHORT carried)."""
+    return events_per_s * event_bytes / 1e6 if isinstance(events_per_s, float) else TOO_SHORT
 
 
-def _each(values: list[float]) -> str:
+def _each(values: list[float | str]) -> str:
     """Every round's figure, in order, for the ``rounds`` column."""
-    return " / ".join(f"{v:,.0f}" for v in values)
+    return " / ".join(fmt(v, ",.0f") for v in values)
 
 
 def _measure(
@@ -273,6 +349,7 @@ def _measure(
     encoding: FeatureEncoding,
     n_requests: int,
     rounds: int,
+    idle_ms: int,
 ) -> _Stream:
     """Produce one stream with ``encoding``; then, ``rounds`` times over it: count-only and
     consume + decode on both record paths, and the daemon from a fresh group and fresh state.
@@ -308,7 +385,7 @@ def _measure(
             checkpoint=dataclasses.replace(cfg.checkpoint, dir=f"{tmp}/{encoding}/{r}/ckpt"),
             log=dataclasses.replace(cfg.log, dir=f"{tmp}/{encoding}/{r}/log"),
         )
-        runs.append(_daemon_run(run_cfg, servers))
+        runs.append(_daemon_run(run_cfg, servers, idle_ms))
     # A restart: a new group and empty state, but the compilation cache (JaxConfig) that round
     # 0's worker filled in its checkpoint directory, as a worker restarted on its own finds it.
     restart = _daemon_run(
@@ -322,13 +399,14 @@ def _measure(
             ),
         ),
         servers,
+        idle_ms,
     )
-    rate = {k: _median([c.rate for c in v]) for k, v in passes.items()}
+    rates = {k: median([c.rate for c in v]) for k, v in passes.items()}
     count = passes[(False, "stock")][0]
     # The daemon's own record path is the honest peer; the stock client's rate is printed too.
     daemon_lean = cfg.kafka.lean_records
-    decode_rate = rate[(True, "lean" if daemon_lean else "stock")]
-    stock_decode_rate = rate[(True, "stock")]
+    decode_rate = rates[(True, "lean" if daemon_lean else "stock")]
+    stock_decode_rate = rates[(True, "stock")]
     total_bytes = sum(count.bytes.values())
     mean_bytes = total_bytes / max(count.n, 1)
     impression_bytes = count.bytes.get(topics[0], 0) / max(count.events.get(topics[0], 0), 1)
@@ -336,7 +414,7 @@ def _measure(
     for decode, path in _PASSES:
         what = "consume + encore decode to columns" if decode else "consume, count only"
         client = "kafka-python" if path == "stock" else "kafka-python + lean records"
-        r_ = rate[(decode, path)]
+        r_ = rates[(decode, path)]
         rows.append(
             {
                 "system": f"{client} {what} [{label}]",
@@ -347,16 +425,18 @@ def _measure(
                 "impression_bytes": impression_bytes,
                 "events_per_s": r_,
                 "rounds": _each([c.rate for c in passes[(decode, path)]]),
-                "mb_per_s": r_ * mean_bytes / 1e6,
-                "vs_consume_decode": r_ / rate[(True, path)],
+                "mb_per_s": _mb_per_s(r_, mean_bytes),
+                "vs_consume_decode": ratio(r_, rates[(True, path)]),
             }
         )
-    whole = _median([x.rate for x in runs])
-    steady = _median([x.steady.events_per_s for x in runs])
-    mid = sorted(runs, key=lambda x: x.rate)[(len(runs) - 1) // 2]  # the median run's details
-    stats = mid.stats
+    whole = median([x.rate for x in runs])
+    steady = median([x.steady.events_per_s for x in runs])
+    # the median run's details (a run too short for a rate sorts first)
+    mid = sorted(runs, key=lambda x: x.rate if isinstance(x.rate, float) else 0.0)
+    stats = mid[(len(runs) - 1) // 2].stats
     samples = runs[0].samples
     third = max(len(samples) // 3, 1)
+    fit = second_half_fit(samples)
     rows.append(
         {
             "system": "encore daemon (decode, join, reward model, LinUCB, log, checkpoints) "
@@ -369,23 +449,26 @@ def _measure(
             "events_per_s": whole,
             "rounds": f"whole {_each([x.rate for x in runs])}; "
             f"steady {_each([x.steady.events_per_s for x in runs])}",
-            "mb_per_s": whole * mean_bytes / 1e6,
-            "vs_consume_decode": whole / decode_rate,
-            "vs_stock_consume_decode": whole / stock_decode_rate,
+            "mb_per_s": _mb_per_s(whole, mean_bytes),
+            "vs_consume_decode": ratio(whole, decode_rate),
+            "vs_stock_consume_decode": ratio(whole, stock_decode_rate),
             "steady_events_per_s": steady,
-            "steady_vs_consume_decode": steady / decode_rate,
-            "steady_cores": _median([x.steady.cores for x in runs]),
-            "steady_cpu_us_per_event": _median([x.steady.cpu_us_per_event for x in runs]),
-            "steady_main_thread_busy": _median([x.steady.main_busy for x in runs]),
-            "first_event_s": _median([x.first_event_s for x in runs]),
+            "steady_vs_consume_decode": ratio(steady, decode_rate),
+            "steady_cores": median([x.steady.cores for x in runs]),
+            "steady_cpu_us_per_event": median([x.steady.cpu_us_per_event for x in runs]),
+            "steady_main_thread_busy": median([x.steady.main_busy for x in runs]),
+            "first_event_s": median([x.first_event_s for x in runs]),
             "restart_events_per_s": restart.rate,
             "restart_steady_events_per_s": restart.steady.events_per_s,
             "restart_first_event_s": restart.first_event_s,
-            "restart_vs_consume_decode": restart.rate / decode_rate,
-            "last_event_s": _median([x.last_event_s for x in runs]),
-            "run_s": _median([x.run_s for x in runs]),
-            "rss_first_third_mb": max(s for _, s in samples[:third]) if samples else float("nan"),
-            "rss_last_third_mb": max(s for _, s in samples[-third:]) if samples else float("nan"),
+            "restart_vs_consume_decode": ratio(restart.rate, decode_rate),
+            "last_event_s": median([x.last_event_s for x in runs]),
+            "run_s": median([x.run_s for x in runs]),
+            "memory": MEMORY,
+            "pss_first_third_mb": max(m for _, _, m in samples[:third]) if samples else TOO_SHORT,
+            "pss_last_third_mb": max(m for _, _, m in samples[-third:]) if samples else TOO_SHORT,
+            "pss_peak_mb": max(m for _, _, m in samples) if samples else TOO_SHORT,
+            "pss_growth_mb_per_million_events_2nd_half": fit.slope if fit else TOO_SHORT,
             "peak_rss_mb": peak_rss_mb(),
             "closed": stats.counters.get("closed", 0),
             "dead_letters": stats.dead_letters,
@@ -408,7 +491,7 @@ _WORKER = """
 import json, resource, sys, threading, time
 from streaming.config import Config
 from streaming.worker.daemon import Daemon
-cfg = Config.load(env={}, overrides=sys.argv[1:])
+cfg = Config.load(env={}, overrides=sys.argv[2:])
 daemon = Daemon(cfg, servers=cfg.kafka.bootstrap_servers)
 last = [time.time()]
 poll_once = daemon.poll_once
@@ -419,7 +502,7 @@ def timed_poll():
     return n
 daemon.poll_once = timed_poll
 t0 = time.time()
-stats = daemon.run(threading.Event(), exit_when_idle_ms=3000)
+stats = daemon.run(threading.Event(), exit_when_idle_ms=int(sys.argv[1]))
 ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"events": stats.events, "t0": t0, "t1": last[0], "end": time.time(),
                   "cpu_s": ru.ru_utime + ru.ru_stime, "merged": stats.deltas_merged,
@@ -431,7 +514,7 @@ print(json.dumps({"events": stats.events, "t0": t0, "t1": last[0], "end": time.t
 _GROUP_TIMEOUT_S = 1800.0
 
 
-def _group(stream: _Stream, servers: str, tmp: str, workers: int, label: str) -> Row:
+def _group(stream: _Stream, servers: str, tmp: str, workers: int, label: str, idle_ms: int) -> Row:
     """``workers`` daemon processes in one fresh consumer group over ``stream``'s topics (linear
     statistics shared as deltas when more than one): the stream's events over the wall time from
     the first worker's run() to the last poll that returned records."""
@@ -453,7 +536,9 @@ def _group(stream: _Stream, servers: str, tmp: str, workers: int, label: str) ->
             ]
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-c", _WORKER, *overrides], stdout=subprocess.PIPE, text=True
+                    [sys.executable, "-c", _WORKER, str(idle_ms), *overrides],
+                    stdout=subprocess.PIPE,
+                    text=True,
                 )
             )
         for i, proc in enumerate(procs):
@@ -473,7 +558,7 @@ def _group(stream: _Stream, servers: str, tmp: str, workers: int, label: str) ->
     if read < stream.events:
         raise RuntimeError(f"{workers} scale-out workers read {read} of {stream.events} events")
     wall = max(d["t1"] for d in done) - min(d["t0"] for d in done)
-    rate = stream.events / max(wall, 1e-9)
+    events_per_s = rate(stream.events, wall)
     return {
         "system": f"encore daemon, {workers} worker process{'es' if workers > 1 else ''} in one "
         f"group [{label}]",
@@ -482,8 +567,8 @@ def _group(stream: _Stream, servers: str, tmp: str, workers: int, label: str) ->
         "workers": workers,
         "events": stream.events,
         "records_read": read,
-        "events_per_s": rate,
-        "vs_consume_decode": rate / stream.decode_rate,
+        "events_per_s": events_per_s,
+        "vs_consume_decode": ratio(events_per_s, stream.decode_rate),
         "cpu_s": sum(d["cpu_s"] for d in done),
         "events_by_worker": "/".join(str(d["events"]) for d in done),
         "deltas_merged": sum(d["merged"] for d in done),
@@ -494,9 +579,11 @@ def _group(stream: _Stream, servers: str, tmp: str, workers: int, label: str) ->
 def run(ctx: Context) -> list[Row]:
     from streaming.config import Config
 
-    default = 8_000 if ctx.quick else 180_000
+    default = 4_000 if ctx.quick else 180_000
     n_requests = int(os.environ.get("ENCORE_DAEMON_REQUESTS", default))
     rounds = int(os.environ.get("ENCORE_DAEMON_ROUNDS", 1 if ctx.quick else 3))
+    # How long a daemon waits with nothing new (and every partition read) before it exits.
+    idle_ms = 1000 if ctx.quick else 3000
     streams: dict[str, _Stream] = {}
     with broker_for_bench() as servers, tempfile.TemporaryDirectory(prefix="encore-daemon-") as tmp:
         run_id = uuid.uuid4().hex[:8]
@@ -504,26 +591,25 @@ def run(ctx: Context) -> list[Row]:
             env={}, overrides=[f"kafka.bootstrap_servers={servers}", *_BASE_OVERRIDES]
         )
         for encoding, _ in ENCODINGS:
-            streams[encoding] = _measure(base, servers, tmp, run_id, encoding, n_requests, rounds)
+            streams[encoding] = _measure(
+                base, servers, tmp, run_id, encoding, n_requests, rounds, idle_ms
+            )
         label = dict(ENCODINGS)["float32"]
         group_rows = [
-            _group(streams["float32"], servers, tmp, workers, label) for workers in (1, 2)
+            _group(streams["float32"], servers, tmp, workers, label, idle_ms) for workers in (1, 2)
         ]
     # Rows by kind, the two encodings side by side.
     rows = [s.rows[i] for i in range(len(streams["json"].rows)) for s in streams.values()]
     rows += group_rows
     if any(s.samples for s in streams.values()):
-
-        def draw(ax: Any) -> None:
-            for encoding, label in ENCODINGS:
-                st = streams[encoding]
-                ax.plot([t for t, _ in st.samples], [m for _, m in st.samples], label=label)
-            ax.set_xlabel("seconds into the daemon's run")
-            ax.set_ylabel("resident MiB (whole process)")
-            ax.set_title(f"encore daemon memory over {streams['json'].events:,} events")
-            ax.legend()
-
-        ctx.save_plot("daemon_rss", draw)
+        title = (
+            f"encore daemon memory, first round of each stream ({streams['json'].events:,} "
+            "events; JSON first)"
+        )
+        ctx.save_plot(
+            "daemon_pss",
+            lambda ax: draw_memory(ax, {lb: streams[e].samples for e, lb in ENCODINGS}, title),
+        )
     js, f32 = streams["json"], streams["float32"]
     n = js.counted.n
     ctx.notes.append(
@@ -565,9 +651,14 @@ def run(ctx: Context) -> list[Row]:
         "kafka-python's default fetch settings (1 MiB per partition; the daemon fetches up to "
         "kafka.max_partition_fetch_bytes, 4 MiB) and take as many records per poll as the daemon "
         "(kafka.max_poll_records). The JSON stream is measured first, then the "
-        "float32 stream, in one process: peak_rss_mb is the process's peak so far and "
-        "rss_*_third_mb the resident memory of the process and of the daemon's decoding process "
-        "during each run, so the second daemon's figures "
+        "float32 stream, in one process: peak_rss_mb is the process's peak resident size so far, "
+        "and pss_*_mb the proportional set size (PSS, from /proc/PID/smaps_rollup) of the process "
+        "and of the daemon's decoding process together during the first round (the highest "
+        "sample of its first and last third, and of the run), which counts the memory the two "
+        "share once; pss_growth_mb_per_million_events_2nd_half is the least-squares slope of "
+        "those samples over the second half of the events (the dashed lines of the plot), "
+        f"'{TOO_SHORT}' with fewer than {MIN_FIT_POINTS} samples at distinct event counts there "
+        "(the daemon counts events a polled batch at a time). The second daemon's figures "
         "start from what the first run left (JAX caches, allocator pools). "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} (as `encore run` sets it)."
     )
@@ -575,7 +666,8 @@ def run(ctx: Context) -> list[Row]:
         "events_per_s of the daemon covers its whole run, start-up included (group join, and JAX "
         "compiling the policy update and the reward model's update, which is most of a --quick "
         "run); steady_events_per_s is "
-        "its rate between 20 % and 90 % of the stream (sampled each second), against the "
+        "its rate between 20 % and 90 % of the stream (sampled each second; "
+        f"'{TOO_SHORT}' where fewer than {MIN_STEADY_SAMPLES} samples fall there), against the "
         "same consume + decode rate; over the same window, steady_cores is the CPU seconds per "
         "second of the daemon's process (all threads) and of its decoding process "
         "(streaming.events.process) together (the machine has "
@@ -587,7 +679,8 @@ def run(ctx: Context) -> list[Row]:
         "records was done (handed to the decoding process; the round after steps it, and JAX "
         "compiles the step's functions there); "
         "last_event_s: when the last event was done (1 s resolution); run_s: run() from open to "
-        "close (the 3 s idle wait that ends it is subtracted for events_per_s, the final "
+        f"close (the {idle_ms / 1000:g} s idle wait that ends it is subtracted for events_per_s, "
+        "the final "
         "checkpoint and closing are not)."
     )
     ctx.notes.append(

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from benchmarks._runner import Context, Row, peak_rss_mb
+from benchmarks._runner import Context, Row, peak_rss_mb, rate
 
 __all__ = [
     "LIMITS",
@@ -600,8 +600,8 @@ def run(ctx: Context) -> list[Row]:
             "messages": fuzz.messages,
             "accepted": fuzz.accepted,
             "rejected": sum(fuzz.codes.values()),
-            "messages_per_s": fuzz.messages / seconds,
-            "decode_step_per_s": fuzz.messages / decoding,
+            "messages_per_s": rate(fuzz.messages, seconds),
+            "decode_step_per_s": rate(fuzz.messages, decoding),
             "elapsed_s": seconds,
             "peak_rss_mb": peak_rss_mb(),
         }

@@ -15,15 +15,15 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._runner import Context, Row, peak_rss_mb
+from benchmarks._runner import Context, Row, peak_rss_mb, rate
 
 
 @contextlib.contextmanager
-def broker_for_bench() -> Iterator[str]:
+def broker_for_bench() -> Generator[str]:
     external = os.environ.get("ENCORE_BENCH_BOOTSTRAP")
     if external:
         yield external
@@ -117,8 +117,8 @@ def run(ctx: Context) -> list[Row]:
                 "system": "kafka-python producer (acks=all, linger 5 ms)",
                 "events": n,
                 "event_bytes": round(size),
-                "events_per_s": n / elapsed,
-                "mb_per_s": n * size / elapsed / 1e6,
+                "events_per_s": rate(n, elapsed),
+                "mb_per_s": rate(n * size / 1e6, elapsed),
                 "peak_rss_mb": peak_rss_mb(),
             }
         )
@@ -135,8 +135,8 @@ def run(ctx: Context) -> list[Row]:
                     "record_path": "lean" if lean else "stock",
                     "events": got,
                     "event_bytes": round(size),
-                    "events_per_s": got / elapsed,
-                    "mb_per_s": got * size / elapsed / 1e6,
+                    "events_per_s": rate(got, elapsed),
+                    "mb_per_s": rate(got * size / 1e6, elapsed),
                     "peak_rss_mb": peak_rss_mb(),
                 }
             )

@@ -8,7 +8,8 @@ Three parts, each a block of rows (``part`` column):
     whose rewards interact across positions (and, as a control, on additive ones), with exact
     true values by enumeration.
 (b) ``obd``: the Open Bandit Dataset sample carried in the ``obp`` 0.5.7 source distribution,
-    fetched at run time with ``pip download`` (nothing is committed). The dataset paper's
+    fetched with ``pip download`` on the first run and kept in encore's cache folder (nothing is
+    committed). The dataset paper's
     protocol: estimate the Bernoulli-TS policy's click rate from the uniform-random log (BTS's
     action distribution by Monte Carlo from its production prior, as obp's
     ``compute_batch_action_dist``), compare with the on-policy click rate of the BTS log,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -47,7 +49,7 @@ from bandits.ope import (
     estimate_all,
     with_q_hat,
 )
-from benchmarks._runner import Context
+from benchmarks._runner import Context, colour, rate
 
 Row = dict[str, Any]
 GOAL_ESTIMATORS = ("ips", "snips", "dr")
@@ -62,14 +64,21 @@ def _sample(prob: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (prob.cumsum(axis=-1) > rng.random((*prob.shape[:-1], 1))).argmax(axis=-1)
 
 
+def coverage_se_pct(hits: int, n: int) -> float:
+    """Monte Carlo standard error, in percentage points, of a coverage of ``hits`` in ``n``
+    logs: the Agresti-Coull form (two hits and two misses added), which stays honest at 0 % and
+    100 % (the plain binomial form says 0 there, as if ``n`` logs settled it exactly)."""
+    p = (hits + 2.0) / (n + 4.0)
+    return 100.0 * math.sqrt(p * (1.0 - p) / (n + 4.0))
+
+
 def _summary(errors: list[float], hits: list[bool], widths: list[float]) -> dict[str, float]:
     e = np.asarray(errors)
-    cov = float(np.mean(hits))
     return {
         "bias": float(e.mean()),
         "rmse": float(np.sqrt(np.mean(e * e))),
-        "coverage_pct": 100.0 * cov,
-        "coverage_mc_se_pct": 100.0 * math.sqrt(max(cov * (1 - cov), 1e-12) / len(hits)),
+        "coverage_pct": 100.0 * float(np.mean(hits)),
+        "coverage_mc_se_pct": coverage_se_pct(sum(hits), len(hits)),
         "mean_width": float(np.mean(widths)),
     }
 
@@ -300,8 +309,16 @@ OBP_VERSION = "0.5.7"
 CAMPAIGNS = ("all", "men", "women")
 
 
-def fetch_obd(tmp: Path) -> Path:
-    """``pip download`` the obp sdist (no install: it does not support Python 3.11) and unpack it."""
+def _obp_sdist(tmp: Path) -> Path:
+    """The obp sdist: from encore's cache folder (``streaming.kafka.broker.cache_dir``, where the
+    broker's jars live too), else ``pip download``-ed into ``tmp`` and copied into that folder
+    for later runs."""
+    from streaming.kafka.broker import cache_dir
+
+    name = f"obp-{OBP_VERSION}.tar.gz"
+    cached = cache_dir() / "obp" / name
+    if cached.is_file():
+        return cached
     cmd = [
         sys.executable,
         "-m",
@@ -317,9 +334,23 @@ def fetch_obd(tmp: Path) -> Path:
         "-q",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    sdist = tmp / f"obp-{OBP_VERSION}.tar.gz"
+    sdist = tmp / name
     if done.returncode != 0 or not sdist.exists():
         raise RuntimeError(f"could not fetch obp {OBP_VERSION}: {done.stderr.strip()[-500:]}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".part")
+        shutil.copyfile(sdist, partial)
+        partial.replace(cached)  # whole or absent, never half written
+    except OSError:
+        pass  # no cache this time: the download in tmp serves this run
+    return sdist
+
+
+def fetch_obd(tmp: Path) -> Path:
+    """``pip download`` the obp sdist once (no install: it does not support Python 3.11) and
+    unpack its dataset sample and BTS prior into ``tmp``."""
+    sdist = _obp_sdist(tmp)
     with tarfile.open(sdist) as tar:
         members = [
             m
@@ -369,6 +400,7 @@ def obd_rows(ctx: Context) -> list[Row]:
     import pandas as pd
 
     rows: list[Row] = []
+    n_boot = 300 if ctx.quick else 1_000
     with tempfile.TemporaryDirectory(prefix="encore-obd-") as tmp:
         root = fetch_obd(Path(tmp))
         prior = read_bts_prior(root / "policy" / "conf" / "prior_bts.yaml")
@@ -403,7 +435,7 @@ def obd_rows(ctx: Context) -> list[Row]:
             on_policy = float(clicks.mean())
             on_se = float(clicks.std(ddof=1) / math.sqrt(len(clicks)))
             ests = {name: ESTIMATORS[name]() for name in ESTIMATORS}
-            results = estimate_all(ests, log, target, key=jax.random.key(1), n_bootstrap=1_000)
+            results = estimate_all(ests, log, target, key=jax.random.key(1), n_bootstrap=n_boot)
             for name, est in results.items():
                 rows.append(
                     {
@@ -411,7 +443,7 @@ def obd_rows(ctx: Context) -> list[Row]:
                         "system": f"encore {name}",
                         "scenario": f"campaign {campaign}",
                         "given": f"random log {n:,} rows ({int(log.reward.sum())} clicks), k={k}, "
-                        f"BTS prior, q_hat per item x position",
+                        f"BTS prior, q_hat per item x position, {n_boot:,} bootstrap replicates",
                         "true_value": on_policy,
                         "estimate": est.value,
                         "lower": est.lower,
@@ -496,7 +528,7 @@ def speed_rows(ctx: Context) -> list[Row]:
             "system": f"encore all {len(ESTIMATORS)} single-action estimators",
             "scenario": f"{n:,} rows, k={r['k']}, d={r['d']}",
             "given": "bootstrap intervals (500 replicates) + cross-fitted ridge q_hat, one process",
-            "rows_per_s": n / r["total_s"],
+            "rows_per_s": rate(n, r["total_s"]),
             "total_s": r["total_s"],
             "q_hat_fit_s": r["fit_s"],
             "data_mb": r["data_mb"],
@@ -563,10 +595,17 @@ def run(ctx: Context) -> list[Row]:
                 )
                 for n in names
             ]
-            ax.bar(np.arange(len(names)) + 0.4 * j, rm, width=0.4, label=scenario)
+            ax.bar(
+                np.arange(len(names)) + 0.4 * j,
+                rm,
+                width=0.4,
+                label=scenario,
+                color=colour(scenario),
+            )
         ax.set_xticks(np.arange(len(names)) + 0.2, names, rotation=45)
         ax.set_ylabel("RMSE of the policy value (simulator)")
-        ax.legend()
+        ax.set_title(f"Estimators' RMSE over {str(sim[0]['given']).split(', ')[0]}")
+        ax.grid(axis="y", alpha=0.3)
 
     ctx.save_plot("ope_rmse", draw)
     return rows

@@ -19,7 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks._runner import SUITES, Row, command_line, format_value, markdown_table
+from benchmarks._runner import (
+    SUITES,
+    TOO_SHORT,
+    Row,
+    command_line,
+    fmt,
+    format_value,
+    markdown_table,
+)
 
 Report = dict[str, Any]
 
@@ -61,12 +69,19 @@ class Table:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def times(value: Any, base: Any) -> str:
-    """``value / base`` as ``"0.65x"``; empty where either is missing, not finite, or base is 0."""
-    if not isinstance(value, int | float) or not isinstance(base, int | float):
+    """``value / base`` as ``"0.65x"``; :data:`TOO_SHORT` where either was too short to measure
+    (or is not finite) or ``base`` is 0; empty where either is missing."""
+    if value == TOO_SHORT or base == TOO_SHORT:
+        return TOO_SHORT
+    if not _number(value) or not _number(base):
         return ""
     if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
-        return ""
+        return TOO_SHORT
     ratio = value / base
     return f"{ratio:.3g}x" if ratio < 10 else f"{ratio:,.0f}x"
 
@@ -314,8 +329,17 @@ def ope_tables(rows: list[Row]) -> list[Table]:
     return tables
 
 
+def _has(rows: Iterable[Row], key: str) -> bool:
+    return any(key in r for r in rows)
+
+
 def daemon_tables(rows: list[Row]) -> list[Table]:
     shown = [{**r, "vs": times(r.get("vs_consume_decode"), 1.0)} for r in rows]
+    memory = (
+        [Column("pss_peak_mb", "peak PSS MiB (daemon + decoding process)")]
+        if _has(rows, "pss_peak_mb")
+        else [Column("peak_rss_mb", "peak RSS MiB (the suite's process)")]
+    )
     return [
         Table(
             "Daemon end to end vs the raw client on the same topics",
@@ -325,7 +349,7 @@ def daemon_tables(rows: list[Row]) -> list[Table]:
                 Column("events_per_s"),
                 Column("vs", "vs consume + decode"),
                 Column("steady_events_per_s"),
-                Column("peak_rss_mb"),
+                *memory,
             ],
             shown,
             "Rates are medians over the suite's rounds (each round's figure is in the rounds "
@@ -340,6 +364,8 @@ def soak_tables(rows: list[Row]) -> list[Table]:
     shown = [
         {**r, "vs": times(r.get("events_per_s"), r.get("producer_events_per_s"))} for r in rows
     ]
+    kind = "pss" if _has(rows, "pss_end_mb") else "rss"
+    measure = "PSS, daemon + decoding process" if kind == "pss" else "RSS"
     return [
         Table(
             "Live stream memory soak",
@@ -348,9 +374,12 @@ def soak_tables(rows: list[Row]) -> list[Table]:
                 Column("events"),
                 Column("events_per_s"),
                 Column("vs", "vs producer rate"),
-                Column("rss_at_10pct_mb"),
-                Column("rss_end_mb"),
-                Column("rss_growth_mb_per_million_events_2nd_half", "RSS growth, MiB per M events"),
+                Column(f"{kind}_at_10pct_mb", f"MiB at 10 % ({measure})"),
+                Column(f"{kind}_end_mb", "MiB at the end"),
+                Column(
+                    f"{kind}_growth_mb_per_million_events_2nd_half",
+                    "growth over the 2nd half, MiB per M events",
+                ),
             ],
             shown,
         )
@@ -485,7 +514,7 @@ def render(reports: Sequence[Report], *, folder: Path, to: Path | None = None) -
             f"## {name} ({_size(report)})",
             "",
             f"Reproduce: `{command_line(name, quick=bool(report.get('quick')), out=folder)}` "
-            f"(this run: {float(report.get('elapsed_s', float('nan'))):.0f} s{_load(report)}).",
+            f"(this run: {fmt(report.get('elapsed_s'), '.0f', ' s')}{_load(report)}).",
             "",
         ]
         if report.get("machine") != head.get("machine"):

@@ -4,7 +4,7 @@ and what a model-based (denoised) reward does to a bandit's regret.
 Run: ``/tmp/venv/bin/python -m benchmarks rewards [--quick] --out /tmp/bench-rewards``.
 
 Part 1 (calibration and throughput). One seeded stream of simulated plays under the logging
-policy (1,000,000 plays; quick: 30,000). The first 90 % is the training stream: every online
+policy (1,000,000 plays; quick: 20,000). The first 90 % is the training stream: every online
 learner (the encore models and River's logistic regression) sees it once, in order, predicting
 each batch before learning from it (prequential). scikit-learn's ``LogisticRegression`` is fitted
 offline on the most recent training rows (at most 400,000: its sparse design matrix is the memory
@@ -23,7 +23,8 @@ Part 2 (denoised reward). A numpy LinUCB picks 1 of 20 candidates per request; i
 either the raw 30 s stream (a noisy 0/1) or the survival model's expected P(stream >= 30 s) for
 the track it played (the ``denoised`` composite, ``shrink`` 0 and 0.5), with the reward model
 pre-trained on logged plays and updated online. Regret is against the simulator's true
-expected reward.
+expected reward. The reward model runs at one padded batch shape (1,024 rows) throughout, so
+each of its functions compiles once.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ import jax
 import numpy as np
 
 import rewards as R
+from benchmarks._runner import colour, fmt, rate, ratio
 from rewards.calibration import (
+    ReliabilityTable,
     head_labels,
-    plot_reliability,
     prediction_columns,
     reliability_table,
     score,
@@ -55,6 +57,7 @@ TARGETS = {"skip_2": 1, "complete": 3}  # head -> column of calibration.HEADS
 
 
 AVERAGE = 0.99  # iterate averaging of the "averaged" rows (about the last 100 updates)
+MIN_BIN_PLAYS = 30  # the reliability plot draws a bin's observed frequency from this many plays
 
 
 def _encore_models() -> list[tuple[str, RewardModel, str]]:
@@ -197,7 +200,7 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     k_train = np.concatenate([k for _, k in labels_train])
 
     rows: list[dict[str, Any]] = []
-    curves: dict[str, Any] = {}
+    curves: dict[str, dict[str, ReliabilityTable]] = {}  # target -> system -> table
     # encore, scored on the held-out plays with the state after the training stream
     for i, (name, m, given) in enumerate(models):
         cols = _predict_all(m, states[i], held)
@@ -218,11 +221,11 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                     "ece": s.ece,
                     "prequential_log_loss": score(pq[pu, col], y_train[pu, col]).log_loss,
                     "test_plays": s.n,
-                    "update_plays_per_s": n_train_rows / update_s[i],
+                    "update_plays_per_s": rate(n_train_rows, update_s[i]),
                     "update_batch": BATCH,
                 }
             )
-            curves[f"{name} {h}"] = reliability_table(cols[use, col], y_test[use, col])
+            curves.setdefault(h, {})[name] = reliability_table(cols[use, col], y_test[use, col])
     # River, online, same stream
     x_test = np.asarray(held.features)
     test_dicts = _river_dicts(x_test, np.asarray(held.track_id), names)
@@ -242,7 +245,7 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 "ece": s.ece,
                 "prequential_log_loss": score(np.array(river_preq[h]), y_train[pu, col]).log_loss,
                 "test_plays": s.n,
-                "update_plays_per_s": river_rows[h] / river_s[h],
+                "update_plays_per_s": rate(river_rows[h], river_s[h]),
             }
         )
         pb = river_batched[h].predict_proba_many(test_frame.iloc[use])[True].to_numpy()
@@ -256,10 +259,12 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 "auc": sb.auc,
                 "ece": sb.ece,
                 "test_plays": sb.n,
-                "update_plays_per_s": river_rows[h] / river_batched_s[h],
+                "update_plays_per_s": rate(river_rows[h], river_batched_s[h]),
             }
         )
-        curves[f"river learn_one {h}"] = reliability_table(p, y_test[use, col])
+        curves.setdefault(h, {})["river logistic (learn_one)"] = reliability_table(
+            p, y_test[use, col]
+        )
     # scikit-learn, offline on the most recent training rows
     recent_all = concat_outcomes(recent)
     recent_all = R.take(recent_all, slice(max(0, int(recent_all.mask.size) - sk_max), None))
@@ -283,10 +288,12 @@ def calibration_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 "auc": s.auc,
                 "ece": s.ece,
                 "test_plays": s.n,
-                "fit_plays_per_s": use_r.size / fit_s,
+                "fit_plays_per_s": rate(use_r.size, fit_s),
             }
         )
-        curves[f"sklearn {h}"] = reliability_table(p, y_test[use, col])
+        curves.setdefault(h, {})["sklearn LogisticRegression (offline)"] = reliability_table(
+            p, y_test[use, col]
+        )
     info = {"n_train": n_train_rows, "n_test": int(held.mask.size), "retraced": retraced}
     return rows, {"curves": curves, **info}
 
@@ -305,8 +312,9 @@ class _LinUCB:
         a_inv = np.linalg.inv(self.a)
         theta = a_inv @ self.b
         mean = x @ theta
-        width = np.sqrt(np.maximum(np.sum((x @ a_inv) * x, axis=-1), 0.0))
-        return np.argmax(mean + self.alpha * width, axis=1)
+        flat = x.reshape(-1, x.shape[-1])  # one (n k, d) x (d, d) product
+        width = np.sqrt(np.maximum(np.sum((flat @ a_inv) * flat, axis=-1), 0.0))
+        return np.argmax(mean + self.alpha * width.reshape(mean.shape), axis=1)
 
     def update(self, x: np.ndarray, r: np.ndarray) -> None:  # x: (n, d), r: (n,)
         self.a += x.T @ x
@@ -321,6 +329,25 @@ def _candidate_features(sim: Simulator, req: Any) -> np.ndarray:
     return x.reshape(n, k, -1)
 
 
+def _p_skip_2(model: RewardModel, state: R.ModelState, inputs: R.Inputs) -> np.ndarray:
+    """``(n,)`` P(skip before 30 s) for ``inputs``, predicted in chunks padded to ``BATCH``."""
+    n = int(np.shape(inputs.features)[0])
+    out: list[np.ndarray] = []
+    for lo in range(0, n, BATCH):
+        rows = min(BATCH, n - lo)
+        chunk = R.Inputs._make(
+            None
+            if a is None
+            else np.pad(
+                np.asarray(a)[lo : lo + rows],
+                [(0, BATCH - rows)] + [(0, 0)] * (np.ndim(a) - 1),
+            )
+            for a in inputs
+        )
+        out.append(np.asarray(model.predict(state, chunk).skip[:rows, 1]))
+    return np.concatenate(out)
+
+
 def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     rounds = 1_000 if ctx.quick else 40_000
     per_batch = 100
@@ -333,7 +360,8 @@ def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     logged = SimStream(SimConfig(seed=0))
     n = 0
     while n < pretrain_plays:
-        o = logged.next(REQUESTS_PER_CHUNK).outcomes
+        # without the listening history (this model does not read it), as the rounds below
+        o = logged.next(REQUESTS_PER_CHUNK).outcomes._replace(history=None)
         n += int(o.mask.size)
         base_state, _ = model.update(base_state, R.pad(o, BATCH))
     arms: list[tuple[str, R.CompositeReward | None]] = [
@@ -369,8 +397,8 @@ def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
                     sim.world.duration_ms[req.candidates].reshape(-1),
                     req.candidates.reshape(-1),
                 )
-                p = model.predict(state, inputs)
-                choice = np.argmax(np.asarray(1.0 - p.skip[:, 1]).reshape(per_batch, k), axis=1)
+                skip_2 = _p_skip_2(model, state, inputs)
+                choice = np.argmax((1.0 - skip_2).reshape(per_batch, k), axis=1)
             else:
                 choice = bandit.choose(x)
             true_p = sim.expected_reward(req)  # (n, k) at the request's mood
@@ -389,7 +417,7 @@ def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
                 mask=np.ones(per_batch, bool),
                 track_id=track,
             )
-            padded = R.pad(o, 128)
+            padded = R.pad(o, BATCH)
             pred = model.predict(state, padded.inputs)  # made at impression time
             if reward is not None:
                 r = np.asarray(reward.final(pred, padded), np.float64)[:per_batch]
@@ -412,6 +440,58 @@ def regret_part(ctx: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         )
         curves[name] = np.cumsum(regret)
     return rows, curves
+
+
+def _same_points(x: np.ndarray, y: np.ndarray, x0: np.ndarray, y0: np.ndarray) -> bool:
+    """Whether ``(x, y)`` lies on ``(x0, y0)`` to within 0.001 (a plot cannot tell them apart)."""
+    return x.shape == x0.shape and bool(
+        np.allclose(x, x0, rtol=0, atol=1e-3) and np.allclose(y, y0, rtol=0, atol=1e-3)
+    )
+
+
+def _draw_reliability(fig: Any, curves: dict[str, dict[str, ReliabilityTable]]) -> None:
+    """Per target, observed frequency against mean prediction for every system's bins with at
+    least ``MIN_BIN_PLAYS`` plays (fewer cannot place a frequency), over a strip of plays per
+    bin; a system keeps its colour (``_runner.colour``) in both panels."""
+    grid = fig.add_gridspec(2, max(len(curves), 1), height_ratios=(4, 1))
+    first: Any = None
+    for j, (target, tables) in enumerate(curves.items()):
+        panel = fig.add_subplot(grid[0, j], sharey=first)
+        strip = fig.add_subplot(grid[1, j], sharex=panel)
+        first = first or panel
+        panel.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect calibration")
+        drawn: list[tuple[np.ndarray, np.ndarray]] = []
+        for system, t in tables.items():
+            used = t.counts >= MIN_BIN_PLAYS
+            x, y = t.mean_predicted[used], t.fraction_positive[used]
+            # a line that coincides with one drawn before it is dashed, so both stay visible
+            again = any(_same_points(x, y, a, b) for a, b in drawn)
+            drawn.append((x, y))
+            panel.plot(
+                x,
+                y,
+                marker="o",
+                ms=5 if again else 3,
+                mfc="none" if again else colour(system),
+                lw=1.5 if again else 1,
+                ls=(0, (3, 3)) if again else "-",
+                color=colour(system),
+                label=system,
+            )
+            edges = np.append(t.lower, t.upper[-1:])
+            strip.stairs(np.maximum(t.counts, 0.5), edges, baseline=0.5, color=colour(system), lw=1)
+        strip.axhline(MIN_BIN_PLAYS, color="grey", lw=0.8, ls=":")
+        panel.set_xlim(0.0, 1.0)
+        panel.set_ylim(0.0, 1.0)
+        panel.set_title(f"P({target}) on held-out plays")
+        panel.tick_params(labelbottom=False)
+        panel.grid(alpha=0.3)
+        strip.set_yscale("log")
+        strip.set_xlabel("mean predicted probability (bin)")
+        strip.grid(alpha=0.3)
+        if j == 0:
+            panel.set_ylabel("observed frequency")
+            strip.set_ylabel("plays per bin")
 
 
 def run(ctx: Any) -> list[dict[str, Any]]:
@@ -442,32 +522,37 @@ def run(ctx: Any) -> list[dict[str, Any]]:
     river_many = [r for r in rows if r["system"].startswith("river logistic (learn_many")]
     for r in rows:
         if r["system"].startswith("encore") and r["target"] == "complete":
+            rate_ = r["update_plays_per_s"]
             ctx.notes.append(
-                f"{r['system']}: {r['update_plays_per_s']:,.0f} plays/s updating every head at "
-                f"once = {r['update_plays_per_s'] / river_one[0]['update_plays_per_s']:.1f}x "
-                f"River learn_one, {r['update_plays_per_s'] / river_many[0]['update_plays_per_s']:.1f}x "
+                f"{r['system']}: {fmt(r['update_plays_per_s'], ',.0f')} plays/s updating every "
+                "head at once = "
+                f"{fmt(ratio(rate_, river_one[0]['update_plays_per_s']), '.1f', 'x')} "
+                "River learn_one, "
+                f"{fmt(ratio(rate_, river_many[0]['update_plays_per_s']), '.1f', 'x')} "
                 "River learn_many (each River model learns one target)"
             )
     curves = info["curves"]
 
-    def draw_reliability(ax: Any) -> None:
-        plot_reliability(
-            ax,
-            {k: t for k, t in curves.items() if k.endswith("complete") or "skip_2" in k},
-            title="reliability on held-out plays (skip_2, complete)",
-            legend_size=6,
-        )
+    def draw_reliability(fig: Any) -> None:
+        _draw_reliability(fig, {h: curves[h] for h in TARGETS if h in curves})
 
-    ctx.save_plot("rewards_reliability", draw_reliability)
+    ctx.save_figure("rewards_reliability", draw_reliability, size=(11.0, 5.5))
+    ctx.notes.append(
+        f"Reliability plot: one panel per target, a point per bin of {MIN_BIN_PLAYS} or more "
+        "held-out plays (the strip under each panel counts the plays of every bin); a dashed "
+        "line with open markers lies on a line drawn before it (within 0.001: the same "
+        "predictions, as far as the plot can show)."
+    )
     regret_rows, regret_curves = regret_part(ctx)
     rows.extend(regret_rows)
 
     def draw_regret(ax: Any) -> None:
         for label, c in regret_curves.items():
-            ax.plot(np.arange(1, c.size + 1), c, label=label)
+            ax.plot(np.arange(1, c.size + 1), c, label=label, color=colour(label))
         ax.set_xlabel("round")
         ax.set_ylabel("cumulative regret (true P(stream >= 30 s))")
-        ax.legend(fontsize=7)
+        ax.set_title(f"Model-based rewards for a bandit, {regret_rows[0]['rounds']:,} rounds")
+        ax.grid(alpha=0.3)
 
     ctx.save_plot("rewards_denoised_regret", draw_regret)
     raw = regret_rows[0]["cum_regret"]

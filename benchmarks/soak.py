@@ -1,14 +1,15 @@
-"""Memory soak: the daemon over a long live stream, resident memory sampled against events.
+"""Memory soak: the daemon over a long live stream, its memory sampled against events.
 
 A producer process streams simulated traffic (5-track slates from 20 candidates, continuing
 event time) into a local broker while one daemon, with everything on (decode, join, reward
 model, composite reward, LinUCB, Parquet log, checkpoints, snapshots, metrics), consumes it live.
-Every two seconds the daemon's resident memory (its process and its decoding process,
-``streaming.events.process``) is sampled with its event count. Flat means the
-resident memory of the second half of the run grows by no more than a few MiB per million
-events (the slope is fitted by least squares and printed, with the plot). Full size: 10 million
-events; ``--quick``: 150,000; the ``ENCORE_SOAK_EVENTS`` environment variable sets
-another size.
+Every two seconds (every second with ``--quick``), from a thread of its own, the daemon's memory
+is sampled with its event count: the proportional set size (PSS) of its process and of its
+decoding process (``streaming.events.process``) together, so the pages the two share count
+once. Flat means the memory of the second half of the events grows by no more than a few MiB
+per million events (the slope is fitted by least squares, printed, and drawn on the plot).
+Full size: 10 million events; ``--quick``: 100,000; the ``ENCORE_SOAK_EVENTS`` environment
+variable sets another size.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks._runner import Context, Row, peak_rss_mb
-from benchmarks.daemon import _daemon_rss_mb  # pyright: ignore[reportPrivateUsage]
+from benchmarks._runner import (
+    MIN_FIT_POINTS,
+    TOO_SHORT,
+    Context,
+    Row,
+    peak_rss_mb,
+    rate,
+)
+from benchmarks.daemon import MEMORY, Sample, daemon_pss_mb, draw_memory, second_half_fit
 from benchmarks.kafka_raw import broker_for_bench
 
 
@@ -91,24 +97,13 @@ def produce_looped(
     return sent, time.perf_counter() - t0
 
 
-def _slope_mb_per_million(samples: list[tuple[int, float]]) -> float:
-    """Least-squares growth of resident MiB per million events over the run's second half."""
-    half = samples[len(samples) // 2 :]
-    if len(half) < 3:
-        return float("nan")
-    x = np.array([e for e, _ in half], np.float64) / 1e6
-    y = np.array([m for _, m in half], np.float64)
-    if np.ptp(x) == 0:
-        return float("nan")
-    return float(np.polyfit(x, y, 1)[0])
-
-
 def run(ctx: Context) -> list[Row]:
     from streaming.config import Config
     from streaming.kafka.clients import ensure_topics
     from streaming.worker.daemon import Daemon
 
-    target_events = int(os.environ.get("ENCORE_SOAK_EVENTS", 150_000 if ctx.quick else 10_000_000))
+    target_events = int(os.environ.get("ENCORE_SOAK_EVENTS", 100_000 if ctx.quick else 10_000_000))
+    sample_s = 1.0 if ctx.quick else 2.0  # a short run samples more often, to fit its slope
     with broker_for_bench() as servers, tempfile.TemporaryDirectory(prefix="encore-soak-") as tmp:
         run_id = uuid.uuid4().hex[:8]
         overrides = [
@@ -145,11 +140,18 @@ def run(ctx: Context) -> list[Row]:
         )
         daemon = Daemon(cfg, servers=servers)
         stop = threading.Event()
-        samples: list[tuple[int, float]] = []
+        samples: list[Sample] = []
         produced: list[float] = []  # events sent, seconds it took
+        t0 = time.perf_counter()
+        done = threading.Event()
+
+        def sample() -> None:  # on a thread of its own: the loop may be busy for seconds
+            while not done.wait(sample_s):
+                mib = daemon_pss_mb(daemon)
+                if mib is not None:
+                    samples.append((time.perf_counter() - t0, daemon.stats.events, mib))
 
         def tick(d: Daemon) -> None:
-            samples.append((d.stats.events, _daemon_rss_mb(d)))
             if not produced and producer.poll() is not None:
                 out, _ = producer.communicate()
                 if producer.returncode != 0:
@@ -160,27 +162,33 @@ def run(ctx: Context) -> list[Row]:
             if produced and d.stats.events >= produced[0]:
                 stop.set()
 
-        t0 = time.perf_counter()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         try:
             stats = daemon.run(stop, on_tick=tick, tick_ms=2000)
         finally:
+            done.set()
+            sampler.join()
             if producer.poll() is None:
                 producer.kill()
         elapsed = time.perf_counter() - t0
         files = list(Path(tmp, "log").rglob("*.parquet"))
-    slope = _slope_mb_per_million(samples)
-    first = next((m for e, m in samples if e >= target_events * 0.1), float("nan"))
+    fit = second_half_fit(samples)
+    first = next((m for _, e, m in samples if e >= target_events * 0.1), TOO_SHORT)
     rows: list[Row] = [
         {
             "system": "encore daemon, live stream (decode, join, reward model, LinUCB, log, "
             "checkpoints)",
             "events": stats.events,
             "produced": int(produced[0]) if produced else -1,
-            "events_per_s": stats.events / max(elapsed, 1e-9),
-            "producer_events_per_s": produced[0] / produced[1] if produced else float("nan"),
-            "rss_at_10pct_mb": first,
-            "rss_end_mb": samples[-1][1] if samples else float("nan"),
-            "rss_growth_mb_per_million_events_2nd_half": slope,
+            "events_per_s": rate(stats.events, elapsed),
+            "producer_events_per_s": rate(produced[0], produced[1]) if produced else TOO_SHORT,
+            "memory": MEMORY,
+            "pss_at_10pct_mb": first,
+            "pss_end_mb": samples[-1][2] if samples else TOO_SHORT,
+            "pss_peak_mb": max(m for _, _, m in samples) if samples else TOO_SHORT,
+            "pss_growth_mb_per_million_events_2nd_half": fit.slope if fit else TOO_SHORT,
+            "samples_2nd_half": fit.n if fit else 0,
             "peak_rss_mb": peak_rss_mb(),
             "closed": stats.counters.get("closed", 0),
             "parquet_files": len(files),
@@ -188,13 +196,14 @@ def run(ctx: Context) -> list[Row]:
     ]
 
     def draw(ax: Any) -> None:
-        ax.plot([e / 1e6 for e, _ in samples], [m for _, m in samples])
-        ax.set_xlabel("million events consumed")
-        ax.set_ylabel("resident MiB")
-        ax.set_title(f"encore daemon memory over a {stats.events:,}-event live stream")
+        draw_memory(
+            ax,
+            {"encore daemon": samples},
+            f"encore daemon memory over a {stats.events:,}-event live stream",
+        )
 
     if samples:
-        ctx.save_plot("soak_rss", draw)
+        ctx.save_plot("soak_pss", draw)
     ctx.notes.append(
         f"{target_events:,} events streamed by a separate producer process (one simulated block "
         "of 20,000 requests, replayed with event time shifted past the previous block and new "
@@ -204,9 +213,11 @@ def run(ctx: Context) -> list[Row]:
         "needs; everything else is on."
     )
     ctx.notes.append(
-        "Resident memory is the daemon's process and its decoding process together. "
-        "Flat memory: the fitted growth over the second half of the run, in resident MiB per "
+        f"Memory is the {MEMORY} (proportional set size from /proc/PID/smaps_rollup: pages the "
+        "two processes share count once; peak_rss_mb is this process's peak resident size). "
+        "Flat memory: the least-squares growth over the second half of the events, in MiB per "
         "million events, should be near 0 (a leak of even 100 bytes per event would show as "
-        "~95 MiB per million)."
+        f"~95 MiB per million); '{TOO_SHORT}' where that half holds fewer than "
+        f"{MIN_FIT_POINTS} samples at distinct event counts (one every {sample_s:g} s)."
     )
     return rows

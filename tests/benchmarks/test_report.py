@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.report import load, render, write_report
+from benchmarks._runner import TOO_SHORT
+from benchmarks.report import load, render, times, write_report
 
 MACHINE = {
     "cpu": "Test CPU 9000",
@@ -392,7 +394,9 @@ def test_daemon_table_shows_the_same_run_ratio_and_missing_values(tmp_path: Path
     daemon = rows[1]
     assert daemon["vs consume + decode"] == "0.5x"
     assert daemon["events_per_s"] == "45,000"
-    assert daemon["steady_events_per_s"] == "n/a"
+    assert daemon["steady_events_per_s"] == TOO_SHORT  # NaN in older JSON files
+    assert daemon["peak RSS MiB (the suite's process)"] == ""  # older rows: no memory figure
+    assert re.search(r"\b(nan|inf)\b", page.lower()) is None
     assert "a 1 \\| b 2" in page  # a pipe inside a cell does not split the full table's row
 
 
@@ -435,3 +439,48 @@ def test_a_suite_whose_peers_are_missing_says_which_extra_installs_them(
     err = capsys.readouterr().err
     assert "vowpalwabbit not installed" in err and "pip install -e '.[bench]'" in err
     assert runner.missing_peers(["all", *runner.SUITES]) == ["vowpalwabbit", "river"]
+
+
+def test_ratios_of_figures_too_short_to_measure_say_so() -> None:
+    assert times(3.0, 2.0) == "1.5x"
+    assert times(TOO_SHORT, 2.0) == TOO_SHORT
+    assert times(3.0, TOO_SHORT) == TOO_SHORT
+    assert times(3.0, 0.0) == TOO_SHORT
+    assert times(math.inf, 2.0) == TOO_SHORT
+    assert times(math.nan, 2.0) == TOO_SHORT
+    assert times(None, 2.0) == ""  # no such figure: nothing to compare
+    assert times(3.0, None) == ""
+
+
+def test_memory_headlines_name_the_measure(tmp_path: Path) -> None:
+    daemon = [
+        {**DAEMON[1], "pss_peak_mb": 900.0, "memory": "PSS, daemon + decoding process"},
+    ]
+    soak = [
+        {
+            "system": "encore daemon, live stream",
+            "events": 100_000,
+            "events_per_s": 5000.0,
+            "producer_events_per_s": TOO_SHORT,
+            "pss_at_10pct_mb": 600.0,
+            "pss_end_mb": 650.0,
+            "pss_growth_mb_per_million_events_2nd_half": TOO_SHORT,
+        }
+    ]
+    write(tmp_path, [suite("daemon", daemon), suite("soak", soak)])
+    page = render(load(tmp_path), folder=tmp_path)
+    rows = table(page, "Daemon end to end vs the raw client on the same topics")
+    assert rows[0]["peak PSS MiB (daemon + decoding process)"] == "900.0"
+    (row,) = table(page, "Live stream memory soak")
+    assert row["MiB at 10 % (PSS, daemon + decoding process)"] == "600.0"
+    assert row["growth over the 2nd half, MiB per M events"] == TOO_SHORT
+    assert row["vs producer rate"] == TOO_SHORT
+
+
+def test_soak_rows_from_resident_sizes_keep_their_name(tmp_path: Path) -> None:
+    soak = [
+        {"system": "encore daemon", "events": 10, "rss_at_10pct_mb": 500.0, "rss_end_mb": 510.0}
+    ]
+    write(tmp_path, [suite("soak", soak)])
+    (row,) = table(render(load(tmp_path), folder=tmp_path), "Live stream memory soak")
+    assert row["MiB at 10 % (RSS)"] == "500.0"
