@@ -535,9 +535,19 @@ class Daemon:
             taken = sorted(
                 p for p in held if p in published and published[p].lineage != self.lineage
             )
+            # A record of this checkpoint on the topic says its records reached it (they go out
+            # together, before the delta): a partition taken over since was taken from one of
+            # them, and falling back would lose what the checkpoint had learned there.
+            arrived = any(
+                published[p].lineage == self.lineage and published[p].sequence == self.ckpt_seq
+                for p in held
+                if p in published
+            )
             earlier = (
                 checkpoint.load_latest(self.ckpt_dir, before=self.ckpt_seq)
-                if taken and not self.sharing.published(self.lineage, self.state.delta_seq)
+                if taken
+                and not arrived
+                and not self.sharing.published(self.lineage, self.state.delta_seq)
                 else None
             )
             if earlier is not None:
@@ -703,7 +713,9 @@ class Daemon:
             group_id=kc.group_id,
             topics=pair,
             listener=listener,
-            client_id=f"{kc.client_id}-consumer-{self.token}",  # which member is this worker
+            # which member is this worker: the token, last; first a draw of its own, so that
+            # the assignors, which order members by id, do not always place a worker alike
+            client_id=f"{kc.client_id}-consumer-{os.urandom(3).hex()}-{self.token}",
         )
         self.consumer = consumer
         self._consumer_since = self.ticks()
