@@ -21,6 +21,7 @@ import kafka
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import (
+    AuthorizationError,
     BrokerNotAvailableError,
     KafkaError,
     KafkaTimeoutError,
@@ -45,6 +46,7 @@ __all__ = [
     "HANDOFF_MAX_BYTES",
     "UNREACHABLE",
     "AsyncConsumerRebalanceListener",
+    "AuthorizationError",
     "ConsumerRebalanceListener",
     "KafkaError",
     "KafkaTimeoutError",

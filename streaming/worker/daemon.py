@@ -71,7 +71,7 @@ from streaming.kafka.rebalance import OffLoopListener
 from streaming.worker import checkpoint, handoff, side_topics
 from streaming.worker import handoff_topic as handoff_io
 from streaming.worker.compile_cache import restore_compilation_cache, use_compilation_cache
-from streaming.worker.connections import Connections
+from streaming.worker.connections import Connections, open_records
 from streaming.worker.gc_tuning import quiet_gc
 from streaming.worker.liveness import BrokerAway, GroupWatch
 from streaming.worker.lock import DirLock
@@ -407,15 +407,41 @@ class Daemon:
             )
             for p in sorted(partitions)
         )
-        sent = handoff_io.publish(
-            self.handoff_producer,
-            self.config.topics.handoff,
-            self.config.kafka.group_id,
-            records,
-            self.clock(),
-        )
+        links = self.links
+        if links.records is not None:
+            sent = handoff_io.publish(
+                links.records,
+                self.config.topics.handoff,
+                self.config.kafka.group_id,
+                records,
+                self.clock(),
+                reopen=self._reopen_records,
+            )
+        else:
+            sent = handoff_io.publish(
+                self.handoff_producer,
+                self.config.topics.handoff,
+                self.config.kafka.group_id,
+                records,
+                self.clock(),
+            )
         self.stats.handoffs_published += sent
         return sent
+
+    @property
+    def transactional_id(self) -> str:
+        """The records producer's: the group and the worker's token, the same on every restart."""
+        return f"encore-{self.config.kafka.group_id}-{self.token}"
+
+    def _reopen_records(self) -> Any:
+        old, self.links.records = self.links.records, None
+        if old is not None:
+            try:
+                old.close(timeout=5)
+            except Exception as exc:  # a fenced producer may refuse to close cleanly
+                log.debug("closing the fenced records producer: %s", exc)
+        self.links.records = open_records(self.config, self.servers, self.transactional_id)
+        return self.links.records
 
     def read_handoffs(
         self, partitions: Iterable[int], timeout_s: float = 60.0
@@ -535,9 +561,10 @@ class Daemon:
             taken = sorted(
                 p for p in held if p in published and published[p].lineage != self.lineage
             )
-            # A record of this checkpoint on the topic says its records reached it (they go out
-            # together, before the delta): a partition taken over since was taken from one of
-            # them, and falling back would lose what the checkpoint had learned there.
+            # A record of this checkpoint on the topic says all its records reached it (one
+            # transaction, before the delta): a partition taken over since was taken from one
+            # of them, and falling back would lose what the checkpoint had learned there.
+            # None of them there: every partition taken was taken from an older record.
             arrived = any(
                 published[p].lineage == self.lineage and published[p].sequence == self.ckpt_seq
                 for p in held
@@ -622,13 +649,14 @@ class Daemon:
         topics = self.config.topics
         # started first: the child imports while the clients connect
         self.decoding = Decoding(self.limits, process=self.config.events.decode_process)
-        self.links.open_sinks(self.config, self.servers)
+        self.links.open_sinks(self.config, self.servers, self.transactional_id)
         if self.handoff_consumer is None:
             self.handoff_consumer = make_consumer(
                 self.config.kafka,
                 self.servers,
                 group_id=None,
                 max_partition_fetch_bytes=HANDOFF_MAX_BYTES + 1024 * 1024,
+                isolation_level="read_committed",  # all of a checkpoint's records, or none
             )
         self._handoff_parts = sorted(
             self.handoff_consumer.partitions_for_topic(topics.handoff) or {0}
