@@ -50,7 +50,6 @@ from streaming.core import (
 from streaming.events import Reject, key64
 from streaming.events.process import Decoded, Decoding
 from streaming.kafka.clients import (
-    HANDOFF_MAX_BYTES,
     UNREACHABLE,
     OffsetAndMetadata,
     TopicPartition,
@@ -69,10 +68,10 @@ from streaming.kafka.clients import (
 from streaming.kafka.polled import Polled, good_partitions
 from streaming.kafka.rebalance import OffLoopListener
 from streaming.worker import checkpoint, handoff, side_topics
-from streaming.worker import handoff_topic as handoff_io
 from streaming.worker.compile_cache import restore_compilation_cache, use_compilation_cache
-from streaming.worker.connections import Connections, open_records
+from streaming.worker.connections import Connections
 from streaming.worker.gc_tuning import quiet_gc
+from streaming.worker.handoffs import Handoffs
 from streaming.worker.liveness import BrokerAway, GroupWatch
 from streaming.worker.lock import DirLock
 from streaming.worker.membership import GroupSharedError, refusal, strangers, worker_token
@@ -174,7 +173,7 @@ class Daemon:
         self.links = connections if connections is not None else Connections()
         self.token = worker_token(self.ckpt_dir)  # in the group consumer's client id
         self.sharing = DeltaSharing(config, self.engine, servers, self.links, self.stats, clock)
-        self._handoff_parts: list[int] = [0]
+        self.handoffs = Handoffs(config, servers, self.links, self.stats, clock, self.token)
         self.log: ParquetLog | BackgroundLog | None = None
         if config.log.dir:
             parquet = ParquetLog(
@@ -386,75 +385,13 @@ class Daemon:
     def _pair(self) -> tuple[str, str]:
         return (self.config.topics.impressions, self.config.topics.outcomes)
 
-    def _numbers(self, tps: Iterable[TopicPartition]) -> set[int]:
-        return {tp.partition for tp in tps if tp.topic in self._pair}
-
     def held_partitions(self) -> set[int]:
         """Partition numbers this worker's state holds anything of (windows or offsets)."""
-        pair = self._pair
-        return set(self.state.join) | {p for t, p in self.state.offsets if t in pair}
+        return self.handoffs.held(self.state)
 
     def hand_off(self, partitions: Iterable[int]) -> int:
         """Publish the state of ``partitions`` to the handoff topic; returns once it is durable."""
-        records = (
-            handoff.extract(
-                self.state,
-                p,
-                self._pair,
-                self.worker_id,
-                lineage=self.lineage,
-                sequence=self.ckpt_seq,
-            )
-            for p in sorted(partitions)
-        )
-        links = self.links
-        if links.records is not None:
-            sent = handoff_io.publish(
-                links.records,
-                self.config.topics.handoff,
-                self.config.kafka.group_id,
-                records,
-                self.clock(),
-                reopen=self._reopen_records,
-            )
-        else:
-            sent = handoff_io.publish(
-                self.handoff_producer,
-                self.config.topics.handoff,
-                self.config.kafka.group_id,
-                records,
-                self.clock(),
-            )
-        self.stats.handoffs_published += sent
-        return sent
-
-    @property
-    def transactional_id(self) -> str:
-        """The records producer's: the group and the worker's token, the same on every restart."""
-        return f"encore-{self.config.kafka.group_id}-{self.token}"
-
-    def _reopen_records(self) -> Any:
-        old, self.links.records = self.links.records, None
-        if old is not None:
-            try:
-                old.close(timeout=5)
-            except Exception as exc:  # a fenced producer may refuse to close cleanly
-                log.debug("closing the fenced records producer: %s", exc)
-        self.links.records = open_records(self.config, self.servers, self.transactional_id)
-        return self.links.records
-
-    def read_handoffs(
-        self, partitions: Iterable[int], timeout_s: float = 60.0
-    ) -> dict[int, handoff.PartitionRecord]:
-        """The newest published record of each of ``partitions`` (damaged ones are logged, skipped)."""
-        return handoff_io.read_newest(
-            self.handoff_consumer,
-            self.config.topics.handoff,
-            self._handoff_parts,
-            self.config.kafka.group_id,
-            partitions,
-            timeout_s,
-        )
+        return self.handoffs.publish(self.state, partitions, (self.lineage, self.ckpt_seq))
 
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         """Step the batch in flight, checkpoint, then publish the revoked partitions' windows
@@ -464,7 +401,7 @@ class Daemon:
             return
         self._drain(align=False)  # polled before the revocation: ours to learn
         self.revoked.update((tp.topic, tp.partition) for tp in tps)
-        numbers = self._numbers(tps) & self.held_partitions()
+        numbers = self.handoffs.numbers(tps) & self.held_partitions()
         if not numbers:
             return
         self.write_checkpoint()  # with the records of every held partition, these included
@@ -474,49 +411,20 @@ class Daemon:
         """Keep, take over or start each assigned partition, drop the others, seek, checkpoint."""
         self._drain(align=False)  # (on_revoked did, unless the client skipped it)
         self._check_group(refuse=False)  # one that joined at the same moment as this one
-        pair = self._pair
         self.aligner.assigned(tps)
-        numbers = self._numbers(tps)
         before = self.held_partitions()
-        published = self.read_handoffs(numbers)
-        committed = self._committed(self.consumer, numbers)
-        taken = handoff.take_over(
-            self.state,
-            numbers,
-            before,
-            published,
-            committed,
-            pair,
-            self.worker_id,
-            durable=(self.lineage, self.durable_seq),
+        durable = (self.lineage, self.durable_seq)
+        taken, published, committed = self.handoffs.take_over(
+            self.state, self.handoffs.numbers(tps), self.consumer, durable
         )
-        for record in taken.installed:
-            log.info(
-                "took over partition %d from %s at offsets %s",
-                record.partition,
-                record.worker,
-                record.offsets,
-            )
-        for p, record, floor in taken.fresh:
-            log.warning(
-                "partition %d: the newest handed-off state %s is behind the committed "
-                "offsets %s (its owner stopped between a checkpoint and its handoff); "
-                "starting fresh there: its open windows are lost",
-                p,
-                record.offsets if record is not None else None,
-                floor,
-            )
-        self.stats.handoffs_installed += len(taken.installed)
-        self.stats.partitions_started_fresh += len(taken.fresh)
         self.state = taken.state
+        pair = self._pair
         for tp in tps:
             stored = self.state.offsets.get((tp.topic, tp.partition))
             if stored is not None:
                 self.consumer.seek(tp, stored)
             elif tp.topic in pair and handoff.read_from_beginning(
-                committed.get(tp.partition),
-                published.get(tp.partition),
-                (self.lineage, self.durable_seq),
+                committed.get(tp.partition), published.get(tp.partition), durable
             ):
                 # The state never read this topic of the partition and the committed offset is
                 # one of a lost checkpoint: read it from its beginning, as that state would.
@@ -525,114 +433,29 @@ class Daemon:
         if self.held_partitions() != before or taken.installed:
             self.write_checkpoint()
 
-    def _committed(self, consumer: Any, numbers: Iterable[int]) -> dict[int, handoff.Commit]:
-        return handoff_io.committed(consumer, self._pair, numbers)
-
-    def _record(self, p: int) -> handoff.PartitionRecord:
-        return handoff.extract(
-            self.state, p, self._pair, self.worker_id, lineage=self.lineage, sequence=self.ckpt_seq
-        )
-
     def reconcile(self) -> int:
         """Before joining the group: make what the group sees of this worker's partitions agree
-        with the state it resumes from; returns the number of records published.
+        with the state it resumes from (``Handoffs.reconcile``); returns the records published."""
+        self.state, seq, sent = self.handoffs.reconcile(
+            self.state,
+            (self.lineage, self.ckpt_seq),
+            self.durable_seq,
+            share_deltas=self.engine.share_deltas,
+            delta_published=self.sharing.published,
+            earlier=self._earlier,
+        )
+        if seq != self.ckpt_seq:
+            self.ckpt_seq = self.durable_seq = seq
+        return sent
 
-        - Records or commits this lineage made after a checkpoint newer than the loaded one
-          (damaged or lost since) are void: the loaded checkpoint's records replace them, and the
-          events between are read again (counted in ``events_reread``).
-        - Records of the loaded checkpoint that never reached the topic (a stop between the
-          checkpoint and its records) are published. With shared statistics, if another worker
-          has meanwhile taken one of those partitions from an older record, the loaded
-          checkpoint's sealed delta would count that interval twice: the worker resumes from the
-          checkpoint before it instead.
-        """
-        held = self.held_partitions()
-        if not held:
-            return 0
-        published = self.read_handoffs(held)
-        kc = self.config.kafka
-        probe = make_consumer(kc, self.servers, group_id=kc.group_id)  # reads, never joins
-        try:
-            committed = self._committed(probe, held)
-        finally:
-            probe.close(autocommit=False)
-        if self.engine.share_deltas and self.state.outbox is not None:
-            # Records go out before the delta: a published delta means published records.
-            taken = sorted(
-                p for p in held if p in published and published[p].lineage != self.lineage
-            )
-            # A record of this checkpoint on the topic says all its records reached it (one
-            # transaction, before the delta): a partition taken over since was taken from one
-            # of them, and falling back would lose what the checkpoint had learned there.
-            # None of them there: every partition taken was taken from an older record.
-            arrived = any(
-                published[p].lineage == self.lineage and published[p].sequence == self.ckpt_seq
-                for p in held
-                if p in published
-            )
-            earlier = (
-                checkpoint.load_latest(self.ckpt_dir, before=self.ckpt_seq)
-                if taken
-                and not arrived
-                and not self.sharing.published(self.lineage, self.state.delta_seq)
-                else None
-            )
-            if earlier is not None:
-                log.warning(
-                    "checkpoint %d's partition records never reached %s and partitions %s were "
-                    "taken over from older ones: resuming from checkpoint %d instead, so its "
-                    "sealed delta is not counted twice",
-                    self.ckpt_seq,
-                    self.config.topics.handoff,
-                    taken,
-                    int(earlier[1]["sequence"]),
-                )
-                self.state = self._install_checkpoint(*earlier)
-                return self.reconcile()
-        durable = (self.lineage, self.durable_seq)
-        mine = {p: self._record(p) for p in held}
-        lost = handoff.lost_offsets(held, published, committed, durable)
-        if lost:
-            again = sum(
-                max(0, far - at)
-                for p, fars in lost.items()
-                for far, at in zip(fars, mine[p].offsets, strict=True)
-            )
-            log.warning(
-                "resuming from checkpoint %d, the newest in %s that verifies; a later one had "
-                "reached partitions %s further and is damaged or missing: reading again the %d "
-                "events it had learned",
-                self.ckpt_seq,
-                self.ckpt_dir,
-                sorted(lost),
-                again,
-            )
-            self.state = self.state._replace(
-                counters={
-                    **self.state.counters,
-                    "events_reread": self.state.counters.get("events_reread", 0) + again,
-                }
-            )
-            if self.engine.share_deltas:
-                log.error(
-                    "with shared statistics, the deltas this worker published from the lost "
-                    "checkpoint stay folded in by the other workers: those %d events count twice "
-                    "in the group's policy",
-                    again,
-                )
-        publish = {
-            p
-            for p in held
-            if p not in published
-            or p in lost
-            or handoff.newer(mine[p].offsets, published[p].offsets)
-        }
-        return self.hand_off(publish) if publish else 0
-
-    def _install_checkpoint(self, arrays: dict[str, Any], header: dict[str, Any]) -> WorkerState:
-        """The state of an older checkpoint of this worker's directory (same checks as at start)."""
-        self.ckpt_seq = self.durable_seq = int(header["sequence"])
-        return from_arrays(self.engine, arrays, header["worker"])
+    def _earlier(self, sequence: int) -> tuple[WorkerState, int] | None:
+        """The state of this worker's checkpoint before ``sequence``, with its sequence (same
+        checks as at start); None: there is none."""
+        found = checkpoint.load_latest(self.ckpt_dir, before=sequence)
+        if found is None:
+            return None
+        arrays, header = found
+        return from_arrays(self.engine, arrays, header["worker"]), int(header["sequence"])
 
     def snapshot_bytes(self) -> bytes:
         return save(self.engine.policy, self.state.policy)
@@ -649,21 +472,8 @@ class Daemon:
         topics = self.config.topics
         # started first: the child imports while the clients connect
         self.decoding = Decoding(self.limits, process=self.config.events.decode_process)
-        self.links.open_sinks(self.config, self.servers, self.transactional_id)
-        if self.handoff_consumer is None:
-            self.handoff_consumer = make_consumer(
-                self.config.kafka,
-                self.servers,
-                group_id=None,
-                max_partition_fetch_bytes=HANDOFF_MAX_BYTES + 1024 * 1024,
-                isolation_level="read_committed",  # all of a checkpoint's records, or none
-            )
-        self._handoff_parts = sorted(
-            self.handoff_consumer.partitions_for_topic(topics.handoff) or {0}
-        )
-        self.handoff_consumer.assign(
-            [TopicPartition(topics.handoff, q) for q in self._handoff_parts]
-        )
+        self.links.open_sinks(self.config, self.servers, self.handoffs.transactional_id)
+        self.handoffs.open_reader()
         self.reconcile()
         if self.consumer is None:
             self._open_group_consumer()
