@@ -407,9 +407,23 @@ class PolicySpecConfig:
     slate_size: int = _key(
         1, "Tracks the re-ranker returns for a request that names no `slate_size`.", "tracks"
     )
+    update_every_ms: int = _key(
+        300_000,
+        "The longest event time a policy update waits for. The daemon learns closed feedback "
+        "once every partition's watermark has passed its window, in one order, in updates of "
+        "2,048 rows or of what an interval of this length (by window end) holds at its end: "
+        "the learned policy is the same, bit for bit, however polls cut the stream, restarts "
+        "included. 0 learns each batch's feedback as its windows close (the policy then "
+        "depends on the cuts, within float rounding for its sums).",
+        "ms",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "slate_size")
+        if self.update_every_ms < 0:
+            raise ConfigError(
+                f"policy.update_every_ms must be 0 or more, got {self.update_every_ms}"
+            )
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,13 @@ from streaming.core.state import (
     Engine,
     ModelRows,
     Plays,
+    PolicyRows,
     Side,
     TopicPartitionKey,
     WorkerState,
     join_counters,
 )
-from streaming.core.step import init, step
+from streaming.core.step import init, settle, step
 from streaming.core.tables import REASON_CENSORS, REASON_CODE, concat_side
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "JoinedRecords",
     "ModelRows",
     "Plays",
+    "PolicyRows",
     "Side",
     "TopicPartitionKey",
     "WorkerState",
@@ -79,6 +81,7 @@ __all__ = [
     "merge_delta",
     "raw_rewards",
     "release_model_rows",
+    "settle",
     "slate_features",
     "step",
     "to_arrays",

@@ -23,7 +23,8 @@ import numpy.typing as npt
 
 from bandits import linear
 from streaming import join
-from streaming.core.state import Engine, ModelRows, Plays, Side, WorkerState
+from streaming.core.state import Engine, ModelRows, Plays, PolicyRows, Side, WorkerState
+from streaming.core.tables import empty_policy_rows
 from streaming.events import ImpressionBatch
 
 __all__ = [
@@ -49,6 +50,7 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
     arrays.update({f"side/log/{k}": v for k, v in state.side.log._asdict().items()})
     arrays.update({f"plays/{k}": v for k, v in state.plays._asdict().items()})
     arrays.update({f"model_rows/{k}": v for k, v in state.model_rows._asdict().items()})
+    arrays.update({f"policy_rows/{k}": v for k, v in state.policy_rows._asdict().items()})
     for name, delta in (("pending", state.pending), ("outbox", state.outbox)):
         if delta is not None:
             arrays.update({f"{name}/{k}": np.asarray(v) for k, v in delta._asdict().items()})
@@ -132,6 +134,11 @@ def from_arrays(
         ),
         plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
         model_rows=_model_rows_from_arrays(arrays),
+        policy_rows=(
+            PolicyRows(**{f: arrays[f"policy_rows/{f}"] for f in PolicyRows._fields})
+            if "policy_rows/end_ms" in arrays
+            else empty_policy_rows(engine)  # written when the policy learned rows as they closed
+        ),
         next_payload=int(arrays["next_payload"]),
         offsets={(str(t), int(p)): int(o) for t, p, o in header["offsets"]},
         counters={str(k): v for k, v in header["counters"].items()},

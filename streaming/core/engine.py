@@ -43,6 +43,7 @@ def make_engine(config: Config) -> Engine:
         log_features=config.log.candidate_features,
         share_deltas=_shares(config, policy),
         log_predictions=bool(config.log.dir) and config.log.reward_plays,
+        update_every_ms=config.policy.update_every_ms,
     )
 
 

@@ -9,9 +9,11 @@
 - ``joined_model_rows``, ``release_model_rows`` and ``update_model``: the reward model's training rows
   for the joined plays, released in event-time order and learned in fixed ``MODEL_BATCH``
   mini-batches (the same updates however the stream was cut, so reproducible after a restart);
-- ``update_policy``: feedback in padded ``UPDATE_CHUNK`` chunks, its linear statistics also summed
-  into a ``LinearDelta`` for the other workers of a scaled-out group (``zero_delta``,
-  ``merge_delta``);
+- ``release_policy_rows`` and ``learn_policy_rows``: the policy's feedback, released in
+  event-time order and learned one update interval at a time (the same updates however the
+  stream was cut); ``update_policy``: feedback in padded ``UPDATE_CHUNK`` chunks, its linear
+  statistics also summed into a ``LinearDelta`` for the other workers of a scaled-out group
+  (``zero_delta``, ``merge_delta``);
 - ``warm_up``: compiles all of the above at the padded sizes ``step`` calls them with.
 
 Names with a leading underscore are the core's internals: they are in ``__all__`` because
@@ -20,7 +22,7 @@ Names with a leading underscore are the core's internals: they are in ``__all__`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -31,23 +33,37 @@ import rewards
 from bandits import Feedback, linear
 from rewards.features import N_POSITIONS
 from streaming import join
-from streaming.core.state import F32, Engine, ModelPlays, ModelRows, Plays, Side, WorkerState
+from streaming.core.state import (
+    F32,
+    Engine,
+    ModelPlays,
+    ModelRows,
+    Plays,
+    PolicyRows,
+    Side,
+    WorkerState,
+)
 
 __all__ = [
     "MODEL_BATCH",
     "MODEL_CHUNK",
     "MODEL_QUEUE_MAX",
     "NOMINAL_DURATION_MS",
+    "POLICY_QUEUE_MAX",
     "PREDICT_SMALL",
     "UPDATE_CHUNK",
+    "learn_policy_rows",
     "merge_delta",
     "raw_rewards",
     "release_model_rows",
+    "release_policy_rows",
     "slate_features",
     "update_policy",
     "warm_up",
     "zero_delta",
 ]
+
+_Queued = TypeVar("_Queued", ModelRows, PolicyRows)
 
 UPDATE_CHUNK = 2048
 """Feedback rows per policy update call; the last chunk is padded, so jit compiles once."""
@@ -60,6 +76,9 @@ update, so the model's state is reproducible too: a restarted worker makes exact
 uninterrupted one made."""
 MODEL_QUEUE_MAX = 65_536
 """Joined plays that may wait for the event-time frontier (``release_model_rows``) before the
+oldest are released early."""
+POLICY_QUEUE_MAX = 262_144
+"""Feedback rows that may wait for the event-time frontier (``release_policy_rows``) before the
 oldest are released early."""
 NOMINAL_DURATION_MS = 210_000
 """Impressions carry no durations: predictions at impression time assume the catalogue median."""
@@ -274,6 +293,29 @@ def joined_model_rows(
     )
 
 
+def _release(
+    rows: _Queued, frontier_ms: int, queue_max: int, order: tuple[str, ...]
+) -> tuple[_Queued, _Queued, int]:
+    """Split queued rows into those whose ``end_ms`` the frontier has reached, sorted by the
+    columns ``order`` names (first name first), and the rest; past ``queue_max`` waiting rows,
+    the oldest are released early. Returns ``(released, still_queued, released_early)``."""
+    n = rows.end_ms.size
+    ready = rows.end_ms <= frontier_ms
+    early = 0
+    waiting = n - int(ready.sum())
+    if waiting > queue_max:
+        early = waiting - queue_max
+        oldest = np.lexsort((rows.request_key, rows.partition, rows.end_ms))
+        held = oldest[~ready[oldest]][:early]
+        ready[held] = True
+    take = np.flatnonzero(ready)
+    columns = rows._asdict()
+    sort = np.lexsort(tuple(columns[name][take] for name in reversed(order)))
+    released = type(rows)._make(x[take[sort]] for x in rows)
+    rest = type(rows)._make(x[~ready] for x in rows)
+    return released, rest, early
+
+
 def release_model_rows(rows: ModelRows, frontier_ms: int) -> tuple[ModelRows, ModelRows, int]:
     """Split queued rows into those event time has released, in learning order, and the rest.
 
@@ -290,28 +332,63 @@ def release_model_rows(rows: ModelRows, frontier_ms: int) -> tuple[ModelRows, Mo
     Returns:
         ``(released, still_queued, released_early)``.
     """
-    n = rows.end_ms.size
-    ready = rows.end_ms <= frontier_ms
-    early = 0
-    waiting = n - int(ready.sum())
-    if waiting > MODEL_QUEUE_MAX:
-        early = waiting - MODEL_QUEUE_MAX
-        order = np.lexsort((rows.request_key, rows.partition, rows.end_ms))
-        held = order[~ready[order]][:early]
-        ready[held] = True
-    take = np.flatnonzero(ready)
-    order = np.lexsort(
-        (
-            rows.ts_ms[take],
-            rows.position[take],
-            rows.request_key[take],
-            rows.partition[take],
-            rows.end_ms[take],
-        )
+    return _release(
+        rows,
+        frontier_ms,
+        MODEL_QUEUE_MAX,
+        ("end_ms", "partition", "request_key", "position", "ts_ms"),
     )
-    released = ModelRows._make(x[take[order]] for x in rows)
-    rest = ModelRows._make(x[~ready] for x in rows)
-    return released, rest, early
+
+
+def release_policy_rows(rows: PolicyRows, frontier_ms: int) -> tuple[PolicyRows, PolicyRows, int]:
+    """``release_model_rows`` for the policy's feedback: a row is released once the frontier has
+    reached the end of its window, sorted by (window end, partition, impression key, position);
+    past ``POLICY_QUEUE_MAX`` waiting rows the oldest are released early, and counted."""
+    return _release(
+        rows, frontier_ms, POLICY_QUEUE_MAX, ("end_ms", "partition", "request_key", "position")
+    )
+
+
+def learn_policy_rows(
+    engine: Engine, policy_state: Any, rows: PolicyRows, frontier_ms: int, pending: Any = None
+) -> tuple[Any, Any, PolicyRows]:
+    """Learn released ``rows`` (``release_policy_rows``'s order) in the updates that one cut of
+    that sequence makes, whatever the polls: an update is ``UPDATE_CHUNK`` rows of one interval of
+    ``engine.update_every_ms`` (by window end), or the last rows of an interval that the frontier
+    has passed. Returns the policy, ``pending`` and the rows not learned yet (an update still
+    filling, and every row after it), which stay first in the queue."""
+    n = rows.end_ms.size
+    if not n:
+        return policy_state, pending, rows
+    every = engine.update_every_ms
+    interval = rows.end_ms // every if every > 0 else np.zeros(n, np.int64)
+    starts = np.flatnonzero(np.r_[True, interval[1:] != interval[:-1]])
+    ends = [*starts[1:].tolist(), n]
+    done = 0
+    for lo, hi in zip(starts.tolist(), ends, strict=True):
+        passed = every <= 0 or (int(interval[lo]) + 1) * every - 1 <= frontier_ms
+        stop = hi if passed else lo + (hi - lo) // UPDATE_CHUNK * UPDATE_CHUNK
+        if stop > lo:
+            sl = slice(lo, stop)
+            policy_state, pending = update_policy(
+                engine,
+                policy_state,
+                [
+                    rows.context[sl],
+                    rows.features[sl],
+                    rows.action[sl],
+                    rows.position[sl],
+                    rows.reward[sl],
+                    rows.propensity[sl],
+                    np.ones(stop - lo, bool),
+                ],
+                pending,
+            )
+        done = stop
+        if stop < hi:  # the interval is still filling: it and everything after it wait
+            break
+    rest = PolicyRows._make(x[done:] for x in rows)
+    return policy_state, pending, rest
 
 
 def update_model(

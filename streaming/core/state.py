@@ -4,7 +4,8 @@
 ``WorkerState`` is everything a worker checkpoints together, atomically: the policy's and the
 reward model's states, one join state per co-partitioned partition number, the row tables
 (``Side``: what is kept of each open impression; ``Plays``: of each outcome until its impression
-closes; ``ModelRows``: joined plays waiting for the reward model's next mini-batch), the offsets,
+closes; ``ModelRows``: joined plays waiting for the reward model's next mini-batch;
+``PolicyRows``: feedback waiting for the policy's next update), the offsets,
 counters and sums, and the scale-out deltas. ``Effects`` is what a step hands back to the shell;
 ``join_counters`` sums the join's counters over the partitions.
 
@@ -35,6 +36,7 @@ __all__ = [
     "ModelPlays",
     "ModelRows",
     "Plays",
+    "PolicyRows",
     "Side",
     "TopicPartitionKey",
     "WorkerState",
@@ -63,6 +65,7 @@ class Engine:
     log_features: bool = True  # keep the candidates' features in the log too
     share_deltas: bool = False  # accumulate linear statistics for the other workers (scale-out)
     log_predictions: bool = False  # return the reward model's plays with their predictions
+    update_every_ms: int = 300_000  # event time a policy update may wait; 0: as windows close
 
     @property
     def slate_size(self) -> int:
@@ -120,6 +123,27 @@ class ModelRows(NamedTuple):
     ts_ms: npt.NDArray[np.int64]  # the outcome's event time
 
 
+class PolicyRows(NamedTuple):
+    """Feedback rows queued for the policy, until event time releases them in order.
+
+    A row is released once the smallest join watermark of the worker's partitions has passed the
+    end of its window (``end_ms``), sorted by (``end_ms``, ``partition``, ``request_key``,
+    ``position``), and learned in updates of ``UPDATE_CHUNK`` rows within one interval of
+    ``Engine.update_every_ms``, or fewer at an interval's end: the same updates, whatever the
+    batches and the interleaving of partitions were (``streaming.core.learners``).
+    """
+
+    context: F32  # (r, d_user)
+    features: F32  # (r, d_track) of the shown track
+    action: npt.NDArray[np.int32]  # its id
+    position: npt.NDArray[np.int32]
+    reward: F32  # the final composite reward
+    propensity: F32
+    end_ms: npt.NDArray[np.int64]  # the end of its impression's reward window (event time)
+    partition: npt.NDArray[np.int32]  # the partition number of its join
+    request_key: npt.NDArray[np.uint64]  # its impression's key
+
+
 class ModelPlays(NamedTuple):
     """The plays the reward model learned from in one step, in the order it learned them, each
     with what the model predicted for it just before the update that learned it (prequential
@@ -148,6 +172,7 @@ class WorkerState(NamedTuple):
     side: Side
     plays: Plays
     model_rows: ModelRows
+    policy_rows: PolicyRows
     next_payload: int
     offsets: Mapping[TopicPartitionKey, int]  # next offset to read, per owned partition
     counters: Mapping[str, int]

@@ -13,13 +13,14 @@ One step takes decoded impression and outcome batches (with the offsets they end
    one event-time order (``release_model_rows``), computes the *final* composite
    reward per shown position (the raw reward aggregated by the join; a mix of it and the
    provisional one for the ``denoised`` kind; the default reward where no play came), and
-   updates the policy with one feedback row per shown position whose play was not censored.
+   queues one feedback row per shown position whose play was not censored for the policy, which
+   learns them once every partition's watermark has passed their window, in one order and in
+   updates cut from that order alone (``release_policy_rows``, ``learn_policy_rows``).
 
 Everything the shell must do afterwards (dead letters, late rows, metrics) comes back as values.
 Given the same events, the learned state does not depend on how they were cut into batches or how
-the partitions' polls interleaved: the join guarantees it for the closed records, the reward model
-sees the same mini-batches in the same event-time order, and the linear policies' statistics are
-sums (only floating-point order can differ).
+the partitions' polls interleaved: the join guarantees it for the closed records, and the reward
+model and the policy see the same updates in the same event-time order.
 
 This module holds ``init`` and ``step``, whose phases (route, gather what closed, learn the
 reward model, learn the policy, bookkeeping) are the functions below it; the package
@@ -42,10 +43,11 @@ from streaming import join
 from streaming.core.learners import (
     final_rewards,
     joined_model_rows,
+    learn_policy_rows,
     raw_rewards,
     release_model_rows,
+    release_policy_rows,
     update_model,
-    update_policy,
     zero_delta,
 )
 from streaming.core.records import JoinedRecords, from_impressions
@@ -56,6 +58,7 @@ from streaming.core.state import (
     ModelPlays,
     ModelRows,
     Plays,
+    PolicyRows,
     Side,
     TopicPartitionKey,
     WorkerState,
@@ -65,6 +68,7 @@ from streaming.core.tables import (
     concat_rows,
     concat_side,
     empty_model_rows,
+    empty_policy_rows,
     empty_tables,
     plays_table,
     prune_rows,
@@ -75,6 +79,7 @@ from streaming.events import ImpressionBatch, OutcomeBatch
 
 __all__ = [
     "init",
+    "settle",
     "step",
 ]
 
@@ -88,6 +93,7 @@ def init(engine: Engine) -> WorkerState:
         side=side,
         plays=plays,
         model_rows=empty_model_rows(engine),
+        policy_rows=empty_policy_rows(engine),
         next_payload=0,
         offsets={},
         counters={},
@@ -97,6 +103,14 @@ def init(engine: Engine) -> WorkerState:
         if not engine.share_deltas
         else zero_delta(engine.policy.init(engine.d_user, engine.d_track)),
     )
+
+
+def settle(engine: Engine, policy_state: Any, *queues: PolicyRows) -> Any:
+    """``policy_state`` once it has learned the feedback of ``queues`` (``WorkerState.policy_rows``
+    of one worker or of several) as if every partition's watermark had passed it: what the
+    policy learns of a stream that has ended, or what a group of workers holds together."""
+    rows, _, _ = release_policy_rows(concat_all_rows(list(queues)), join.MAX_TIME_MS)
+    return learn_policy_rows(engine, policy_state, rows, join.MAX_TIME_MS)[0]
 
 
 def _partitions(part: npt.NDArray[np.int32] | None, n: int) -> npt.NDArray[np.int32]:
@@ -127,6 +141,7 @@ class _Closed:
     """Every impression closed in one step, gathered in the effects' order."""
 
     model_rows: list[ModelRows]  # the joined plays of the closed windows, for the reward model
+    policy_rows: list[PolicyRows]  # their feedback rows that teach the policy
     rows: list[npt.NDArray[np.int64]]  # their side-table rows
     reward: list[F32]  # final reward per shown position
     learn: list[npt.NDArray[np.bool_]]  # positions that teach the policy
@@ -182,9 +197,11 @@ def step(
     model, model_rows, sums, counters, model_plays = _learn_model(
         engine, state.model, closed.model_rows, routed, dict(state.sums)
     )
-    policy_state, pending, n_rows, sums = _learn_policy(
-        engine, state.policy, state.pending, routed.side, closed, sums
+    policy_state, pending, policy_rows, counters = _learn_policy(
+        engine, state, closed, routed, counters
     )
+    n_rows = sum(int(r.end_ms.size) for r in closed.policy_rows)
+    sums = _bump(sums, reward_sum=float(sum(float(r.reward.sum()) for r in closed.policy_rows)))
     records, reward_by_policy = _bookkeeping(engine, routed.side, closed, state.reward_by_policy)
     # Drop side rows the joins no longer refer to (closed, refused, or joined and closed).
     live = [join.live_payloads(js) for js in routed.joins.values()]
@@ -206,6 +223,7 @@ def step(
         side=prune_rows(routed.side, live_imp),
         plays=prune_rows(routed.plays, live_out),
         model_rows=model_rows,
+        policy_rows=policy_rows,
         next_payload=routed.next_payload,
         offsets=new_offsets,
         counters=counters,
@@ -298,7 +316,7 @@ def _route(
 def _gather_closed(engine: Engine, routed: _Routed, queued: ModelRows) -> _Closed:
     """Every closed impression of the step, in the effects' order: learn from all at once."""
     side, plays = routed.side, routed.plays
-    out = _Closed([queued], [], [], [], [])
+    out = _Closed([queued], [], [], [], [], [])
     for p, e in routed.effects:
         closed = e.closed
         if closed.payload.size == 0:
@@ -317,6 +335,7 @@ def _gather_closed(engine: Engine, routed: _Routed, queued: ModelRows) -> _Close
                 )
             )
         reward, learn = final_rewards(engine, side, rows, closed, e.joined, plays)
+        out.policy_rows.append(_policy_rows(engine, side, rows, closed, reward, learn, p))
         out.rows.append(rows)
         out.reward.append(reward)
         out.learn.append(learn)
@@ -333,8 +352,7 @@ def _learn_model(
 ) -> tuple[Any, ModelRows, dict[str, float], dict[str, Any], ModelPlays | None]:
     """The reward model learns the queued plays whose windows every partition has passed (with
     ``engine.log_predictions``, also returned with its prediction for each)."""
-    frontier = min((int(js.watermark_ms) for js in routed.joins.values()), default=join.NO_TIME_MS)
-    ready, waiting, early = release_model_rows(concat_all_rows(new_rows), frontier)
+    ready, waiting, early = release_model_rows(concat_all_rows(new_rows), _frontier(routed))
     model, rest, loss_sum, used, plays = update_model(
         engine, model, ready, predictions=engine.log_predictions
     )
@@ -345,38 +363,60 @@ def _learn_model(
     return model, concat_all_rows([rest, waiting]), sums, counters, plays
 
 
+def _policy_rows(
+    engine: Engine,
+    side: Side,
+    rows: npt.NDArray[np.int64],
+    closed: join.Closed,
+    reward: F32,
+    learn: npt.NDArray[np.bool_],
+    partition: int,
+) -> PolicyRows:
+    """A feedback row per shown position of the closed impressions that teaches (row-major
+    order), with the end of its window."""
+    i, j = np.nonzero(learn)
+    r = rows[i]
+    end = closed.ts_ms[i].astype(np.int64) + np.int64(engine.join_config.window_ms)
+    return PolicyRows(
+        context=side.context[r],
+        features=side.features[r, j],
+        action=side.action[r, j],
+        position=j.astype(np.int32),
+        reward=reward[i, j],
+        propensity=side.propensity[r, j],
+        end_ms=end,
+        partition=np.full(i.size, partition, np.int32),
+        request_key=closed.request_key[i].astype(np.uint64),
+    )
+
+
 def _learn_policy(
     engine: Engine,
-    policy_state: Any,
-    pending: Any,
-    side: Side,
+    state: WorkerState,
     closed: _Closed,
-    sums: dict[str, float],
-) -> tuple[Any, Any, int, dict[str, float]]:
-    """One policy update with a feedback row per shown position that teaches (row-major order)."""
-    if not closed.rows:
-        return policy_state, pending, 0, sums
-    rows = np.concatenate(closed.rows)
-    reward = np.concatenate(closed.reward)
-    i, j = np.nonzero(np.concatenate(closed.learn))
-    if not i.size:
-        return policy_state, pending, 0, sums
-    r = rows[i]
-    policy_state, pending = update_policy(
-        engine,
-        policy_state,
-        [
-            side.context[r],
-            side.features[r, j],
-            side.action[r, j],
-            j.astype(np.int32),
-            reward[i, j],
-            side.propensity[r, j],
-            np.ones(i.size, bool),
-        ],
-        pending,
+    routed: _Routed,
+    counters: dict[str, Any],
+) -> tuple[Any, Any, PolicyRows, dict[str, Any]]:
+    """The policy learns its queued feedback as every partition's watermark releases it, in
+    updates that do not depend on the polls (``learn_policy_rows``); ``engine.update_every_ms``
+    0: this step's feedback at once, as it closed."""
+    queued = concat_all_rows([state.policy_rows, *closed.policy_rows])
+    frontier = _frontier(routed)
+    if engine.update_every_ms > 0:
+        ready, waiting, early = release_policy_rows(queued, frontier)
+        if early:
+            counters = _bump(counters, policy_rows_released_early=early)
+    else:
+        ready, waiting = queued, take_table_rows(queued, np.zeros(queued.end_ms.size, bool))
+    policy_state, pending, rest = learn_policy_rows(
+        engine, state.policy, ready, frontier, state.pending
     )
-    return policy_state, pending, int(i.size), _bump(sums, reward_sum=float(reward[i, j].sum()))
+    return policy_state, pending, concat_all_rows([rest, waiting]), counters
+
+
+def _frontier(routed: _Routed) -> int:
+    """The smallest join watermark of the worker's partitions: event time every one has passed."""
+    return min((int(js.watermark_ms) for js in routed.joins.values()), default=join.NO_TIME_MS)
 
 
 def _bookkeeping(

@@ -5,8 +5,8 @@ to rows by. ``side_table`` keeps what the learners need of each impression (with
 composite, the reward model's prequential prediction of every shown track too) and ``_log_rows``
 what the Parquet log needs of it; ``plays_table`` keeps what the learners need of each outcome, its
 ``reason_end`` mapped to the reward models' codes (``REASON_CODE``) and to whether it censors the
-play (``REASON_CENSORS``). ``empty_tables`` and ``empty_model_rows`` are the empty tables (``ModelRows`` for
-the latter) a new state starts with. ``concat_rows``, ``concat_all_rows`` and ``take_table_rows`` append and select
+play (``REASON_CENSORS``). ``empty_tables``, ``empty_model_rows`` and ``empty_policy_rows`` are the empty tables
+a new state starts with. ``concat_rows``, ``concat_all_rows`` and ``take_table_rows`` append and select
 rows of any such table (nested ones, like the impression columns in ``Side.log``, included);
 ``concat_side`` first pads the log's candidate columns to the wider of two side tables, and
 ``prune_rows`` drops the rows whose payload the joins no longer refer to.
@@ -25,7 +25,7 @@ import numpy.typing as npt
 import rewards
 from streaming import join
 from streaming.core.learners import NOMINAL_DURATION_MS, predict_model, slate_features
-from streaming.core.state import Engine, ModelRows, Plays, Side
+from streaming.core.state import Engine, ModelRows, Plays, PolicyRows, Side
 from streaming.events import REASONS_END, ImpressionBatch, OutcomeBatch, key64
 
 __all__ = [
@@ -98,6 +98,20 @@ def empty_model_rows(engine: Engine) -> ModelRows:
         partition=np.zeros(0, np.int32),
         request_key=np.zeros(0, np.uint64),
         ts_ms=np.zeros(0, np.int64),
+    )
+
+
+def empty_policy_rows(engine: Engine) -> PolicyRows:
+    return PolicyRows(
+        context=np.zeros((0, engine.d_user), np.float32),
+        features=np.zeros((0, engine.d_track), np.float32),
+        action=np.zeros(0, np.int32),
+        position=np.zeros(0, np.int32),
+        reward=np.zeros(0, np.float32),
+        propensity=np.zeros(0, np.float32),
+        end_ms=np.zeros(0, np.int64),
+        partition=np.zeros(0, np.int32),
+        request_key=np.zeros(0, np.uint64),
     )
 
 

@@ -941,7 +941,11 @@ class Daemon:
     def metrics_snapshot(self) -> dict[str, Any]:
         """The daemon's numbers in the form ``streaming.worker.metrics`` and ``encore status`` take."""
         model = self.engine.reward_model.spec.name
-        return metrics_snapshot(self.stats, self.state.sums, model, self.clock())
+        queued = {
+            "policy": int(self.state.policy_rows.end_ms.size),
+            "reward_model": int(self.state.model_rows.end_ms.size),
+        }
+        return metrics_snapshot(self.stats, self.state.sums, model, self.clock(), queued)
 
     def publish_metrics(self) -> None:
         """Refresh the Prometheus numbers and the status file ``encore status`` reads.

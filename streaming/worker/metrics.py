@@ -32,6 +32,8 @@ key                            type                        exposed as
 ``dead_letters_total``         {code: int}                 ``encore_dead_letters_total{code}``
 ``reward_mean``                {policy: float}             ``encore_reward_mean{policy}``
 ``model_log_loss``             {model: float}              ``encore_model_log_loss{model}``
+``learning_queued``            {learner: int}              ``encore_learning_queued{learner}``: closed
+                                                           rows waiting for the event-time frontier
 ``last_checkpoint_ms``         int                         (``checkpoint_age_seconds`` when absent)
 ``checkpoint_age_seconds``     float                       ``encore_checkpoint_age_seconds``
 ``checkpoints_total``          int                         ``encore_checkpoints_total``
@@ -110,6 +112,7 @@ _LABELLED = {
     "dead_letters_total": "code",
     "reward_mean": "policy",
     "model_log_loss": "model",
+    "learning_queued": "learner",
     "handoffs_total": "kind",
     "side_truncated_total": "topic",
     "side_refused_total": "topic",
@@ -150,6 +153,8 @@ _HELP = {
     "dead_letters_total": "Malformed events sent to the dead-letter topic, by error code.",
     "reward_mean": "Mean top-position reward of closed impressions, by logging policy.",
     "model_log_loss": "Prequential log loss of each reward model.",
+    "learning_queued": "Closed rows waiting for every partition's watermark before a learner "
+    "takes them, by learner (policy, reward_model).",
     "checkpoint_age_seconds": "Seconds since the last checkpoint was written.",
     "checkpoints_total": "Checkpoints written.",
     "snapshots_total": "Policy snapshots published.",

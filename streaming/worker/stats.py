@@ -68,11 +68,16 @@ def summary_line(s: Stats, now_ms: int) -> str:
 
 
 def metrics_snapshot(
-    s: Stats, sums: Mapping[str, float], model_name: str, now_ms: int
+    s: Stats,
+    sums: Mapping[str, float],
+    model_name: str,
+    now_ms: int,
+    queued: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The numbers in the form ``streaming.worker.metrics`` and ``encore status`` take.
 
-    ``sums``: the worker state's running sums (the reward model's log-loss sum and row count).
+    ``sums``: the worker state's running sums (the reward model's log-loss sum and row count);
+    ``queued``: rows each learner has waiting for the event-time frontier.
     """
     c = s.counters
     loss = sums.get("model_loss_sum", 0.0) / max(sums.get("model_rows", 0.0), 1.0)
@@ -87,6 +92,7 @@ def metrics_snapshot(
         "dead_letters_total": dict(s.dead_by_code),
         "reward_mean": {k: tot / max(cnt, 1) for k, (tot, cnt) in s.reward_by_policy.items()},
         "model_log_loss": {model_name: loss},
+        "learning_queued": dict(queued or {}),
         "consumer_lag": dict(s.lag),
         "checkpoints_total": s.checkpoints,
         "snapshots_total": s.snapshots,

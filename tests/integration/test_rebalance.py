@@ -109,4 +109,4 @@ def test_join_then_leave_loses_and_double_counts_nothing(kafka_broker: str, tmp_
         assert both == solo.state.counters[key], key
     published = all_deltas(a.config, kafka_broker)
     a.absorb_deltas(published)
-    assert_same_statistics(a, solo)
+    assert_same_statistics(a, solo, [a, b])

@@ -85,9 +85,14 @@ def test_learned_state_does_not_depend_on_batch_cuts(cuts: int) -> None:
     assert c1 == c2
     from bandits import save
 
+    # The policy makes the same updates too (one per update interval): bit for bit.
     a = np.frombuffer(save(eng.policy, whole.policy), np.uint8)
     b = np.frombuffer(save(eng.policy, cut.policy), np.uint8)
-    assert a.size == b.size
+    np.testing.assert_array_equal(a, b)
+    # Learning each batch as its windows close: the same sums, within float32 rounding.
+    eng = dataclasses.replace(eng, update_every_ms=0)
+    whole, _ = run(eng, imps, outs, cuts=1)
+    cut, _ = run(eng, imps, outs, cuts=cuts)
     for x, y in zip(whole.policy, cut.policy, strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
     # The reward model makes the same mini-batch updates however the stream was cut.
@@ -368,8 +373,9 @@ def run_partitioned(
     return state
 
 
-def test_reward_model_does_not_depend_on_how_partitions_interleave() -> None:
-    """Partitions consumed unevenly and in varying order: the same reward-model updates."""
+def test_learners_do_not_depend_on_how_partitions_interleave() -> None:
+    """Partitions consumed unevenly and in varying order: the same reward-model and policy
+    updates."""
     import jax
 
     cfg = join.JoinConfig(window_ms=120_000, allowed_lateness_ms=30_000, slate_size=3)
@@ -381,6 +387,10 @@ def test_reward_model_does_not_depend_on_how_partitions_interleave() -> None:
         uneven = run_partitioned(eng, imps, outs, parts=4, seed=seed)
         assert uneven.sums["model_rows"] == whole.sums["model_rows"]
         for x, y in zip(jax.tree.leaves(whole.model), jax.tree.leaves(uneven.model), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        # and the policy, per-track residuals included: the same updates, bit for bit
+        assert int(uneven.policy.n) == int(whole.policy.n) > 0
+        for x, y in zip(whole.policy, uneven.policy, strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -416,3 +426,52 @@ def test_the_reward_models_plays_come_out_with_its_predictions_and_change_nothin
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_policy_updates_are_cut_from_the_release_order_alone() -> None:
+    """Whatever frontiers release the rows in, the policy's updates are the same: 2,048 rows of
+    one interval of ``update_every_ms`` (by window end), or what is left of an interval once
+    the frontier has passed it; an interval still filling waits, and everything after it."""
+    from streaming.core import PolicyRows, learners
+
+    sizes: list[int] = []  # the rows of each update the policy makes (padding excluded)
+
+    def record(state: Any, fb: Any) -> Any:
+        sizes.append(int(np.asarray(fb.mask).sum()))
+        return state
+
+    base = engine()
+    eng = dataclasses.replace(
+        base, policy=base.policy._replace(update=record), update_every_ms=1_000
+    )
+    ends = np.sort(np.r_[np.full(5_000, 500), np.full(100, 1_200), np.full(10, 2_500)])
+    n = ends.size
+    rows = PolicyRows(
+        context=np.zeros((n, 4), np.float32),
+        features=np.zeros((n, 4), np.float32),
+        action=np.zeros(n, np.int32),
+        position=np.zeros(n, np.int32),
+        reward=np.zeros(n, np.float32),
+        propensity=np.ones(n, np.float32),
+        end_ms=ends.astype(np.int64),
+        partition=np.zeros(n, np.int32),
+        request_key=np.arange(n, dtype=np.uint64),
+    )
+
+    def run(frontiers: list[int]) -> list[int]:
+        """Each frontier releases the rows whose window ended by then; what is not learned
+        stays first in the queue."""
+        sizes.clear()
+        learned = 0
+        for f in frontiers:
+            released = int((rows.end_ms <= f).sum())
+            ready = PolicyRows._make(x[learned:released] for x in rows)
+            _, _, rest = learners.learn_policy_rows(eng, None, ready, f)
+            learned = released - rest.end_ms.size
+        return list(sizes)
+
+    one = run([10_000])
+    many = run([500, 999, 1_000, 1_500, 2_000, 3_000, 10_000])
+    assert one == many == [2_048, 2_048, 904, 100, 10]
+    assert run([500, 998]) == [2_048, 2_048]  # the rest of [0, 1000) waits for its end
+    assert run([1_200, 1_500]) == [2_048, 2_048, 904]  # [1000, 2000) has not ended

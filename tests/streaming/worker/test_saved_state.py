@@ -2,10 +2,12 @@
 same seeded stream teaches the worker's core today, array for array and bit for bit.
 
 ``tests/data/worker-linucb.ckpt`` was written by ``state_from_stream`` below (through
-``checkpoint.write``) with the checkpoint format this module names. A change that moves modules,
-renames them or rewrites the core without meaning to change what a worker learns must keep both
-tests passing; a deliberate change of the format or of the learned state replaces the file and
-says so.
+``checkpoint.write``) with the checkpoint format this module names, by a core whose policy learned
+each batch's feedback as its windows closed (``policy.update_every_ms = 0`` today), before
+checkpoints held the policy's queue of feedback (``policy_rows``): it loads with an empty queue.
+A change that moves modules, renames them or rewrites the core without meaning to change what a
+worker learns must keep both tests passing; a deliberate change of the format or of the learned
+state replaces the file and says so.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from bandits import POLICIES
 from streaming import join
-from streaming.core import Engine, WorkerState, from_arrays, init, step, to_arrays
+from streaming.core import Engine, PolicyRows, WorkerState, from_arrays, init, step, to_arrays
 from streaming.events import Limits, decode_impressions, decode_outcomes, encode
 from streaming.sim import EventTimeRelease, SimConfig, Simulator, impressions, outcomes, wire
 from streaming.worker import checkpoint
@@ -27,7 +29,17 @@ D = 4
 
 def engine() -> Engine:
     cfg = join.JoinConfig(window_ms=1_800_000, allowed_lateness_ms=600_000, slate_size=3)
-    return Engine(policy=POLICIES["linucb"](), join_config=cfg, d_user=D, d_track=D, id_space=64)
+    return Engine(
+        policy=POLICIES["linucb"](),
+        join_config=cfg,
+        d_user=D,
+        d_track=D,
+        id_space=64,
+        update_every_ms=0,
+    )
+
+
+QUEUE = tuple(f"policy_rows/{f}" for f in PolicyRows._fields)  # written since, empty here
 
 
 def state_from_stream(eng: Engine) -> WorkerState:
@@ -63,7 +75,8 @@ def test_the_kept_checkpoint_loads_and_writes_back_the_same_arrays() -> None:
     state = from_arrays(eng, arrays, header)
     assert state.counters["impressions"] == 40 and state.counters["closed"] > 0
     again, _ = to_arrays(eng, state)
-    assert sorted(again) == sorted(arrays)
+    assert sorted(again) == sorted([*arrays, *QUEUE])
+    assert all(again[name].shape[0] == 0 for name in QUEUE)
     for name, value in arrays.items():
         assert again[name].dtype == value.dtype, name
         assert again[name].tobytes() == value.tobytes(), name
@@ -73,7 +86,7 @@ def test_the_same_stream_teaches_todays_core_the_kept_state_bit_for_bit() -> Non
     eng = engine()
     kept, kept_header = checkpoint.load(FIXTURE)
     now, now_header = to_arrays(eng, state_from_stream(eng))
-    assert sorted(now) == sorted(kept)
+    assert sorted(now) == sorted([*kept, *QUEUE])
     for name, value in kept.items():
         assert now[name].tobytes() == value.tobytes(), name
     assert now_header == {k: kept_header[k] for k in now_header}
