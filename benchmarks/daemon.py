@@ -5,8 +5,8 @@ is produced twice, into two sets of topics: once with the impressions' float fea
 numbers (schema impression/1) and once as base64 float32 (impression/2, encore's default).
 Then, on each stream's topics, the suite measures kafka-python consuming it counting only,
 consuming and decoding it to columns, and the full daemon (decode, validate, per-partition join,
-reward model, composite reward, LinUCB, Parquet log, checkpoints, snapshots, metrics) from a
-fresh consumer group. Memory is sampled through each daemon run to show whether it stays flat:
+reward model, composite reward, the default policy, Parquet log, checkpoints, snapshots,
+metrics) from a fresh consumer group. Memory is sampled through each daemon run to show whether it stays flat:
 the proportional set size (PSS) of the daemon's process and of its decoding process together,
 so the pages the two share count once.
 """
@@ -195,6 +195,13 @@ _BASE_OVERRIDES = [
     "metrics.port=0",
 ]
 """The daemon settings of every daemon row (with the run's broker, group and topics)."""
+
+
+def default_policy() -> str:
+    """The policy the daemon runs when its configuration names none (the one measured here)."""
+    from streaming.config import Config
+
+    return Config().policy.name
 
 
 class _Steady(NamedTuple):
@@ -439,8 +446,8 @@ def _measure(
     fit = second_half_fit(samples)
     rows.append(
         {
-            "system": "encore daemon (decode, join, reward model, LinUCB, log, checkpoints) "
-            f"[{label}]",
+            "system": f"encore daemon (decode, join, reward model, {default_policy()}, log, "
+            f"checkpoints) [{label}]",
             "features": encoding,
             "record_path": "lean" if daemon_lean else "stock",
             "events": stats.events,

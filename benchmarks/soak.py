@@ -2,7 +2,8 @@
 
 A producer process streams simulated traffic (5-track slates from 20 candidates, continuing
 event time) into a local broker while one daemon, with everything on (decode, join, reward
-model, composite reward, LinUCB, Parquet log, checkpoints, snapshots, metrics), consumes it live.
+model, composite reward, the default policy, Parquet log, checkpoints, snapshots, metrics),
+consumes it live.
 Every two seconds (every second with ``--quick``), from a thread of its own, the daemon's memory
 is sampled with its event count: the proportional set size (PSS) of its process and of its
 decoding process (``streaming.events.process``) together, so the pages the two share count
@@ -32,7 +33,14 @@ from benchmarks._runner import (
     peak_rss_mb,
     rate,
 )
-from benchmarks.daemon import MEMORY, Sample, daemon_pss_mb, draw_memory, second_half_fit
+from benchmarks.daemon import (
+    MEMORY,
+    Sample,
+    daemon_pss_mb,
+    default_policy,
+    draw_memory,
+    second_half_fit,
+)
 from benchmarks.kafka_raw import broker_for_bench
 
 
@@ -177,8 +185,8 @@ def run(ctx: Context) -> list[Row]:
     first = next((m for _, e, m in samples if e >= target_events * 0.1), TOO_SHORT)
     rows: list[Row] = [
         {
-            "system": "encore daemon, live stream (decode, join, reward model, LinUCB, log, "
-            "checkpoints)",
+            "system": f"encore daemon, live stream (decode, join, reward model, {default_policy()}, "
+            "log, checkpoints)",
             "events": stats.events,
             "produced": int(produced[0]) if produced else -1,
             "events_per_s": rate(stats.events, elapsed),
