@@ -15,6 +15,9 @@ The report compares the arms by the simulator's *true* expected reward of what e
 the top of the slate (P(stream >= 30 s)), over time, next to what the daemon measured, and
 against two references computed from the same truth on the same requests: the oracle (the best
 candidate on top of every slate) and a uniformly random slate (:func:`reference_top_reward`).
+
+Why one long module: the demo is one job (broker, topics, listeners, daemon, report) whose parts
+share its options and its clock; split, each part would take them all as arguments.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@
   (``zero_delta``, ``merge_delta``);
 - ``warm_up``: compiles all of the above at the padded sizes ``step`` calls them with.
 
+Why one long module: every learner call of the core is padded, chunked and ordered here, by the
+same rules (fixed shapes for jit, one event-time order for what is learned).
+
 Names with a leading underscore are the core's internals: they are in ``__all__`` because
 ``streaming.core.tables`` or ``streaming.core.step`` use them, and ``streaming.core.step`` re-exports them all.
 """

@@ -25,7 +25,8 @@ model and the policy see the same updates in the same event-time order.
 This module holds ``init`` and ``step``, whose phases (route, gather what closed, learn the
 reward model, learn the policy, bookkeeping) are the functions below it; the package
 ``streaming.core`` exports them with the state types (``state``), the row tables (``tables``),
-the learners (``learners``) and the checkpoint arrays (``arrays``).
+the learners (``learners``) and the checkpoint arrays (``arrays``). It is long because the
+phases share the step's intermediate tables and read best in the order they run.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ of target carries:
   if event time follows the wall clock.
 - ``--target-prob-columns`` and ``--target-action-column``: per-row columns carry no record
   of what produced them, so nothing is checked (the report says so).
+
+Why one long module: the four kinds of target answer the same two questions (the target's
+probabilities per row, and which rows it learned from) and are read side by side.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ formats KRaft storage, launches one combined broker+controller JVM bound to 127.
 ports, waits until it answers a metadata request, and records its bootstrap address in
 ``<state_dir>/broker.json`` where other commands find it. ``stop`` ends that JVM (and only that
 JVM) cleanly, with SIGKILL as the last resort, so no Java process is left behind.
+
+Why one long module: fetching, configuring, starting, waiting for and stopping the broker are
+one lifecycle over one state folder; most of the length is the failure cases each step explains.
 """
 
 from __future__ import annotations

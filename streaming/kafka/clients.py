@@ -4,6 +4,10 @@ imports ``kafka``: clients, topics, where the cluster is, and which errors are w
 Every client gets the security settings of ``KafkaConfig``; consumers run with
 ``enable_auto_commit=False`` because encore's checkpoint, not the broker, is the source of truth
 for offsets (offsets are still committed after each checkpoint so lag shows in the usual tools).
+
+Why one long module: it is the one place that imports ``kafka`` (beside the records), so every
+kind of client, the topic specifications and the classification of kafka-python's errors live
+together.
 """
 
 from __future__ import annotations

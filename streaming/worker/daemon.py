@@ -71,7 +71,6 @@ from streaming.worker import checkpoint, handoff, side_topics
 from streaming.worker.compile_cache import restore_compilation_cache, use_compilation_cache
 from streaming.worker.connections import Connections
 from streaming.worker.gc_tuning import quiet_gc
-from streaming.worker.handoffs import Handoffs
 from streaming.worker.liveness import BrokerAway, GroupWatch
 from streaming.worker.lock import DirLock
 from streaming.worker.membership import GroupSharedError, refusal, strangers, worker_token
@@ -85,6 +84,7 @@ from streaming.worker.metrics import (
     write_status,
 )
 from streaming.worker.outbound import Outbound, SideOutputRefusedError
+from streaming.worker.ownership import Ownership
 from streaming.worker.parquet_log import (
     PLAYS_DIR,
     BackgroundLog,
@@ -173,7 +173,7 @@ class Daemon:
         self.links = connections if connections is not None else Connections()
         self.token = worker_token(self.ckpt_dir)  # in the group consumer's client id
         self.sharing = DeltaSharing(config, self.engine, servers, self.links, self.stats, clock)
-        self.handoffs = Handoffs(config, servers, self.links, self.stats, clock, self.token)
+        self.ownership = Ownership(config, servers, self.links, self.stats, clock, self.token)
         self.log: ParquetLog | BackgroundLog | None = None
         if config.log.dir:
             parquet = ParquetLog(
@@ -387,11 +387,11 @@ class Daemon:
 
     def held_partitions(self) -> set[int]:
         """Partition numbers this worker's state holds anything of (windows or offsets)."""
-        return self.handoffs.held(self.state)
+        return self.ownership.held(self.state)
 
     def hand_off(self, partitions: Iterable[int]) -> int:
         """Publish the state of ``partitions`` to the handoff topic; returns once it is durable."""
-        return self.handoffs.publish(self.state, partitions, (self.lineage, self.ckpt_seq))
+        return self.ownership.publish(self.state, partitions, (self.lineage, self.ckpt_seq))
 
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         """Step the batch in flight, checkpoint, then publish the revoked partitions' windows
@@ -401,7 +401,7 @@ class Daemon:
             return
         self._drain(align=False)  # polled before the revocation: ours to learn
         self.revoked.update((tp.topic, tp.partition) for tp in tps)
-        numbers = self.handoffs.numbers(tps) & self.held_partitions()
+        numbers = self.ownership.numbers(tps) & self.held_partitions()
         if not numbers:
             return
         self.write_checkpoint()  # with the records of every held partition, these included
@@ -414,8 +414,8 @@ class Daemon:
         self.aligner.assigned(tps)
         before = self.held_partitions()
         durable = (self.lineage, self.durable_seq)
-        taken, published, committed = self.handoffs.take_over(
-            self.state, self.handoffs.numbers(tps), self.consumer, durable
+        taken, published, committed = self.ownership.take_over(
+            self.state, self.ownership.numbers(tps), self.consumer, durable
         )
         self.state = taken.state
         pair = self._pair
@@ -435,8 +435,8 @@ class Daemon:
 
     def reconcile(self) -> int:
         """Before joining the group: make what the group sees of this worker's partitions agree
-        with the state it resumes from (``Handoffs.reconcile``); returns the records published."""
-        self.state, seq, sent = self.handoffs.reconcile(
+        with the state it resumes from (``Ownership.reconcile``); returns the records published."""
+        self.state, seq, sent = self.ownership.reconcile(
             self.state,
             (self.lineage, self.ckpt_seq),
             self.durable_seq,
@@ -472,8 +472,8 @@ class Daemon:
         topics = self.config.topics
         # started first: the child imports while the clients connect
         self.decoding = Decoding(self.limits, process=self.config.events.decode_process)
-        self.links.open_sinks(self.config, self.servers, self.handoffs.transactional_id)
-        self.handoffs.open_reader()
+        self.links.open_sinks(self.config, self.servers, self.ownership.transactional_id)
+        self.ownership.open_reader()
         self.reconcile()
         if self.consumer is None:
             self._open_group_consumer()

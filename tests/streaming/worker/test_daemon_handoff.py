@@ -129,7 +129,7 @@ def test_revoke_publishes_each_held_partition_and_assign_takes_the_newest(tmp_pa
     # b is assigned partition 1: it installs a's record, windows and all, and seeks there.
     b = daemon(tmp_path, "b", dict(a.consumer.committed_offsets))
     published = {p: handoff.decode(v, "test") for p, v in ((1, a.handoff_producer.sent[b"g/1"]),)}
-    b.handoffs.read = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
+    b.ownership.read = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
         p: r for p, r in published.items() if p in set(partitions)
     }
     b.consumer.owned = set(tps(b, 1))
@@ -138,7 +138,7 @@ def test_revoke_publishes_each_held_partition_and_assign_takes_the_newest(tmp_pa
     assert b.state.join[1].open_key.size == open_1
     assert set(b.consumer.seeks.values()) == {30}
     # a keeps partition 0 (its own state, nothing newer published) and drops partition 1.
-    a.handoffs.read = lambda partitions, timeout_s=60.0: {}  # type: ignore[method-assign]
+    a.ownership.read = lambda partitions, timeout_s=60.0: {}  # type: ignore[method-assign]
     a.consumer.owned = set(tps(a, 0))
     a.on_assigned(tps(a, 0))
     assert set(a.state.join) == {0}
@@ -158,7 +158,7 @@ def test_a_state_behind_the_commit_is_never_installed(tmp_path: Path) -> None:
     t = a.config.topics
     committed = {TopicPartition(t.impressions, 1): 50, TopicPartition(t.outcomes, 1): 50}
     c = daemon(tmp_path, "c", committed)
-    c.handoffs.read = lambda partitions, timeout_s=60.0: {1: stale}  # type: ignore[method-assign]
+    c.ownership.read = lambda partitions, timeout_s=60.0: {1: stale}  # type: ignore[method-assign]
     c.consumer.owned = set(tps(c, 1))
     c.on_assigned(tps(c, 1))
     assert c.stats.partitions_started_fresh == 1 and c.stats.handoffs_installed == 0
@@ -333,8 +333,8 @@ def test_a_damaged_newest_checkpoint_reads_again_from_the_one_before(
     assert b.ckpt_seq == 1 and set(b.state.offsets.values()) == {20}
     probe = FakeConsumer(committed)
     probe.committed_meta = dict(meta)
-    monkeypatch.setattr("streaming.worker.handoffs.make_consumer", lambda *a, **k: probe)
-    b.handoffs.read = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
+    monkeypatch.setattr("streaming.worker.ownership.make_consumer", lambda *a, **k: probe)
+    b.ownership.read = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
         p: handoff.decode(published[p], "test") for p in partitions if p in published
     }
     assert b.reconcile() == 2  # checkpoint 1's records replace the lost checkpoint's
@@ -343,7 +343,7 @@ def test_a_damaged_newest_checkpoint_reads_again_from_the_one_before(
     assert {(r.lineage, r.sequence, r.offsets) for r in again.values()} == {
         (b.lineage, 1, (20, 20))
     }
-    b.handoffs.read = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
+    b.ownership.read = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
         p: again[p] for p in partitions
     }
     b.consumer.owned = set(tps(b, 0, 1))
@@ -355,7 +355,7 @@ def test_a_damaged_newest_checkpoint_reads_again_from_the_one_before(
     # after the lost checkpoint does not count as a floor either.
     c = daemon(tmp_path, "c", committed)
     c.consumer.committed_meta = dict(meta)
-    c.handoffs.read = lambda partitions, timeout_s=60.0: {1: again[1]}  # type: ignore[method-assign]
+    c.ownership.read = lambda partitions, timeout_s=60.0: {1: again[1]}  # type: ignore[method-assign]
     c.consumer.owned = set(tps(c, 1))
     c.on_assigned(tps(c, 1))
     assert c.stats.handoffs_installed == 1 and c.stats.partitions_started_fresh == 0
@@ -394,11 +394,13 @@ def test_a_checkpoint_whose_records_never_left_falls_back_when_its_partitions_we
     b = daemon(tmp_path, "a", {}, "scale.share_deltas=true")
     assert b.ckpt_seq == 2 and b.state.outbox is not None
     taken = handoff.decode(before[1], "t")._replace(lineage="other", worker="c")
-    b.handoffs.read = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
+    b.ownership.read = lambda partitions, timeout_s=60.0: {  # type: ignore[method-assign]
         0: handoff.decode(before[0], "t"),
         1: taken,
     }
-    monkeypatch.setattr("streaming.worker.handoffs.make_consumer", lambda *a, **k: FakeConsumer({}))
+    monkeypatch.setattr(
+        "streaming.worker.ownership.make_consumer", lambda *a, **k: FakeConsumer({})
+    )
     monkeypatch.setattr(b.sharing, "published", lambda lineage, seq: delta_published)
     b.reconcile()
     if delta_published:
@@ -419,7 +421,7 @@ def test_the_fallback_is_decided_by_whether_any_record_of_the_checkpoint_was_rea
     a.state = a.state._replace(pending=a.state.pending._replace(n=np.int32(3)))
     a.write_checkpoint()
     a.state = a.state._replace(outbox=a.state.pending)  # sealed, not yet published
-    h, at = a.handoffs, ("L", 2)
+    h, at = a.ownership, ("L", 2)
     mine = {p: h.record(a.state, p, at) for p in (0, 1)}
     older = {p: h.record(a.state, p, ("L", 1)) for p in (0, 1)}
     taken = mine[1]._replace(lineage="M", sequence=7)

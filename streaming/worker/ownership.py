@@ -1,4 +1,5 @@
-"""One worker's side of partition handoffs: what it publishes, takes over and reconciles.
+"""What one worker owns of the partitions, and how they move: the records it publishes, the
+partitions it takes over, and what it reconciles before joining its group.
 
 ``streaming.worker.handoff`` holds the rules (what a partition record is, whose record a new owner
 installs) and ``streaming.worker.handoff_topic`` the Kafka I/O; this object applies them to one
@@ -25,13 +26,13 @@ from streaming.worker.stats import Stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Handoffs", "Lineage"]
+__all__ = ["Lineage", "Ownership"]
 
 Lineage = tuple[str, int]
 """A worker's lineage and one of its checkpoint sequences."""
 
 
-class Handoffs:
+class Ownership:
     """The partition records of one worker (see the module's docstring)."""
 
     def __init__(
