@@ -408,7 +408,7 @@ def _learn_policy(
         if early:
             counters = _bump(counters, policy_rows_released_early=early)
     else:
-        ready, waiting = queued, take_table_rows(queued, np.zeros(queued.end_ms.size, bool))
+        ready, waiting = queued, empty_policy_rows(engine)
     policy_state, pending, rest = learn_policy_rows(
         engine, state.policy, ready, frontier, state.pending
     )

@@ -18,7 +18,6 @@ None is opened from the configuration when the worker opens.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -72,9 +71,9 @@ class Connections:
         """Open the producers not given: the side and state ones, each wrapped in an ``Outbound``,
         and, with ``transactional_id``, the records producer (``open_records``).
 
-        Neither side nor state producer is idempotent: an idempotent kafka-python producer that has one record refused
-        fails every record after it, and these records may arrive twice anyway (keyed; readers
-        keep the newest or one per key). Each topic's limit is read from the broker, else what
+        Neither the side nor the state producer is idempotent: an idempotent kafka-python
+        producer that has one record refused fails every record after it, and these records may
+        arrive twice anyway (keyed; readers keep the newest or one per key). Each topic's limit is read from the broker, else what
         ``topic_specs`` creates it with, else ``kafka.side_max_message_bytes``. Both count
         refusals in one ``Counts``, against one limit.
         """
@@ -161,10 +160,12 @@ def open_records(config: Config, servers: str, transactional_id: str) -> Any:
         transaction_timeout_ms=RECORDS_TRANSACTION_MS,
         max_block_ms=SEND_BLOCK_MS,
     )
-    for tries in itertools.count(1):
+    tries = 0
+    while True:
+        tries += 1
         try:
             producer.init_transactions()
-            break
+            return producer
         except KafkaTimeoutError:  # retrying goes on waiting for the same request
             if tries % 6 == 0:
                 log.warning(
@@ -172,4 +173,3 @@ def open_records(config: Config, servers: str, transactional_id: str) -> Any:
                     tries * SEND_BLOCK_MS // 1000,
                     transactional_id,
                 )
-    return producer

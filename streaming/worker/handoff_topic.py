@@ -7,7 +7,6 @@ for the newest record of each partition a worker was assigned.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -59,7 +58,9 @@ def publish(
             producer.send(topic, key=key, value=value)
         producer.flush(timeout=60)
         return len(values)
-    for tries in itertools.count(1):
+    tries = 0
+    while True:
+        tries += 1
         try:
             producer.begin_transaction()
             for key, value in values:
@@ -83,7 +84,6 @@ def publish(
                 producer.abort_transaction()
             except KafkaError:  # fenced or failed for good: start over with a new producer
                 producer = reopen()
-    raise AssertionError("unreachable")
 
 
 def read_newest(

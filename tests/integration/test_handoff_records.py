@@ -79,6 +79,19 @@ def read(cfg: Config, servers: str, topic: str, timeout_s: float = 60.0) -> dict
     return {p: r.sequence for p, r in got.items()}
 
 
+def first_checkpoint_published(servers: str) -> tuple[Config, str, str]:
+    """A fresh group and topics, with checkpoint 1's records committed by the worker whose
+    transactional id is returned (with the config and the handoff topic)."""
+    cfg, topic = setup(servers)
+    tid = f"encore-{cfg.kafka.group_id}-w"
+    writer = open_records(cfg, servers, tid)
+    handoff_io.publish(
+        writer, topic, cfg.kafka.group_id, records(1, at=10), 0, reopen=lambda: writer
+    )
+    writer.close()
+    return cfg, topic, tid
+
+
 def killed_mid_transaction(
     cfg: Config, servers: str, topic: str, tid: str, tmp: Path, timeout_ms: int
 ) -> None:
@@ -109,13 +122,7 @@ def killed_mid_transaction(
 def test_records_of_a_worker_killed_mid_transaction_are_never_read_and_its_next_run_frees_readers(
     kafka_broker: str, tmp_path: Path
 ) -> None:
-    cfg, topic = setup(kafka_broker)
-    tid = f"encore-{cfg.kafka.group_id}-w"
-    writer = open_records(cfg, kafka_broker, tid)
-    handoff_io.publish(
-        writer, topic, cfg.kafka.group_id, records(1, at=10), 0, reopen=lambda: writer
-    )
-    writer.close()
+    cfg, topic, tid = first_checkpoint_published(kafka_broker)
     assert read(cfg, kafka_broker, topic) == {0: 1, 1: 1}
 
     # Killed after both records of checkpoint 2 reached the broker, before their commit; then
@@ -141,13 +148,7 @@ def test_records_of_a_worker_killed_mid_transaction_are_never_read_and_its_next_
 def test_a_transaction_nobody_ends_is_aborted_by_the_broker_and_readers_go_on(
     kafka_broker: str, tmp_path: Path
 ) -> None:
-    cfg, topic = setup(kafka_broker)
-    tid = f"encore-{cfg.kafka.group_id}-w"
-    writer = open_records(cfg, kafka_broker, tid)
-    handoff_io.publish(
-        writer, topic, cfg.kafka.group_id, records(1, at=10), 0, reopen=lambda: writer
-    )
-    writer.close()
+    cfg, topic, tid = first_checkpoint_published(kafka_broker)
     killed_mid_transaction(cfg, kafka_broker, topic, tid, tmp_path, timeout_ms=3_000)
     started = time.monotonic()
     assert read(cfg, kafka_broker, topic, timeout_s=60) == {0: 1, 1: 1}
