@@ -192,10 +192,12 @@ class Ownership:
         record of ``at`` on the topic says all its records reached it (one transaction): a
         partition taken over since was taken from one of them, and falling back would lose what
         the checkpoint had learned there. None of them there, and a partition taken by another
-        worker was taken from an older record: the sealed delta of ``at`` would count that
-        interval twice.
+        worker was taken from an older record: its new owner closes that interval's windows
+        again, so what ``at`` learned of them (its sealed delta) and what it holds of them (the
+        feedback still queued for the policy, the closed counts) would count twice, whether or
+        not ``at`` sealed a delta.
         """
-        if state.outbox is None or delta_published:
+        if state.outbox is not None and delta_published:
             return []
         held = self.held(state)
         if any(
@@ -215,6 +217,7 @@ class Ownership:
         share_deltas: bool,
         delta_published: Callable[[str, int], bool],
         earlier: Callable[[int], tuple[WorkerState, int] | None],
+        fell_back: bool = False,
     ) -> tuple[WorkerState, int, int]:
         """Make what the group sees of this worker's partitions agree with the state it resumes
         from (``at``: its lineage and checkpoint); returns the state, its checkpoint (older
@@ -225,7 +228,9 @@ class Ownership:
           between are read again (counted in ``events_reread``).
         - Records of ``at`` that never reached the topic (a stop between the checkpoint and its
           records) are published, unless ``fallback_needed``: then the worker resumes from
-          ``earlier(at[1])`` (the checkpoint before, with its sequence) instead.
+          ``earlier(at[1])`` (the checkpoint before, with its sequence) instead; at most once
+          (``fell_back``): the records of a checkpoint reach the topic before the next one is
+          written.
         """
         held = self.held(state)
         if not held:
@@ -237,7 +242,7 @@ class Ownership:
             committed = self.committed(probe, held)
         finally:
             probe.close(autocommit=False)
-        if share_deltas:
+        if share_deltas and not fell_back:
             taken = self.fallback_needed(
                 state, at, published, delta_published(at[0], state.delta_seq)
             )
@@ -245,8 +250,8 @@ class Ownership:
             if older is not None:
                 log.warning(
                     "checkpoint %d's partition records never reached %s and partitions %s were "
-                    "taken over from older ones: resuming from checkpoint %d instead, so its "
-                    "sealed delta is not counted twice",
+                    "taken over from older ones: resuming from checkpoint %d instead, so what it "
+                    "learned there is not counted twice",
                     at[1],
                     self.config.topics.handoff,
                     taken,
@@ -259,6 +264,7 @@ class Ownership:
                     share_deltas=share_deltas,
                     delta_published=delta_published,
                     earlier=earlier,
+                    fell_back=True,
                 )
         durable = (at[0], durable_seq)
         mine = {p: self.record(state, p, at) for p in held}

@@ -429,4 +429,6 @@ def test_the_fallback_is_decided_by_whether_any_record_of_the_checkpoint_was_rea
     assert h.fallback_needed(a.state, at, {0: older[0], 1: taken}, False) == [1]
     assert h.fallback_needed(a.state, at, {0: older[0], 1: taken}, True) == []
     assert h.fallback_needed(a.state, at, older, False) == []  # nothing taken: publish them
-    assert h.fallback_needed(a.state._replace(outbox=None), at, {1: taken}, False) == []
+    # nothing sealed (the policy had learned nothing new): its queue and counts would still
+    # count the interval twice
+    assert h.fallback_needed(a.state._replace(outbox=None), at, {1: taken}, True) == [1]
