@@ -355,9 +355,9 @@ class EventsConfig:
             )
 
 
-# The models of ``rewards.MODELS`` a worker can train from its events: all but ``session``, whose
-# inputs carry each play's listening history, which the event contract does not.
-REWARD_MODELS = ("survival", "skip", "completion", "direct")
+# The models of ``rewards.MODELS`` a worker trains from its events (``session`` reads each play's
+# listening history, which the worker keeps per partition: ``reward.history_length``).
+REWARD_MODELS = ("survival", "skip", "completion", "direct", "session")
 
 
 @dataclass(frozen=True)
@@ -372,18 +372,25 @@ class RewardSpec:
     params: Mapping[str, Any] = _table("Keyword arguments of the composite reward.")
     model: str = _key(
         "survival",
-        "Reward model the daemon trains online: `survival`, `skip`, `completion` or `direct` "
-        "(its factory in `rewards`: `<model>_model(**model_params)`).",
+        "Reward model the daemon trains online: `survival`, `skip`, `completion`, `direct` or "
+        "`session` (its factory in `rewards`: `rewards.MODELS[model](**model_params)`).",
     )
     model_params: Mapping[str, Any] = _table("Keyword arguments of the reward model's factory.")
+    history_length: int = _key(
+        8,
+        'With `model = "session"`: each listener\'s last plays the model reads (kept per '
+        "partition, in the checkpoint, moved with the partition on a rebalance).",
+        "plays",
+    )
+    history_listeners: int = _key(
+        20_000,
+        'With `model = "session"`: listeners whose history each partition keeps; past it, '
+        "those whose newest play is oldest are dropped (`history_listeners_evicted`).",
+        "listeners",
+    )
 
     def __post_init__(self) -> None:
-        if self.model == "session":
-            raise ConfigError(
-                "reward.model 'session' learns from each play's listening history, which the "
-                "events a worker reads do not carry: train it offline (rewards.MODELS['session']) "
-                f"and choose one of {list(REWARD_MODELS)} for the worker"
-            )
+        _positive(self, "history_length", "history_listeners")
         if self.model not in REWARD_MODELS:
             raise ConfigError(
                 f"reward.model must be one of {list(REWARD_MODELS)}, got {self.model!r}"

@@ -15,11 +15,13 @@ module         holds
 ``arrays``     a ``WorkerState`` as named arrays plus a JSON header (checkpoints), and back
 ``engine``     the ``Engine`` a configuration describes
 ``records``    ``JoinedRecords``: closed impressions with their rewards
+``history``    ``History``: per partition, each listener's recent plays (session reward model)
 =============  ==============================================================================
 """
 
-from streaming.core.arrays import from_arrays, to_arrays
+from streaming.core.arrays import from_arrays, history_from_arrays, plays_from_arrays, to_arrays
 from streaming.core.engine import limits, make_engine
+from streaming.core.history import History
 from streaming.core.learners import (
     MODEL_BATCH,
     MODEL_CHUNK,
@@ -64,6 +66,7 @@ __all__ = [
     "UPDATE_CHUNK",
     "Effects",
     "Engine",
+    "History",
     "JoinedRecords",
     "ModelRows",
     "Plays",
@@ -74,11 +77,13 @@ __all__ = [
     "concat_side",
     "from_arrays",
     "from_impressions",
+    "history_from_arrays",
     "init",
     "join_counters",
     "limits",
     "make_engine",
     "merge_delta",
+    "plays_from_arrays",
     "raw_rewards",
     "release_model_rows",
     "settle",

@@ -23,12 +23,15 @@ import numpy.typing as npt
 
 from bandits import linear
 from streaming import join
+from streaming.core.history import History
 from streaming.core.state import Engine, ModelRows, Plays, PolicyRows, Side, WorkerState
 from streaming.core.tables import empty_policy_rows
 from streaming.events import ImpressionBatch
 
 __all__ = [
     "from_arrays",
+    "history_from_arrays",
+    "plays_from_arrays",
     "to_arrays",
 ]
 
@@ -51,6 +54,8 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
     arrays.update({f"plays/{k}": v for k, v in state.plays._asdict().items()})
     arrays.update({f"model_rows/{k}": v for k, v in state.model_rows._asdict().items()})
     arrays.update({f"policy_rows/{k}": v for k, v in state.policy_rows._asdict().items()})
+    for p, table in state.history.items():
+        arrays.update({f"history/{p}/{k}": v for k, v in table._asdict().items()})
     for name, delta in (("pending", state.pending), ("outbox", state.outbox)):
         if delta is not None:
             arrays.update({f"{name}/{k}": np.asarray(v) for k, v in delta._asdict().items()})
@@ -132,8 +137,8 @@ def from_arrays(
             **{f: arrays[f"side/{f}"] for f in Side._fields if f != "log"},
             log=ImpressionBatch(**{f: arrays[f"side/log/{f}"] for f in ImpressionBatch._fields}),
         ),
-        plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
-        model_rows=_model_rows_from_arrays(arrays),
+        plays=plays_from_arrays(arrays, "plays/"),
+        model_rows=_model_rows_from_arrays(engine, arrays),
         policy_rows=(
             PolicyRows(**{f: arrays[f"policy_rows/{f}"] for f in PolicyRows._fields})
             if "policy_rows/end_ms" in arrays
@@ -148,14 +153,41 @@ def from_arrays(
         outbox=_delta_from_arrays(arrays, "outbox"),
         delta_seq=int(header.get("delta_seq", 0)),
         seen={str(k): int(v) for k, v in header.get("seen", {}).items()},
+        history=_history_from_arrays(arrays),
     )
 
 
-def _model_rows_from_arrays(arrays: Mapping[str, npt.NDArray[Any]]) -> ModelRows:
+def plays_from_arrays(arrays: Mapping[str, npt.NDArray[Any]], prefix: str) -> Plays:
+    """The ``Plays`` columns named ``prefix + field``; a table written before listeners were kept
+    has none (0: an unknown listener, which gets no history)."""
+    n = arrays[f"{prefix}payload"].shape[0]
+    missing = {"listener": np.zeros(n, np.uint64)}
+    return Plays(**{f: arrays.get(f"{prefix}{f}", missing.get(f)) for f in Plays._fields})  # type: ignore[arg-type]
+
+
+def history_from_arrays(arrays: Mapping[str, npt.NDArray[Any]], prefix: str) -> History | None:
+    """The ``History`` columns named ``prefix + field``, or None where there are none."""
+    if f"{prefix}listener" not in arrays:
+        return None
+    return History(**{f: arrays[f"{prefix}{f}"] for f in History._fields})
+
+
+def _history_from_arrays(arrays: Mapping[str, npt.NDArray[Any]]) -> dict[int, History]:
+    parts = {int(name.split("/")[1]) for name in arrays if name.startswith("history/")}
+    return {
+        p: table
+        for p in sorted(parts)
+        if (table := history_from_arrays(arrays, f"history/{p}/")) is not None
+    }
+
+
+def _model_rows_from_arrays(engine: Engine, arrays: Mapping[str, npt.NDArray[Any]]) -> ModelRows:
     """The queued reward-model rows; a checkpoint whose rows lack their event-time order columns
-    held only rows already released, so they are marked released (window end ``NO_TIME_MS``)."""
+    held only rows already released, so they are marked released (window end ``NO_TIME_MS``);
+    one whose rows lack histories was written for a model that reads none."""
     n = arrays["model_rows/ms_played"].shape[0]
     missing = {
+        "history": np.zeros((n, engine.history_length, engine.history_dim), np.float32),
         "end_ms": np.full(n, join.NO_TIME_MS, np.int64),
         "partition": np.zeros(n, np.int32),
         "request_key": np.zeros(n, np.uint64),

@@ -10,6 +10,7 @@ from typing import Any
 
 import rewards
 from bandits import POLICIES
+from rewards.session import HISTORY_DIM
 from streaming.config import Config
 from streaming.core.state import Engine
 from streaming.events import Limits
@@ -32,6 +33,7 @@ def make_engine(config: Config) -> Engine:
     composite = rewards.CompositeReward(kind=config.reward.kind, **dict(config.reward.params))
     model = rewards.MODELS[config.reward.model](**dict(config.reward.model_params))
     composite.check(model.spec)
+    history_length, history_dim = _history(config, model.spec)
     return Engine(
         policy=policy,
         join_config=config.join,
@@ -44,7 +46,30 @@ def make_engine(config: Config) -> Engine:
         share_deltas=_shares(config, policy),
         log_predictions=bool(config.log.dir) and config.log.reward_plays,
         update_every_ms=config.policy.update_every_ms,
+        history_length=history_length,
+        history_dim=history_dim,
+        history_listeners=config.reward.history_listeners,
     )
+
+
+def _history(config: Config, spec: rewards.ModelSpec) -> tuple[int, int]:
+    """The history a reward model reads: ``(length, floats per entry)``, ``(0, 0)`` for none.
+
+    A worker's history entries are each play's outcome (``rewards.session.HISTORY_DIM`` floats),
+    with the played track's features after them when the model's ``history_dim`` has room for
+    exactly those.
+    """
+    if "history_dim" not in spec.params:
+        return 0, 0
+    dim = int(spec.params["history_dim"])
+    plain, with_track = HISTORY_DIM, HISTORY_DIM + config.events.d_track
+    if dim not in (plain, with_track):
+        raise ValueError(
+            f"reward.model_params.history_dim is {dim}: a worker's history entries have "
+            f"{plain} floats (the play's outcome) or {with_track} (and the track's "
+            f"{config.events.d_track} features)"
+        )
+    return config.reward.history_length, dim
 
 
 def _shares(config: Config, policy: Any) -> bool:

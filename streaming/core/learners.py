@@ -35,7 +35,9 @@ import numpy.typing as npt
 import rewards
 from bandits import Feedback, linear
 from rewards.features import N_POSITIONS
+from rewards.session import HISTORY_DIM, history_entries
 from streaming import join
+from streaming.core.history import History, attach, empty_history
 from streaming.core.state import (
     F32,
     Engine,
@@ -96,10 +98,22 @@ def _bucket(n: int, chunk: int) -> int:
     return PREDICT_SMALL if n <= PREDICT_SMALL else chunk
 
 
+def _no_history(engine: Engine, n: int) -> F32 | None:
+    """An empty history per row for a model that reads one (None for one that does not)."""
+    if not engine.history_length:
+        return None
+    return np.zeros((n, engine.history_length, engine.history_dim), np.float32)
+
+
 def predict_model(
     engine: Engine, state: Any, x: F32, track_id: npt.NDArray[np.int32]
 ) -> rewards.Predictions:
-    """The model's predictions for ``x``, in padded chunks (few compilations)."""
+    """The model's predictions for ``x``, in padded chunks (few compilations).
+
+    These are the predictions made when an impression arrives; a model that reads listening
+    history gets none here (the listener's plays reach the partition's table only as their
+    windows close, so what it held at an impression would depend on how the stream was cut).
+    """
     n = x.shape[0]
     skip = np.zeros((n, 3), np.float32)
     complete = np.zeros(n, np.float32)
@@ -115,7 +129,8 @@ def predict_model(
         ids = np.zeros(size, np.int32)
         ids[:m] = track_id[lo : lo + m]
         dur = np.full(size, NOMINAL_DURATION_MS, np.int64)
-        pred = engine.reward_model.predict(state, rewards.Inputs(xp, dur, ids))
+        inputs = rewards.Inputs(xp, dur, ids, _no_history(engine, size))
+        pred = engine.reward_model.predict(state, inputs)
         skip[lo : lo + m] = np.asarray(pred.skip)[:m]
         complete[lo : lo + m] = np.asarray(pred.complete)[:m]
     return rewards.Predictions(skip=skip, complete=complete)  # type: ignore[arg-type]
@@ -152,6 +167,7 @@ def warm_up(engine: Engine, state: WorkerState) -> None:
         partition=np.zeros(b, np.int32),
         request_key=np.zeros(b, np.uint64),
         ts_ms=np.zeros(b, np.int64),
+        history=np.zeros((b, engine.history_length, engine.history_dim), np.float32),
     )
     model, *_ = update_model(engine, state.model, rows)
     if predicts:
@@ -266,6 +282,7 @@ def update_policy(
 
 
 def joined_model_rows(
+    engine: Engine,
     side: Side,
     side_rows: npt.NDArray[np.int64],
     closed: join.Closed,
@@ -273,14 +290,26 @@ def joined_model_rows(
     plays: Plays,
     *,
     partition: int,
-    window_ms: int,
-) -> ModelRows:
-    """The reward model's training rows for the joined plays of one closed batch."""
+    history: History | None = None,
+) -> tuple[ModelRows, History | None, int]:
+    """The reward model's training rows for the joined plays of one closed batch of a partition.
+
+    With a reward model that reads listening history (``engine.history_length``), each row gets
+    its listener's plays before it from ``history``, the partition's table, in learning order
+    (``streaming.core.history.attach``). Returns the rows, the table with them appended (None
+    without a history), and how many listeners left the table to stay within its capacity.
+    """
     r = side_rows[joined.row]
     pos = joined.position.astype(np.int64)
     p = np.searchsorted(plays.payload, joined.payload)
+    end_ms = closed.ts_ms[joined.row].astype(np.int64) + np.int64(engine.join_config.window_ms)
+    request_key = joined.request_key.astype(np.uint64)
+    ts_ms = joined.ts_ms.astype(np.int64)
+    order = np.lexsort((ts_ms, pos, request_key, end_ms))  # the learning order (release_*)
+    r, pos, p = r[order], pos[order], p[order]
+    end_ms, request_key, ts_ms = end_ms[order], request_key[order], ts_ms[order]
     x = rewards.interaction_features(side.context[r], side.features[r, pos], pos.astype(np.int32))
-    return ModelRows(
+    rows = ModelRows(
         features=x,
         ms_played=plays.ms_played[p],
         duration_ms=plays.duration_ms[p],
@@ -289,11 +318,31 @@ def joined_model_rows(
         position=pos.astype(np.int32),
         censored=plays.censored[p],
         track_id=side.action[r, pos],
-        end_ms=closed.ts_ms[joined.row].astype(np.int64) + np.int64(window_ms),
+        end_ms=end_ms,
         partition=np.full(pos.size, partition, np.int32),
-        request_key=joined.request_key.astype(np.uint64),
-        ts_ms=joined.ts_ms.astype(np.int64),
+        request_key=request_key,
+        ts_ms=ts_ms,
+        history=np.zeros((pos.size, engine.history_length, engine.history_dim), np.float32),
     )
+    if not engine.history_length:
+        return rows, None, 0
+    extra = side.features[r, pos] if engine.history_dim > HISTORY_DIM else None
+    entries = history_entries(
+        rows.ms_played,
+        rows.duration_ms,
+        rows.reason_end,
+        rows.censored,
+        rows.saved,
+        np.ones(pos.size, bool),
+        extra,
+    )
+    table = (
+        history if history is not None else empty_history(engine.history_length, engine.history_dim)
+    )
+    table, seen, evicted = attach(
+        table, plays.listener[p], ts_ms, entries, engine.history_listeners
+    )
+    return rows._replace(history=seen), table, evicted
 
 
 def _release(
@@ -405,10 +454,16 @@ def update_model(
     loss_sum, used = 0.0, 0
     metrics_of_each: list[tuple[Any, Any]] = []
     predicted: list[tuple[Any, Any]] = []
+    reads = engine.history_length > 0
     for lo in range(0, full, MODEL_BATCH):
         sl = slice(lo, lo + MODEL_BATCH)
         if predictions:
-            inputs = rewards.Inputs(rows.features[sl], rows.duration_ms[sl], rows.track_id[sl])
+            inputs = rewards.Inputs(
+                rows.features[sl],
+                rows.duration_ms[sl],
+                rows.track_id[sl],
+                rows.history[sl] if reads else None,
+            )
             pred = engine.reward_model.predict(model, inputs)
             predicted.append((pred.skip, pred.complete))
         batch = rewards.Outcomes(
@@ -421,6 +476,7 @@ def update_model(
             censored=rows.censored[sl],
             mask=np.ones(MODEL_BATCH, bool),
             track_id=rows.track_id[sl],
+            history=rows.history[sl] if reads else None,
         )
         model, metrics = engine.reward_model.update(model, batch)
         metrics_of_each.append((metrics.loss, metrics.n_used))

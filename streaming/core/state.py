@@ -4,7 +4,8 @@
 ``WorkerState`` is everything a worker checkpoints together, atomically: the policy's and the
 reward model's states, one join state per co-partitioned partition number, the row tables
 (``Side``: what is kept of each open impression; ``Plays``: of each outcome until its impression
-closes; ``ModelRows``: joined plays waiting for the reward model's next mini-batch;
+closes; ``History``: per partition, each listener's recent plays, for a reward model that reads
+them; ``ModelRows``: joined plays waiting for the reward model's next mini-batch;
 ``PolicyRows``: feedback waiting for the policy's next update), the offsets,
 counters and sums, and the scale-out deltas. ``Effects`` is what a step hands back to the shell;
 ``join_counters`` sums the join's counters over the partitions.
@@ -26,6 +27,7 @@ import rewards
 from bandits import Policy
 from rewards.survival import survival_model
 from streaming import join
+from streaming.core.history import History
 from streaming.core.records import JoinedRecords
 from streaming.events import ImpressionBatch
 
@@ -66,6 +68,9 @@ class Engine:
     share_deltas: bool = False  # accumulate linear statistics for the other workers (scale-out)
     log_predictions: bool = False  # return the reward model's plays with their predictions
     update_every_ms: int = 300_000  # event time a policy update may wait; 0: as windows close
+    history_length: int = 0  # plays of each listener's history the reward model reads; 0: none
+    history_dim: int = 0  # floats per history entry (the model's ``history_dim``)
+    history_listeners: int = 20_000  # listeners whose history each partition keeps
 
     @property
     def slate_size(self) -> int:
@@ -99,6 +104,7 @@ class Plays(NamedTuple):
     reason_end: npt.NDArray[np.int8]  # rewards.REASONS codes
     saved: npt.NDArray[np.bool_]
     censored: npt.NDArray[np.bool_]
+    listener: npt.NDArray[np.uint64]  # key64 of the listener's id (0 unless a history is kept)
 
 
 class ModelRows(NamedTuple):
@@ -121,6 +127,7 @@ class ModelRows(NamedTuple):
     partition: npt.NDArray[np.int32]  # the partition number of its join
     request_key: npt.NDArray[np.uint64]  # its impression's key
     ts_ms: npt.NDArray[np.int64]  # the outcome's event time
+    history: F32  # (r, h, e) the listener's plays before this one (``streaming.core.history``)
 
 
 class PolicyRows(NamedTuple):
@@ -182,6 +189,7 @@ class WorkerState(NamedTuple):
     outbox: Any = None  # the sealed LinearDelta of sequence ``delta_seq``, until published
     delta_seq: int = 0  # sequence number of this worker's newest sealed delta
     seen: Mapping[str, int] = {}  # other worker id -> newest delta sequence folded in
+    history: Mapping[int, History] = {}  # per partition number: its listeners' recent plays
 
 
 class Effects(NamedTuple):

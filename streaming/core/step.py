@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 import rewards
 from streaming import join
+from streaming.core.history import History
 from streaming.core.learners import (
     final_rewards,
     joined_model_rows,
@@ -147,6 +148,8 @@ class _Closed:
     reward: list[F32]  # final reward per shown position
     learn: list[npt.NDArray[np.bool_]]  # positions that teach the policy
     parts: list[join.Closed]
+    history: dict[int, History]  # each partition's listener history, the closed plays appended
+    history_evicted: int  # listeners that left a full history table
 
 
 def step(
@@ -192,7 +195,7 @@ def step(
         impression_partition=impression_partition,
         outcome_partition=outcome_partition,
     )
-    closed = _gather_closed(engine, routed, state.model_rows)
+    closed = _gather_closed(engine, routed, state.model_rows, state.history)
     # The reward model first: reading its metrics waits for it, and the policy update dispatched
     # after it then runs on while the shell polls and decodes the next batch.
     model, model_rows, sums, counters, model_plays = _learn_model(
@@ -210,6 +213,8 @@ def step(
     live_out = np.concatenate([np.zeros(0, np.int64), *(b for _, b in live)])
     n_closed = sum(int(r.size) for r in closed.rows)
     counters = _bump(counters, closed=n_closed, feedback_rows=n_rows)
+    if closed.history_evicted:
+        counters = _bump(counters, history_listeners_evicted=closed.history_evicted)
     new_offsets = dict(state.offsets)
     if offsets:
         new_offsets.update(offsets)
@@ -230,6 +235,7 @@ def step(
         counters=counters,
         sums=sums,
         reward_by_policy=reward_by_policy,
+        history=closed.history,
     )
     # (a step of nothing but rejected messages, before any join state exists, has no effects)
     parts = [e for _, e in routed.effects] or [join.concat_effects([], engine.slate_size)]
@@ -286,7 +292,7 @@ def _route(
         keep = outcomes.position < engine.slate_size
         payload = np.arange(next_payload, next_payload + n, dtype=np.int64)
         next_payload += n
-        new = plays_table(outcomes, payload)
+        new = plays_table(outcomes, payload, listeners=engine.history_length > 0)
         plays = concat_rows(plays, take_table_rows(new, keep))
         value = np.zeros(n, np.float32)
         value[keep] = raw_rewards(engine, take_table_rows(new, keep))
@@ -314,27 +320,25 @@ def _route(
     return _Routed(joins, side, plays, next_payload, counters, effects)
 
 
-def _gather_closed(engine: Engine, routed: _Routed, queued: ModelRows) -> _Closed:
+def _gather_closed(
+    engine: Engine, routed: _Routed, queued: ModelRows, history: Mapping[int, History]
+) -> _Closed:
     """Every closed impression of the step, in the effects' order: learn from all at once."""
     side, plays = routed.side, routed.plays
-    out = _Closed([queued], [], [], [], [], [])
+    out = _Closed([queued], [], [], [], [], [], dict(history), 0)
     for p, e in routed.effects:
         closed = e.closed
         if closed.payload.size == 0:
             continue
         rows = np.searchsorted(side.payload, closed.payload)
         if e.joined.payload.size:
-            out.model_rows.append(
-                joined_model_rows(
-                    side,
-                    rows,
-                    closed,
-                    e.joined,
-                    plays,
-                    partition=p,
-                    window_ms=engine.join_config.window_ms,
-                )
+            model_rows, table, evicted = joined_model_rows(
+                engine, side, rows, closed, e.joined, plays, partition=p, history=out.history.get(p)
             )
+            out.model_rows.append(model_rows)
+            if table is not None:
+                out.history[p] = table
+                out.history_evicted += evicted
         reward, learn = final_rewards(engine, side, rows, closed, e.joined, plays)
         out.policy_rows.append(_policy_rows(engine, side, rows, closed, reward, learn, p))
         out.rows.append(rows)

@@ -80,6 +80,7 @@ def empty_tables(engine: Engine) -> tuple[Side, Plays]:
         reason_end=np.zeros(0, np.int8),
         saved=np.zeros(0, bool),
         censored=np.zeros(0, bool),
+        listener=np.zeros(0, np.uint64),
     )
     return side, plays
 
@@ -98,6 +99,7 @@ def empty_model_rows(engine: Engine) -> ModelRows:
         partition=np.zeros(0, np.int32),
         request_key=np.zeros(0, np.uint64),
         ts_ms=np.zeros(0, np.int64),
+        history=np.zeros((0, engine.history_length, engine.history_dim), np.float32),
     )
 
 
@@ -207,7 +209,14 @@ def _log_rows(engine: Engine, imps: ImpressionBatch | None) -> ImpressionBatch:
     )
 
 
-def plays_table(outs: OutcomeBatch, payload: npt.NDArray[np.int64]) -> Plays:
+def plays_table(
+    outs: OutcomeBatch, payload: npt.NDArray[np.int64], *, listeners: bool = False
+) -> Plays:
+    """The learners' columns of new outcomes; with ``listeners``, each listener's key too (for the
+    session history: never 0, which stands for an unknown listener)."""
+    listener = np.zeros(outs.n, np.uint64)
+    if listeners and outs.n:
+        listener = np.maximum(key64(outs.user_id.tolist()), np.uint64(1))
     return Plays(
         payload=payload,
         ms_played=outs.ms_played,
@@ -215,6 +224,7 @@ def plays_table(outs: OutcomeBatch, payload: npt.NDArray[np.int64]) -> Plays:
         reason_end=REASON_CODE[outs.reason_end],
         saved=outs.saved | outs.liked | outs.added_to_playlist,
         censored=REASON_CENSORS[outs.reason_end],
+        listener=listener,
     )
 
 

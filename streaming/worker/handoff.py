@@ -6,8 +6,9 @@ together whenever one of them changes.
 
 A partition number ``p`` of the co-partitioned impressions and outcomes topics owns, in a worker's
 state, a join buffer (open impressions, outcomes waiting for them, recently closed keys,
-watermarks, counters), the side-table rows its open impressions and outcomes refer to, and the
-next offset to read on both topics. All of that moves with ``p`` between workers through the
+watermarks, counters), the side-table rows its open impressions and outcomes refer to, its
+listeners' recent plays (with a reward model that reads them), and the next offset to read on
+both topics. All of that moves with ``p`` between workers through the
 compacted handoff topic (keyed by group and partition number): a worker publishes a *partition
 record* of every partition it holds with every checkpoint, after the checkpoint file is durable
 and before its offsets are committed, and the new owner installs the newest record it finds. So
@@ -40,7 +41,15 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from streaming import join
-from streaming.core import Plays, Side, WorkerState, concat_side
+from streaming.core import (
+    History,
+    Plays,
+    Side,
+    WorkerState,
+    concat_side,
+    history_from_arrays,
+    plays_from_arrays,
+)
 from streaming.events import ImpressionBatch
 from streaming.worker import checkpoint
 
@@ -83,6 +92,7 @@ class PartitionRecord(NamedTuple):
     worker: str  # who published it (for logs)
     lineage: str = ""  # the publishing worker's lineage ("": unknown)
     sequence: int = 0  # the checkpoint of that lineage this state was written with (0: unknown)
+    history: History | None = None  # its listeners' recent plays (a model that reads them)
 
     @property
     def offsets(self) -> tuple[int, int]:
@@ -147,6 +157,7 @@ def extract(
         worker=worker,
         lineage=lineage,
         sequence=sequence,
+        history=state.history.get(p),
     )
 
 
@@ -168,6 +179,7 @@ def without(state: WorkerState, partitions: Iterable[int], topics: tuple[str, st
         offsets={
             tp: o for tp, o in state.offsets.items() if not (tp[0] in topics and tp[1] in drop)
         },
+        history={p: h for p, h in state.history.items() if p not in drop},
     )
 
 
@@ -185,6 +197,8 @@ def install(state: WorkerState, record: PartitionRecord, topics: tuple[str, str]
     ):
         if offset is not None:
             offsets[(topic, p)] = offset
+    if record.history is not None:
+        state = state._replace(history={**state.history, p: record.history})
     if record.join is None:
         return state._replace(offsets=offsets)
     js = record.join
@@ -415,6 +429,8 @@ def encode(record: PartitionRecord, group: str, created_ms: int) -> bytes:
     arrays.update({f"side/{k}": v for k, v in record.side._asdict().items() if k != "log"})
     arrays.update({f"side/log/{k}": v for k, v in record.side.log._asdict().items()})
     arrays.update({f"plays/{k}": v for k, v in record.plays._asdict().items()})
+    if record.history is not None:
+        arrays.update({f"history/{k}": v for k, v in record.history._asdict().items()})
     header = {
         "format": FORMAT,
         "group": group,
@@ -465,8 +481,9 @@ def decode(value: bytes, where: str) -> PartitionRecord:
             **{f: arrays[f"side/{f}"] for f in Side._fields if f != "log"},
             log=ImpressionBatch(**{f: arrays[f"side/log/{f}"] for f in ImpressionBatch._fields}),
         ),
-        plays=Plays(**{f: arrays[f"plays/{f}"] for f in Plays._fields}),
+        plays=plays_from_arrays(arrays, "plays/"),
         worker=str(header["worker"]),
         lineage=str(header.get("lineage", "")),
         sequence=int(header.get("lineage_sequence", 0)),
+        history=history_from_arrays(arrays, "history/"),
     )

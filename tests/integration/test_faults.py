@@ -62,10 +62,17 @@ def fresh_topics() -> Topics:
 
 
 def write_config(
-    path: Path, servers: str, topics: Topics, *, group: str, ckpt_dir: Path, kafka: str = ""
+    path: Path,
+    servers: str,
+    topics: Topics,
+    *,
+    group: str,
+    ckpt_dir: Path,
+    kafka: str = "",
+    reward: str = "",
 ) -> Config:
     """Write the daemon's TOML (join window suited to simulated time) and return it parsed;
-    ``kafka``: more lines of its ``[kafka]`` table."""
+    ``kafka`` and ``reward``: more lines of its ``[kafka]`` and ``[reward]`` tables."""
     text = f"""
 [kafka]
 bootstrap_servers = {json.dumps(servers)}
@@ -108,6 +115,9 @@ dir = {json.dumps(str(ckpt_dir.parent / (ckpt_dir.name + "-log")))}
 
 [metrics]
 port = 0
+
+[reward]
+{reward}
 """
     path.write_text(text)
     return Config.load(path, env={})
@@ -297,52 +307,43 @@ KILL_REQUESTS = 36_000  # about 201,000 impressions and outcomes
 KILLS = 10
 
 
-def test_kill_minus_nine_ten_times_learns_what_an_uninterrupted_run_learns(
-    kafka_broker: str, tmp_path: Path
-) -> None:
-    """SIGKILL at 10 seeded random points of the stream, restart each time; same final state.
+# The watchdogs (streaming.worker.liveness, and Daemon.stalled at write_config's 30 s) act well
+# inside the 90 s a restart gets, so a restarted daemon whose consumer never starts fetching (it
+# sits at "0 events") is replaced rather than waited on until its time runs out.
+WATCHDOGS = "rejoin_unassigned_ms = 10000"
 
-    Size: 36,000 simulated requests with slates of 5, about 201,000 impressions and outcomes.
-    Each kill lands after the restarted daemon wrote a new checkpoint (every 3,000 events, so
-    it is consuming) plus a seeded random delay of up to 0.4 s, so it hits the daemon
-    mid-batch, mid-step or mid-checkpoint. Should a restart finish the stream before its kill
-    (a fast, idle machine), the remaining kills are skipped; at least five must have landed.
-    The uninterrupted run (another group, a fresh checkpoint folder) runs meanwhile; both end
-    once idle and caught up.
-    """
-    topics = fresh_topics()
-    # The watchdogs (streaming.worker.liveness, and Daemon.stalled at write_config's 30 s) act
-    # well inside the 90 s a restart gets, so a restarted daemon whose consumer never starts
-    # fetching (it sits at "0 events") is replaced rather than waited on until its time runs out.
-    watchdogs = "rejoin_unassigned_ms = 10000"
-    killed = write_config(
-        tmp_path / "killed.toml",
-        kafka_broker,
-        topics,
-        group=f"k-{uuid.uuid4().hex[:6]}",
-        ckpt_dir=tmp_path / "ck-killed",
-        kafka=watchdogs,
-    )
-    plain = write_config(
-        tmp_path / "plain.toml",
-        kafka_broker,
-        topics,
-        group=f"p-{uuid.uuid4().hex[:6]}",
-        ckpt_dir=tmp_path / "ck-plain",
-        kafka=watchdogs,
-    )
-    ensure_topics(killed, kafka_broker)
-    sent = produce_simulated(
-        killed, kafka_broker, n_requests=KILL_REQUESTS, slate_size=SLATE, seed=11
-    )
-    delays = np.random.default_rng(5).uniform(0.0, 0.4, size=KILLS)
+
+def killed_and_plain(
+    tmp_path: Path, servers: str, topics: Topics, *, reward: str = ""
+) -> tuple[Config, Config]:
+    """The configs of a daemon to kill and of an uninterrupted one (another group and
+    checkpoint folder) on the same topics: ``killed.toml`` and ``plain.toml`` in ``tmp_path``."""
+    made = [
+        write_config(
+            tmp_path / f"{name}.toml",
+            servers,
+            topics,
+            group=f"{name[0]}-{uuid.uuid4().hex[:6]}",
+            ckpt_dir=tmp_path / f"ck-{name}",
+            kafka=WATCHDOGS,
+            reward=reward,
+        )
+        for name in ("killed", "plain")
+    ]
+    return made[0], made[1]
+
+
+def kill_and_finish(killed: Path, plain: Path, tmp_path: Path, delays: list[float]) -> int:
+    """Run ``killed``'s daemon, SIGKILL it at each of ``delays`` after a new checkpoint and
+    restart it, then let it finish; ``plain``'s daemon runs meanwhile, uninterrupted. Both end
+    once idle and caught up. Returns the kills that landed before the stream ended."""
     kills = 0
-    log, ckpt_dir = tmp_path / "killed.log", tmp_path / "ck-killed"
-    uninterrupted = start_daemon(tmp_path / "plain.toml", tmp_path / "plain.log")
+    log, ckpt_dir = tmp_path / "killed.log", Path(Config.load(killed, env={}).checkpoint.dir)
+    uninterrupted = start_daemon(plain, tmp_path / "plain.log")
     try:
-        for i, delay in enumerate(delays.tolist()):
+        for i, delay in enumerate(delays):
             before = newest_sequence(ckpt_dir)
-            proc = start_daemon(tmp_path / "killed.toml", log)
+            proc = start_daemon(killed, log)
             try:
                 deadline = time.monotonic() + 90
                 while newest_sequence(ckpt_dir) == before and proc.poll() is None:
@@ -359,8 +360,7 @@ def test_kill_minus_nine_ten_times_learns_what_an_uninterrupted_run_learns(
                 kills += 1
             finally:
                 stop(proc)
-        assert kills >= 5, f"only {kills} kills landed before the stream ended"
-        proc = start_daemon(tmp_path / "killed.toml", log)
+        proc = start_daemon(killed, log)
         try:
             wait_done(proc, log)
         finally:
@@ -368,10 +368,66 @@ def test_kill_minus_nine_ten_times_learns_what_an_uninterrupted_run_learns(
         wait_done(uninterrupted, tmp_path / "plain.log")
     finally:
         stop(uninterrupted)
+    return kills
+
+
+def test_kill_minus_nine_ten_times_learns_what_an_uninterrupted_run_learns(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """SIGKILL at 10 seeded random points of the stream, restart each time; same final state.
+
+    Size: 36,000 simulated requests with slates of 5, about 201,000 impressions and outcomes.
+    Each kill lands after the restarted daemon wrote a new checkpoint (every 3,000 events, so
+    it is consuming) plus a seeded random delay of up to 0.4 s, so it hits the daemon
+    mid-batch, mid-step or mid-checkpoint. Should a restart finish the stream before its kill
+    (a fast, idle machine), the remaining kills are skipped; at least five must have landed.
+    The uninterrupted run (another group, a fresh checkpoint folder) runs meanwhile; both end
+    once idle and caught up.
+    """
+    topics = fresh_topics()
+    killed, plain = killed_and_plain(tmp_path, kafka_broker, topics)
+    ensure_topics(killed, kafka_broker)
+    sent = produce_simulated(
+        killed, kafka_broker, n_requests=KILL_REQUESTS, slate_size=SLATE, seed=11
+    )
+    delays = np.random.default_rng(5).uniform(0.0, 0.4, size=KILLS).tolist()
+    kills = kill_and_finish(tmp_path / "killed.toml", tmp_path / "plain.toml", tmp_path, delays)
+    assert kills >= 5, f"only {kills} kills landed before the stream ended"
     got, want = final_state(killed), final_state(plain)
     assert events_counted(want) == sent >= 200_000
     assert want.counters["feedback_rows"] > 0
     assert_same_learning(got, want)
+
+
+SESSION_REQUESTS = 8_000  # about 45,000 impressions and outcomes
+
+
+def test_the_session_reward_model_killed_three_times_learns_what_an_uninterrupted_run_learns(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    """The session reward model reads each listener's recent plays, which the worker keeps per
+    partition in its state: three SIGKILLs and restarts (as above) end with the same histories,
+    bit for bit, and the same reward model as an uninterrupted run."""
+    topics = fresh_topics()
+    session = 'model = "session"\nmodel_params = { gru_units = 8 }\nhistory_length = 4'
+    killed, plain = killed_and_plain(tmp_path, kafka_broker, topics, reward=session)
+    ensure_topics(killed, kafka_broker)
+    sent = produce_simulated(
+        killed, kafka_broker, n_requests=SESSION_REQUESTS, slate_size=SLATE, seed=12
+    )
+    delays = np.random.default_rng(6).uniform(0.0, 0.4, size=3).tolist()
+    kills = kill_and_finish(tmp_path / "killed.toml", tmp_path / "plain.toml", tmp_path, delays)
+    assert kills >= 1, "no kill landed before the stream ended"
+    got, want = final_state(killed), final_state(plain)
+    assert events_counted(want) == sent
+    assert want.sums["model_rows"] >= 8 * 1024
+    assert_same_learning(got, want)
+    assert "history_listeners_evicted" not in want.counters
+    assert sorted(got.history) == sorted(want.history) != []
+    for p, table in want.history.items():
+        assert table.listener.size > 0
+        for x, y in zip(got.history[p], table, strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=f"partition {p}'s histories")
 
 
 # ------------------------------------------------------------------------ broker restart

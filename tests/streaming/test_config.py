@@ -138,13 +138,30 @@ def test_errors_say_where_a_value_came_from(tmp_path: Path) -> None:
         Config.load(env={"ENCORE_JOIN__WINDOW": "1"})
 
 
-def test_the_worker_trains_every_registered_reward_model_but_the_session_model() -> None:
+def test_the_worker_trains_every_registered_reward_model() -> None:
     import rewards
     from streaming.config import REWARD_MODELS
+    from streaming.core import make_engine
 
-    assert set(rewards.MODELS) - set(REWARD_MODELS) == {"session"}
-    with pytest.raises(ConfigError, match="listening history"):
-        Config.load(env={}, overrides=["reward.model=session"])
+    assert set(REWARD_MODELS) == set(rewards.MODELS)
+    cfg = Config.load(env={}, overrides=["reward.model=session", "reward.history_length=4"])
+    eng = make_engine(cfg)
+    assert eng.reward_model.spec.name == "session"
+    assert (eng.history_length, eng.history_dim) == (4, rewards.session.HISTORY_DIM)
+    assert (make_engine(Config.load(env={})).history_length) == 0  # survival reads none
+    d = cfg.events.d_track
+    wide = Config.load(
+        env={},
+        overrides=["reward.model=session", f'reward.model_params={{"history_dim": {9 + d}}}'],
+    )
+    assert make_engine(wide).history_dim == 9 + d  # each entry: the outcome, then the track
+    odd = Config.load(
+        env={}, overrides=["reward.model=session", 'reward.model_params={"history_dim": 5}']
+    )
+    with pytest.raises(ValueError, match="history_dim is 5"):
+        make_engine(odd)
+    with pytest.raises(ConfigError, match="history_length must be positive"):
+        Config.load(env={}, overrides=["reward.history_length=0"])
 
 
 @pytest.mark.parametrize(

@@ -475,3 +475,65 @@ def test_policy_updates_are_cut_from_the_release_order_alone() -> None:
     assert one == many == [2_048, 2_048, 904, 100, 10]
     assert run([500, 998]) == [2_048, 2_048]  # the rest of [0, 1000) waits for its end
     assert run([1_200, 1_500]) == [2_048, 2_048, 904]  # [1000, 2000) has not ended
+
+
+def session_engine(**join_settings: int) -> Engine:
+    """The session reward model, reading each listener's last 4 plays."""
+    import rewards
+
+    eng = engine()
+    if join_settings:
+        eng = dataclasses.replace(eng, join_config=join.JoinConfig(**join_settings, slate_size=3))
+    return dataclasses.replace(
+        eng,
+        reward_model=rewards.MODELS["session"](gru_units=8),
+        history_length=4,
+        history_dim=rewards.session.HISTORY_DIM,
+    )
+
+
+@pytest.mark.slow
+def test_the_session_model_learns_the_same_however_the_stream_was_cut_or_interleaved() -> None:
+    """Each joined play is learned with its listener's earlier plays, and those histories (so
+    the session model's updates) do not depend on the polls or on how partitions interleave."""
+    import jax
+
+    eng = session_engine()
+    imps, outs = traffic(1500, seed=1)
+    whole, c1 = run(eng, imps, outs, cuts=1)
+    cut, c2 = run(eng, imps, outs, cuts=7)
+    assert c1 == c2 and whole.sums["model_rows"] >= 3 * 1024
+    table = whole.history[0]
+    assert table.entries[:, -1, -1].all()  # every listener that played has a newest entry
+    assert (table.entries[:, :, -1].sum(axis=1) > 1).mean() > 0.5  # most have several
+    for x, y in zip(jax.tree.leaves(whole.model), jax.tree.leaves(cut.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(whole.history[0], cut.history[0], strict=True):
+        np.testing.assert_array_equal(x, y)
+    # an engine that keeps no history is refused by the session model, never fed zeros
+    blind = dataclasses.replace(eng, history_length=0, history_dim=0)
+    with pytest.raises(ValueError, match="needs history"):
+        run(blind, imps, outs, cuts=1)
+    eng = session_engine(window_ms=120_000, allowed_lateness_ms=30_000)
+    imps, outs = traffic(3000, seed=4)
+    even = run_partitioned(eng, imps, outs, parts=3, seed=None)
+    uneven = run_partitioned(eng, imps, outs, parts=3, seed=1)
+    assert sorted(even.history) == [0, 1, 2]
+    for x, y in zip(jax.tree.leaves(even.model), jax.tree.leaves(uneven.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for p in even.history:
+        for x, y in zip(even.history[p], uneven.history[p], strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_session_models_state_round_trips_through_arrays_with_its_histories() -> None:
+    eng = session_engine()
+    imps, outs = traffic(300, seed=2)
+    state, _ = run(eng, imps, outs, cuts=2)
+    assert state.history[0].listener.size > 0
+    arrays, header = to_arrays(eng, state)
+    back = from_arrays(eng, arrays, header)
+    assert sorted(back.history) == sorted(state.history)
+    for x, y in zip(back.history[0], state.history[0], strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert back.model_rows.history.shape[1:] == (4, eng.history_dim)

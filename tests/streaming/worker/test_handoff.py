@@ -14,7 +14,7 @@ from streaming import join
 from streaming.core import WorkerState, init, step
 from streaming.events import ImpressionBatch, OutcomeBatch, decode_impressions, decode_outcomes
 from streaming.worker import checkpoint, handoff
-from tests.streaming.core.test_step import LIM, engine, traffic
+from tests.streaming.core.test_step import LIM, engine, session_engine, traffic
 
 TOPICS = ("imp", "out")
 Batch = tuple[ImpressionBatch, OutcomeBatch, np.ndarray, np.ndarray]
@@ -110,6 +110,33 @@ def test_a_moved_partition_ends_as_if_it_never_moved(move_at: int) -> None:
         rtol=1e-4,
         atol=1e-2,
     )
+
+
+def test_listening_histories_move_with_their_partition() -> None:
+    """With the session reward model each partition keeps its listeners' recent plays: they go
+    with the partition's record, so every listener's history ends as if nothing had moved."""
+    eng = session_engine(window_ms=120_000, allowed_lateness_ms=30_000)
+    stream = batches(900, cuts=10, seed=5)
+    whole = init(eng)
+    for b in stream:
+        whole = feed(eng, whole, b)
+    whole = finish(eng, whole)
+    a = init(eng)
+    for b in stream[:4]:
+        a = feed(eng, a, b)
+    assert a.history[1].listener.size > 0  # partition 1's listeners have played
+    record = handoff.decode(handoff.encode(handoff.extract(a, 1, TOPICS, "a"), "g", 0), "test")
+    a = handoff.without(a, [1], TOPICS)
+    assert sorted(a.history) == [0]
+    b_state = handoff.install(init(eng), record, TOPICS)
+    for b in stream[4:]:
+        a = feed(eng, a, b, only=0)
+        b_state = feed(eng, b_state, b, only=1)
+    a, b_state = finish(eng, a), finish(eng, b_state)
+    for p, owner in ((0, a), (1, b_state)):
+        for got, want in zip(owner.history[p], whole.history[p], strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert a.sums["model_rows"] + b_state.sums["model_rows"] <= whole.sums["model_rows"]
 
 
 def test_install_renumbers_payloads_after_the_receivers_own() -> None:

@@ -4,7 +4,8 @@ same seeded stream teaches the worker's core today, array for array and bit for 
 ``tests/data/worker-linucb.ckpt`` was written by ``state_from_stream`` below (through
 ``checkpoint.write``) with the checkpoint format this module names, by a core whose policy learned
 each batch's feedback as its windows closed (``policy.update_every_ms = 0`` today), before
-checkpoints held the policy's queue of feedback (``policy_rows``): it loads with an empty queue.
+checkpoints held the policy's queue of feedback (``policy_rows``) and each play's listener: it
+loads with an empty queue and unknown listeners.
 A change that moves modules, renames them or rewrites the core without meaning to change what a
 worker learns must keep both tests passing; a deliberate change of the format or of the learned
 state replaces the file and says so.
@@ -40,6 +41,9 @@ def engine() -> Engine:
 
 
 QUEUE = tuple(f"policy_rows/{f}" for f in PolicyRows._fields)  # written since, empty here
+# also written since: each play's listener and each queued play's history, for a reward model
+# that reads listening history (zero, and zero-width, for one that does not)
+LISTENING = ("plays/listener", "model_rows/history")
 
 
 def state_from_stream(eng: Engine) -> WorkerState:
@@ -75,8 +79,9 @@ def test_the_kept_checkpoint_loads_and_writes_back_the_same_arrays() -> None:
     state = from_arrays(eng, arrays, header)
     assert state.counters["impressions"] == 40 and state.counters["closed"] > 0
     again, _ = to_arrays(eng, state)
-    assert sorted(again) == sorted([*arrays, *QUEUE])
+    assert sorted(again) == sorted([*arrays, *QUEUE, *LISTENING])
     assert all(again[name].shape[0] == 0 for name in QUEUE)
+    assert not again["plays/listener"].any() and again["model_rows/history"].size == 0
     for name, value in arrays.items():
         assert again[name].dtype == value.dtype, name
         assert again[name].tobytes() == value.tobytes(), name
@@ -86,7 +91,7 @@ def test_the_same_stream_teaches_todays_core_the_kept_state_bit_for_bit() -> Non
     eng = engine()
     kept, kept_header = checkpoint.load(FIXTURE)
     now, now_header = to_arrays(eng, state_from_stream(eng))
-    assert sorted(now) == sorted([*kept, *QUEUE])
+    assert sorted(now) == sorted([*kept, *QUEUE, *LISTENING])
     for name, value in kept.items():
         assert now[name].tobytes() == value.tobytes(), name
     assert now_header == {k: kept_header[k] for k in now_header}
