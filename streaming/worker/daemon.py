@@ -945,7 +945,8 @@ class Daemon:
             "policy": int(self.state.policy_rows.end_ms.size),
             "reward_model": int(self.state.model_rows.end_ms.size),
         }
-        return metrics_snapshot(self.stats, self.state.sums, model, self.clock(), queued)
+        listeners = sum(int(t.listener.size) for t in self.state.history.values())
+        return metrics_snapshot(self.stats, self.state.sums, model, self.clock(), queued, listeners)
 
     def publish_metrics(self) -> None:
         """Refresh the Prometheus numbers and the status file ``encore status`` reads.

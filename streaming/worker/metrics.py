@@ -34,6 +34,11 @@ key                            type                        exposed as
 ``model_log_loss``             {model: float}              ``encore_model_log_loss{model}``
 ``learning_queued``            {learner: int}              ``encore_learning_queued{learner}``: closed
                                                            rows waiting for the event-time frontier
+``limits_reached_total``       {kind: int}                 ``encore_limits_reached_total{kind}``: where
+                                                           a capacity limit acted (results can then
+                                                           depend on timing; docs/reliability.md)
+``history_listeners``          int                         ``encore_history_listeners``: listeners
+                                                           whose recent plays the worker holds
 ``last_checkpoint_ms``         int                         (``checkpoint_age_seconds`` when absent)
 ``checkpoint_age_seconds``     float                       ``encore_checkpoint_age_seconds``
 ``checkpoints_total``          int                         ``encore_checkpoints_total``
@@ -113,6 +118,7 @@ _LABELLED = {
     "reward_mean": "policy",
     "model_log_loss": "model",
     "learning_queued": "learner",
+    "limits_reached_total": "kind",
     "handoffs_total": "kind",
     "side_truncated_total": "topic",
     "side_refused_total": "topic",
@@ -125,6 +131,7 @@ _SCALARS = (
     "joined_total",
     "join_rate",
     "closed_total",
+    "history_listeners",
     "last_checkpoint_ms",
     "checkpoint_age_seconds",
     "checkpoints_total",
@@ -155,6 +162,13 @@ _HELP = {
     "model_log_loss": "Prequential log loss of each reward model.",
     "learning_queued": "Closed rows waiting for every partition's watermark before a learner "
     "takes them, by learner (policy, reward_model).",
+    "limits_reached_total": "Times a capacity limit acted, by kind: impressions evicted from a "
+    "full join buffer (join_evicted), outcomes from a full pending buffer (join_evicted_outcomes), "
+    "rows a full learning queue released early (model_rows_released_early, "
+    "policy_rows_released_early), listeners dropped from a full history table "
+    "(history_listeners_evicted).",
+    "history_listeners": "Listeners whose recent plays the worker holds for the session reward "
+    "model (reward.history_listeners per partition at most).",
     "checkpoint_age_seconds": "Seconds since the last checkpoint was written.",
     "checkpoints_total": "Checkpoints written.",
     "snapshots_total": "Policy snapshots published.",
@@ -255,6 +269,7 @@ class _Collector(Collector):
             "joined_total",
             "join_rate",
             "closed_total",
+            "history_listeners",
             "checkpoint_age_seconds",
             "checkpoints_total",
             "snapshots_total",
@@ -406,6 +421,9 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "dead_letters_total",
         "reward_mean",
         "model_log_loss",
+        "learning_queued",
+        "limits_reached_total",
+        "history_listeners",
         "checkpoint_age_seconds",
         "checkpoints_total",
         "snapshots_total",

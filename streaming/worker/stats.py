@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Stats", "metrics_snapshot", "summary_line"]
+__all__ = ["LIMITS", "Stats", "metrics_snapshot", "summary_line"]
 
 
 @dataclass
@@ -67,17 +67,30 @@ def summary_line(s: Stats, now_ms: int) -> str:
     )
 
 
+LIMITS = {
+    "join_evicted": "evicted",
+    "join_evicted_outcomes": "evicted_outcomes",
+    "model_rows_released_early": "model_rows_released_early",
+    "policy_rows_released_early": "policy_rows_released_early",
+    "history_listeners_evicted": "history_listeners_evicted",
+}
+"""``limits_reached_total``'s kinds and the worker counters they read: where a capacity limit
+acted (docs/reliability.md says what each does)."""
+
+
 def metrics_snapshot(
     s: Stats,
     sums: Mapping[str, float],
     model_name: str,
     now_ms: int,
     queued: Mapping[str, int] | None = None,
+    listeners: int = 0,
 ) -> dict[str, Any]:
     """The numbers in the form ``streaming.worker.metrics`` and ``encore status`` take.
 
     ``sums``: the worker state's running sums (the reward model's log-loss sum and row count);
-    ``queued``: rows each learner has waiting for the event-time frontier.
+    ``queued``: rows each learner has waiting for the event-time frontier; ``listeners``:
+    listeners whose recent plays the worker holds.
     """
     c = s.counters
     loss = sums.get("model_loss_sum", 0.0) / max(sums.get("model_rows", 0.0), 1.0)
@@ -93,6 +106,8 @@ def metrics_snapshot(
         "reward_mean": {k: tot / max(cnt, 1) for k, (tot, cnt) in s.reward_by_policy.items()},
         "model_log_loss": {model_name: loss},
         "learning_queued": dict(queued or {}),
+        "limits_reached_total": {kind: int(c.get(name, 0)) for kind, name in LIMITS.items()},
+        "history_listeners": listeners,
         "consumer_lag": dict(s.lag),
         "checkpoints_total": s.checkpoints,
         "snapshots_total": s.snapshots,

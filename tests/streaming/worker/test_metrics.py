@@ -44,6 +44,8 @@ SNAPSHOT: dict[str, Any] = {
     "gc_collections_total": 11,
     "gc_seconds_total": 0.125,
     "align_pauses_total": 31,
+    "limits_reached_total": {"join_evicted": 3, "history_listeners_evicted": 0},
+    "history_listeners": 4_321,
 }
 
 
@@ -88,6 +90,8 @@ def test_endpoint_exposes_the_snapshot_over_http() -> None:
     assert got[("encore_gc_collections_total", ())] == 11
     assert got[("encore_gc_seconds_total", ())] == pytest.approx(0.125)
     assert got[("encore_align_pauses_total", ())] == 31
+    assert got[("encore_limits_reached_total", (("kind", "join_evicted"),))] == 3
+    assert got[("encore_history_listeners", ())] == 4_321
     # Derived: join rate, checkpoint age, events/s since start, uptime.
     assert got[("encore_join_rate", ())] == pytest.approx(2_600 / 2_990)
     assert got[("encore_checkpoint_age_seconds", ())] == pytest.approx(4.5)
@@ -207,6 +211,8 @@ def test_status_table_shows_every_metric() -> None:
         "gc_collections_total",
         "gc_seconds_total",
         "align_pauses_total",
+        "limits_reached_total{join_evicted}",
+        "history_listeners",
     ):
         assert needle in text, needle
     assert set(SNAPSHOT) <= KNOWN_KEYS
@@ -290,3 +296,16 @@ def test_encore_status_without_flags_finds_the_running_workers(
     assert registered_status_files() == [status.resolve()] and not stale.exists()
     unregister(entry)
     assert registered_status_files() == []
+
+
+def test_the_worker_reports_every_limit_it_reached_by_kind() -> None:
+    from streaming.worker.stats import LIMITS, Stats, metrics_snapshot
+
+    stats = Stats(counters={"evicted": 2, "model_rows_released_early": 5, "closed": 9})
+    snap = metrics_snapshot(stats, {}, "session", now_ms=1, listeners=17)
+    assert snap["limits_reached_total"] == {kind: 0 for kind in LIMITS} | {
+        "join_evicted": 2,
+        "model_rows_released_early": 5,
+    }
+    assert snap["history_listeners"] == 17
+    Metrics(CollectorRegistry()).update_from(snap)  # every key known, every value a number
