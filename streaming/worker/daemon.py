@@ -414,10 +414,16 @@ class Daemon:
         self.aligner.assigned(tps)
         before = self.held_partitions()
         durable = (self.lineage, self.durable_seq)
+        numbers = self.ownership.numbers(tps)
         taken, published, committed = self.ownership.take_over(
-            self.state, self.ownership.numbers(tps), self.consumer, durable
+            self.state, numbers, self.consumer, durable
         )
-        self.state = taken.state
+        # Every assigned partition holds the learners' event-time frontier back until it has
+        # read both topics: a partition whose first events are still to come would otherwise
+        # close windows behind rows the learners already took, in an order that depends on
+        # when each partition's first poll came (streaming.core.learners.release_model_rows).
+        empty = {p: join.init(self.engine.join_config) for p in numbers - set(taken.state.join)}
+        self.state = taken.state._replace(join={**taken.state.join, **empty})
         pair = self._pair
         for tp in tps:
             stored = self.state.offsets.get((tp.topic, tp.partition))

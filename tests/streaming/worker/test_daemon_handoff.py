@@ -148,6 +148,30 @@ def test_revoke_publishes_each_held_partition_and_assign_takes_the_newest(tmp_pa
     assert a.state.side.payload.size + b.state.side.payload.size == open_before
 
 
+@pytest.mark.parametrize("assigned", [(0, 1), (0, 1, 2)])
+def test_every_assigned_partition_holds_the_learners_back_until_it_has_read_both_topics(
+    tmp_path: Path, assigned: tuple[int, ...]
+) -> None:
+    """A partition assigned with nothing read yet gets an empty join, whose watermark is the
+    start of time: the learners release no row until it has read both of its topics (else the
+    rows its first windows close would come after rows already learned)."""
+    short = ("join.window_ms=20000", "join.allowed_lateness_ms=5000")
+    a = daemon(tmp_path, "a", {}, *short)
+    a.ownership.read = lambda partitions, timeout_s=60.0: {}  # type: ignore[method-assign]
+    a.consumer.owned = set(tps(a, *assigned))
+    a.on_assigned(tps(a, *assigned))
+    assert sorted(a.state.join) == list(assigned)
+    assert all(int(js.watermark_ms) == join.NO_TIME_MS for js in a.state.join.values())
+    fed(a, 3)  # events of partitions 0 and 1 only
+    assert a.state.counters["closed"] > 0
+    # the learners release rows up to the smallest watermark of the worker's partitions
+    frontier = min(int(js.watermark_ms) for js in a.state.join.values())
+    if 2 in assigned:  # partition 2 has read nothing: no closed row is released
+        assert frontier == join.NO_TIME_MS
+    else:
+        assert frontier > join.NO_TIME_MS
+
+
 def test_a_state_behind_the_commit_is_never_installed(tmp_path: Path) -> None:
     a = daemon(tmp_path, "a", {})
     fed(a, 2)
@@ -162,7 +186,8 @@ def test_a_state_behind_the_commit_is_never_installed(tmp_path: Path) -> None:
     c.consumer.owned = set(tps(c, 1))
     c.on_assigned(tps(c, 1))
     assert c.stats.partitions_started_fresh == 1 and c.stats.handoffs_installed == 0
-    assert 1 not in c.state.join  # empty window: the stale one would count events twice
+    # empty windows: the stale ones would count events twice
+    assert join.counters(c.state.join[1])["opened"] == 0 and c.state.join[1].open_key.size == 0
     assert c.consumer.seeks == {
         TopicPartition(t.impressions, 1): 50,
         TopicPartition(t.outcomes, 1): 50,
