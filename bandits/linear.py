@@ -174,7 +174,7 @@ def predict(
     """
     if isinstance(state, LinearServing):
         mean, var, w, m = serving.project_packed(
-            state.theta, state.cov_packed, context, candidates.features
+            state.theta, state.cov_packed, context, candidates.features, state.cov_right
         )
     else:
         mean, var, w, m = project(state.theta, state.cov, context, candidates.features)
@@ -182,7 +182,7 @@ def predict(
     return mean + bias, var + bias_var, w, m
 
 
-def prepare(state: LinearState, *, id_ridge: float) -> LinearServing:
+def prepare(state: LinearState, *, id_ridge: float, width_rank: int | None = None) -> LinearServing:
     """The serving form of ``state``: what ``score``/``rank`` read, a quarter of the memory.
 
     With ``T[i, a, j, b] = cov[i dt1 + a, j dt1 + b]``, the covariance of ``w = theta^T [x, 1]``
@@ -193,9 +193,16 @@ def prepare(state: LinearState, *, id_ridge: float) -> LinearServing:
     are averages of ``cov`` entries: nothing is factorised or inverted, so it is as accurate as
     ``cov`` itself. Pure and jittable; the result is derived state, never saved.
 
+    Past ``serving.EXACT_WIDTH_BYTES`` of packed covariance (64 user x 64 track features, say)
+    it keeps a rank-``serving.WIDTH_RANK`` factorisation of it instead
+    (``serving.factor_packed``): a request then reads a few hundred kilobytes, not tens of
+    megabytes, and its widths are approximate (its means stay exact).
+
     Args:
         state: a linear policy's state.
         id_ridge: the policy's per-track prior precision.
+        width_rank: 0 keeps the packed covariance whole, ``r > 0`` factorises it to rank ``r``;
+            None (the default) chooses by size (``serving.width_rank``).
 
     Example:
         >>> s = init(2, 3, ridge=1.0, n_ids=8, position_bias=(1.0,))
@@ -204,7 +211,11 @@ def prepare(state: LinearState, *, id_ridge: float) -> LinearServing:
     """
     packed = serving.pack_cov(state.cov, state.theta)
     denom = id_ridge + state.id_count
-    return LinearServing(state.theta, packed, state.id_resid / denom, 1.0 / denom, state.n)
+    rank = serving.width_rank(*state.theta.shape) if width_rank is None else width_rank
+    right = None
+    if rank > 0:
+        packed, right = serving.factor_packed(packed, rank)
+    return LinearServing(state.theta, packed, state.id_resid / denom, 1.0 / denom, state.n, right)
 
 
 def project(

@@ -117,7 +117,7 @@ def logistic_ts(
     ) -> tuple[Array, Array, Array, Array]:
         if isinstance(state, LinearServing):
             return serving.project_packed(
-                state.theta, state.cov_packed, context, candidates.features
+                state.theta, state.cov_packed, context, candidates.features, state.cov_right
             )
         return linear.project(state.theta, state.cov, context, candidates.features)
 

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from bandits import linear, slates
+from bandits import linear, serving, slates
 from bandits.policy import Policy
+from bandits.serving import LinearServing
 from bandits.types import Candidates, Ranked
 
 __all__ = ["lin_ts", "posterior_sampler"]
@@ -79,6 +80,8 @@ def lin_ts(
         slate_size: int,
     ) -> Ranked:
         mean, _, w, m = linear.predict(state, context, candidates, id_ridge)
+        if isinstance(state, LinearServing) and state.cov_right is not None:
+            m = serving.nearest_covariance(m)  # m from a factorised covariance
         za = jnp.concatenate(
             [candidates.features, jnp.ones((mask.shape[0], 1), candidates.features.dtype)], 1
         )

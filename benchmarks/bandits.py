@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bandits import POLICIES, Candidates, Feedback, Policy
+from bandits import POLICIES, Candidates, Feedback, Policy, linear
 from benchmarks._runner import TOO_SHORT, Context, Row, colour, fmt, percentile, rate
 from streaming.sim.simulator import SimConfig, Simulator
 
@@ -133,12 +133,17 @@ _JITTED: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 """The jitted choose and update of each encore system, compiled once for all its rows."""
 
 
-def _jitted(policy: Policy) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def _jitted(
+    policy: Policy, serve: Callable[[Any], Any] | None = None
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``serve``: the form of the state a batch is chosen from (None: the state itself)."""
+
     def choose(state: Any, x: Any, c: Candidates, key: Any) -> Any:
         keys = jax.random.split(key, x.shape[0])
         m = jnp.ones(c.ids.shape, jnp.bool_)
+        ranked = state if serve is None else serve(state)
         return jax.vmap(
-            lambda xx, cc, mm, kk: policy.rank(state, xx, cc, mm, key=kk, slate_size=1)
+            lambda xx, cc, mm, kk: policy.rank(ranked, xx, cc, mm, key=kk, slate_size=1)
         )(x, c, m, keys).order[:, 0]
 
     return jax.jit(choose), jax.jit(policy.update)
@@ -152,12 +157,13 @@ def run_encore(
     seed: int = 0,
     *,
     system: str | None = None,
+    serve: Callable[[Any], Any] | None = None,
 ) -> Result:
     """Choose and learn over the first ``n`` rounds; ``system`` names the policy's factory and
     settings, so that runs of the same system (stationary and drifting rounds) reuse its
-    compiled functions."""
-    if system is None:
-        choose_jit, update = _jitted(policy)
+    compiled functions; ``serve`` derives the form each batch is chosen from."""
+    if system is None or serve is not None:
+        choose_jit, update = _jitted(policy, serve)
     else:
         choose_jit, update = _JITTED.setdefault(system, _jitted(policy))
     state = policy.init(D_USER, D_TRACK)
@@ -322,11 +328,11 @@ LATENCY_BATCH = 32
 LATENCY_SLATE = 10
 
 
-def _latency_state(policy: Policy, d_track: int, rng: np.random.Generator) -> Any:
+def _latency_state(policy: Policy, d_track: int, d_user: int, rng: np.random.Generator) -> Any:
     """A state that has learned from 512 rows (so scores are not all equal)."""
     n = 512
     fb = Feedback(
-        rng.normal(size=(n, D_USER)).astype(np.float32) / 4,
+        rng.normal(size=(n, d_user)).astype(np.float32) / 4,
         rng.normal(size=(n, d_track)).astype(np.float32) / 8,
         rng.integers(0, 1 << 30, n).astype(np.int32),
         np.zeros(n, np.int32),
@@ -334,7 +340,7 @@ def _latency_state(policy: Policy, d_track: int, rng: np.random.Generator) -> An
         np.ones(n, np.float32),
         np.ones(n, bool),
     )
-    return jax.block_until_ready(jax.jit(policy.update)(policy.init(D_USER, d_track), fb))
+    return jax.block_until_ready(jax.jit(policy.update)(policy.init(d_user, d_track), fb))
 
 
 def _percentiles(seconds: list[float], per: int = 1) -> tuple[float | str, float | str]:
@@ -352,10 +358,10 @@ class _Requests(NamedTuple):
     mb: np.ndarray  # (b, k)
 
 
-def _requests(k: int, d_track: int, rng: np.random.Generator) -> _Requests:
+def _requests(k: int, d_track: int, d_user: int, rng: np.random.Generator) -> _Requests:
     pool, b = 8, LATENCY_BATCH  # 8 requests cycled: no call reuses the previous call's buffers
     return _Requests(
-        [(rng.normal(size=D_USER) / 4).astype(np.float32) for _ in range(pool)],
+        [(rng.normal(size=d_user) / 4).astype(np.float32) for _ in range(pool)],
         [
             Candidates(
                 (rng.normal(size=(k, d_track)) / 8).astype(np.float32),
@@ -364,7 +370,7 @@ def _requests(k: int, d_track: int, rng: np.random.Generator) -> _Requests:
             for _ in range(pool)
         ],
         np.ones(k, bool),
-        (rng.normal(size=(b, D_USER)) / 4).astype(np.float32),
+        (rng.normal(size=(b, d_user)) / 4).astype(np.float32),
         Candidates(
             (rng.normal(size=(b, k, d_track)) / 8).astype(np.float32),
             rng.integers(0, 1 << 30, size=(b, k)).astype(np.int32),
@@ -443,18 +449,18 @@ def _latency_one_policy(policy: Policy, state: Any, req: _Requests, reps: int) -
     return _Timings(t_single, t_prepared, t_checked, t_batch, t_rerank)
 
 
-def latency_child(names: list[str], k: int, d_track: int, reps: int) -> list[Row]:
+def latency_child(names: list[str], k: int, d_track: int, d_user: int, reps: int) -> list[Row]:
     """The measurement itself (runs in the pinned child; see :func:`latency_rows`)."""
     rng = np.random.default_rng(0)
-    req = _requests(k, d_track, rng)
+    req = _requests(k, d_track, d_user, rng)
     rows: list[Row] = []
     shape = (
-        f"{k} candidates x {d_track} track + {D_USER} user features, "
+        f"{k} candidates x {d_track} track + {d_user} user features, "
         f"slate {LATENCY_SLATE} with propensities, numpy in and out, one core"
     )
     for name in names:
         policy = POLICIES[name]()
-        state = _latency_state(policy, d_track, rng)
+        state = _latency_state(policy, d_track, d_user, rng)
         t = _latency_one_policy(policy, state, req, reps)
         p50, p99 = _percentiles(t.single)
         q50, q99 = _percentiles(t.prepared)
@@ -506,8 +512,8 @@ def _pinned_child(core: int, body: str) -> tuple[dict[str, str], str]:
     return env, f"import os; {pin}; {body}"
 
 
-LatencyShape = tuple[list[str], int, int]
-"""Policies measured at one request shape: ``(names, k candidates, d_track)``."""
+LatencyShape = tuple[list[str], int, int, int]
+"""Policies measured at one request shape: ``(names, k candidates, d_track, d_user)``."""
 
 
 def latency_rows(shapes: list[LatencyShape], reps: int) -> list[Row]:
@@ -527,7 +533,7 @@ def latency_rows(shapes: list[LatencyShape], reps: int) -> list[Row]:
         "import runpy; runpy.run_module('benchmarks.bandits', run_name='__main__', alter_sys=True)",
     )
     cmd = [sys.executable, "-c", boot, "latency", str(reps)]
-    cmd += [f"{','.join(names)}:{k}:{d_track}" for names, k, d_track in shapes]
+    cmd += [f"{','.join(names)}:{k}:{dt}:{du}" for names, k, dt, du in shapes]
     done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
     for row in rows:
@@ -977,13 +983,36 @@ def run(ctx: Context) -> list[Row]:
             )
             rows.append(row)
         del fast
+        # The serving form past serving.EXACT_WIDTH_BYTES: widths from a low-rank factorisation
+        # of the packed covariance (forced here, at a shape where the exact one is cheap, to
+        # measure what it costs in regret against the exact encore linucb row above).
+        stationary = make_rounds(t_rounds, drift=0.0)
+        for rank in (8, 32):
+            linucb = POLICIES["linucb"]()
+
+            def factorised(state: Any, rank: int = rank) -> Any:
+                return linear.prepare(state, id_ridge=10.0, width_rank=rank)
+
+            res = run_encore(linucb, stationary, t_rounds, serve=factorised)
+            row, _ = _metrics(
+                f"encore linucb, widths from a rank-{rank} factorised covariance",
+                "as encore linucb; chosen from linear.prepare(state, width_rank) each batch",
+                stationary,
+                res,
+                f"{BATCH} rounds (rank vmapped)",
+            )
+            rows.append(row)
+        del stationary
 
     vw_regret = {r["system"]: r["cum_regret"] for r in rows}
     for label in ("", " [drift]"):
         enc = {
             s: v
             for s, v in vw_regret.items()
-            if s.startswith("encore") and s.endswith(label) and (label or "[drift]" not in s)
+            if s.startswith("encore")
+            and s.endswith(label)
+            and (label or "[drift]" not in s)
+            and "factorised" not in s
         }
         best = min(enc, key=enc.__getitem__)
         vw = vw_regret[f"vw squarecb (quadratic U x T, track id){label}"]
@@ -1016,11 +1045,14 @@ def run(ctx: Context) -> list[Row]:
     reps = 200 if ctx.quick else 2000
     # --quick: both policies at one request shape (each policy and shape compiles five paths)
     shapes: list[LatencyShape] = (
-        [(["linucb", "squarecb"], 2000, D_TRACK)]
+        [(["linucb", "squarecb"], 2000, D_TRACK, D_USER)]
         if ctx.quick
         else [
-            (["linucb", "squarecb", "softmax", "lin_ts"], 2000, D_TRACK),
-            (["linucb", "squarecb"], 500, 64),
+            (["linucb", "squarecb", "softmax", "lin_ts"], 2000, D_TRACK, D_USER),
+            (["linucb", "squarecb"], 500, 64, D_USER),
+            # 64 x 64: the packed covariance is 18 MB, past serving.EXACT_WIDTH_BYTES, so the
+            # prepared rows read its rank-32 factorisation (the raw-state rows read all of cov)
+            (["linucb", "squarecb"], 500, 64, 64),
         ]
     )
     rows += latency_rows(shapes, reps)
@@ -1095,7 +1127,7 @@ def _numerics_row() -> Row:
     }
 
 
-if __name__ == "__main__":  # the pinned latency child: latency REPS NAMES:K:D_TRACK ...
+if __name__ == "__main__":  # the pinned latency child: latency REPS NAMES:K:D_TRACK:D_USER ...
     if len(sys.argv) < 4 or sys.argv[1] != "latency":
         sys.exit("usage: python -m benchmarks.bandits latency REPS NAMES:K:D_TRACK ...")
     jax.config.update("jax_numpy_dtype_promotion", "standard")
@@ -1106,6 +1138,6 @@ if __name__ == "__main__":  # the pinned latency child: latency REPS NAMES:K:D_T
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     out: list[Row] = []
     for spec in sys.argv[3:]:
-        names_, k_, d_ = spec.split(":")
-        out += latency_child(names_.split(","), int(k_), int(d_), int(sys.argv[2]))
+        names_, k_, dt_, du_ = spec.split(":")
+        out += latency_child(names_.split(","), int(k_), int(dt_), int(du_), int(sys.argv[2]))
     print(json.dumps(out))

@@ -251,6 +251,66 @@ def test_prepared_state_gives_the_same_mean_and_variance(key: jax.Array, discoun
     np.testing.assert_allclose(m, _m_direct(state, np.asarray(x)), rtol=1e-5, atol=1e-7)
 
 
+def test_a_factorised_covariance_gives_exact_means_and_close_widths(key: jax.Array) -> None:
+    """``width_rank``: the packed covariance as a rank-r product; means stay exact, widths
+    (standard deviations) close, closer the larger the rank, and exact at full rank."""
+    du, dt, k = 6, 9, 200
+    state = _init(du, dt, n_ids=16)
+    for i in range(4):
+        state = _update(state, _batch(jax.random.fold_in(key, i), 300, du, dt))
+    whole = linear.prepare(state, id_ridge=10.0, width_rank=0)
+    kx, kz, ki = jax.random.split(jax.random.fold_in(key, 7), 3)
+    cands = Candidates(
+        jax.random.normal(kz, (k, dt), jnp.float32), jax.random.randint(ki, (k,), 0, 40)
+    )
+    errors = []
+    for rank in (2, 16, 28):  # 28: every user index pair, so nothing is left out
+        fac = linear.prepare(state, id_ridge=10.0, width_rank=rank)
+        assert fac.cov_packed.shape == (whole.cov_packed.shape[0], rank)
+        assert fac.cov_right is not None and fac.cov_right.shape == (
+            rank,
+            whole.cov_packed.shape[1],
+        )
+        worst = 0.0
+        for i in range(10):
+            x = jax.random.normal(jax.random.fold_in(kx, i), (du,), jnp.float32)
+            exact, approx = (
+                linear.predict(whole, x, cands, 10.0),
+                linear.predict(fac, x, cands, 10.0),
+            )
+            np.testing.assert_array_equal(np.asarray(approx[0]), np.asarray(exact[0]))
+            sd, sd_approx = np.sqrt(np.asarray(exact[1])), np.sqrt(np.asarray(approx[1]))
+            worst = max(worst, float(np.max(np.abs(sd_approx - sd) / sd)))
+        errors.append(worst)
+    assert errors[0] > errors[1] > errors[2] and errors[1] < 0.05 and errors[2] < 1e-3, errors
+    # the same state always gives the same form (a fixed sketch)
+    again = linear.prepare(state, id_ridge=10.0, width_rank=28)
+    np.testing.assert_array_equal(np.asarray(again.cov_packed), np.asarray(fac.cov_packed))
+
+
+def test_the_width_is_factorised_only_past_the_exact_size() -> None:
+    from bandits import serving
+
+    assert serving.width_rank(17, 17) == 0  # 16 x 16 features: 153 x 153 floats, whole
+    assert serving.width_rank(17, 65) == 0  # 16 x 64: 1.3 MB, whole
+    assert serving.width_rank(65, 65) == serving.WIDTH_RANK  # 64 x 64: 18 MB, factorised
+    assert 4 * 2145 * 2145 > serving.EXACT_WIDTH_BYTES >= 4 * 153 * 2145
+
+
+def test_thompson_sampling_from_a_factorised_covariance_draws_finite_scores(
+    key: jax.Array,
+) -> None:
+    from bandits import POLICIES
+
+    du, dt, k = 6, 9, 50
+    policy = POLICIES["lin_ts"](n_ids=16)
+    state = policy.update(policy.init(du, dt), _batch(key, 400, du, dt, ids=16))
+    fac = linear.prepare(state, id_ridge=10.0, width_rank=1)  # crude: m may be indefinite
+    c = Candidates(jax.random.normal(key, (k, dt), jnp.float32), jnp.arange(k, dtype=jnp.int32))
+    r = policy.rank(fac, np.ones(du, np.float32), c, np.ones(k, bool), key=key, slate_size=5)
+    assert np.isfinite(np.asarray(r.propensity)).all() and len(set(np.asarray(r.order))) == 5
+
+
 def test_prepared_state_without_ids_and_update_refuses_it(key: jax.Array) -> None:
     state = _update(_init(3, 2), _batch(key, 10, 3, 2))
     serving = linear.prepare(state, id_ridge=10.0)
