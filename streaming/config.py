@@ -424,6 +424,12 @@ class PolicySpecConfig:
         "depends on the cuts, within float rounding for its sums).",
         "ms",
     )
+    warn_id_collisions: float = _key(
+        0.05,
+        "Warn when more than this fraction of the tracks the policy has learned of share a "
+        "per-track slot (`params.n_ids`, hashed by id) with another track; the fraction is "
+        "`encore_track_slots_shared` either way.",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "slate_size")

@@ -44,6 +44,7 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
     arrays: dict[str, np.ndarray] = {
         "policy_blob": np.frombuffer(save(engine.policy, state.policy), dtype=np.uint8),
         "next_payload": np.array(state.next_payload, np.int64),
+        "tracks": state.tracks,
     }
     leaves = jax.tree.leaves(state.model)
     arrays.update({f"model/{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
@@ -154,6 +155,7 @@ def from_arrays(
         delta_seq=int(header.get("delta_seq", 0)),
         seen={str(k): int(v) for k, v in header.get("seen", {}).items()},
         history=_history_from_arrays(arrays),
+        tracks=arrays.get("tracks", np.zeros(0, np.int32)),
     )
 
 

@@ -190,6 +190,7 @@ class WorkerState(NamedTuple):
     delta_seq: int = 0  # sequence number of this worker's newest sealed delta
     seen: Mapping[str, int] = {}  # other worker id -> newest delta sequence folded in
     history: Mapping[int, History] = {}  # per partition number: its listeners' recent plays
+    tracks: npt.NDArray[np.int32] = np.zeros(0, np.int32)  # ids the policy learned of, sorted
 
 
 class Effects(NamedTuple):

@@ -80,7 +80,9 @@ from streaming.core.tables import (
 from streaming.events import ImpressionBatch, OutcomeBatch
 
 __all__ = [
+    "TRACKS_MAX",
     "init",
+    "seen_tracks",
     "settle",
     "step",
 ]
@@ -236,6 +238,7 @@ def step(
         sums=sums,
         reward_by_policy=reward_by_policy,
         history=closed.history,
+        tracks=seen_tracks(state.tracks, [r.action for r in closed.policy_rows]),
     )
     # (a step of nothing but rejected messages, before any join state exists, has no effects)
     parts = [e for _, e in routed.effects] or [join.concat_effects([], engine.slate_size)]
@@ -417,6 +420,26 @@ def _learn_policy(
         engine, state.policy, ready, frontier, state.pending
     )
     return policy_state, pending, concat_all_rows([rest, waiting]), counters
+
+
+TRACKS_MAX = 1 << 22
+"""The most distinct track ids a worker keeps (16 MiB) to measure per-track slot sharing."""
+
+
+def seen_tracks(
+    tracks: npt.NDArray[np.int32], new: list[npt.NDArray[np.int32]]
+) -> npt.NDArray[np.int32]:
+    """``tracks`` (sorted, unique) with the ids of ``new`` it lacks, up to ``TRACKS_MAX``."""
+    ids = np.unique(np.concatenate([np.zeros(0, np.int32), *new]))
+    if not ids.size or tracks.size >= TRACKS_MAX:
+        return tracks
+    at = np.searchsorted(tracks, ids)
+    known = np.zeros(ids.size, bool)
+    inside = at < tracks.size
+    known[inside] = tracks[at[inside]] == ids[inside]
+    if known.all():
+        return tracks
+    return np.insert(tracks, at[~known], ids[~known])
 
 
 def _frontier(routed: _Routed) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bandits import save
+from bandits import linear, save
 from streaming import join
 from streaming.config import Config
 from streaming.core import (
@@ -149,6 +149,8 @@ class Daemon:
         self.clock = clock  # dates: stats, checkpoint headers, handoff records, status
         self.ticks = ticks  # intervals: the loop's schedules, stall and idle detection, alignment
         self.engine = make_engine(config)
+        self._n_ids = int(self.engine.policy.spec.params.get("n_ids", 0))  # per-track slots
+        self._shared_warned = 0.0  # the share of tracks in shared slots last warned of
         self.limits = limits(config)
         self.ckpt_dir = Path(config.checkpoint.dir)
         self.lineage = (
@@ -952,7 +954,29 @@ class Daemon:
             "reward_model": int(self.state.model_rows.end_ms.size),
         }
         listeners = sum(int(t.listener.size) for t in self.state.history.values())
-        return metrics_snapshot(self.stats, self.state.sums, model, self.clock(), queued, listeners)
+        snap = metrics_snapshot(self.stats, self.state.sums, model, self.clock(), queued, listeners)
+        seen = int(self.state.tracks.size)
+        shared = linear.shared_slots(self.state.tracks, self._n_ids)
+        snap.update(tracks_seen=seen, track_slots_shared=shared / seen if seen else 0.0)
+        return snap
+
+    def _warn_shared_slots(self, snap: Mapping[str, Any]) -> None:
+        """Say so when too many tracks share a per-track slot: once, then at every doubling."""
+        share = float(snap.get("track_slots_shared", 0.0))
+        limit = self.config.policy.warn_id_collisions
+        if share <= limit or share < 2 * self._shared_warned:
+            return
+        self._shared_warned = share
+        seen = int(snap.get("tracks_seen", 0))
+        log.warning(
+            "%.1f %% of the %s tracks the policy learned of share a per-track slot with another "
+            "track (policy.params.n_ids = %s, ids hashed into it): their biases are partly each "
+            "other's. Size n_ids to about 20 times the catalogue (%s here) for about 5 %%",
+            100 * share,
+            f"{seen:,}",
+            f"{self._n_ids:,}",
+            f"{20 * seen:,}",
+        )
 
     def publish_metrics(self) -> None:
         """Refresh the Prometheus numbers and the status file ``encore status`` reads.
@@ -979,7 +1003,9 @@ class Daemon:
                     else:
                         self._lag_unknown = f"{type(exc).__name__}: {exc}"
         self._side_stats()
-        self.metrics.update_from(self.metrics_snapshot())
+        snap = self.metrics_snapshot()
+        self._warn_shared_slots(snap)
+        self.metrics.update_from(snap)
         write_status(
             status_path(self.config),
             {**self.metrics.snapshot(), **process_fields(self.config.metrics.refresh_ms)},

@@ -39,6 +39,10 @@ key                            type                        exposed as
                                                            depend on timing; docs/reliability.md)
 ``history_listeners``          int                         ``encore_history_listeners``: listeners
                                                            whose recent plays the worker holds
+``tracks_seen``                int                         ``encore_tracks_seen``: distinct track ids
+                                                           the policy learned of
+``track_slots_shared``         float                       ``encore_track_slots_shared``: the fraction
+                                                           of them sharing a per-track slot
 ``last_checkpoint_ms``         int                         (``checkpoint_age_seconds`` when absent)
 ``checkpoint_age_seconds``     float                       ``encore_checkpoint_age_seconds``
 ``checkpoints_total``          int                         ``encore_checkpoints_total``
@@ -132,6 +136,8 @@ _SCALARS = (
     "join_rate",
     "closed_total",
     "history_listeners",
+    "tracks_seen",
+    "track_slots_shared",
     "last_checkpoint_ms",
     "checkpoint_age_seconds",
     "checkpoints_total",
@@ -169,6 +175,10 @@ _HELP = {
     "(history_listeners_evicted).",
     "history_listeners": "Listeners whose recent plays the worker holds for the session reward "
     "model (reward.history_listeners per partition at most).",
+    "tracks_seen": "Distinct track ids the policy has learned of (at most 4,194,304 counted).",
+    "track_slots_shared": "Fraction of the tracks seen whose per-track bias slot (policy "
+    "n_ids, ids hashed into it) holds another track too; past policy.warn_id_collisions the "
+    "daemon warns.",
     "checkpoint_age_seconds": "Seconds since the last checkpoint was written.",
     "checkpoints_total": "Checkpoints written.",
     "snapshots_total": "Policy snapshots published.",
@@ -270,6 +280,8 @@ class _Collector(Collector):
             "join_rate",
             "closed_total",
             "history_listeners",
+            "tracks_seen",
+            "track_slots_shared",
             "checkpoint_age_seconds",
             "checkpoints_total",
             "snapshots_total",
@@ -424,6 +436,8 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "learning_queued",
         "limits_reached_total",
         "history_listeners",
+        "tracks_seen",
+        "track_slots_shared",
         "checkpoint_age_seconds",
         "checkpoints_total",
         "snapshots_total",

@@ -537,3 +537,16 @@ def test_a_session_models_state_round_trips_through_arrays_with_its_histories() 
     for x, y in zip(back.history[0], state.history[0], strict=True):
         np.testing.assert_array_equal(x, y)
     assert back.model_rows.history.shape[1:] == (4, eng.history_dim)
+
+
+def test_the_tracks_the_policy_learned_of_are_kept_sorted_and_unique() -> None:
+    from streaming.core.step import seen_tracks
+
+    tracks = seen_tracks(np.zeros(0, np.int32), [np.array([5, 3, 5], np.int32)])
+    assert tracks.tolist() == [3, 5]
+    tracks = seen_tracks(tracks, [np.array([4, 9], np.int32), np.array([3], np.int32)])
+    assert tracks.tolist() == [3, 4, 5, 9]
+    assert seen_tracks(tracks, [np.array([9, 4], np.int32)]) is tracks
+    state, c = run(engine(), *traffic(300), cuts=3)
+    assert 0 < state.tracks.size <= c["feedback_rows"]
+    assert (np.diff(state.tracks) > 0).all()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bandits import linear
 from streaming import join
 from streaming.config import Config
 from streaming.core import step
@@ -457,3 +458,29 @@ def test_the_fallback_is_decided_by_whether_any_record_of_the_checkpoint_was_rea
     # nothing sealed (the policy had learned nothing new): its queue and counts would still
     # count the interval twice
     assert h.fallback_needed(a.state._replace(outbox=None), at, {1: taken}, True) == [1]
+
+
+def test_tracks_sharing_per_track_slots_are_measured_and_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    short = ("join.window_ms=20000", "join.allowed_lateness_ms=5000")
+    a = daemon(tmp_path, "a", {}, 'policy.params={"n_ids": 64}', *short)
+    fed(a, 3)
+    seen = np.unique(a.state.policy_rows.action)  # the update interval has not passed yet
+    np.testing.assert_array_equal(a.state.tracks, seen)  # every track the policy learned of
+    snap = a.metrics_snapshot()
+    assert snap["tracks_seen"] == seen.size > 64
+    share = snap["track_slots_shared"]
+    assert share == pytest.approx(linear.shared_slots(seen, 64) / seen.size) and share > 0.5
+    with caplog.at_level("WARNING"):
+        a._warn_shared_slots(snap)
+        a._warn_shared_slots(snap)  # said once, until the share doubles
+    said = [r.getMessage() for r in caplog.records if "per-track slot" in r.getMessage()]
+    assert len(said) == 1 and "n_ids = 64" in said[0] and f"{20 * seen.size:,}" in said[0]
+    roomy = daemon(tmp_path, "b", {}, 'policy.params={"n_ids": 1000000}', *short)
+    fed(roomy, 3)
+    snap = roomy.metrics_snapshot()
+    assert snap["track_slots_shared"] < 0.01
+    caplog.clear()
+    roomy._warn_shared_slots(snap)
+    assert not caplog.records

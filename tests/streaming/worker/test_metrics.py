@@ -46,6 +46,8 @@ SNAPSHOT: dict[str, Any] = {
     "align_pauses_total": 31,
     "limits_reached_total": {"join_evicted": 3, "history_listeners_evicted": 0},
     "history_listeners": 4_321,
+    "tracks_seen": 1_000,
+    "track_slots_shared": 0.25,
 }
 
 
@@ -92,6 +94,8 @@ def test_endpoint_exposes_the_snapshot_over_http() -> None:
     assert got[("encore_align_pauses_total", ())] == 31
     assert got[("encore_limits_reached_total", (("kind", "join_evicted"),))] == 3
     assert got[("encore_history_listeners", ())] == 4_321
+    assert got[("encore_track_slots_shared", ())] == pytest.approx(0.25)
+    assert got[("encore_tracks_seen", ())] == 1_000
     # Derived: join rate, checkpoint age, events/s since start, uptime.
     assert got[("encore_join_rate", ())] == pytest.approx(2_600 / 2_990)
     assert got[("encore_checkpoint_age_seconds", ())] == pytest.approx(4.5)
@@ -213,6 +217,7 @@ def test_status_table_shows_every_metric() -> None:
         "align_pauses_total",
         "limits_reached_total{join_evicted}",
         "history_listeners",
+        "track_slots_shared",
     ):
         assert needle in text, needle
     assert set(SNAPSHOT) <= KNOWN_KEYS

@@ -42,8 +42,9 @@ def engine() -> Engine:
 
 QUEUE = tuple(f"policy_rows/{f}" for f in PolicyRows._fields)  # written since, empty here
 # also written since: each play's listener and each queued play's history, for a reward model
-# that reads listening history (zero, and zero-width, for one that does not)
-LISTENING = ("plays/listener", "model_rows/history")
+# that reads listening history (zero, and zero-width, for one that does not), and the track ids
+# the policy learned of (to measure per-track slot sharing; empty when loaded from the fixture)
+LISTENING = ("plays/listener", "model_rows/history", "tracks")
 
 
 def state_from_stream(eng: Engine) -> WorkerState:
@@ -82,6 +83,7 @@ def test_the_kept_checkpoint_loads_and_writes_back_the_same_arrays() -> None:
     assert sorted(again) == sorted([*arrays, *QUEUE, *LISTENING])
     assert all(again[name].shape[0] == 0 for name in QUEUE)
     assert not again["plays/listener"].any() and again["model_rows/history"].size == 0
+    assert again["tracks"].size == 0
     for name, value in arrays.items():
         assert again[name].dtype == value.dtype, name
         assert again[name].tobytes() == value.tobytes(), name
