@@ -437,6 +437,10 @@ class PolicySpecConfig:
             raise ConfigError(
                 f"policy.update_every_ms must be 0 or more, got {self.update_every_ms}"
             )
+        if not 0.0 <= self.warn_id_collisions <= 1.0:
+            raise ConfigError(
+                f"policy.warn_id_collisions must be in [0, 1], got {self.warn_id_collisions}"
+            )
 
 
 @dataclass(frozen=True)

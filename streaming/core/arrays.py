@@ -122,6 +122,14 @@ def from_arrays(
             f"was written with {spec.get('params')}, the config says {dict(mine.params)}); "
             "use the same params or another checkpoint.dir"
         )
+    shapes = [tuple(arrays[f"model/{i:04d}"].shape) for i in range(len(leaves))]
+    if shapes != [tuple(x.shape) for x in leaves]:
+        raise ValueError(
+            f"checkpoint's reward-model arrays have other shapes than the configured "
+            f"{mine.name} model's: reward.model_params changed (the checkpoint was written with "
+            f"{spec.get('params')}, the config says {dict(mine.params)}); use the same params or "
+            "another checkpoint.dir"
+        )
     model = jax.tree.unflatten(
         treedef, [jnp.asarray(arrays[f"model/{i:04d}"]) for i in range(len(leaves))]
     )
@@ -160,8 +168,8 @@ def from_arrays(
 
 
 def plays_from_arrays(arrays: Mapping[str, npt.NDArray[Any]], prefix: str) -> Plays:
-    """The ``Plays`` columns named ``prefix + field``; a table written before listeners were kept
-    has none (0: an unknown listener, which gets no history)."""
+    """The ``Plays`` columns named ``prefix + field``; a table without a ``listener`` column gets
+    0 for each play (an unknown listener, which gets no history)."""
     n = arrays[f"{prefix}payload"].shape[0]
     missing = {"listener": np.zeros(n, np.uint64)}
     return Plays(**{f: arrays.get(f"{prefix}{f}", missing.get(f)) for f in Plays._fields})  # type: ignore[arg-type]
@@ -195,6 +203,15 @@ def _model_rows_from_arrays(engine: Engine, arrays: Mapping[str, npt.NDArray[Any
         "request_key": np.zeros(n, np.uint64),
         "ts_ms": np.zeros(n, np.int64),
     }
-    return ModelRows(
+    rows = ModelRows(
         **{f: arrays.get(f"model_rows/{f}", missing.get(f)) for f in ModelRows._fields}  # type: ignore[arg-type]
     )
+    h, e = engine.history_length, engine.history_dim
+    if rows.history.shape[1:] != (h, e):  # written with another reward.history_length
+        have, width = rows.history.shape[1:]
+        fitted = np.zeros((n, h, e), np.float32)
+        if width == e:
+            keep = min(have, h)
+            fitted[:, h - keep :] = rows.history[:, have - keep :]
+        rows = rows._replace(history=fitted)
+    return rows

@@ -5,9 +5,9 @@ partition number keeps a ``History`` table of its listeners' last ``h`` plays, c
 the rest of the state and moved with the partition on a rebalance (in its partition record).
 
 ``attach`` gives each joined play, taken in the reward model's order within its partition (window
-end, impression key, position, outcome time), the plays of its listener that come before it in
-that order and ended before it (earlier windows, earlier positions of its own slate), at most
-the last ``h``; then appends it to the table. Windows close in one order however the polls cut the
+end, impression key, position, outcome time), the last ``h`` plays of its listener that come
+before it in that order, less those that had not ended before it (a later window's play can
+end earlier: it is left out, so a play may see fewer than ``h``); then appends it to the table. Windows close in one order however the polls cut the
 stream, so every play sees the same history after a restart or a rebalance. Past
 ``capacity`` listeners per partition, those whose newest play is oldest leave the table (counted
 by the caller): only then can a history depend on timing, as the join's own capacity limits can.
@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["History", "attach", "empty_history"]
+__all__ = ["History", "attach", "empty_history", "fit_history"]
 
 NO_PLAY_MS = np.iinfo(np.int64).min
 """The outcome time of an empty history slot: before every play."""
@@ -43,6 +43,24 @@ def empty_history(h: int, e: int) -> History:
         ts_ms=np.zeros((0, h), np.int64),
         last_ms=np.zeros(0, np.int64),
     )
+
+
+def fit_history(table: History, h: int, e: int) -> History:
+    """``table`` with ``h`` entries per listener of ``e`` floats: its newest ``h`` entries (the
+    oldest padded as empty), or no listeners at all when its entries have another width (a
+    table written with another ``reward.history_length`` or ``history_dim``)."""
+    _, have, width = table.entries.shape
+    if width != e:
+        return empty_history(h, e)
+    if have == h:
+        return table
+    u = table.listener.size
+    keep = min(have, h)
+    entries = np.zeros((u, h, e), np.float32)
+    ts = np.full((u, h), NO_PLAY_MS, np.int64)
+    entries[:, h - keep :] = table.entries[:, have - keep :]
+    ts[:, h - keep :] = table.ts_ms[:, have - keep :]
+    return History(table.listener, entries, ts, table.last_ms)
 
 
 def _with_listeners(table: History, keys: npt.NDArray[np.uint64]) -> History:
@@ -73,7 +91,8 @@ def attach(
     Args:
         table: the partition's table before these plays.
         listener: ``(n,)`` key of each play's listener, rows in learning order; 0 is an unknown
-            listener (a play decoded before listeners were kept): no history, not appended.
+            listener (a play from a table without a listener column): no history, not
+            appended.
         ts_ms: ``(n,)`` each play's outcome time.
         entries: ``(n, e)`` each play's history entry.
         capacity: the most listeners the table keeps.

@@ -37,7 +37,7 @@ from bandits import Feedback, linear
 from rewards.features import N_POSITIONS
 from rewards.session import HISTORY_DIM, history_entries
 from streaming import join
-from streaming.core.history import History, attach, empty_history
+from streaming.core.history import History, attach, empty_history, fit_history
 from streaming.core.state import (
     F32,
     Engine,
@@ -336,9 +336,8 @@ def joined_model_rows(
         np.ones(pos.size, bool),
         extra,
     )
-    table = (
-        history if history is not None else empty_history(engine.history_length, engine.history_dim)
-    )
+    h, e = engine.history_length, engine.history_dim
+    table = empty_history(h, e) if history is None else fit_history(history, h, e)
     table, seen, evicted = attach(
         table, plays.listener[p], ts_ms, entries, engine.history_listeners
     )

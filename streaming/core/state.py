@@ -77,6 +77,11 @@ class Engine:
         return self.join_config.slate_size
 
     @property
+    def track_slots(self) -> int:
+        """The policy's per-track table size (``n_ids``; 0 for a policy without one)."""
+        return int(self.policy.spec.params.get("n_ids", 0) or 0)
+
+    @property
     def n_model_features(self) -> int:
         return rewards.n_interaction_features(self.d_user, self.d_track)
 

@@ -238,7 +238,11 @@ def step(
         sums=sums,
         reward_by_policy=reward_by_policy,
         history=closed.history,
-        tracks=seen_tracks(state.tracks, [r.action for r in closed.policy_rows]),
+        tracks=(
+            seen_tracks(state.tracks, [r.action for r in closed.policy_rows])
+            if engine.track_slots
+            else state.tracks
+        ),
     )
     # (a step of nothing but rejected messages, before any join state exists, has no effects)
     parts = [e for _, e in routed.effects] or [join.concat_effects([], engine.slate_size)]

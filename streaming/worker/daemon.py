@@ -149,8 +149,8 @@ class Daemon:
         self.clock = clock  # dates: stats, checkpoint headers, handoff records, status
         self.ticks = ticks  # intervals: the loop's schedules, stall and idle detection, alignment
         self.engine = make_engine(config)
-        self._n_ids = int(self.engine.policy.spec.params.get("n_ids", 0))  # per-track slots
         self._shared_warned = 0.0  # the share of tracks in shared slots last warned of
+        self._shared: tuple[Any, int] = (None, 0)  # (state.tracks, how many share a slot)
         self.limits = limits(config)
         self.ckpt_dir = Path(config.checkpoint.dir)
         self.lineage = (
@@ -956,9 +956,31 @@ class Daemon:
         listeners = sum(int(t.listener.size) for t in self.state.history.values())
         snap = metrics_snapshot(self.stats, self.state.sums, model, self.clock(), queued, listeners)
         seen = int(self.state.tracks.size)
-        shared = linear.shared_slots(self.state.tracks, self._n_ids)
+        if self._shared[0] is not self.state.tracks:  # a step makes a new array when it grows
+            tracks = self.state.tracks
+            self._shared = (tracks, linear.shared_slots(tracks, self.engine.track_slots))
+        shared = self._shared[1]
         snap.update(tracks_seen=seen, track_slots_shared=shared / seen if seen else 0.0)
         return snap
+
+    def _unhold_empty_partitions(self) -> None:
+        """An assigned partition that has read nothing and has nothing to read (no lag on either
+        topic) stops holding the learners' frontier back: its empty join goes until its first
+        event. (One with events still to read keeps holding it, which is what makes the
+        learners' order independent of when each partition's first poll comes.)"""
+        t = self.config.topics
+        empty = [
+            p
+            for p, js in self.state.join.items()
+            if int(js.impression_max_ts_ms) == join.NO_TIME_MS
+            and int(js.outcome_max_ts_ms) == join.NO_TIME_MS
+            and js.pending_key.size == 0
+            and self.stats.lag.get(f"{t.impressions}/{p}") == 0
+            and self.stats.lag.get(f"{t.outcomes}/{p}") == 0
+        ]
+        if empty:
+            kept = {p: js for p, js in self.state.join.items() if p not in empty}
+            self.state = self.state._replace(join=kept)
 
     def _warn_shared_slots(self, snap: Mapping[str, Any]) -> None:
         """Say so when too many tracks share a per-track slot: once, then at every doubling."""
@@ -974,7 +996,7 @@ class Daemon:
             "other's. Size n_ids to about 20 times the catalogue (%s here) for about 5 %%",
             100 * share,
             f"{seen:,}",
-            f"{self._n_ids:,}",
+            f"{self.engine.track_slots:,}",
             f"{20 * seen:,}",
         )
 
@@ -1003,6 +1025,7 @@ class Daemon:
                     else:
                         self._lag_unknown = f"{type(exc).__name__}: {exc}"
         self._side_stats()
+        self._unhold_empty_partitions()
         snap = self.metrics_snapshot()
         self._warn_shared_slots(snap)
         self.metrics.update_from(snap)

@@ -50,7 +50,8 @@ def publish(
             raise RuntimeError(
                 f"partition {record.partition}'s open windows take {len(value):,} bytes "
                 f"compressed, over the handoff limit of {HANDOFF_MAX_BYTES:,}: lower "
-                "join.max_open or log.max_candidates"
+                "join.max_open or log.max_candidates (with the session reward model, "
+                "reward.history_listeners or reward.history_length)"
             )
         values.append((handoff.key(group, record.partition), value))
     if reopen is None:

@@ -34,9 +34,10 @@ key                            type                        exposed as
 ``model_log_loss``             {model: float}              ``encore_model_log_loss{model}``
 ``learning_queued``            {learner: int}              ``encore_learning_queued{learner}``: closed
                                                            rows waiting for the event-time frontier
-``limits_reached_total``       {kind: int}                 ``encore_limits_reached_total{kind}``: where
-                                                           a capacity limit acted (results can then
-                                                           depend on timing; docs/reliability.md)
+``limits_reached``             {kind: int}                 ``encore_limits_reached{kind}``: times a
+                                                           capacity limit acted, in the state of the
+                                                           partitions held (a gauge: it moves with
+                                                           them); docs/reliability.md
 ``history_listeners``          int                         ``encore_history_listeners``: listeners
                                                            whose recent plays the worker holds
 ``tracks_seen``                int                         ``encore_tracks_seen``: distinct track ids
@@ -122,7 +123,7 @@ _LABELLED = {
     "reward_mean": "policy",
     "model_log_loss": "model",
     "learning_queued": "learner",
-    "limits_reached_total": "kind",
+    "limits_reached": "kind",
     "handoffs_total": "kind",
     "side_truncated_total": "topic",
     "side_refused_total": "topic",
@@ -168,14 +169,16 @@ _HELP = {
     "model_log_loss": "Prequential log loss of each reward model.",
     "learning_queued": "Closed rows waiting for every partition's watermark before a learner "
     "takes them, by learner (policy, reward_model).",
-    "limits_reached_total": "Times a capacity limit acted, by kind: impressions evicted from a "
+    "limits_reached": "Times a capacity limit acted in the worker's state (a gauge: the join's "
+    "counts move with their partitions), by kind: impressions evicted from a "
     "full join buffer (join_evicted), outcomes from a full pending buffer (join_evicted_outcomes), "
     "rows a full learning queue released early (model_rows_released_early, "
     "policy_rows_released_early), listeners dropped from a full history table "
     "(history_listeners_evicted).",
     "history_listeners": "Listeners whose recent plays the worker holds for the session reward "
     "model (reward.history_listeners per partition at most).",
-    "tracks_seen": "Distinct track ids the policy has learned of (at most 4,194,304 counted).",
+    "tracks_seen": "Distinct track ids this worker's policy has learned of from the rows it "
+    "closed (at most 4,194,304 counted; kept in its checkpoint, not moved with partitions).",
     "track_slots_shared": "Fraction of the tracks seen whose per-track bias slot (policy "
     "n_ids, ids hashed into it) holds another track too; past policy.warn_id_collisions the "
     "daemon warns.",
@@ -434,7 +437,7 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "reward_mean",
         "model_log_loss",
         "learning_queued",
-        "limits_reached_total",
+        "limits_reached",
         "history_listeners",
         "tracks_seen",
         "track_slots_shared",

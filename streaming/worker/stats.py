@@ -74,7 +74,7 @@ LIMITS = {
     "policy_rows_released_early": "policy_rows_released_early",
     "history_listeners_evicted": "history_listeners_evicted",
 }
-"""``limits_reached_total``'s kinds and the worker counters they read: where a capacity limit
+"""``limits_reached``'s kinds and the worker counters they read: where a capacity limit
 acted (docs/reliability.md says what each does)."""
 
 
@@ -106,7 +106,7 @@ def metrics_snapshot(
         "reward_mean": {k: tot / max(cnt, 1) for k, (tot, cnt) in s.reward_by_policy.items()},
         "model_log_loss": {model_name: loss},
         "learning_queued": dict(queued or {}),
-        "limits_reached_total": {kind: int(c.get(name, 0)) for kind, name in LIMITS.items()},
+        "limits_reached": {kind: int(c.get(name, 0)) for kind, name in LIMITS.items()},
         "history_listeners": listeners,
         "consumer_lag": dict(s.lag),
         "checkpoints_total": s.checkpoints,

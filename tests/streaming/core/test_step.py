@@ -550,3 +550,32 @@ def test_the_tracks_the_policy_learned_of_are_kept_sorted_and_unique() -> None:
     state, c = run(engine(), *traffic(300), cuts=3)
     assert 0 < state.tracks.size <= c["feedback_rows"]
     assert (np.diff(state.tracks) > 0).all()
+
+
+def test_a_session_checkpoint_goes_on_under_another_history_length_and_refuses_other_shapes() -> (
+    None
+):
+    import rewards
+
+    eng = session_engine(window_ms=120_000, allowed_lateness_ms=30_000)
+    imps, outs = traffic(600, seed=3)
+    ib, _ = decode_impressions(imps, LIM)
+    ob, _ = decode_outcomes(outs, LIM)
+    half_i, half_o = ib.n // 2, ob.n // 2
+    first = (type(ib)(*(c[:half_i] for c in ib)), type(ob)(*(c[:half_o] for c in ob)))
+    rest = (type(ib)(*(c[half_i:] for c in ib)), type(ob)(*(c[half_o:] for c in ob)))
+    state, _ = step(eng, init(eng), *first)
+    old = state.history[0]
+    assert old.listener.size > 0
+    arrays, header = to_arrays(eng, state)
+    longer = dataclasses.replace(eng, history_length=6)
+    back = from_arrays(longer, arrays, header)
+    assert back.model_rows.history.shape[1:] == (6, eng.history_dim)
+    back, _ = step(longer, back, *rest, watermark_ms=join.MAX_TIME_MS)
+    table = back.history[0]
+    assert table.entries.shape[1] == 6
+    kept = np.isin(table.listener, old.listener)
+    assert kept.sum() == old.listener.size  # every listener's plays went on from where they were
+    wider = dataclasses.replace(eng, reward_model=rewards.MODELS["session"](gru_units=12))
+    with pytest.raises(ValueError, match="model_params changed"):
+        from_arrays(wider, arrays, header)

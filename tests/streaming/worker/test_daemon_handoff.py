@@ -155,7 +155,8 @@ def test_every_assigned_partition_holds_the_learners_back_until_it_has_read_both
 ) -> None:
     """A partition assigned with nothing read yet gets an empty join, whose watermark is the
     start of time: the learners release no row until it has read both of its topics (else the
-    rows its first windows close would come after rows already learned)."""
+    rows its first windows close would come after rows already learned), or until it turns out
+    to have nothing to read."""
     short = ("join.window_ms=20000", "join.allowed_lateness_ms=5000")
     a = daemon(tmp_path, "a", {}, *short)
     a.ownership.read = lambda partitions, timeout_s=60.0: {}  # type: ignore[method-assign]
@@ -171,6 +172,17 @@ def test_every_assigned_partition_holds_the_learners_back_until_it_has_read_both
         assert frontier == join.NO_TIME_MS
     else:
         assert frontier > join.NO_TIME_MS
+    if 2 in assigned:  # ... until it turns out to have nothing to read
+        t = a.config.topics
+        a.stats.lag = {f"{t.impressions}/2": 5, f"{t.outcomes}/2": 0}
+        a._unhold_empty_partitions()
+        assert 2 in a.state.join  # events still to read: it keeps holding the frontier
+        a.stats.lag = {f"{t.impressions}/2": 0, f"{t.outcomes}/2": 0}
+        a._unhold_empty_partitions()
+        assert sorted(a.state.join) == [0, 1]  # empty: the others' watermarks decide
+        a.stats.lag = {f"{t.impressions}/{p}": 0 for p in (0, 1)}
+        a._unhold_empty_partitions()
+        assert sorted(a.state.join) == [0, 1]  # partitions that have read something stay
 
 
 def test_a_state_behind_the_commit_is_never_installed(tmp_path: Path) -> None:

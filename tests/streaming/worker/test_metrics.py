@@ -44,7 +44,7 @@ SNAPSHOT: dict[str, Any] = {
     "gc_collections_total": 11,
     "gc_seconds_total": 0.125,
     "align_pauses_total": 31,
-    "limits_reached_total": {"join_evicted": 3, "history_listeners_evicted": 0},
+    "limits_reached": {"join_evicted": 3, "history_listeners_evicted": 0},
     "history_listeners": 4_321,
     "tracks_seen": 1_000,
     "track_slots_shared": 0.25,
@@ -92,7 +92,7 @@ def test_endpoint_exposes_the_snapshot_over_http() -> None:
     assert got[("encore_gc_collections_total", ())] == 11
     assert got[("encore_gc_seconds_total", ())] == pytest.approx(0.125)
     assert got[("encore_align_pauses_total", ())] == 31
-    assert got[("encore_limits_reached_total", (("kind", "join_evicted"),))] == 3
+    assert got[("encore_limits_reached", (("kind", "join_evicted"),))] == 3
     assert got[("encore_history_listeners", ())] == 4_321
     assert got[("encore_track_slots_shared", ())] == pytest.approx(0.25)
     assert got[("encore_tracks_seen", ())] == 1_000
@@ -215,7 +215,7 @@ def test_status_table_shows_every_metric() -> None:
         "gc_collections_total",
         "gc_seconds_total",
         "align_pauses_total",
-        "limits_reached_total{join_evicted}",
+        "limits_reached{join_evicted}",
         "history_listeners",
         "track_slots_shared",
     ):
@@ -308,7 +308,7 @@ def test_the_worker_reports_every_limit_it_reached_by_kind() -> None:
 
     stats = Stats(counters={"evicted": 2, "model_rows_released_early": 5, "closed": 9})
     snap = metrics_snapshot(stats, {}, "session", now_ms=1, listeners=17)
-    assert snap["limits_reached_total"] == {kind: 0 for kind in LIMITS} | {
+    assert snap["limits_reached"] == {kind: 0 for kind in LIMITS} | {
         "join_evicted": 2,
         "model_rows_released_early": 5,
     }
