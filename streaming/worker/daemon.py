@@ -403,7 +403,9 @@ class Daemon:
             return
         self._drain(align=False)  # polled before the revocation: ours to learn
         self.revoked.update((tp.topic, tp.partition) for tp in tps)
-        numbers = self.ownership.numbers(tps) & self.held_partitions()
+        gone = self.ownership.numbers(tps)
+        self._drop_unread({p for p in gone if _unread(self.state.join.get(p))})  # nothing to hand
+        numbers = gone & self.held_partitions()
         if not numbers:
             return
         self.write_checkpoint()  # with the records of every held partition, these included
@@ -424,8 +426,10 @@ class Daemon:
         # read both topics: a partition whose first events are still to come would otherwise
         # close windows behind rows the learners already took, in an order that depends on
         # when each partition's first poll came (streaming.core.learners.release_model_rows).
-        empty = {p: join.init(self.engine.join_config) for p in numbers - set(taken.state.join)}
-        self.state = taken.state._replace(join={**taken.state.join, **empty})
+        self.state = taken.state
+        changed = self.held_partitions() != before or bool(taken.installed)
+        empty = {p: join.init(self.engine.join_config) for p in numbers - set(self.state.join)}
+        self.state = self.state._replace(join={**self.state.join, **empty})
         pair = self._pair
         for tp in tps:
             stored = self.state.offsets.get((tp.topic, tp.partition))
@@ -438,7 +442,7 @@ class Daemon:
                 # one of a lost checkpoint: read it from its beginning, as that state would.
                 self.consumer.seek_to_beginning(tp)
         self.revoked.difference_update((tp.topic, tp.partition) for tp in tps)
-        if self.held_partitions() != before or taken.installed:
+        if changed:  # (an empty join alone is nothing to make durable)
             self.write_checkpoint()
 
     def reconcile(self) -> int:
@@ -926,8 +930,11 @@ class Daemon:
         except BaseException as exc:
             self._pending = None  # not learned, not checkpointed: read again by the next start
             failed = exc
-            if isinstance(exc, checkpoint.CheckpointWriteError | LogWriteError):
+            unwritable = _cause_in(exc, (checkpoint.CheckpointWriteError, LogWriteError))
+            if unwritable is not None:
                 self._ckpt_failed = True  # closing checkpoints and hands off nothing
+                if unwritable is not exc:  # raised in a rebalance listener, wrapped
+                    raise unwritable from exc
             refused = _refusal_in(exc)
             if refused is not None and refused is not exc:
                 raise refused from exc  # raised in a rebalance listener, wrapped by kafka-python
@@ -969,17 +976,21 @@ class Daemon:
         event. (One with events still to read keeps holding it, which is what makes the
         learners' order independent of when each partition's first poll comes.)"""
         t = self.config.topics
-        empty = [
-            p
-            for p, js in self.state.join.items()
-            if int(js.impression_max_ts_ms) == join.NO_TIME_MS
-            and int(js.outcome_max_ts_ms) == join.NO_TIME_MS
-            and js.pending_key.size == 0
-            and self.stats.lag.get(f"{t.impressions}/{p}") == 0
-            and self.stats.lag.get(f"{t.outcomes}/{p}") == 0
-        ]
-        if empty:
-            kept = {p: js for p, js in self.state.join.items() if p not in empty}
+        lag = self.stats.lag
+        self._drop_unread(
+            {
+                p
+                for p, js in self.state.join.items()
+                if _unread(js)
+                and lag.get(f"{t.impressions}/{p}") == 0
+                and lag.get(f"{t.outcomes}/{p}") == 0
+            }
+        )
+
+    def _drop_unread(self, partitions: set[int]) -> None:
+        """The state without the (unread, empty) joins of ``partitions``."""
+        if partitions:
+            kept = {p: js for p, js in self.state.join.items() if p not in partitions}
             self.state = self.state._replace(join=kept)
 
     def _warn_shared_slots(self, snap: Mapping[str, Any]) -> None:
@@ -1100,14 +1111,31 @@ class Daemon:
         }
 
 
-def _refusal_in(exc: BaseException) -> SideOutputRefusedError | None:
-    """``exc`` if it is a :class:`SideOutputRefusedError`, else the first one among its causes
-    (kafka-python wraps what a rebalance listener raised in a ``KafkaError``)."""
+def _unread(js: join.JoinState | None) -> bool:
+    """Whether a partition's join has read nothing at all (an empty one made at assignment)."""
+    return (
+        js is not None
+        and int(js.impression_max_ts_ms) == join.NO_TIME_MS
+        and int(js.outcome_max_ts_ms) == join.NO_TIME_MS
+        and js.pending_key.size == 0
+        and js.open_key.size == 0
+    )
+
+
+def _cause_in(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """``exc`` if it is one of ``kinds``, else the first one among its causes (kafka-python
+    wraps what a rebalance listener raised in a ``KafkaError``)."""
     seen: set[int] = set()
     found: BaseException | None = exc
     while found is not None and id(found) not in seen:
-        if isinstance(found, SideOutputRefusedError):
+        if isinstance(found, kinds):
             return found
         seen.add(id(found))
         found = found.__cause__ or found.__context__
     return None
+
+
+def _refusal_in(exc: BaseException) -> SideOutputRefusedError | None:
+    """``exc`` if it is a :class:`SideOutputRefusedError`, else the first one among its causes."""
+    found = _cause_in(exc, (SideOutputRefusedError,))
+    return found if isinstance(found, SideOutputRefusedError) else None

@@ -496,3 +496,34 @@ def test_tracks_sharing_per_track_slots_are_measured_and_warned_of(
     caplog.clear()
     roomy._warn_shared_slots(snap)
     assert not caplog.records
+
+
+def test_partitions_that_read_nothing_are_neither_checkpointed_nor_handed_off(
+    tmp_path: Path,
+) -> None:
+    a = daemon(tmp_path, "a", {})
+    a.ownership.read = lambda partitions, timeout_s=60.0: {}  # type: ignore[method-assign]
+    a.consumer.owned = set(tps(a, 0, 1))
+    a.on_assigned(tps(a, 0, 1))
+    assert sorted(a.state.join) == [0, 1] and a.stats.checkpoints == 0
+    a.on_revoked(tps(a, 0, 1))
+    assert a.stats.checkpoints == 0 and not a.handoff_producer.sent
+    assert a.state.join == {}
+
+
+def test_a_checkpoint_refused_in_a_rebalance_listener_is_found_behind_the_clients_error(
+    tmp_path: Path,
+) -> None:
+    """kafka-python raises its own error for whatever a rebalance listener raised; the daemon
+    finds the checkpoint's error behind it, so that ``encore run`` exits with its code."""
+    from streaming.worker.daemon import _cause_in
+
+    refused = checkpoint.CheckpointWriteError(tmp_path, OSError(28, "No space left on device"))
+    try:
+        try:
+            raise refused
+        except checkpoint.CheckpointWriteError:
+            raise RuntimeError("User rebalance callback throws an error")  # noqa: B904
+    except RuntimeError as wrapped:
+        assert _cause_in(wrapped, (checkpoint.CheckpointWriteError,)) is refused
+        assert _cause_in(wrapped, (KeyError,)) is None
