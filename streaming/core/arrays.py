@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from bandits import linear
 from streaming import join
-from streaming.core.history import History
+from streaming.core.history import History, newest
 from streaming.core.state import Engine, ModelRows, Plays, PolicyRows, Side, WorkerState
 from streaming.core.tables import empty_policy_rows
 from streaming.events import ImpressionBatch
@@ -208,10 +208,10 @@ def _model_rows_from_arrays(engine: Engine, arrays: Mapping[str, npt.NDArray[Any
     )
     h, e = engine.history_length, engine.history_dim
     if rows.history.shape[1:] != (h, e):  # written with another reward.history_length
-        have, width = rows.history.shape[1:]
-        fitted = np.zeros((n, h, e), np.float32)
-        if width == e:
-            keep = min(have, h)
-            fitted[:, h - keep :] = rows.history[:, have - keep :]
+        fitted = (
+            newest(rows.history, h, 0.0)
+            if rows.history.shape[2] == e
+            else np.zeros((n, h, e), np.float32)
+        )
         rows = rows._replace(history=fitted)
     return rows

@@ -15,12 +15,14 @@ by the caller): only then can a history depend on timing, as the join's own capa
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["History", "attach", "empty_history", "fit_history"]
+__all__ = ["History", "attach", "empty_history", "fit_history", "newest"]
+
+_T = TypeVar("_T", bound=np.generic)
 
 NO_PLAY_MS = np.iinfo(np.int64).min
 """The outcome time of an empty history slot: before every play."""
@@ -45,6 +47,16 @@ def empty_history(h: int, e: int) -> History:
     )
 
 
+def newest(x: npt.NDArray[_T], h: int, fill: object) -> npt.NDArray[_T]:
+    """The newest ``h`` slots of each row of ``x`` (slots on axis 1, oldest first), the oldest
+    filled with ``fill`` where ``x`` has fewer."""
+    have = x.shape[1]
+    keep = min(have, h)
+    out = np.full((x.shape[0], h, *x.shape[2:]), fill, x.dtype)
+    out[:, h - keep :] = x[:, have - keep :]
+    return out
+
+
 def fit_history(table: History, h: int, e: int) -> History:
     """``table`` with ``h`` entries per listener of ``e`` floats: its newest ``h`` entries (the
     oldest padded as empty), or no listeners at all when its entries have another width (a
@@ -54,12 +66,7 @@ def fit_history(table: History, h: int, e: int) -> History:
         return empty_history(h, e)
     if have == h:
         return table
-    u = table.listener.size
-    keep = min(have, h)
-    entries = np.zeros((u, h, e), np.float32)
-    ts = np.full((u, h), NO_PLAY_MS, np.int64)
-    entries[:, h - keep :] = table.entries[:, have - keep :]
-    ts[:, h - keep :] = table.ts_ms[:, have - keep :]
+    entries, ts = newest(table.entries, h, 0.0), newest(table.ts_ms, h, NO_PLAY_MS)
     return History(table.listener, entries, ts, table.last_ms)
 
 
