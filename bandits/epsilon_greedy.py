@@ -23,6 +23,7 @@ def epsilon_greedy(
     epsilon: float = 0.05,
     ridge: float = 1.0,
     discount: float = 1.0,
+    adapt_window: float = linear.ADAPT_WINDOW,
     refactor_every: int = 1000,
     n_ids: int = 4096,
     id_ridge: float = 10.0,
@@ -32,7 +33,8 @@ def epsilon_greedy(
 
     Args:
         epsilon: exploration probability per position, in ``(0, 1]``.
-        ridge, discount, refactor_every, n_ids, id_ridge, position_bias: see ``bandits.linucb``.
+        ridge, discount, adapt_window, refactor_every, n_ids, id_ridge, position_bias: see
+            ``bandits.linucb``.
     """
     if not 0.0 < epsilon <= 1.0:
         raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
@@ -47,6 +49,8 @@ def epsilon_greedy(
         "epsilon_greedy",
         VERSION,
         {"epsilon": float(epsilon)},
-        linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias),
+        linear.LinearParams(
+            ridge, discount, refactor_every, n_ids, id_ridge, position_bias, adapt_window
+        ),
         explore,
     )

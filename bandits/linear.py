@@ -14,6 +14,21 @@ into a non-symmetric or indefinite matrix. With forgetting (``discount < 1``:
 ``A <- discount A + X^T X + (1 - discount) ridge I``, which keeps the prior at ``ridge I``)
 ``cov`` is re-computed from the Cholesky factor after every update.
 
+Adaptation (``adapt_window``, on by default): tastes change, and a model that never forgets
+follows them slowly, while a fixed forgetting factor costs a stationary stream its memory. So
+the state also keeps a *challenger*: the same ridge regression (per-track biases included) fed
+the same rows with per-row forgetting, ``A_f <- keep A_f + X^T X + (1 - keep) ridge I`` with
+``keep = exp(-rows / (adapt_window D))``. Before either learns from a batch, both predict it and
+the race adds each row's squared-error gap (model minus challenger) to forgetting-weighted sums.
+When the challenger is ahead by ``SWITCH_Z`` standard errors (over at least ``MIN_RACE`` of a
+window of rows), its statistics replace the model's and the race starts again. On a stationary
+stream the challenger, holding fewer rows, predicts worse and never takes over (the model is
+the plain one, bit for bit); after a change it wins within a few hundred rows; under steady
+drift it takes over again and again. Its cost is one ``D x D`` Cholesky solve per update. The
+challenger and the race are in the saved state and in every delta: workers that share one policy
+add each other's rows to both models and each other's race terms to the race, and each decides
+its own switches from them. ``switches`` counts them.
+
 Position bias: a row observed at slate position ``p`` is modelled as
 ``E[r] = kappa_p * (theta^T phi + bias_id)`` with examination weights ``kappa``
 (``position_bias``, 1 at the top), so the regression uses ``kappa_p phi`` as its feature and
@@ -37,7 +52,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import NamedTuple
 
@@ -53,12 +68,16 @@ from bandits.serving import LinearServing
 from bandits.types import Candidates, Feedback, Ranked
 
 __all__ = [
+    "ADAPT_WINDOW",
     "LinearDelta",
     "LinearParams",
     "LinearServing",
     "LinearState",
+    "adapting",
     "add_deltas",
     "delta",
+    "delta_from",
+    "empty_delta",
     "gram",
     "init",
     "joint",
@@ -85,6 +104,15 @@ class LinearState(NamedTuple):
     position_bias: Float[Array, " p"]  # examination weight per slate position
     n: Int[Array, ""]  # rows learned from (masked rows excluded)
     since_refactor: Int[Array, ""]  # rows since the last Cholesky re-factorisation
+    # Adaptation (``adapt_window > 0``; zero-size arrays when it is off): a challenger fitted to
+    # the same rows with per-row forgetting, raced against the model above on every batch.
+    fast_precision: Float[Array, "Df Df"]  # forgetting-weighted A of the challenger
+    fast_b: Float[Array, " Df"]
+    fast_theta: Float[Array, "du1f dt1f"]
+    fast_id_count: Float[Array, " n_ids_f"]
+    fast_id_resid: Float[Array, " n_ids_f"]
+    race: Float[Array, " 3"]  # forgetting-weighted [rows, sum d, sum d^2], d = the loss gap
+    switches: Int[Array, ""]  # times the challenger's statistics replaced the model's
 
 
 AnyLinear = LinearState | LinearServing
@@ -99,14 +127,24 @@ class LinearDelta(NamedTuple):
     id_count: Float[Array, " n_ids"]
     id_resid: Float[Array, " n_ids"]
     n: Int[Array, ""]
+    fast_id_count: Float[Array, " n_ids_f"]  # the challenger's per-id statistics
+    fast_id_resid: Float[Array, " n_ids_f"]
+    race: Float[Array, " 3"]  # [rows, sum d, sum d^2] of the loss gap on these rows
 
 
 def init(
-    d_user: int, d_track: int, *, ridge: float, n_ids: int, position_bias: tuple[float, ...]
+    d_user: int,
+    d_track: int,
+    *,
+    ridge: float,
+    n_ids: int,
+    position_bias: tuple[float, ...],
+    adapt: bool = False,
 ) -> LinearState:
-    """The prior: ``A = ridge I``, no data."""
+    """The prior: ``A = ridge I``, no data (the challenger too, with ``adapt``)."""
     d = (d_user + 1) * (d_track + 1)
     eye = jnp.eye(d, dtype=jnp.float32)
+    f = 1 if adapt else 0  # the challenger's arrays are empty without adaptation
     return LinearState(
         precision=ridge * eye,
         cov=eye / ridge,
@@ -117,6 +155,32 @@ def init(
         position_bias=jnp.asarray(position_bias, jnp.float32),
         n=jnp.zeros((), jnp.int32),
         since_refactor=jnp.zeros((), jnp.int32),
+        fast_precision=ridge * eye[: d * f, : d * f],
+        fast_b=jnp.zeros((d * f,), jnp.float32),
+        fast_theta=jnp.zeros(((d_user + 1) * f, (d_track + 1) * f), jnp.float32),
+        fast_id_count=jnp.zeros((n_ids * f,), jnp.float32),
+        fast_id_resid=jnp.zeros((n_ids * f,), jnp.float32),
+        race=jnp.zeros((3,), jnp.float32),
+        switches=jnp.zeros((), jnp.int32),
+    )
+
+
+def adapting(state: LinearState) -> bool:
+    """Whether ``state`` carries a challenger (static: read from the shapes)."""
+    return state.fast_b.shape[0] > 0
+
+
+def empty_delta(state: LinearState) -> LinearDelta:
+    """A delta of no rows, shaped like ``state``'s statistics."""
+    return LinearDelta(
+        precision=jnp.zeros_like(state.precision),
+        b=jnp.zeros_like(state.b),
+        id_count=jnp.zeros_like(state.id_count),
+        id_resid=jnp.zeros_like(state.id_resid),
+        n=jnp.zeros((), jnp.int32),
+        fast_id_count=jnp.zeros_like(state.fast_id_count),
+        fast_id_resid=jnp.zeros_like(state.fast_id_resid),
+        race=jnp.zeros((3,), jnp.float32),
     )
 
 
@@ -324,16 +388,14 @@ def _weighted_sum(
 
 
 def _stats(state: LinearState, fb: Feedback) -> LinearDelta:
-    """The linear part of the delta (id statistics left empty)."""
+    """The linear part of the delta (id statistics and race left empty)."""
     kappa = _kappa(state, fb.position) * fb.mask.astype(jnp.float32)
     r = jnp.where(fb.mask, fb.reward, 0.0)
-    empty = jnp.zeros(state.id_count.shape, jnp.float32)
-    return LinearDelta(
-        gram(fb.context, fb.features, kappa * kappa),
-        _weighted_sum(fb.context, fb.features, kappa * r),
-        empty,
-        empty,
-        fb.mask.sum().astype(jnp.int32),
+    empty = empty_delta(state)
+    return empty._replace(
+        precision=gram(fb.context, fb.features, kappa * kappa),
+        b=_weighted_sum(fb.context, fb.features, kappa * r),
+        n=fb.mask.sum().astype(jnp.int32),
     )
 
 
@@ -351,16 +413,65 @@ def _id_stats(
     return count.at[h].add(kappa * kappa), resid.at[h].add(kappa * (r - kappa * pred))
 
 
-def delta(state: LinearState, feedback: Feedback) -> LinearDelta:
+def _fitted(
+    state: LinearState, fb: Feedback, theta: Array, count: Array, resid: Array, id_ridge: float
+) -> Array:
+    """Each row's expected reward under weights ``theta`` and per-id tables ``count, resid``."""
+    xa, za = _aug(fb.context), _aug(fb.features)
+    pred = jnp.sum((xa @ theta.reshape(state.theta.shape)) * za, 1)
+    if state.id_count.shape[0]:
+        h = _hash(state, fb.action)
+        pred = pred + resid[h] / (id_ridge + count[h])
+    return _kappa(state, fb.position) * pred
+
+
+def _race_terms(state: LinearState, fb: Feedback, id_ridge: float | None) -> Array:
+    """``[rows, sum d, sum d^2]`` of the batch, ``d`` being each row's squared error under the
+    model minus its squared error under the challenger, both predicted before either learns
+    from the row (prequential: a positive mean says the challenger predicts better)."""
+    if not adapting(state) or id_ridge is None:
+        return jnp.zeros((3,), jnp.float32)
+    mask = fb.mask.astype(jnp.float32)
+    r = jnp.where(fb.mask, fb.reward, 0.0)
+    own = r - _fitted(state, fb, state.theta, state.id_count, state.id_resid, id_ridge)
+    fast = r - _fitted(
+        state, fb, state.fast_theta, state.fast_id_count, state.fast_id_resid, id_ridge
+    )
+    d = (own * own - fast * fast) * mask
+    return jnp.stack([mask.sum(), d.sum(), (d * d).sum()])
+
+
+def delta(state: LinearState, feedback: Feedback, *, id_ridge: float | None = None) -> LinearDelta:
     """The additive statistics ``feedback`` contributes (ridge and forgetting excluded).
 
     The linear statistics are exact sums. The per-id residuals are taken against
     ``state.theta`` (the worker's current weights), so merged per-id biases approximate what a
-    single worker would learn, closer the more often workers merge.
+    single worker would learn, closer the more often workers merge; with adaptation, so are the
+    challenger's and the race's terms (against the worker's model and challenger).
     """
     d = _stats(state, feedback)
     count, resid = _id_stats(state, feedback, state.theta, d.id_count, d.id_resid)
-    return d._replace(id_count=count, id_resid=resid)
+    if adapting(state):
+        if id_ridge is None:
+            raise ValueError("the delta of a state with a challenger needs id_ridge")
+        f_count, f_resid = _id_stats(
+            state, feedback, state.fast_theta, d.fast_id_count, d.fast_id_resid
+        )
+        d = d._replace(fast_id_count=f_count, fast_id_resid=f_resid)
+    return d._replace(id_count=count, id_resid=resid, race=_race_terms(state, feedback, id_ridge))
+
+
+def delta_from(fields: Mapping[str, np.ndarray]) -> LinearDelta:
+    """A delta from its fields by name, as a worker wrote it; one written before deltas carried
+    the challenger's and the race's terms gets empty ones (``merge`` adds nothing from them)."""
+    older = {
+        "fast_id_count": np.zeros((0,), np.float32),
+        "fast_id_resid": np.zeros((0,), np.float32),
+        "race": np.zeros((3,), np.float32),
+    }
+    return LinearDelta(
+        **{f: jnp.asarray(fields[f] if f in fields else older[f]) for f in LinearDelta._fields}
+    )
 
 
 def add_deltas(a: LinearDelta, b: LinearDelta) -> LinearDelta:
@@ -369,11 +480,12 @@ def add_deltas(a: LinearDelta, b: LinearDelta) -> LinearDelta:
 
 
 def merge(state: LinearState, d: LinearDelta) -> LinearState:
-    """Fold another worker's delta into ``state`` and re-factorise (forgetting not applied)."""
+    """Fold another worker's delta into ``state`` and re-factorise (forgetting not applied; the
+    challenger takes the same rows, and the race their terms)."""
     precision = state.precision + d.precision
     b = state.b + d.b
     cov, theta = _refactor(precision, b)
-    return state._replace(
+    merged = state._replace(
         precision=precision,
         cov=cov,
         b=b,
@@ -383,15 +495,45 @@ def merge(state: LinearState, d: LinearDelta) -> LinearState:
         n=state.n + d.n,
         since_refactor=jnp.zeros((), jnp.int32),
     )
+    if not adapting(state):
+        return merged
+    fast_precision = state.fast_precision + d.precision
+    fast_b = state.fast_b + d.b
+    merged = merged._replace(
+        fast_precision=fast_precision,
+        fast_b=fast_b,
+        fast_theta=_solve(fast_precision, fast_b).reshape(state.theta.shape),
+        race=state.race + d.race,
+    )
+    if d.fast_id_count.shape != state.fast_id_count.shape:  # from a worker without a challenger
+        return merged
+    return merged._replace(
+        fast_id_count=state.fast_id_count + d.fast_id_count,
+        fast_id_resid=state.fast_id_resid + d.fast_id_resid,
+    )
 
 
-def update(
-    state: LinearState, fb: Feedback, *, ridge: float, discount: float, refactor_every: int
+def _solve(precision: Array, b: Array) -> Array:
+    return cho_solve(cho_factor(precision, lower=True), b)
+
+
+SWITCH_Z = 4.0
+"""How many standard errors the challenger's mean loss advantage must reach before its
+statistics replace the model's."""
+MIN_RACE = 0.25
+"""The race's forgetting-weighted rows needed before a switch, as a share of the window."""
+
+
+def _learn(
+    state: LinearState,
+    fb: Feedback,
+    d: LinearDelta,
+    *,
+    ridge: float,
+    discount: float,
+    refactor_every: int,
 ) -> LinearState:
-    """Learn from a feedback batch (pure; jit it, or use the policy's ``update``)."""
-    if isinstance(state, LinearServing):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError("update takes the policy state, not its serving form (prepare(state))")
-    d = _stats(state, fb)
+    """The model's own update (``d``: the batch's linear statistics)."""
     n = state.n + d.n
     if discount < 1.0:
         eye = jnp.eye(state.b.shape[0], dtype=jnp.float32)
@@ -441,9 +583,97 @@ def update(
     )
 
 
+def _adapt(
+    before: LinearState,
+    after: LinearState,
+    fb: Feedback,
+    d: LinearDelta,
+    *,
+    ridge: float,
+    id_ridge: float,
+    window: float,
+) -> LinearState:
+    """Race the challenger on the batch (``before`` predicts it), teach it the batch with per-row
+    forgetting (``exp(-rows / window)``), and let its statistics replace the model's
+    (``after``) when it predicts better by ``SWITCH_Z`` standard errors."""
+    race = _race_terms(before, fb, id_ridge)
+    keep = jnp.exp(-d.n.astype(jnp.float32) / window)
+    eye = jnp.eye(before.fast_b.shape[0], dtype=jnp.float32)
+    fast_precision = keep * before.fast_precision + d.precision + (1.0 - keep) * ridge * eye
+    fast_b = keep * before.fast_b + d.b
+    fast_theta = _solve(fast_precision, fast_b)
+    count, resid = _id_stats(
+        before, fb, fast_theta, keep * before.fast_id_count, keep * before.fast_id_resid
+    )
+    race = keep * before.race + race
+    rows, total, squares = race[0], race[1], race[2]
+    mean = total / jnp.maximum(rows, 1.0)
+    var = jnp.maximum(squares / jnp.maximum(rows, 1.0) - mean * mean, 1e-12)
+    ahead = (rows >= MIN_RACE * window) & (mean > SWITCH_Z * jnp.sqrt(var / rows))
+    raced = after._replace(
+        fast_precision=fast_precision,
+        fast_b=fast_b,
+        fast_theta=fast_theta.reshape(before.theta.shape),
+        fast_id_count=count,
+        fast_id_resid=resid,
+        race=race,
+    )
+
+    def switch(s: LinearState) -> LinearState:
+        cov, theta = _refactor(s.fast_precision, s.fast_b)
+        return s._replace(
+            precision=s.fast_precision,
+            cov=cov,
+            b=s.fast_b,
+            theta=theta.reshape(s.theta.shape),
+            id_count=s.fast_id_count,
+            id_resid=s.fast_id_resid,
+            since_refactor=jnp.zeros((), jnp.int32),
+            race=jnp.zeros((3,), jnp.float32),
+            switches=s.switches + 1,
+        )
+
+    def stay(s: LinearState) -> LinearState:
+        return s
+
+    return jax.lax.cond(ahead, switch, stay, raced)
+
+
+def update(
+    state: LinearState,
+    fb: Feedback,
+    *,
+    ridge: float,
+    discount: float,
+    refactor_every: int,
+    id_ridge: float | None = None,
+    adapt_window: float = 0.0,
+) -> LinearState:
+    """Learn from a feedback batch (pure; jit it, or use the policy's ``update``).
+
+    With a challenger in ``state`` (``init(..., adapt=True)``), ``adapt_window`` is its memory
+    in multiples of the joint dimension ``D`` (rows), and ``id_ridge`` scores the race.
+    """
+    if isinstance(state, LinearServing):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError("update takes the policy state, not its serving form (prepare(state))")
+    d = _stats(state, fb)
+    after = _learn(state, fb, d, ridge=ridge, discount=discount, refactor_every=refactor_every)
+    if not adapting(state):
+        return after
+    if adapt_window <= 0 or id_ridge is None:
+        raise ValueError("a state with a challenger needs adapt_window > 0 and id_ridge")
+    window = float(adapt_window) * state.b.shape[0]
+    return _adapt(state, after, fb, d, ridge=ridge, id_ridge=id_ridge, window=window)
+
+
+ADAPT_WINDOW = 16.0
+"""The challenger's memory by default, in multiples of the joint dimension ``D`` (rows)."""
+
+
 class LinearParams(NamedTuple):
     """The shared linear model's hyperparameters, as every linear policy factory takes them
-    (``bandits.linucb`` documents each one)."""
+    (``bandits.linucb`` documents each one). ``adapt_window`` None: a policy that does not
+    adapt at all (not recorded in its spec)."""
 
     ridge: float
     discount: float
@@ -451,6 +681,7 @@ class LinearParams(NamedTuple):
     n_ids: int
     id_ridge: float
     position_bias: tuple[float, ...]
+    adapt_window: float | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first field out of range."""
@@ -468,11 +699,19 @@ class LinearParams(NamedTuple):
             raise ValueError(
                 f"position_bias must be non-empty with values in (0, 1], got {self.position_bias}"
             )
+        if self.adapt_window is not None and not (self.adapt_window == 0 or self.adapt_window >= 1):
+            raise ValueError(
+                f"adapt_window must be 0 (off) or >= 1 (multiples of D), got {self.adapt_window}"
+            )
+
+    @property
+    def adapts(self) -> bool:
+        return bool(self.adapt_window)
 
     def spec_params(self) -> dict[str, object]:
         """The hyperparameters as a spec ``params`` fragment (checked first)."""
         self.check()
-        return {
+        out: dict[str, object] = {
             "ridge": float(self.ridge),
             "discount": float(self.discount),
             "refactor_every": int(self.refactor_every),
@@ -480,6 +719,14 @@ class LinearParams(NamedTuple):
             "id_ridge": float(self.id_ridge),
             "position_bias": [float(k) for k in self.position_bias],
         }
+        if self.adapt_window is not None:
+            out["adapt_window"] = float(self.adapt_window)
+        return out
+
+
+ADDED = ("adapt_window",)
+"""Hyperparameters the linear policies gained after states of their version were saved: such a
+state loads, the arrays it lacks taken from the prior (``bandits.state.load``)."""
 
 
 ScoreCore = Callable[[AnyLinear, Array, Candidates, Array], Array]
@@ -520,7 +767,11 @@ def make(
     return make_policy(
         PolicySpec(name, version, {**extra, **params.spec_params()}),
         init=partial(
-            init, ridge=params.ridge, n_ids=params.n_ids, position_bias=params.position_bias
+            init,
+            ridge=params.ridge,
+            n_ids=params.n_ids,
+            position_bias=params.position_bias,
+            adapt=params.adapts,
         ),
         score=score,
         rank=rank,
@@ -529,7 +780,10 @@ def make(
             ridge=params.ridge,
             discount=params.discount,
             refactor_every=params.refactor_every,
+            id_ridge=params.id_ridge,
+            adapt_window=params.adapt_window or 0.0,
         ),
+        added=ADDED,
         dims=dims,
         prepare=partial(prepare, id_ridge=params.id_ridge),
     )

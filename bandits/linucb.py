@@ -29,6 +29,7 @@ def linucb(
     alpha: float = 1.0,
     ridge: float = 1.0,
     discount: float = 1.0,
+    adapt_window: float = linear.ADAPT_WINDOW,
     refactor_every: int = 1000,
     n_ids: int = 4096,
     id_ridge: float = 10.0,
@@ -40,6 +41,9 @@ def linucb(
         alpha: width of the confidence bonus (in noise standard deviations).
         ridge: prior precision of the linear weights.
         discount: forgetting factor per update row batch; 1.0 keeps everything.
+        adapt_window: adaptation to change (``bandits.linear``): the memory of a
+            challenger fitted with forgetting, in multiples of the joint dimension (rows),
+            whose statistics replace the model's when it predicts clearly better; 0 is off.
         refactor_every: rows between Cholesky re-factorisations of the inverse.
         n_ids: size of the hashed per-track bias table (``id % n_ids``; distinct ids that
             collide share a bias: ``linear.shared_slots`` counts them, and about 20 times the
@@ -59,7 +63,9 @@ def linucb(
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
 
-    params = linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias)
+    params = linear.LinearParams(
+        ridge, discount, refactor_every, n_ids, id_ridge, position_bias, adapt_window
+    )
 
     def score(
         state: linear.AnyLinear, context: Array, candidates: Candidates, mask: Array

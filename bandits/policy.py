@@ -95,6 +95,10 @@ class Policy(NamedTuple):
     update: UpdateFn
     spec: PolicySpec
     prepare: PrepareFn = _same
+    added: tuple[str, ...] = ()
+    """Hyperparameters added to the policy after states of its version were saved: a saved
+    state whose spec lacks them (and only them) loads, the arrays it lacks taken from the
+    template (``bandits.state.load``)."""
 
 
 def make_policy(
@@ -106,6 +110,7 @@ def make_policy(
     update: Callable[[Any, Feedback], Any],
     dims: Callable[[Any], tuple[int, int]],
     prepare: Callable[[Any], Any] | None = None,
+    added: tuple[str, ...] = (),
 ) -> Policy:
     """Wrap core functions with input checks and ``jax.jit``.
 
@@ -119,6 +124,7 @@ def make_policy(
             state or of its prepared form).
         prepare: ``prepare(state) -> P``, the serving form ``score`` and ``rank`` also accept;
             None: the state itself.
+        added: see ``Policy.added``.
     """
     score_jit = jax.jit(score)
     rank_jit = jax.jit(rank, static_argnums=5)
@@ -163,6 +169,7 @@ def make_policy(
         update=update_fn,
         spec=spec,
         prepare=_same if prepare is None else jax.jit(prepare),
+        added=added,
     )
 
 

@@ -22,6 +22,7 @@ def softmax(
     temperature: float = 0.02,
     ridge: float = 1.0,
     discount: float = 1.0,
+    adapt_window: float = linear.ADAPT_WINDOW,
     refactor_every: int = 1000,
     n_ids: int = 4096,
     id_ridge: float = 10.0,
@@ -31,7 +32,8 @@ def softmax(
 
     Args:
         temperature: softmax temperature in reward units (> 0).
-        ridge, discount, refactor_every, n_ids, id_ridge, position_bias: see ``bandits.linucb``.
+        ridge, discount, adapt_window, refactor_every, n_ids, id_ridge, position_bias: see
+            ``bandits.linucb``.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -46,6 +48,8 @@ def softmax(
         "softmax",
         VERSION,
         {"temperature": float(temperature)},
-        linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias),
+        linear.LinearParams(
+            ridge, discount, refactor_every, n_ids, id_ridge, position_bias, adapt_window
+        ),
         explore,
     )

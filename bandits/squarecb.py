@@ -29,6 +29,7 @@ def squarecb(
     gamma_exponent: float = 0.5,
     ridge: float = 1.0,
     discount: float = 1.0,
+    adapt_window: float = linear.ADAPT_WINDOW,
     refactor_every: int = 1000,
     n_ids: int = 4096,
     id_ridge: float = 10.0,
@@ -39,7 +40,8 @@ def squarecb(
     Args:
         gamma_scale: IGW learning-rate scale.
         gamma_exponent: growth of the learning rate with the rows learned from.
-        ridge, discount, refactor_every, n_ids, id_ridge, position_bias: see ``bandits.linucb``.
+        ridge, discount, adapt_window, refactor_every, n_ids, id_ridge, position_bias: see
+            ``bandits.linucb``.
     """
     if not gamma_scale > 0:
         raise ValueError(f"gamma_scale must be > 0, got {gamma_scale}")
@@ -56,6 +58,8 @@ def squarecb(
         "squarecb",
         VERSION,
         {"gamma_scale": float(gamma_scale), "gamma_exponent": float(gamma_exponent)},
-        linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias),
+        linear.LinearParams(
+            ridge, discount, refactor_every, n_ids, id_ridge, position_bias, adapt_window
+        ),
         explore,
     )

@@ -98,6 +98,9 @@ def load(policy: Policy, data: bytes, *, like: S) -> S:
     Raises:
         StateFormatError: bad bytes, another format version, another policy or policy version,
             other hyperparameters, or leaves whose path, shape or dtype differ from ``like``.
+
+    A state saved before the policy gained the hyperparameters in ``policy.added`` (its spec
+    lacks them, everything else equal) loads too: the arrays it lacks are the template's.
     """
     header = read_header(data)
     if header.get("format_version") != FORMAT_VERSION:
@@ -115,7 +118,12 @@ def load(policy: Policy, data: bytes, *, like: S) -> S:
             f"state was written by {got['name']!r} version {got['version']}, this is version "
             f"{want['version']}"
         )
-    if got["params"] != want["params"]:
+    missing = set(want["params"]) - set(got["params"])
+    older = bool(missing) and missing <= set(policy.added)  # saved before those were added
+    saved_params = (
+        {**got["params"], **{k: want["params"][k] for k in missing}} if older else got["params"]
+    )
+    if saved_params != want["params"]:
         keys = sorted(set(got["params"]) | set(want["params"]))
         diff = [
             f"{k}: saved {got['params'].get(k)!r} != {want['params'].get(k)!r}"
@@ -124,16 +132,29 @@ def load(policy: Policy, data: bytes, *, like: S) -> S:
         ]
         raise StateFormatError(f"hyperparameters differ from the saved state: {'; '.join(diff)}")
     leaves, treedef = _leaves(like)
-    if len(header["leaves"]) != len(leaves):
+    saved = {meta["path"]: i for i, meta in enumerate(header["leaves"])}
+    if older:  # the template's own arrays stand in for those the older state lacks
+        wanted = [path for path, _ in leaves]
+        if [p for p in wanted if p in saved] != [m["path"] for m in header["leaves"]]:
+            raise StateFormatError(
+                f"state leaves {[m['path'] for m in header['leaves']]} are not a part of the "
+                f"template's {wanted}"
+            )
+    elif len(header["leaves"]) != len(leaves):
         raise StateFormatError(
             f"state has {len(header['leaves'])} arrays, the template has {len(leaves)}"
         )
     start = len(MAGIC) + 8 + struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])[0]
     with np.load(io.BytesIO(data[start:]), allow_pickle=False) as npz:
-        arrays = [npz[f"arr_{i}"] for i in range(len(leaves))]
+        arrays = [npz[f"arr_{i}"] for i in range(len(header["leaves"]))]
     out = []
-    for meta, (path, leaf), arr in zip(header["leaves"], leaves, arrays, strict=True):
+    for k, (path, leaf) in enumerate(leaves):
         tmpl = np.asarray(leaf) if not hasattr(leaf, "shape") else leaf
+        if older and path not in saved:
+            out.append(jnp.asarray(tmpl))
+            continue
+        i = saved[path] if older else k
+        meta, arr = header["leaves"][i], arrays[i]
         if meta["path"] != path:
             raise StateFormatError(f"state leaf {meta['path']} where the template has {path}")
         if tuple(arr.shape) != tuple(tmpl.shape) or arr.dtype != np.dtype(tmpl.dtype):

@@ -52,6 +52,7 @@ def lin_ts(
     mc_samples: int = 256,
     ridge: float = 1.0,
     discount: float = 1.0,
+    adapt_window: float = linear.ADAPT_WINDOW,
     refactor_every: int = 1000,
     n_ids: int = 4096,
     id_ridge: float = 10.0,
@@ -62,14 +63,17 @@ def lin_ts(
     Args:
         scale: posterior scale ``v`` (the reward noise standard deviation).
         mc_samples: posterior draws used to estimate each propensity.
-        ridge, discount, refactor_every, n_ids, id_ridge, position_bias: see ``bandits.linucb``.
+        ridge, discount, adapt_window, refactor_every, n_ids, id_ridge, position_bias: see
+            ``bandits.linucb``.
     """
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
 
-    params = linear.LinearParams(ridge, discount, refactor_every, n_ids, id_ridge, position_bias)
+    params = linear.LinearParams(
+        ridge, discount, refactor_every, n_ids, id_ridge, position_bias, adapt_window
+    )
 
     def rank(
         state: linear.AnyLinear,

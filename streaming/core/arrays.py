@@ -81,8 +81,9 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
 def _delta_from_arrays(arrays: Mapping[str, np.ndarray], name: str) -> Any:
     if f"{name}/precision" not in arrays:
         return None
-    return linear.LinearDelta(
-        **{f: jnp.asarray(arrays[f"{name}/{f}"]) for f in linear.LinearDelta._fields}
+    prefix = f"{name}/"
+    return linear.delta_from(
+        {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
     )
 
 

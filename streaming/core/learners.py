@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
@@ -239,20 +238,14 @@ def raw_rewards(engine: Engine, plays: Plays) -> F32:
 _FILL = (0.0, 0.0, 0, 0, 0.0, 1.0, False)  # per Feedback field: padding rows are masked out
 
 
-_delta = jax.jit(linear.delta)
+_delta = jax.jit(linear.delta, static_argnames="id_ridge")
 _add = jax.jit(linear.add_deltas)
 merge_delta = jax.jit(linear.merge)
 
 
 def zero_delta(policy_state: Any) -> Any:
     """An empty delta shaped like ``policy_state``'s statistics (linear policies only)."""
-    return linear.LinearDelta(
-        precision=jnp.zeros_like(policy_state.precision),
-        b=jnp.zeros_like(policy_state.b),
-        id_count=jnp.zeros_like(policy_state.id_count),
-        id_resid=jnp.zeros_like(policy_state.id_resid),
-        n=jnp.zeros((), jnp.int32),
-    )
+    return linear.empty_delta(policy_state)
 
 
 def update_policy(
@@ -276,7 +269,8 @@ def update_policy(
             chunk.append(part)  # numpy: checked on the host as it is, moved once by jit
         fb = Feedback(*chunk)
         if pending is not None:
-            pending = _add(pending, _delta(policy_state, fb))
+            id_ridge = float(engine.policy.spec.params["id_ridge"])
+            pending = _add(pending, _delta(policy_state, fb, id_ridge=id_ridge))
         policy_state = engine.policy.update(policy_state, fb)
     return policy_state, pending
 

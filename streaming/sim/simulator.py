@@ -16,7 +16,8 @@ The world:
   features do not;
 - affinity ``a = scale * u' M_t t + pop_weight * z(popularity) + quality + bias + mood -
   position_penalty * position``. ``M_t`` is a fixed random matrix, or with ``drift > 0`` it rotates
-  between two matrices as simulated time passes (tastes drift through the day);
+  between two matrices as simulated time passes (tastes drift through the day), or with
+  ``change_at_ms`` it is replaced by the second matrix at that moment (tastes change at once);
 - a play walks through listening bins ``[0, 5 s)``, ``[5 s, 30 s)``, ``[30 s, 50 %)``,
   ``[50 %, 90 %)``, ``[90 %, 100 %)`` with a skip hazard per bin that falls with the affinity;
   surviving every bin is a completion (``trackdone``); a session can end mid-track (``logout``,
@@ -68,6 +69,8 @@ class SimConfig:
         d_track: observed track features.
         n_candidates: candidates offered per request (``k``).
         drift: radians per simulated hour by which tastes rotate (0 = stationary).
+        change_at_ms: simulated time (ms since ``start_ms``) at which the taste map is replaced
+            by another, independent one; None: never (not with ``drift``).
         mood_weight: how strongly the hidden session mood moves the affinity.
         session_end_prob: probability that a session ends after any one track.
         logout_prob: probability that a play is cut off by a logout (censored).
@@ -84,6 +87,7 @@ class SimConfig:
     d_track: int = 16
     n_candidates: int = 20
     drift: float = 0.0
+    change_at_ms: int | None = None
     affinity_scale: float = 0.85
     pop_weight: float = 0.3
     quality_sd: float = 0.45
@@ -103,6 +107,11 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.start_ms < 0:
             raise ValueError(f"SimConfig.start_ms must be >= 0, got {self.start_ms}")
+        if self.change_at_ms is not None and (self.change_at_ms < 0 or self.drift != 0.0):
+            raise ValueError(
+                "SimConfig.change_at_ms must be >= 0 and cannot be combined with drift, got "
+                f"change_at_ms={self.change_at_ms}, drift={self.drift}"
+            )
         for name in ("n_users", "n_tracks", "d_user", "d_track", "n_candidates", "request_gap_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SimConfig.{name} must be positive, got {getattr(self, name)}")
@@ -282,6 +291,11 @@ class Simulator:
     def _taste_map(self, t_ms: I64) -> F64:
         """``(n, d_user, d_track)`` taste maps at the given times (one map when drift is 0)."""
         w = self.world
+        if self.config.change_at_ms is not None:
+            after = t_ms - self.config.start_ms >= self.config.change_at_ms
+            if not after.any():
+                return w.m0[None]
+            return np.where(after[:, None, None], w.m1[None], w.m0[None])
         if self.config.drift == 0.0:
             return w.m0[None]
         angle = self.config.drift * t_ms.astype(np.float64) / 3_600_000.0

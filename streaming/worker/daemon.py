@@ -968,6 +968,9 @@ class Daemon:
             self._shared = (tracks, linear.shared_slots(tracks, self.engine.track_slots))
         shared = self._shared[1]
         snap.update(tracks_seen=seen, track_slots_shared=shared / seen if seen else 0.0)
+        switches = getattr(self.state.policy, "switches", None)
+        if switches is not None:
+            snap["policy_switches"] = int(switches)
         return snap
 
     def _unhold_empty_partitions(self) -> None:

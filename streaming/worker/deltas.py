@@ -30,7 +30,6 @@ import json
 import struct
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from bandits import linear
@@ -96,7 +95,7 @@ def decode(data: bytes) -> Delta:
     if header.get("format") != FORMAT:
         raise ValueError(f"delta format {header.get('format')!r} is not {FORMAT!r}")
     with np.load(io.BytesIO(data[4 + h :]), allow_pickle=False) as z:
-        stats = linear.LinearDelta(**{f: jnp.asarray(z[f]) for f in linear.LinearDelta._fields})
+        stats = linear.delta_from({f: z[f] for f in z.files})
     return Delta(
         str(header["worker"]),
         int(header["seq"]),

@@ -44,6 +44,8 @@ key                            type                        exposed as
                                                            the policy learned of
 ``track_slots_shared``         float                       ``encore_track_slots_shared``: the fraction
                                                            of them sharing a per-track slot
+``policy_switches``            int                         ``encore_policy_switches``: times the
+                                                           policy's challenger took over (adaptation)
 ``last_checkpoint_ms``         int                         (``checkpoint_age_seconds`` when absent)
 ``checkpoint_age_seconds``     float                       ``encore_checkpoint_age_seconds``
 ``checkpoints_total``          int                         ``encore_checkpoints_total``
@@ -139,6 +141,7 @@ _SCALARS = (
     "history_listeners",
     "tracks_seen",
     "track_slots_shared",
+    "policy_switches",
     "last_checkpoint_ms",
     "checkpoint_age_seconds",
     "checkpoints_total",
@@ -182,6 +185,9 @@ _HELP = {
     "track_slots_shared": "Fraction of the tracks seen whose per-track bias slot (policy "
     "n_ids, ids hashed into it) holds another track too; past policy.warn_id_collisions the "
     "daemon warns.",
+    "policy_switches": "Times the linear policy's challenger (fitted with forgetting) predicted "
+    "clearly better and its statistics replaced the policy's: changes of taste it followed "
+    "(policy params.adapt_window; kept in the policy state).",
     "checkpoint_age_seconds": "Seconds since the last checkpoint was written.",
     "checkpoints_total": "Checkpoints written.",
     "snapshots_total": "Policy snapshots published.",
@@ -285,6 +291,7 @@ class _Collector(Collector):
             "history_listeners",
             "tracks_seen",
             "track_slots_shared",
+            "policy_switches",
             "checkpoint_age_seconds",
             "checkpoints_total",
             "snapshots_total",
@@ -441,6 +448,7 @@ def status_table(snapshot: Mapping[str, Any], *, now_ms: int | None = None) -> T
         "history_listeners",
         "tracks_seen",
         "track_slots_shared",
+        "policy_switches",
         "checkpoint_age_seconds",
         "checkpoints_total",
         "snapshots_total",

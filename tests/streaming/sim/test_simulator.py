@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,32 @@ def test_drift_changes_tastes_over_time() -> None:
         mood=early.mood,
     )
     assert not np.allclose(sim.affinity(early), sim.affinity(late))
+
+
+def test_an_abrupt_change_replaces_the_taste_map_at_its_moment_and_only_then() -> None:
+    cfg = SimConfig(seed=6, n_tracks=50, d_user=3, d_track=2, n_candidates=4, start_ms=10**12)
+    changed = Simulator(dataclasses.replace(cfg, change_at_ms=60_000))
+    req = changed.requests(4_000)  # about 200 simulated seconds at 50 ms between requests
+    before = req.t_ms - cfg.start_ms < 60_000
+    assert before.any() and (~before).any()
+    u, t, w = (
+        req.context.astype(np.float64),
+        req.candidate_features.astype(np.float64),
+        changed.world,
+    )
+    first = cfg.affinity_scale * np.einsum("nd,de,nke->nk", u, w.m0, t)
+    after = cfg.affinity_scale * np.einsum("nd,de,nke->nk", u, w.m1, t)
+    bilinear = np.where(before[:, None], first, after)
+    rest = changed.affinity(req, with_mood=False) - bilinear
+    # what remains is the same per-track terms before and after: popularity, quality, bias
+    rest_at = {int(c): float(v) for c, v in zip(req.candidates.ravel(), rest.ravel(), strict=True)}
+    np.testing.assert_allclose(
+        rest.ravel(), [rest_at[int(c)] for c in req.candidates.ravel()], atol=1e-9
+    )
+    plain = Simulator(cfg).requests(4_000)
+    np.testing.assert_array_equal(plain.t_ms, req.t_ms)  # the same draws otherwise
+    with pytest.raises(ValueError, match="change_at_ms"):
+        SimConfig(change_at_ms=10, drift=1.0)
 
 
 def test_invalid_config_is_rejected() -> None:

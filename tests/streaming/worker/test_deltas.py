@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -20,6 +21,9 @@ def stats() -> LinearDelta:
         id_count=np.array([1.0, 0.0], np.float32),
         id_resid=np.array([0.5, 0.0], np.float32),
         n=np.int32(7),
+        fast_id_count=np.array([0.5, 0.0], np.float32),
+        fast_id_resid=np.array([0.25, 0.0], np.float32),
+        race=np.array([7.0, 0.1, 0.01], np.float32),
     )
 
 
@@ -58,3 +62,22 @@ def test_only_the_own_id_under_another_live_lineage_is_a_conflict() -> None:
         message = str(caught.value)
         assert "'w1'" in message and "aaaa" in message and "bbbb" in message
         assert "encore.deltas" in message and "scale.worker_id" in message
+
+
+class _BeforeAdaptation(NamedTuple):
+    """A delta as workers sent it before the linear policies adapted to change."""
+
+    precision: np.ndarray
+    b: np.ndarray
+    id_count: np.ndarray
+    id_resid: np.ndarray
+    n: np.ndarray
+
+
+def test_a_delta_from_before_adaptation_decodes_with_empty_challenger_terms() -> None:
+    old = _BeforeAdaptation(*stats()[:5])
+    d = deltas.decode(deltas.encode("w1", 2, "linucb", 1, old))  # type: ignore[arg-type]
+    for name, want in old._asdict().items():
+        np.testing.assert_array_equal(np.asarray(getattr(d.stats, name)), want)
+    assert d.stats.fast_id_count.shape == (0,)
+    np.testing.assert_array_equal(d.stats.race, np.zeros(3, np.float32))
