@@ -57,14 +57,25 @@ class Rounds(NamedTuple):
     track_features: np.ndarray
 
 
-def make_rounds(t: int, drift: float, seed: int = 0) -> Rounds:
+def make_rounds(
+    t: int,
+    drift: float,
+    seed: int = 0,
+    *,
+    n_tracks: int = N_TRACKS,
+    k: int = K,
+    d_user: int = D_USER,
+    d_track: int = D_TRACK,
+    change_at_ms: int | None = None,
+) -> Rounds:
     sim = Simulator(
         SimConfig(
-            n_tracks=N_TRACKS,
-            d_user=D_USER,
-            d_track=D_TRACK,
-            n_candidates=K,
+            n_tracks=n_tracks,
+            d_user=d_user,
+            d_track=d_track,
+            n_candidates=k,
             drift=drift,
+            change_at_ms=change_at_ms,
             seed=seed,
         )
     )
@@ -166,7 +177,7 @@ def run_encore(
         choose_jit, update = _jitted(policy, serve)
     else:
         choose_jit, update = _JITTED.setdefault(system, _jitted(policy))
-    state = policy.init(D_USER, D_TRACK)
+    state = policy.init(rounds.context.shape[1], rounds.cand_features.shape[2])
     key = jax.random.key(seed)
 
     def batch_at(lo: int) -> tuple[np.ndarray, Candidates]:
@@ -223,6 +234,7 @@ def run_vw(args: str, rounds: Rounds, n: int) -> Result:
     import vowpalwabbit
 
     users, tracks = _vw_strings(rounds)
+    k = rounds.cand_ids.shape[1]
     vw = vowpalwabbit.Workspace(f"{args} --quiet --random_seed 0")
     chosen = np.empty(n, np.int64)
     _reset_peak()
@@ -230,7 +242,7 @@ def run_vw(args: str, rounds: Rounds, n: int) -> Result:
     for t in range(n):
         ex = [users[rounds.user_id[t]]] + [tracks[j] for j in rounds.cand_ids[t]]
         pmf = np.asarray(vw.predict(ex))
-        a = min(int(np.searchsorted(np.cumsum(pmf), rounds.u_explore[t] * pmf.sum())), K - 1)
+        a = min(int(np.searchsorted(np.cumsum(pmf), rounds.u_explore[t] * pmf.sum())), k - 1)
         y = rounds.u[t] < rounds.p[t, a]
         ex[a + 1] = f"0:{0.0 if y else 1.0}:{max(pmf[a], 1e-6):.6f} {ex[a + 1]}"
         vw.learn(ex)
@@ -879,6 +891,136 @@ def _suite(
     return rows, curves
 
 
+# ---------------------------------------------------------------------------------------- scenarios
+class Scenario(NamedTuple):
+    name: str
+    about: str
+    rounds: dict[str, Any]  # make_rounds keywords
+    n_ids: int | None  # the per-track table sized from the catalogue; None: the default
+
+
+def scenarios(t: int) -> tuple[Scenario, ...]:
+    """The four streams the default policies are judged on (``t`` rounds, about 50 ms each)."""
+    return (
+        Scenario(
+            "stationary", "2,000 tracks, 20 candidates, 16 user x 16 track features", {}, None
+        ),
+        Scenario(
+            "abrupt change",
+            "as stationary; at mid-run the taste map is replaced by an independent one",
+            {"change_at_ms": 25 * t},
+            None,
+        ),
+        Scenario(
+            "gradual drift",
+            "as stationary; tastes rotate 2 rad per simulated hour (about 2.8 rad over the run)",
+            {"drift": 2.0},
+            None,
+        ),
+        Scenario(
+            "large catalogue",
+            "10,000 tracks, 50 candidates, 32 user x 24 track features; encore's per-track "
+            "table sized from the catalogue (n_ids = 10,000)",
+            {"n_tracks": 10_000, "k": 50, "d_user": 32, "d_track": 24},
+            10_000,
+        ),
+    )
+
+
+DISCOUNTS = (1.0, 0.999, 0.99, 0.95)
+DEFAULTS = ("linucb", "squarecb")
+VW_SQUARECB = "vw squarecb (quadratic U x T, track id)"
+
+
+def _scenario_systems(sc: Scenario) -> dict[str, Callable[[], Policy]]:
+    ids = {} if sc.n_ids is None else {"n_ids": sc.n_ids}
+    out: dict[str, Callable[[], Policy]] = {}
+    for name in DEFAULTS:
+        out[f"encore {name} (default)"] = lambda name=name: POLICIES[name](**ids)
+        for d in DISCOUNTS:
+            out[f"encore {name}, adaptation off, discount {d}"] = lambda name=name, d=d: POLICIES[
+                name
+            ](adapt_window=0, discount=d, **ids)
+    if sc.n_ids is not None:
+        out["encore linucb (default, n_ids 4,096: ids hashed)"] = lambda: POLICIES["linucb"]()
+    return out
+
+
+def scenario_rows(ctx: Context, t: int, seeds: list[int]) -> list[Row]:
+    """Each scenario's systems over ``seeds`` (same rounds for every system of a seed): regret
+    (median and range), its ratio to VW squarecb and, for the defaults, to the best fixed
+    discount of the same policy in hindsight; rounds per second and its ratio to VW's."""
+    rows: list[Row] = []
+    for sc in scenarios(t):
+        systems = _scenario_systems(sc)
+        regret: dict[str, list[float]] = {name: [] for name in [*systems, VW_SQUARECB]}
+        speed: dict[str, list[float]] = {name: [] for name in regret}
+        for seed in seeds:
+            rounds = make_rounds(
+                t,
+                sc.rounds.get("drift", 0.0),
+                seed,
+                **{k: v for k, v in sc.rounds.items() if k != "drift"},
+            )
+            best = rounds.p.max(axis=1)
+            for system, factory in [*systems.items(), (VW_SQUARECB, None)]:
+                if factory is None:
+                    res = run_vw("--cb_explore_adf --squarecb -q UT", rounds, t)
+                else:
+                    key = f"{sc.name}|{system}"
+                    res = run_encore(factory(), rounds, t, seed=seed, system=key)
+                got = rounds.p[np.arange(t), res.chosen]
+                regret[system].append(float(np.sum(best - got)))
+                speed[system].append(t / res.seconds)
+                print(
+                    f"  {sc.name} seed {seed} {system}: regret {regret[system][-1]:.0f}, "
+                    f"{speed[system][-1]:.0f} r/s",
+                    flush=True,
+                )
+            del rounds
+        vw_r, vw_s = np.array(regret[VW_SQUARECB]), np.array(speed[VW_SQUARECB])
+        for system in regret:
+            r, v = np.array(regret[system]), np.array(speed[system])
+            row: Row = {
+                "scenario": sc.name,
+                "system": system,
+                "given": sc.about if system.startswith("encore") else VW_GIVEN,
+                "rounds": t,
+                "seeds": len(seeds),
+                "regret_median": float(np.median(r)),
+                "regret_range": f"{r.min():,.0f} to {r.max():,.0f}",
+                "vs_vw": float(np.median(r / vw_r)),
+                "rounds_per_s": float(np.median(v)),
+                "speed_vs_vw": float(np.median(v / vw_s)),
+            }
+            policy = next((n for n in DEFAULTS if system == f"encore {n} (default)"), None)
+            if policy is not None:
+                grid = np.array(
+                    [regret[f"encore {policy}, adaptation off, discount {d}"] for d in DISCOUNTS]
+                )
+                row["vs_best_discount"] = float(np.median(r / grid.min(axis=0)))
+                met = (
+                    row["vs_best_discount"] <= 1.10
+                    and row["vs_vw"] <= 0.6
+                    and row["speed_vs_vw"] >= 3.0
+                )
+                ctx.notes.append(
+                    f"{sc.name}, {system}: regret {row['vs_best_discount']:.3f}x the best fixed "
+                    f"discount of {DISCOUNTS} in hindsight (goal <= 1.10), {row['vs_vw']:.2f}x "
+                    f"VW squarecb's (goal <= 0.6), {row['speed_vs_vw']:.1f}x its rounds/s "
+                    f"(goal >= 3); medians over seeds {seeds}: {'met' if met else 'MISSED'}."
+                )
+            rows.append(row)
+    ctx.notes.append(
+        "Scenario rows: every system of a seed sees the same rounds and reward draws; encore "
+        "chooses for 100 requests at a time and learns once per 100 rounds, VW chooses and "
+        "learns every round through its Python API; discounts are per update of 100 rows, "
+        "and the 'adaptation off' rows are the fixed-discount grid the defaults are judged "
+        "against."
+    )
+    return rows
+
+
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -1040,6 +1182,10 @@ def run(ctx: Context) -> list[Row]:
         f"(reset per system); the process held {base_rss:.0f} MB before the first "
         "system (Python, JAX, VW, the round data)."
     )
+
+    seeds = [0] if ctx.quick else [0, 1, 2]
+    print(f"scenarios: {t_rounds:,} rounds, seeds {seeds} ...", flush=True)
+    rows += scenario_rows(ctx, t_rounds, seeds)
 
     print("latency ...", flush=True)
     reps = 200 if ctx.quick else 2000
