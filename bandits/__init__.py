@@ -58,8 +58,8 @@ How a caller (the daemon, the re-ranker, a replay) uses one::
     state = load(policy, blob, like=policy.init(d_user, d_track))
 
 Linear policies (linucb, lin_ts, squarecb, epsilon_greedy, softmax) also expose
-``bandits.linear.delta(state, feedback)`` and ``bandits.linear.merge(state, delta)`` so that
-several workers learn one policy by exchanging additive statistics.
+``bandits.linear.delta(state, feedback, id_ridge=...)`` and ``bandits.linear.merge(state, delta)``
+so that several workers learn one policy by exchanging additive statistics.
 
 Inputs are checked: shapes and dtypes always (also under jit/vmap), values (NaN/inf, empty
 candidate sets, a slate longer than the valid candidates, propensities outside (0, 1]) when

@@ -22,12 +22,14 @@ the same rows with per-row forgetting, ``A_f <- keep A_f + X^T X + (1 - keep) ri
 the race adds each row's squared-error gap (model minus challenger) to forgetting-weighted sums.
 When the challenger is ahead by ``SWITCH_Z`` standard errors (over at least ``MIN_RACE`` of a
 window of rows), its statistics replace the model's and the race starts again. On a stationary
-stream the challenger, holding fewer rows, predicts worse and never takes over (the model is
-the plain one, bit for bit); after a change it wins within a few hundred rows; under steady
-drift it takes over again and again. Its cost is one ``D x D`` Cholesky solve per update. The
-challenger and the race are in the saved state and in every delta: workers that share one policy
-add each other's rows to both models and each other's race terms to the race, and each decides
-its own switches from them. ``switches`` counts them.
+stream the challenger, holding fewer rows, predicts worse and does not take over (the model
+stays the plain one, bit for bit); after a change it wins once its window holds enough of the
+new rows (about a quarter of a window, ``adapt_window D`` rows, at the least); under steady
+drift it takes over again and again. Its cost is one ``D x D`` Cholesky solve per update and
+per merge. The challenger and the race are in the saved state, and the challenger's statistics
+in every delta: workers that share one policy add each other's rows to both models (each
+forgets with its own rows only, so a group of ``W`` workers remembers about ``W`` windows),
+while each races on its own rows and decides its own switches. ``switches`` counts them.
 
 Position bias: a row observed at slate position ``p`` is modelled as
 ``E[r] = kappa_p * (theta^T phi + bias_id)`` with examination weights ``kappa``
@@ -54,7 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -129,7 +131,6 @@ class LinearDelta(NamedTuple):
     n: Int[Array, ""]
     fast_id_count: Float[Array, " n_ids_f"]  # the challenger's per-id statistics
     fast_id_resid: Float[Array, " n_ids_f"]
-    race: Float[Array, " 3"]  # [rows, sum d, sum d^2] of the loss gap on these rows
 
 
 def init(
@@ -180,7 +181,6 @@ def empty_delta(state: LinearState) -> LinearDelta:
         n=jnp.zeros((), jnp.int32),
         fast_id_count=jnp.zeros_like(state.fast_id_count),
         fast_id_resid=jnp.zeros_like(state.fast_id_resid),
-        race=jnp.zeros((3,), jnp.float32),
     )
 
 
@@ -447,7 +447,8 @@ def delta(state: LinearState, feedback: Feedback, *, id_ridge: float | None = No
     The linear statistics are exact sums. The per-id residuals are taken against
     ``state.theta`` (the worker's current weights), so merged per-id biases approximate what a
     single worker would learn, closer the more often workers merge; with adaptation, so are the
-    challenger's and the race's terms (against the worker's model and challenger).
+    challenger's (against the worker's challenger). ``id_ridge`` is the policy's, needed with
+    adaptation only.
     """
     d = _stats(state, feedback)
     count, resid = _id_stats(state, feedback, state.theta, d.id_count, d.id_resid)
@@ -458,17 +459,22 @@ def delta(state: LinearState, feedback: Feedback, *, id_ridge: float | None = No
             state, feedback, state.fast_theta, d.fast_id_count, d.fast_id_resid
         )
         d = d._replace(fast_id_count=f_count, fast_id_resid=f_resid)
-    return d._replace(id_count=count, id_resid=resid, race=_race_terms(state, feedback, id_ridge))
+    return d._replace(id_count=count, id_resid=resid)
 
 
-def delta_from(fields: Mapping[str, np.ndarray]) -> LinearDelta:
-    """A delta from its fields by name, as a worker wrote it; one written before deltas carried
-    the challenger's and the race's terms gets empty ones (``merge`` adds nothing from them)."""
+def delta_from(fields: Mapping[str, Any], like: LinearDelta | None = None) -> LinearDelta:
+    """A delta from its fields by name, as a worker wrote it (other names are ignored).
+
+    One written before deltas carried the challenger's terms lacks them: they are zeros shaped
+    like ``like``'s (a worker's own pending delta, added to its next ones), or empty without it
+    (a delta from another worker: ``merge`` then adds nothing to the challenger's per-id tables).
+    """
     older = {
         "fast_id_count": np.zeros((0,), np.float32),
         "fast_id_resid": np.zeros((0,), np.float32),
-        "race": np.zeros((3,), np.float32),
     }
+    if like is not None:
+        older = {f: jnp.zeros_like(getattr(like, f)) for f in older}
     return LinearDelta(
         **{f: jnp.asarray(fields[f] if f in fields else older[f]) for f in LinearDelta._fields}
     )
@@ -481,7 +487,8 @@ def add_deltas(a: LinearDelta, b: LinearDelta) -> LinearDelta:
 
 def merge(state: LinearState, d: LinearDelta) -> LinearState:
     """Fold another worker's delta into ``state`` and re-factorise (forgetting not applied; the
-    challenger takes the same rows, and the race their terms)."""
+    challenger takes the same rows; the race stays the worker's own: another worker's gaps are
+    between its own model and challenger, which may have switched at other times)."""
     precision = state.precision + d.precision
     b = state.b + d.b
     cov, theta = _refactor(precision, b)
@@ -503,7 +510,6 @@ def merge(state: LinearState, d: LinearDelta) -> LinearState:
         fast_precision=fast_precision,
         fast_b=fast_b,
         fast_theta=_solve(fast_precision, fast_b).reshape(state.theta.shape),
-        race=state.race + d.race,
     )
     if d.fast_id_count.shape != state.fast_id_count.shape:  # from a worker without a challenger
         return merged
@@ -699,9 +705,12 @@ class LinearParams(NamedTuple):
             raise ValueError(
                 f"position_bias must be non-empty with values in (0, 1], got {self.position_bias}"
             )
-        if self.adapt_window is not None and not (self.adapt_window == 0 or self.adapt_window >= 1):
+        if self.adapt_window is not None and not (
+            self.adapt_window == 0 or 1 <= self.adapt_window < float("inf")
+        ):
             raise ValueError(
-                f"adapt_window must be 0 (off) or >= 1 (multiples of D), got {self.adapt_window}"
+                "adapt_window must be 0 (off) or finite and >= 1 (multiples of D), got "
+                f"{self.adapt_window}"
             )
 
     @property
@@ -726,7 +735,17 @@ class LinearParams(NamedTuple):
 
 ADDED = ("adapt_window",)
 """Hyperparameters the linear policies gained after states of their version were saved: such a
-state loads, the arrays it lacks taken from the prior (``bandits.state.load``)."""
+state loads, the arrays it lacks (``ADDED_LEAVES``) taken from the template, the prior
+(``bandits.state.load``)."""
+ADDED_LEAVES = (
+    ".fast_precision",
+    ".fast_b",
+    ".fast_theta",
+    ".fast_id_count",
+    ".fast_id_resid",
+    ".race",
+    ".switches",
+)
 
 
 ScoreCore = Callable[[AnyLinear, Array, Candidates, Array], Array]
@@ -784,6 +803,7 @@ def make(
             adapt_window=params.adapt_window or 0.0,
         ),
         added=ADDED,
+        added_leaves=ADDED_LEAVES,
         dims=dims,
         prepare=partial(prepare, id_ridge=params.id_ridge),
     )

@@ -98,7 +98,9 @@ class Policy(NamedTuple):
     added: tuple[str, ...] = ()
     """Hyperparameters added to the policy after states of its version were saved: a saved
     state whose spec lacks them (and only them) loads, the arrays it lacks taken from the
-    template (``bandits.state.load``)."""
+    template (``bandits.state.load``), provided they are among ``added_leaves``."""
+    added_leaves: tuple[str, ...] = ()
+    """The state's arrays (leaf paths) that came with ``added``."""
 
 
 def make_policy(
@@ -111,6 +113,7 @@ def make_policy(
     dims: Callable[[Any], tuple[int, int]],
     prepare: Callable[[Any], Any] | None = None,
     added: tuple[str, ...] = (),
+    added_leaves: tuple[str, ...] = (),
 ) -> Policy:
     """Wrap core functions with input checks and ``jax.jit``.
 
@@ -124,7 +127,7 @@ def make_policy(
             state or of its prepared form).
         prepare: ``prepare(state) -> P``, the serving form ``score`` and ``rank`` also accept;
             None: the state itself.
-        added: see ``Policy.added``.
+        added, added_leaves: see ``Policy.added``.
     """
     score_jit = jax.jit(score)
     rank_jit = jax.jit(rank, static_argnums=5)
@@ -170,6 +173,7 @@ def make_policy(
         spec=spec,
         prepare=_same if prepare is None else jax.jit(prepare),
         added=added,
+        added_leaves=added_leaves,
     )
 
 

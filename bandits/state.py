@@ -135,10 +135,13 @@ def load(policy: Policy, data: bytes, *, like: S) -> S:
     saved = {meta["path"]: i for i, meta in enumerate(header["leaves"])}
     if older:  # the template's own arrays stand in for those the older state lacks
         wanted = [path for path, _ in leaves]
-        if [p for p in wanted if p in saved] != [m["path"] for m in header["leaves"]]:
+        lacking = [p for p in wanted if p not in saved]
+        if [p for p in wanted if p in saved] != [m["path"] for m in header["leaves"]] or not (
+            set(lacking) <= set(policy.added_leaves)
+        ):
             raise StateFormatError(
-                f"state leaves {[m['path'] for m in header['leaves']]} are not a part of the "
-                f"template's {wanted}"
+                f"state leaves {[m['path'] for m in header['leaves']]} are not the template's "
+                f"{wanted} less some of those added since ({list(policy.added_leaves)})"
             )
     elif len(header["leaves"]) != len(leaves):
         raise StateFormatError(

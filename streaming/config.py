@@ -409,7 +409,12 @@ class PolicySpecConfig:
         "`linucb` ranks greedily (every propensity 1.0).",
     )
     params: Mapping[str, Any] = _table(
-        "Keyword arguments (hyperparameters) of the policy's factory."
+        "Keyword arguments (hyperparameters) of the policy's factory. For the linear policies: "
+        "`adapt_window` (adaptation to changing tastes, on by default: the memory of a "
+        "challenger fitted with forgetting, in multiples of the joint dimension; 0 turns it "
+        "off), `discount` (a fixed forgetting factor per update), `n_ids` (the hashed "
+        "per-track table: size it to about 20 times the catalogue), `alpha`, `ridge` and the "
+        "others of `bandits.linucb`."
     )
     slate_size: int = _key(
         1, "Tracks the re-ranker returns for a request that names no `slate_size`.", "tracks"

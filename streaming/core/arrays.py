@@ -78,12 +78,13 @@ def to_arrays(engine: Engine, state: WorkerState) -> tuple[dict[str, np.ndarray]
     return arrays, header
 
 
-def _delta_from_arrays(arrays: Mapping[str, np.ndarray], name: str) -> Any:
+def _delta_from_arrays(arrays: Mapping[str, np.ndarray], name: str, policy_state: Any) -> Any:
     if f"{name}/precision" not in arrays:
         return None
     prefix = f"{name}/"
     return linear.delta_from(
-        {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
+        like=linear.empty_delta(policy_state),
     )
 
 
@@ -159,8 +160,8 @@ def from_arrays(
         counters={str(k): v for k, v in header["counters"].items()},
         sums={str(k): float(v) for k, v in header["sums"].items()},
         reward_by_policy={int(k): (float(s), int(c)) for k, s, c in header["reward_by_policy"]},
-        pending=_delta_from_arrays(arrays, "pending"),
-        outbox=_delta_from_arrays(arrays, "outbox"),
+        pending=_delta_from_arrays(arrays, "pending", policy_state),
+        outbox=_delta_from_arrays(arrays, "outbox", policy_state),
         delta_seq=int(header.get("delta_seq", 0)),
         seen={str(k): int(v) for k, v in header.get("seen", {}).items()},
         history=_history_from_arrays(arrays),

@@ -117,8 +117,7 @@ def test_delta_and_merge_carry_the_challenger_and_the_race(key: jax.Array) -> No
     np.testing.assert_allclose(
         merged.fast_precision, state.fast_precision + whole.precision, rtol=1e-5, atol=1e-5
     )
-    np.testing.assert_allclose(merged.race, state.race + whole.race, rtol=1e-5)
-    assert float(whole.race[0]) == 50
+    np.testing.assert_array_equal(merged.race, state.race)  # the race stays the worker's own
     np.testing.assert_allclose(
         merged.fast_theta.reshape(-1),
         np.linalg.solve(np.asarray(merged.fast_precision, np.float64), merged.fast_b),
@@ -175,3 +174,30 @@ def test_a_state_saved_before_adaptation_loads_with_a_fresh_challenger(key: jax.
     with pytest.raises(StateFormatError, match="adapt_window"):
         current = save(policy, state)
         load(old, current, like=_BeforeAdaptation(*learned[:9]))
+    # Only the arrays that came with adaptation may be missing: not, say, the model's own.
+    eight = save(
+        old, _WithoutCov(*(v for f, v in learned._asdict().items() if f in _WithoutCov._fields))
+    )
+    with pytest.raises(StateFormatError, match="added since"):
+        load(policy, eight, like=policy.init(DU, DT))
+
+
+class _WithoutCov(NamedTuple):
+    precision: jax.Array
+    b: jax.Array
+    theta: jax.Array
+    id_count: jax.Array
+    id_resid: jax.Array
+    position_bias: jax.Array
+    n: jax.Array
+    since_refactor: jax.Array
+
+
+def test_a_pending_delta_from_before_adaptation_adds_to_the_next_ones(key: jax.Array) -> None:
+    (state,) = _run(linucb(n_ids=N_IDS), key, [_weights(6)], 2)
+    d = linear.delta(state, _world(key, 10, _weights(6)), id_ridge=10.0)
+    old = {f: np.asarray(v) for f, v in d._asdict().items() if not f.startswith("fast_")}
+    pending = linear.delta_from(old, like=linear.empty_delta(state))
+    assert pending.fast_id_count.shape == (N_IDS,)
+    total = linear.add_deltas(pending, d)
+    np.testing.assert_allclose(total.fast_id_count, d.fast_id_count)
