@@ -137,7 +137,7 @@ def bandits_tables(rows: list[Row]) -> list[Table]:
     vw = {
         _drift(r["system"]): r
         for r in regret
-        if r["system"].startswith("vw ") and "cum_regret" in r
+        if r["system"].startswith("vw squarecb") and "cum_regret" in r
     }
     shown = []
     for r in regret:
