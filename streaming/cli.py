@@ -265,6 +265,49 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_catalogue(args: argparse.Namespace) -> int:
+    from streaming.serving.catalogue import (
+        TrackTable,
+        publish_tracks,
+        read_track_table,
+        withdraw_tracks,
+    )
+
+    config = _config(args)
+    servers = _broker(args, config)
+    if args.action == "withdraw":
+        if not args.target:
+            raise SystemExit("encore catalogue withdraw: name at least one track id")
+        n = withdraw_tracks(config, servers, args.target)
+        print(f"withdrew {n:,} tracks from {config.topics.catalogue}")
+        return 0
+    if args.action == "simulated":
+        from streaming.sim.simulator import SimConfig, Simulator
+        from streaming.sim.traffic import track_id
+
+        world = Simulator(
+            SimConfig(seed=args.seed, d_user=config.events.d_user, d_track=config.events.d_track)
+        ).world
+        n = world.track_features.shape[0]
+        table = TrackTable([track_id(i) for i in range(n)], world.track_features, world.duration_ms)
+    else:
+        if len(args.target) != 1:
+            raise SystemExit("encore catalogue load: name one Parquet or CSV file")
+        table = read_track_table(
+            Path(args.target[0]),
+            id_column=args.id_column,
+            features_column=args.features_column,
+            feature_prefix=args.feature_prefix if args.features_column is None else None,
+            duration_column=args.duration_column,
+        )
+    counts = publish_tracks(config, servers, table, embedding_version=args.embedding_version)
+    print(
+        f"published {len(table.ids):,} tracks to {config.topics.catalogue} at embedding version "
+        f"{args.embedding_version} ({counts['new']:,} new, {counts['updated']:,} updated)"
+    )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
@@ -417,6 +460,31 @@ def build_parser() -> argparse.ArgumentParser:
         "topics, or 0 when they are empty)",
     )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "catalogue",
+        help="the track catalogue: `load FILE` publishes a Parquet/CSV track table, "
+        "`simulated` the simulator's tracks, `withdraw ID...` withdraws tracks",
+        epilog=EPILOG,
+    )
+    p.add_argument("action", choices=["load", "simulated", "withdraw"])
+    p.add_argument("target", nargs="*", help="load: the file; withdraw: track ids")
+    _add_common(p)
+    p.add_argument("--id-column", default="track_id", help="the track id column (load)")
+    p.add_argument(
+        "--features-column",
+        default=None,
+        help="one column of number lists holding each track's features (load, Parquet)",
+    )
+    p.add_argument(
+        "--feature-prefix",
+        default="f",
+        help="features in columns PREFIX0, PREFIX1, ... (load; default f)",
+    )
+    p.add_argument("--duration-column", default=None, help="track durations in ms (load)")
+    p.add_argument("--embedding-version", type=int, default=1, help="the version of these features")
+    p.add_argument("--seed", type=int, default=0, help="the simulated world's seed (simulated)")
+    p.set_defaults(func=cmd_catalogue)
 
     p = sub.add_parser(
         "run",

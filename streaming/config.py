@@ -266,6 +266,11 @@ class Topics:
         "encore.partition-state",
         "Open join windows moving between workers when partitions move (compacted).",
     )
+    catalogue: str = _key(
+        "encore.catalogue",
+        "The track catalogue: features per track, keyed by track id, a null value withdraws "
+        "the track (compacted; `encore catalogue load` writes it).",
+    )
     partitions: int = _key(
         4, "Partitions of each topic `encore topics create` creates.", "partitions"
     )
@@ -284,6 +289,7 @@ class Topics:
             self.deltas,
             self.joined,
             self.handoff,
+            self.catalogue,
         ]
         if len(set(names)) != len(names):
             raise ConfigError(f"topic names must be distinct, got {names}")
@@ -525,6 +531,35 @@ class RerankConfig:
 
 
 @dataclass(frozen=True)
+class CatalogueConfig:
+    """The track catalogue `encore rerank` follows, so requests may name candidates by id."""
+
+    follow: bool = _key(
+        False,
+        "Follow `topics.catalogue` in `encore rerank`: a request without `candidate_features` "
+        "takes its candidates' features from the catalogue (the newest record of each track).",
+    )
+    unknown: str = _key(
+        "reject",
+        "A candidate the catalogue does not know: `reject` answers 400 `unknown_track` naming "
+        "it; `zeros` scores it from a zero feature vector (counted as `unknown_tracks`).",
+    )
+    wait_ms: int = _key(
+        30_000,
+        "How long `encore rerank` waits at start to read the catalogue topic up to its end "
+        "before it serves (requests by id are answered 503 `catalogue_loading` until then).",
+    )
+
+    def __post_init__(self) -> None:
+        if self.unknown not in ("reject", "zeros"):
+            raise ConfigError(
+                f"catalogue.unknown must be 'reject' or 'zeros', got {self.unknown!r}"
+            )
+        if self.wait_ms < 0:
+            raise ConfigError(f"catalogue.wait_ms must be >= 0, got {self.wait_ms}")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """The rolling Parquet log of joined records (what off-policy evaluation reads)."""
 
@@ -631,6 +666,7 @@ class Config:
     policy: PolicySpecConfig = field(default_factory=PolicySpecConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)

@@ -350,6 +350,7 @@ def topic_specs(topics: Topics) -> dict[str, dict[str, Any]]:
         topics.joined: {**common, "configs": {"retention.ms": str(7 * day_ms)}},
         topics.snapshots: _compacted(topics, 16 * 1024 * 1024),
         topics.handoff: _compacted(topics, HANDOFF_MAX_BYTES),
+        topics.catalogue: _compacted(topics, 1024 * 1024),
     }
 
 

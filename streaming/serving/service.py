@@ -98,9 +98,11 @@ from streaming.events import (
     Limits,
     decode_impression,
     encode,
+    float32_bytes,
     key64,
     with_features,
 )
+from streaming.kafka.catalogue import CatalogueFollower, MissingCatalogueError
 from streaming.kafka.clients import make_producer, max_message_bytes
 from streaming.serving.errors import MissingTopicError, RankError, UnloggableError
 from streaming.serving.http import ConnectionSlots, HTTPServer, handler
@@ -133,7 +135,7 @@ class RankRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     surface: str
     context: list[float]
     candidates: list[str]
-    candidate_features: list[list[float]]
+    candidate_features: list[list[float]] | None = None  # None: from the catalogue
     request_id: str | None = None
     slate_size: int | None = None
 
@@ -206,6 +208,19 @@ class RerankService:
                 f"{servers}: create it first (`encore topics create`)"
             )
         self.servers = servers
+        self.catalogue: CatalogueFollower | None = None
+        if config.catalogue.follow:
+            try:
+                self.catalogue = CatalogueFollower(config, servers)
+            except MissingCatalogueError as exc:
+                self.follower.close()
+                raise MissingTopicError(str(exc)) from None
+            if not self.catalogue.catch_up(config.catalogue.wait_ms / 1000):
+                log.warning(
+                    "the catalogue topic %s was not read to its end within catalogue.wait_ms; "
+                    "requests by id are answered 503 until it is",
+                    config.topics.catalogue,
+                )
         topic_bytes = _topic_max_message_bytes(config, servers)
         # A batch no larger than the topic takes: small impressions batched together are
         # never refused as one too-large batch.
@@ -238,6 +253,14 @@ class RerankService:
                 log.exception("reading the snapshots topic failed")
                 with self._lock:
                     self._counts["snapshot_errors"] += 1
+            if self.catalogue is not None:
+                try:  # applied off the request path; requests read the newest view
+                    while self.catalogue.poll(timeout_ms=0):
+                        pass
+                except Exception:  # keep serving the last good catalogue; the next round retries
+                    log.exception("reading the catalogue topic failed")
+                    with self._lock:
+                        self._counts["catalogue_errors"] += 1
             if self._limit_stale.is_set() or time.monotonic() >= limit_due:
                 self._limit_stale.clear()
                 limit_due = time.monotonic() + _LIMIT_REFRESH_S
@@ -323,6 +346,14 @@ class RerankService:
         _check_id_lengths(req, self.config.rerank.max_id_chars)
         if len(set(req.candidates)) != k:
             raise RankError("bad_value", "candidates must be distinct ids")
+        ctx, feats = _float_arrays(req)
+        logged: list[list[float]] | bytes
+        if req.candidate_features is None:
+            feats = self._from_catalogue(req.candidates)
+            encoding = self.config.events.feature_encoding
+            logged = float32_bytes(feats) if encoding == "float32" else feats.tolist()
+        else:
+            logged = req.candidate_features
         template = Impression(
             schema=IMPRESSION_SCHEMA,
             request_id=req.request_id or uuid.uuid4().hex,
@@ -331,13 +362,12 @@ class RerankService:
             ts=max(0, self.clock()),
             context=req.context,
             candidates=req.candidates,
-            candidate_features=req.candidate_features,
+            candidate_features=logged,
             shown=list(range(min(max(slate, 1), k))),
             propensities=[1.0] * min(max(slate, 1), k),
             policy=self.policy_name,
             policy_version=self.policy_version,
         )
-        ctx, feats = _float_arrays(req)
         lim = self.limits
         if not (
             ctx.shape == (lim.d_user,)
@@ -349,6 +379,36 @@ class RerankService:
         if not 1 <= slate <= k:
             raise RankError("bad_value", f"slate_size {slate} must be in [1, {k}] ({k} candidates)")
         return template, slate, ctx, feats
+
+    def _from_catalogue(self, candidates: list[str]) -> npt.NDArray[np.float32]:
+        """The candidates' features from the catalogue's newest view (``catalogue.unknown``
+        says what an unknown track gets).
+
+        Raises:
+            RankError: ``missing_field`` (no catalogue followed), ``unknown_track``.
+            UnloggableError: 503 ``catalogue_loading``: the topic is not read to its end yet.
+        """
+        if self.catalogue is None:
+            raise RankError(
+                "missing_field",
+                "candidate_features is required unless the service follows a catalogue "
+                "(catalogue.follow = true)",
+            )
+        if not self.catalogue.caught_up:
+            raise UnloggableError(
+                503, "catalogue_loading", "the catalogue is still being read: ask again"
+            )
+        feats, _, _, known = self.catalogue.catalogue.view().lookup(key64(candidates))
+        if not known.all():
+            missing = [candidates[i] for i in np.flatnonzero(~known)]
+            if self.config.catalogue.unknown == "reject":
+                raise RankError(
+                    "unknown_track",
+                    f"{len(missing)} candidates are not in the catalogue: "
+                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
+                )
+            self._count("unknown_tracks", len(missing))
+        return feats
 
     def rank(self, request: bytes | Mapping[str, Any]) -> dict[str, Any]:
         """Rank one request and log the impression served.
@@ -485,9 +545,9 @@ class RerankService:
         future.add_callback(self._logged)
         future.add_errback(self._log_failed, impression.request_id, producer)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
-            self._counts[name] += 1
+            self._counts[name] += n
 
     def _logged(self, _metadata: object) -> None:
         self._count("logged")
@@ -598,6 +658,8 @@ class RerankService:
         self._stop.set()
         self._refresher.join(10)
         self.follower.close()
+        if self.catalogue is not None:
+            self.catalogue.close()
         self.producer.flush(timeout=10)
         self.producer.close(timeout=10)
         for closer in self._retiring:
@@ -644,12 +706,15 @@ def _float_arrays(req: RankRequest) -> tuple[npt.NDArray[np.float32], npt.NDArra
     ctx = np.asarray(req.context, np.float64)
     if not usable(ctx):
         raise RankError("non_finite", "context has a NaN, infinite or beyond-float32 feature")
+    if req.candidate_features is None:  # from the catalogue
+        return ctx.astype(np.float32), np.zeros((0, 0), np.float32)
     try:
         feats = np.asarray(req.candidate_features, np.float64)
         ok = usable(feats) if feats.ndim == 2 else np.ones(0, np.bool_)
     except ValueError:  # ragged rows
         feats = np.zeros((0, 0), np.float64)
-        ok = np.asarray([usable(np.asarray(r, np.float64)) for r in req.candidate_features])
+        rows = req.candidate_features
+        ok = np.asarray([usable(np.asarray(r, np.float64)) for r in rows])
     if not ok.all():
         i = int(np.flatnonzero(~ok)[0])
         raise RankError(
