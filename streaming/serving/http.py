@@ -24,6 +24,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
+
 from streaming.serving.errors import RankError, UnloggableError
 
 if TYPE_CHECKING:
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 __all__ = ["ConnectionSlots", "HTTPServer", "handler"]
 
 log = logging.getLogger(__name__)
+
+
+JSON = "application/json"
+MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+"""The ``POST /rank`` body types: JSON, or MessagePack (the same fields; answered in kind)."""
 
 
 def _post_refusal(path: str, headers: Message, max_body_bytes: int) -> tuple[int, str, str] | int:
@@ -53,9 +60,13 @@ def _post_refusal(path: str, headers: Message, max_body_bytes: int) -> tuple[int
     if length > max_body_bytes:
         return 413, "too_large", f"{text} bytes > rerank.max_body_bytes {max_body_bytes}"
     media, charset = headers.get_content_type(), headers.get_content_charset()
-    if headers.get("Content-Type") is None or media != "application/json":
+    if headers.get("Content-Type") is None or media not in (JSON, *MSGPACK):
         got = headers.get("Content-Type")
-        return 415, "unsupported_media_type", f"send Content-Type application/json, got {got!r}"
+        return (
+            415,
+            "unsupported_media_type",
+            f"send Content-Type application/json or application/msgpack, got {got!r}",
+        )
     if charset not in (None, "utf-8", "utf8"):
         return 415, "unsupported_media_type", f"the body must be UTF-8, got charset {charset!r}"
     return length
@@ -259,10 +270,10 @@ def handler(service: RerankService, connections: ConnectionSlots) -> type[BaseHT
             error = phrase.lower().replace(" ", "_").replace("-", "_")
             self._reply(code, {"error": error, "reason": message or explain or phrase})
 
-        def _reply(self, status: int, body: Mapping[str, Any]) -> None:
-            data = json.dumps(body).encode()
+        def _reply(self, status: int, body: Mapping[str, Any], binary: bool = False) -> None:
+            data = msgspec.msgpack.encode(body) if binary else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", MSGPACK[0] if binary else JSON)
             self.send_header("Content-Length", str(len(data)))
             if self.close_connection:
                 self.send_header("Connection", "close")
@@ -324,20 +335,21 @@ def handler(service: RerankService, connections: ConnectionSlots) -> type[BaseHT
             if len(raw) < checked:  # the client closed its side mid-body
                 self.close_connection = True
                 return
+            binary = self.headers.get_content_type() in MSGPACK
             try:
-                answer = service.rank(raw)
+                answer = service.rank(raw, msgpack=binary)
             except RankError as err:
                 status = 413 if err.code == "too_large" else 400
-                self._reply(status, {"error": err.code, "reason": err.reason})
+                self._reply(status, {"error": err.code, "reason": err.reason}, binary)
                 return
             except UnloggableError as err:
-                self._reply(err.status, {"error": err.code, "reason": err.reason})
+                self._reply(err.status, {"error": err.code, "reason": err.reason}, binary)
                 return
             except Exception as exc:
                 log.exception("ranking failed")
                 service._count("errors")  # pyright: ignore[reportPrivateUsage]
-                self._reply(500, {"error": "internal", "reason": str(exc)})
+                self._reply(500, {"error": "internal", "reason": str(exc)}, binary)
                 return
-            self._reply(200, answer)
+            self._reply(200, answer, binary)
 
     return Handler

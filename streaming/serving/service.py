@@ -141,6 +141,7 @@ class RankRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 _REQUEST_DECODER = msgspec.json.Decoder(RankRequest)
+_REQUEST_MSGPACK = msgspec.msgpack.Decoder(RankRequest)
 
 
 def _wall_clock_ms() -> int:
@@ -303,12 +304,13 @@ class RerankService:
             return self._loaded.wait_for(lambda: self.snapshot_version > newer_than, timeout_s)
 
     # ------------------------------------------------------------------ ranking
-    def parse(self, body: bytes | Mapping[str, Any]) -> RankRequest:
-        """A request from raw JSON bytes (the HTTP body) or an already decoded mapping.
+    def parse(self, body: bytes | Mapping[str, Any], *, msgpack: bool = False) -> RankRequest:
+        """A request from raw JSON (or, with ``msgpack``, MessagePack) bytes, the HTTP body, or
+        an already decoded mapping.
 
         Raises:
-            RankError: ``too_large`` (bytes over ``rerank.max_body_bytes``), ``invalid_json``,
-                ``missing_field``, ``unknown_field`` or ``wrong_type``.
+            RankError: ``too_large`` (bytes over ``rerank.max_body_bytes``), ``invalid_json``
+                (or ``invalid_msgpack``), ``missing_field``, ``unknown_field`` or ``wrong_type``.
         """
         try:
             if isinstance(body, bytes | bytearray):
@@ -317,7 +319,7 @@ class RerankService:
                     raise RankError(
                         "too_large", f"{len(body)} bytes > rerank.max_body_bytes {limit}"
                     )
-                return _REQUEST_DECODER.decode(body)
+                return (_REQUEST_MSGPACK if msgpack else _REQUEST_DECODER).decode(body)
             return msgspec.convert(body, RankRequest, strict=True)
         except msgspec.ValidationError as exc:
             msg = str(exc)
@@ -327,7 +329,7 @@ class RerankService:
                 raise RankError("unknown_field", msg) from None
             raise RankError("wrong_type", msg) from None
         except msgspec.DecodeError as exc:
-            raise RankError("invalid_json", str(exc)) from None
+            raise RankError("invalid_msgpack" if msgpack else "invalid_json", str(exc)) from None
 
     def _validate(
         self, req: RankRequest
@@ -410,11 +412,12 @@ class RerankService:
             self._count("unknown_tracks", len(missing))
         return feats
 
-    def rank(self, request: bytes | Mapping[str, Any]) -> dict[str, Any]:
+    def rank(self, request: bytes | Mapping[str, Any], *, msgpack: bool = False) -> dict[str, Any]:
         """Rank one request and log the impression served.
 
         Args:
-            request: a ``POST /rank`` body, as JSON bytes or a decoded mapping.
+            request: a ``POST /rank`` body, as JSON bytes (MessagePack with ``msgpack``) or a
+                decoded mapping.
 
         Returns:
             ``{"request_id", "shown", "track_ids", "propensities", "policy", "policy_version",
@@ -427,7 +430,7 @@ class RerankService:
         """
         self._count("requests")
         try:
-            req = self.parse(request)
+            req = self.parse(request, msgpack=msgpack)
             template, slate, ctx, feats = self._validate(req)
         except RankError as err:
             self._count(f"bad_request.{err.code}")

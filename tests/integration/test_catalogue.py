@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -198,3 +201,44 @@ def test_the_simulators_tracks_go_to_the_catalogue(kafka_broker: str) -> None:
     feats, _, slot, known = view.lookup(key64([f"t{i}" for i in range(2_000)]))
     assert known.all() and slot.tolist() == list(range(2_000))
     np.testing.assert_array_equal(feats, world.track_features)
+
+
+def post(port: int, body: bytes, content_type: str) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("POST", "/rank", body=body, headers={"Content-Type": content_type})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type") or "", resp.read()
+    finally:
+        conn.close()
+
+
+def test_a_messagepack_body_by_id_is_answered_in_messagepack(kafka_broker: str) -> None:
+    cfg = fresh_config(kafka_broker, "catalogue.follow=true")
+    ensure_topics(cfg, kafka_broker)
+    ids = [f"track-{i}" for i in range(6)]
+    publish_tracks(cfg, kafka_broker, table(ids, 0.5), embedding_version=1)
+    with RerankService(cfg, kafka_broker, refresh_ms=50, seed=0) as service:
+        port = service.start_http(port=0)
+        req = {
+            "user_id": "u1",
+            "surface": "radio",
+            "context": [0.2] * D,
+            "candidates": ids,
+            "slate_size": 3,
+        }
+        status, kind, raw = post(port, msgspec.msgpack.encode(req), "application/msgpack")
+        assert (status, kind) == (200, "application/msgpack")
+        answer = msgspec.msgpack.decode(raw)
+        assert len(answer["shown"]) == 3 and set(answer["track_ids"]) <= set(ids)
+        # the same request as JSON gets the same kind of answer, as JSON
+        status, kind, raw = post(port, json.dumps(req).encode(), "application/json")
+        assert (status, kind) == (200, "application/json")
+        assert len(json.loads(raw)["shown"]) == 3
+        status, _, raw = post(port, b"\xc1not msgpack", "application/msgpack")
+        assert status == 400 and msgspec.msgpack.decode(raw)["error"] == "invalid_msgpack"
+        status, _, raw = post(port, b"x", "text/plain")
+        assert status == 415 and b"application/msgpack" in raw
+        bad = {**req, "candidates": ["nope"], "slate_size": 1}
+        status, _, raw = post(port, msgspec.msgpack.encode(bad), "application/msgpack")
+        assert status == 400 and msgspec.msgpack.decode(raw)["error"] == "unknown_track"
