@@ -571,17 +571,55 @@ def _rank_bodies(k: int, d_track: int, n: int, rng: np.random.Generator) -> list
     ]
 
 
+HTTP_BODIES = {
+    "json": "JSON with the candidates' features",
+    "json-ids": "JSON, candidates by id (features from the catalogue)",
+    "msgpack-ids": "MessagePack, candidates by id (features from the catalogue)",
+}
+"""How ``POST /rank`` bodies carry their candidates, by name."""
+
+
+def _by_id(bodies: list[bytes], binary: bool) -> list[bytes]:
+    """The same requests without features: ids only, as JSON or MessagePack."""
+    import msgspec
+
+    out = []
+    for b in bodies:
+        req = json.loads(b)
+        del req["candidate_features"]
+        out.append(msgspec.msgpack.encode(req) if binary else json.dumps(req).encode())
+    return out
+
+
+def _publish_candidates(config: Any, servers: str, bodies: list[bytes]) -> None:
+    """Every candidate of ``bodies`` into the catalogue topic, with the features it names."""
+    from streaming.serving.catalogue import TrackTable, publish_tracks
+
+    ids: list[str] = []
+    feats: list[list[float]] = []
+    for b in bodies:
+        req = json.loads(b)
+        ids += req["candidates"]
+        feats += req["candidate_features"]
+    table = TrackTable(ids, np.asarray(feats, np.float32), np.zeros(len(ids), np.int64))
+    publish_tracks(config, servers, table, embedding_version=1)
+
+
 def _http_round_trips(
-    servers: str, policy: str, k: int, d_track: int, reps: int, core: int
+    servers: str, policy: str, k: int, d_track: int, reps: int, core: int, body: str = "json"
 ) -> tuple[list[float], int]:
     """Start ``encore rerank`` pinned to ``core``, time ``reps`` ``POST /rank`` round trips from
-    this process (on another core where there is one), stop it; ``(seconds, body bytes)``."""
+    this process (on another core where there is one), stop it; ``(seconds, body bytes)``.
+    ``body`` names how requests carry their candidates (``HTTP_BODIES``); by id, the candidates
+    are first published to a catalogue the server follows."""
     import dataclasses
     import http.client
     import re
     import select
     import signal
     import uuid
+
+    import msgspec
 
     from streaming.config import Config
     from streaming.kafka.clients import ensure_topics
@@ -590,14 +628,20 @@ def _http_round_trips(
         sorted(set(os.sched_getaffinity(0)) - {core}) if hasattr(os, "sched_getaffinity") else []
     )
     bodies = _rank_bodies(k, d_track, 8, np.random.default_rng(4))
-    base = Config.load(env={})
+    base = Config.load(env={}, overrides=[f"events.d_user={D_USER}", f"events.d_track={d_track}"])
     topics = base.topics.for_run(uuid.uuid4().hex[:8])
-    ensure_topics(dataclasses.replace(base, topics=topics), servers)
+    run_config = dataclasses.replace(base, topics=topics)
+    ensure_topics(run_config, servers)
     sets = [
         f"topics.{name}={getattr(topics, name)}"
-        for name in ("impressions", "outcomes", "dlq", "late", "snapshots", "deltas")
+        for name in ("impressions", "outcomes", "dlq", "late", "snapshots", "deltas", "catalogue")
     ]
     sets += [f"policy.name={policy}", f"events.d_user={D_USER}", f"events.d_track={d_track}"]
+    content_type = "application/msgpack" if body == "msgpack-ids" else "application/json"
+    if body != "json":
+        _publish_candidates(run_config, servers, bodies)
+        bodies = _by_id(bodies, binary=body == "msgpack-ids")
+        sets.append("catalogue.follow=true")
     env, boot = _pinned_child(
         core, "import sys; from streaming.serving.service import main; sys.exit(main(sys.argv[1:]))"
     )
@@ -626,13 +670,11 @@ def _http_round_trips(
         def post(i: int) -> float:
             t0 = time.perf_counter()
             conn.request(
-                "POST",
-                "/rank",
-                bodies[i % len(bodies)],
-                headers={"Content-Type": "application/json"},
+                "POST", "/rank", bodies[i % len(bodies)], headers={"Content-Type": content_type}
             )
             resp = conn.getresponse()
-            answer = json.loads(resp.read())
+            raw = resp.read()
+            answer = msgspec.msgpack.decode(raw) if body == "msgpack-ids" else json.loads(raw)
             elapsed = time.perf_counter() - t0
             if resp.status != 200 or len(answer["shown"]) != LATENCY_SLATE:
                 raise RuntimeError(f"POST /rank answered {resp.status}: {answer}")
@@ -671,20 +713,122 @@ def http_latency_rows(policy: str, shapes: list[tuple[int, int]], reps: int) -> 
     rows: list[Row] = []
     with broker_for_bench() as servers:
         for k, d_track in shapes:
-            times, size = _http_round_trips(servers, policy, k, d_track, reps, core)
-            p50, p99 = _percentiles(times)
-            rows.append(
-                {
-                    "system": f"encore rerank HTTP POST /rank ({policy})",
-                    "given": f"{k} candidates x {d_track} track + {D_USER} user features, slate "
-                    f"{LATENCY_SLATE}, {size / 1e3:.0f} kB JSON body, server on one core, "
-                    "impression logged to Kafka",
-                    "p50_ms": p50,
-                    "p99_ms": p99,
-                    "core": core,
-                }
-            )
+            for body, about in HTTP_BODIES.items():
+                times, size = _http_round_trips(servers, policy, k, d_track, reps, core, body)
+                p50, p99 = _percentiles(times)
+                rows.append(
+                    {
+                        "system": f"encore rerank HTTP POST /rank ({policy}, {body})",
+                        "given": f"{k} candidates x {d_track} track + {D_USER} user features, "
+                        f"slate {LATENCY_SLATE}, {about}, {size / 1e3:.1f} kB body, server on "
+                        "one core, impression logged to Kafka",
+                        "p50_ms": p50,
+                        "p99_ms": p99,
+                        "core": core,
+                    }
+                )
     return rows
+
+
+# ---------------------------------------------------------------------------------------- catalogue
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def catalogue_rows(n_tracks: int, d_track: int, update: int, k: int = 500) -> list[Row]:
+    """The in-memory catalogue at scale: ``n_tracks`` tracks of ``d_track`` float32 features
+    applied in batches of ``update`` (as a follower applies what it polls), its bytes per
+    track, and the time of a request's lookup of ``k`` candidates, idle and while a batch of
+    ``update`` re-embedded tracks is applied on another thread; and how fast records decode."""
+    import threading
+
+    from streaming.core.catalogue import Catalogue, TrackBatch, decode_tracks, encode_track
+    from streaming.events import key64
+
+    rng = np.random.default_rng(5)
+    ids = [f"track-{i}" for i in range(n_tracks)]
+    keys = key64(ids)
+    before = _rss_mb()
+    _reset_peak()
+    cat = Catalogue(d_track)
+    t0 = time.perf_counter()
+    for lo in range(0, n_tracks, update):
+        hi = min(lo + update, n_tracks)
+        cat.apply(
+            TrackBatch(
+                keys[lo:hi],
+                np.ones(hi - lo, bool),
+                rng.normal(0, 0.1, (hi - lo, d_track)).astype(np.float32),
+                np.ones(hi - lo, np.int32),
+                np.zeros(hi - lo, np.int64),
+                np.arange(lo, hi, dtype=np.int64),
+            )
+        )
+    load_s = time.perf_counter() - t0
+    peak, after = _peak_mb() - before, _rss_mb() - before
+    requests = [keys[rng.choice(n_tracks, k, replace=False)] for _ in range(64)]
+
+    def lookups(stop: threading.Event | None, count: int) -> list[float]:
+        out: list[float] = []
+        i = 0
+        while (stop is None and i < count) or (stop is not None and not stop.is_set()):
+            t = time.perf_counter()
+            cat.view().lookup(requests[i % len(requests)])
+            out.append(time.perf_counter() - t)
+            i += 1
+        return out
+
+    idle = lookups(None, 2_000)
+    changed = rng.choice(n_tracks, update, replace=False)
+    batch = TrackBatch(
+        keys[changed],
+        np.ones(update, bool),
+        rng.normal(0, 0.1, (update, d_track)).astype(np.float32),
+        np.full(update, 2, np.int32),
+        np.zeros(update, np.int64),
+        changed.astype(np.int64),
+    )
+    stop = threading.Event()
+    during: list[float] = []
+    reader = threading.Thread(target=lambda: during.extend(lookups(stop, 0)))
+    reader.start()
+    t0 = time.perf_counter()
+    cat.apply(batch)
+    update_s = time.perf_counter() - t0
+    stop.set()
+    reader.join()
+    records = [
+        (ids[i].encode(), encode_track(ids[i], i, 1, rng.normal(0, 0.1, d_track), 200_000))
+        for i in range(20_000)
+    ]
+    t0 = time.perf_counter()
+    decode_tracks(records, d_track)
+    decode_rate = len(records) / (time.perf_counter() - t0)
+    i50, i99 = _percentiles(idle)
+    _, d99 = _percentiles(during)
+    return [
+        {
+            "system": f"encore catalogue, {n_tracks:,} tracks x {d_track} float32",
+            "given": f"applied in batches of {update:,}; a request looks up {k} random candidates "
+            f"(key64, search, gather) through the newest view; an update of {update:,} "
+            "re-embedded tracks applied on another thread while requests look up",
+            "tracks": n_tracks,
+            "bytes_per_track": cat.storage_bytes / cat.view().size,
+            "rss_mb": after,
+            "peak_rss_mb": peak,
+            "load_s": load_s,
+            "update_s": update_s,
+            "lookup_p50_ms": i50,
+            "lookup_p99_ms": i99,
+            "lookup_p99_during_update_ms": d99,
+            "lookups_during_update": len(during),
+            "decode_records_per_s": decode_rate,
+        }
+    ]
 
 
 # ---------------------------------------------------------------------------------------- update only
@@ -1206,6 +1350,11 @@ def run(ctx: Context) -> list[Row]:
     # --quick: the small request only (each shape starts its own `encore rerank` process)
     http_shapes = [(20, D_TRACK)] if ctx.quick else [(20, D_TRACK), (500, 64)]
     rows += http_latency_rows("linucb", http_shapes, 100 if ctx.quick else 1000)
+    print("catalogue ...", flush=True)
+    if ctx.quick:
+        rows += catalogue_rows(20_000, 64, 5_000)
+    else:
+        rows += catalogue_rows(1_000_000, 64, 100_000)
     ctx.notes.append(
         "Latency: one request per call = a context and the candidates' features and ids as "
         "numpy arrays on the host -> jax.jit(policy.rank) -> the slate of "

@@ -209,6 +209,24 @@ def bandits_tables(rows: list[Row]) -> list[Table]:
                 "Ratios divide by VW's command-line learner on the same logged rounds, same run.",
             )
         )
+    cat = [r for r in rows if "bytes_per_track" in r]
+    if cat:
+        tables.append(
+            Table(
+                "Track catalogue in memory (no peer measured)",
+                [
+                    Column("system"),
+                    Column("bytes_per_track"),
+                    Column("rss_mb", "resident MB"),
+                    Column("load_s"),
+                    Column("update_s"),
+                    Column("lookup_p99_ms", "lookup p99 ms"),
+                    Column("lookup_p99_during_update_ms", "lookup p99 ms, during update"),
+                    Column("decode_records_per_s", "records decoded/s"),
+                ],
+                cat,
+            )
+        )
     latency = [{**r, "shape": first_clause(r.get("given", ""))} for r in rows if "p50_ms" in r]
     if latency:
         tables.append(
