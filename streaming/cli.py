@@ -303,7 +303,8 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
     counts = publish_tracks(config, servers, table, embedding_version=args.embedding_version)
     print(
         f"published {len(table.ids):,} tracks to {config.topics.catalogue} at embedding version "
-        f"{args.embedding_version} ({counts['new']:,} new, {counts['updated']:,} updated)"
+        f"{args.embedding_version} ({counts['new']:,} new, {counts['updated']:,} updated, "
+        f"{counts['restored']:,} back after a withdrawal)"
     )
     return 0
 

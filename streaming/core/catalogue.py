@@ -11,13 +11,17 @@ after, never a vector half-written, and never waits for a write.
 
 Memory per live track: the features (``4 d_track`` bytes), the embedding version (4), the
 duration (8), the stable slot (8) and the index (the key and its row, 16): ``4 d_track + 36``
-bytes, 292 at 64 features. Rows that updates and tombstones left behind are reclaimed by a
-compaction (a copy of the live rows into new storage) once they outnumber the live ones, so
-storage stays under about twice the live bytes plus the batch being applied.
+bytes, 292 at 64 features. Storage is allocated for twice the rows it needs when it grows, and
+rows that updates and withdrawals left behind are reclaimed by a compaction (a copy of the live
+rows into new storage) once they outnumber the live ones, so between compactions storage holds
+up to about twice the live rows (400 to 570 bytes per track at 64 features, measured); while a
+compaction runs, the old storage lives on until no view holds it, so the peak is about three
+times the live bytes.
 
 Each track also carries a *slot*: a dense index the loader assigns once per track id and keeps
-(``encore catalogue load``), the same in every process that reads the topic, so a policy's
-per-track table can be indexed exactly rather than by a hash.
+(``encore catalogue load``; a withdrawal by ``encore catalogue withdraw`` keeps it too), the same
+in every process that reads the topic: an exact index for a per-track table, for consumers that
+want one (the policies still hash track ids into theirs).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ __all__ = [
     "TrackRecord",
     "decode_tracks",
     "encode_track",
+    "encode_withdrawal",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -137,29 +142,32 @@ class Catalogue:
         if d_track < 1:
             raise ValueError(f"d_track must be positive, got {d_track}")
         self.d_track = d_track
-        self._alloc(max(1, capacity))
         self._used = 0
-        self.max_slot = -1  # the highest slot of any track applied (withdrawn ones included)
+        self.max_slot = -1  # the highest slot of any record applied (withdrawn tracks included)
+        self._withdrawn: dict[int, int] = {}  # key -> slot of tracks withdrawn keeping their slot
         self.counts: Counter[str] = Counter()
         self._view = CatalogueView(
-            np.zeros(0, np.uint64),
-            np.zeros(0, np.int64),
-            self._features,
-            self._version,
-            self._duration,
-            self._slot,
-            0,
+            np.zeros(0, np.uint64), np.zeros(0, np.int64), *self._storage(max(1, capacity)), 0
         )
 
-    def _alloc(self, rows: int) -> None:
-        self._features = np.zeros((rows, self.d_track), np.float32)
-        self._version = np.zeros(rows, np.int32)
-        self._duration = np.zeros(rows, np.int64)
-        self._slot = np.zeros(rows, np.int64)
+    def _storage(self, rows: int) -> tuple[F32, I32, I64, I64]:
+        return (
+            np.zeros((rows, self.d_track), np.float32),
+            np.zeros(rows, np.int32),
+            np.zeros(rows, np.int64),
+            np.zeros(rows, np.int64),
+        )
 
     def view(self) -> CatalogueView:
         """The newest snapshot (an atomic read of one reference)."""
         return self._view
+
+    def slot_of(self, keys: U64) -> I64:
+        """Each key's slot, live or withdrawn by a slot-keeping record (-1: never seen)."""
+        _, _, slot, known = self._view.lookup(keys)
+        for i in np.flatnonzero(~known):
+            slot[i] = self._withdrawn.get(int(keys[i]), -1)
+        return slot
 
     @property
     def storage_bytes(self) -> int:
@@ -175,7 +183,12 @@ class Catalogue:
         )
 
     def apply(self, batch: TrackBatch) -> CatalogueView:
-        """Apply records in topic order (the last record per key wins) and publish the result."""
+        """Apply records in topic order (the last record per key wins) and publish the result.
+
+        Nothing is published, and nothing a view indexes is touched, until the new view is
+        complete: an error part way (out of memory while compacting, say) leaves the catalogue
+        as it was.
+        """
         if batch.features.shape[1:] != (self.d_track,):
             raise ValueError(
                 f"catalogue batch has {batch.features.shape[1:]} features per track, the "
@@ -190,52 +203,52 @@ class Catalogue:
         _, touched = old.find(keys)
         keep = np.ones(old.keys.shape[0], bool)
         if touched.any():
-            pos = np.searchsorted(old.keys, keys[touched])
-            keep[pos] = False
+            keep[np.searchsorted(old.keys, keys[touched])] = False
         live = int(keep.sum())
         new_keys, new_pick = keys[alive], pick[alive]
         m = int(new_keys.shape[0])
+        store = (old.features, old.version, old.duration_ms, old.slot)
+        used = self._used
+        compacted = used + m > store[0].shape[0] or used > 2 * (live + m) + 1024
+        if compacted:
+            # New storage: the live rows kept, room for the new ones and to grow. The old
+            # arrays stay as they are for the views that hold them.
+            rows_kept = old.rows[keep]
+            fresh = self._storage(max(1024, 2 * (live + m)))
+            for dst, src in zip(fresh, store, strict=True):
+                dst[:live] = src[rows_kept]
+            store, used = fresh, live
+            kept_rows = np.arange(live, dtype=np.int64)
+        else:
+            kept_rows = old.rows[keep]
+        at = used + np.arange(m, dtype=np.int64)
+        # Rows no view indexes yet: written in full before the view that indexes them exists.
+        store[0][at] = batch.features[new_pick]
+        store[1][at] = batch.version[new_pick]
+        store[2][at] = batch.duration_ms[new_pick]
+        store[3][at] = batch.slot[new_pick]
+        all_keys = np.concatenate([old.keys[keep], new_keys])
+        all_rows = np.concatenate([kept_rows, at])
+        order = np.argsort(all_keys, kind="stable")
+        view = CatalogueView(all_keys[order], all_rows[order], *store, old.generation + 1)
+        # Publish: the view in one reference assignment, then the writer's own bookkeeping.
+        self._view = view
+        self._used = used + m
+        seen = batch.slot[batch.slot >= 0]
+        if seen.size:
+            self.max_slot = max(self.max_slot, int(seen.max()))
+        for key, slot, is_alive in zip(
+            keys.tolist(), batch.slot[pick].tolist(), alive.tolist(), strict=True
+        ):
+            if is_alive:
+                self._withdrawn.pop(key, None)
+            elif slot >= 0:
+                self._withdrawn[key] = slot
         self.counts["updated"] += int(touched[alive].sum())
         self.counts["added"] += int((~touched[alive]).sum())
         self.counts["withdrawn"] += int(touched[~alive].sum())
         self.counts["withdrawn_unknown"] += int((~touched[~alive]).sum())
-        if self._used + m > self._features.shape[0] or self._used > 2 * (live + m) + 1024:
-            # Compact into new storage: the live rows kept, room for the new ones and to grow.
-            rows_kept = old.rows[keep]
-            size = max(1024, 2 * (live + m))
-            f, v, d, s = self._features, self._version, self._duration, self._slot
-            self._alloc(size)
-            self._features[:live] = f[rows_kept]
-            self._version[:live] = v[rows_kept]
-            self._duration[:live] = d[rows_kept]
-            self._slot[:live] = s[rows_kept]
-            kept_rows = np.arange(live, dtype=np.int64)
-            self._used = live
-            self.counts["compactions"] += 1
-        else:
-            kept_rows = old.rows[keep]
-        at = self._used + np.arange(m, dtype=np.int64)
-        # Rows no view indexes yet: written in full before the view that indexes them exists.
-        self._features[at] = batch.features[new_pick]
-        self._version[at] = batch.version[new_pick]
-        self._duration[at] = batch.duration_ms[new_pick]
-        self._slot[at] = batch.slot[new_pick]
-        self._used += m
-        if m:
-            self.max_slot = max(self.max_slot, int(batch.slot[new_pick].max()))
-        all_keys = np.concatenate([old.keys[keep], new_keys])
-        all_rows = np.concatenate([kept_rows, at])
-        order = np.argsort(all_keys, kind="stable")
-        view = CatalogueView(
-            all_keys[order],
-            all_rows[order],
-            self._features,
-            self._version,
-            self._duration,
-            self._slot,
-            old.generation + 1,
-        )
-        self._view = view  # the one publishing step
+        self.counts["compactions"] += int(compacted)
         return view
 
 
@@ -247,7 +260,8 @@ class TrackRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A catalogue record's value (the key is the track id; a null value withdraws it).
 
     ``features`` is the base64 of ``d_track`` little-endian float32 values (as impression/2
-    writes them) or a list of numbers.
+    writes them) or a list of numbers. ``withdrawn`` withdraws the track but keeps its slot
+    (a null value withdraws it and, once compaction removes its records, forgets the slot).
     """
 
     schema: str
@@ -256,6 +270,7 @@ class TrackRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     embedding_version: int
     features: str | list[float]
     duration_ms: int = 0
+    withdrawn: bool = False  # withdrawn, keeping its slot (features then empty)
 
 
 _TRACK_DECODER = msgspec.json.Decoder(TrackRecord)
@@ -277,6 +292,11 @@ def encode_track(
             int(duration_ms),
         )
     )
+
+
+def encode_withdrawal(track_id: str, slot: int) -> bytes:
+    """The value of a record that withdraws a track and keeps its slot."""
+    return _TRACK_ENCODER.encode(TrackRecord(TRACK_SCHEMA, track_id, int(slot), 0, "", 0, True))
 
 
 def _track_vector(rec: TrackRecord, d_track: int) -> F32:
@@ -301,11 +321,14 @@ def _track_vector(rec: TrackRecord, d_track: int) -> F32:
 
 
 def decode_tracks(
-    records: Sequence[tuple[bytes | None, bytes | None]], d_track: int
+    records: Sequence[tuple[bytes | None, bytes | None]],
+    d_track: int,
+    max_norm: float = float("inf"),
 ) -> tuple[TrackBatch, list[tuple[int, str]]]:
     """Catalogue records ``(key, value)`` in topic order as a batch, and ``(index, reason)`` of
     each record refused (no key, not a ``track/1`` record, a key other than its track id,
-    features of another width, non-finite, a negative slot or version)."""
+    features of another width, non-finite or longer than ``max_norm``, a negative slot or
+    version)."""
     keys: list[str] = []
     alive: list[bool] = []
     feats: list[F32] = []
@@ -339,12 +362,18 @@ def decode_tracks(
                 raise ValueError(f"the record is track {rec.track_id!r} under key {track_id!r}")
             if rec.slot < 0 or rec.embedding_version < 0 or rec.duration_ms < 0:
                 raise ValueError("slot, embedding_version and duration_ms must be >= 0")
-            vec = _track_vector(rec, d_track)
+            if rec.withdrawn:
+                vec = zero
+            else:
+                vec = _track_vector(rec, d_track)
+                norm = float(np.linalg.norm(vec))
+                if norm > max_norm:
+                    raise ValueError(f"features of norm {norm:.4g} > max_feature_norm {max_norm:g}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             refused.append((i, str(exc)))
             continue
         keys.append(track_id)
-        alive.append(True)
+        alive.append(not rec.withdrawn)
         feats.append(vec)
         version.append(rec.embedding_version)
         duration.append(rec.duration_ms)

@@ -9,6 +9,7 @@ thread; readers of the catalogue never wait for it (see ``streaming.core.catalog
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -53,30 +54,45 @@ class CatalogueFollower:
         self.consumer.assign(self.partitions)
         self.consumer.seek_to_beginning(*self.partitions)
         self._end: dict[Any, int] = dict(self.consumer.end_offsets(self.partitions))
-        self._caught_up = False
+        self.max_norm = config.events.max_feature_norm
+        self._caught_up = threading.Event()
+        self._check_caught_up()
+
+    def _check_caught_up(self) -> None:
+        if not self._caught_up.is_set() and all(
+            self.consumer.position(tp) >= end for tp, end in self._end.items()
+        ):
+            self._caught_up.set()
 
     def poll(self, timeout_ms: int = 0, max_records: int = 20_000) -> int:
-        """Apply what the topic has (up to ``max_records`` per partition read); the records read."""
+        """Apply what the topic has (at most ``max_records`` records); how many were read.
+
+        Only the thread that polls may call this (the consumer is not thread-safe). When the
+        catalogue cannot take a batch, the consumer goes back to the batch's first records, so
+        the next poll reads them again.
+        """
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         records = [(r.key, r.value) for part in polled.values() for r in part]
-        if not records:
-            return 0
-        batch, refused = decode_tracks(records, self.catalogue.d_track)
-        for _, reason in refused[:3]:
-            log.warning("catalogue record refused: %s", reason)
-        self.counts["refused"] += len(refused)
-        self.counts["records"] += len(records)
-        self.catalogue.apply(batch)
+        if records:
+            batch, refused = decode_tracks(records, self.catalogue.d_track, self.max_norm)
+            try:
+                self.catalogue.apply(batch)
+            except BaseException:
+                for tp, part in polled.items():
+                    self.consumer.seek(tp, part[0].offset)
+                raise
+            for _, reason in refused[:3]:
+                log.warning("catalogue record refused: %s", reason)
+            self.counts["refused"] += len(refused)
+            self.counts["records"] += len(records)
+        self._check_caught_up()
         return len(records)
 
     @property
     def caught_up(self) -> bool:
-        """Whether the topic has been read up to where it ended when the follower started."""
-        if not self._caught_up:
-            self._caught_up = all(
-                self.consumer.position(tp) >= end for tp, end in self._end.items()
-            )
-        return self._caught_up
+        """Whether the topic has been read up to where it ended when the follower started (a
+        flag the polling thread sets: any thread may read it)."""
+        return self._caught_up.is_set()
 
     def catch_up(self, timeout_s: float) -> bool:
         """Poll until caught up (True) or ``timeout_s`` has passed (False)."""

@@ -16,10 +16,10 @@ import numpy.typing as npt
 import pandas as pd
 
 from streaming.config import Config
-from streaming.core.catalogue import encode_track
+from streaming.core.catalogue import encode_track, encode_withdrawal
 from streaming.events import key64
 from streaming.kafka.catalogue import read_catalogue
-from streaming.kafka.clients import make_producer
+from streaming.kafka.clients import KafkaError, make_producer
 
 __all__ = ["TrackTable", "publish_tracks", "read_track_table", "withdraw_tracks"]
 
@@ -93,7 +93,8 @@ def read_track_table(
 def publish_tracks(
     config: Config, servers: str, table: TrackTable, *, embedding_version: int
 ) -> dict[str, int]:
-    """Publish ``table`` to ``topics.catalogue``; counts of tracks ``new`` and ``updated``.
+    """Publish ``table`` to ``topics.catalogue``; counts of tracks ``new``, ``updated`` (live
+    before) and ``restored`` (withdrawn before, back with their slot).
 
     Raises:
         ValueError: the table's feature width is not ``events.d_track``, a track's features
@@ -116,33 +117,65 @@ def publish_tracks(
             f"events.max_feature_norm {limit:g}: impressions with it would be refused"
         )
     current = read_catalogue(config, servers)
-    _, _, slot, known = current.view().lookup(key64(table.ids))
-    fresh = ~known
+    slot = current.slot_of(key64(table.ids))
+    fresh = slot < 0
     slot[fresh] = current.max_slot + 1 + np.arange(int(fresh.sum()))
-    producer = make_producer(config.kafka, servers)
-    try:
-        for i, track_id in enumerate(table.ids):
-            value = encode_track(
+    live = current.view().find(key64(table.ids))[1]
+    records = [
+        (
+            track_id,
+            encode_track(
                 track_id,
                 int(slot[i]),
                 embedding_version,
                 table.features[i],
                 int(table.duration_ms[i]),
-            )
-            producer.send(config.topics.catalogue, key=track_id.encode(), value=value)
-        producer.flush()
-    finally:
-        producer.close()
-    return {"new": int(fresh.sum()), "updated": int(known.sum())}
+            ),
+        )
+        for i, track_id in enumerate(table.ids)
+    ]
+    _send(config, servers, records)
+    return {
+        "new": int(fresh.sum()),
+        "updated": int(live.sum()),
+        "restored": int((~fresh & ~live).sum()),
+    }
 
 
 def withdraw_tracks(config: Config, servers: str, ids: Sequence[str]) -> int:
-    """Send a tombstone for each id (the catalogue forgets the track); how many were sent."""
+    """Withdraw each track, keeping its slot for the day it comes back (a track the catalogue
+    does not know gets a plain tombstone); how many records were sent."""
+    slot = read_catalogue(config, servers).slot_of(key64(list(ids)))
+    _send(
+        config,
+        servers,
+        [
+            (track_id, encode_withdrawal(track_id, int(s)) if s >= 0 else None)
+            for track_id, s in zip(ids, slot.tolist(), strict=True)
+        ],
+    )
+    return len(ids)
+
+
+def _send(config: Config, servers: str, records: Sequence[tuple[str, bytes | None]]) -> None:
+    """Send every record and wait for each acknowledgement.
+
+    Raises:
+        KafkaError: a record the broker did not take (named with its track id).
+    """
     producer = make_producer(config.kafka, servers)
     try:
-        for track_id in ids:
-            producer.send(config.topics.catalogue, key=track_id.encode(), value=None)
+        sent = [
+            (track_id, producer.send(config.topics.catalogue, key=track_id.encode(), value=value))
+            for track_id, value in records
+        ]
         producer.flush()
+        for track_id, future in sent:
+            try:
+                future.get(timeout=60)
+            except Exception as exc:
+                raise KafkaError(
+                    f"the catalogue record of {track_id!r} was not sent: {exc}"
+                ) from exc
     finally:
         producer.close()
-    return len(ids)

@@ -67,7 +67,7 @@ def _post_refusal(path: str, headers: Message, max_body_bytes: int) -> tuple[int
             "unsupported_media_type",
             f"send Content-Type application/json or application/msgpack, got {got!r}",
         )
-    if charset not in (None, "utf-8", "utf8"):
+    if media == JSON and charset not in (None, "utf-8", "utf8"):
         return 415, "unsupported_media_type", f"the body must be UTF-8, got charset {charset!r}"
     return length
 
@@ -282,12 +282,14 @@ def handler(service: RerankService, connections: ConnectionSlots) -> type[BaseHT
 
         def _answer_dropped(self, why: str) -> None:
             self.close_connection = True
+            headers = getattr(self, "headers", None)
+            binary = headers is not None and headers.get_content_type() in MSGPACK
             if why == "timed_out":
                 reason = f"the request took over rerank.read_timeout_ms ({rc.read_timeout_ms})"
-                self._reply(408, {"error": "timeout", "reason": reason})
+                self._reply(408, {"error": "timeout", "reason": reason}, binary)
             elif why == "evicted":
                 reason = "a newer connection took this one's place while it waited"
-                self._reply(503, {"error": "overloaded", "reason": reason})
+                self._reply(503, {"error": "overloaded", "reason": reason}, binary)
 
         def _started(self) -> bool:
             """Mark the request read whole; False (after answering) if it was dropped."""
@@ -301,7 +303,8 @@ def handler(service: RerankService, connections: ConnectionSlots) -> type[BaseHT
             first, then what the client still sends is read and dropped (for ``_LINGER_S``), so
             the close does not reset the connection before the client read the answer."""
             self.close_connection = True
-            self._reply(status, {"error": code, "reason": reason})
+            binary = self.headers.get_content_type() in MSGPACK
+            self._reply(status, {"error": code, "reason": reason}, binary)
             deadline = time.monotonic() + _LINGER_S
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_WR)

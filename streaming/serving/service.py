@@ -578,7 +578,9 @@ class RerankService:
 
     def counts(self) -> dict[str, int]:
         """Requests, ranked, bad requests by code, impressions logged, unlogged (served, the
-        broker never took them) and refused as unloggable, connections, snapshots."""
+        broker never took them) and refused as unloggable, connections, snapshots, and with a
+        catalogue its live tracks, records read and refused, compactions, and whether it is
+        read to its end (``catalogue_ready``)."""
         with self._lock:
             out = {
                 "requests": 0,
@@ -590,6 +592,13 @@ class RerankService:
                 **self._counts,
             }
             out["snapshot_version"] = self._current[1]
+        if self.catalogue is not None:
+            follower = self.catalogue
+            out["catalogue_tracks"] = follower.catalogue.view().size
+            out["catalogue_ready"] = int(follower.caught_up)
+            out["catalogue_records"] = follower.counts["records"]
+            out["catalogue_refused"] = follower.counts["refused"]
+            out["catalogue_compactions"] = follower.catalogue.counts["compactions"]
         http = self._http
         out.update(ConnectionSlots.zero() if http is None else http.connections.counts())
         return out

@@ -74,7 +74,7 @@ def test_load_keeps_each_tracks_slot_and_withdraw_forgets_it(
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert "30 new, 0 updated" in out.stdout
+    assert "30 new, 0 updated, 0 back after a withdrawal" in out.stdout
     first = read_catalogue(cfg, kafka_broker).view()
     feats, version, slot, known = first.lookup(key64(ids))
     assert known.all() and set(version.tolist()) == {3}
@@ -87,7 +87,7 @@ def test_load_keeps_each_tracks_slot_and_withdraw_forgets_it(
         table([*ids[:10], "new-a", "new-b", "new-c", "new-d", "new-e"], 0.5),
         embedding_version=4,
     )
-    assert counts == {"new": 5, "updated": 10}
+    assert counts == {"new": 5, "updated": 10, "restored": 0}
     withdraw_tracks(cfg, kafka_broker, ids[20:])
     second = read_catalogue(cfg, kafka_broker).view()
     _, version2, slot2, known2 = second.lookup(key64(ids))
@@ -96,6 +96,16 @@ def test_load_keeps_each_tracks_slot_and_withdraw_forgets_it(
     assert version2[:10].tolist() == [4] * 10 and version2[10:20].tolist() == [3] * 10
     _, _, new_slots, _ = second.lookup(key64(["new-a", "new-e"]))
     assert new_slots.tolist() == [30, 34]
+    # Withdrawn tracks keep their slots: new tracks never take them, and a track that comes
+    # back gets its own again.
+    counts = publish_tracks(
+        cfg, kafka_broker, table([*ids[25:], "new-f"], 0.25), embedding_version=5
+    )
+    assert counts == {"new": 1, "updated": 0, "restored": 5}
+    third = read_catalogue(cfg, kafka_broker)
+    _, _, slot3, known3 = third.view().lookup(key64([*ids[25:], "new-f"]))
+    assert known3.all() and slot3[:5].tolist() == slot[25:].tolist() and slot3[5] == 35
+    assert third.slot_of(key64(ids[20:25])).tolist() == slot[20:25].tolist()
 
 
 def test_requests_by_id_rank_with_the_catalogues_features_and_follow_its_updates(

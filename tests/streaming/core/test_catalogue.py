@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from streaming.core.catalogue import (
     BYTES_PER_TRACK_BASE,
@@ -12,6 +13,7 @@ from streaming.core.catalogue import (
     TrackBatch,
     decode_tracks,
     encode_track,
+    encode_withdrawal,
 )
 from streaming.events import key64
 
@@ -129,3 +131,47 @@ def test_records_round_trip_and_bad_ones_are_refused_with_a_reason() -> None:
     np.testing.assert_array_equal(got.features[0], vec)
     assert (got.slot[0], got.version[0], got.duration_ms[0]) == (7, 2, 180_000)
     assert got.keys.tolist() == key64(["a", "b"]).tolist()
+
+
+def test_a_withdrawal_that_keeps_its_slot_is_remembered_and_slots_are_never_handed_out_twice() -> (
+    None
+):
+    cat = Catalogue(D)
+    cat.apply(batch(["a", "b"], [1, 2]))
+    records = [
+        (b"b", encode_withdrawal("b", 1)),
+        (b"c", encode_track("c", 5, 1, np.zeros(D, np.float32))),
+        (b"c", encode_withdrawal("c", 5)),  # added and withdrawn in one batch
+    ]
+    got, refused = decode_tracks(records, D)
+    assert not refused and got.alive.tolist() == [False, True, False]
+    view = cat.apply(got)
+    assert view.size == 1 and cat.max_slot == 5
+    assert cat.slot_of(key64(["a", "b", "c", "zz"])).tolist() == [0, 1, 5, -1]
+    cat.apply(batch(["b"], [7]))  # back: live again, no longer withdrawn
+    assert cat.view().size == 2 and cat.slot_of(key64(["b"])).tolist() == [0]
+
+
+def test_a_batch_that_fails_part_way_leaves_the_catalogue_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cat = Catalogue(D, capacity=2)
+    before = cat.apply(batch(["a", "b"], [1, 2]))
+    used = cat._used  # pyright: ignore[reportPrivateUsage]
+
+    def no_memory(rows: int) -> object:
+        raise MemoryError(rows)
+
+    monkeypatch.setattr(cat, "_storage", no_memory)
+    with pytest.raises(MemoryError):
+        cat.apply(batch(["c", "d", "e"], [3, 4, 5]))  # needs new storage
+    assert cat.view() is before and cat._used == used  # pyright: ignore[reportPrivateUsage]
+    monkeypatch.undo()
+    after = cat.apply(batch(["c"], [3]))
+    assert after.lookup(key64(["a", "b", "c"]))[0][:, 0].tolist() == [1, 2, 3]
+
+
+def test_features_longer_than_the_limit_are_refused() -> None:
+    long = encode_track("a", 0, 1, np.full(D, 10.0, np.float32))
+    got, refused = decode_tracks([(b"a", long)], D, max_norm=10.0)
+    assert got.keys.size == 0 and "norm 20" in refused[0][1]
