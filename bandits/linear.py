@@ -530,6 +530,15 @@ MIN_RACE = 0.25
 """The race's forgetting-weighted rows needed before a switch, as a share of the window."""
 
 
+def _forget(
+    precision: Array, b: Array, d: LinearDelta, keep: Array | float, ridge: float
+) -> tuple[Array, Array]:
+    """``keep A + X^T X + (1 - keep) ridge I`` and ``keep b + X^T r``: forgetting that keeps the
+    prior at ``ridge I``."""
+    eye = jnp.eye(b.shape[0], dtype=jnp.float32)
+    return keep * precision + d.precision + (1.0 - keep) * ridge * eye, keep * b + d.b
+
+
 def _learn(
     state: LinearState,
     fb: Feedback,
@@ -542,9 +551,7 @@ def _learn(
     """The model's own update (``d``: the batch's linear statistics)."""
     n = state.n + d.n
     if discount < 1.0:
-        eye = jnp.eye(state.b.shape[0], dtype=jnp.float32)
-        precision = discount * state.precision + d.precision + (1.0 - discount) * ridge * eye
-        b = discount * state.b + d.b
+        precision, b = _forget(state.precision, state.b, d, discount, ridge)
         cov, theta = _refactor(precision, b)
         count, resid = _id_stats(
             state, fb, theta, discount * state.id_count, discount * state.id_resid
@@ -604,9 +611,7 @@ def _adapt(
     (``after``) when it predicts better by ``SWITCH_Z`` standard errors."""
     race = _race_terms(before, fb, id_ridge)
     keep = jnp.exp(-d.n.astype(jnp.float32) / window)
-    eye = jnp.eye(before.fast_b.shape[0], dtype=jnp.float32)
-    fast_precision = keep * before.fast_precision + d.precision + (1.0 - keep) * ridge * eye
-    fast_b = keep * before.fast_b + d.b
+    fast_precision, fast_b = _forget(before.fast_precision, before.fast_b, d, keep, ridge)
     fast_theta = _solve(fast_precision, fast_b)
     count, resid = _id_stats(
         before, fb, fast_theta, keep * before.fast_id_count, keep * before.fast_id_resid

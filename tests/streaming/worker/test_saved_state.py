@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bandits import POLICIES
+from bandits import POLICIES, linear
 from bandits.state import MAGIC, read_header
 from streaming import join
 from streaming.core import Engine, PolicyRows, WorkerState, from_arrays, init, step, to_arrays
@@ -45,15 +45,7 @@ def engine() -> Engine:
     )
 
 
-ADAPTATION = (
-    ".fast_precision",
-    ".fast_b",
-    ".fast_theta",
-    ".fast_id_count",
-    ".fast_id_resid",
-    ".race",
-    ".switches",
-)  # the challenger's arrays, saved since
+ADAPTATION = linear.ADDED_LEAVES  # the challenger's arrays, saved since
 
 
 def policy_arrays(blob: np.ndarray) -> tuple[dict[str, object], dict[str, np.ndarray]]:
